@@ -1,0 +1,296 @@
+"""The one error hierarchy of taskloom.
+
+Every error a caller can see is a ``TaskloomError``; backend exceptions
+(``sqlite3``, ``httpx``, ``keyring``, ``cryptography``...) are translated at the
+adapter boundary with ``raise ... from exc``. Messages say what was wrong and
+what to do; context lives in keyword-only attributes.
+
+    TaskloomError
+    ├── UsageError                  the API was misused (use after close, bad argument)
+    ├── DecodeError                 data did not match a type (names the field path)
+    ├── StorageError
+    │   ├── ConflictError           a version check failed; nothing changed
+    │   ├── InvalidKey              a key, namespace or stream name is not allowed
+    │   ├── ValueTooLarge           a value is over the documented limit
+    │   ├── StorageUnavailable      the store cannot be reached or written now
+    │   └── StorageCorrupted        the location holds something that is not ours
+    ├── ExecutorError
+    │   ├── RetryableError          worth another attempt
+    │   │   ├── RateLimited         the provider asked us to slow down
+    │   │   ├── ExecutorTimeout     the call took too long
+    │   │   ├── ProviderUnavailable the provider failed or could not be reached
+    │   │   └── MalformedResponse   the reply was not what the protocol promises
+    │   └── PermanentError          retrying cannot help
+    │       ├── InvalidRequest      the provider refused the request itself
+    │       └── AuthenticationFailed
+    ├── SecretError
+    │   ├── SecretNotFound
+    │   ├── InvalidSecretName
+    │   ├── ReadOnlySecretStore
+    │   ├── SecretStoreUnavailable  no usable store; fail closed
+    │   └── SecretDecryptionFailed  wrong passphrase or damaged file
+    ├── SecurityError               a signature, manifest or trust check failed
+    ├── PipelineError
+    │   ├── PipelineInvalid         validation found problems (all of them listed)
+    │   ├── UnknownExecutor
+    │   ├── StepFailed
+    │   ├── RunCancelled
+    │   ├── RunNotFound
+    │   ├── RunHeld                 another process holds the run's lease
+    │   └── PipelineChanged         resume with a pipeline that differs from the run's
+    └── PluginError
+        └── CapabilityDenied        a plugin asked for what its manifest did not declare
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+
+class TaskloomError(Exception):
+    """Base of every error taskloom raises on purpose."""
+
+
+class UsageError(TaskloomError):
+    """The API was used wrongly: use after close, an argument out of range."""
+
+
+class DecodeError(TaskloomError):
+    """Data did not match the expected type; ``path`` names where."""
+
+    def __init__(self, message: str, *, path: str = "$") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# --- storage ---------------------------------------------------------------
+
+
+class StorageError(TaskloomError):
+    """A storage adapter could not do what was asked."""
+
+
+class ConflictError(StorageError):
+    """A version check failed; nothing was changed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        namespace: str | None = None,
+        key: str | None = None,
+        expected: int | None = None,
+        actual: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.namespace = namespace
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class InvalidKey(StorageError):
+    """A key, namespace or stream name is empty, too long or not valid text."""
+
+
+class ValueTooLarge(StorageError):
+    """A value is over the adapter's documented size limit."""
+
+    def __init__(self, message: str, *, size: int | None = None, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot be reached or written now (busy, read-only, disk full)."""
+
+
+class StorageCorrupted(StorageError):
+    """The location holds data that is damaged or was not written by taskloom."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# --- executors -------------------------------------------------------------
+
+
+class ExecutorError(TaskloomError):
+    """An LLM executor failed; ``retryable`` says whether another attempt may help."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetryableError(ExecutorError):
+    """A failure that another attempt may cure."""
+
+    retryable = True
+
+
+class RateLimited(RetryableError):
+    """The provider asked us to slow down; ``retry_after`` is in seconds, if given."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = 429
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ExecutorTimeout(RetryableError):
+    """The call did not finish within its timeout."""
+
+
+class ProviderUnavailable(RetryableError):
+    """The provider failed (5xx), reset the connection or could not be reached."""
+
+
+class MalformedResponse(RetryableError):
+    """The reply was not what the protocol promises (bad JSON, a cut-off stream)."""
+
+
+class PermanentError(ExecutorError):
+    """A failure no retry can cure; the step fails at once."""
+
+
+class InvalidRequest(PermanentError):
+    """The provider refused the request itself (bad field, context too long...)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, context_length_exceeded: bool = False
+    ) -> None:
+        super().__init__(message, status=status)
+        self.context_length_exceeded = context_length_exceeded
+
+
+class AuthenticationFailed(PermanentError):
+    """The credentials were refused (401, 403): check the API key's secret."""
+
+
+# --- secrets ---------------------------------------------------------------
+
+
+class SecretError(TaskloomError):
+    """A secret store could not do what was asked."""
+
+
+class SecretNotFound(SecretError):
+    """No secret of that name; set it with ``taskloom secrets set NAME``."""
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class InvalidSecretName(SecretError):
+    """A secret name is empty, too long or uses characters outside [A-Za-z0-9_.-]."""
+
+
+class ReadOnlySecretStore(SecretError):
+    """The store cannot be written (the environment store, for example)."""
+
+
+class SecretStoreUnavailable(SecretError):
+    """No usable secret store: taskloom fails closed rather than fall back to plaintext."""
+
+
+class SecretDecryptionFailed(SecretError):
+    """The secret file could not be decrypted: wrong passphrase or a damaged file."""
+
+
+# --- security --------------------------------------------------------------
+
+
+class SecurityError(TaskloomError):
+    """A signature, manifest, trust or integrity check failed; nothing was loaded."""
+
+
+# --- pipelines and runs ------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Problem:
+    """One thing wrong with a pipeline: where (a JSON path), what, and a hint."""
+
+    path: str = attrs.field(validator=attrs.validators.instance_of(str))
+    message: str = attrs.field(validator=attrs.validators.instance_of(str))
+    hint: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class PipelineError(TaskloomError):
+    """A pipeline or a run of it could not proceed."""
+
+
+class PipelineInvalid(PipelineError):
+    """Validation found problems; every one of them is in ``problems``."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"pipeline is invalid ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class UnknownExecutor(PipelineError):
+    """No executor is registered under that id; ``known`` lists the ids that are."""
+
+    def __init__(self, executor_id: str, known: Sequence[str]) -> None:
+        self.executor_id = executor_id
+        self.known = tuple(sorted(known))
+        listed = ", ".join(self.known) or "none registered"
+        super().__init__(
+            f"unknown executor {executor_id!r}; known executors: {listed}. "
+            "Register it in the ExecutorRegistry or taskloom.toml"
+        )
+
+
+class StepFailed(PipelineError):
+    """A step failed and its ``on_error`` policy stopped the run."""
+
+    def __init__(self, message: str, *, step_id: str, cause_type: str = "") -> None:
+        super().__init__(message)
+        self.step_id = step_id
+        self.cause_type = cause_type
+
+
+class RunCancelled(PipelineError):
+    """The run was cancelled; what finished is kept and it can be resumed."""
+
+
+class RunNotFound(PipelineError):
+    """No run with that id in this store."""
+
+
+class RunHeld(PipelineError):
+    """Another process holds this run's lease; try again after it expires."""
+
+    def __init__(self, message: str, *, holder: str = "", expires_at: float = 0.0) -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.expires_at = expires_at
+
+
+class PipelineChanged(PipelineError):
+    """The pipeline differs from the one the run began with; resume is refused."""
+
+
+# --- plugins ---------------------------------------------------------------
+
+
+class PluginError(TaskloomError):
+    """A plugin could not be loaded, set up or torn down."""
+
+
+class CapabilityDenied(PluginError):
+    """A plugin asked for something its manifest did not declare."""

@@ -1,0 +1,187 @@
+"""Typed events of a run and the ``EventSink`` contract.
+
+Every event carries ``run_id`` and ``at`` (epoch seconds). Step events carry
+``step_id`` and, inside a ``map``, the ``item`` index. The converter tags each
+event with ``type`` from ``EVENT_TYPES`` (an explicit, stable tag: renaming a
+class never breaks stored events).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from taskloom.contracts._llm import Usage
+
+_v = attrs.validators
+
+
+def _float(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+_opt_str = _v.optional(_v.instance_of(str))
+_opt_int = _v.optional(_v.instance_of(int))
+
+
+@attrs.frozen(kw_only=True)
+class ErrorInfo:
+    """An error as data: its type name, its (redacted) message, whether retryable."""
+
+    type: str = attrs.field(validator=_v.instance_of(str))
+    message: str = attrs.field(validator=_v.instance_of(str))
+    retryable: bool = attrs.field(default=False, validator=_v.instance_of(bool))
+
+
+@attrs.frozen(kw_only=True)
+class RunStarted:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    pipeline: str = attrs.field(default="", validator=_v.instance_of(str))
+    pipeline_digest: str = attrs.field(default="", validator=_v.instance_of(str))
+    resumed: bool = attrs.field(default=False, validator=_v.instance_of(bool))
+
+
+@attrs.frozen(kw_only=True)
+class RunSucceeded:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    duration_s: float = attrs.field(default=0.0, converter=_float, validator=_v.instance_of(float))
+    usage: Usage = attrs.field(factory=Usage, validator=_v.instance_of(Usage))
+
+
+@attrs.frozen(kw_only=True)
+class RunFailed:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    error: ErrorInfo = attrs.field(validator=_v.instance_of(ErrorInfo))
+    step_id: str | None = attrs.field(default=None, validator=_opt_str)
+    duration_s: float = attrs.field(default=0.0, converter=_float, validator=_v.instance_of(float))
+    usage: Usage = attrs.field(factory=Usage, validator=_v.instance_of(Usage))
+
+
+@attrs.frozen(kw_only=True)
+class RunCancelledEvent:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    duration_s: float = attrs.field(default=0.0, converter=_float, validator=_v.instance_of(float))
+    usage: Usage = attrs.field(factory=Usage, validator=_v.instance_of(Usage))
+
+
+@attrs.frozen(kw_only=True)
+class StepStarted:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    step_id: str = attrs.field(validator=_v.instance_of(str))
+    attempt: int = attrs.field(default=1, validator=_v.instance_of(int))
+    item: int | None = attrs.field(default=None, validator=_opt_int)
+
+
+@attrs.frozen(kw_only=True)
+class StepRetrying:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    step_id: str = attrs.field(validator=_v.instance_of(str))
+    attempt: int = attrs.field(validator=_v.instance_of(int))
+    delay_s: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    error: ErrorInfo = attrs.field(validator=_v.instance_of(ErrorInfo))
+    item: int | None = attrs.field(default=None, validator=_opt_int)
+
+
+@attrs.frozen(kw_only=True)
+class StepSucceeded:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    step_id: str = attrs.field(validator=_v.instance_of(str))
+    attempt: int = attrs.field(default=1, validator=_v.instance_of(int))
+    duration_s: float = attrs.field(default=0.0, converter=_float, validator=_v.instance_of(float))
+    usage: Usage = attrs.field(factory=Usage, validator=_v.instance_of(Usage))
+    item: int | None = attrs.field(default=None, validator=_opt_int)
+    cached: bool = attrs.field(default=False, validator=_v.instance_of(bool))
+
+
+@attrs.frozen(kw_only=True)
+class StepFailedEvent:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    step_id: str = attrs.field(validator=_v.instance_of(str))
+    attempt: int = attrs.field(default=1, validator=_v.instance_of(int))
+    error: ErrorInfo = attrs.field(validator=_v.instance_of(ErrorInfo))
+    item: int | None = attrs.field(default=None, validator=_opt_int)
+    continued: bool = attrs.field(default=False, validator=_v.instance_of(bool))
+
+
+@attrs.frozen(kw_only=True)
+class StepSkipped:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    step_id: str = attrs.field(validator=_v.instance_of(str))
+    reason: str = attrs.field(default="", validator=_v.instance_of(str))
+    item: int | None = attrs.field(default=None, validator=_opt_int)
+
+
+@attrs.frozen(kw_only=True)
+class ChunkStreamed:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    step_id: str = attrs.field(validator=_v.instance_of(str))
+    delta: str = attrs.field(validator=_v.instance_of(str))
+    index: int = attrs.field(default=0, validator=_v.instance_of(int))
+    item: int | None = attrs.field(default=None, validator=_opt_int)
+
+
+@attrs.frozen(kw_only=True)
+class CacheHit:
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    step_id: str = attrs.field(validator=_v.instance_of(str))
+    cache_key: str = attrs.field(validator=_v.instance_of(str))
+    item: int | None = attrs.field(default=None, validator=_opt_int)
+
+
+Event = (
+    RunStarted
+    | RunSucceeded
+    | RunFailed
+    | RunCancelledEvent
+    | StepStarted
+    | StepRetrying
+    | StepSucceeded
+    | StepFailedEvent
+    | StepSkipped
+    | ChunkStreamed
+    | CacheHit
+)
+"""Any event of a run."""
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    "run.started": RunStarted,
+    "run.succeeded": RunSucceeded,
+    "run.failed": RunFailed,
+    "run.cancelled": RunCancelledEvent,
+    "step.started": StepStarted,
+    "step.retrying": StepRetrying,
+    "step.succeeded": StepSucceeded,
+    "step.failed": StepFailedEvent,
+    "step.skipped": StepSkipped,
+    "step.chunk": ChunkStreamed,
+    "step.cache_hit": CacheHit,
+}
+"""The stable tag of each event type, as stored and as shown by ``--json``."""
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Receives events. ``emit`` must return quickly and never block the run.
+
+    Invariants (checked by the event bus tests in ``tests/sdk``):
+
+    EV1 A sink that raises or is slow never fails, blocks or slows the run
+        that emitted the event; its errors are counted and logged.
+    EV2 A sink receives the events of one run in the order they were emitted.
+    """
+
+    def emit(self, event: Event, /) -> None: ...

@@ -1,0 +1,231 @@
+"""The storage contract: namespaced versioned records plus append-only streams.
+
+``StorageAdapter`` is structural: an adapter never inherits from taskloom. Its
+invariants, numbered, are what ``taskloom.contracts.testing.StorageConformance``
+checks one by one (each test is named after the invariant it checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from taskloom.contracts._errors import InvalidKey, UsageError, ValueTooLarge
+
+MAX_KEY_BYTES = 1024
+"""Largest key, namespace or stream name, in UTF-8 bytes."""
+
+MAX_VALUE_BYTES = 4 * 1024 * 1024
+"""Largest record value or stream payload, in bytes."""
+
+_v = attrs.validators
+
+
+def _opt_float(value: object) -> object:
+    """Normalize an int to float (``ttl=60``); leave everything else to the validator."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def check_name(name: object, *, what: str = "key") -> str:
+    """Return ``name`` if it is a valid key, namespace or stream name; else raise InvalidKey.
+
+    Valid: a non-empty ``str`` of at most MAX_KEY_BYTES UTF-8 bytes, with no NUL
+    and no lone surrogate. Everything else in Unicode is allowed: adapters must
+    encode names so that none can escape their location or collide.
+    """
+    if not isinstance(name, str):
+        raise InvalidKey(f"{what} must be text, got {type(name).__name__}")
+    if not name:
+        raise InvalidKey(f"{what} must not be empty")
+    if "\x00" in name:
+        raise InvalidKey(f"{what} {name[:40]!r} contains NUL, which is not allowed")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKey(f"{what} {name[:40]!r} is not valid Unicode (lone surrogate)") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidKey(
+            f"{what} is {size} bytes of UTF-8; the limit is {MAX_KEY_BYTES}: use a shorter {what}"
+        )
+    return name
+
+
+def check_value(value: object, *, what: str = "value") -> bytes:
+    """Return ``value`` if it is bytes within MAX_VALUE_BYTES; else raise."""
+    if not isinstance(value, bytes):
+        raise UsageError(f"{what} must be bytes, got {type(value).__name__}")
+    if len(value) > MAX_VALUE_BYTES:
+        raise ValueTooLarge(
+            f"{what} is {len(value)} bytes; the limit is {MAX_VALUE_BYTES}: "
+            "store large data elsewhere and keep a reference",
+            size=len(value),
+            limit=MAX_VALUE_BYTES,
+        )
+    return value
+
+
+def check_ttl(ttl: object) -> float | None:
+    """Return ``ttl`` if it is None or a positive finite number of seconds."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (0 < ttl < 1e12):
+        raise UsageError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
+    return float(ttl)
+
+
+def check_if_version(if_version: object) -> int | None:
+    """Return ``if_version`` if it is None or an int >= 0."""
+    if if_version is None:
+        return None
+    if isinstance(if_version, bool) or not isinstance(if_version, int) or if_version < 0:
+        raise UsageError(f"if_version must be None or an int >= 0, got {if_version!r}")
+    return if_version
+
+
+@attrs.frozen(kw_only=True)
+class Record:
+    """One stored record. ``version`` starts at 1 and grows by 1 per write of the key."""
+
+    namespace: str = attrs.field(validator=_v.instance_of(str))
+    key: str = attrs.field(validator=_v.instance_of(str))
+    value: bytes = attrs.field(validator=_v.instance_of(bytes))
+    version: int = attrs.field(validator=[_v.instance_of(int), _v.ge(1)])
+    updated_at: float = attrs.field(validator=_v.instance_of(float))
+    expires_at: float | None = attrs.field(
+        default=None, validator=_v.optional(_v.instance_of(float))
+    )
+
+
+@attrs.frozen(kw_only=True)
+class StreamEntry:
+    """One entry of an append-only stream; ``seq`` starts at 1 and has no gaps."""
+
+    stream: str = attrs.field(validator=_v.instance_of(str))
+    seq: int = attrs.field(validator=[_v.instance_of(int), _v.ge(1)])
+    payload: bytes = attrs.field(validator=_v.instance_of(bytes))
+    appended_at: float = attrs.field(validator=_v.instance_of(float))
+
+
+@attrs.frozen(kw_only=True)
+class Put:
+    """A write operation for ``commit``: like ``put``."""
+
+    namespace: str = attrs.field(validator=_v.instance_of(str))
+    key: str = attrs.field(validator=_v.instance_of(str))
+    value: bytes = attrs.field(validator=_v.instance_of(bytes))
+    if_version: int | None = attrs.field(default=None, validator=_v.optional(_v.instance_of(int)))
+    ttl: float | None = attrs.field(
+        default=None, converter=_opt_float, validator=_v.optional(_v.instance_of(float))
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Delete:
+    """A write operation for ``commit``: like ``delete``."""
+
+    namespace: str = attrs.field(validator=_v.instance_of(str))
+    key: str = attrs.field(validator=_v.instance_of(str))
+    if_version: int | None = attrs.field(default=None, validator=_v.optional(_v.instance_of(int)))
+
+
+@attrs.frozen(kw_only=True)
+class Append:
+    """A write operation for ``commit``: like ``append``."""
+
+    stream: str = attrs.field(validator=_v.instance_of(str))
+    payload: bytes = attrs.field(validator=_v.instance_of(bytes))
+
+
+@attrs.frozen(kw_only=True)
+class Check:
+    """A version check for ``commit``: the key must be at ``version`` (0: must not exist)."""
+
+    namespace: str = attrs.field(validator=_v.instance_of(str))
+    key: str = attrs.field(validator=_v.instance_of(str))
+    version: int = attrs.field(validator=[_v.instance_of(int), _v.ge(0)])
+
+
+Op = Put | Delete | Append | Check
+"""One operation of a ``commit`` batch."""
+
+
+@attrs.frozen(kw_only=True)
+class CommitResult:
+    """What a ``commit`` did: the records its puts wrote and the entries its appends made."""
+
+    records: tuple[Record, ...] = ()
+    entries: tuple[StreamEntry, ...] = ()
+    deleted: tuple[bool, ...] = ()
+
+
+@runtime_checkable
+class StorageAdapter(Protocol):
+    """Namespaced key/value records with versions and TTL, plus append-only streams.
+
+    Invariants (each one checked by ``StorageConformance``):
+
+    ST1  ``get`` after ``put`` returns the record put: same value, its version,
+         ``updated_at`` and ``expires_at``; ``get`` of a missing key returns None.
+    ST2  A key's version starts at 1 and grows by exactly 1 with each ``put``;
+         after ``delete`` (or expiry) the next ``put`` starts again at 1.
+    ST3  ``put``/``delete`` with ``if_version`` write only if the key is at that
+         version (0: must not exist); otherwise ``ConflictError`` and nothing changes.
+    ST4  ``delete`` returns True if the key existed; deleting a missing key is a
+         no-op that returns False.
+    ST5  A record whose TTL has passed is invisible to ``get`` and ``scan`` and
+         counts as missing for version checks.
+    ST6  ``scan`` returns records in key order (Unicode code points), only those
+         starting with ``prefix`` and strictly after ``start_after``, at most
+         ``limit``; paging with ``start_after`` visits every record exactly once.
+    ST7  Namespaces are isolated: no operation in one namespace sees or changes
+         another; streams are isolated from each other and from records.
+    ST8  ``append`` returns sequence numbers that start at 1 and grow by 1 per
+         stream with no gaps or reuse; ``read`` returns entries in order, only
+         those after ``after``, at most ``limit``.
+    ST9  ``commit`` is all or nothing: if any check or operation fails nothing is
+         applied (``ConflictError`` for a version mismatch); otherwise all apply, in
+         order, and the result lists the records written and the entries appended.
+    ST10 Invalid names raise ``InvalidKey`` and values over ``MAX_VALUE_BYTES``
+         raise ``ValueTooLarge``; a failed call stores nothing.
+    ST11 A write that returned is durable: a new adapter opened on the same
+         location sees it (for adapters that declare themselves durable).
+    ST12 After ``aclose()`` every method raises ``UsageError``; ``aclose()`` is
+         idempotent.
+    """
+
+    async def get(self, namespace: str, key: str) -> Record | None: ...
+
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        if_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Record: ...
+
+    async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool: ...
+
+    async def scan(
+        self,
+        namespace: str,
+        *,
+        prefix: str = "",
+        start_after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Record]: ...
+
+    async def append(self, stream: str, payload: bytes) -> StreamEntry: ...
+
+    async def read(
+        self, stream: str, *, after: int = 0, limit: int | None = None
+    ) -> list[StreamEntry]: ...
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,7 @@
+"""taskloom's SDK: the engine that composes contracts, adapters and security."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
