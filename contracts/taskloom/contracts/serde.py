@@ -32,6 +32,16 @@ from taskloom.contracts._pipeline import (
 from taskloom.contracts._secrets import MASK, Secret
 from taskloom.contracts._storage import Append, Check, Delete, Op, Put
 
+__all__ = [
+    "OP_TAGS",
+    "converter",
+    "dumps",
+    "loads",
+    "make_converter",
+    "structure",
+    "unstructure",
+]
+
 T = TypeVar("T")
 
 OP_TAGS: dict[str, type[Any]] = {"put": Put, "delete": Delete, "append": Append, "check": Check}
