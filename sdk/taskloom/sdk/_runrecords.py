@@ -1,0 +1,324 @@
+"""What a durable run stores: the run record, one record per finished step, and helpers.
+
+Everything here is data that outlives the process that wrote it, so each stored
+record carries ``format`` and is JSON through :mod:`taskloom.contracts.serde`
+(never pickle: stored state must never be able to run code when read back).
+Reading a record of another format, or one whose content does not match its
+type, raises :class:`~taskloom.contracts.DecodeError` naming the record's
+namespace and key, so that a resume stops with a message a person can act on
+instead of continuing from a silently defaulted state.
+
+Storage layout (see ``notes/runstore_interface.md``):
+
+- ``runs`` / ``run_id`` -> :class:`RunRecord`
+- ``runs_by_time`` / ``{inverted microseconds:017d}/{run_id}`` -> :class:`RunIndexEntry`
+  (ascending key order is newest first, so a limited listing reads only what it shows)
+- ``steps`` / ``{run_id}/{step_id}/{item or "-"}`` -> :class:`StepRecord`
+- ``leases`` / ``run_id`` -> :class:`LeaseRecord`
+- ``cache`` / ``key`` -> :class:`CacheEntry` (with a storage TTL)
+- ``deleted_runs`` / ``run_id`` -> :class:`Tombstone`
+- stream ``run:{run_id}:events`` -> :class:`StoredEvent` per entry
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Literal, TypeVar
+
+import attrs
+
+from taskloom.contracts import CompletionResult, DecodeError, ErrorInfo, Event, Usage, UsageError
+from taskloom.contracts.serde import converter, structure
+
+_v = attrs.validators
+
+RECORD_FORMAT = 1
+"""The format every record below is written with; reading another one is refused."""
+
+RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+RUN_STATUSES: tuple[str, ...] = ("pending", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+StepStatus = Literal["succeeded", "failed"]
+
+NS_RUNS = "runs"
+NS_RUNS_BY_TIME = "runs_by_time"
+NS_STEPS = "steps"
+NS_LEASES = "leases"
+NS_CACHE = "cache"
+NS_TOMBSTONES = "deleted_runs"
+
+_TIME_SPAN_US = 10**16
+"""Inverted-time origin for index keys: microsecond epoch times stay below 2**53 and this."""
+
+
+def _float(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _opt_float(value: object) -> object:
+    return _float(value)
+
+
+_format = [_v.instance_of(int), _v.ge(1)]
+_opt_float_v = _v.optional(_v.instance_of(float))
+
+
+def _nonempty_str(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{attribute.name} must be non-empty text, got {value!r}")
+
+
+def _usage_map(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(u, Usage) for k, u in value.items()
+    ):
+        raise TypeError(f"{attribute.name} must be a dict of executor id -> Usage")
+
+
+@attrs.frozen(kw_only=True)
+class RunRecord:
+    """One run: what was asked (pipeline, inputs), where it stands, and what it cost.
+
+    Only what changes per run lives here; each finished step is its own
+    :class:`StepRecord`, so a checkpoint writes what changed, never a snapshot.
+    """
+
+    run_id: str = attrs.field(validator=_nonempty_str)
+    pipeline_name: str = attrs.field(validator=_v.instance_of(str))
+    pipeline_digest: str = attrs.field(validator=_v.instance_of(str))
+    pipeline: dict[str, Any] = attrs.field(validator=_v.instance_of(dict))
+    inputs: dict[str, Any] = attrs.field(validator=_v.instance_of(dict))
+    status: RunStatus = attrs.field(validator=_v.in_(RUN_STATUSES))
+    created_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    started_at: float | None = attrs.field(
+        default=None, converter=_opt_float, validator=_opt_float_v
+    )
+    finished_at: float | None = attrs.field(
+        default=None, converter=_opt_float, validator=_opt_float_v
+    )
+    output: Any = None
+    error: ErrorInfo | None = attrs.field(
+        default=None, validator=_v.optional(_v.instance_of(ErrorInfo))
+    )
+    usage: Usage = attrs.field(factory=Usage, validator=_v.instance_of(Usage))
+    usage_by_executor: dict[str, Usage] = attrs.field(factory=dict, validator=_usage_map)
+    steps_done: int = attrs.field(default=0, validator=[_v.instance_of(int), _v.ge(0)])
+    format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
+
+
+@attrs.frozen(kw_only=True)
+class StepRecord:
+    """One finished step, or one finished map item (``item`` is its index).
+
+    ``status`` is ``"failed"`` only for a step whose ``on_error`` is ``continue``:
+    a failure that stops the run is not a checkpoint, so a resume retries it.
+    """
+
+    run_id: str = attrs.field(validator=_nonempty_str)
+    step_id: str = attrs.field(validator=_nonempty_str)
+    item: int | None = attrs.field(
+        default=None, validator=_v.optional([_v.instance_of(int), _v.ge(0)])
+    )
+    status: StepStatus = attrs.field(default="succeeded", validator=_v.in_(("succeeded", "failed")))
+    output: Any = None
+    error: ErrorInfo | None = attrs.field(
+        default=None, validator=_v.optional(_v.instance_of(ErrorInfo))
+    )
+    usage: Usage = attrs.field(factory=Usage, validator=_v.instance_of(Usage))
+    executor: str | None = attrs.field(default=None, validator=_v.optional(_v.instance_of(str)))
+    attempts: int = attrs.field(default=1, validator=[_v.instance_of(int), _v.ge(0)])
+    started_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    finished_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    cached: bool = attrs.field(default=False, validator=_v.instance_of(bool))
+    format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
+
+
+@attrs.frozen(kw_only=True)
+class RunIndexEntry:
+    """The time index's view of a run: enough to filter a listing without reading runs."""
+
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    pipeline_name: str = attrs.field(validator=_v.instance_of(str))
+    status: RunStatus = attrs.field(validator=_v.in_(RUN_STATUSES))
+    created_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
+
+
+@attrs.frozen(kw_only=True)
+class LeaseRecord:
+    """Who may advance a run, until when (by the run store's clock)."""
+
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    holder: str = attrs.field(validator=_nonempty_str)
+    acquired_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    expires_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
+
+
+@attrs.frozen(kw_only=True)
+class CacheEntry:
+    """A cached reply; the storage TTL decides when it is gone."""
+
+    result: CompletionResult = attrs.field(validator=_v.instance_of(CompletionResult))
+    stored_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
+
+
+@attrs.frozen(kw_only=True)
+class Tombstone:
+    """Marks a deleted run: its event stream cannot be erased from an append-only store.
+
+    Reading the events of a tombstoned run returns nothing, and its id cannot be
+    used again (the old stream entries would mix with the new run's).
+    """
+
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    deleted_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
+
+
+@attrs.frozen(kw_only=True)
+class StoredEvent:
+    """One entry of a run's event stream: the tagged event plus the format."""
+
+    event: Event
+    format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
+
+
+R = TypeVar("R")
+
+
+def encode(record: object) -> bytes:
+    """Serialize a record to compact UTF-8 JSON through the one converter.
+
+    Outputs and inputs are typed ``Any``; anything that is not JSON data (a set, an
+    object, NaN) is refused here, before it could reach storage half-written.
+    """
+    try:
+        return json.dumps(
+            converter.unstructure(record),
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        ).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"{type(record).__name__} holds something that is not JSON data ({exc}): "
+            "step outputs and inputs must be JSON (str, numbers, bools, None, lists, dicts)"
+        ) from exc
+
+
+def encode_event(event: Event) -> bytes:
+    """Serialize an event for the stream, tagged with its stable type name."""
+    body = {"format": RECORD_FORMAT, "event": converter.unstructure(event, unstructure_as=Event)}
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+            "utf-8"
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"event {type(event).__name__} is not JSON data ({exc})") from exc
+
+
+def decode(data: bytes, cls: type[R], *, where: str) -> R:
+    """Build a ``cls`` from stored bytes; any mismatch is a DecodeError naming ``where``.
+
+    The format is checked before the content so that a record written by a newer
+    taskloom says "upgrade" rather than listing every field it does not know.
+    """
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(
+            f"stored record {where} is not valid JSON ({exc}); the store is damaged: "
+            f"delete the record or restore it from a backup"
+        ) from None
+    if not isinstance(raw, dict):
+        raise DecodeError(
+            f"stored record {where} is a JSON {type(raw).__name__}, not an object; "
+            "it was not written by taskloom's run store"
+        )
+    fmt = raw.get("format")
+    if fmt != RECORD_FORMAT:
+        hint = (
+            "upgrade taskloom"
+            if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > RECORD_FORMAT
+            else "it was not written by this taskloom: delete it or restore a backup"
+        )
+        raise DecodeError(
+            f"stored record {where} has format {fmt!r}; this taskloom reads format "
+            f"{RECORD_FORMAT}: {hint}",
+            path="$.format",
+        )
+    try:
+        return structure(raw, cls)
+    except DecodeError as exc:
+        raise DecodeError(
+            f"stored record {where} does not match {cls.__name__}: {exc}", path=exc.path
+        ) from None
+
+
+def decode_event(data: bytes, *, where: str) -> Event:
+    """Read one stream entry back into its event."""
+    return decode(data, StoredEvent, where=where).event
+
+
+def step_key(run_id: str, step_id: str, item: int | None) -> str:
+    """The ``steps`` key of one finished step or map item (item 0 is ``0``, not ``-``)."""
+    return f"{run_id}/{step_id}/{'-' if item is None else item}"
+
+
+def events_stream(run_id: str) -> str:
+    """The name of a run's event stream."""
+    return f"run:{run_id}:events"
+
+
+def inverted_time(at: float) -> int:
+    """Map an epoch time to a number that sorts newest first as zero-padded text."""
+    micros = round(at * 1_000_000)
+    return max(0, min(_TIME_SPAN_US - 1, _TIME_SPAN_US - micros))
+
+
+def index_key(run_id: str, created_at: float) -> str:
+    """The ``runs_by_time`` key of a run: ascending key order is newest first."""
+    return f"{inverted_time(created_at):017d}/{run_id}"
+
+
+def index_entry(record: RunRecord) -> RunIndexEntry:
+    """The index entry that mirrors ``record`` (written in the same commit)."""
+    return RunIndexEntry(
+        run_id=record.run_id,
+        pipeline_name=record.pipeline_name,
+        status=record.status,
+        created_at=record.created_at,
+    )
+
+
+# --- usage accounting ---------------------------------------------------------
+
+
+def total_usage(steps: Iterable[StepRecord]) -> Usage:
+    """The run's usage: every step's and map item's tokens summed."""
+    total = Usage()
+    for step in steps:
+        total = total + step.usage
+    return total
+
+
+def usage_by_step(steps: Iterable[StepRecord]) -> dict[str, Usage]:
+    """Tokens per step id; a map step's items add up under the map's body step id."""
+    sums: dict[str, Usage] = {}
+    for step in steps:
+        sums[step.step_id] = sums.get(step.step_id, Usage()) + step.usage
+    return sums
+
+
+def usage_by_executor(steps: Iterable[StepRecord]) -> dict[str, Usage]:
+    """Tokens per executor id; steps that called no executor (plugin steps) are left out."""
+    sums: dict[str, Usage] = {}
+    for step in steps:
+        if step.executor is not None:
+            sums[step.executor] = sums.get(step.executor, Usage()) + step.usage
+    return sums

@@ -1,0 +1,602 @@
+"""The durable run store: run records, step checkpoints, events, leases and the response cache.
+
+The engine writes through this class only, and only through the ``StorageAdapter``
+protocol, so every adapter (memory, SQLite, files, a third party's) gets durable
+runs for free. Three ideas carry the design:
+
+- **What changed, not snapshots.** A run record plus one small record per finished
+  step or map item; a checkpoint never rewrites the whole run state (the growth
+  LangGraph users complain about).
+- **Group commit.** ``record_step`` and ``record_event`` only queue operations; one
+  flusher writes everything queued in one ``commit`` (see ``_runstore_batch``), so
+  500 map items finishing together cost one storage round trip, not 500.
+- **Leases, not locks.** A run is advanced by one holder at a time; the lease has a
+  TTL by the store's (injectable) clock and is renewed while the run goes, so a
+  holder that died is taken over once its lease expires.
+
+The interface with the engine is ``notes/runstore_interface.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import rfc8785
+
+from taskloom.contracts import (
+    Append,
+    CompletionRequest,
+    CompletionResult,
+    ConflictError,
+    Delete,
+    Event,
+    Pipeline,
+    Put,
+    Record,
+    RunHeld,
+    RunNotFound,
+    StorageAdapter,
+    StorageError,
+    UsageError,
+    check_name,
+    check_value,
+)
+from taskloom.contracts.serde import converter
+from taskloom.sdk._runrecords import (
+    NS_CACHE,
+    NS_LEASES,
+    NS_RUNS,
+    NS_RUNS_BY_TIME,
+    NS_STEPS,
+    NS_TOMBSTONES,
+    CacheEntry,
+    LeaseRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    Tombstone,
+    decode,
+    decode_event,
+    encode,
+    encode_event,
+    events_stream,
+    index_entry,
+    index_key,
+    step_key,
+)
+from taskloom.sdk._runstore_batch import GroupCommitWriter
+from taskloom.sdk._runstore_history import RunHistory
+
+SCAN_PAGE = 1000
+"""Records read per ``scan`` call when walking a run's steps."""
+
+_LEASE_RACE_RETRIES = 8
+
+logger = logging.getLogger("taskloom.runstore")
+
+
+def cache_key(executor_id: str, request: CompletionRequest) -> str:
+    """Digest of the executor id and the canonical request: equal requests share a reply.
+
+    RFC 8785 canonical JSON makes the digest independent of key order and float
+    spelling, so the key is stable across processes and taskloom versions that
+    keep the request's fields.
+    """
+    body = {"executor": executor_id, "request": converter.unstructure(request)}
+    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+
+
+def is_cacheable(request: CompletionRequest, *, nondeterministic: bool = False) -> bool:
+    """Whether a reply to ``request`` may be cached.
+
+    Only deterministic requests (temperature 0 or a seed) are, unless the pipeline
+    opts in with ``cache_nondeterministic``: caching a sampled reply would silently
+    turn a random choice into a fixed one.
+    """
+    return nondeterministic or request.deterministic
+
+
+def pipeline_digest(pipeline: Pipeline | Mapping[str, Any]) -> str:
+    """Hex SHA-256 of the canonical JSON of the (unstructured) pipeline.
+
+    A run keeps this digest so that a resume with a pipeline that changed since is
+    refused instead of mixing outputs of two different pipelines.
+    """
+    data = converter.unstructure(pipeline) if isinstance(pipeline, Pipeline) else dict(pipeline)
+    return hashlib.sha256(rfc8785.dumps(data)).hexdigest()
+
+
+class RunStore:
+    """Durable state of runs over any ``StorageAdapter``.
+
+    The store does not own the adapter: ``aclose`` writes what is queued and stops
+    the flusher but leaves the adapter open for whoever passed it in.
+    """
+
+    def __init__(self, storage: StorageAdapter, *, clock: Callable[[], float] = time.time) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._writer = GroupCommitWriter(storage)
+        self._history = RunHistory(storage, clock=clock, delete_run=self.delete_run)
+        self._closed = False
+
+    @property
+    def storage(self) -> StorageAdapter:
+        """The adapter this store writes to."""
+        return self._storage
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock leases and retention are measured by."""
+        return self._clock
+
+    @property
+    def commits(self) -> int:
+        """How many batched commits the group-commit writer has made."""
+        return self._writer.commits
+
+    async def __aenter__(self) -> RunStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Write everything queued, then refuse further use. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._writer.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("the run store is closed; create a new RunStore to use it")
+
+    # --- run records --------------------------------------------------------------
+
+    async def create_run(self, record: RunRecord) -> None:
+        """Store a new run; ``ConflictError`` if a run with that id exists.
+
+        The run record and its time-index entry go in one commit. An id of a deleted
+        run is refused: its event stream still holds the old run's events.
+        """
+        self._check_open()
+        check_name(record.run_id, what="run id")
+        if await self._storage.get(NS_TOMBSTONES, record.run_id) is not None:
+            raise UsageError(
+                f"run id {record.run_id!r} belonged to a deleted run whose event stream "
+                "cannot be erased; use a new run id (uuid4().hex)"
+            )
+        value = check_value(encode(record), what=f"run record {record.run_id}")
+        await self._storage.commit(
+            [
+                Put(namespace=NS_RUNS, key=record.run_id, value=value, if_version=0),
+                Put(
+                    namespace=NS_RUNS_BY_TIME,
+                    key=index_key(record.run_id, record.created_at),
+                    value=encode(index_entry(record)),
+                ),
+            ]
+        )
+
+    async def load_run(self, run_id: str) -> RunRecord:
+        """The run's record; ``RunNotFound`` if there is none, ``DecodeError`` naming it."""
+        self._check_open()
+        check_name(run_id, what="run id")
+        stored = await self._storage.get(NS_RUNS, run_id)
+        if stored is None:
+            raise RunNotFound(
+                f"no run {run_id!r} in this store; list runs with `taskloom runs` "
+                "(it may have been deleted by retention)"
+            )
+        return decode(stored.value, RunRecord, where=f"{NS_RUNS}/{run_id}")
+
+    async def update_run(self, record: RunRecord) -> None:
+        """Write the run's new status, timings, output or usage; durable on return.
+
+        It goes through the group-commit queue behind every step and event queued
+        before it, so once a run is marked finished its history is complete.
+        """
+        self._check_open()
+        check_name(record.run_id, what="run id")
+        value = check_value(encode(record), what=f"run record {record.run_id}")
+        await self._writer.submit(
+            [
+                Put(namespace=NS_RUNS, key=record.run_id, value=value),
+                Put(
+                    namespace=NS_RUNS_BY_TIME,
+                    key=index_key(record.run_id, record.created_at),
+                    value=encode(index_entry(record)),
+                ),
+            ]
+        )
+
+    # --- checkpoints ----------------------------------------------------------------
+
+    async def record_step(self, record: StepRecord) -> None:
+        """Checkpoint one finished step or map item; returns when it is durable.
+
+        Concurrent calls share one commit. Size and key are checked here, before
+        queueing, so one bad record fails its own caller and not a whole batch.
+        """
+        self._check_open()
+        key = check_name(step_key(record.run_id, record.step_id, record.item), what="step key")
+        value = check_value(
+            encode(record), what=f"checkpoint of step {record.step_id!r} item {record.item}"
+        )
+        await self._writer.submit([Put(namespace=NS_STEPS, key=key, value=value)])
+
+    async def finished_steps(self, run_id: str) -> dict[tuple[str, int | None], StepRecord]:
+        """Every checkpoint of the run, by (step id, map item or None).
+
+        A checkpoint that cannot be decoded raises ``DecodeError`` naming it: a
+        resume must never take a damaged record for "not done yet" and pay again.
+        """
+        self._check_open()
+        check_name(run_id, what="run id")
+        done: dict[tuple[str, int | None], StepRecord] = {}
+        async for stored in self._scan(NS_STEPS, f"{run_id}/"):
+            step = decode(stored.value, StepRecord, where=f"{NS_STEPS}/{stored.key}")
+            if step.run_id != run_id:
+                raise StorageError(
+                    f"checkpoint {NS_STEPS}/{stored.key} names run {step.run_id!r}, not "
+                    f"{run_id!r}; the store is inconsistent: delete the run and start again"
+                )
+            done[(step.step_id, step.item)] = step
+        return done
+
+    async def _scan(self, namespace: str, prefix: str) -> AsyncIterator[Record]:
+        start_after: str | None = None
+        while True:
+            page = await self._storage.scan(
+                namespace, prefix=prefix, start_after=start_after, limit=SCAN_PAGE
+            )
+            for stored in page:
+                yield stored
+            if len(page) < SCAN_PAGE:
+                return
+            start_after = page[-1].key
+
+    # --- events -------------------------------------------------------------------
+
+    def record_event(self, event: Event) -> None:
+        """Queue an event for the run's stream; the engine does not wait for it.
+
+        Events are written with the next batch; if that fails they are retried and
+        the failure is raised by ``flush`` (and ``aclose``), never dropped silently.
+        """
+        self._check_open()
+        stream = check_name(events_stream(event.run_id), what="event stream")
+        payload = check_value(encode_event(event), what=f"event of run {event.run_id}")
+        self._writer.submit_nowait([Append(stream=stream, payload=payload)])
+
+    async def flush(self) -> None:
+        """Wait until every queued checkpoint and event is durable; raise what failed."""
+        self._check_open()
+        await self._writer.flush()
+
+    async def events(
+        self, run_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[tuple[int, Event]]:
+        """The run's events with their sequence numbers, oldest first.
+
+        Events still queued in this process are flushed first so the history is
+        complete. A deleted run (tombstoned) has no events, even though its stream
+        entries stay in an append-only store.
+        """
+        self._check_open()
+        check_name(run_id, what="run id")
+        await self._writer.flush()
+        if await self._storage.get(NS_TOMBSTONES, run_id) is not None:
+            return []
+        stream = events_stream(run_id)
+        entries = await self._storage.read(stream, after=after, limit=limit)
+        return [
+            (entry.seq, decode_event(entry.payload, where=f"stream {stream} entry {entry.seq}"))
+            for entry in entries
+        ]
+
+    # --- leases ---------------------------------------------------------------------
+
+    async def acquire_lease(self, run_id: str, holder: str, *, ttl_s: float = 30.0) -> None:
+        """Become the run's only holder for ``ttl_s``; ``RunHeld`` if another live holder is.
+
+        A lease whose holder is ``holder`` already is refreshed; an expired one is
+        taken over. The write is a compare-and-set on the lease's version, so of
+        two processes racing for a free run exactly one wins.
+        """
+        self._check_open()
+        _check_ttl(ttl_s)
+        check_name(run_id, what="run id")
+        for _ in range(_LEASE_RACE_RETRIES):
+            stored = await self._storage.get(NS_LEASES, run_id)
+            now = self._clock()
+            version = 0
+            if stored is not None:
+                lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+                if lease.holder != holder and lease.expires_at > now:
+                    raise _held(run_id, lease)
+                version = stored.version
+            new = LeaseRecord(run_id=run_id, holder=holder, acquired_at=now, expires_at=now + ttl_s)
+            try:
+                await self._storage.put(NS_LEASES, run_id, encode(new), if_version=version)
+            except ConflictError:
+                continue  # someone wrote the lease between our read and write: look again
+            return
+        raise RunHeld(
+            f"run {run_id!r}: the lease kept changing while acquiring it; another process "
+            "is competing for this run: try again later",
+        )
+
+    async def renew_lease(self, run_id: str, holder: str, *, ttl_s: float = 30.0) -> None:
+        """Extend ``holder``'s lease by ``ttl_s`` from now; ``RunHeld`` if it was lost."""
+        self._check_open()
+        _check_ttl(ttl_s)
+        check_name(run_id, what="run id")
+        stored = await self._storage.get(NS_LEASES, run_id)
+        if stored is None:
+            raise RunHeld(
+                f"run {run_id!r}: the lease of {holder!r} is gone (released or the run was "
+                "deleted); stop working on the run",
+            )
+        lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+        if lease.holder != holder:
+            raise _held(run_id, lease)
+        now = self._clock()
+        new = _extended(lease, expires_at=now + ttl_s)
+        try:
+            await self._storage.put(NS_LEASES, run_id, encode(new), if_version=stored.version)
+        except ConflictError:
+            current = await self._storage.get(NS_LEASES, run_id)
+            if current is None:
+                raise RunHeld(f"run {run_id!r}: the lease of {holder!r} is gone") from None
+            raise _held(
+                run_id, decode(current.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+            ) from None
+
+    async def release_lease(self, run_id: str, holder: str) -> None:
+        """Give the run up; a lease held by someone else is left alone."""
+        self._check_open()
+        check_name(run_id, what="run id")
+        stored = await self._storage.get(NS_LEASES, run_id)
+        if stored is None:
+            return
+        lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+        if lease.holder != holder:
+            return
+        try:
+            await self._storage.delete(NS_LEASES, run_id, if_version=stored.version)
+        except ConflictError:
+            return  # taken over meanwhile: it is no longer ours to release
+
+    async def lease(self, run_id: str) -> LeaseRecord | None:
+        """The run's current lease, live or expired, or None."""
+        self._check_open()
+        stored = await self._storage.get(NS_LEASES, run_id)
+        if stored is None:
+            return None
+        return decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+
+    # --- response cache ---------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> CompletionResult | None:
+        """A cached reply, or None when absent or expired (the storage TTL)."""
+        self._check_open()
+        stored = await self._storage.get(NS_CACHE, check_name(key, what="cache key"))
+        if stored is None:
+            return None
+        return decode(stored.value, CacheEntry, where=f"{NS_CACHE}/{key}").result
+
+    async def cache_put(self, key: str, result: CompletionResult, *, ttl_s: float | None) -> None:
+        """Cache ``result`` under ``key`` for ``ttl_s`` seconds (None: until deleted)."""
+        self._check_open()
+        if ttl_s is not None:
+            _check_ttl(ttl_s)
+        entry = CacheEntry(result=result, stored_at=self._clock())
+        await self._storage.put(
+            NS_CACHE, check_name(key, what="cache key"), encode(entry), ttl=ttl_s
+        )
+
+    # --- history and retention ------------------------------------------------------
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        pipeline: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Runs newest first, filtered by status, pipeline name and creation time.
+
+        The time index holds status and pipeline name, so a limited listing reads
+        only the run records it returns.
+        """
+        self._check_open()
+        return await self._history.list_runs(
+            status=status, pipeline=pipeline, since=since, until=until, limit=limit
+        )
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete the run record, its index entry, checkpoints and lease; True if it existed.
+
+        The run's event stream cannot be erased from an append-only store: a
+        tombstone hides it from ``events`` and keeps the id from being reused.
+        A run whose lease is live is refused with ``RunHeld``.
+        """
+        self._check_open()
+        check_name(run_id, what="run id")
+        lease_stored = await self._storage.get(NS_LEASES, run_id)
+        if lease_stored is not None:
+            lease = decode(lease_stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+            if lease.expires_at > self._clock():
+                raise _held(run_id, lease)
+        await self._writer.flush()
+        stored = await self._storage.get(NS_RUNS, run_id)
+        existed = stored is not None
+        ops: list[Put | Delete] = []
+        if stored is not None:
+            ops.append(Delete(namespace=NS_RUNS, key=run_id, if_version=stored.version))
+            index = await self._history.index_key_of(run_id, stored.value)
+            if index is not None:
+                ops.append(Delete(namespace=NS_RUNS_BY_TIME, key=index))
+        tomb = Tombstone(run_id=run_id, deleted_at=self._clock())
+        ops.append(Put(namespace=NS_TOMBSTONES, key=run_id, value=encode(tomb)))
+        if lease_stored is not None:
+            ops.append(Delete(namespace=NS_LEASES, key=run_id))
+        # The record goes first and atomically with the tombstone: if the process dies
+        # while checkpoints are being deleted, calling delete_run again finishes the job.
+        await self._storage.commit(ops)
+        while True:
+            page = await self._storage.scan(NS_STEPS, prefix=f"{run_id}/", limit=SCAN_PAGE)
+            if not page:
+                break
+            existed = True
+            await self._storage.commit(
+                [Delete(namespace=NS_STEPS, key=stored_step.key) for stored_step in page]
+            )
+        return existed
+
+    async def prune(
+        self, *, older_than_s: float | None = None, keep_last: int | None = None
+    ) -> int:
+        """Apply a retention policy; return how many runs were deleted.
+
+        A run is deleted when it was created more than ``older_than_s`` ago, or when
+        it is not among the ``keep_last`` newest finished runs: each limit given
+        bounds the store. Runs still pending or running are kept unless they are
+        older than ``older_than_s`` with no live lease (a crashed run nobody resumed);
+        ``keep_last`` never removes them. Runs with a live lease are never deleted.
+        """
+        self._check_open()
+        if older_than_s is None and keep_last is None:
+            raise UsageError("prune needs older_than_s, keep_last or both")
+        if older_than_s is not None and (
+            isinstance(older_than_s, bool)
+            or not isinstance(older_than_s, int | float)
+            or older_than_s < 0
+        ):
+            raise UsageError(f"older_than_s must be a number >= 0, got {older_than_s!r}")
+        if keep_last is not None and (
+            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0
+        ):
+            raise UsageError(f"keep_last must be an int >= 0, got {keep_last!r}")
+        return await self._history.prune(older_than_s=older_than_s, keep_last=keep_last)
+
+
+class LeaseKeeper:
+    """Hold a run's lease while a block runs: acquire, renew every ttl/3, release.
+
+    If a renewal finds the lease lost (another process took the run over after a
+    stall longer than the TTL), the block must stop: by default the task that
+    entered is cancelled and the ``async with`` raises ``RunHeld``; pass
+    ``on_lost`` to handle it otherwise. A renewal that fails on a storage error
+    is retried at the next tick; the lease stays ours until it expires.
+    """
+
+    def __init__(
+        self,
+        store: RunStore,
+        run_id: str,
+        holder: str,
+        *,
+        ttl_s: float = 30.0,
+        on_lost: Callable[[RunHeld], None] | None = None,
+    ) -> None:
+        _check_ttl(ttl_s)
+        self._store = store
+        self._run_id = run_id
+        self._holder = holder
+        self._ttl = ttl_s
+        self._on_lost = on_lost
+        self._task: asyncio.Task[None] | None = None
+        self._owner: asyncio.Task[Any] | None = None
+        self.lost: RunHeld | None = None
+        """Set when a renewal found the lease taken."""
+        self.renewals = 0
+        """How many renewals succeeded."""
+
+    async def __aenter__(self) -> LeaseKeeper:
+        await self._store.acquire_lease(self._run_id, self._holder, ttl_s=self._ttl)
+        self._owner = asyncio.current_task()
+        self._task = asyncio.create_task(self._renew(), name=f"taskloom-lease-{self._run_id}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # asyncio.wait never cancels ``task`` for us and lets our own cancellation through.
+            await asyncio.wait([task])
+        if self.lost is None:
+            try:
+                await self._store.release_lease(self._run_id, self._holder)
+            except StorageError:
+                logger.warning("could not release the lease of run %s; it expires", self._run_id)
+        if (
+            self.lost is not None
+            and self._on_lost is None
+            and isinstance(exc, asyncio.CancelledError)
+            and self._owner is not None
+            and self._owner.uncancel() == 0
+        ):
+            raise self.lost from None
+        return False
+
+    async def _renew(self) -> None:
+        interval = self._ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._store.renew_lease(self._run_id, self._holder, ttl_s=self._ttl)
+            except RunHeld as exc:
+                self.lost = exc
+                if self._on_lost is not None:
+                    self._on_lost(exc)
+                elif self._owner is not None:
+                    self._owner.cancel()
+                return
+            except StorageError:
+                continue  # transient: the lease is still ours until it expires
+            self.renewals += 1
+
+
+def _extended(lease: LeaseRecord, *, expires_at: float) -> LeaseRecord:
+    """A copy of ``lease`` with a new expiry."""
+    return LeaseRecord(
+        run_id=lease.run_id,
+        holder=lease.holder,
+        acquired_at=lease.acquired_at,
+        expires_at=expires_at,
+    )
+
+
+def _held(run_id: str, lease: LeaseRecord) -> RunHeld:
+    return RunHeld(
+        f"run {run_id!r} is held by {lease.holder!r} until {lease.expires_at:.3f} "
+        "(epoch seconds); wait for it to finish or for the lease to expire, then resume",
+        holder=lease.holder,
+        expires_at=lease.expires_at,
+    )
+
+
+def _check_ttl(ttl_s: object) -> None:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not (0 < ttl_s < 1e12):
+        raise UsageError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")

@@ -1,0 +1,239 @@
+"""Group commit: many checkpoint writes, one ``storage.commit``.
+
+A parallel run finishes many steps (or 500 map items) at nearly the same moment.
+Committing each one alone would serialize the run on storage round trips, so
+writers only enqueue their operations and a single flusher task takes *everything*
+queued and writes it in one atomic ``commit``. While that commit is in flight, new
+writes queue up and form the next batch: the busier the run, the bigger the
+batches, and the number of commits tracks storage latency, not the number of steps.
+
+Two kinds of writes share the queue, in order:
+
+- *waited* writes (step checkpoints, run updates): the caller gets a future that
+  resolves when the batch holding its operations is durable, or fails with the
+  batch's error; every waiter of a failed batch gets that error.
+- *fire-and-forget* writes (events): nobody waits, so a failed batch puts them
+  back at the head of the queue and the flusher retries them with backoff. They
+  are never dropped silently: the failure is raised by the next ``flush()`` and,
+  if they still cannot be written, by ``aclose()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from taskloom.contracts import (
+    Op,
+    StorageAdapter,
+    StorageError,
+    StorageUnavailable,
+    TaskloomError,
+    UsageError,
+)
+
+logger = logging.getLogger("taskloom.runstore")
+
+MAX_BATCH_OPS = 4096
+"""Most operations in one commit; more stay queued for the next one."""
+
+RETRY_DELAYS_S: tuple[float, ...] = (0.02, 0.1, 0.5, 1.0)
+"""Backoff before retrying unwaited writes after a failed commit (last one repeats)."""
+
+
+class _Pending:
+    """Operations queued together, and who (if anyone) waits for them."""
+
+    __slots__ = ("future", "ops")
+
+    def __init__(self, ops: Sequence[Op], future: asyncio.Future[None] | None) -> None:
+        self.ops = ops
+        self.future = future
+
+
+class GroupCommitWriter:
+    """Queue storage operations; one background task commits everything queued at once."""
+
+    def __init__(
+        self,
+        storage: StorageAdapter,
+        *,
+        max_batch_ops: int = MAX_BATCH_OPS,
+        retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
+    ) -> None:
+        self._storage = storage
+        self._max_batch_ops = max(1, max_batch_ops)
+        self._retry_delays = tuple(retry_delays_s) or (0.0,)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failures = 0
+        self._last_error: TaskloomError | None = None
+        self._closed = False
+        self.commits = 0
+        """How many commits the flusher made (successful ones), for tests and benchmarks."""
+
+    # --- producers ----------------------------------------------------------------
+
+    def submit(self, ops: Sequence[Op]) -> asyncio.Future[None]:
+        """Queue ``ops``; the returned future resolves when they are durable."""
+        self._check_open()
+        loop = self._ensure_flusher()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.append(_Pending(ops, future))
+        self._kick()
+        return future
+
+    def submit_nowait(self, ops: Sequence[Op]) -> None:
+        """Queue ``ops`` that nobody waits for (events); failures are retried, then reported."""
+        self._check_open()
+        self._ensure_flusher()
+        self._queue.append(_Pending(ops, None))
+        self._kick()
+
+    async def flush(self) -> None:
+        """Wait until everything queued before this call is durable; raise if it failed."""
+        self._check_open()
+        await self._barrier()
+
+    @property
+    def pending(self) -> int:
+        """How many queued writes are not durable yet."""
+        return len(self._queue)
+
+    async def aclose(self) -> None:
+        """Write what is queued, then stop the flusher. Raise if queued writes were lost."""
+        if self._closed:
+            return
+        error: TaskloomError | None = None
+        if self._queue and self._task is not None and not self._task.done():
+            try:
+                await self._barrier()
+            except TaskloomError as exc:
+                error = exc
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        lost = [p for p in self._queue if p.ops]
+        self._queue.clear()
+        for pending in lost:
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_exception(UsageError("the run store was closed"))
+        if lost:
+            count = sum(len(p.ops) for p in lost)
+            raise StorageUnavailable(
+                f"{count} queued run-store write(s) (events) could not be written before "
+                f"close: {error or self._last_error}; check the storage and resume the run "
+                "to regenerate its history"
+            ) from (error or self._last_error)
+
+    # --- internals ------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("the run store is closed; create a new RunStore to write")
+
+    async def _barrier(self) -> None:
+        if not self._queue and (self._task is None or self._task.done()):
+            return
+        loop = self._ensure_flusher()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.append(_Pending((), future))
+        self._kick()
+        await future
+
+    def _ensure_flusher(self) -> asyncio.AbstractEventLoop:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise UsageError(
+                "the run store writes from a running event loop; call it from async code"
+            ) from None
+        if self._task is None or self._task.done() or self._loop is not loop:
+            if self._loop is not None and self._loop is not loop:
+                # A new event loop (a sync facade calling asyncio.run again): futures of the
+                # old loop cannot be resolved from here; the unwaited writes are kept.
+                self._queue = collections.deque(p for p in self._queue if p.future is None)
+            self._loop = loop
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run(), name="taskloom-runstore-flusher")
+        return loop
+
+    def _kick(self) -> None:
+        assert self._wakeup is not None
+        self._wakeup.set()
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        count = 0
+        while self._queue:
+            size = len(self._queue[0].ops)
+            if batch and count + size > self._max_batch_ops:
+                break
+            batch.append(self._queue.popleft())
+            count += size
+        return batch
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        wakeup = self._wakeup
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            while self._queue:
+                batch = self._take_batch()
+                ops = [op for pending in batch for op in pending.ops]
+                try:
+                    if ops:
+                        await self._storage.commit(ops)
+                except asyncio.CancelledError:
+                    self._queue.extendleft(reversed(batch))
+                    raise
+                except Exception as exc:  # every failure reaches a waiter or a later flush
+                    await self._failed(batch, self._translate(exc))
+                    continue
+                if ops:
+                    self.commits += 1
+                self._failures = 0
+                self._last_error = None
+                for pending in batch:
+                    if pending.future is not None and not pending.future.done():
+                        pending.future.set_result(None)
+
+    async def _failed(self, batch: list[_Pending], error: TaskloomError) -> None:
+        """Fail the batch's waiters; put its unwaited writes back and back off before retrying."""
+        self._last_error = error
+        unwaited = [p for p in batch if p.future is None and p.ops]
+        for pending in batch:
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_exception(error)
+        if not unwaited:
+            return
+        self._queue.extendleft(reversed(unwaited))
+        delay = self._retry_delays[min(self._failures, len(self._retry_delays) - 1)]
+        self._failures += 1
+        logger.warning(
+            "run store: %d event write(s) failed (%s); retrying in %.2fs",
+            sum(len(p.ops) for p in unwaited),
+            error,
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+    @staticmethod
+    def _translate(exc: Exception) -> TaskloomError:
+        if isinstance(exc, TaskloomError):
+            return exc
+        translated = StorageError(
+            f"the storage adapter failed with {type(exc).__name__}: {exc}; "
+            "adapters must raise taskloom's StorageError types"
+        )
+        translated.__cause__ = exc
+        return translated
