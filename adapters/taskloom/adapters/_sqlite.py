@@ -1,0 +1,518 @@
+"""``SQLiteStorage``: the embedded, durable StorageAdapter on one SQLite file.
+
+Writes go through a single writer thread that commits every write queued at the
+moment it wakes in one transaction (group commit, see ``_sqlite_writer``);
+reads go in parallel on aiosqlite connections, one round trip each. The database
+runs in WAL mode so that readers never wait for the writer, and write
+transactions begin IMMEDIATE under a busy timeout, so another process sharing
+the file is waited for, never reported as ``database is locked``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+
+from taskloom.adapters._sqlite_errors import map_sqlite_errors
+from taskloom.adapters._sqlite_ops import (
+    append_job,
+    commit_job,
+    delete_job,
+    delete_versions_job,
+    purge_job,
+    put_job,
+    vacuum_job,
+)
+from taskloom.adapters._sqlite_schema import (
+    GET,
+    READ,
+    SCAN,
+    SCAN_BOUNDED,
+    SCAN_META,
+    SCAN_META_BOUNDED,
+    SCHEMA_VERSION,
+    open_writer_connection,
+    reader_init_statements,
+)
+from taskloom.adapters._sqlite_writer import Writer
+from taskloom.contracts import (
+    Append,
+    Check,
+    CommitResult,
+    Delete,
+    Op,
+    Put,
+    Record,
+    StorageError,
+    StreamEntry,
+    UsageError,
+    check_if_version,
+    check_name,
+    check_ttl,
+    check_value,
+)
+
+__all__ = ["SQLiteStorage"]
+
+_LOG = logging.getLogger("taskloom.adapters.sqlite")
+
+_PURGE_CHUNK = 1000
+_PRUNE_PAGE = 1000
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    None when there is none (the prefix is empty or only U+10FFFF). SQLite compares
+    TEXT as UTF-8 bytes, whose order is code point order, so ``prefix <= key <
+    _prefix_end(prefix)`` is exactly ``key.startswith(prefix)`` and uses the index.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            nxt = last + 1
+            if 0xD800 <= nxt <= 0xDFFF:
+                nxt = 0xE000
+            return "".join(chars) + chr(nxt)
+    return None
+
+
+def _check_limit(limit: object) -> int:
+    if limit is None:
+        return -1
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise UsageError(f"limit must be None or an int >= 0, got {limit!r}")
+    return limit
+
+
+class SQLiteStorage:
+    """A StorageAdapter on one SQLite file: durable, shared safely by several processes.
+
+    ``synchronous="NORMAL"`` (the default) keeps every acknowledged write through
+    a crash of the process; ``"FULL"`` also through a power loss, at the cost of
+    an fsync per commit. ``busy_timeout_s`` is how long a write waits for another
+    process's lock before ``StorageUnavailable``. Expired records are invisible at
+    once and deleted every ``purge_interval_s`` seconds (None: only by
+    ``purge_expired()``).
+
+    Open with ``await SQLiteStorage.open(path)`` or ``async with
+    SQLiteStorage(path) as storage``; a method called first also opens it.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        purge_interval_s: float | None = 60.0,
+        readers: int = 2,
+    ) -> None:
+        self._path = os.fspath(path)
+        if not isinstance(self._path, str) or self._path in ("", ":memory:"):
+            raise UsageError(
+                "SQLiteStorage needs a file path; for a store in memory use "
+                "taskloom.adapters.memory.MemoryStorage"
+            )
+        if str(synchronous).upper() not in ("NORMAL", "FULL"):
+            raise UsageError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        if isinstance(busy_timeout_s, bool) or not (0 < float(busy_timeout_s) < 1e6):
+            raise UsageError(f"busy_timeout_s must be a positive number, got {busy_timeout_s!r}")
+        if purge_interval_s is not None and not (0 < float(purge_interval_s) < 1e9):
+            raise UsageError(f"purge_interval_s must be positive or None, got {purge_interval_s!r}")
+        if isinstance(readers, bool) or not isinstance(readers, int) or not 1 <= readers <= 16:
+            raise UsageError(f"readers must be an int from 1 to 16, got {readers!r}")
+        self._synchronous = str(synchronous).upper()
+        self._busy_timeout_s = float(busy_timeout_s)
+        self._clock = clock
+        self._purge_interval_s = purge_interval_s
+        self._reader_count = readers
+        self._writer: Writer | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        self._next_reader: itertools.cycle[aiosqlite.Connection] | None = None
+        self._purger: asyncio.Task[None] | None = None
+        self._opening: asyncio.Lock | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        """Where the database file is."""
+        return self._path
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._writer else "not opened"
+        return f"SQLiteStorage({self._path!r}, {state})"
+
+    # --- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        purge_interval_s: float | None = 60.0,
+        readers: int = 2,
+    ) -> SQLiteStorage:
+        """Open (creating or migrating if needed) the database at ``path``."""
+        storage = cls(
+            path,
+            synchronous=synchronous,
+            busy_timeout_s=busy_timeout_s,
+            clock=clock,
+            purge_interval_s=purge_interval_s,
+            readers=readers,
+        )
+        await storage._ensure_open()
+        return storage
+
+    async def __aenter__(self) -> SQLiteStorage:
+        await self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _usage_closed(self) -> UsageError:
+        return UsageError(f"SQLiteStorage({self._path!r}) is closed; open a new one to use it")
+
+    async def _ensure_open(self) -> Writer:
+        if self._closed:
+            raise self._usage_closed()
+        if self._writer is not None:
+            return self._writer
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._writer is None:
+                await self._open()
+            if self._closed or self._writer is None:
+                raise self._usage_closed()
+            return self._writer
+
+    async def _open(self, target_version: int = SCHEMA_VERSION) -> None:
+        conn = await asyncio.to_thread(
+            open_writer_connection,
+            self._path,
+            synchronous=self._synchronous,
+            busy_timeout_s=self._busy_timeout_s,
+            target_version=target_version,
+        )
+        writer = Writer(conn, self._path, self._busy_timeout_s)
+        readers: list[aiosqlite.Connection] = []
+        try:
+            with map_sqlite_errors(self._path, busy_timeout_s=self._busy_timeout_s):
+                for _ in range(self._reader_count):
+                    reader = await aiosqlite.connect(
+                        self._path, timeout=self._busy_timeout_s, isolation_level=None
+                    )
+                    readers.append(reader)
+                    for statement in reader_init_statements(self._synchronous):
+                        await reader.execute(statement)
+        except BaseException:
+            for reader in readers:
+                await reader.close()
+            await writer.stop()
+            raise
+        self._writer = writer
+        self._readers = readers
+        self._next_reader = itertools.cycle(readers)
+        if self._purge_interval_s is not None:
+            self._purger = asyncio.get_running_loop().create_task(
+                self._purge_forever(self._purge_interval_s), name=f"taskloom-purge:{self._path}"
+            )
+
+    async def aclose(self) -> None:
+        """Finish queued writes and close every connection; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.gather(self._purger, return_exceptions=True)
+            self._purger = None
+        writer, self._writer = self._writer, None
+        readers, self._readers = self._readers, []
+        self._next_reader = None
+        if writer is not None:
+            await writer.stop()
+        for reader in readers:
+            with map_sqlite_errors(self._path):
+                await reader.close()
+
+    def __del__(self) -> None:
+        if self._closed or self._writer is None:
+            return
+        warnings.warn(
+            f"{self!r} was never closed: use 'async with' or 'await storage.aclose()'",
+            ResourceWarning,
+            stacklevel=1,
+        )
+        self._writer.stop_nowait()
+
+    async def _purge_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.purge_expired()
+            except StorageError as exc:
+                # The next round retries; reads already hide expired records.
+                _LOG.warning("purging expired records of %s failed: %s", self._path, exc)
+
+    # --- reads ---------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        if self._closed:
+            raise self._usage_closed()
+        if self._next_reader is None:
+            await self._ensure_open()
+        assert self._next_reader is not None
+        reader = next(self._next_reader)
+        with map_sqlite_errors(self._path, busy_timeout_s=self._busy_timeout_s):
+            rows = await reader.execute_fetchall(sql, params)
+        return list(rows)
+
+    async def get(self, namespace: str, key: str) -> Record | None:
+        """The live record at ``namespace``/``key``, or None (ST1, ST5)."""
+        check_name(namespace, what="namespace")
+        check_name(key)
+        rows = await self._fetch(GET, (namespace, key, self._clock()))
+        if not rows:
+            return None
+        value, version, updated_at, expires_at = rows[0]
+        return Record(
+            namespace=namespace,
+            key=key,
+            value=value,
+            version=version,
+            updated_at=updated_at,
+            expires_at=expires_at,
+        )
+
+    def _scan_query(
+        self, namespace: str, prefix: str, start_after: str | None, limit: int | None, *, meta: bool
+    ) -> tuple[str, tuple[Any, ...]]:
+        check_name(namespace, what="namespace")
+        if not isinstance(prefix, str):
+            raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
+        if start_after is not None and not isinstance(start_after, str):
+            raise UsageError(f"start_after must be text or None, got {type(start_after).__name__}")
+        count = _check_limit(limit)
+        end = _prefix_end(prefix)
+        head = (namespace, prefix, start_after or "", self._clock())
+        if end is None:
+            return (SCAN_META if meta else SCAN), (*head, count)
+        return (SCAN_META_BOUNDED if meta else SCAN_BOUNDED), (*head, end, count)
+
+    async def scan(
+        self,
+        namespace: str,
+        *,
+        prefix: str = "",
+        start_after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Live records of ``namespace`` in key order, paged by ``start_after`` (ST6)."""
+        sql, params = self._scan_query(namespace, prefix, start_after, limit, meta=False)
+        rows = await self._fetch(sql, params)
+        return [
+            Record(
+                namespace=namespace,
+                key=key,
+                value=value,
+                version=version,
+                updated_at=updated_at,
+                expires_at=expires_at,
+            )
+            for key, value, version, updated_at, expires_at in rows
+        ]
+
+    async def read(
+        self, stream: str, *, after: int = 0, limit: int | None = None
+    ) -> list[StreamEntry]:
+        """Entries of ``stream`` after ``after``, in order (ST8)."""
+        check_name(stream, what="stream")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise UsageError(f"after must be an int >= 0, got {after!r}")
+        rows = await self._fetch(READ, (stream, after, _check_limit(limit)))
+        return [
+            StreamEntry(stream=stream, seq=seq, payload=payload, appended_at=appended_at)
+            for seq, payload, appended_at in rows
+        ]
+
+    # --- writes --------------------------------------------------------------
+
+    async def _writer_for_call(self) -> Writer:
+        if self._closed:
+            raise self._usage_closed()
+        return self._writer or await self._ensure_open()
+
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        if_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Record:
+        """Write ``value``; the version grows by one (ST2), checked by ``if_version`` (ST3)."""
+        check_name(namespace, what="namespace")
+        check_name(key)
+        check_value(value)
+        seconds = check_ttl(ttl)
+        check_if_version(if_version)
+        writer = await self._writer_for_call()
+        now = self._clock()
+        expires_at = None if seconds is None else now + seconds
+        result: Record = await writer.submit(
+            put_job, (namespace, key, value, if_version, now, expires_at)
+        )
+        return result
+
+    async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
+        """Remove the key; True if it existed (ST4), checked by ``if_version`` (ST3)."""
+        check_name(namespace, what="namespace")
+        check_name(key)
+        check_if_version(if_version)
+        writer = await self._writer_for_call()
+        result: bool = await writer.submit(delete_job, (namespace, key, if_version, self._clock()))
+        return result
+
+    async def append(self, stream: str, payload: bytes) -> StreamEntry:
+        """Add an entry at the stream's next sequence number (ST8)."""
+        check_name(stream, what="stream")
+        check_value(payload, what="payload")
+        writer = await self._writer_for_call()
+        result: StreamEntry = await writer.submit(append_job, (stream, payload, self._clock()))
+        return result
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        """Apply every operation in order in one transaction, or none of them (ST9)."""
+        if isinstance(ops, str | bytes) or not isinstance(ops, Sequence):
+            raise UsageError(f"commit takes a sequence of operations, got {type(ops).__name__}")
+        checked = tuple(ops)
+        for op in checked:
+            if isinstance(op, Put):
+                check_name(op.namespace, what="namespace")
+                check_name(op.key)
+                check_value(op.value)
+                check_ttl(op.ttl)
+                check_if_version(op.if_version)
+            elif isinstance(op, Delete):
+                check_name(op.namespace, what="namespace")
+                check_name(op.key)
+                check_if_version(op.if_version)
+            elif isinstance(op, Append):
+                check_name(op.stream, what="stream")
+                check_value(op.payload, what="payload")
+            elif isinstance(op, Check):
+                check_name(op.namespace, what="namespace")
+                check_name(op.key)
+            else:
+                raise UsageError(
+                    f"commit takes Put, Delete, Append and Check operations, got {op!r}"
+                )
+        writer = await self._writer_for_call()
+        if not checked:
+            return CommitResult()
+        result: CommitResult = await writer.submit(
+            commit_job, (checked, self._clock()), savepoint=True
+        )
+        return result
+
+    # --- retention -------------------------------------------------------------
+
+    async def purge_expired(self) -> int:
+        """Delete every record whose TTL has passed; returns how many were deleted."""
+        writer = await self._writer_for_call()
+        total = 0
+        while True:
+            count: int = await writer.submit(purge_job, (self._clock(), _PURGE_CHUNK))
+            total += count
+            if count < _PURGE_CHUNK:
+                return total
+
+    async def prune(
+        self,
+        namespace: str,
+        *,
+        prefix: str = "",
+        older_than: float | None = None,
+        keep_last: int | None = None,
+    ) -> int:
+        """Delete old records of ``namespace`` under ``prefix``; returns how many.
+
+        A record goes when it was last written more than ``older_than`` seconds
+        ago (if given) and is not among the ``keep_last`` most recently written
+        (if given); at least one of the two is required. A record rewritten while
+        pruning runs is kept: deletes check the version that was scanned.
+        """
+        if older_than is None and keep_last is None:
+            raise UsageError("prune needs older_than, keep_last or both; to delete all use scan")
+        if older_than is not None and (
+            isinstance(older_than, bool)
+            or not isinstance(older_than, int | float)
+            or older_than < 0
+        ):
+            raise UsageError(f"older_than must be seconds >= 0, got {older_than!r}")
+        if keep_last is not None and (
+            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0
+        ):
+            raise UsageError(f"keep_last must be an int >= 0, got {keep_last!r}")
+        seen: list[tuple[str, int, float]] = []
+        after: str | None = None
+        while True:
+            sql, params = self._scan_query(namespace, prefix, after, _PRUNE_PAGE, meta=True)
+            rows = await self._fetch(sql, params)
+            seen.extend((key, version, updated_at) for key, version, updated_at in rows)
+            if len(rows) < _PRUNE_PAGE:
+                break
+            after = rows[-1][0]
+        victims = seen
+        if keep_last is not None:
+            victims = sorted(seen, key=lambda row: (row[2], row[0]), reverse=True)[keep_last:]
+        if older_than is not None:
+            cutoff = self._clock() - float(older_than)
+            victims = [row for row in victims if row[2] < cutoff]
+        if not victims:
+            return 0
+        writer = await self._writer_for_call()
+        deleted: int = await writer.submit(
+            delete_versions_job, (namespace, [(key, version) for key, version, _ in victims])
+        )
+        return deleted
+
+    async def vacuum(self, *, pages: int | None = None) -> int:
+        """Give free pages back to the file system, at most ``pages`` (None: all).
+
+        Databases are created with ``auto_vacuum=INCREMENTAL``, so this is cheap
+        and can run in small steps beside normal traffic. Returns pages freed.
+        """
+        if pages is not None and (
+            isinstance(pages, bool) or not isinstance(pages, int) or pages < 1
+        ):
+            raise UsageError(f"pages must be None or an int >= 1, got {pages!r}")
+        writer = await self._writer_for_call()
+        freed: int = await writer.submit(vacuum_job, (pages or 0,))
+        return freed
