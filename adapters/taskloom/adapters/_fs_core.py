@@ -1,0 +1,538 @@
+"""The synchronous heart of FileStorage: the root's layout and every operation on it.
+
+Everything here blocks and runs in worker threads (``_fs_storage`` owns the
+threads and the asyncio side). Writers hold the exclusive ``flock`` for a whole
+batch of operations; readers hold it shared, so a reader never sees a commit
+half applied and versions are always read under the lock that protects the
+write that follows (compare-and-set is correct across processes).
+
+Layout of a root directory::
+
+    taskloom-store.json   marker: {"format": "taskloom-filesystem", "version": 1}
+    taskloom.lock         the flock target (never holds data)
+    journal               present only while a multi-file commit is being applied
+    records/<namespace components>/<key components>   one file per record
+    streams/<stream components>/<first seq>.seg       segment files
+    tmp/                  temporary files, renamed into place; cleared on open
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from taskloom.adapters import _fs_journal, _fs_names, _fs_records
+from taskloom.adapters._fs_io import Disk, FileLock
+from taskloom.adapters._fs_journal import EntryChange, Intent, RecordChange
+from taskloom.adapters._fs_streams import (
+    Tail,
+    append_entries,
+    find_tail,
+    read_entries,
+    tail_still_valid,
+)
+from taskloom.contracts import (
+    Append,
+    Check,
+    CommitResult,
+    ConflictError,
+    Delete,
+    Op,
+    Put,
+    Record,
+    StorageCorrupted,
+    StreamEntry,
+    UsageError,
+)
+
+FORMAT = "taskloom-filesystem"
+FORMAT_VERSION = 1
+MARKER = "taskloom-store.json"
+MARKER_TMP = ".taskloom-store.json.tmp"
+LOCK = "taskloom.lock"
+JOURNAL = "journal"
+RECORDS = "records"
+STREAMS = "streams"
+TMP = "tmp"
+
+PATH_MAX = 4096
+MAX_RELATIVE_PATH = len(RECORDS) + 2 * _fs_names.MAX_NAME_PATH + 2
+"""Longest path below the root that a valid namespace and key can produce."""
+
+
+class NeedsRecovery(Exception):
+    """A reader found a journal left by a crashed writer: a writer must roll it forward first."""
+
+
+class Store:
+    """One open root directory. Methods block; the caller provides the threads."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        clock: Callable[[], float],
+        fsync: bool,
+        segment_bytes: int,
+        lock_timeout: float,
+    ) -> None:
+        self.root = root
+        self.disk = Disk(root, fsync=fsync)
+        self._clock = clock
+        self._segment_bytes = segment_bytes
+        self._lock_timeout = lock_timeout
+        self._lock: FileLock | None = None
+        self._readers: list[FileLock] = []
+        self._readers_guard = threading.Lock()
+        self._tails: dict[str, Tail] = {}
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or check the root, then roll forward any journal a crash left behind."""
+        root = self.root
+        if len(os.fsencode(root)) + MAX_RELATIVE_PATH >= PATH_MAX:
+            raise UsageError(
+                f"storage root {root} is too long: keys of {_fs_names.MAX_NAME_PATH} encoded "
+                f"bytes must fit in {PATH_MAX} bytes of path; choose a shorter root"
+            )
+        if root.exists() and not root.is_dir():
+            raise StorageCorrupted(
+                f"storage root {root} exists and is not a directory: choose another location",
+                path=str(root),
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        marker = root / MARKER
+        if not marker.exists():
+            self._check_foreign()
+        self._lock = FileLock(root / LOCK, timeout=self._lock_timeout)
+        with self._lock.held(exclusive=True):
+            if marker.exists():
+                self._check_marker(marker)
+            else:
+                self._check_foreign()
+                text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION})
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(root / MARKER_TMP)
+                self.disk.replace_via(root / MARKER_TMP, marker, text.encode())
+            for sub in (RECORDS, STREAMS, TMP):
+                self.disk.ensure_dir(root / sub)
+            self._clear_tmp()
+            self.recover()
+            self.disk.flush()
+
+    def close(self) -> None:
+        """Close every lock file descriptor (idempotent)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        with self._readers_guard:
+            readers, self._readers = self._readers, []
+        for lock in readers:
+            lock.close()
+
+    def _check_foreign(self) -> None:
+        extra = set(os.listdir(self.root)) - {LOCK, MARKER_TMP}
+        if extra:
+            shown = ", ".join(sorted(extra)[:5])
+            raise StorageCorrupted(
+                f"{self.root} is not empty and has no {MARKER}, so it is not a taskloom file "
+                f"store (it holds {shown}); nothing was changed: choose an empty or new directory",
+                path=str(self.root),
+            )
+
+    def _check_marker(self, marker: Path) -> None:
+        try:
+            meta = json.loads(marker.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            meta = None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise StorageCorrupted(
+                f"{marker} is not a taskloom file store marker; nothing was changed: "
+                "choose another directory or restore the marker from a backup",
+                path=str(marker),
+            )
+        version = meta.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise StorageCorrupted(
+                f"{marker} names no valid format version ({version!r}): restore it from a backup",
+                path=str(marker),
+            )
+        if version > FORMAT_VERSION:
+            raise StorageCorrupted(
+                f"file store at {self.root} was written by a newer taskloom (format {version}, "
+                f"this is {FORMAT_VERSION}); nothing was changed: upgrade taskloom",
+                path=str(marker),
+            )
+
+    def _clear_tmp(self) -> None:
+        """Remove temporary files of writers that crashed (only ever under the exclusive lock)."""
+        tmp = self.root / TMP
+        for name in os.listdir(tmp):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(tmp / name)
+
+    # --- locking -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold the lock shared; raise NeedsRecovery if a crashed writer left a journal."""
+        with self._readers_guard:
+            lock = self._readers.pop() if self._readers else None
+        if lock is None:
+            lock = FileLock(self.root / LOCK, timeout=self._lock_timeout)
+        try:
+            with lock.held(exclusive=False):
+                if os.path.exists(self.root / JOURNAL):
+                    raise NeedsRecovery
+                yield
+        except BaseException:
+            lock.close()
+            raise
+        with self._readers_guard:
+            self._readers.append(lock)
+
+    def run_batch(self, operations: Sequence[Callable[[], object]]) -> list[tuple[bool, object]]:
+        """Run write operations under one exclusive lock; flush before anyone is answered.
+
+        Each operation succeeds or fails alone; the result list holds
+        ``(True, value)`` or ``(False, exception)`` per operation.
+        """
+        if self._lock is None:
+            raise UsageError("file storage is closed")
+        outcomes: list[tuple[bool, object]] = []
+        with self._lock.held(exclusive=True):
+            self.recover()
+            for operation in operations:
+                try:
+                    outcomes.append((True, operation()))
+                except Exception as exc:
+                    self._tails.clear()
+                    outcomes.append((False, exc))
+            try:
+                self.disk.flush()
+            except OSError as exc:
+                outcomes = [(False, exc) if ok else (ok, value) for ok, value in outcomes]
+        return outcomes
+
+    # --- layout --------------------------------------------------------------------
+
+    def record_path(self, namespace: str, key: str) -> Path:
+        """The file of (namespace, key); by construction always inside ``records/``."""
+        return self.root.joinpath(
+            RECORDS,
+            *_fs_names.encode(namespace, _fs_names.NAMESPACE),
+            *_fs_names.encode(key, _fs_names.KEY),
+        )
+
+    def stream_dir(self, stream: str) -> Path:
+        """The directory of a stream's segments; by construction always inside ``streams/``."""
+        return self.root.joinpath(STREAMS, *_fs_names.encode(stream, _fs_names.STREAM))
+
+    # --- reads (hold ``reading()`` or the exclusive lock) ---------------------------
+
+    def get(self, namespace: str, key: str) -> tuple[Record | None, bool]:
+        """The live record, and whether an expired one was found (for lazy cleanup)."""
+        got = _fs_records.read(self.record_path(namespace, key))
+        if got is None:
+            return None, False
+        head, value = got
+        if not head.alive(self._clock()):
+            return None, True
+        return _record(namespace, key, head, value), False
+
+    def scan(
+        self, namespace: str, *, prefix: str, start_after: str | None, limit: int | None
+    ) -> tuple[list[Record], list[str]]:
+        """Live records in key order, and the keys of expired ones met on the way."""
+        namespace_dir = self.root.joinpath(
+            RECORDS, *_fs_names.encode(namespace, _fs_names.NAMESPACE)
+        )
+        keys = sorted(
+            item
+            for item in self._keys(namespace_dir)
+            if item[0].startswith(prefix) and (start_after is None or item[0] > start_after)
+        )
+        now = self._clock()
+        found: list[Record] = []
+        expired: list[str] = []
+        for key, path in keys:
+            if limit is not None and len(found) >= limit:
+                break
+            got = _fs_records.read(path)
+            if got is None:
+                continue
+            head, value = got
+            if head.alive(now):
+                found.append(_record(namespace, key, head, value))
+            else:
+                expired.append(key)
+        return found, expired
+
+    def _keys(self, namespace_dir: Path) -> list[tuple[str, Path]]:
+        out: list[tuple[str, Path]] = []
+        stack: list[tuple[Path, tuple[str, ...]]] = [(namespace_dir, ())]
+        while stack:
+            directory, parts = stack.pop()
+            try:
+                listing = os.scandir(directory)
+            except FileNotFoundError:
+                continue
+            with listing:
+                for entry in listing:
+                    name = entry.name
+                    if name.startswith("."):
+                        continue
+                    path = Path(entry.path)
+                    if _fs_names.is_partial(name) and entry.is_dir():
+                        stack.append((path, (*parts, name)))
+                        continue
+                    if name[:1] == _fs_names.KEY and entry.is_file():
+                        with contextlib.suppress(ValueError):
+                            out.append((_fs_names.decode((*parts, name), _fs_names.KEY), path))
+                            continue
+                    raise StorageCorrupted(
+                        f"{path} was not written by taskloom (its name is no encoded key): "
+                        "move it out of the storage root",
+                        path=str(path),
+                    )
+        return out
+
+    def read(self, stream: str, *, after: int, limit: int | None) -> list[StreamEntry]:
+        """Entries of ``stream`` after ``after``; a torn tail is never returned."""
+        return read_entries(self.stream_dir(stream), stream, after=after, limit=limit)
+
+    # --- writes (hold the exclusive lock: call through ``run_batch``) ---------------
+
+    def _version(self, namespace: str, key: str, now: float) -> tuple[int, bool]:
+        """The live version (0 if missing or expired) and whether any file exists."""
+        head = _fs_records.read_head(self.record_path(namespace, key))
+        if head is None:
+            return 0, False
+        return (head.version if head.alive(now) else 0), True
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        if_version: int | None,
+        ttl: float | None,
+    ) -> Record:
+        """Write one record (one atomic rename: no journal needed)."""
+        now = self._clock()
+        current, _ = self._version(namespace, key, now)
+        _check_version(namespace, key, if_version, current)
+        expires_at = None if ttl is None else now + ttl
+        path = self.record_path(namespace, key)
+        self.disk.ensure_dir(path.parent)
+        self.disk.replace(path, _fs_records.pack(current + 1, now, expires_at, value))
+        return Record(
+            namespace=namespace,
+            key=key,
+            value=value,
+            version=current + 1,
+            updated_at=now,
+            expires_at=expires_at,
+        )
+
+    def delete(self, namespace: str, key: str, *, if_version: int | None) -> bool:
+        """Delete one record; True if a live one existed (an expired file is cleaned too)."""
+        current, exists = self._version(namespace, key, self._clock())
+        _check_version(namespace, key, if_version, current)
+        if exists:
+            self.disk.unlink(self.record_path(namespace, key))
+        return current > 0
+
+    def purge(self, namespace: str, keys: Sequence[str]) -> None:
+        """Remove record files that are still expired (lazy TTL cleanup)."""
+        now = self._clock()
+        for key in keys:
+            path = self.record_path(namespace, key)
+            head = _fs_records.read_head(path)
+            if head is not None and not head.alive(now):
+                self.disk.unlink(path)
+
+    def _tail(self, stream: str) -> Tail | None:
+        cached = self._tails.get(stream)
+        if cached is not None and tail_still_valid(cached):
+            return cached
+        self._tails.pop(stream, None)
+        tail = find_tail(self.stream_dir(stream), self.disk)
+        if tail is not None:
+            self._tails[stream] = tail
+        return tail
+
+    def append(self, stream: str, payload: bytes) -> StreamEntry:
+        """Append one entry (one pwrite and fsync: a torn one is dropped on recovery)."""
+        tail = self._tail(stream)
+        seq = (tail.last_seq if tail is not None else 0) + 1
+        now = self._clock()
+        self._tails[stream] = append_entries(
+            self.stream_dir(stream),
+            tail,
+            [(seq, now, payload)],
+            self.disk,
+            segment_bytes=self._segment_bytes,
+        )
+        return StreamEntry(stream=stream, seq=seq, payload=payload, appended_at=now)
+
+    def commit(self, ops: Sequence[Op]) -> CommitResult:
+        """Check every op against the current state, then apply all (journaled) or nothing."""
+        now = self._clock()
+        versions: dict[tuple[str, str], int] = {}
+        changes: dict[tuple[str, str], RecordChange] = {}
+        next_seq: dict[str, int] = {}
+        records: list[Record] = []
+        deleted: list[bool] = []
+        entries: list[StreamEntry] = []
+        entry_changes: list[EntryChange] = []
+
+        def version(namespace: str, key: str) -> int:
+            if (namespace, key) not in versions:
+                versions[namespace, key] = self._version(namespace, key, now)[0]
+            return versions[namespace, key]
+
+        for op in ops:
+            if isinstance(op, Check):
+                _check_version(op.namespace, op.key, op.version, version(op.namespace, op.key))
+            elif isinstance(op, Put):
+                current = version(op.namespace, op.key)
+                _check_version(op.namespace, op.key, op.if_version, current)
+                expires_at = None if op.ttl is None else now + op.ttl
+                data = _fs_records.pack(current + 1, now, expires_at, op.value)
+                changes[op.namespace, op.key] = RecordChange(
+                    namespace=op.namespace, key=op.key, data=data
+                )
+                versions[op.namespace, op.key] = current + 1
+                records.append(
+                    Record(
+                        namespace=op.namespace,
+                        key=op.key,
+                        value=op.value,
+                        version=current + 1,
+                        updated_at=now,
+                        expires_at=expires_at,
+                    )
+                )
+            elif isinstance(op, Delete):
+                current = version(op.namespace, op.key)
+                _check_version(op.namespace, op.key, op.if_version, current)
+                deleted.append(current > 0)
+                if current > 0:
+                    changes[op.namespace, op.key] = RecordChange(
+                        namespace=op.namespace, key=op.key, data=None
+                    )
+                    versions[op.namespace, op.key] = 0
+            elif isinstance(op, Append):
+                if op.stream not in next_seq:
+                    tail = self._tail(op.stream)
+                    next_seq[op.stream] = (tail.last_seq if tail is not None else 0) + 1
+                seq = next_seq[op.stream]
+                next_seq[op.stream] = seq + 1
+                entries.append(
+                    StreamEntry(stream=op.stream, seq=seq, payload=op.payload, appended_at=now)
+                )
+                entry_changes.append(
+                    EntryChange(stream=op.stream, seq=seq, appended_at=now, payload=op.payload)
+                )
+            else:
+                raise UsageError(f"commit takes Put, Delete, Append and Check, got {op!r}")
+        intent = Intent(records=tuple(changes.values()), entries=tuple(entry_changes))
+        effects = len(intent.records) + len(intent.entries)
+        if effects == 1:
+            # One file changes: its own atomic rename or append suffices.
+            self._apply(intent)
+        elif effects > 1:
+            journal = self.root / JOURNAL
+            self.disk.replace(journal, _fs_journal.pack(intent))
+            self.disk.flush()
+            self._apply(intent)
+            self.disk.flush()
+            self.disk.unlink(journal)
+            self.disk.flush()
+        return CommitResult(records=tuple(records), entries=tuple(entries), deleted=tuple(deleted))
+
+    def _apply(self, intent: Intent) -> None:
+        """Apply an intent; idempotent, so a journal can be rolled forward any number of times."""
+        for change in intent.records:
+            path = self.record_path(change.namespace, change.key)
+            if change.data is None:
+                self.disk.unlink(path)
+            else:
+                self.disk.ensure_dir(path.parent)
+                self.disk.replace(path, change.data)
+        by_stream: dict[str, list[EntryChange]] = {}
+        for entry in intent.entries:
+            by_stream.setdefault(entry.stream, []).append(entry)
+        for stream, items in by_stream.items():
+            tail = self._tail(stream)
+            last = tail.last_seq if tail is not None else 0
+            todo = [(e.seq, e.appended_at, e.payload) for e in items if e.seq > last]
+            if not todo:
+                continue
+            if todo[0][0] != last + 1:
+                raise StorageCorrupted(
+                    f"the journal continues stream {stream!r} at {todo[0][0]} but it ends at "
+                    f"{last}: restore {self.stream_dir(stream)} from a backup",
+                    path=str(self.stream_dir(stream)),
+                )
+            self._tails[stream] = append_entries(
+                self.stream_dir(stream),
+                tail,
+                todo,
+                self.disk,
+                segment_bytes=self._segment_bytes,
+            )
+
+    def recover(self) -> None:
+        """Roll a complete journal forward, or discard one that is incomplete or damaged.
+
+        A journal only ever appears by an atomic rename after being fsynced, so
+        a damaged one means the disk lost data; its commit was never
+        acknowledged and nothing of it was applied before the journal was
+        durable, so discarding it leaves the commit not applied at all.
+        """
+        journal = self.root / JOURNAL
+        try:
+            data = journal.read_bytes()
+        except FileNotFoundError:
+            return
+        self._tails.clear()
+        try:
+            intent = _fs_journal.unpack(data)
+        except ValueError:
+            intent = None
+        if intent is not None:
+            self._apply(intent)
+            self.disk.flush()
+        self.disk.unlink(journal)
+        self.disk.flush()
+
+
+def _record(namespace: str, key: str, head: _fs_records.RecordHead, value: bytes) -> Record:
+    return Record(
+        namespace=namespace,
+        key=key,
+        value=value,
+        version=head.version,
+        updated_at=head.updated_at,
+        expires_at=head.expires_at,
+    )
+
+
+def _check_version(namespace: str, key: str, expected: int | None, actual: int) -> None:
+    if expected is not None and expected != actual:
+        raise ConflictError(
+            f"{namespace!r}/{key!r} is at version {actual}, not {expected}: "
+            "read it again and retry",
+            namespace=namespace,
+            key=key,
+            expected=expected,
+            actual=actual,
+        )

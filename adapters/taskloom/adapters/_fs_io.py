@@ -1,0 +1,221 @@
+"""Low-level file operations for FileStorage: durable writes, the lock, error translation.
+
+Everything that can raise ``OSError`` in FileStorage goes through plain ``os``
+calls in worker threads; ``translate_os_errors`` is the single boundary where
+those become ``StorageUnavailable`` (so callers only ever see taskloom's errors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from taskloom.contracts import StorageUnavailable
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+_HINTS: dict[int, str] = {
+    errno.ENOSPC: "the disk is full: free some space, then retry",
+    errno.EDQUOT: "the disk quota is exhausted: free some space, then retry",
+    errno.EROFS: "the filesystem is read-only: remount it read-write or choose another root",
+    errno.EACCES: "permission denied: check the owner and mode of the storage directory",
+    errno.EPERM: "operation not permitted: check the owner and mode of the storage directory",
+    errno.EIO: "the disk reported an I/O error: check the device",
+    errno.ENAMETOOLONG: "a path is too long: choose a shorter root directory",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+    errno.ENFILE: "too many open files in the system: raise the limit",
+}
+
+
+@contextlib.contextmanager
+def translate_os_errors(root: Path) -> Iterator[None]:
+    """Turn any ``OSError`` raised inside into ``StorageUnavailable`` saying what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise unavailable(root, exc) from exc
+
+
+def unavailable(root: Path, exc: OSError) -> StorageUnavailable:
+    """Build the ``StorageUnavailable`` for ``exc`` (which happened under ``root``)."""
+    hint = _HINTS.get(exc.errno or 0, "check the storage directory and retry")
+    where = exc.filename if exc.filename is not None else root
+    return StorageUnavailable(
+        f"file storage at {root} cannot be used: {exc.strerror or exc} ({where}); {hint}"
+    )
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (creations, renames, unlinks) durable."""
+    fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_file(path: Path, data: bytes, *, fsync: bool) -> None:
+    """Create ``path`` (which must not exist), write ``data`` and optionally fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def replace_file(tmp: Path, data: bytes, target: Path, *, fsync: bool) -> None:
+    """Atomically make ``target`` hold ``data``: write ``tmp``, fsync, rename over ``target``.
+
+    A crash leaves either the old file or the new one, never a mixture; the
+    caller fsyncs ``target``'s directory to make the rename itself durable.
+    """
+    write_new_file(tmp, data, fsync=fsync)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class FileLock:
+    """An ``flock`` on one open file description of the lock file.
+
+    ``flock`` locks belong to the open file description, so two instances in
+    one process exclude each other just like two processes do. Waiting polls
+    with a deadline rather than blocking forever: a hung process that holds the
+    lock turns into ``StorageUnavailable`` instead of a hang.
+    """
+
+    def __init__(self, path: Path, *, timeout: float) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+
+    def acquire(self, *, exclusive: bool) -> None:
+        """Take the lock (shared or exclusive), waiting at most the timeout."""
+        if self._fd is None:
+            raise RuntimeError("lock is closed")
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        deadline = time.monotonic() + self._timeout
+        pause = 0.0002
+        while True:
+            try:
+                fcntl.flock(self._fd, mode)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StorageUnavailable(
+                        f"file storage lock {self._path} is held by another process for more "
+                        f"than {self._timeout:g} s: retry later, or find the process holding it"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+
+    def release(self) -> None:
+        """Release the lock (a no-op if it is not held)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the file descriptor; the lock, if held, goes with it."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def held(self, *, exclusive: bool) -> Iterator[None]:
+        """Hold the lock for the duration of the ``with`` block."""
+        self.acquire(exclusive=exclusive)
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class Disk:
+    """Durable file operations under one root, with directory fsyncs batched.
+
+    Renames and creations are only durable once their directory is fsynced.
+    Doing that once per directory per batch of writes, instead of once per
+    write, is what makes many concurrent small writes affordable: writers call
+    ``flush`` before they acknowledge anything.
+    """
+
+    def __init__(self, root: Path, *, fsync: bool) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.fsync = fsync
+        self._dirty: set[Path] = set()
+        self._prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"
+        self._counter = 0
+
+    def tmp_path(self) -> Path:
+        """A fresh temporary file name in the root's ``tmp`` directory (same filesystem)."""
+        self._counter += 1
+        return self.tmp_dir / f"{self._prefix}{self._counter}.tmp"
+
+    def ensure_dir(self, path: Path) -> None:
+        """Create ``path`` and missing parents; their parents are fsynced at ``flush``."""
+        if os.path.isdir(path):
+            return
+        self.ensure_dir(path.parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        self._dirty.add(path.parent)
+
+    def replace(self, target: Path, data: bytes) -> None:
+        """Atomically make ``target`` hold ``data`` (durable after ``flush``)."""
+        replace_file(self.tmp_path(), data, target, fsync=self.fsync)
+        self._dirty.add(target.parent)
+
+    def replace_via(self, tmp: Path, target: Path, data: bytes) -> None:
+        """Like ``replace`` with a given temporary path (before ``tmp/`` exists)."""
+        replace_file(tmp, data, target, fsync=self.fsync)
+        self._dirty.add(target.parent)
+
+    def unlink(self, path: Path) -> bool:
+        """Remove ``path`` if it exists (durable after ``flush``); True if it existed."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        self._dirty.add(path.parent)
+        return True
+
+    def mark_dirty(self, directory: Path) -> None:
+        """Note that ``directory``'s entries changed and must be fsynced at ``flush``."""
+        self._dirty.add(directory)
+
+    def sync_file(self, fd: int) -> None:
+        """fsync an open file if this store is durable."""
+        if self.fsync:
+            os.fsync(fd)
+
+    def flush(self) -> None:
+        """fsync every directory changed since the last flush."""
+        dirty, self._dirty = self._dirty, set()
+        if self.fsync:
+            for directory in sorted(dirty):
+                with contextlib.suppress(FileNotFoundError):
+                    fsync_dir(directory)

@@ -1,0 +1,392 @@
+"""FileStorage: the asyncio face of the file store in ``_fs_core``.
+
+Blocking file I/O never runs on the event loop. Writes go to one dedicated
+writer thread through a queue: whatever queued up while the previous batch ran
+is applied as the next batch under one exclusive lock, with one fsync per
+changed directory for the whole batch, so many concurrent writers do not each
+pay the directory fsync. Reads run in the default thread pool in parallel,
+each under the shared lock. ``OSError`` becomes ``StorageUnavailable`` in one
+place (``_fs_io.unavailable``), when a thread's outcome reaches the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from taskloom.adapters._fs_core import NeedsRecovery, Store
+from taskloom.adapters._fs_io import unavailable
+from taskloom.contracts import (
+    Append,
+    Check,
+    CommitResult,
+    Delete,
+    Op,
+    Put,
+    Record,
+    StreamEntry,
+    UsageError,
+    check_if_version,
+    check_name,
+    check_ttl,
+    check_value,
+)
+
+T = TypeVar("T")
+
+DEFAULT_SEGMENT_BYTES = 1024 * 1024
+"""A stream rolls to a new segment file once its last segment reaches this size."""
+
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+
+
+def _limit(limit: object, what: str = "limit") -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise UsageError(f"{what} must be None or an int >= 0, got {limit!r}")
+    return limit
+
+
+class FileStorage:
+    """A ``StorageAdapter`` in one directory, shared safely by several processes.
+
+    ``async with FileStorage(root) as storage:`` or ``await FileStorage.open(root)``.
+    A new directory is created and marked as a taskloom store; an existing
+    one must be a taskloom store (else ``StorageCorrupted``, nothing touched).
+    ``fsync=False`` trades durability against power loss for speed (tests);
+    a write that returned survives a killed process either way.
+    Keys, namespaces and stream names may be any text up to 1024 UTF-8 bytes.
+    A write whose caller is cancelled may still be applied.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        fsync: bool = True,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        lock_timeout: float = 30.0,
+    ) -> None:
+        if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int):
+            raise UsageError(f"segment_bytes must be an int, got {segment_bytes!r}")
+        if segment_bytes < 1:
+            raise UsageError(f"segment_bytes must be at least 1, got {segment_bytes}")
+        if not lock_timeout > 0:
+            raise UsageError(f"lock_timeout must be a positive number, got {lock_timeout!r}")
+        self._root = Path(os.path.abspath(os.fspath(root)))
+        self._store = Store(
+            self._root,
+            clock=clock,
+            fsync=bool(fsync),
+            segment_bytes=segment_bytes,
+            lock_timeout=float(lock_timeout),
+        )
+        self._state = _NEW
+        self._opening: asyncio.Lock | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[Callable[[], object], asyncio.Future[Any] | None]] = []
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def root(self) -> Path:
+        """The directory this store lives in."""
+        return self._root
+
+    def __repr__(self) -> str:
+        return f"FileStorage({str(self._root)!r})"
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        fsync: bool = True,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        lock_timeout: float = 30.0,
+    ) -> FileStorage:
+        """Open (creating if needed) the store at ``root``; close it with ``aclose``."""
+        storage = cls(
+            root, clock=clock, fsync=fsync, segment_bytes=segment_bytes, lock_timeout=lock_timeout
+        )
+        await storage._ensure_open()
+        return storage
+
+    async def __aenter__(self) -> FileStorage:
+        await self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _ensure_open(self) -> None:
+        if self._state == _OPEN:
+            return
+        self._check_usable()
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._state == _OPEN:
+                return
+            self._check_usable()
+            writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskloom-fs-writer")
+            try:
+                await self._run(writer, self._store.open)
+            except BaseException:
+                writer.shutdown(wait=False)
+                await asyncio.to_thread(self._store.close)
+                raise
+            self._writer = writer
+            self._state = _OPEN
+
+    def _check_usable(self) -> None:
+        if self._state == _CLOSED:
+            raise UsageError(
+                f"FileStorage at {self._root} is closed: open a new one to keep using the store"
+            )
+
+    async def aclose(self) -> None:
+        """Finish queued writes, then release the lock files; calling it again does nothing."""
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        if self._drain is not None:
+            await asyncio.shield(self._drain)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await asyncio.to_thread(writer.shutdown, wait=True)
+        await asyncio.to_thread(self._store.close)
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", _CLOSED) == _OPEN:
+            warnings.warn(
+                f"{self!r} was never closed: use 'async with' or await aclose()",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+    # --- plumbing ------------------------------------------------------------------
+
+    async def _run(self, executor: ThreadPoolExecutor | None, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a thread; translate OSError here, at the one boundary."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, fn)
+        except OSError as exc:
+            raise unavailable(self._root, exc) from exc
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        """Run a read under the shared lock, rolling a crashed writer's journal forward first."""
+        await self._ensure_open()
+        store = self._store
+
+        def locked() -> T:
+            with store.reading():
+                return fn()
+
+        for _ in range(5):
+            try:
+                return await self._run(None, locked)
+            except NeedsRecovery:
+                await self._write(lambda: None)
+        return await self._run(None, locked)
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        """Queue a write for the writer thread and wait until it is durable."""
+        await self._ensure_open()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._enqueue(fn, future)
+        return await future
+
+    def _enqueue(self, fn: Callable[[], object], future: asyncio.Future[Any] | None) -> None:
+        self._pending.append((fn, future))
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_task(self._drain_queue())
+
+    async def _drain_queue(self) -> None:
+        """Hand everything queued to the writer thread as one batch, until the queue is empty."""
+        batch: list[tuple[Callable[[], object], asyncio.Future[Any] | None]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                writer = self._writer
+                if writer is None:
+                    raise UsageError(f"FileStorage at {self._root} is closed")
+                loop = asyncio.get_running_loop()
+                try:
+                    outcomes = await loop.run_in_executor(
+                        writer, self._store.run_batch, [fn for fn, _ in batch]
+                    )
+                except Exception as exc:
+                    error = unavailable(self._root, exc) if isinstance(exc, OSError) else exc
+                    for _, future in batch:
+                        if future is not None and not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future is None or future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    elif isinstance(value, OSError):
+                        future.set_exception(unavailable(self._root, value))
+                    else:
+                        future.set_exception(
+                            value if isinstance(value, BaseException) else RuntimeError(value)
+                        )
+        except BaseException as exc:
+            for _, future in [*batch, *self._pending]:
+                if future is None or future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
+            self._pending = []
+            raise
+        finally:
+            self._drain = None
+
+    def _purge_later(self, namespace: str, keys: list[str]) -> None:
+        """Remove expired records in the background; nobody waits for it."""
+        if keys and self._state == _OPEN:
+            store = self._store
+            self._enqueue(lambda: store.purge(namespace, keys), None)
+
+    # --- the StorageAdapter protocol -----------------------------------------------
+
+    async def get(self, namespace: str, key: str) -> Record | None:
+        """The live record at (namespace, key), or None."""
+        self._check_usable()
+        check_name(namespace, what="namespace")
+        check_name(key)
+        store = self._store
+        record, expired = await self._read(lambda: store.get(namespace, key))
+        if expired:
+            self._purge_later(namespace, [key])
+        return record
+
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        if_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Record:
+        """Write a record; ``if_version`` makes it a compare-and-set (0: must not exist)."""
+        self._check_usable()
+        check_name(namespace, what="namespace")
+        check_name(key)
+        check_value(value)
+        expected = check_if_version(if_version)
+        seconds = check_ttl(ttl)
+        store = self._store
+        return await self._write(
+            lambda: store.put(namespace, key, value, if_version=expected, ttl=seconds)
+        )
+
+    async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
+        """Delete a record; True if it existed."""
+        self._check_usable()
+        check_name(namespace, what="namespace")
+        check_name(key)
+        expected = check_if_version(if_version)
+        store = self._store
+        return await self._write(lambda: store.delete(namespace, key, if_version=expected))
+
+    async def scan(
+        self,
+        namespace: str,
+        *,
+        prefix: str = "",
+        start_after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Live records of ``namespace`` in key order (see ST6)."""
+        self._check_usable()
+        check_name(namespace, what="namespace")
+        if not isinstance(prefix, str):
+            raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
+        if start_after is not None and not isinstance(start_after, str):
+            raise UsageError(f"start_after must be text or None, got {type(start_after).__name__}")
+        count = _limit(limit)
+        store = self._store
+        records, expired = await self._read(
+            lambda: store.scan(namespace, prefix=prefix, start_after=start_after, limit=count)
+        )
+        self._purge_later(namespace, expired)
+        return records
+
+    async def append(self, stream: str, payload: bytes) -> StreamEntry:
+        """Append ``payload`` to ``stream``; the entry's seq is the next number, no gaps."""
+        self._check_usable()
+        check_name(stream, what="stream")
+        check_value(payload, what="payload")
+        store = self._store
+        return await self._write(lambda: store.append(stream, payload))
+
+    async def read(
+        self, stream: str, *, after: int = 0, limit: int | None = None
+    ) -> list[StreamEntry]:
+        """Entries of ``stream`` with seq > ``after``, in order, at most ``limit``."""
+        self._check_usable()
+        check_name(stream, what="stream")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise UsageError(f"after must be an int >= 0, got {after!r}")
+        count = _limit(limit)
+        store = self._store
+        return await self._read(lambda: store.read(stream, after=after, limit=count))
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        """Apply ``ops`` all or nothing (see ST9); journaled when more than one file changes."""
+        self._check_usable()
+        batch = list(ops)
+        for op in batch:
+            _check_op(op)
+        if not batch:
+            await self._ensure_open()
+            return CommitResult()
+        store = self._store
+        return await self._write(lambda: store.commit(batch))
+
+
+def _check_op(op: object) -> None:
+    """Validate one commit op up front, so an invalid batch stores nothing."""
+    if isinstance(op, Put):
+        check_name(op.namespace, what="namespace")
+        check_name(op.key)
+        check_value(op.value)
+        check_if_version(op.if_version)
+        check_ttl(op.ttl)
+    elif isinstance(op, Delete):
+        check_name(op.namespace, what="namespace")
+        check_name(op.key)
+        check_if_version(op.if_version)
+    elif isinstance(op, Check):
+        check_name(op.namespace, what="namespace")
+        check_name(op.key)
+    elif isinstance(op, Append):
+        check_name(op.stream, what="stream")
+        check_value(op.payload, what="payload")
+    else:
+        raise UsageError(f"commit takes Put, Delete, Append and Check ops, got {op!r}")
