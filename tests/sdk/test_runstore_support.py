@@ -1,0 +1,195 @@
+"""Shared helpers for the run store tests: storage factories, wrappers, record builders.
+
+Not a test module of its own (it holds no tests); the run store tests import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from taskloom.contracts import (
+    CommitResult,
+    Op,
+    Record,
+    StorageAdapter,
+    StorageUnavailable,
+    StreamEntry,
+    Usage,
+)
+from taskloom.sdk._runrecords import RunRecord, RunStatus, StepRecord
+
+STORAGE_KINDS = ("memory", "sqlite", "filesystem")
+
+
+def storage_class(kind: str) -> type[Any] | None:
+    """The adapter class for ``kind``, or None while its module is not importable yet."""
+    module_name, class_name = {
+        "memory": ("taskloom.adapters.memory", "MemoryStorage"),
+        "sqlite": ("taskloom.adapters.sqlite", "SQLiteStorage"),
+        "filesystem": ("taskloom.adapters.filesystem", "FileStorage"),
+    }[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return getattr(module, class_name, None)
+
+
+@contextlib.asynccontextmanager
+async def open_storage(
+    kind: str, tmp_path: Path, *, clock: Callable[[], float] | None = None
+) -> AsyncIterator[StorageAdapter]:
+    """Open a fresh adapter of ``kind`` under ``tmp_path`` and close it afterwards."""
+    import pytest
+
+    cls = storage_class(kind)
+    if cls is None:
+        pytest.skip(f"{kind} storage is not importable yet")
+    kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
+    if kind == "memory":
+        storage = cls(**kwargs)
+    elif kind == "sqlite":
+        storage = cls(tmp_path / "store.db", **kwargs)
+    else:
+        storage = cls(tmp_path / "store", **kwargs)
+    try:
+        yield storage
+    finally:
+        await storage.aclose()
+
+
+class CountingStorage:
+    """Wraps an adapter and counts calls, to prove that writes are batched."""
+
+    def __init__(self, inner: StorageAdapter) -> None:
+        self.inner = inner
+        self.commits = 0
+        self.committed_ops = 0
+        self.puts = 0
+
+    async def get(self, namespace: str, key: str) -> Record | None:
+        return await self.inner.get(namespace, key)
+
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        if_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Record:
+        self.puts += 1
+        return await self.inner.put(namespace, key, value, if_version=if_version, ttl=ttl)
+
+    async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
+        return await self.inner.delete(namespace, key, if_version=if_version)
+
+    async def scan(
+        self,
+        namespace: str,
+        *,
+        prefix: str = "",
+        start_after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        return await self.inner.scan(namespace, prefix=prefix, start_after=start_after, limit=limit)
+
+    async def append(self, stream: str, payload: bytes) -> StreamEntry:
+        return await self.inner.append(stream, payload)
+
+    async def read(
+        self, stream: str, *, after: int = 0, limit: int | None = None
+    ) -> list[StreamEntry]:
+        return await self.inner.read(stream, after=after, limit=limit)
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        self.commits += 1
+        self.committed_ops += len(ops)
+        return await self.inner.commit(ops)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FlakyStorage(CountingStorage):
+    """Fails the next ``fail_commits`` commits with StorageUnavailable, then works."""
+
+    def __init__(self, inner: StorageAdapter, *, fail_commits: int = 0) -> None:
+        super().__init__(inner)
+        self.fail_commits = fail_commits
+        self.failed = 0
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        if self.fail_commits > 0:
+            self.fail_commits -= 1
+            self.failed += 1
+            raise StorageUnavailable("disk full (injected)")
+        return await super().commit(ops)
+
+
+class FakeClock:
+    """A clock the test moves by hand, for leases and retention."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_run(
+    run_id: str = "run1",
+    *,
+    status: RunStatus = "running",
+    pipeline_name: str = "demo",
+    created_at: float = 1_700_000_000.0,
+    **changes: Any,
+) -> RunRecord:
+    """A valid run record with overridable fields."""
+    fields: dict[str, Any] = {
+        "run_id": run_id,
+        "pipeline_name": pipeline_name,
+        "pipeline_digest": "0" * 64,
+        "pipeline": {"name": pipeline_name, "steps": []},
+        "inputs": {"doc": "hello"},
+        "status": status,
+        "created_at": created_at,
+        "started_at": created_at,
+    }
+    fields.update(changes)
+    return RunRecord(**fields)
+
+
+def make_step(
+    step_id: str = "a",
+    item: int | None = None,
+    *,
+    run_id: str = "run1",
+    tokens: int = 3,
+    executor: str | None = "scripted",
+    **changes: Any,
+) -> StepRecord:
+    """A valid checkpoint with overridable fields."""
+    fields: dict[str, Any] = {
+        "run_id": run_id,
+        "step_id": step_id,
+        "item": item,
+        "status": "succeeded",
+        "output": {"text": f"{step_id}:{item}"},
+        "error": None,
+        "usage": Usage(prompt_tokens=tokens, completion_tokens=2 * tokens),
+        "executor": executor,
+        "attempts": 1,
+        "started_at": 1_700_000_000.0,
+        "finished_at": 1_700_000_001.0,
+    }
+    fields.update(changes)
+    return StepRecord(**fields)
