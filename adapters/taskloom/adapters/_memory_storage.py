@@ -1,0 +1,335 @@
+"""``MemoryStorage``: the complete storage adapter that keeps everything in memory.
+
+No method awaits anything between reading and writing its data, so on one event
+loop every call is atomic without a lock: two tasks can never interleave inside
+``put`` or ``commit``. (The adapter is not thread-safe; use it from one loop.)
+Keys of each namespace are kept sorted, so ``scan`` is a binary search plus a
+walk rather than a sort of the whole namespace.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+from taskloom.contracts import (
+    Append,
+    Check,
+    CommitResult,
+    ConflictError,
+    Delete,
+    Op,
+    Put,
+    Record,
+    StreamEntry,
+    UsageError,
+    check_if_version,
+    check_name,
+    check_ttl,
+    check_value,
+)
+
+__all__ = ["MemoryStorage"]
+
+
+class _Namespace:
+    """The records of one namespace and their keys in code point order."""
+
+    __slots__ = ("keys", "records")
+
+    def __init__(self) -> None:
+        self.records: dict[str, Record] = {}
+        self.keys: list[str] = []
+
+    def set(self, record: Record) -> None:
+        if record.key not in self.records:
+            bisect.insort(self.keys, record.key)
+        self.records[record.key] = record
+
+    def remove(self, key: str) -> None:
+        if self.records.pop(key, None) is not None:
+            del self.keys[bisect.bisect_left(self.keys, key)]
+
+
+class _Data:
+    """What a location holds; shared by every adapter ``reopen`` made from one another."""
+
+    __slots__ = ("namespaces", "streams")
+
+    def __init__(self) -> None:
+        self.namespaces: dict[str, _Namespace] = {}
+        self.streams: dict[str, list[StreamEntry]] = {}
+
+
+def _check_limit(limit: object, *, what: str = "limit") -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise UsageError(f"{what} must be None or an int >= 0, got {limit!r}")
+    return limit
+
+
+def _conflict(namespace: str, key: str, expected: int, actual: int) -> ConflictError:
+    state = "does not exist" if actual == 0 else f"is at version {actual}"
+    wanted = "not to exist" if expected == 0 else f"to be at version {expected}"
+    return ConflictError(
+        f"{key!r} in namespace {namespace!r} {state}, but the write expected it {wanted}: "
+        "read it again and retry with its current version",
+        namespace=namespace,
+        key=key,
+        expected=expected,
+        actual=actual,
+    )
+
+
+class MemoryStorage:
+    """A ``StorageAdapter`` whose data lives in this process only.
+
+    For tests and ephemeral runs. ``clock`` returns epoch seconds; pass a fake one
+    to control TTL expiry in tests. ``reopen()`` gives a new adapter over the same
+    data, which is how tests exercise restart and resume logic without a disk.
+    It passes ``StorageConformance`` with ``durable = True`` when reopened that way.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._data = _Data()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<MemoryStorage {state}: {len(self._data.namespaces)} namespace(s), "
+            f"{len(self._data.streams)} stream(s)>"
+        )
+
+    async def __aenter__(self) -> MemoryStorage:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def reopen(self) -> MemoryStorage:
+        """A new, open adapter over this one's data (as if a process opened it again).
+
+        Works whether or not this adapter was closed; both then share one store.
+        """
+        other = MemoryStorage(clock=self._clock)
+        other._data = self._data
+        return other
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("this MemoryStorage is closed: open a new adapter (or reopen())")
+
+    def _now(self) -> float:
+        return float(self._clock())
+
+    def _live(self, namespace: str, key: str, now: float) -> Record | None:
+        """The record at ``key`` if it exists and has not expired (expired ones are dropped)."""
+        space = self._data.namespaces.get(namespace)
+        if space is None:
+            return None
+        record = space.records.get(key)
+        if record is not None and record.expires_at is not None and record.expires_at <= now:
+            space.remove(key)
+            return None
+        return record
+
+    # --- records ---------------------------------------------------------------
+
+    async def get(self, namespace: str, key: str) -> Record | None:
+        """The live record at ``key`` in ``namespace``, or None."""
+        self._check_open()
+        check_name(namespace, what="namespace")
+        check_name(key)
+        return self._live(namespace, key, self._now())
+
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        if_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Record:
+        """Write ``value``; the record's version is one more than the live one's (or 1)."""
+        result = await self.commit(
+            [Put(namespace=namespace, key=key, value=value, if_version=if_version, ttl=ttl)]
+        )
+        return result.records[0]
+
+    async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
+        """Remove ``key``; True if a live record was there."""
+        result = await self.commit([Delete(namespace=namespace, key=key, if_version=if_version)])
+        return result.deleted[0]
+
+    async def scan(
+        self,
+        namespace: str,
+        *,
+        prefix: str = "",
+        start_after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Live records in key order, starting with ``prefix``, after ``start_after``."""
+        self._check_open()
+        check_name(namespace, what="namespace")
+        if not isinstance(prefix, str):
+            raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
+        if start_after is not None and not isinstance(start_after, str):
+            raise UsageError(f"start_after must be text or None, got {type(start_after).__name__}")
+        count = _check_limit(limit)
+        space = self._data.namespaces.get(namespace)
+        if space is None or count == 0:
+            return []
+        now = self._now()
+        keys = space.keys
+        start = bisect.bisect_left(keys, prefix)
+        if start_after is not None and start_after >= prefix:
+            start = bisect.bisect_right(keys, start_after)
+        found: list[Record] = []
+        expired: list[str] = []
+        for key in keys[start:]:
+            if not key.startswith(prefix):
+                break
+            record = space.records[key]
+            if record.expires_at is not None and record.expires_at <= now:
+                expired.append(key)
+                continue
+            found.append(record)
+            if count is not None and len(found) >= count:
+                break
+        for key in expired:
+            space.remove(key)
+        return found
+
+    # --- streams ---------------------------------------------------------------
+
+    async def append(self, stream: str, payload: bytes) -> StreamEntry:
+        """Add ``payload`` to ``stream``; its number is one more than the last (or 1)."""
+        result = await self.commit([Append(stream=stream, payload=payload)])
+        return result.entries[0]
+
+    async def read(
+        self, stream: str, *, after: int = 0, limit: int | None = None
+    ) -> list[StreamEntry]:
+        """Entries of ``stream`` numbered above ``after``, in order, at most ``limit``."""
+        self._check_open()
+        check_name(stream, what="stream")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise UsageError(f"after must be an int >= 0, got {after!r}")
+        count = _check_limit(limit)
+        entries = self._data.streams.get(stream, [])
+        # Sequence numbers are gapless from 1, so entry n sits at index n - 1.
+        chosen = entries[after:]
+        return chosen if count is None else chosen[:count]
+
+    # --- batches ---------------------------------------------------------------
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        """Apply ``ops`` in order, all or nothing.
+
+        Everything is validated first, then the batch is planned on an overlay that
+        later operations read through; only when the whole plan succeeded is the
+        overlay written into the store, so a failure leaves nothing behind.
+        """
+        self._check_open()
+        batch = list(ops)
+        for op in batch:
+            _validate(op)
+        now = self._now()
+        overlay: dict[tuple[str, str], Record | None] = {}
+        appended: dict[str, list[StreamEntry]] = {}
+        records: list[Record] = []
+        entries: list[StreamEntry] = []
+        deleted: list[bool] = []
+
+        def current(namespace: str, key: str) -> Record | None:
+            if (namespace, key) in overlay:
+                return overlay[(namespace, key)]
+            return self._live(namespace, key, now)
+
+        def require(namespace: str, key: str, expected: int | None) -> Record | None:
+            record = current(namespace, key)
+            actual = 0 if record is None else record.version
+            if expected is not None and expected != actual:
+                raise _conflict(namespace, key, expected, actual)
+            return record
+
+        for op in batch:
+            if isinstance(op, Put):
+                old = require(op.namespace, op.key, op.if_version)
+                record = Record(
+                    namespace=op.namespace,
+                    key=op.key,
+                    value=op.value,
+                    version=1 if old is None else old.version + 1,
+                    updated_at=now,
+                    expires_at=None if op.ttl is None else now + op.ttl,
+                )
+                overlay[(op.namespace, op.key)] = record
+                records.append(record)
+            elif isinstance(op, Delete):
+                old = require(op.namespace, op.key, op.if_version)
+                overlay[(op.namespace, op.key)] = None
+                deleted.append(old is not None)
+            elif isinstance(op, Append):
+                pending = appended.setdefault(op.stream, [])
+                seq = len(self._data.streams.get(op.stream, ())) + len(pending) + 1
+                entry = StreamEntry(stream=op.stream, seq=seq, payload=op.payload, appended_at=now)
+                pending.append(entry)
+                entries.append(entry)
+            else:
+                require(op.namespace, op.key, op.version)
+
+        for (namespace, key), maybe in overlay.items():
+            if maybe is None:
+                space = self._data.namespaces.get(namespace)
+                if space is not None:
+                    space.remove(key)
+            else:
+                self._data.namespaces.setdefault(namespace, _Namespace()).set(maybe)
+        for stream, new in appended.items():
+            self._data.streams.setdefault(stream, []).extend(new)
+        return CommitResult(records=tuple(records), entries=tuple(entries), deleted=tuple(deleted))
+
+    async def aclose(self) -> None:
+        """Close this adapter (idempotent); the data stays for ``reopen`` adapters."""
+        self._closed = True
+
+
+def _validate(op: object) -> None:
+    """Raise the error a single call with ``op``'s arguments would raise."""
+    if isinstance(op, Put):
+        check_name(op.namespace, what="namespace")
+        check_name(op.key)
+        check_value(op.value)
+        check_if_version(op.if_version)
+        check_ttl(op.ttl)
+    elif isinstance(op, Delete):
+        check_name(op.namespace, what="namespace")
+        check_name(op.key)
+        check_if_version(op.if_version)
+    elif isinstance(op, Append):
+        check_name(op.stream, what="stream")
+        check_value(op.payload, what="payload")
+    elif isinstance(op, Check):
+        check_name(op.namespace, what="namespace")
+        check_name(op.key)
+        check_if_version(op.version)
+    else:
+        raise UsageError(
+            f"commit takes Put, Delete, Append and Check operations, got {type(op).__name__}"
+        )

@@ -1,0 +1,22 @@
+"""Conformance suites for taskloom's protocols, and hypothesis strategies for its data.
+
+Needs the ``testing`` extra (pytest and hypothesis are imported only here).
+An adapter author subclasses one suite and supplies a factory::
+
+    from taskloom.contracts.testing import StorageConformance
+
+    class TestMyStorage(StorageConformance):
+        def open_storage(self, location):
+            return MyStorage.open(location)
+
+Every test is named after the numbered invariant it checks (``test_st6_...``).
+Strategies for every contract data type are in
+``taskloom.contracts.testing.strategies``.
+"""
+
+from __future__ import annotations
+
+from taskloom.contracts.testing import strategies as strategies
+from taskloom.contracts.testing._storage_suite import StorageConformance, StorageModel
+
+__all__ = ["StorageConformance", "StorageModel"]
