@@ -23,6 +23,7 @@ from taskloom.contracts import (
     ReadOnlySecretStore,
     Secret,
     SecretNotFound,
+    UsageError,
     check_secret_name,
 )
 
@@ -53,7 +54,7 @@ class EnvSecretStore(StoreLifecycle):
     ) -> None:
         super().__init__()
         if not isinstance(prefix, str) or not prefix:
-            raise InvalidSecretName("the environment prefix must be non-empty text")
+            raise UsageError("the environment prefix must be non-empty text")
         self._prefix = prefix
         self._environ = environ
 
