@@ -1,5 +1,134 @@
-"""taskloom's security layer: keys, signed plugin manifests, trust, redaction, audit."""
+"""taskloom's security layer: keys, signed plugin manifests, trust, redaction, audit.
+
+Plugins are verified before any of their code is imported: a DSSE-style
+envelope signed with Ed25519 keys, checked against an application-owned
+``TrustStore`` in a fixed order (see ``verify_plugin``), yielding the exact
+verified bytes to load code from. The ``AuditLog`` chains SHA-256 hashes over a
+storage stream so that tampering is visible. This portion imports only
+``taskloom.contracts`` and third-party libraries.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from taskloom.security._audit import AuditEntry, AuditLog, AuditReport, SignedHead
+from taskloom.security._envelope import (
+    Envelope,
+    Signature,
+    add_signature,
+    pae,
+    parse_envelope,
+    sign_envelope,
+)
+from taskloom.security._errors import (
+    FileDigestMismatch,
+    FileSetMismatch,
+    InputTooLarge,
+    KeyFileError,
+    KeyNotInScope,
+    KeyRevoked,
+    MalformedEnvelope,
+    MalformedInput,
+    MalformedManifest,
+    MalformedTrustStore,
+    ManifestExpired,
+    ManifestNotYetValid,
+    NameMismatch,
+    RollbackDetected,
+    SignatureInvalid,
+    ThresholdNotMet,
+    UnsafeFile,
+    VersionReused,
+    WeakKey,
+    WrongPayloadType,
+)
+from taskloom.security._keys import (
+    PrivateKey,
+    PublicKey,
+    generate_key,
+    key_id_of,
+    load_private_key,
+    load_public_key,
+    save_private_key,
+    save_public_key,
+)
+from taskloom.security._manifest import (
+    MANIFEST_PAYLOAD_TYPE,
+    build_manifest,
+    manifest_bytes,
+    parse_manifest,
+    sign_manifest,
+)
+from taskloom.security._strictjson import loads_strict
+from taskloom.security._trust import (
+    TRUST_STORE_PAYLOAD_TYPE,
+    RollbackGuard,
+    TrustedKey,
+    TrustStore,
+    check_public_key,
+)
+from taskloom.security._verify import (
+    MAX_ENVELOPE_BYTES,
+    MAX_PLUGIN_BYTES,
+    VerifiedManifest,
+    VerifiedPlugin,
+    verify_manifest,
+    verify_plugin,
+)
+
+__all__ = [
+    "MANIFEST_PAYLOAD_TYPE",
+    "MAX_ENVELOPE_BYTES",
+    "MAX_PLUGIN_BYTES",
+    "TRUST_STORE_PAYLOAD_TYPE",
+    "AuditEntry",
+    "AuditLog",
+    "AuditReport",
+    "Envelope",
+    "FileDigestMismatch",
+    "FileSetMismatch",
+    "InputTooLarge",
+    "KeyFileError",
+    "KeyNotInScope",
+    "KeyRevoked",
+    "MalformedEnvelope",
+    "MalformedInput",
+    "MalformedManifest",
+    "MalformedTrustStore",
+    "ManifestExpired",
+    "ManifestNotYetValid",
+    "NameMismatch",
+    "PrivateKey",
+    "PublicKey",
+    "RollbackDetected",
+    "RollbackGuard",
+    "Signature",
+    "SignatureInvalid",
+    "SignedHead",
+    "ThresholdNotMet",
+    "TrustStore",
+    "TrustedKey",
+    "UnsafeFile",
+    "VerifiedManifest",
+    "VerifiedPlugin",
+    "VersionReused",
+    "WeakKey",
+    "WrongPayloadType",
+    "add_signature",
+    "build_manifest",
+    "check_public_key",
+    "generate_key",
+    "key_id_of",
+    "load_private_key",
+    "load_public_key",
+    "loads_strict",
+    "manifest_bytes",
+    "pae",
+    "parse_envelope",
+    "parse_manifest",
+    "save_private_key",
+    "save_public_key",
+    "sign_envelope",
+    "sign_manifest",
+    "verify_manifest",
+    "verify_plugin",
+]

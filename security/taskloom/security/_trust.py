@@ -1,0 +1,401 @@
+"""The trust store (which publisher keys may sign which plugins) and rollback state.
+
+The trust store is a JSON file the application owns. It lists publisher keys,
+the plugin names or ``fnmatch`` patterns each key may sign for, how many
+distinct keys must sign (globally and, optionally, per plugin pattern -- a
+pattern can only raise the global threshold), and revoked key ids. It may be
+signed by a root key, in the same envelope format as manifests with its own
+payload type, so a manifest envelope can never pass for a trust store.
+
+Keys are judged when they are added *and* when a file is loaded: a key of
+small order or in non-canonical encoding verifies forged signatures in
+OpenSSL's Ed25519 and is refused with ``WeakKey``.
+
+Rollback state -- the highest version of each plugin accepted so far and the
+digest of its payload -- lives in a ``StorageAdapter`` so that it survives
+restarts and can be shared by the processes that share the store.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import attrs
+import rfc8785
+
+from taskloom.contracts import (
+    ConflictError,
+    DecodeError,
+    StorageAdapter,
+    StorageCorrupted,
+    UsageError,
+)
+from taskloom.contracts.serde import structure
+from taskloom.security._ed25519 import weakness
+from taskloom.security._envelope import parse_envelope, sign_envelope, valid_signers
+from taskloom.security._errors import (
+    KeyRevoked,
+    MalformedInput,
+    MalformedTrustStore,
+    RollbackDetected,
+    SignatureInvalid,
+    VersionReused,
+    WeakKey,
+    WrongPayloadType,
+)
+from taskloom.security._keys import PrivateKey, PublicKey, _write_atomic
+from taskloom.security._strictjson import loads_strict
+
+TRUST_STORE_FORMAT = "taskloom.trust-store/v1"
+TRUST_STORE_PAYLOAD_TYPE = "application/vnd.taskloom.trust-store+json"
+"""The envelope ``payloadType`` of a signed trust store."""
+
+MAX_TRUST_STORE_BYTES = 1 << 20
+ROLLBACK_NAMESPACE = "trust.rollback"
+
+_KEY_ID = re.compile(r"[0-9a-f]{64}")
+_v = attrs.validators
+
+
+def check_public_key(key: PublicKey) -> None:
+    """Raise ``WeakKey`` if ``key`` would let forged signatures verify."""
+    problem = weakness(key.raw)
+    if problem is not None:
+        raise WeakKey(
+            f"public key {key.key_id[:16]}... is refused: {problem}. Such a key accepts "
+            "signatures nobody made; ask the publisher for their real public key"
+        )
+
+
+def _to_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+@attrs.frozen(kw_only=True)
+class TrustedKey:
+    """A publisher key and the plugin names or patterns it may sign for."""
+
+    public_key: PublicKey = attrs.field(validator=_v.instance_of(PublicKey))
+    plugins: tuple[str, ...] = attrs.field(
+        converter=_to_tuple, validator=_v.deep_iterable(_v.instance_of(str))
+    )
+    label: str = attrs.field(default="", validator=_v.instance_of(str))
+
+    @property
+    def key_id(self) -> str:
+        """The key id (hex SHA-256 of the raw public key)."""
+        return self.public_key.key_id
+
+    def may_sign(self, plugin_name: str) -> bool:
+        """True if this key may sign for ``plugin_name`` (case-sensitive ``fnmatch``)."""
+        return any(fnmatch.fnmatchcase(plugin_name, pattern) for pattern in self.plugins)
+
+
+# --- file format ------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _KeyRecord:
+    key_id: str
+    public_key: str
+    plugins: list[str]
+    label: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class _PatternThreshold:
+    pattern: str
+    threshold: int
+
+
+@attrs.frozen(kw_only=True)
+class _TrustFile:
+    format: str
+    threshold: int
+    keys: list[_KeyRecord]
+    revoked: list[str]
+    thresholds: list[_PatternThreshold] = attrs.Factory(list)
+
+
+class TrustStore:
+    """Which keys the application trusts, for which plugins, and how many must sign."""
+
+    def __init__(self, *, threshold: int = 1) -> None:
+        self._keys: dict[str, TrustedKey] = {}
+        self._revoked: set[str] = set()
+        self._thresholds: dict[str, int] = {}
+        self.threshold = 1
+        self.set_threshold(threshold)
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def keys(self) -> Mapping[str, TrustedKey]:
+        """The trusted keys by key id (revoked ones included; see ``revoked``)."""
+        return dict(self._keys)
+
+    @property
+    def revoked(self) -> frozenset[str]:
+        """Revoked key ids; their signatures never count."""
+        return frozenset(self._revoked)
+
+    @property
+    def thresholds(self) -> Mapping[str, int]:
+        """Per-pattern thresholds (each only ever raises the global one)."""
+        return dict(self._thresholds)
+
+    def public_keys(self) -> dict[str, PublicKey]:
+        """Every listed public key by id, for checking signatures."""
+        return {kid: k.public_key for kid, k in self._keys.items()}
+
+    def threshold_for(self, plugin_name: str) -> int:
+        """Distinct signatures required for ``plugin_name``: the highest that applies."""
+        matching = (n for p, n in self._thresholds.items() if fnmatch.fnmatchcase(plugin_name, p))
+        return max([self.threshold, *matching])
+
+    # -- changing ------------------------------------------------------------
+
+    def add_key(
+        self, public_key: PublicKey, *, plugins: Sequence[str], label: str = ""
+    ) -> TrustedKey:
+        """Trust ``public_key`` for the plugin names or patterns ``plugins``.
+
+        Refused: weak keys (``WeakKey``), revoked keys (``KeyRevoked``), an
+        empty ``plugins`` list. Adding a key already present replaces its scope.
+        """
+        check_public_key(public_key)
+        if public_key.key_id in self._revoked:
+            raise KeyRevoked(
+                f"key {public_key.key_id[:16]}... is revoked in this trust store; "
+                "a revoked key cannot be trusted again: ask the publisher for a new key"
+            )
+        if (
+            isinstance(plugins, str)
+            or not plugins
+            or not all(isinstance(p, str) and p for p in plugins)
+        ):
+            raise UsageError("plugins must be a non-empty list of plugin names or patterns")
+        trusted = TrustedKey(public_key=public_key, plugins=tuple(plugins), label=label)
+        self._keys[public_key.key_id] = trusted
+        return trusted
+
+    def remove_key(self, key_id: str) -> bool:
+        """Stop trusting ``key_id``; True if it was listed."""
+        return self._keys.pop(key_id, None) is not None
+
+    def revoke(self, key_id: str) -> None:
+        """Revoke ``key_id``: its signatures never count again, even if it is re-added."""
+        if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+            raise UsageError("a key id is 64 lowercase hex digits")
+        self._revoked.add(key_id)
+
+    def set_threshold(self, threshold: int, *, pattern: str | None = None) -> None:
+        """Set the global threshold, or one for plugins matching ``pattern``."""
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+            raise UsageError("a threshold is an integer >= 1")
+        if pattern is None:
+            self.threshold = threshold
+        else:
+            self._thresholds[pattern] = threshold
+
+    # -- files ---------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The trust store's canonical JSON (the payload that a root key signs)."""
+        return bytes(
+            rfc8785.dumps(
+                {
+                    "format": TRUST_STORE_FORMAT,
+                    "threshold": self.threshold,
+                    "thresholds": [
+                        {"pattern": p, "threshold": n} for p, n in sorted(self._thresholds.items())
+                    ],
+                    "keys": [
+                        {
+                            "key_id": k.key_id,
+                            "public_key": k.public_key.to_base64(),
+                            "plugins": list(k.plugins),
+                            "label": k.label,
+                        }
+                        for _, k in sorted(self._keys.items())
+                    ],
+                    "revoked": sorted(self._revoked),
+                }
+            )
+        )
+
+    def save(self, path: str | os.PathLike[str], *, sign_with: PrivateKey | None = None) -> None:
+        """Write the store atomically; signed by ``sign_with`` (a root key) if given."""
+        payload = self.to_bytes()
+        data = (
+            payload
+            if sign_with is None
+            else sign_envelope(TRUST_STORE_PAYLOAD_TYPE, payload, [sign_with])
+        )
+        _write_atomic(Path(path), data, mode=0o644, overwrite=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, root_key: PublicKey | None = None) -> TrustStore:
+        """Read a trust store; with ``root_key`` it must be an envelope signed by that key."""
+        file = Path(path)
+        try:
+            with file.open("rb") as handle:
+                data = handle.read(MAX_TRUST_STORE_BYTES + 1)
+        except OSError as exc:
+            raise MalformedTrustStore(
+                f"cannot read trust store {file}: {exc.strerror or exc}; check the path"
+            ) from exc
+        return cls.from_bytes(data, root_key=root_key, source=str(file))
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, *, root_key: PublicKey | None = None, source: str = "trust store"
+    ) -> TrustStore:
+        """Parse trust store bytes (see ``load``)."""
+        if root_key is not None:
+            envelope = parse_envelope(data, max_bytes=MAX_TRUST_STORE_BYTES)
+            if envelope.payload_type != TRUST_STORE_PAYLOAD_TYPE:
+                raise WrongPayloadType(
+                    f"{source} is a signed {envelope.payload_type!r}, not a trust store"
+                )
+            if root_key.key_id not in valid_signers(envelope, {root_key.key_id: root_key}):
+                raise SignatureInvalid(
+                    f"{source} is not signed by the root key {root_key.key_id[:16]}...: "
+                    "sign it with `TrustStore.save(path, sign_with=root_key)`"
+                )
+            data = envelope.payload
+        try:
+            raw = loads_strict(data, max_bytes=MAX_TRUST_STORE_BYTES, what=source)
+        except MalformedInput as exc:
+            raise MalformedTrustStore(str(exc)) from exc
+        if root_key is None and isinstance(raw, dict) and "payloadType" in raw:
+            raise MalformedTrustStore(
+                f"{source} is signed; pass root_key= to check its signature before trusting it"
+            )
+        try:
+            parsed = structure(raw, _TrustFile)
+        except DecodeError as exc:
+            raise MalformedTrustStore(f"{source} is not a valid trust store: {exc}") from exc
+        return cls._from_file(parsed, source)
+
+    @classmethod
+    def _from_file(cls, parsed: _TrustFile, source: str) -> TrustStore:
+        if parsed.format != TRUST_STORE_FORMAT:
+            raise MalformedTrustStore(
+                f"{source} has format {parsed.format!r}; this taskloom reads {TRUST_STORE_FORMAT!r}"
+            )
+        try:
+            store = cls(threshold=parsed.threshold)
+            for item in parsed.thresholds:
+                store.set_threshold(item.threshold, pattern=item.pattern)
+            for kid in parsed.revoked:
+                store.revoke(kid)
+            for record in parsed.keys:
+                key = PublicKey.from_base64(record.public_key)
+                if key.key_id != record.key_id:
+                    raise MalformedTrustStore(
+                        f"{source}: key id {record.key_id[:16]}... does not match its public key"
+                    )
+                check_public_key(key)
+                store._keys[key.key_id] = TrustedKey(
+                    public_key=key, plugins=tuple(record.plugins), label=record.label
+                )
+        except UsageError as exc:
+            raise MalformedTrustStore(f"{source} is not a valid trust store: {exc}") from exc
+        return store
+
+
+# --- rollback ---------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Seen:
+    version: int
+    sha256: str
+
+
+class RollbackGuard:
+    """The highest version accepted of each plugin and the digest of that version's payload.
+
+    ``check`` refuses a lower version (``RollbackDetected``) and the same
+    version with another payload (``VersionReused``); ``record`` stores a new
+    high-water mark with a version check, so two processes never lower it.
+    """
+
+    def __init__(self, storage: StorageAdapter, *, namespace: str = ROLLBACK_NAMESPACE) -> None:
+        self._storage = storage
+        self._namespace = namespace
+
+    async def highest(self, plugin_name: str) -> tuple[int, str] | None:
+        """(version, payload sha256) of the highest version accepted, or None."""
+        seen, _ = await self._load(plugin_name)
+        return None if seen is None else (seen.version, seen.sha256)
+
+    async def _load(self, plugin_name: str) -> tuple[_Seen | None, int]:
+        record = await self._storage.get(self._namespace, plugin_name)
+        if record is None:
+            return None, 0
+        try:
+            seen = structure(
+                loads_strict(record.value, max_bytes=4096, what="rollback record"), _Seen
+            )
+        except (MalformedInput, DecodeError) as exc:
+            raise StorageCorrupted(
+                f"rollback record of plugin {plugin_name!r} is damaged: {exc}; "
+                "restore the store from a backup"
+            ) from exc
+        return seen, record.version
+
+    @staticmethod
+    def _judge(plugin_name: str, seen: _Seen | None, version: int, digest: str) -> None:
+        if seen is None:
+            return
+        if version < seen.version:
+            raise RollbackDetected(
+                f"plugin {plugin_name!r} version {version} is older than version {seen.version} "
+                "already accepted: someone may be replaying an old, vulnerable release; "
+                "install the current release"
+            )
+        if version == seen.version and digest != seen.sha256:
+            raise VersionReused(
+                f"plugin {plugin_name!r} version {version} differs from the version {version} "
+                "accepted before: a publisher must never reuse a version number; ask them to "
+                "publish a new version"
+            )
+
+    async def check(self, plugin_name: str, version: int, digest: str) -> None:
+        """Refuse ``version`` if it would roll ``plugin_name`` back or reuse a version."""
+        seen, _ = await self._load(plugin_name)
+        self._judge(plugin_name, seen, version, digest)
+
+    async def record(self, plugin_name: str, version: int, digest: str) -> None:
+        """Remember ``version`` (with ``digest``) as accepted; re-checks under a version check."""
+        value = bytes(rfc8785.dumps({"version": version, "sha256": digest}))
+        for _ in range(16):
+            seen, record_version = await self._load(plugin_name)
+            self._judge(plugin_name, seen, version, digest)
+            if seen is not None and seen.version == version:
+                return
+            try:
+                await self._storage.put(
+                    self._namespace, plugin_name, value, if_version=record_version
+                )
+            except ConflictError:
+                continue
+            return
+        raise ConflictError(
+            f"could not record plugin {plugin_name!r} version {version}: the rollback record "
+            "kept changing; try again",
+            namespace=self._namespace,
+            key=plugin_name,
+        )
+
+
+def payload_digest(payload: bytes) -> str:
+    """Hex SHA-256 of signed payload bytes (what the rollback guard remembers)."""
+    return hashlib.sha256(payload).hexdigest()
