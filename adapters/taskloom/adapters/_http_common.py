@@ -536,7 +536,7 @@ async def iter_sse(
 ) -> AsyncGenerator[ServerSentEvent, None]:
     """The events of ``response``; reading each chunk must finish before ``deadline``."""
     decoder = SSEDecoder(max_bytes=max_bytes)
-    chunks = response.aiter_raw()
+    chunks = response.aiter_bytes()
     while True:
         async with asyncio.timeout_at(deadline):
             chunk = await anext(chunks, None)
@@ -773,7 +773,7 @@ class HTTPExecutor(abc.ABC):
             )
         parts: list[bytes] = []
         size = 0
-        async for part in response.aiter_raw():
+        async for part in response.aiter_bytes():
             size += len(part)
             if size > limit:
                 if for_error:
