@@ -22,6 +22,13 @@ from typing import Any
 
 import aiosqlite
 
+from taskloom.adapters._sqlite_args import (
+    check_limit,
+    check_ops,
+    check_prune_args,
+    choose_victims,
+    prefix_end,
+)
 from taskloom.adapters._sqlite_errors import map_sqlite_errors
 from taskloom.adapters._sqlite_ops import (
     append_job,
@@ -45,12 +52,8 @@ from taskloom.adapters._sqlite_schema import (
 )
 from taskloom.adapters._sqlite_writer import Writer
 from taskloom.contracts import (
-    Append,
-    Check,
     CommitResult,
-    Delete,
     Op,
-    Put,
     Record,
     StorageError,
     StreamEntry,
@@ -67,32 +70,6 @@ _LOG = logging.getLogger("taskloom.adapters.sqlite")
 
 _PURGE_CHUNK = 1000
 _PRUNE_PAGE = 1000
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string that starts with ``prefix``.
-
-    None when there is none (the prefix is empty or only U+10FFFF). SQLite compares
-    TEXT as UTF-8 bytes, whose order is code point order, so ``prefix <= key <
-    _prefix_end(prefix)`` is exactly ``key.startswith(prefix)`` and uses the index.
-    """
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            nxt = last + 1
-            if 0xD800 <= nxt <= 0xDFFF:
-                nxt = 0xE000
-            return "".join(chars) + chr(nxt)
-    return None
-
-
-def _check_limit(limit: object) -> int:
-    if limit is None:
-        return -1
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise UsageError(f"limit must be None or an int >= 0, got {limit!r}")
-    return limit
 
 
 class SQLiteStorage:
@@ -261,14 +238,15 @@ class SQLiteStorage:
                 await reader.close()
 
     def __del__(self) -> None:
-        if self._closed or self._writer is None:
+        writer = getattr(self, "_writer", None)  # None too if __init__ raised
+        if writer is None or self._closed:
             return
         warnings.warn(
             f"{self!r} was never closed: use 'async with' or 'await storage.aclose()'",
             ResourceWarning,
             stacklevel=1,
         )
-        self._writer.stop_nowait()
+        writer.stop_nowait()
 
     async def _purge_forever(self, interval: float) -> None:
         while True:
@@ -317,8 +295,8 @@ class SQLiteStorage:
             raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
         if start_after is not None and not isinstance(start_after, str):
             raise UsageError(f"start_after must be text or None, got {type(start_after).__name__}")
-        count = _check_limit(limit)
-        end = _prefix_end(prefix)
+        count = check_limit(limit)
+        end = prefix_end(prefix)
         head = (namespace, prefix, start_after or "", self._clock())
         if end is None:
             return (SCAN_META if meta else SCAN), (*head, count)
@@ -354,7 +332,7 @@ class SQLiteStorage:
         check_name(stream, what="stream")
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise UsageError(f"after must be an int >= 0, got {after!r}")
-        rows = await self._fetch(READ, (stream, after, _check_limit(limit)))
+        rows = await self._fetch(READ, (stream, after, check_limit(limit)))
         return [
             StreamEntry(stream=stream, seq=seq, payload=payload, appended_at=appended_at)
             for seq, payload, appended_at in rows
@@ -409,30 +387,7 @@ class SQLiteStorage:
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
         """Apply every operation in order in one transaction, or none of them (ST9)."""
-        if isinstance(ops, str | bytes) or not isinstance(ops, Sequence):
-            raise UsageError(f"commit takes a sequence of operations, got {type(ops).__name__}")
-        checked = tuple(ops)
-        for op in checked:
-            if isinstance(op, Put):
-                check_name(op.namespace, what="namespace")
-                check_name(op.key)
-                check_value(op.value)
-                check_ttl(op.ttl)
-                check_if_version(op.if_version)
-            elif isinstance(op, Delete):
-                check_name(op.namespace, what="namespace")
-                check_name(op.key)
-                check_if_version(op.if_version)
-            elif isinstance(op, Append):
-                check_name(op.stream, what="stream")
-                check_value(op.payload, what="payload")
-            elif isinstance(op, Check):
-                check_name(op.namespace, what="namespace")
-                check_name(op.key)
-            else:
-                raise UsageError(
-                    f"commit takes Put, Delete, Append and Check operations, got {op!r}"
-                )
+        checked = check_ops(ops)
         writer = await self._writer_for_call()
         if not checked:
             return CommitResult()
@@ -468,18 +423,7 @@ class SQLiteStorage:
         (if given); at least one of the two is required. A record rewritten while
         pruning runs is kept: deletes check the version that was scanned.
         """
-        if older_than is None and keep_last is None:
-            raise UsageError("prune needs older_than, keep_last or both; to delete all use scan")
-        if older_than is not None and (
-            isinstance(older_than, bool)
-            or not isinstance(older_than, int | float)
-            or older_than < 0
-        ):
-            raise UsageError(f"older_than must be seconds >= 0, got {older_than!r}")
-        if keep_last is not None and (
-            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0
-        ):
-            raise UsageError(f"keep_last must be an int >= 0, got {keep_last!r}")
+        check_prune_args(older_than, keep_last)
         seen: list[tuple[str, int, float]] = []
         after: str | None = None
         while True:
@@ -489,12 +433,7 @@ class SQLiteStorage:
             if len(rows) < _PRUNE_PAGE:
                 break
             after = rows[-1][0]
-        victims = seen
-        if keep_last is not None:
-            victims = sorted(seen, key=lambda row: (row[2], row[0]), reverse=True)[keep_last:]
-        if older_than is not None:
-            cutoff = self._clock() - float(older_than)
-            victims = [row for row in victims if row[2] < cutoff]
+        victims = choose_victims(seen, self._clock(), older_than, keep_last)
         if not victims:
             return 0
         writer = await self._writer_for_call()

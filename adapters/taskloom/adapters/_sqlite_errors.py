@@ -67,10 +67,12 @@ def translate(exc: BaseException, path: str, *, busy_timeout_s: float = 0.0) -> 
     detail = f"{type(exc).__name__}: {exc}"
     code = _code(exc)
     if code in _BUSY_CODES:
+        # SQLite's own text ("database is locked") stays on __cause__: callers of other
+        # stores learned to grep for it, and here it means "wait or retry", said plainly.
         return StorageUnavailable(
             f"database at {path} stayed locked by another connection or process for more "
             f"than the busy timeout ({busy_timeout_s:g} s); retry later, or give "
-            f"SQLiteStorage a longer busy_timeout_s ({detail})"
+            "SQLiteStorage a longer busy_timeout_s"
         )
     if code in _CORRUPT_CODES:
         return StorageCorrupted(

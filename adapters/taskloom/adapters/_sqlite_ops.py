@@ -155,9 +155,10 @@ def delete_versions_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> int:
 def vacuum_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> int:
     """Return up to ``pages`` free pages to the file system (0: all); returns how many."""
     pages: int = args[0]
-    before = cursor.execute("PRAGMA freelist_count").fetchone()[0]
-    # Each row of incremental_vacuum's result is one step: fetch them all or only
-    # the first page is freed.
-    cursor.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
-    after = cursor.execute("PRAGMA freelist_count").fetchone()[0]
-    return int(before) - int(after)
+    before = int(cursor.execute("PRAGMA freelist_count").fetchone()[0])
+    # Python's sqlite3 steps a statement without result columns only once, and one
+    # step of incremental_vacuum frees one page: so ask for one page at a time.
+    for _ in range(before if pages == 0 else min(pages, before)):
+        cursor.execute("PRAGMA incremental_vacuum(1)")
+    after = int(cursor.execute("PRAGMA freelist_count").fetchone()[0])
+    return before - after
