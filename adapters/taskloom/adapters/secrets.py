@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 
 from taskloom.adapters._secrets_chain import ChainSecretStore
-from taskloom.adapters._secrets_common import CONFIGURE_HINT, PASSPHRASE_ENV
+from taskloom.adapters._secrets_common import PASSPHRASE_ENV
 from taskloom.adapters._secrets_env import EnvSecretStore
 from taskloom.adapters._secrets_file import EncryptedFileSecretStore
 from taskloom.adapters._secrets_keyring import DEFAULT_TIMEOUT_S, KeyringSecretStore
@@ -51,7 +51,9 @@ async def open_default_secret_store(
         if not env.get(PASSPHRASE_ENV):
             reason = str(keyring_error).split(";", 1)[0]
             raise SecretStoreUnavailable(
-                f"no usable secret store ({reason}): {CONFIGURE_HINT}"
+                f"no usable secret store ({reason}): set {PASSPHRASE_ENV} to keep secrets "
+                f"encrypted in {str(path)!r}, or install a system keyring "
+                "(macOS Keychain, Windows Credential Locker, GNOME Keyring or KWallet)"
             ) from None
         writable = EncryptedFileSecretStore.from_env(path, environ=env)
     return ChainSecretStore([EnvSecretStore(environ=environ), writable])
