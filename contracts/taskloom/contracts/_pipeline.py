@@ -8,6 +8,11 @@ substitute references: nothing in a pipeline can run code.
 
 A step's kind is told by its fields: ``prompt``/``messages`` make an LLM call,
 ``uses`` a plugin step, ``parallel`` a group, ``map`` a fan-out over a list.
+
+Order: a step without ``needs`` depends on the step before it in the list (steps
+run in order by default); a step with ``needs`` depends on exactly those steps
+(``"needs": []`` makes it a root that starts at once). ``needs`` is therefore
+``None`` when absent, which is different from an empty list.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ _opt_str = _v.optional(_v.instance_of(str))
 _opt_bool = _v.optional(_v.instance_of(bool))
 _opt_on_error = _v.optional(_v.in_(("fail", "continue")))
 _step_id = [_v.instance_of(str), _v.matches_re(STEP_ID)]
-_needs = _v.deep_iterable(_v.instance_of(str), _v.instance_of(tuple))
+_needs = _v.optional(_v.deep_iterable(_v.instance_of(str), _v.instance_of(tuple)))
 
 
 @attrs.frozen(kw_only=True)
@@ -131,7 +136,7 @@ class LLMStep:
         default=None, validator=_v.optional(_v.instance_of(ResponseFormat))
     )
     stream: bool = attrs.field(default=False, validator=_v.instance_of(bool))
-    needs: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=_needs)
+    needs: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple, validator=_needs)
     timeout_s: float | None = attrs.field(default=None, converter=_float, validator=_opt_pos_float)
     deadline_s: float | None = attrs.field(default=None, converter=_float, validator=_opt_pos_float)
     retry: RetryPolicy | None = attrs.field(
@@ -148,7 +153,7 @@ class PluginStep:
     id: str = attrs.field(validator=_step_id)
     uses: str = attrs.field(validator=_v.instance_of(str))
     with_: dict[str, Any] = attrs.field(factory=dict, validator=_v.instance_of(dict))
-    needs: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=_needs)
+    needs: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple, validator=_needs)
     timeout_s: float | None = attrs.field(default=None, converter=_float, validator=_opt_pos_float)
     deadline_s: float | None = attrs.field(default=None, converter=_float, validator=_opt_pos_float)
     retry: RetryPolicy | None = attrs.field(
@@ -163,7 +168,7 @@ class ParallelStep:
 
     id: str = attrs.field(validator=_step_id)
     parallel: tuple[Step, ...] = attrs.field(converter=_tuple, validator=_v.instance_of(tuple))
-    needs: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=_needs)
+    needs: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple, validator=_needs)
     on_error: OnError | None = attrs.field(default=None, validator=_opt_on_error)
 
 
@@ -180,7 +185,7 @@ class MapStep:
     as_: str = attrs.field(default="item", validator=[_v.instance_of(str), _v.matches_re(STEP_ID)])
     concurrency: int = attrs.field(default=8, validator=[_v.instance_of(int), _v.ge(1)])
     step: LLMStep | PluginStep = attrs.field(validator=_v.instance_of((LLMStep, PluginStep)))
-    needs: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=_needs)
+    needs: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple, validator=_needs)
     on_error: OnError | None = attrs.field(default=None, validator=_opt_on_error)
 
 

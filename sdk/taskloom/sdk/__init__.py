@@ -1,7 +1,34 @@
-"""taskloom's SDK: the engine that composes contracts, adapters and security."""
+"""taskloom's SDK: the engine that composes contracts, adapters and security.
+
+``Engine`` runs pipelines (``async with Engine(...) as engine``), ``SyncEngine``
+does the same for code without an event loop. ``load_pipeline`` and
+``validate_pipeline`` check a pipeline before anything runs; ``ExecutorRegistry``
+holds the LLM executors; ``EventBus`` fans typed events out to subscribers.
+"""
 
 from __future__ import annotations
 
+from taskloom.sdk._engine import Engine, RunHandle, RunResult
+from taskloom.sdk._events_bus import EventBus, Subscription
+from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings, register_executor_type
+from taskloom.sdk._retry import backoff_delay
+from taskloom.sdk._sync import SyncEngine
+from taskloom.sdk._validate import load_pipeline, validate_pipeline
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Engine",
+    "EventBus",
+    "ExecutorRegistry",
+    "ExecutorSettings",
+    "RunHandle",
+    "RunResult",
+    "Subscription",
+    "SyncEngine",
+    "__version__",
+    "backoff_delay",
+    "load_pipeline",
+    "register_executor_type",
+    "validate_pipeline",
+]
