@@ -43,12 +43,18 @@ def translate_os_errors(root: Path) -> Iterator[None]:
 
 
 def unavailable(root: Path, exc: OSError) -> StorageUnavailable:
-    """Build the ``StorageUnavailable`` for ``exc`` (which happened under ``root``)."""
+    """Build the ``StorageUnavailable`` for ``exc`` (which happened under ``root``).
+
+    The cause is set here, not only by ``raise ... from``, because errors of a
+    write batch travel to their callers through futures.
+    """
     hint = _HINTS.get(exc.errno or 0, "check the storage directory and retry")
     where = exc.filename if exc.filename is not None else root
-    return StorageUnavailable(
+    error = StorageUnavailable(
         f"file storage at {root} cannot be used: {exc.strerror or exc} ({where}); {hint}"
     )
+    error.__cause__ = exc
+    return error
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

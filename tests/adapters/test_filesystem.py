@@ -1,0 +1,483 @@
+"""FileStorage beyond the conformance suite: its directory, journal, streams and faults."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from taskloom.adapters import _fs_core, _fs_journal, _fs_records, _fs_streams
+from taskloom.adapters._fs_journal import EntryChange, Intent, RecordChange
+from taskloom.adapters.filesystem import FileStorage
+from taskloom.contracts import (
+    Append,
+    Put,
+    StorageCorrupted,
+    StorageUnavailable,
+    UsageError,
+)
+
+
+def _store(root: Path) -> _fs_core.Store:
+    """A Store used only for its path arithmetic (nothing is opened)."""
+    return _fs_core.Store(
+        root, clock=lambda: 0.0, fsync=False, segment_bytes=1 << 20, lock_timeout=1.0
+    )
+
+
+def _segments(root: Path, stream: str) -> list[Path]:
+    return [path for _, path in _fs_streams.list_segments(_store(root).stream_dir(stream))]
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- the root directory --------------------------------------------------------------
+
+
+async def test_a_new_directory_becomes_a_marked_store(tmp_path: Path) -> None:
+    """Opening a missing directory creates it with a marker naming the format."""
+    root = tmp_path / "a" / "b"
+    storage = await FileStorage.open(root)
+    await storage.aclose()
+    meta = json.loads((root / _fs_core.MARKER).read_text())
+    assert meta == {"format": "taskloom-filesystem", "version": 1}
+
+
+async def test_a_foreign_directory_is_refused_and_untouched(tmp_path: Path) -> None:
+    """A non-empty directory without our marker raises StorageCorrupted and gains no file."""
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StorageCorrupted) as caught:
+        await FileStorage.open(tmp_path)
+    assert caught.value.path == str(tmp_path)
+    assert "notes.txt" in str(caught.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+async def test_a_store_from_a_newer_format_is_refused(tmp_path: Path) -> None:
+    """A marker with a newer format version says to upgrade, and nothing is changed."""
+    async with FileStorage(tmp_path / "s", fsync=False) as storage:
+        await storage.put("ns", "k", b"v")
+    marker = tmp_path / "s" / _fs_core.MARKER
+    marker.write_text(json.dumps({"format": "taskloom-filesystem", "version": 2}))
+    with pytest.raises(StorageCorrupted, match="upgrade taskloom") as caught:
+        await FileStorage.open(tmp_path / "s")
+    assert caught.value.path == str(marker)
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"format": "other", "version": 1}'])
+async def test_a_damaged_marker_is_refused(tmp_path: Path, text: str) -> None:
+    """A marker that is not ours raises StorageCorrupted naming the marker file."""
+    (tmp_path / _fs_core.MARKER).write_text(text)
+    with pytest.raises(StorageCorrupted) as caught:
+        await FileStorage.open(tmp_path)
+    assert caught.value.path == str(tmp_path / _fs_core.MARKER)
+
+
+async def test_a_file_in_place_of_the_root_is_refused(tmp_path: Path) -> None:
+    """A regular file at the location raises StorageCorrupted and keeps its content."""
+    path = tmp_path / "file"
+    path.write_bytes(b"data")
+    with pytest.raises(StorageCorrupted):
+        await FileStorage.open(path)
+    assert path.read_bytes() == b"data"
+
+
+async def test_a_root_too_long_for_the_longest_keys_is_refused(tmp_path: Path) -> None:
+    """A root path that would push 1024-byte names over PATH_MAX is a UsageError up front."""
+    with pytest.raises(UsageError, match="shorter root"):
+        await FileStorage.open(tmp_path.joinpath(*["x" * 200] * 5))
+
+
+async def test_leftover_temporary_files_are_removed_on_open(tmp_path: Path) -> None:
+    """Temporary files of a crashed writer do not survive the next open."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        await storage.put("ns", "k", b"v")
+    (tmp_path / "tmp" / "123-dead-1.tmp").write_bytes(b"partial")
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        assert (await storage.get("ns", "k")) is not None
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+async def test_a_damaged_record_file_is_reported_with_its_path(tmp_path: Path) -> None:
+    """A flipped byte in a record file raises StorageCorrupted naming that file."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        await storage.put("ns", "k", b"value")
+        path = _store(tmp_path).record_path("ns", "k")
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
+        with pytest.raises(StorageCorrupted) as caught:
+            await storage.get("ns", "k")
+        assert caught.value.path == str(path)
+
+
+async def test_a_stray_file_among_records_is_reported(tmp_path: Path) -> None:
+    """A file taskloom did not write inside a namespace makes scan raise StorageCorrupted."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        await storage.put("ns", "k", b"v")
+        stray = _store(tmp_path).record_path("ns", "k").parent / "README"
+        stray.write_text("hello")
+        with pytest.raises(StorageCorrupted) as caught:
+            await storage.scan("ns")
+        assert caught.value.path == str(stray)
+
+
+async def test_expired_records_are_cleaned_lazily(tmp_path: Path) -> None:
+    """A read that meets an expired record returns None and its file is removed afterwards."""
+    clock = FakeClock()
+    async with FileStorage(tmp_path, fsync=False, clock=clock) as storage:
+        await storage.put("ns", "gone", b"v", ttl=10)
+        await storage.put("ns", "kept", b"v", ttl=100)
+        path = _store(tmp_path).record_path("ns", "gone")
+        clock.now += 10
+        assert await storage.get("ns", "gone") is None
+        assert [r.key for r in await storage.scan("ns")] == ["kept"]
+        await storage.put("ns", "other", b"v")  # queued after the cleanup: a barrier
+        assert not path.exists()
+        assert (await storage.put("ns", "gone", b"again")).version == 1
+
+
+async def test_long_keys_are_stored_in_nested_directories(tmp_path: Path) -> None:
+    """A 1024-byte key round-trips and scans back, though it exceeds NAME_MAX."""
+    key = "é" * 512
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        await storage.put("ns", key, b"v")
+        await storage.put("ns", key[:-1], b"w")
+        assert [r.key for r in await storage.scan("ns")] == [key[:-1], key]
+    assert len(_store(tmp_path).record_path("ns", key).relative_to(tmp_path).parts) > 5
+
+
+# --- streams ------------------------------------------------------------------------------
+
+
+def _tear(path: Path, kind: str) -> None:
+    seq = 10_000 if kind == "wrong-seq" else 6
+    data = {
+        "garbage": os.urandom(37),
+        "half-entry": _fs_streams.pack_entry(seq, 1.0, b"payload" * 5)[:-9],
+        "half-header": _fs_streams.pack_entry(seq, 1.0, b"x")[:10],
+        "wrong-seq": _fs_streams.pack_entry(seq, 1.0, b"x"),
+        "zeros": bytes(64),
+    }[kind]
+    with open(path, "ab") as handle:
+        handle.write(data)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "half-entry", "half-header", "wrong-seq", "zeros"])
+async def test_a_torn_tail_is_dropped_and_appends_stay_gapless(tmp_path: Path, kind: str) -> None:
+    """Bytes of a torn write at a segment's end are never read, and the next seq is next."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        for n in range(5):
+            await storage.append("s", b"e%d" % n)
+    _tear(_segments(tmp_path, "s")[-1], kind)
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        assert [e.seq for e in await storage.read("s")] == [1, 2, 3, 4, 5]
+        entry = await storage.append("s", b"after")
+        assert entry.seq == 6
+        entries = await storage.read("s")
+        assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]
+        assert entries[-1].payload == b"after"
+
+
+async def test_a_torn_tail_written_by_another_process_is_truncated(tmp_path: Path) -> None:
+    """A store already open notices a torn tail left behind its back and appends after it."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        await storage.append("s", b"one")
+        _tear(_segments(tmp_path, "s")[-1], "half-entry")
+        assert (await storage.append("s", b"two")).seq == 2
+        assert [e.payload for e in await storage.read("s")] == [b"one", b"two"]
+
+
+async def test_streams_roll_over_segments_without_gaps(tmp_path: Path) -> None:
+    """Small segments: many files, reads across their borders see every seq once, in order."""
+    async with FileStorage(tmp_path, fsync=False, segment_bytes=100) as storage:
+        for n in range(40):
+            await storage.append("s", b"payload-%02d" % n)
+        assert len(_segments(tmp_path, "s")) > 5
+        for after in (0, 3, 17, 39, 40):
+            for limit in (None, 1, 4, 100):
+                got = [e.seq for e in await storage.read("s", after=after, limit=limit)]
+                want = list(range(after + 1, 41))[:limit]
+                assert got == want, (after, limit)
+    async with FileStorage(tmp_path, fsync=False, segment_bytes=100) as storage:
+        assert (await storage.append("s", b"next")).seq == 41
+
+
+async def test_a_damaged_entry_before_the_tail_is_corruption(tmp_path: Path) -> None:
+    """A bad entry in an older segment cannot be a torn write: StorageCorrupted names it."""
+    async with FileStorage(tmp_path, fsync=False, segment_bytes=60) as storage:
+        for n in range(6):
+            await storage.append("s", b"e%d" % n)
+        first = _segments(tmp_path, "s")[0]
+        data = bytearray(first.read_bytes())
+        data[-1] ^= 0xFF
+        first.write_bytes(bytes(data))
+        with pytest.raises(StorageCorrupted) as caught:
+            await storage.read("s")
+        assert caught.value.path == str(first)
+
+
+# --- the journal ----------------------------------------------------------------------------
+
+
+def _intent() -> Intent:
+    return Intent(
+        records=(
+            RecordChange(namespace="ns", key="a", data=_fs_records.pack(1, 5.0, None, b"A")),
+            RecordChange(namespace="ns", key="b", data=_fs_records.pack(1, 5.0, None, b"B")),
+            RecordChange(namespace="ns", key="gone", data=None),
+        ),
+        entries=(
+            EntryChange(stream="s", seq=2, appended_at=5.0, payload=b"two"),
+            EntryChange(stream="s", seq=3, appended_at=5.0, payload=b"three"),
+        ),
+    )
+
+
+async def _prepare(root: Path) -> None:
+    async with FileStorage(root, fsync=False) as storage:
+        await storage.put("ns", "gone", b"old")
+        await storage.append("s", b"one")
+
+
+async def _assert_applied(root: Path) -> None:
+    async with FileStorage(root, fsync=False) as storage:
+        assert (await storage.get("ns", "a")).value == b"A"  # type: ignore[union-attr]
+        assert (await storage.get("ns", "b")).value == b"B"  # type: ignore[union-attr]
+        assert await storage.get("ns", "gone") is None
+        assert [e.payload for e in await storage.read("s")] == [b"one", b"two", b"three"]
+        assert (await storage.append("s", b"four")).seq == 4
+    assert not (root / _fs_core.JOURNAL).exists()
+
+
+async def test_a_leftover_journal_is_rolled_forward_on_open(tmp_path: Path) -> None:
+    """A complete journal from a writer killed before applying anything is applied on open."""
+    await _prepare(tmp_path)
+    (tmp_path / _fs_core.JOURNAL).write_bytes(_fs_journal.pack(_intent()))
+    await _assert_applied(tmp_path)
+
+
+async def test_a_half_applied_journal_is_finished_on_open(tmp_path: Path) -> None:
+    """A writer killed mid-apply (one record and one entry done) is finished, nothing doubled."""
+    await _prepare(tmp_path)
+    store = _store(tmp_path)
+    store.record_path("ns", "a").parent.mkdir(parents=True, exist_ok=True)
+    store.record_path("ns", "a").write_bytes(_fs_records.pack(1, 5.0, None, b"A"))
+    with open(_segments(tmp_path, "s")[-1], "ab") as handle:
+        handle.write(_fs_streams.pack_entry(2, 5.0, b"two"))
+    (tmp_path / _fs_core.JOURNAL).write_bytes(_fs_journal.pack(_intent()))
+    await _assert_applied(tmp_path)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 20, -1])
+async def test_an_incomplete_journal_is_discarded(tmp_path: Path, cut: int) -> None:
+    """A journal cut short or damaged is dropped: none of its commit is applied."""
+    await _prepare(tmp_path)
+    data = bytearray(_fs_journal.pack(_intent()))
+    if cut == -1:
+        data[-1] ^= 0x01
+    else:
+        del data[cut:]
+    (tmp_path / _fs_core.JOURNAL).write_bytes(bytes(data))
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        assert await storage.get("ns", "a") is None
+        assert (await storage.get("ns", "gone")) is not None
+        assert [e.seq for e in await storage.read("s")] == [1]
+    assert not (tmp_path / _fs_core.JOURNAL).exists()
+
+
+async def test_a_reader_rolls_a_crashed_writers_journal_forward(tmp_path: Path) -> None:
+    """A store that stays open sees a journal left by another process completed, never half."""
+    await _prepare(tmp_path)
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        assert await storage.get("ns", "a") is None
+        (tmp_path / _fs_core.JOURNAL).write_bytes(_fs_journal.pack(_intent()))
+        assert (await storage.get("ns", "b")).value == b"B"  # type: ignore[union-attr]
+        assert [e.seq for e in await storage.read("s")] == [1, 2, 3]
+    assert not (tmp_path / _fs_core.JOURNAL).exists()
+
+
+def test_journal_round_trips() -> None:
+    """Packing then unpacking a journal gives back the same intent."""
+    assert _fs_journal.unpack(_fs_journal.pack(_intent())) == _intent()
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, int, Path], None]]:
+    """Make one os function fail with an errno, only for files below a given root."""
+
+    def install(name: str, code: int, root: Path) -> None:
+        real = getattr(os, name)
+        prefix = str(root)
+
+        def fake(*args: object, **kwargs: object) -> object:
+            first = args[0]
+            where = os.readlink(f"/proc/self/fd/{first}") if isinstance(first, int) else first
+            if str(where).startswith(prefix):
+                raise OSError(code, os.strerror(code), str(where))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, fake)
+
+    yield install
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("write", errno.ENOSPC), ("replace", errno.EROFS), ("fsync", errno.EIO)],
+)
+async def test_a_failing_disk_keeps_earlier_data(
+    tmp_path: Path, failing: Callable[[str, int, Path], None], name: str, code: int
+) -> None:
+    """Full, read-only or failing disk: StorageUnavailable, and the old value stays intact."""
+    async with FileStorage(tmp_path, fsync=True) as storage:
+        await storage.put("ns", "k", b"old")
+        await storage.append("s", b"one")
+        failing(name, code, tmp_path)
+        with pytest.raises(StorageUnavailable) as caught:
+            await storage.put("ns", "k", b"new")
+        assert isinstance(caught.value.__cause__, OSError)
+        assert caught.value.__cause__.errno == code
+        with pytest.raises(StorageUnavailable):
+            await storage.commit(
+                [Put(namespace="ns", key="k", value=b"new"), Append(stream="s", payload=b"x")]
+            )
+        assert (await storage.get("ns", "k")).value == b"old"  # type: ignore[union-attr]
+    async with FileStorage(tmp_path, fsync=True) as storage:
+        assert (await storage.get("ns", "k")).value == b"old"  # type: ignore[union-attr]
+        assert [e.payload for e in await storage.read("s")] == [b"one"]
+        assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_a_disk_that_fills_mid_append_leaves_no_torn_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write cut short by ENOSPC leaves half an entry; it is never read and numbering goes on."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        await storage.append("s", b"one")
+        real_write = os.write
+
+        def half_then_full(fd: int, data: object) -> int:
+            view = memoryview(data)  # type: ignore[arg-type]
+            if len(view) > 20:
+                real_write(fd, view[: len(view) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "write", half_then_full)
+        with pytest.raises(StorageUnavailable, match="disk is full"):
+            await storage.append("s", b"two" * 20)
+        monkeypatch.undo()
+        assert [e.payload for e in await storage.read("s")] == [b"one"]
+        assert (await storage.append("s", b"three")).seq == 2
+        assert [e.payload for e in await storage.read("s")] == [b"one", b"three"]
+
+
+async def test_an_unwritable_location_is_unavailable(
+    tmp_path: Path, failing: Callable[[str, int, Path], None]
+) -> None:
+    """A location that cannot be created raises StorageUnavailable, not OSError."""
+    failing("mkdir", errno.EROFS, tmp_path)
+    with pytest.raises(StorageUnavailable, match="read-only"):
+        await FileStorage.open(tmp_path / "new")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),
+        OSError(errno.EIO, "Input/output error"),
+        BlockingIOError(errno.EAGAIN, "busy"),
+        InterruptedError(errno.EINTR, "interrupted"),
+        IsADirectoryError(errno.EISDIR, "is a directory"),
+        NotADirectoryError(errno.ENOTDIR, "not a directory"),
+        FileExistsError(errno.EEXIST, "exists"),
+        OSError("no errno at all"),
+    ],
+)
+async def test_every_os_error_becomes_storage_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: OSError
+) -> None:
+    """Whatever OSError a read or write meets reaches the caller as StorageUnavailable."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+
+        def boom(*args: object, **kwargs: object) -> None:
+            raise exc
+
+        monkeypatch.setattr(_fs_records, "read", boom)
+        monkeypatch.setattr(_fs_records, "read_head", boom)
+        with pytest.raises(StorageUnavailable) as caught:
+            await storage.get("ns", "k")
+        assert caught.value.__cause__ is exc
+        with pytest.raises(StorageUnavailable):
+            await storage.put("ns", "k", b"v")
+
+
+async def test_a_held_lock_times_out_as_unavailable(tmp_path: Path) -> None:
+    """A lock held elsewhere past the timeout gives StorageUnavailable instead of a hang."""
+    async with FileStorage(tmp_path, fsync=False, lock_timeout=0.2) as storage:
+        fd = os.open(tmp_path / _fs_core.LOCK, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with pytest.raises(StorageUnavailable, match="held by another process"):
+                await storage.put("ns", "k", b"v")
+            with pytest.raises(StorageUnavailable, match="held by another process"):
+                await storage.get("ns", "k")
+        finally:
+            os.close(fd)
+        assert (await storage.put("ns", "k", b"v")).version == 1
+
+
+# --- lifecycle ------------------------------------------------------------------------------
+
+
+async def test_two_stores_on_one_root_see_each_other(tmp_path: Path) -> None:
+    """Two open adapters on one root (as two processes would) share records and streams."""
+    async with (
+        FileStorage(tmp_path, fsync=False) as one,
+        FileStorage(tmp_path, fsync=False) as two,
+    ):
+        await one.put("ns", "k", b"1")
+        assert (await two.put("ns", "k", b"2", if_version=1)).version == 2
+        await one.append("s", b"a")
+        assert (await two.append("s", b"b")).seq == 2
+        assert [e.payload for e in await one.read("s")] == [b"a", b"b"]
+
+
+async def test_use_after_close_is_a_usage_error(tmp_path: Path) -> None:
+    """After aclose every call raises UsageError, even on a store that was never opened."""
+    never = FileStorage(tmp_path / "never")
+    await never.aclose()
+    with pytest.raises(UsageError, match="closed"):
+        await never.get("ns", "k")
+    with pytest.raises(UsageError, match="closed"):
+        await never.__aenter__()
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"segment_bytes": 0}, {"segment_bytes": 1.5}, {"lock_timeout": 0}, {"lock_timeout": -1}],
+)
+def test_bad_settings_are_refused(tmp_path: Path, kwargs: dict[str, object]) -> None:
+    """Nonsense settings raise UsageError at construction."""
+    with pytest.raises(UsageError):
+        FileStorage(tmp_path, **kwargs)  # type: ignore[arg-type]
