@@ -223,6 +223,10 @@ def _walk(links: Sequence[_Link], head: SignedHead | None) -> AuditReport | None
         if linked:
             return _bad(n, j, "changed", f"entry {j} was changed: it says seq {body.seq}")
         if body.seq == j - 1 and j > 1 and body.prev == hash_at(j - 2):
+            # Two entries claim seq j-1. The one the next entry links to is the original.
+            nxt = links[j].body if j < n else None
+            if nxt is not None and nxt.prev == hash_at(j - 1):
+                return _bad(n, j, "inserted", f"entry {j} is a second entry {j - 1}: inserted")
             return _bad(n, j - 1, "inserted", f"entry {j - 1} was inserted before the original")
         if body.seq > j:
             later = any(link.body is not None and link.body.seq == j for link in links[j:])

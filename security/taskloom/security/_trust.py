@@ -40,6 +40,7 @@ from taskloom.security._ed25519 import weakness
 from taskloom.security._envelope import parse_envelope, sign_envelope, valid_signers
 from taskloom.security._errors import (
     KeyRevoked,
+    MalformedEnvelope,
     MalformedInput,
     MalformedTrustStore,
     RollbackDetected,
@@ -258,7 +259,13 @@ class TrustStore:
     ) -> TrustStore:
         """Parse trust store bytes (see ``load``)."""
         if root_key is not None:
-            envelope = parse_envelope(data, max_bytes=MAX_TRUST_STORE_BYTES)
+            try:
+                envelope = parse_envelope(data, max_bytes=MAX_TRUST_STORE_BYTES)
+            except MalformedEnvelope as exc:
+                raise MalformedTrustStore(
+                    f"{source} is not a signed trust store ({exc}); a root key was given, so "
+                    "the store must be signed: `TrustStore.save(path, sign_with=root_key)`"
+                ) from exc
             if envelope.payload_type != TRUST_STORE_PAYLOAD_TYPE:
                 raise WrongPayloadType(
                     f"{source} is a signed {envelope.payload_type!r}, not a trust store"
