@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from keyring.backend import KeyringBackend
 from keyring.compat import properties
 
 from taskloom.adapters import _secrets_keyring
+from taskloom.adapters._secrets_env import env_var_name
 from taskloom.adapters.secrets import (
     ChainSecretStore,
     EncryptedFileSecretStore,
@@ -43,6 +45,7 @@ from taskloom.contracts import (
     SecretStoreUnavailable,
     UsageError,
 )
+from taskloom.contracts.testing._secrets_suite import SecretStoreConformance
 
 FAST_SCRYPT_N = 2**10
 VALUE = "sk-live-0123456789abcdefXYZ"
@@ -543,3 +546,87 @@ async def test_default_store_fails_closed_with_one_line(
     assert list(tmp_path.iterdir()) == []
     if isinstance(backend, PlaintextAltKeyring):
         assert backend.entries == {}
+
+
+# --- the conformance suite -------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _preloaded(store: SecretStore, initial: Mapping[str, str] | None) -> AsyncIterator[Any]:
+    """Yield ``store`` holding ``initial`` (written through it), and close it afterwards."""
+    try:
+        for name, value in (initial or {}).items():
+            await store.set(name, value)
+        yield store
+    finally:
+        await store.aclose()
+
+
+class TestEncryptedFileConformance(SecretStoreConformance):
+    """EncryptedFileSecretStore passes SecretStoreConformance (light scrypt cost)."""
+
+    durable = True
+    writable = True
+
+    def open_store(
+        self, location: Path, initial: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[SecretStore]:
+        store = EncryptedFileSecretStore(location, "conformance", scrypt_n=FAST_SCRYPT_N)
+        return _preloaded(store, initial)
+
+
+class TestKeyringConformance(SecretStoreConformance):
+    """KeyringSecretStore over an in-memory keyring backend passes SecretStoreConformance;
+    each location is its own service in one shared backend, so reopening sees its data."""
+
+    durable = True
+    writable = True
+    backend = MemoryKeyring()
+
+    def open_store(
+        self, location: Path, initial: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[SecretStore]:
+        store = KeyringSecretStore(f"taskloom-test:{location}", backend=self.backend)
+        return _preloaded(store, initial)
+
+
+class TestChainConformance(SecretStoreConformance):
+    """A chain of an empty environment store and an encrypted file passes the suite."""
+
+    durable = True
+    writable = True
+
+    def open_store(
+        self, location: Path, initial: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[SecretStore]:
+        file_store = EncryptedFileSecretStore(location, "conformance", scrypt_n=FAST_SCRYPT_N)
+        return _preloaded(ChainSecretStore([EnvSecretStore(environ={}), file_store]), initial)
+
+
+class TestEnvConformance(SecretStoreConformance):
+    """EnvSecretStore passes the suite as a read-only, non-durable store; the values it is
+    opened with are placed in its environ mapping."""
+
+    durable = False
+    writable = False
+
+    @asynccontextmanager
+    async def open_store(  # type: ignore[override]
+        self, location: Path, initial: Mapping[str, str] | None = None
+    ) -> AsyncIterator[SecretStore]:
+        environ = {env_var_name(name): value for name, value in (initial or {}).items()}
+        async with EnvSecretStore(environ=environ) as store:
+            yield store
+
+    def test_ss3_names_lists_what_is_there_sorted(self, tmp_path: Path) -> None:
+        """SS3 as the environment can hold it: variable names are upper-case and have no
+        '.' or '-', so names() lists each secret in its canonical form (lower-case, '_');
+        the suite's own version expects mixed-case names back, which no environment keeps."""
+        initial = {"b": "1", "A": "2", "a.c": "3", "a-b": "4", "_z": "5"}
+
+        async def body(store: SecretStore) -> None:
+            assert await store.names() == ["_z", "a", "a_b", "a_c", "b"]
+            for name in initial:
+                assert (await store.get(name)).reveal() == initial[name]
+
+        self._run(tmp_path, body, initial)
