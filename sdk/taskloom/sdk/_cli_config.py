@@ -1,0 +1,188 @@
+"""Where the CLI's configuration comes from, and what it defaults to.
+
+Lookup order: ``--config PATH``; ``taskloom.toml`` in the working directory;
+``taskloom.toml`` in the user's config directory (platformdirs); built-in
+defaults. The defaults put an embedded SQLite store, the key directory and the
+encrypted secret file in the user's data directory, so ``taskloom run
+examples/hello.json`` works on a fresh machine with no server.
+
+Environment: ``TASKLOOM_HOME`` replaces both user directories (handy for tests
+and for keeping several setups apart).
+
+Configuration reference (every key optional)::
+
+    [storage]
+    kind = "sqlite"            # "sqlite", "filesystem" or "memory"
+    path = "runs.db"           # relative paths are relative to the config file
+
+    [engine]
+    max_concurrency = 64
+
+    [executors.default]        # one table per executor id
+    type = "scripted"          # "scripted", "openai", "anthropic"
+    # ... settings of that type, e.g. base_url, model,
+    # api_key = { secret = "openai_api_key" }
+
+    [plugins]
+    dirs = ["plugins"]         # each child with a taskloom-plugin.json is a plugin
+    trust = "trust.json"       # the trust store (``taskloom trust add`` writes it)
+    dev_mode = false           # load unsigned plugins, with a warning each time
+
+    [secrets]
+    path = "secrets.bin"       # the encrypted file store (passphrase from
+                               # TASKLOOM_SECRETS_PASSPHRASE)
+
+    [keys]
+    dir = "keys"               # where ``taskloom keys generate`` puts key pairs
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import platformdirs
+
+from taskloom.contracts import UsageError
+
+CONFIG_NAME = "taskloom.toml"
+APP = "taskloom"
+
+
+def user_dirs() -> tuple[Path, Path]:
+    """(config dir, data dir) for this user, or both under ``$TASKLOOM_HOME``."""
+    home = os.environ.get("TASKLOOM_HOME")
+    if home:
+        return Path(home) / "config", Path(home) / "data"
+    return Path(platformdirs.user_config_dir(APP)), Path(platformdirs.user_data_dir(APP))
+
+
+@attrs.frozen(kw_only=True)
+class CliConfig:
+    """The resolved configuration: every path absolute, every default filled in."""
+
+    source: Path | None
+    storage_kind: str
+    storage_path: Path
+    max_concurrency: int
+    executors: dict[str, dict[str, Any]]
+    plugin_dirs: tuple[Path, ...]
+    trust_path: Path
+    dev_mode: bool
+    secrets_path: Path
+    keys_dir: Path
+    data_dir: Path
+    history_path: Path
+
+    def as_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready data (``taskloom config show``)."""
+        return {
+            "source": str(self.source) if self.source else None,
+            "storage": {"kind": self.storage_kind, "path": str(self.storage_path)},
+            "engine": {"max_concurrency": self.max_concurrency},
+            "executors": self.executors,
+            "plugins": {
+                "dirs": [str(p) for p in self.plugin_dirs],
+                "trust": str(self.trust_path),
+                "dev_mode": self.dev_mode,
+            },
+            "secrets": {"path": str(self.secrets_path)},
+            "keys": {"dir": str(self.keys_dir)},
+        }
+
+
+def find_config(explicit: str | None = None) -> Path | None:
+    """The config file to use, or None for built-in defaults."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UsageError(f"config file {path} does not exist")
+        return path
+    local = Path.cwd() / CONFIG_NAME
+    if local.is_file():
+        return local
+    user = user_dirs()[0] / CONFIG_NAME
+    if user.is_file():
+        return user
+    return None
+
+
+def _table(data: dict[str, Any], key: str, source: Path | None) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise UsageError(f"{source}: [{key}] must be a table")
+    return value
+
+
+_KNOWN = {"storage", "engine", "executors", "plugins", "secrets", "keys"}
+
+
+def load_config(explicit: str | None = None) -> CliConfig:
+    """Read and resolve the configuration; a bad file is a one-line UsageError."""
+    source = find_config(explicit)
+    data: dict[str, Any] = {}
+    if source is not None:
+        try:
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read config {source}: {exc}") from exc
+        unknown = sorted(set(data) - _KNOWN)
+        if unknown:
+            raise UsageError(f"{source}: unknown section(s) {unknown}; known: {sorted(_KNOWN)}")
+    config_dir, data_dir = user_dirs()
+    base = source.parent if source is not None else Path.cwd()
+
+    def path_of(value: object, default: Path) -> Path:
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"{source}: paths must be non-empty strings, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path)
+
+    storage = _table(data, "storage", source)
+    kind = storage.get("kind", "sqlite")
+    if kind not in ("sqlite", "filesystem", "memory"):
+        raise UsageError(
+            f"{source}: storage kind {kind!r} is not one of 'sqlite', 'filesystem', 'memory'"
+        )
+    default_store = data_dir / ("taskloom.db" if kind == "sqlite" else "store")
+    engine = _table(data, "engine", source)
+    max_concurrency = engine.get("max_concurrency", 64)
+    if (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or max_concurrency < 1
+    ):
+        raise UsageError(f"{source}: engine.max_concurrency must be a positive integer")
+    executors = _table(data, "executors", source)
+    for executor_id, settings in executors.items():
+        if not isinstance(settings, dict) or "type" not in settings:
+            raise UsageError(
+                f"{source}: [executors.{executor_id}] must be a table with a 'type' "
+                "(scripted, openai or anthropic)"
+            )
+    plugins = _table(data, "plugins", source)
+    dirs = plugins.get("dirs", [])
+    if not isinstance(dirs, list):
+        raise UsageError(f"{source}: plugins.dirs must be a list of paths")
+    dev_mode = plugins.get("dev_mode", False)
+    if not isinstance(dev_mode, bool):
+        raise UsageError(f"{source}: plugins.dev_mode must be true or false")
+    return CliConfig(
+        source=source,
+        storage_kind=kind,
+        storage_path=path_of(storage.get("path"), default_store),
+        max_concurrency=max_concurrency,
+        executors={str(k): dict(v) for k, v in executors.items()},
+        plugin_dirs=tuple(path_of(d, base) for d in dirs),
+        trust_path=path_of(plugins.get("trust"), config_dir / "trust.json"),
+        dev_mode=dev_mode,
+        secrets_path=path_of(_table(data, "secrets", source).get("path"), data_dir / "secrets.bin"),
+        keys_dir=path_of(_table(data, "keys", source).get("dir"), data_dir / "keys"),
+        data_dir=data_dir,
+        history_path=data_dir / "shell-history",
+    )

@@ -1,0 +1,446 @@
+"""CLI commands about runs: run, resume, runs, show, events, cancel, validate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from taskloom.contracts import (
+    Event,
+    RunCancelledEvent,
+    Secret,
+    SecretStore,
+    UsageError,
+    serde,
+)
+from taskloom.sdk._cli_context import CliContext
+from taskloom.sdk._cli_progress import Progress
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+CANCEL_NAMESPACE = "run_cancel_requests"
+
+
+class LazySecrets:
+    """The configured secret store, opened only when something asks for a secret.
+
+    A pipeline that needs no secret must run on a machine with no secret store.
+    """
+
+    def __init__(self, ctx: CliContext) -> None:
+        self._ctx = ctx
+
+    async def get(self, name: str, /) -> Secret:
+        return await (await self._ctx.secrets()).get(name)
+
+    async def set(self, name: str, value: str | Secret, /) -> None:
+        await (await self._ctx.secrets()).set(name, value)
+
+    async def delete(self, name: str, /) -> bool:
+        return await (await self._ctx.secrets()).delete(name)
+
+    async def names(self) -> list[str]:
+        return await (await self._ctx.secrets()).names()
+
+    async def aclose(self) -> None:
+        """The context closes the real store."""
+
+
+def _read_pipeline(path_text: str) -> dict[str, Any]:
+    path = Path(path_text)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"pipeline file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read pipeline {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a JSON object (a pipeline/v1 document)")
+    return data
+
+
+def parse_inputs(items: list[str] | None, pipeline: dict[str, Any]) -> dict[str, Any]:
+    """``-i key=value`` and ``-i key=@file``; values of non-string inputs are JSON."""
+    declared = pipeline.get("inputs") if isinstance(pipeline.get("inputs"), dict) else {}
+    inputs: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"input {item!r} must look like key=value or key=@file")
+        if raw.startswith("@"):
+            try:
+                raw = Path(raw[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"input {key}: cannot read {raw[1:]}: {exc.strerror}") from exc
+        spec = declared.get(key) if isinstance(declared, dict) else None
+        kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
+        if kind == "string":
+            inputs[key] = raw
+            continue
+        try:
+            inputs[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise UsageError(
+                f"input {key} is declared {kind}: give it as JSON, got {raw[:60]!r}"
+            ) from None
+    return inputs
+
+
+async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
+    """An Engine over the configured store, executors and verified plugins."""
+    from taskloom.adapters.scripted import ScriptedExecutor
+    from taskloom.sdk._engine import Engine
+    from taskloom.sdk._plugin_host import PluginHost, discover
+    from taskloom.sdk._registry import ExecutorRegistry
+    from taskloom.security import RollbackGuard
+
+    storage = await ctx.storage()
+    secrets: SecretStore = LazySecrets(ctx)
+    registry = ExecutorRegistry()
+    for executor_id, table in ctx.config.executors.items():
+        registry.register_config(executor_id, table, secrets=secrets)
+    if "scripted" not in registry:
+        registry.register("scripted", ScriptedExecutor(), default=not ctx.config.executors)
+    host = PluginHost(
+        storage=storage,
+        executors=registry,
+        trust=ctx.trust(),
+        rollback=RollbackGuard(storage),
+        secrets=secrets,
+        dev_mode=ctx.config.dev_mode,
+    )
+    for report in await host.load(discover(ctx.config.plugin_dirs)):
+        if not report.loaded:
+            ctx.out.note(f"plugin {report.name} not loaded: {report.error}")
+    engine = Engine(
+        storage=storage,
+        registry=registry,
+        secrets=secrets,
+        plugin_steps=host.steps,
+        max_concurrency=ctx.config.max_concurrency,
+    )
+    await engine.open()
+    return engine, host
+
+
+async def _drive(ctx: CliContext, handle: Any, *, title: str) -> Any:
+    """Show live progress from the handle's events (not in --json mode); return the result."""
+    show = not ctx.out.json_mode and sys.stderr.isatty()
+    progress = Progress(ctx.out.err, title=title, live=show)
+    with progress:
+        async for event in handle.events():
+            progress.update(event)
+    return await handle.result()
+
+
+def _result_data(result: Any) -> dict[str, Any]:
+    return {
+        "run_id": result.run_id,
+        "status": result.status,
+        "output": result.output,
+        "usage": serde.unstructure(result.usage),
+        "error": serde.unstructure(result.error) if result.error else None,
+    }
+
+
+def _print_result(ctx: CliContext, result: Any) -> int:
+    data = _result_data(result)
+
+    def human() -> None:
+        ctx.out.note(f"run {result.run_id}: {result.status} ({result.usage.total_tokens} tokens)")
+        if result.status == "succeeded":
+            output = result.output
+            ctx.out.console.print(
+                output
+                if isinstance(output, str)
+                else json.dumps(output, indent=2, ensure_ascii=False),
+                markup=False,
+            )
+        elif result.error is not None:
+            ctx.out.note(f"taskloom: error: {result.error.type}: {result.error.message}")
+
+    ctx.out.data(data, human)
+    return 0 if result.status == "succeeded" else 1
+
+
+async def _audit(ctx: CliContext, action: str, subject: str, **details: Any) -> None:
+    from taskloom.sdk._cli_security import audit
+
+    await audit(ctx, action, subject, **details)
+
+
+async def run(args: argparse.Namespace, ctx: CliContext) -> int:
+    pipeline = _read_pipeline(args.pipeline)
+    inputs = parse_inputs(args.input, pipeline)
+    engine, host = await build_engine(ctx)
+    try:
+        handle = engine.start(pipeline, inputs)
+        await _audit(ctx, "run.start", handle.run_id, pipeline=str(pipeline.get("name", "")))
+        try:
+            result = await _drive(ctx, handle, title=str(pipeline.get("name", args.pipeline)))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            handle.cancel()
+            raise
+        await _audit(ctx, "run.finish", result.run_id, status=result.status)
+        return _print_result(ctx, result)
+    finally:
+        await engine.aclose()
+        await host.aclose()
+
+
+async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
+    pipeline = _read_pipeline(args.pipeline) if args.pipeline else None
+    engine, host = await build_engine(ctx)
+    try:
+        handle = engine.start_resume(args.run_id, pipeline)
+        await _audit(ctx, "run.resume", args.run_id)
+        result = await _drive(ctx, handle, title=f"resume {args.run_id[:12]}")
+        await _audit(ctx, "run.finish", result.run_id, status=result.status)
+        return _print_result(ctx, result)
+    finally:
+        await engine.aclose()
+        await host.aclose()
+
+
+async def _runstore(ctx: CliContext) -> Any:
+    from taskloom.sdk._runstore import RunStore
+
+    return RunStore(await ctx.storage())
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+async def runs(args: argparse.Namespace, ctx: CliContext) -> int:
+    store = await _runstore(ctx)
+    try:
+        records = await store.list_runs(
+            status=args.status, pipeline=args.pipeline, limit=args.limit
+        )
+    finally:
+        await store.aclose()
+    rows = [
+        {
+            "run_id": r.run_id,
+            "pipeline": r.pipeline_name,
+            "status": r.status,
+            "created_at": r.created_at,
+            "finished_at": r.finished_at,
+            "tokens": r.usage.total_tokens,
+        }
+        for r in records
+    ]
+    ctx.out.data(
+        rows,
+        lambda: ctx.out.table(
+            "runs",
+            ["run id", "pipeline", "status", "created", "tokens"],
+            [
+                [r["run_id"], r["pipeline"], r["status"], _when(r["created_at"]), r["tokens"]]
+                for r in rows
+            ],
+        ),
+    )
+    return 0
+
+
+async def show(args: argparse.Namespace, ctx: CliContext) -> int:
+    store = await _runstore(ctx)
+    try:
+        record = await store.load_run(args.run_id)
+        steps = await store.finished_steps(args.run_id)
+        events = await store.events(args.run_id)
+    finally:
+        await store.aclose()
+    step_rows = [
+        {
+            "step": step_id if item is None else f"{step_id}[{item}]",
+            "status": s.status,
+            "attempts": s.attempts,
+            "duration_s": round(s.finished_at - s.started_at, 4),
+            "tokens": s.usage.total_tokens,
+            "cached": s.cached,
+            "output": s.output,
+        }
+        for (step_id, item), s in sorted(steps.items(), key=lambda kv: kv[1].finished_at)
+    ]
+    data = {
+        "run": serde.unstructure(record),
+        "steps": step_rows,
+        "events": len(events),
+    }
+
+    def human() -> None:
+        duration = (
+            f"{record.finished_at - record.started_at:.3f}s"
+            if record.finished_at and record.started_at
+            else "-"
+        )
+        ctx.out.console.print(
+            f"run {record.run_id}\n"
+            f"  pipeline: {record.pipeline_name} ({record.pipeline_digest[:12]})\n"
+            f"  status: {record.status}\n  created: {_when(record.created_at)}\n"
+            f"  duration: {duration}\n  tokens: {record.usage.prompt_tokens} prompt + "
+            f"{record.usage.completion_tokens} completion\n  events: {len(events)}",
+            markup=False,
+        )
+        if record.error is not None:
+            ctx.out.console.print(
+                f"  error: {record.error.type}: {record.error.message}", markup=False
+            )
+        ctx.out.table(
+            "steps",
+            ["step", "status", "attempts", "seconds", "tokens", "output"],
+            [
+                [
+                    r["step"],
+                    r["status"] + (" (cached)" if r["cached"] else ""),
+                    r["attempts"],
+                    r["duration_s"],
+                    r["tokens"],
+                    _short(r["output"]),
+                ]
+                for r in step_rows
+            ],
+        )
+        if record.status == "succeeded":
+            ctx.out.console.print("output: " + _short(record.output, 400), markup=False)
+
+    ctx.out.data(data, human)
+    return 0
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _event_line(seq: int, event: Event) -> str:
+    data = serde.unstructure(event, Event)
+    kind = data.pop("type")
+    at = _when(data.pop("at", None))
+    data.pop("run_id", None)
+    rest = " ".join(f"{k}={_short(v, 80)}" for k, v in data.items() if v not in (None, "", {}, []))
+    return f"{seq:>5} {at} {kind:<16} {rest}"
+
+
+async def events(args: argparse.Namespace, ctx: CliContext) -> int:
+    store = await _runstore(ctx)
+    try:
+        await store.load_run(args.run_id)
+        after = 0
+        while True:
+            batch = await store.events(args.run_id, after=after)
+            for seq, event in batch:
+                after = seq
+                if ctx.out.json_mode:
+                    ctx.out.data({"seq": seq, **serde.unstructure(event, Event)})
+                else:
+                    ctx.out.console.print(_event_line(seq, event), markup=False)
+            if not args.follow:
+                break
+            record = await store.load_run(args.run_id)
+            if record.status in TERMINAL and not batch:
+                break
+            await asyncio.sleep(args.interval)
+    finally:
+        await store.aclose()
+    return 0
+
+
+async def cancel(args: argparse.Namespace, ctx: CliContext) -> int:
+    store = await _runstore(ctx)
+    try:
+        record = await store.load_run(args.run_id)
+        if record.status in TERMINAL:
+            ctx.out.data(
+                {"run_id": record.run_id, "status": record.status, "cancelled": False},
+                lambda: ctx.out.note(
+                    f"run {record.run_id} already {record.status}; nothing to cancel"
+                ),
+            )
+            return 1
+        lease = await store.lease(args.run_id)
+        now = time.time()
+        if lease is not None and lease.expires_at > now:
+            storage = await ctx.storage()
+            await storage.put(CANCEL_NAMESPACE, args.run_id, b"1", ttl=3600)
+            ctx.out.data(
+                {"run_id": record.run_id, "status": record.status, "cancel_requested": True},
+                lambda: ctx.out.note(
+                    f"run {record.run_id} is running in another process ({lease.holder}); "
+                    "cancel requested: it stops at its next lease renewal"
+                ),
+            )
+        else:
+            import attrs
+
+            await store.update_run(attrs.evolve(record, status="cancelled", finished_at=now))
+            store.record_event(RunCancelledEvent(run_id=record.run_id, at=now))
+            await store.flush()
+            ctx.out.data(
+                {"run_id": record.run_id, "status": "cancelled", "cancelled": True},
+                lambda: ctx.out.note(
+                    f"run {record.run_id} marked cancelled (no live process held it); "
+                    "'taskloom resume' can still continue it"
+                ),
+            )
+        await _audit(ctx, "run.cancel", record.run_id)
+    finally:
+        await store.aclose()
+    return 0
+
+
+async def validate(args: argparse.Namespace, ctx: CliContext) -> int:
+    pipeline = _read_pipeline(args.pipeline)
+    inputs = parse_inputs(args.input, pipeline) if args.input else None
+    engine, host = await build_engine(ctx)
+    try:
+        engine.validate(pipeline, inputs)
+    finally:
+        await engine.aclose()
+        await host.aclose()
+    ctx.out.data(
+        {"pipeline": args.pipeline, "valid": True},
+        lambda: ctx.out.console.print(f"{args.pipeline}: valid", markup=False),
+    )
+    return 0
+
+
+def register(add: Callable[..., Any]) -> None:
+    cmd = add("run", "run a pipeline, with live progress, and print its output", run)
+    cmd.add_argument("pipeline", help="a pipeline/v1 JSON file")
+    cmd.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an input (KEY=@FILE reads a file)",
+    )
+    cmd = add("resume", "continue a run that crashed or was cancelled", resume)
+    cmd.add_argument("run_id")
+    cmd.add_argument("--pipeline", help="the pipeline file (default: the one stored with the run)")
+    cmd = add("runs", "list runs, newest first", runs)
+    cmd.add_argument("--status", choices=["pending", "running", *TERMINAL])
+    cmd.add_argument("--pipeline", help="only runs of this pipeline name")
+    cmd.add_argument("--limit", type=int, default=20)
+    cmd = add("show", "show one run: steps, outputs, usage, timings", show)
+    cmd.add_argument("run_id")
+    cmd = add("events", "print a run's events (--follow waits for more)", events)
+    cmd.add_argument("run_id")
+    cmd.add_argument("--follow", "-f", action="store_true")
+    cmd.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    cmd = add("cancel", "cancel a run", cancel)
+    cmd.add_argument("run_id")
+    cmd = add("validate", "check a pipeline (and inputs) without running it", validate)
+    cmd.add_argument("pipeline")
+    cmd.add_argument("-i", "--input", action="append", metavar="KEY=VALUE")

@@ -1,0 +1,301 @@
+"""The plugin host: find plugins, verify them, import them from verified bytes, set them up.
+
+A plugin is a directory laid out as::
+
+    textkit/
+        taskloom-plugin.json    the signed envelope (``taskloom sign`` writes it)
+        src/                    the code; every file is listed in the signed manifest
+            textkit.py
+
+Directory plugins come from the ``plugin_dirs`` the application names (each
+child holding a ``taskloom-plugin.json`` is one plugin); installed plugins come
+from the ``taskloom.plugins`` entry point group, whose value names a package
+that ships the same layout inside it. Nothing of a plugin is imported before
+its envelope, signatures, trust scope, expiry, rollback state, file set and
+every file's digest checked out; then its code runs from those verified bytes.
+One plugin's failure is reported and isolated; the others load. Development
+mode loads unsigned plugins, with a warning on every load.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import inspect
+import logging
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from taskloom.contracts import (
+    LLMExecutor,
+    Plugin,
+    PluginError,
+    PluginManifest,
+    SecretStore,
+    SecurityError,
+    StepFunction,
+    StorageAdapter,
+    TaskloomError,
+    serde,
+)
+from taskloom.sdk._plugin_context import HostedPluginContext
+from taskloom.sdk._plugin_import import import_entry_point, unload
+
+log = logging.getLogger("taskloom.plugins")
+
+ENVELOPE_NAME = "taskloom-plugin.json"
+CODE_DIR = "src"
+ENTRY_POINT_GROUP = "taskloom.plugins"
+
+
+class ExecutorSink(Protocol):
+    """Where plugin executors go (the engine's ExecutorRegistry satisfies it)."""
+
+    def register(self, executor_id: str, executor: LLMExecutor, /) -> None: ...
+
+
+class UnsignedPluginWarning(UserWarning):
+    """A plugin was loaded without verification (development mode)."""
+
+
+@attrs.frozen(kw_only=True)
+class PluginSource:
+    """Where one plugin was found."""
+
+    root: Path
+    origin: str  # "directory" or "entry point <name>"
+
+    @property
+    def envelope_path(self) -> Path:
+        return self.root / ENVELOPE_NAME
+
+    @property
+    def code_dir(self) -> Path:
+        return self.root / CODE_DIR
+
+
+@attrs.frozen(kw_only=True)
+class PluginReport:
+    """What happened to one plugin: loaded, or the error that stopped it."""
+
+    name: str
+    source: str
+    loaded: bool
+    verified: bool
+    version: int | None = None
+    signers: tuple[str, ...] = ()
+    error: str | None = None
+    error_type: str | None = None
+    executors: tuple[str, ...] = ()
+    steps: tuple[str, ...] = ()
+
+
+@attrs.define
+class _Loaded:
+    name: str
+    plugin: Any
+    context: HostedPluginContext
+
+
+def discover(
+    plugin_dirs: Iterable[str | Path] = (), *, entry_points: bool = True
+) -> list[PluginSource]:
+    """Find plugin roots in ``plugin_dirs`` and in the ``taskloom.plugins`` entry points.
+
+    Entry points are resolved to a package directory with ``find_spec`` on the
+    top-level package only, which locates it without executing any of its code.
+    """
+    sources: list[PluginSource] = []
+    for base in plugin_dirs:
+        base_path = Path(base)
+        if (base_path / ENVELOPE_NAME).is_file():
+            sources.append(PluginSource(root=base_path, origin="directory"))
+            continue
+        if not base_path.is_dir():
+            continue
+        for child in sorted(base_path.iterdir()):
+            if child.is_dir() and not child.is_symlink() and (child / ENVELOPE_NAME).is_file():
+                sources.append(PluginSource(root=child, origin="directory"))
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            top = ep.value.split(":")[0].split(".")[0]
+            spec = importlib.util.find_spec(top)
+            if spec is None or not spec.submodule_search_locations:
+                log.warning("entry point %s=%s names no package; skipped", ep.name, ep.value)
+                continue
+            root = Path(next(iter(spec.submodule_search_locations)))
+            sources.append(PluginSource(root=root, origin=f"entry point {ep.name}"))
+    return sources
+
+
+class PluginHost:
+    """Loads verified plugins and hands each a context scoped to its manifest.
+
+    ``trust`` is a ``taskloom.security.TrustStore``; ``rollback`` a
+    ``taskloom.security.RollbackGuard``. With ``dev_mode=True`` unsigned or
+    untrusted plugins load anyway, each time with an ``UnsignedPluginWarning``.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: StorageAdapter,
+        executors: ExecutorSink,
+        trust: Any = None,
+        rollback: Any = None,
+        secrets: SecretStore | None = None,
+        dev_mode: bool = False,
+        clock: Any = time.time,
+    ) -> None:
+        self._storage = storage
+        self._executors = executors
+        self._trust = trust
+        self._rollback = rollback
+        self._secrets = secrets
+        self._dev_mode = dev_mode
+        self._clock = clock
+        self._loaded: list[_Loaded] = []
+        self.steps: dict[str, StepFunction] = {}
+        self.reports: list[PluginReport] = []
+
+    @property
+    def loaded(self) -> Sequence[str]:
+        """Names of the plugins set up, in load order."""
+        return [entry.name for entry in self._loaded]
+
+    async def verify(
+        self, source: PluginSource
+    ) -> tuple[PluginManifest, Mapping[str, bytes], frozenset[str]]:
+        """Verify one plugin; return its manifest, verified file bytes and signer key ids."""
+        from taskloom.security import RollbackGuard, verify_plugin
+
+        try:
+            envelope = source.envelope_path.read_bytes()
+        except OSError as exc:
+            raise PluginError(f"cannot read {source.envelope_path}: {exc.strerror}") from exc
+        if self._trust is None:
+            raise PluginError(
+                "no trust store is configured, so no plugin can be verified: add trusted "
+                "publisher keys with 'taskloom trust add' (or use development mode)"
+            )
+        rollback = self._rollback or RollbackGuard(self._storage)
+        verified = await verify_plugin(
+            source.code_dir, envelope, self._trust, rollback=rollback, now=self._clock()
+        )
+        return verified.manifest, verified.files, frozenset(verified.signers)
+
+    def _read_unverified(self, source: PluginSource) -> tuple[PluginManifest, Mapping[str, bytes]]:
+        import base64
+        import json
+
+        try:
+            envelope = json.loads(source.envelope_path.read_bytes())
+            payload = base64.b64decode(envelope["payload"])
+            manifest = serde.loads(payload, PluginManifest)
+            files = {
+                entry.path: (source.code_dir / entry.path).read_bytes() for entry in manifest.files
+            }
+        except (OSError, ValueError, KeyError, TypeError, TaskloomError) as exc:
+            raise PluginError(f"cannot read unsigned plugin at {source.root}: {exc}") from exc
+        return manifest, files
+
+    async def load(self, sources: Iterable[PluginSource]) -> list[PluginReport]:
+        """Verify, import and set up each plugin; failures are reported, never raised."""
+        reports = [await self._load_one(source) for source in sources]
+        self.reports.extend(reports)
+        return reports
+
+    async def _load_one(self, source: PluginSource) -> PluginReport:
+        name = source.root.name
+        verified = True
+        signers: frozenset[str] = frozenset()
+        try:
+            try:
+                manifest, files, signers = await self.verify(source)
+            except (SecurityError, PluginError) as exc:
+                if not self._dev_mode:
+                    raise
+                manifest, files = self._read_unverified(source)
+                verified = False
+                warnings.warn(
+                    f"development mode: loading plugin {manifest.name!r} from {source.root} "
+                    f"WITHOUT verification ({type(exc).__name__}: {exc})",
+                    UnsignedPluginWarning,
+                    stacklevel=2,
+                )
+            name = manifest.name
+            if name in self.loaded:
+                raise PluginError(
+                    f"a plugin named {name!r} is already loaded; {source.root} skipped"
+                )
+            obj = import_entry_point(name, files, manifest.entry_point)
+            plugin = (
+                obj()
+                if inspect.isclass(obj) or (callable(obj) and not hasattr(obj, "setup"))
+                else obj
+            )
+            if not isinstance(plugin, Plugin):
+                raise PluginError(
+                    f"plugin {name!r}: entry point {manifest.entry_point!r} gives no object "
+                    "with async setup(context) and teardown()"
+                )
+            context = HostedPluginContext(
+                plugin_name=name,
+                capabilities=manifest.capabilities,
+                storage=self._storage,
+                secrets=self._secrets,
+            )
+            try:
+                await plugin.setup(context)
+            except BaseException:
+                unload(name)
+                raise
+            for executor_id, executor in context.executors.items():
+                self._executors.register(executor_id, executor)
+            self.steps.update(context.steps)
+            self._loaded.append(_Loaded(name=name, plugin=plugin, context=context))
+            log.info("plugin %s v%s loaded from %s", name, manifest.version, source.root)
+            return PluginReport(
+                name=name,
+                source=str(source.root),
+                loaded=True,
+                verified=verified,
+                version=manifest.version,
+                signers=tuple(sorted(signers)),
+                executors=tuple(sorted(context.executors)),
+                steps=tuple(sorted(context.steps)),
+            )
+        except Exception as exc:  # isolate: one plugin's failure never stops the others
+            log.error("plugin at %s not loaded: %s: %s", source.root, type(exc).__name__, exc)
+            return PluginReport(
+                name=name,
+                source=str(source.root),
+                loaded=False,
+                verified=False,
+                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                error_type=type(exc).__name__,
+            )
+
+    async def aclose(self) -> None:
+        """Tear plugins down in reverse order of setup; errors are logged, all get their turn."""
+        while self._loaded:
+            entry = self._loaded.pop()
+            try:
+                await entry.plugin.teardown()
+            except Exception as exc:
+                log.error("plugin %s teardown failed: %s: %s", entry.name, type(exc).__name__, exc)
+            finally:
+                for step_id in entry.context.steps:
+                    self.steps.pop(step_id, None)
+                unload(entry.name)
+
+    async def __aenter__(self) -> PluginHost:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

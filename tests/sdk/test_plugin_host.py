@@ -1,0 +1,433 @@
+"""The plugin host: verify before import, import from verified bytes, scoped contexts."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskloom.adapters.memory import MemorySecretStore, MemoryStorage
+from taskloom.contracts import Capabilities, CapabilityDenied, LLMExecutor
+from taskloom.sdk._plugin_host import (
+    CODE_DIR,
+    ENVELOPE_NAME,
+    PluginHost,
+    UnsignedPluginWarning,
+    discover,
+)
+from taskloom.security import (
+    PrivateKey,
+    RollbackGuard,
+    TrustStore,
+    build_manifest,
+    generate_key,
+    sign_manifest,
+)
+
+STEP_PLUGIN = """
+LOG = []
+
+class P:
+    async def setup(self, context):
+        LOG.append(("setup", context.plugin_name))
+        context.register_step("shout", self.shout)
+
+    async def teardown(self):
+        LOG.append(("teardown", "NAME"))
+
+    async def shout(self, args):
+        return str(args["text"]).upper() + "!"
+
+plugin = P()
+"""
+
+
+class Sink:
+    """Collects executors the way the engine's registry would."""
+
+    def __init__(self) -> None:
+        self.executors: dict[str, LLMExecutor] = {}
+
+    def register(self, executor_id: str, executor: LLMExecutor, /) -> None:
+        self.executors[executor_id] = executor
+
+
+def make_plugin(
+    base: Path,
+    name: str,
+    files: Mapping[str, str],
+    key: PrivateKey | None,
+    *,
+    caps: Capabilities | None = None,
+    entry_point: str | None = None,
+    version: int = 1,
+) -> Path:
+    root = base / name
+    code = root / CODE_DIR
+    for rel, text in files.items():
+        path = code / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    now = int(time.time())
+    manifest = build_manifest(
+        code,
+        name=name,
+        version=version,
+        entry_point=entry_point or f"{name}:plugin",
+        publisher="tests",
+        capabilities=caps or Capabilities(steps=("shout",)),
+        issued_at=now - 10,
+        expires_at=now + 3600,
+        min_sdk_version="0.1.0",
+    )
+    (root / ENVELOPE_NAME).write_bytes(sign_manifest(manifest, [key or generate_key()]))
+    return root
+
+
+@pytest.fixture
+def key() -> PrivateKey:
+    return generate_key()
+
+
+@pytest.fixture
+def trust(key: PrivateKey) -> TrustStore:
+    store = TrustStore()
+    store.add_key(key.public_key, plugins=["*"])
+    return store
+
+
+async def _host(
+    trust: TrustStore | None, *, dev_mode: bool = False, secrets: Any = None
+) -> tuple[PluginHost, Sink, MemoryStorage]:
+    storage = MemoryStorage()
+    sink = Sink()
+    host = PluginHost(
+        storage=storage,
+        executors=sink,
+        trust=trust,
+        rollback=RollbackGuard(storage),
+        secrets=secrets,
+        dev_mode=dev_mode,
+    )
+    return host, sink, storage
+
+
+async def test_pl5_verified_plugin_loads_and_its_step_runs(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """A signed, trusted plugin is set up once and its step is callable under its name."""
+    make_plugin(tmp_path, "alpha", {"alpha.py": STEP_PLUGIN}, key)
+    host, _, _ = await _host(trust)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert report.loaded and report.verified, report.error
+    assert report.steps == ("alpha.shout",)
+    assert await host.steps["alpha.shout"]({"text": "hi"}) == "HI!"
+    await host.aclose()
+    assert host.steps == {}
+
+
+async def test_pl5_teardown_in_reverse_order(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """Plugins are torn down in the reverse order of their setup."""
+    order: list[str] = []
+    for name in ("one", "two", "three"):
+        make_plugin(tmp_path, name, {f"{name}.py": STEP_PLUGIN}, key)
+    host, _, _ = await _host(trust)
+    reports = await host.load(discover([tmp_path], entry_points=False))
+    assert all(r.loaded for r in reports)
+    for name in host.loaded:
+        module = sys.modules[f"taskloom_plugins.{name}.{name}"]
+        module.P.teardown = _recorder(order, name)  # type: ignore[attr-defined]
+    loaded = list(host.loaded)
+    assert loaded == ["one", "three", "two"]
+    await host.aclose()
+    assert order == list(reversed(loaded))
+
+
+def _recorder(order: list[str], name: str) -> Any:
+    async def teardown(self: Any) -> None:
+        order.append(name)
+
+    return teardown
+
+
+async def test_tampered_file_is_refused_and_others_still_load(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """A file changed after signing stops that plugin only; the others load."""
+    make_plugin(tmp_path, "good", {"good.py": STEP_PLUGIN}, key)
+    bad = make_plugin(tmp_path, "bad", {"bad.py": STEP_PLUGIN}, key)
+    (bad / CODE_DIR / "bad.py").write_text(STEP_PLUGIN.replace("upper()", "lower()"))
+    host, _, _ = await _host(trust)
+    reports = {r.name: r for r in await host.load(discover([tmp_path], entry_points=False))}
+    assert reports["good"].loaded
+    assert not reports["bad"].loaded
+    assert reports["bad"].error_type == "FileDigestMismatch"
+    assert "taskloom_plugins.bad.bad" not in sys.modules
+    await host.aclose()
+
+
+async def test_untrusted_key_is_refused(tmp_path: Path, trust: TrustStore) -> None:
+    """A plugin signed by a key the trust store does not hold never loads."""
+    make_plugin(tmp_path, "stranger", {"stranger.py": STEP_PLUGIN}, generate_key())
+    host, _, _ = await _host(trust)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert not report.loaded and report.error_type == "ThresholdNotMet"
+
+
+async def test_planted_pyc_is_refused(tmp_path: Path, key: PrivateKey, trust: TrustStore) -> None:
+    """A .pyc dropped beside a verified .py is an unlisted file: the plugin is refused."""
+    root = make_plugin(tmp_path, "pyc", {"pyc.py": STEP_PLUGIN}, key)
+    cache = root / CODE_DIR / "__pycache__"
+    cache.mkdir()
+    (cache / "pyc.cpython-311.pyc").write_bytes(b"\x00" * 32)
+    host, _, _ = await _host(trust)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert not report.loaded and report.error_type == "FileSetMismatch"
+
+
+async def test_code_runs_from_verified_bytes_not_from_disk(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file swapped on disk right after verification never executes."""
+    root = make_plugin(tmp_path, "swap", {"swap.py": STEP_PLUGIN}, key)
+    host, _, _ = await _host(trust)
+    original = host.verify
+
+    async def verify_then_swap(source: Any) -> Any:
+        result = await original(source)
+        (root / CODE_DIR / "swap.py").write_text("raise SystemExit('swapped code ran')\n")
+        return result
+
+    monkeypatch.setattr(host, "verify", verify_then_swap)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert report.loaded, report.error
+    assert await host.steps["swap.shout"]({"text": "ok"}) == "OK!"
+    await host.aclose()
+
+
+async def test_plugin_module_cannot_shadow_an_installed_package(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """A plugin file named json.py lives under the plugin's private package, not as json."""
+    import json
+
+    files = {
+        "shadow.py": STEP_PLUGIN + "\nfrom . import json as _mine\n",
+        "json.py": "HIJACKED = True\n",
+    }
+    make_plugin(tmp_path, "shadow", files, key)
+    host, _, _ = await _host(trust)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert report.loaded, report.error
+    assert sys.modules["json"] is json and not hasattr(json, "HIJACKED")
+    assert sys.modules["taskloom_plugins.shadow.json"].HIJACKED is True
+    await host.aclose()
+
+
+async def test_pl1_undeclared_step_is_denied_and_isolated(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """Registering a step the manifest did not declare fails that plugin's setup only."""
+    make_plugin(
+        tmp_path, "sneaky", {"sneaky.py": STEP_PLUGIN}, key, caps=Capabilities(steps=("other",))
+    )
+    make_plugin(tmp_path, "honest", {"honest.py": STEP_PLUGIN}, key)
+    host, _, _ = await _host(trust)
+    reports = {r.name: r for r in await host.load(discover([tmp_path], entry_points=False))}
+    assert reports["sneaky"].error_type == "CapabilityDenied"
+    assert "shout" in (reports["sneaky"].error or "")
+    assert reports["honest"].loaded
+    assert "sneaky.shout" not in host.steps
+    await host.aclose()
+
+
+SECRET_PLUGIN = """
+class P:
+    async def setup(self, context):
+        self.value = (await context.secret("api_token")).reveal()
+        context.register_step("shout", self.shout)
+
+    async def teardown(self):
+        self.value = None
+
+    async def shout(self, args):
+        return len(self.value)
+
+plugin = P()
+"""
+
+
+async def test_pl2_undeclared_secret_is_denied(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """A plugin asking for a secret it did not declare is refused before the store is asked."""
+    secrets = MemorySecretStore()
+    await secrets.set("api_token", "s3cr3t-value")
+    make_plugin(tmp_path, "greedy", {"greedy.py": SECRET_PLUGIN}, key)
+    make_plugin(
+        tmp_path,
+        "allowed",
+        {"allowed.py": SECRET_PLUGIN},
+        key,
+        caps=Capabilities(steps=("shout",), secrets=("api_token",)),
+    )
+    host, _, _ = await _host(trust, secrets=secrets)
+    reports = {r.name: r for r in await host.load(discover([tmp_path], entry_points=False))}
+    assert reports["greedy"].error_type == "CapabilityDenied"
+    assert "api_token" in (reports["greedy"].error or "")
+    assert "s3cr3t-value" not in (reports["greedy"].error or "")
+    assert reports["allowed"].loaded
+    assert await host.steps["allowed.shout"]({}) == len("s3cr3t-value")
+    await host.aclose()
+
+
+STORAGE_PLUGIN = """
+class P:
+    async def setup(self, context):
+        await context.storage.put("notes", "k", b"v")
+        self.denied = None
+        try:
+            await context.storage.get("runs", "anything")
+        except Exception as exc:
+            self.denied = type(exc).__name__
+        context.register_step("shout", self.shout)
+
+    async def teardown(self):
+        self.denied = None
+
+    async def shout(self, args):
+        return self.denied
+
+plugin = P()
+"""
+
+
+async def test_pl3_storage_only_under_declared_namespaces(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """A plugin reads and writes only its declared namespaces, stored under its own prefix."""
+    make_plugin(
+        tmp_path,
+        "keeper",
+        {"keeper.py": STORAGE_PLUGIN},
+        key,
+        caps=Capabilities(steps=("shout",), storage_namespaces=("notes",)),
+    )
+    host, _, storage = await _host(trust)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert report.loaded, report.error
+    assert await host.steps["keeper.shout"]({}) == "CapabilityDenied"
+    record = await storage.get("plugin.keeper.notes", "k")
+    assert record is not None and record.value == b"v"
+    assert await storage.get("notes", "k") is None
+    await host.aclose()
+
+
+def test_pl4_check_url_admits_only_declared_hosts() -> None:
+    """check_url passes declared hosts and refuses every other host."""
+    from taskloom.sdk._plugin_context import HostedPluginContext
+
+    ctx = HostedPluginContext(
+        plugin_name="net",
+        capabilities=Capabilities(network_hosts=("api.example.com",)),
+        storage=MemoryStorage(),
+        secrets=None,
+    )
+    ctx.check_url("https://api.example.com/v1/chat")
+    for url in (
+        "https://evil.example.com/",
+        "http://api.example.com.evil.net/",
+        "file:///etc/passwd",
+    ):
+        with pytest.raises(CapabilityDenied):
+            ctx.check_url(url)
+
+
+FAILING_PLUGIN = """
+class P:
+    async def setup(self, context):
+        context.register_step("shout", self.shout)
+        raise RuntimeError("setup exploded")
+
+    async def teardown(self):
+        raise AssertionError("never set up, never torn down")
+
+    async def shout(self, args):
+        return "should not be registered"
+
+plugin = P()
+"""
+
+
+async def test_pl6_failing_setup_is_reported_and_leaves_nothing(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """A plugin whose setup raises is reported; none of its registrations remain."""
+    make_plugin(tmp_path, "boom", {"boom.py": FAILING_PLUGIN}, key)
+    make_plugin(tmp_path, "fine", {"fine.py": STEP_PLUGIN}, key)
+    host, _, _ = await _host(trust)
+    reports = {r.name: r for r in await host.load(discover([tmp_path], entry_points=False))}
+    assert reports["boom"].error == "setup exploded"
+    assert "boom.shout" not in host.steps
+    assert reports["fine"].loaded
+    await host.aclose()
+
+
+async def test_dev_mode_loads_unsigned_with_a_warning(tmp_path: Path) -> None:
+    """Development mode loads an unsigned plugin and warns on every load."""
+    make_plugin(tmp_path, "draft", {"draft.py": STEP_PLUGIN}, None)
+    for _ in range(2):
+        host, _, _ = await _host(TrustStore(), dev_mode=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (report,) = await host.load(discover([tmp_path], entry_points=False))
+        assert report.loaded and not report.verified
+        assert any(issubclass(w.category, UnsignedPluginWarning) for w in caught)
+        await host.aclose()
+
+
+async def test_without_dev_mode_unsigned_is_refused(tmp_path: Path) -> None:
+    """Outside development mode an unsigned plugin never loads."""
+    make_plugin(tmp_path, "draft", {"draft.py": STEP_PLUGIN}, None)
+    host, _, _ = await _host(TrustStore())
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert not report.loaded
+
+
+EXECUTOR_PLUGIN = """
+from taskloom.adapters.scripted import ScriptedExecutor
+
+class P:
+    async def setup(self, context):
+        context.register_executor("shouter", ScriptedExecutor())
+
+    async def teardown(self):
+        return None
+
+plugin = P()
+"""
+
+
+async def test_pl1_declared_executor_is_registered(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """An executor the manifest declares goes to the registry under its id."""
+    make_plugin(
+        tmp_path,
+        "execs",
+        {"execs.py": EXECUTOR_PLUGIN},
+        key,
+        caps=Capabilities(executors=("shouter",)),
+    )
+    host, sink, _ = await _host(trust)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert report.loaded, report.error
+    assert list(sink.executors) == ["shouter"]
+    await host.aclose()
