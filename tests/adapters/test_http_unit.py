@@ -669,6 +669,30 @@ async def test_huge_chunked_body_is_cut_at_the_cap() -> None:
     assert [b.sent for b in bodies] == [11, 11] and all(b.closed for b in bodies)
 
 
+async def test_compressed_body_is_capped_after_decoding() -> None:
+    """A small gzip body that inflates past the cap is refused (no decompression bomb)."""
+    import gzip
+
+    packed = gzip.compress(b" " * 200_000)
+    assert len(packed) < 10_000
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-encoding": "gzip", "content-length": str(len(packed))}
+        return httpx.Response(200, stream=Body([packed]), headers=headers)
+
+    async with openai(handler, max_response_bytes=10_000) as ex:
+        with pytest.raises(MalformedResponse, match="limit"):
+            await ex.complete(REQUEST)
+    small = gzip.compress(json.dumps(OPENAI_OK).encode())
+
+    def fine(request: httpx.Request) -> httpx.Response:
+        headers = {"content-encoding": "gzip", "content-length": str(len(small))}
+        return httpx.Response(200, stream=Body([small]), headers=headers)
+
+    async with openai(fine, max_response_bytes=10_000) as ex:
+        assert (await ex.complete(REQUEST)).text == "hello"
+
+
 async def test_huge_event_is_refused() -> None:
     """A single server-sent event larger than the cap is refused while it grows."""
     body = Body([b"data: "] + [b"x" * 1000] * 100)

@@ -764,6 +764,8 @@ class HTTPExecutor(abc.ABC):
         """The body, refusing to read more than ``max_response_bytes``."""
         limit = min(self._max_bytes, 64 * 1024) if for_error else self._max_bytes
         length = response.headers.get("content-length")
+        if response.headers.get("content-encoding", "identity") != "identity":
+            length = None  # the length is of the compressed bytes: count while decoding
         if length is not None and length.isdigit() and int(length) <= limit:
             return await response.aread()
         if length is not None and length.isdigit() and not for_error:
