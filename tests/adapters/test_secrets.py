@@ -28,7 +28,6 @@ from keyring.backend import KeyringBackend
 from keyring.compat import properties
 
 from taskloom.adapters import _secrets_keyring
-from taskloom.adapters._secrets_env import env_var_name
 from taskloom.adapters.secrets import (
     ChainSecretStore,
     EncryptedFileSecretStore,
@@ -379,6 +378,56 @@ async def test_keyring_backend_error_is_translated_and_disables_keyring(
         await KeyringSecretStore(backend=keyring_state).get("k")
 
 
+def _keyring_error_classes() -> list[type[Exception]]:
+    classes: list[type[Exception]] = []
+    pending: list[type[Exception]] = [keyring.errors.KeyringError]
+    while pending:
+        cls = pending.pop()
+        classes.append(cls)
+        pending.extend(cls.__subclasses__())
+    return sorted(classes, key=lambda c: c.__name__)
+
+
+class _RaisingKeyring(MemoryKeyring):
+    """A backend whose calls raise the exception it was given."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def get_password(self, service: str, username: str) -> str | None:
+        raise self.error
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise self.error
+
+    def delete_password(self, service: str, username: str) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error_cls",
+    [*_keyring_error_classes(), OSError, RuntimeError, ValueError, LookupError],
+    ids=lambda c: c.__name__,
+)
+async def test_every_backend_exception_becomes_secret_store_unavailable(
+    error_cls: type[Exception],
+) -> None:
+    """Each keyring error class, and the OS or D-Bus errors a backend may let through,
+    reach the caller only as SecretStoreUnavailable, from every method."""
+    error = error_cls.__new__(error_cls)
+    error.args = ("backend says no",)
+    for method in ("get", "set", "delete", "names"):
+        _secrets_keyring._reset_keyring_state()
+        store = KeyringSecretStore(backend=_RaisingKeyring(error))
+        call = getattr(store, method)
+        args = ("k", VALUE) if method == "set" else ("k",) if method != "names" else ()
+        with pytest.raises(SecretStoreUnavailable) as info:
+            await call(*args)
+        assert info.value.__cause__ is error
+        assert error_cls.__name__ in str(info.value)
+
+
 async def test_keyring_error_quoting_the_value_drops_the_cause() -> None:
     """When the backend's own message quotes the value, the cause is dropped with it."""
     store = KeyringSecretStore(backend=FailingKeyring())
@@ -614,8 +663,9 @@ class TestEnvConformance(SecretStoreConformance):
     async def open_store(  # type: ignore[override]
         self, location: Path, initial: Mapping[str, str] | None = None
     ) -> AsyncIterator[SecretStore]:
-        environ = {env_var_name(name): value for name, value in (initial or {}).items()}
+        environ: dict[str, str] = {}
         async with EnvSecretStore(environ=environ) as store:
+            environ.update({store.variable_name(n): v for n, v in (initial or {}).items()})
             yield store
 
     def test_ss3_names_lists_what_is_there_sorted(self, tmp_path: Path) -> None:

@@ -66,6 +66,10 @@ class EnvSecretStore(StoreLifecycle):
         """The prefix every variable of this store starts with."""
         return self._prefix
 
+    def variable_name(self, name: str) -> str:
+        """The environment variable this store reads for secret ``name``."""
+        return env_var_name(name, self._prefix)
+
     def _env(self) -> Mapping[str, str]:
         return os.environ if self._environ is None else self._environ
 
