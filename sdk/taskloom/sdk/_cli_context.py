@@ -41,7 +41,7 @@ class Output:
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
         table = Table(title=title, title_justify="left")
         for column in columns:
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*["" if cell is None else str(cell) for cell in row])
         self.console.print(table)

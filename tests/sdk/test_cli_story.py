@@ -1,0 +1,189 @@
+"""The CLI as a new user meets it: a subprocess in a fresh home directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+class Cli:
+    """Runs ``taskloom`` in its own home, config and working directory."""
+
+    def __init__(self, home: Path, workdir: Path) -> None:
+        self.workdir = workdir
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("TASKLOOM_", "HYPOTHESIS"))
+        }
+        self.env.update(
+            HOME=str(home),
+            TASKLOOM_HOME=str(home / ".taskloom"),
+            TASKLOOM_KEY_PASSPHRASE="correct horse battery staple",
+            XDG_CONFIG_HOME=str(home / ".config"),
+            XDG_DATA_HOME=str(home / ".local/share"),
+            COLUMNS="200",
+        )
+
+    def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taskloom.sdk._cli", *args],
+            cwd=self.workdir,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def json(self, *args: str) -> Any:
+        done = self(*args, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copytree(EXAMPLES / "plugins" / "textkit", work / "plugins" / "textkit")
+    (work / "plugins" / "textkit" / "taskloom-plugin.json").unlink()  # sign it ourselves
+    shutil.copy(EXAMPLES / "plugin_pipeline.json", work / "pipeline.json")
+    (work / "taskloom.toml").write_text('[plugins]\ndirs = ["plugins"]\ntrust = "trust.json"\n')
+    return Cli(tmp_path / "home", work)
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines, "expected an error message on stderr"
+    assert "Traceback" not in done.stderr
+    return lines[-1]
+
+
+def test_the_whole_story(cli: Cli) -> None:
+    """Generate a key, sign, trust, run a plugin pipeline, list and show it, verify the audit."""
+    key = cli.json("keys", "generate", "me")
+    assert len(key["key_id"]) == 64
+    assert cli.json("sign", "plugins/textkit", "--key", "me")["plugin"] == "textkit"
+    assert cli.json("trust", "add", "me", "--plugins", "textkit")["key_id"] == key["key_id"]
+    assert cli.json("verify", "plugins/textkit")["ok"] is True
+
+    result = cli.json("run", "pipeline.json", "-i", "text=alpha beta beta gamma")
+    assert result["status"] == "succeeded"
+    assert result["output"]["counts"]["words"] == 4
+    assert result["output"]["keywords"][0] == "beta"
+
+    runs = cli.json("runs")
+    assert [r["run_id"] for r in runs] == [result["run_id"]]
+    shown = cli.json("show", result["run_id"])
+    assert shown["run"]["status"] == "succeeded"
+    assert {s["step"] for s in shown["steps"]} == {"count", "keywords", "summary"}
+
+    human = cli("show", result["run_id"])
+    assert human.returncode == 0 and result["run_id"] in human.stdout
+
+    events = cli("events", result["run_id"], "--json")
+    kinds = [json.loads(line)["type"] for line in events.stdout.splitlines()]
+    assert kinds[0] == "run.started" and kinds[-1] == "run.succeeded"
+
+    audit = cli.json("audit", "verify")
+    assert audit["ok"] is True and audit["entries"] >= 5
+    actions = [e["action"] for e in cli.json("audit", "show")]
+    assert actions[:3] == ["keys.generate", "plugin.sign", "trust.add"]
+
+
+def test_tampered_plugin_is_refused_in_one_line(cli: Cli) -> None:
+    """A plugin file changed after signing: verify fails with one line, exit 1."""
+    cli.json("keys", "generate", "me")
+    cli.json("sign", "plugins/textkit", "--key", "me")
+    cli.json("trust", "add", "me", "--plugins", "textkit")
+    source = cli.workdir / "plugins" / "textkit" / "src" / "_words.py"
+    source.write_text(source.read_text() + "\nimport os  # planted\n")
+    done = cli("verify", "plugins/textkit")
+    assert done.returncode == 1
+    assert "_words.py" in _one_line_error(done)
+    ran = cli("run", "pipeline.json")
+    assert ran.returncode == 2  # the pipeline names a step no loaded plugin provides
+    assert "plugin textkit not loaded" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+def test_untrusted_key_is_refused_in_one_line(cli: Cli) -> None:
+    """A plugin signed by a key nobody trusted: one line, exit 1."""
+    cli.json("keys", "generate", "me")
+    cli.json("keys", "generate", "stranger")
+    cli.json("sign", "plugins/textkit", "--key", "stranger")
+    cli.json("trust", "add", "me", "--plugins", "textkit")
+    done = cli("verify", "plugins/textkit")
+    assert done.returncode == 1
+    assert "signature" in _one_line_error(done).lower()
+
+
+def test_plugin_asking_for_undeclared_secret_is_refused(cli: Cli) -> None:
+    """A plugin whose setup asks for a secret it did not declare does not load."""
+    code = cli.workdir / "plugins" / "textkit" / "src" / "textkit.py"
+    code.write_text(
+        code.read_text().replace(
+            "    async def setup(self, context: Any) -> None:\n",
+            "    async def setup(self, context: Any) -> None:\n"
+            '        await context.secret("openai_api_key")\n',
+        )
+    )
+    cli.json("keys", "generate", "me")
+    cli.json("sign", "plugins/textkit", "--key", "me")
+    cli.json("trust", "add", "me", "--plugins", "textkit")
+    assert cli.json("verify", "plugins/textkit")["ok"] is True  # signed fine...
+    listed = cli("plugins", "list", "--json")
+    assert listed.returncode == 1
+    (report,) = json.loads(listed.stdout)
+    assert report["loaded"] is False
+    assert "openai_api_key" in report["error"] and "declare" in report["error"]
+
+
+def test_usage_errors_exit_2_with_one_line(cli: Cli) -> None:
+    """Bad arguments and bad files are usage errors: exit 2, one line, no traceback."""
+    for args in (
+        ("run",),
+        ("run", "missing.json"),
+        ("bogus-command",),
+        ("run", "pipeline.json", "-i", "novalue"),
+    ):
+        done = cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        _one_line_error(done)
+    (cli.workdir / "bad.json").write_text('{"taskloom": "pipeline/v1", "name": "x", "steps": [')
+    done = cli("validate", "bad.json")
+    assert done.returncode == 2 and "not valid JSON" in done.stderr
+
+
+def test_debug_shows_the_traceback(cli: Cli) -> None:
+    """--debug adds the full traceback to an error."""
+    done = cli("run", "missing.json", "--debug")
+    assert done.returncode == 2 and "Traceback" in done.stderr
+
+
+def test_secret_values_never_come_from_argv_and_are_masked(cli: Cli) -> None:
+    """secrets set reads stdin; get masks unless --reveal; list shows names only."""
+    cli.env["TASKLOOM_SECRETS_PASSPHRASE"] = "another long passphrase"
+    done = cli("secrets", "set", "api_token", stdin="tok-1234567890\n")
+    assert done.returncode == 0, done.stderr
+    assert cli.json("secrets", "list") == ["api_token"]
+    masked = cli.json("secrets", "get", "api_token")
+    assert masked["value"] != "tok-1234567890" and "tok-" not in masked["value"]
+    assert cli.json("secrets", "get", "api_token", "--reveal")["value"] == "tok-1234567890"
+    assert cli.json("secrets", "delete", "api_token")["deleted"] is True
+
+
+def test_no_secret_store_fails_closed_in_one_line(cli: Cli) -> None:
+    """Without keyring or passphrase, secrets commands refuse with a how-to, never plaintext."""
+    done = cli("secrets", "set", "api_token", stdin="value\n")
+    assert done.returncode == 1
+    assert "TASKLOOM_SECRETS_PASSPHRASE" in _one_line_error(done)
