@@ -93,9 +93,7 @@ class DictStorage:
         keys = sorted(
             k
             for ns, k in self.records
-            if ns == namespace
-            and k.startswith(prefix)
-            and (start_after is None or k > start_after)
+            if ns == namespace and k.startswith(prefix) and (start_after is None or k > start_after)
         )
         return [self.records[(namespace, k)] for k in keys[:limit]]
 
@@ -186,9 +184,7 @@ def make_signed(
     return sign_manifest(manifest, list(keys))
 
 
-def trust_for(
-    *keys: PrivateKey, plugins: Sequence[str] = ("*",), threshold: int = 1
-) -> TrustStore:
+def trust_for(*keys: PrivateKey, plugins: Sequence[str] = ("*",), threshold: int = 1) -> TrustStore:
     """A trust store trusting every key of ``keys`` for ``plugins``."""
     store = TrustStore(threshold=threshold)
     for key in keys:

@@ -13,12 +13,10 @@ from taskloom.security import InputTooLarge, MalformedInput, loads_strict
 from taskloom.security._strictjson import MAX_SAFE_INTEGER, nesting_depth
 
 json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
-    | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none() | st.booleans() | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -33,21 +31,23 @@ def test_canonical_documents_parse_to_their_value(value: object) -> None:
 @settings(max_examples=300)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise_anything_but_security_errors(data: bytes) -> None:
-    """Whatever the bytes, the parser returns a value or raises MalformedInput."""
+    """Whatever the bytes, the parser raises MalformedInput or agrees with json.loads."""
     try:
-        loads_strict(data, max_bytes=1 << 20)
+        value = loads_strict(data, max_bytes=1 << 20)
     except MalformedInput:
-        pass
+        return
+    assert value == json.loads(data)
 
 
 @settings(max_examples=200)
 @given(st.text(alphabet='{}[]",:0123456789.eE-+ \\unNaIfity', max_size=80))
 def test_json_like_text_never_raises_anything_but_security_errors(text: str) -> None:
-    """Near-JSON text made of JSON's own characters is parsed or refused cleanly."""
+    """Near-JSON text is refused cleanly, or parsed exactly as json.loads parses it."""
     try:
-        loads_strict(text.encode(), max_bytes=1 << 20)
+        value = loads_strict(text.encode(), max_bytes=1 << 20)
     except MalformedInput:
-        pass
+        return
+    assert value == json.loads(text)
 
 
 @pytest.mark.parametrize(

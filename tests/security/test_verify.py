@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import rfc8785
+from _sec_support import NOW, DictStorage, keys, make_signed, trust_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskloom.contracts import SecurityError
-from taskloom.contracts.serde import unstructure
 from taskloom.security import (
     MANIFEST_PAYLOAD_TYPE,
     TRUST_STORE_PAYLOAD_TYPE,
@@ -49,7 +49,6 @@ from taskloom.security import (
     verify_manifest,
     verify_plugin,
 )
-from _sec_support import NOW, DictStorage, keys, make_signed, trust_for
 
 
 def run_verify(
@@ -575,7 +574,9 @@ def test_rollback_is_checked_before_the_files(tmp_path: Path) -> None:
     """An old version with tampered files reports the rollback, before reading any file."""
     storage = DictStorage()
     run_verify(
-        tmp_path / "v2", make_signed(tmp_path / "v2", keys(1), version=2), trust_for(*keys(1)),
+        tmp_path / "v2",
+        make_signed(tmp_path / "v2", keys(1), version=2),
+        trust_for(*keys(1)),
         storage=storage,
     )
     v1 = make_signed(tmp_path / "v1", keys(1), version=1)

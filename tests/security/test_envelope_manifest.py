@@ -1,0 +1,233 @@
+"""The DSSE envelope and the manifest builder."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from _sec_support import DEFAULT_FILES, NOW, keys, write_plugin
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from taskloom.contracts import Capabilities, FileEntry, PluginManifest, UsageError
+from taskloom.contracts.serde import unstructure
+from taskloom.security import (
+    MANIFEST_PAYLOAD_TYPE,
+    SignatureInvalid,
+    UnsafeFile,
+    build_manifest,
+    generate_key,
+    manifest_bytes,
+    pae,
+    parse_envelope,
+    parse_manifest,
+    sign_envelope,
+    sign_manifest,
+)
+from taskloom.security._envelope import valid_signers
+
+
+def test_pae_matches_the_dsse_specification_example() -> None:
+    """PAE is 'DSSEv1 <len type> <type> <len body> <body>' (the DSSE spec's own example)."""
+    assert (
+        pae("http://example.com/HelloWorld", b"hello world")
+        == b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
+
+
+def test_pae_counts_utf8_bytes_not_characters() -> None:
+    """Lengths are byte lengths, so a non-ASCII type cannot shift the boundary."""
+    assert pae("t\u00e9", b"\xff") == b"DSSEv1 3 t\xc3\xa9 1 \xff"
+
+
+def test_envelope_fields_and_signatures() -> None:
+    """sign_envelope writes payloadType, the base64 of the exact bytes, and one sig per key."""
+    payload = b'{"any":"bytes"}'
+    data = sign_envelope("application/x-test", payload, keys(2))
+    raw = json.loads(data)
+    assert set(raw) == {"payloadType", "payload", "signatures"}
+    assert base64.b64decode(raw["payload"]) == payload
+    assert [s["keyid"] for s in raw["signatures"]] == [k.key_id for k in keys(2)]
+    for sig, key in zip(raw["signatures"], keys(2), strict=True):
+        assert key.public_key.verify(
+            base64.b64decode(sig["sig"]), pae("application/x-test", payload)
+        )
+
+
+def test_a_signature_for_one_type_does_not_verify_for_another() -> None:
+    """Changing only the payload type invalidates the signature (the type is signed too)."""
+    envelope = parse_envelope(sign_envelope("type/a", b"x", keys(1)), max_bytes=1000)
+    moved = type(envelope)(payload_type="type/b", payload=b"x", signatures=envelope.signatures)
+    with pytest.raises(SignatureInvalid):
+        valid_signers(moved, {keys(1)[0].key_id: keys(1)[0].public_key})
+
+
+def test_signing_needs_a_key() -> None:
+    """An envelope with no signature is never produced."""
+    with pytest.raises(UsageError):
+        sign_envelope("t", b"x", [])
+
+
+def test_manifest_lists_every_file_with_size_and_digest(tmp_path: Path) -> None:
+    """build_manifest lists each file once, '/'-separated, with its length and SHA-256."""
+    write_plugin(tmp_path, DEFAULT_FILES)
+    manifest = build_manifest(
+        tmp_path,
+        name="demo",
+        version=3,
+        entry_point="plugin:setup",
+        publisher="Example",
+        capabilities=Capabilities(secrets=("token",)),
+        issued_at=NOW,
+        expires_at=NOW + 1,
+        min_sdk_version="0.1.0",
+    )
+    assert {e.path: (e.size, e.sha256) for e in manifest.files} == {
+        path: (len(data), hashlib.sha256(data).hexdigest()) for path, data in DEFAULT_FILES.items()
+    }
+
+
+def test_manifest_bytes_are_canonical_and_parse_back(tmp_path: Path) -> None:
+    """manifest_bytes is RFC 8785 of the converter's output, and parse_manifest inverts it."""
+    write_plugin(tmp_path, DEFAULT_FILES)
+    manifest = build_manifest(
+        tmp_path,
+        name="demo",
+        version=1,
+        entry_point="plugin:setup",
+        publisher="Example",
+        capabilities=Capabilities(),
+        issued_at=NOW,
+        expires_at=NOW + 1,
+        min_sdk_version="0.1.0",
+    )
+    data = manifest_bytes(manifest)
+    assert (
+        data
+        == json.dumps(
+            unstructure(manifest), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+    )
+    assert parse_manifest(data, max_bytes=1 << 20) == manifest
+
+
+names = st.from_regex(r"[a-z][a-z0-9_\-]{0,20}", fullmatch=True)
+paths = st.lists(
+    st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,10}", fullmatch=True), min_size=1, max_size=3
+).map("/".join)
+
+
+@settings(max_examples=100)
+@given(
+    name=names,
+    version=st.integers(0, 2**31),
+    files=st.lists(
+        st.builds(
+            FileEntry,
+            path=paths,
+            size=st.integers(0, 2**20),
+            sha256=st.binary(min_size=32, max_size=32).map(bytes.hex),
+        ),
+        max_size=8,
+        unique_by=lambda e: e.path.casefold(),
+    ),
+    hosts=st.lists(st.text(max_size=10), max_size=3),
+    description=st.text(max_size=40),
+)
+def test_manifests_round_trip_through_their_signed_bytes(
+    name: str,
+    version: int,
+    files: list[FileEntry],
+    hosts: list[str],
+    description: str,
+) -> None:
+    """Any valid manifest survives manifest_bytes then the strict parser unchanged."""
+    manifest = PluginManifest(
+        name=name,
+        version=version,
+        entry_point="pkg.mod:entry",
+        publisher="p",
+        files=tuple(files),
+        capabilities=Capabilities(network_hosts=tuple(hosts)),
+        issued_at=NOW,
+        expires_at=NOW + 10,
+        description=description,
+    )
+    assert parse_manifest(manifest_bytes(manifest), max_bytes=1 << 20) == manifest
+
+
+def _build(root: Path) -> PluginManifest:
+    return build_manifest(
+        root,
+        name="demo",
+        version=1,
+        entry_point="plugin:setup",
+        publisher="x",
+        capabilities=Capabilities(),
+        issued_at=NOW,
+        expires_at=NOW + 1,
+        min_sdk_version="0.1.0",
+    )
+
+
+def test_building_refuses_symlinks(tmp_path: Path) -> None:
+    """A symlink in the plugin directory is refused at build time, not silently skipped."""
+    write_plugin(tmp_path / "p", DEFAULT_FILES)
+    (tmp_path / "p" / "link.py").symlink_to(tmp_path / "p" / "plugin.py")
+    with pytest.raises(UnsafeFile):
+        _build(tmp_path / "p")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_building_refuses_special_files(tmp_path: Path) -> None:
+    """A FIFO is refused at build time."""
+    write_plugin(tmp_path / "p", DEFAULT_FILES)
+    os.mkfifo(tmp_path / "p" / "fifo")
+    with pytest.raises(UnsafeFile):
+        _build(tmp_path / "p")
+
+
+def test_building_refuses_empty_directories(tmp_path: Path) -> None:
+    """An empty directory would fail verification, so building refuses it up front."""
+    write_plugin(tmp_path / "p", DEFAULT_FILES)
+    (tmp_path / "p" / "empty").mkdir()
+    with pytest.raises(UnsafeFile):
+        _build(tmp_path / "p")
+
+
+def test_building_refuses_a_symlinked_root(tmp_path: Path) -> None:
+    """The plugin directory itself must be a real directory."""
+    write_plugin(tmp_path / "p", DEFAULT_FILES)
+    (tmp_path / "alias").symlink_to(tmp_path / "p", target_is_directory=True)
+    with pytest.raises(UnsafeFile):
+        _build(tmp_path / "alias")
+
+
+def test_signing_refuses_a_manifest_with_colliding_paths() -> None:
+    """sign_manifest will not sign a list with two paths that differ only in case."""
+    digest = hashlib.sha256(b"").hexdigest()
+    manifest = PluginManifest(
+        name="demo",
+        version=1,
+        entry_point="a:b",
+        publisher="x",
+        files=(
+            FileEntry(path="Mod.py", size=0, sha256=digest),
+            FileEntry(path="mod.py", size=0, sha256=digest),
+        ),
+        issued_at=NOW,
+        expires_at=NOW + 1,
+    )
+    with pytest.raises(UnsafeFile):
+        sign_manifest(manifest, [generate_key()])
+
+
+def test_the_signed_payload_type_is_the_manifest_type(tmp_path: Path) -> None:
+    """sign_manifest uses the plugin-manifest payload type."""
+    write_plugin(tmp_path / "p", DEFAULT_FILES)
+    envelope = parse_envelope(sign_manifest(_build(tmp_path / "p"), keys(1)), max_bytes=1 << 20)
+    assert envelope.payload_type == MANIFEST_PAYLOAD_TYPE
