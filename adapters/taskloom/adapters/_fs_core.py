@@ -88,6 +88,7 @@ class Store:
         self._lock: FileLock | None = None
         self._readers: list[FileLock] = []
         self._readers_guard = threading.Lock()
+        self._closed = False
         self._tails: dict[str, Tail] = {}
 
     # --- lifecycle ---------------------------------------------------------------
@@ -131,6 +132,7 @@ class Store:
             self._lock.close()
             self._lock = None
         with self._readers_guard:
+            self._closed = True
             readers, self._readers = self._readers, []
         for lock in readers:
             lock.close()
@@ -190,11 +192,12 @@ class Store:
                 if os.path.exists(self.root / JOURNAL):
                     raise NeedsRecovery
                 yield
-        except BaseException:
-            lock.close()
-            raise
-        with self._readers_guard:
-            self._readers.append(lock)
+        finally:
+            with self._readers_guard:
+                if self._closed:
+                    lock.close()
+                else:
+                    self._readers.append(lock)
 
     def run_batch(self, operations: Sequence[Callable[[], object]]) -> list[tuple[bool, object]]:
         """Run write operations under one exclusive lock; flush before anyone is answered.

@@ -141,6 +141,8 @@ def read_entries(
     segments = list_segments(directory)
     if not segments or limit == 0:
         return []
+    if segments[0][0] != 1:
+        raise _damaged(segments[0][1], "the stream's first segment is missing")
     firsts = [first for first, _ in segments]
     start = max(bisect.bisect_right(firsts, after + 1) - 1, 0)
     found: list[StreamEntry] = []
