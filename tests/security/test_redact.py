@@ -189,3 +189,32 @@ def test_unrelated_base64_is_left_alone() -> None:
     redactor = Redactor(["sk-abcdefghijklmnop"])
     text = "sha=" + binascii.hexlify(b"unrelated").decode() + " " + base64.b64encode(b"x").decode()
     assert redactor.redact(text) == text
+
+
+def test_update_adds_many_at_once_and_counts_the_new_ones() -> None:
+    """update adds several values with one rebuild and returns how many were new."""
+    redactor = Redactor(["first-secret"])
+    assert redactor.update(["first-secret", "second-secret", "ab", Secret("third-secret")]) == 2
+    assert len(redactor) == 3
+    assert redactor.redact("second-secret third-secret") == f"{MASK} {MASK}"
+
+
+def test_a_very_long_value_is_redacted() -> None:
+    """A value thousands of characters long (a PEM key, say) compiles and is masked."""
+    value = "k" * 5000 + "-end"
+    out = Redactor([value]).redact(f"<{value}> and {base64.b64encode(value.encode()).decode()}")
+    assert value not in out
+    assert out.startswith(f"<{MASK}> and ")
+
+
+@given(secrets=st.lists(secrets_st, min_size=2, max_size=6, unique=True), data=st.data())
+def test_many_secrets_sharing_prefixes_are_each_masked(
+    secrets: list[str], data: st.DataObject
+) -> None:
+    """Secrets that share prefixes (one trie branch) are each masked wherever they occur."""
+    stem = data.draw(st.text(min_size=4, max_size=8), label="stem")
+    values = [stem + s for s in secrets]
+    text = " | ".join(data.draw(st.permutations(values), label="order"))
+    out = Redactor(values).redact(text)
+    for value in values:
+        assert value not in out

@@ -24,9 +24,11 @@ Rule for short values: a value shorter than ``MIN_SECRET_LENGTH`` (4) characters
 ignored, since masking every ``"ab"`` would wreck texts while hiding almost nothing; so
 is a value made only of the mask character ``*``, which ``MASK`` itself would reveal.
 
-Efficiency: all variants of all values form one compiled regex alternation, longest
-first, rebuilt on ``add``; ``redact`` is one ``sub`` over the text (a second pass runs only
-when a value holds ``*``, since the mask beside the text may spell it again).
+Efficiency: all variants of all values form one compiled regex, rebuilt on ``add``: an
+alternation factored as a trie of shared prefixes (longest form first at each position),
+so matching costs about the same for one secret or a hundred. ``redact`` is one ``sub``
+over the text (a second pass runs only when a value holds ``*``, since the mask beside
+the text may spell it again).
 """
 
 from __future__ import annotations
@@ -95,6 +97,44 @@ def variants(value: str) -> set[str]:
     return {v for v in found if v}
 
 
+def _trie_pattern(forms: Iterable[str]) -> str:
+    """One regex matching any of ``forms``, longest first, as a trie of shared prefixes.
+
+    A flat ``a|b|c`` alternation makes the engine try every form at every position of the
+    text; the trie tries one branch per character, so the cost of ``redact`` hardly grows
+    with the number of secrets. Runs of single-child nodes are emitted without recursion,
+    so a long value does not hit the recursion limit.
+    """
+    trie: dict[str, Any] = {}
+    for form in forms:
+        node = trie
+        for char in form:
+            node = node.setdefault(char, {})
+        node[""] = {}  # marks the end of a form
+
+    def emit(node: dict[str, Any]) -> str:
+        parts: list[str] = []
+        while len(node) == 1 and "" not in node:  # a plain chain: no choice to make
+            ((char, node),) = node.items()
+            parts.append(re.escape(char))
+        branches = [re.escape(char) + emit(child) for char, child in sorted(node.items()) if char]
+        if branches:
+            body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+            # Greedy optional: the longer form wins, the shorter one matches if it fails.
+            parts.append(f"(?:{body})?" if "" in node else body)
+        return "".join(parts)
+
+    return emit(trie)
+
+
+def _text_of(secret: Secret | str) -> str:
+    if isinstance(secret, Secret):
+        return secret.reveal()
+    if isinstance(secret, str):
+        return secret
+    raise UsageError(f"a Redactor takes Secret or str, got {type(secret).__name__}")
+
+
 def _wanted(value: str) -> bool:
     return len(value) >= MIN_SECRET_LENGTH and value.strip("*") != ""
 
@@ -107,15 +147,16 @@ class Redactor:
     the values it knows, so it refuses to be pickled and its repr shows only a count.
     """
 
-    __slots__ = ("_lock", "_needs_second_pass", "_pattern", "_values")
+    __slots__ = ("_compiled", "_forms", "_lock", "_values")
 
     def __init__(self, secrets: Iterable[Secret | str] = ()) -> None:
-        self._values: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-        self._needs_second_pass = False
+        self._values: frozenset[str] = frozenset()
+        self._forms: frozenset[str] = frozenset()
+        # The pattern and whether it needs a second pass, swapped in as one object so
+        # that a concurrent ``redact`` never pairs a new pattern with an old flag.
+        self._compiled: tuple[re.Pattern[str], bool] | None = None
         self._lock = threading.Lock()
-        for secret in secrets:
-            self.add(secret)
+        self.update(secrets)
 
     def __repr__(self) -> str:
         return f"<Redactor of {len(self._values)} secret value(s)>"
@@ -130,32 +171,30 @@ class Redactor:
     def add(self, secret: Secret | str) -> bool:
         """Redact ``secret`` from now on. Returns False, changing nothing, when the rule
         for short values ignores it or it is known already."""
-        if isinstance(secret, Secret):
-            value = secret.reveal()
-        elif isinstance(secret, str):
-            value = secret
-        else:
-            raise UsageError(f"a Redactor takes Secret or str, got {type(secret).__name__}")
-        if not _wanted(value):
-            return False
+        return self.update((secret,)) == 1
+
+    def update(self, secrets: Iterable[Secret | str]) -> int:
+        """Add several secrets with one rebuild of the pattern; returns how many were new."""
+        wanted = {value for value in map(_text_of, secrets) if _wanted(value)}
         with self._lock:
-            if value in self._values:
-                return False
-            values = self._values | {value}
-            forms = set().union(*(variants(v) for v in values))
-            ordered = sorted(forms, key=lambda form: (-len(form), form))
-            self._pattern = re.compile("|".join(map(re.escape, ordered)))
-            self._needs_second_pass = any("*" in form for form in forms)
-            self._values = values
-        return True
+            new = wanted - self._values
+            if not new:
+                return 0
+            forms = self._forms.union(*(variants(value) for value in new))
+            pattern = re.compile(_trie_pattern(forms))
+            self._compiled = (pattern, any("*" in form for form in forms))
+            self._forms = forms
+            self._values = self._values | new
+        return len(new)
 
     def redact(self, text: str) -> str:
         """``text`` with every known value and encoding of one replaced by ``MASK``."""
-        pattern = self._pattern
-        if pattern is None or not text:
+        compiled = self._compiled
+        if compiled is None or not text:
             return text
+        pattern, needs_second_pass = compiled
         out = pattern.sub(MASK, text)
-        if self._needs_second_pass:
+        if needs_second_pass:
             # A value holding '*' may appear again where MASK meets the text around it;
             # each pass removes at least one non-'*' character, so this ends.
             while pattern.search(out):
