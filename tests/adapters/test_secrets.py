@@ -44,7 +44,7 @@ from taskloom.contracts import (
     SecretStoreUnavailable,
     UsageError,
 )
-from taskloom.contracts.testing._secrets_suite import SecretStoreConformance
+from taskloom.contracts.testing import SecretStoreConformance
 
 FAST_SCRYPT_N = 2**10
 VALUE = "sk-live-0123456789abcdefXYZ"
