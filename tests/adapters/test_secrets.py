@@ -333,6 +333,21 @@ def test_keyring_refuses_a_chainer_without_a_real_backend(
         KeyringSecretStore(backend=chainer_cls())
 
 
+def test_keyring_chainer_that_cannot_list_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chainer whose backend discovery raises is SecretStoreUnavailable, cause kept."""
+
+    def broken(self: object) -> list[KeyringBackend]:
+        raise ImportError("a keyring plugin failed to import")
+
+    chainer_cls = keyring.backends.chainer.ChainerBackend
+    monkeypatch.setattr(chainer_cls, "backends", property(broken))
+    with pytest.raises(SecretStoreUnavailable, match="could not list") as info:
+        KeyringSecretStore(backend=chainer_cls())
+    assert isinstance(info.value.__cause__, ImportError)
+
+
 async def test_keyring_chainer_resolves_to_its_real_backend(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -111,7 +111,12 @@ def resolve_backend(backend: KeyringBackend) -> KeyringBackend:
     """The real backend to use for ``backend``: itself, or the best real one a chainer
     holds; ``SecretStoreUnavailable`` if there is none."""
     if isinstance(backend, keyring.backends.chainer.ChainerBackend):
-        chained: list[KeyringBackend] = list(getattr(backend, "backends", []))
+        try:
+            chained: list[KeyringBackend] = list(getattr(backend, "backends", []))
+        except Exception as exc:  # listing instantiates every installed backend
+            raise _unavailable(
+                f"the chainer backend could not list its backends ({type(exc).__name__})"
+            ) from exc
         real = [b for b in chained if refusal(b) is None]
         if not real:
             raise _unavailable("the chainer backend holds no real keyring backend")
