@@ -1,0 +1,115 @@
+"""The dev shell driven in a pseudo-terminal: type commands, read the screen."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]|\r")
+
+
+class Terminal:
+    """A child process on a pty; ``expect`` waits until the screen shows a pattern."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        os.set_blocking(self.master, False)
+        self.proc = subprocess.Popen(
+            args, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True
+        )
+        os.close(slave)
+        self.screen = ""
+
+    def _read(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if ready:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            self.screen += ANSI.sub("", chunk.decode("utf-8", "replace"))
+
+    def expect(self, pattern: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.screen)
+            if match:
+                seen, self.screen = self.screen[: match.end()], self.screen[match.end() :]
+                return seen
+            self._read(0.1)
+        raise AssertionError(f"{pattern!r} never appeared; screen:\n{self.screen[-2000:]}")
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            os.close(self.master)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(ROOT / "examples" / "hello.json", work / "hello.json")
+    return work
+
+
+def test_shell_completes_runs_and_survives_errors(workdir: Path, tmp_path: Path) -> None:
+    """In a pty: Tab completes a command, a run shows its output, errors never end the shell,
+    and history persists."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOOM_")}
+    env.update(
+        TASKLOOM_HOME=str(tmp_path / "home"),
+        TERM="xterm",
+        PROMPT_TOOLKIT_NO_CPR="1",
+        COLUMNS="120",
+        LINES="40",
+    )
+    term = Terminal([sys.executable, "-m", "taskloom.sdk._cli", "shell"], workdir, env)
+    try:
+        term.expect(r"taskloom>")
+        term.send("conf\t")
+        term.expect(r"config")
+        term.send(" show\r")
+        term.expect(r'"storage"')
+        term.expect(r"taskloom>")
+
+        term.send("run hel\t")
+        term.expect(r"hello\.json")
+        term.send("\r")
+        term.expect(r"succeeded")
+        term.expect(r"taskloom>")
+
+        term.send("frobnicate\r")
+        term.expect(r"invalid choice")
+        term.expect(r"taskloom>")
+
+        term.send("show no-such-run\r")
+        term.expect(r"error")
+        term.expect(r"taskloom>")
+
+        term.send("show \t")
+        term.expect(r"[0-9a-f]{32}")  # the run id of the run above, completed
+        term.send("\r")
+        term.expect(r"status: succeeded")
+        term.expect(r"taskloom>")
+        term.send("exit\r")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+    history = (tmp_path / "home" / "data" / "shell-history").read_text()
+    assert "config show" in history and "frobnicate" in history
