@@ -58,6 +58,7 @@ from taskloom.security._manifest import (
     parse_manifest,
     sign_manifest,
 )
+from taskloom.security._redact import Redactor
 from taskloom.security._strictjson import loads_strict
 from taskloom.security._trust import (
     TRUST_STORE_PAYLOAD_TYPE,
@@ -99,6 +100,7 @@ __all__ = [
     "NameMismatch",
     "PrivateKey",
     "PublicKey",
+    "Redactor",
     "RollbackDetected",
     "RollbackGuard",
     "Signature",
