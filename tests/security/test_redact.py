@@ -15,7 +15,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from taskloom.contracts import MASK, ErrorInfo, Secret, StepFailedEvent, UsageError, serde
-from taskloom.security._redact import MIN_EMBEDDED_BASE64, MIN_SECRET_LENGTH, Redactor
+from taskloom.security import Redactor
+from taskloom.security._redact import MIN_EMBEDDED_BASE64, MIN_SECRET_LENGTH
 
 secrets_st = st.text(min_size=8, max_size=40).filter(lambda s: s.strip("*") != "")
 noise_st = st.text(max_size=30)

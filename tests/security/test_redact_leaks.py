@@ -35,7 +35,7 @@ from taskloom.contracts import (
     StepFailedEvent,
     serde,
 )
-from taskloom.security._redact import Redactor
+from taskloom.security import Redactor
 
 secrets_st = st.text(min_size=8, max_size=40).filter(lambda s: s.strip("*") != "")
 
