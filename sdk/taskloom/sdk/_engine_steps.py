@@ -138,6 +138,14 @@ class RunExecution:
             if record is not None:
                 self._restore(node, record)
                 done.add(node.id)
+                self.emit(
+                    StepSkipped(
+                        run_id=self.run_id,
+                        at=self.svc.clock(),
+                        step_id=node.id,
+                        reason="finished before the resume",
+                    )
+                )
         ready: list[NodePlan] = []
         for node in self.plan.nodes:
             if node.id in done:
