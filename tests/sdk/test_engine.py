@@ -40,7 +40,7 @@ async def no_leftover_tasks() -> AsyncIterator[None]:
 
 async def test_sequential_steps_see_earlier_outputs() -> None:
     """Steps run in order and a later step's template sees an earlier step's output."""
-    engine, fake = make_engine()
+    engine, _ = make_engine()
     async with engine:
         result = await engine.run(
             pipeline(
@@ -148,7 +148,7 @@ async def test_global_and_per_executor_concurrency_limits() -> None:
 
 
 async def test_failed_step_fails_run_and_dependents_never_start() -> None:
-    """A permanent error fails the step at once, the run raises StepFailed, later steps never run."""
+    """A permanent error fails the step at once: StepFailed, and later steps never run."""
     engine, fake = make_engine()
     fake.fail("bad", InvalidRequest("no"))
     events: list[Any] = []

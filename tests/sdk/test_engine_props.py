@@ -177,6 +177,7 @@ def mutate(pipe: dict[str, Any], kind: str, i: int) -> tuple[dict[str, Any], str
         return pipe, f"$.steps[{i}].prompt", "not certain to have finished"
     if kind == "cycle" and n > 1:
         steps[0]["needs"] = [steps[n - 1]["id"]]
+        steps[n - 1]["needs"] = [steps[0]["id"]]
         return pipe, "$.steps[", "cycle"
     if kind == "unknown_field":
         target["promt"] = "typo"

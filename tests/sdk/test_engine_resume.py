@@ -63,9 +63,9 @@ async def test_cancel_mid_map_then_resume_runs_only_unfinished_work() -> None:
     original = first.reply
 
     def counting(request: Any) -> str:
-        if request.messages[-1].content.startswith("sum "):
-            if sum(v for k, v in first.calls.items() if k.startswith("sum ")) >= stop_after:
-                answered.set()
+        done = sum(v for k, v in first.calls.items() if k.startswith("sum "))
+        if request.messages[-1].content.startswith("sum ") and done >= stop_after:
+            answered.set()
         return original(request)
 
     first.reply = counting
@@ -132,7 +132,7 @@ async def test_resuming_a_finished_run_returns_its_result_without_calls() -> Non
 
 
 async def test_resume_with_changed_pipeline_is_refused() -> None:
-    """A pipeline that differs from the run's is PipelineChanged; the stored one is used if omitted."""
+    """Resuming with a pipeline that differs from the run's raises PipelineChanged."""
     storage = MemoryStorage()
     engine, fake = make_engine(storage=storage)
     fake.fail("b", InvalidRequest("nope"))
@@ -191,8 +191,8 @@ async def test_every_finished_step_and_item_is_checkpointed() -> None:
         ("z", None),
     }
     assert finished[("m", None)].output == result.output["m"]
-    assert [type(e).__name__ for _, e in events][0] == "RunStarted"
-    assert [type(e).__name__ for _, e in events][-1] == "RunSucceeded"
+    names = [type(e).__name__ for _, e in events]
+    assert names[0] == "RunStarted" and names[-1] == "RunSucceeded"
 
 
 async def test_cache_hits_cost_no_call_and_emit_cache_hit() -> None:
