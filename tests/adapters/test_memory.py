@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
-from taskloom.adapters.memory import MemoryStorage
-from taskloom.contracts import StorageAdapter
-from taskloom.contracts.testing import StorageConformance
+import pytest
+
+from taskloom.adapters.memory import MemorySecretStore, MemoryStorage
+from taskloom.contracts import SecretStore, StorageAdapter, UsageError
+from taskloom.contracts.testing import SecretStoreConformance, StorageConformance
 
 
 class TestMemoryStorage(StorageConformance):
@@ -29,3 +31,90 @@ class TestMemoryStorage(StorageConformance):
                 yield storage
 
         return opened()
+
+
+class TestMemorySecretStore(SecretStoreConformance):
+    """A writable MemorySecretStore; reopening hands out ``reopen()`` copies."""
+
+    durable = True
+    writable = True
+
+    def setup_method(self) -> None:
+        self.stores: dict[Path, MemorySecretStore] = {}
+
+    def open_store(
+        self, location: Path, initial: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[SecretStore]:
+        @asynccontextmanager
+        async def opened() -> AsyncIterator[SecretStore]:
+            previous = self.stores.get(location)
+            store = MemorySecretStore(initial) if previous is None else previous.reopen()
+            self.stores[location] = store
+            async with store:
+                yield store
+
+        return opened()
+
+
+class TestReadOnlyMemorySecretStore(SecretStoreConformance):
+    """A read-only MemorySecretStore, as the environment store behaves."""
+
+    durable = False
+    writable = False
+
+    def open_store(
+        self, location: Path, initial: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[SecretStore]:
+        @asynccontextmanager
+        async def opened() -> AsyncIterator[SecretStore]:
+            async with MemorySecretStore(initial, read_only=True) as store:
+                yield store
+
+        return opened()
+
+
+async def test_memory_storage_clock_drives_expiry() -> None:
+    """An injected clock decides expiry: nothing sleeps."""
+    now = [1000.0]
+    async with MemoryStorage(clock=lambda: now[0]) as storage:
+        record = await storage.put("ns", "k", b"v", ttl=10)
+        assert (record.updated_at, record.expires_at) == (1000.0, 1010.0)
+        now[0] = 1009.9
+        assert await storage.get("ns", "k") == record
+        now[0] = 1010.0
+        assert await storage.get("ns", "k") is None
+        assert await storage.scan("ns") == []
+
+
+async def test_memory_storage_reopen_shares_data_after_close() -> None:
+    """``reopen()`` of a closed adapter is open and sees the same records and streams."""
+    first = MemoryStorage()
+    await first.put("ns", "k", b"v")
+    await first.append("s", b"p")
+    await first.aclose()
+    second = first.reopen()
+    assert (await second.get("ns", "k")) is not None
+    assert (await second.append("s", b"q")).seq == 2
+    with pytest.raises(UsageError):
+        await first.get("ns", "k")
+
+
+async def test_memory_storage_refuses_bad_arguments() -> None:
+    """Negative limits, ``after`` and non-operations raise UsageError."""
+    async with MemoryStorage() as storage:
+        with pytest.raises(UsageError):
+            await storage.scan("ns", limit=-1)
+        with pytest.raises(UsageError):
+            await storage.read("s", after=-1)
+        with pytest.raises(UsageError):
+            await storage.commit(["not an op"])  # type: ignore[list-item]
+        with pytest.raises(UsageError):
+            await storage.put("ns", "k", "text")  # type: ignore[arg-type]
+        assert await storage.scan("ns", limit=0) == []
+
+
+async def test_memory_secret_store_repr_hides_values() -> None:
+    """The store's repr counts secrets and shows none of them."""
+    store = MemorySecretStore({"api_key": "hunter2"})
+    assert "hunter2" not in repr(store) and "api_key" not in repr(store)
+    assert "1 secret" in repr(store)

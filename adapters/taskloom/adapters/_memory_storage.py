@@ -165,6 +165,8 @@ class MemoryStorage:
         ttl: float | None = None,
     ) -> Record:
         """Write ``value``; the record's version is one more than the live one's (or 1)."""
+        self._check_open()
+        _validate_put(namespace, key, value, if_version, ttl)
         result = await self.commit(
             [Put(namespace=namespace, key=key, value=value, if_version=if_version, ttl=ttl)]
         )
@@ -172,6 +174,8 @@ class MemoryStorage:
 
     async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
         """Remove ``key``; True if a live record was there."""
+        self._check_open()
+        _validate_delete(namespace, key, if_version)
         result = await self.commit([Delete(namespace=namespace, key=key, if_version=if_version)])
         return result.deleted[0]
 
@@ -219,6 +223,8 @@ class MemoryStorage:
 
     async def append(self, stream: str, payload: bytes) -> StreamEntry:
         """Add ``payload`` to ``stream``; its number is one more than the last (or 1)."""
+        self._check_open()
+        _validate_append(stream, payload)
         result = await self.commit([Append(stream=stream, payload=payload)])
         return result.entries[0]
 
@@ -310,21 +316,35 @@ class MemoryStorage:
         self._closed = True
 
 
+def _validate_put(
+    namespace: object, key: object, value: object, if_version: object, ttl: object
+) -> None:
+    check_name(namespace, what="namespace")
+    check_name(key)
+    check_value(value)
+    check_if_version(if_version)
+    check_ttl(ttl)
+
+
+def _validate_delete(namespace: object, key: object, if_version: object) -> None:
+    check_name(namespace, what="namespace")
+    check_name(key)
+    check_if_version(if_version)
+
+
+def _validate_append(stream: object, payload: object) -> None:
+    check_name(stream, what="stream")
+    check_value(payload, what="payload")
+
+
 def _validate(op: object) -> None:
     """Raise the error a single call with ``op``'s arguments would raise."""
     if isinstance(op, Put):
-        check_name(op.namespace, what="namespace")
-        check_name(op.key)
-        check_value(op.value)
-        check_if_version(op.if_version)
-        check_ttl(op.ttl)
+        _validate_put(op.namespace, op.key, op.value, op.if_version, op.ttl)
     elif isinstance(op, Delete):
-        check_name(op.namespace, what="namespace")
-        check_name(op.key)
-        check_if_version(op.if_version)
+        _validate_delete(op.namespace, op.key, op.if_version)
     elif isinstance(op, Append):
-        check_name(op.stream, what="stream")
-        check_value(op.payload, what="payload")
+        _validate_append(op.stream, op.payload)
     elif isinstance(op, Check):
         check_name(op.namespace, what="namespace")
         check_name(op.key)

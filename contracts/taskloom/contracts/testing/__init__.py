@@ -17,6 +17,13 @@ Strategies for every contract data type are in
 from __future__ import annotations
 
 from taskloom.contracts.testing import strategies as strategies
+from taskloom.contracts.testing._executor_suite import ExecutorConformance
+from taskloom.contracts.testing._secrets_suite import SecretStoreConformance
 from taskloom.contracts.testing._storage_suite import StorageConformance, StorageModel
 
-__all__ = ["StorageConformance", "StorageModel"]
+__all__ = [
+    "ExecutorConformance",
+    "SecretStoreConformance",
+    "StorageConformance",
+    "StorageModel",
+]
