@@ -431,3 +431,30 @@ async def test_pl1_declared_executor_is_registered(
     assert report.loaded, report.error
     assert list(sink.executors) == ["shouter"]
     await host.aclose()
+
+
+async def test_entry_point_plugins_are_discovered_without_importing_them(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pip-installed plugin is found by its taskloom.plugins entry point; its package's
+    own __init__ never runs, and its code loads from the verified bytes."""
+    site = tmp_path / "site"
+    package = site / "epplug_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise SystemExit('the package was imported')\n")
+    make_plugin(
+        package.parent, "epplug_pkg", {"epplug.py": STEP_PLUGIN}, key, entry_point="epplug:plugin"
+    )
+    dist = site / "epplug-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epplug\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[taskloom.plugins]\nepplug = epplug_pkg\n")
+    monkeypatch.syspath_prepend(str(site))
+    sources = [s for s in discover([], entry_points=True) if s.origin == "entry point epplug"]
+    assert [s.root for s in sources] == [package]
+    host, _, _ = await _host(trust)
+    (report,) = await host.load(sources)
+    assert report.loaded, report.error
+    assert "epplug_pkg" not in sys.modules
+    assert await host.steps["epplug_pkg.shout"]({"text": "x"}) == "X!"
+    await host.aclose()

@@ -12,6 +12,7 @@ import asyncio
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from taskloom.contracts import (
@@ -95,11 +96,42 @@ def build_parser() -> Parser:
     _cli_secrets.register(group, add_to)
     _cli_shell.register(add)
 
+    bench = add("bench", "run the benchmark suite (from a taskloom checkout)", _bench)
+    bench.add_argument("--quick", action="store_true", help="the short mode (under 2 minutes)")
+    bench.add_argument("--output", metavar="DIR", help="where to write results (JSON, chart)")
+
     config_cmd = group("config", "show the configuration in effect")
     add_to(
         config_cmd, "show", "show the resolved configuration and where it came from", _config_show
     )
     return parser
+
+
+def _checkout_root() -> Path | None:
+    """The taskloom checkout this CLI runs from, or one containing the working directory."""
+    for start in (Path.cwd(), Path(__file__).resolve()):
+        for parent in (start, *start.parents):
+            if (parent / "benchmarks" / "__main__.py").is_file() and (
+                parent / "pyproject.toml"
+            ).is_file():
+                return parent
+    return None
+
+
+async def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
+    root = _checkout_root()
+    if root is None:
+        raise CliUsageError(
+            "taskloom bench runs from a taskloom checkout (the benchmarks are not installed "
+            "with the package): clone the repository and run it there"
+        )
+    command = [sys.executable, "-m", "benchmarks"]
+    if args.quick:
+        command.append("--quick")
+    if args.output:
+        command += ["--output", str(Path(args.output).resolve())]
+    process = await asyncio.create_subprocess_exec(*command, cwd=root)
+    return await process.wait()
 
 
 async def _config_show(args: argparse.Namespace, ctx: CliContext) -> int:
