@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from taskloom.adapters import _fs_journal, _fs_names, _fs_records
+from taskloom.adapters._fs_batch import Batch
 from taskloom.adapters._fs_io import Disk, FileLock
-from taskloom.adapters._fs_journal import EntryChange, Intent, RecordChange
+from taskloom.adapters._fs_journal import EntryChange, Intent
 from taskloom.adapters._fs_streams import (
     Tail,
     append_entries,
@@ -36,13 +37,6 @@ from taskloom.adapters._fs_streams import (
     tail_still_valid,
 )
 from taskloom.contracts import (
-    Append,
-    Check,
-    CommitResult,
-    ConflictError,
-    Delete,
-    Op,
-    Put,
     Record,
     StorageCorrupted,
     StreamEntry,
@@ -136,6 +130,7 @@ class Store:
             readers, self._readers = self._readers, []
         for lock in readers:
             lock.close()
+        self.disk.close()
 
     def _check_foreign(self) -> None:
         extra = set(os.listdir(self.root)) - {LOCK, MARKER_TMP}
@@ -199,26 +194,35 @@ class Store:
                 else:
                     self._readers.append(lock)
 
-    def run_batch(self, operations: Sequence[Callable[[], object]]) -> list[tuple[bool, object]]:
-        """Run write operations under one exclusive lock; flush before anyone is answered.
+    def run_batch(
+        self, operations: Sequence[Callable[[Batch], object]]
+    ) -> list[tuple[bool, object]]:
+        """Plan write operations in order, then apply them all durably under one exclusive lock.
 
-        Each operation succeeds or fails alone; the result list holds
-        ``(True, value)`` or ``(False, exception)`` per operation.
+        Each operation is planned alone (a conflict fails only that one); the
+        result holds ``(True, value)`` or ``(False, exception)`` per operation.
+        Nobody is answered before the whole batch is durable.
         """
         if self._lock is None:
             raise UsageError("file storage is closed")
         outcomes: list[tuple[bool, object]] = []
         with self._lock.held(exclusive=True):
             self.recover()
+            batch = Batch(self, self._clock())
             for operation in operations:
+                child = batch.child()
                 try:
-                    outcomes.append((True, operation()))
+                    result = operation(child)
                 except Exception as exc:
-                    self._tails.clear()
                     outcomes.append((False, exc))
+                    continue
+                child.merge()
+                outcomes.append((True, result))
             try:
-                self.disk.flush()
-            except OSError as exc:
+                self.apply_batch(batch)
+            except Exception as exc:
+                # Nothing of the batch is acknowledged; a journal, if written, finishes later.
+                self._tails.clear()
                 outcomes = [(False, exc) if ok else (ok, value) for ok, value in outcomes]
         return outcomes
 
@@ -311,55 +315,12 @@ class Store:
 
     # --- writes (hold the exclusive lock: call through ``run_batch``) ---------------
 
-    def _version(self, namespace: str, key: str, now: float) -> tuple[int, bool]:
+    def version_on_disk(self, namespace: str, key: str, now: float) -> tuple[int, bool]:
         """The live version (0 if missing or expired) and whether any file exists."""
         head = _fs_records.read_head(self.record_path(namespace, key))
         if head is None:
             return 0, False
         return (head.version if head.alive(now) else 0), True
-
-    def put(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        if_version: int | None,
-        ttl: float | None,
-    ) -> Record:
-        """Write one record (one atomic rename: no journal needed)."""
-        now = self._clock()
-        current, _ = self._version(namespace, key, now)
-        _check_version(namespace, key, if_version, current)
-        expires_at = None if ttl is None else now + ttl
-        path = self.record_path(namespace, key)
-        self.disk.ensure_dir(path.parent)
-        self.disk.replace(path, _fs_records.pack(current + 1, now, expires_at, value))
-        return Record(
-            namespace=namespace,
-            key=key,
-            value=value,
-            version=current + 1,
-            updated_at=now,
-            expires_at=expires_at,
-        )
-
-    def delete(self, namespace: str, key: str, *, if_version: int | None) -> bool:
-        """Delete one record; True if a live one existed (an expired file is cleaned too)."""
-        current, exists = self._version(namespace, key, self._clock())
-        _check_version(namespace, key, if_version, current)
-        if exists:
-            self.disk.unlink(self.record_path(namespace, key))
-        return current > 0
-
-    def purge(self, namespace: str, keys: Sequence[str]) -> None:
-        """Remove record files that are still expired (lazy TTL cleanup)."""
-        now = self._clock()
-        for key in keys:
-            path = self.record_path(namespace, key)
-            head = _fs_records.read_head(path)
-            if head is not None and not head.alive(now):
-                self.disk.unlink(path)
 
     def _tail(self, stream: str) -> Tail | None:
         cached = self._tails.get(stream)
@@ -371,105 +332,41 @@ class Store:
             self._tails[stream] = tail
         return tail
 
-    def append(self, stream: str, payload: bytes) -> StreamEntry:
-        """Append one entry (one pwrite and fsync: a torn one is dropped on recovery)."""
+    def last_seq(self, stream: str) -> int:
+        """The stream's last sequence number (0 if empty), after truncating a torn tail."""
         tail = self._tail(stream)
-        seq = (tail.last_seq if tail is not None else 0) + 1
-        now = self._clock()
-        self._tails[stream] = append_entries(
-            self.stream_dir(stream),
-            tail,
-            [(seq, now, payload)],
-            self.disk,
-            segment_bytes=self._segment_bytes,
-        )
-        return StreamEntry(stream=stream, seq=seq, payload=payload, appended_at=now)
+        return tail.last_seq if tail is not None else 0
 
-    def commit(self, ops: Sequence[Op]) -> CommitResult:
-        """Check every op against the current state, then apply all (journaled) or nothing."""
-        now = self._clock()
-        versions: dict[tuple[str, str], int] = {}
-        changes: dict[tuple[str, str], RecordChange] = {}
-        next_seq: dict[str, int] = {}
-        records: list[Record] = []
-        deleted: list[bool] = []
-        entries: list[StreamEntry] = []
-        entry_changes: list[EntryChange] = []
-
-        def version(namespace: str, key: str) -> int:
-            if (namespace, key) not in versions:
-                versions[namespace, key] = self._version(namespace, key, now)[0]
-            return versions[namespace, key]
-
-        for op in ops:
-            if isinstance(op, Check):
-                _check_version(op.namespace, op.key, op.version, version(op.namespace, op.key))
-            elif isinstance(op, Put):
-                current = version(op.namespace, op.key)
-                _check_version(op.namespace, op.key, op.if_version, current)
-                expires_at = None if op.ttl is None else now + op.ttl
-                data = _fs_records.pack(current + 1, now, expires_at, op.value)
-                changes[op.namespace, op.key] = RecordChange(
-                    namespace=op.namespace, key=op.key, data=data
-                )
-                versions[op.namespace, op.key] = current + 1
-                records.append(
-                    Record(
-                        namespace=op.namespace,
-                        key=op.key,
-                        value=op.value,
-                        version=current + 1,
-                        updated_at=now,
-                        expires_at=expires_at,
-                    )
-                )
-            elif isinstance(op, Delete):
-                current = version(op.namespace, op.key)
-                _check_version(op.namespace, op.key, op.if_version, current)
-                deleted.append(current > 0)
-                if current > 0:
-                    changes[op.namespace, op.key] = RecordChange(
-                        namespace=op.namespace, key=op.key, data=None
-                    )
-                    versions[op.namespace, op.key] = 0
-            elif isinstance(op, Append):
-                if op.stream not in next_seq:
-                    tail = self._tail(op.stream)
-                    next_seq[op.stream] = (tail.last_seq if tail is not None else 0) + 1
-                seq = next_seq[op.stream]
-                next_seq[op.stream] = seq + 1
-                entries.append(
-                    StreamEntry(stream=op.stream, seq=seq, payload=op.payload, appended_at=now)
-                )
-                entry_changes.append(
-                    EntryChange(stream=op.stream, seq=seq, appended_at=now, payload=op.payload)
-                )
-            else:
-                raise UsageError(f"commit takes Put, Delete, Append and Check, got {op!r}")
-        intent = Intent(records=tuple(changes.values()), entries=tuple(entry_changes))
+    def apply_batch(self, batch: Batch) -> None:
+        """Apply a planned batch durably; through the journal if a commit in it needs one."""
+        intent = batch.intent()
         effects = len(intent.records) + len(intent.entries)
-        if effects == 1:
-            # One file changes: its own atomic rename or append suffices.
-            self._apply(intent)
-        elif effects > 1:
-            journal = self.root / JOURNAL
-            self.disk.replace(journal, _fs_journal.pack(intent))
-            self.disk.flush()
+        if effects == 0:
+            return
+        if not (batch.needs_journal and effects > 1):
+            # Every change is atomic alone, and none is acknowledged before all are durable.
             self._apply(intent)
             self.disk.flush()
-            self.disk.unlink(journal)
-            self.disk.flush()
-        return CommitResult(records=tuple(records), entries=tuple(entries), deleted=tuple(deleted))
+            return
+        journal = self.root / JOURNAL
+        self.disk.replace(journal, _fs_journal.pack(intent))
+        self.disk.flush()
+        self._apply(intent)
+        self.disk.flush()
+        self.disk.unlink(journal)
+        self.disk.flush()
 
     def _apply(self, intent: Intent) -> None:
         """Apply an intent; idempotent, so a journal can be rolled forward any number of times."""
+        writes: list[tuple[Path, bytes]] = []
         for change in intent.records:
             path = self.record_path(change.namespace, change.key)
             if change.data is None:
                 self.disk.unlink(path)
             else:
                 self.disk.ensure_dir(path.parent)
-                self.disk.replace(path, change.data)
+                writes.append((path, change.data))
+        self.disk.replace_many(writes)
         by_stream: dict[str, list[EntryChange]] = {}
         for entry in intent.entries:
             by_stream.setdefault(entry.stream, []).append(entry)
@@ -527,15 +424,3 @@ def _record(namespace: str, key: str, head: _fs_records.RecordHead, value: bytes
         updated_at=head.updated_at,
         expires_at=head.expires_at,
     )
-
-
-def _check_version(namespace: str, key: str, expected: int | None, actual: int) -> None:
-    if expected is not None and expected != actual:
-        raise ConflictError(
-            f"{namespace!r}/{key!r} is at version {actual}, not {expected}: "
-            "read it again and retry",
-            namespace=namespace,
-            key=key,
-            expected=expected,
-            actual=actual,
-        )

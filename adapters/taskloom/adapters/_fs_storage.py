@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from taskloom.adapters._fs_batch import Batch
 from taskloom.adapters._fs_core import NeedsRecovery, Store
 from taskloom.adapters._fs_io import unavailable
 from taskloom.contracts import (
@@ -95,7 +96,7 @@ class FileStorage:
         self._state = _NEW
         self._opening: asyncio.Lock | None = None
         self._writer: ThreadPoolExecutor | None = None
-        self._pending: list[tuple[Callable[[], object], asyncio.Future[Any] | None]] = []
+        self._pending: list[tuple[Callable[[Batch], object], asyncio.Future[Any] | None]] = []
         self._drain: asyncio.Task[None] | None = None
 
     @property
@@ -206,24 +207,24 @@ class FileStorage:
             try:
                 return await self._run(None, locked)
             except NeedsRecovery:
-                await self._write(lambda: None)
+                await self._write(_nothing)
         return await self._run(None, locked)
 
-    async def _write(self, fn: Callable[[], T]) -> T:
+    async def _write(self, fn: Callable[[Batch], T]) -> T:
         """Queue a write for the writer thread and wait until it is durable."""
         await self._ensure_open()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._enqueue(fn, future)
         return await future
 
-    def _enqueue(self, fn: Callable[[], object], future: asyncio.Future[Any] | None) -> None:
+    def _enqueue(self, fn: Callable[[Batch], object], future: asyncio.Future[Any] | None) -> None:
         self._pending.append((fn, future))
         if self._drain is None:
             self._drain = asyncio.get_running_loop().create_task(self._drain_queue())
 
     async def _drain_queue(self) -> None:
         """Hand everything queued to the writer thread as one batch, until the queue is empty."""
-        batch: list[tuple[Callable[[], object], asyncio.Future[Any] | None]] = []
+        batch: list[tuple[Callable[[Batch], object], asyncio.Future[Any] | None]] = []
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
@@ -268,8 +269,7 @@ class FileStorage:
     def _purge_later(self, namespace: str, keys: list[str]) -> None:
         """Remove expired records in the background; nobody waits for it."""
         if keys and self._state == _OPEN:
-            store = self._store
-            self._enqueue(lambda: store.purge(namespace, keys), None)
+            self._enqueue(lambda batch: batch.purge(namespace, keys), None)
 
     # --- the StorageAdapter protocol -----------------------------------------------
 
@@ -300,9 +300,8 @@ class FileStorage:
         check_value(value)
         expected = check_if_version(if_version)
         seconds = check_ttl(ttl)
-        store = self._store
         return await self._write(
-            lambda: store.put(namespace, key, value, if_version=expected, ttl=seconds)
+            lambda batch: batch.put(namespace, key, value, if_version=expected, ttl=seconds)
         )
 
     async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
@@ -311,8 +310,7 @@ class FileStorage:
         check_name(namespace, what="namespace")
         check_name(key)
         expected = check_if_version(if_version)
-        store = self._store
-        return await self._write(lambda: store.delete(namespace, key, if_version=expected))
+        return await self._write(lambda batch: batch.delete(namespace, key, if_version=expected))
 
     async def scan(
         self,
@@ -342,8 +340,7 @@ class FileStorage:
         self._check_usable()
         check_name(stream, what="stream")
         check_value(payload, what="payload")
-        store = self._store
-        return await self._write(lambda: store.append(stream, payload))
+        return await self._write(lambda batch: batch.append(stream, payload))
 
     async def read(
         self, stream: str, *, after: int = 0, limit: int | None = None
@@ -366,8 +363,11 @@ class FileStorage:
         if not batch:
             await self._ensure_open()
             return CommitResult()
-        store = self._store
-        return await self._write(lambda: store.commit(batch))
+        return await self._write(lambda plan: plan.commit(batch))
+
+
+def _nothing(batch: Batch) -> None:
+    """A write that changes nothing: running it makes the writer roll a journal forward."""
 
 
 def _check_op(op: object) -> None:
