@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
@@ -16,6 +17,8 @@ from taskloom.adapters._fs_journal import EntryChange, Intent, RecordChange
 from taskloom.adapters.filesystem import FileStorage
 from taskloom.contracts import (
     Append,
+    Check,
+    ConflictError,
     Put,
     StorageCorrupted,
     StorageUnavailable,
@@ -316,6 +319,61 @@ async def test_a_reader_rolls_a_crashed_writers_journal_forward(tmp_path: Path) 
 def test_journal_round_trips() -> None:
     """Packing then unpacking a journal gives back the same intent."""
     assert _fs_journal.unpack(_fs_journal.pack(_intent())) == _intent()
+
+
+# --- group commit ---------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_in_one_batch_see_each_other(tmp_path: Path) -> None:
+    """Writes queued together are planned in order: versions count up, one creator wins."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        records = await asyncio.gather(*(storage.put("ns", "k", b"%d" % n) for n in range(30)))
+        assert sorted(r.version for r in records) == list(range(1, 31))
+        assert (await storage.get("ns", "k")).version == 30  # type: ignore[union-attr]
+        outcomes = await asyncio.gather(
+            *(storage.put("ns", "new", b"%d" % n, if_version=0) for n in range(10)),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(o, BaseException) for o in outcomes) == 1
+        assert all(isinstance(o, ConflictError) for o in outcomes if isinstance(o, BaseException))
+        entries = await asyncio.gather(*(storage.append("s", b"e") for _ in range(25)))
+        assert sorted(e.seq for e in entries) == list(range(1, 26))
+
+
+async def test_a_failing_commit_in_a_batch_leaves_its_neighbours_alone(tmp_path: Path) -> None:
+    """A conflicting commit queued between other writes changes nothing; the others apply."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        before = asyncio.gather(storage.put("ns", "a", b"1"), storage.append("s", b"x"))
+        bad = storage.commit(
+            [
+                Put(namespace="ns", key="b", value=b"never"),
+                Append(stream="s", payload=b"never"),
+                Check(namespace="ns", key="a", version=7),
+            ]
+        )
+        after = asyncio.gather(storage.put("ns", "c", b"3"), storage.append("s", b"y"))
+        results = await asyncio.gather(before, bad, after, return_exceptions=True)
+        assert isinstance(results[1], ConflictError)
+        assert await storage.get("ns", "b") is None
+        assert [e.payload for e in await storage.read("s")] == [b"x", b"y"]
+        assert [r.key for r in await storage.scan("ns")] == ["a", "c"]
+
+
+async def test_a_disk_failure_fails_the_whole_batch(
+    tmp_path: Path, failing: Callable[[str, int, Path], None]
+) -> None:
+    """When applying a batch fails, every write in it reports StorageUnavailable."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        await storage.put("ns", "k", b"old")
+        failing("write", errno.ENOSPC, tmp_path)
+        outcomes = await asyncio.gather(
+            *(storage.put("ns", f"k{n}", b"v") for n in range(5)),
+            storage.put("ns", "k", b"new"),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, StorageUnavailable) for o in outcomes)
+        assert (await storage.get("ns", "k")).value == b"old"  # type: ignore[union-attr]
+        assert [r.key for r in await storage.scan("ns")] == ["k"]
 
 
 # --- faults -------------------------------------------------------------------------------
