@@ -2,11 +2,12 @@
 
 Blocking file I/O never runs on the event loop. Writes go to one dedicated
 writer thread through a queue: whatever queued up while the previous batch ran
-is applied as the next batch under one exclusive lock, with one fsync per
-changed directory for the whole batch, so many concurrent writers do not each
-pay the directory fsync. Reads run in the default thread pool in parallel,
-each under the shared lock. ``OSError`` becomes ``StorageUnavailable`` in one
-place (``_fs_io.unavailable``), when a thread's outcome reaches the loop.
+becomes the next batch, planned in order (``_fs_batch``) and applied under one
+exclusive lock with parallel file fsyncs and one fsync per changed directory,
+so many concurrent writers share the cost of making their writes durable.
+Reads run in the default thread pool in parallel, each under the shared lock.
+``OSError`` becomes ``StorageUnavailable`` in one place (``_fs_io.unavailable``),
+when a thread's outcome reaches the loop.
 """
 
 from __future__ import annotations
@@ -65,7 +66,15 @@ class FileStorage:
     ``fsync=False`` trades durability against power loss for speed (tests);
     a write that returned survives a killed process either way.
     Keys, namespaces and stream names may be any text up to 1024 UTF-8 bytes.
-    A write whose caller is cancelled may still be applied.
+
+    Undefined outcomes, stated: a write whose caller is cancelled may still be
+    applied. A write that raises ``StorageUnavailable`` (disk full, read-only,
+    I/O error) may or may not have been applied: a full disk usually fails
+    while temporary files are written, before anything changed, but a failure
+    partway through a batch, or after its journal was written (the next write
+    or open completes a journaled batch), leaves some or all of it applied.
+    Treat it like a timeout: read back before retrying a non-idempotent write.
+    A commit is still all or nothing, and earlier data is never damaged.
     """
 
     durable = True
