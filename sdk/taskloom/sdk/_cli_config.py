@@ -17,6 +17,7 @@ Configuration reference (every key optional)::
 
     [engine]
     max_concurrency = 64
+    lease_ttl_s = 30           # a crashed run can be resumed elsewhere after this
 
     [executors.default]        # one table per executor id
     type = "scripted"          # "scripted", "openai", "anthropic"
@@ -68,6 +69,7 @@ class CliConfig:
     storage_kind: str
     storage_path: Path
     max_concurrency: int
+    lease_ttl_s: float
     executors: dict[str, dict[str, Any]]
     plugin_dirs: tuple[Path, ...]
     trust_path: Path
@@ -82,7 +84,7 @@ class CliConfig:
         return {
             "source": str(self.source) if self.source else None,
             "storage": {"kind": self.storage_kind, "path": str(self.storage_path)},
-            "engine": {"max_concurrency": self.max_concurrency},
+            "engine": {"max_concurrency": self.max_concurrency, "lease_ttl_s": self.lease_ttl_s},
             "executors": self.executors,
             "plugins": {
                 "dirs": [str(p) for p in self.plugin_dirs],
@@ -158,6 +160,13 @@ def load_config(explicit: str | None = None) -> CliConfig:
         or max_concurrency < 1
     ):
         raise UsageError(f"{source}: engine.max_concurrency must be a positive integer")
+    lease_ttl_s = engine.get("lease_ttl_s", 30.0)
+    if (
+        isinstance(lease_ttl_s, bool)
+        or not isinstance(lease_ttl_s, int | float)
+        or lease_ttl_s <= 0
+    ):
+        raise UsageError(f"{source}: engine.lease_ttl_s must be a positive number of seconds")
     executors = _table(data, "executors", source)
     for executor_id, settings in executors.items():
         if not isinstance(settings, dict) or "type" not in settings:
@@ -177,6 +186,7 @@ def load_config(explicit: str | None = None) -> CliConfig:
         storage_kind=kind,
         storage_path=path_of(storage.get("path"), default_store),
         max_concurrency=max_concurrency,
+        lease_ttl_s=float(lease_ttl_s),
         executors={str(k): dict(v) for k, v in executors.items()},
         plugin_dirs=tuple(path_of(d, base) for d in dirs),
         trust_path=path_of(plugins.get("trust"), config_dir / "trust.json"),

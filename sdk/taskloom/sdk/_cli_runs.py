@@ -14,6 +14,7 @@ from typing import Any
 from taskloom.contracts import (
     Event,
     RunCancelledEvent,
+    RunHeld,
     Secret,
     SecretStore,
     UsageError,
@@ -23,7 +24,6 @@ from taskloom.sdk._cli_context import CliContext
 from taskloom.sdk._cli_progress import Progress
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-CANCEL_NAMESPACE = "run_cancel_requests"
 
 
 class LazySecrets:
@@ -125,6 +125,7 @@ async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
         secrets=secrets,
         plugin_steps=host.steps,
         max_concurrency=ctx.config.max_concurrency,
+        lease_ttl_s=ctx.config.lease_ttl_s,
     )
     await engine.open()
     return engine, host
@@ -188,11 +189,32 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
         except (KeyboardInterrupt, asyncio.CancelledError):
             handle.cancel()
             raise
+        except RunHeld:
+            return await _lost(ctx, handle.run_id)
         await _audit(ctx, "run.finish", result.run_id, status=result.status)
         return _print_result(ctx, result)
     finally:
         await engine.aclose()
         await host.aclose()
+
+
+async def _was_cancelled(ctx: CliContext, run_id: str) -> bool:
+    store = await _runstore(ctx)
+    try:
+        return bool((await store.load_run(run_id)).status == "cancelled")
+    finally:
+        await store.aclose()
+
+
+async def _lost(ctx: CliContext, run_id: str) -> int:
+    """The run's lease was taken away: by ``taskloom cancel``, or by another process."""
+    if await _was_cancelled(ctx, run_id):
+        ctx.out.data(
+            {"run_id": run_id, "status": "cancelled"},
+            lambda: ctx.out.note(f"run {run_id}: cancelled (by 'taskloom cancel')"),
+        )
+        return 1
+    raise RunHeld(f"run {run_id}: another process took the run over; this one stopped")
 
 
 async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -201,7 +223,12 @@ async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         handle = engine.start_resume(args.run_id, pipeline)
         await _audit(ctx, "run.resume", args.run_id)
-        result = await _drive(ctx, handle, title=f"resume {args.run_id[:12]}")
+        try:
+            result = await _drive(ctx, handle, title=f"resume {args.run_id[:12]}")
+        except RunHeld:
+            if handle.run_id != args.run_id or not await _was_cancelled(ctx, args.run_id):
+                raise
+            return await _lost(ctx, args.run_id)
         await _audit(ctx, "run.finish", result.run_id, status=result.status)
         return _print_result(ctx, result)
     finally:
@@ -371,29 +398,34 @@ async def cancel(args: argparse.Namespace, ctx: CliContext) -> int:
             return 1
         lease = await store.lease(args.run_id)
         now = time.time()
-        if lease is not None and lease.expires_at > now:
-            storage = await ctx.storage()
-            await storage.put(CANCEL_NAMESPACE, args.run_id, b"1", ttl=3600)
-            ctx.out.data(
-                {"run_id": record.run_id, "status": record.status, "cancel_requested": True},
-                lambda: ctx.out.note(
-                    f"run {record.run_id} is running in another process ({lease.holder}); "
-                    "cancel requested: it stops at its next lease renewal"
-                ),
-            )
-        else:
-            import attrs
+        live = lease is not None and lease.expires_at > now
+        if live:
+            # Take the lease away: the process running the run finds it gone at its next
+            # renewal (every third of the lease TTL) and stops there.
+            from taskloom.sdk._runrecords import NS_LEASES
 
-            await store.update_run(attrs.evolve(record, status="cancelled", finished_at=now))
-            store.record_event(RunCancelledEvent(run_id=record.run_id, at=now))
-            await store.flush()
-            ctx.out.data(
-                {"run_id": record.run_id, "status": "cancelled", "cancelled": True},
-                lambda: ctx.out.note(
-                    f"run {record.run_id} marked cancelled (no live process held it); "
-                    "'taskloom resume' can still continue it"
-                ),
-            )
+            storage = await ctx.storage()
+            stored = await storage.get(NS_LEASES, args.run_id)
+            if stored is not None:
+                await storage.delete(NS_LEASES, args.run_id, if_version=stored.version)
+        import attrs
+
+        await store.update_run(attrs.evolve(record, status="cancelled", finished_at=now))
+        store.record_event(RunCancelledEvent(run_id=record.run_id, at=now))
+        await store.flush()
+        holder = lease.holder if (live and lease is not None) else None
+        ctx.out.data(
+            {"run_id": record.run_id, "status": "cancelled", "was_running_in": holder},
+            lambda: ctx.out.note(
+                f"run {record.run_id} cancelled"
+                + (
+                    f"; {holder} stops at its next lease renewal"
+                    if holder
+                    else " (no live process held it)"
+                )
+                + "; 'taskloom resume' can continue it"
+            ),
+        )
         await _audit(ctx, "run.cancel", record.run_id)
     finally:
         await store.aclose()
