@@ -1133,6 +1133,42 @@ async def test_one_pool_for_all_calls() -> None:
     assert [r.text for r in results] == [f"q{i}" for i in range(50)]
 
 
+async def test_sharded_pool_sends_each_request_to_the_least_busy_shard() -> None:
+    """Open responses count against their shard until closed; new requests go to the idlest."""
+    hits: list[int] = []
+
+    def shard(number: int) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            hits.append(number)
+            return httpx.Response(200, stream=Body([b"{}"]))
+
+        return httpx.MockTransport(handler)
+
+    pool = common.ShardedTransport([shard(0), shard(1), shard(2)])
+    async with httpx.AsyncClient(transport=pool) as client:
+        first = await client.send(client.build_request("GET", "http://x/"), stream=True)
+        second = await client.send(client.build_request("GET", "http://x/"), stream=True)
+        assert pool.busy == (1, 1, 0)
+        await first.aclose()
+        await first.aclose()
+        assert pool.busy == (0, 1, 0)
+        await client.get("http://x/")
+        await client.get("http://x/")
+        await second.aclose()
+        assert pool.busy == (0, 0, 0)
+    assert hits == [0, 1, 0, 0]
+
+
+def test_pool_shapes() -> None:
+    """Up to 16 connections is one httpcore pool; 100 are 7 shards of at most 15."""
+    small = common.pooled_transport(16)
+    assert isinstance(small, httpx.AsyncHTTPTransport)
+    big = common.pooled_transport(100)
+    assert isinstance(big, common.ShardedTransport) and len(big.busy) == 7
+    with pytest.raises(UsageError):
+        common.ShardedTransport([])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -33,7 +33,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal, NoReturn
 
@@ -551,6 +551,85 @@ async def iter_sse(
 # --- the executor base ----------------------------------------------------------------------
 
 
+class _Counted(httpx.AsyncByteStream):
+    """A response body that tells its shard when it is closed."""
+
+    __slots__ = ("_inner", "_release")
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._inner:
+            yield part
+
+    async def aclose(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+        await self._inner.aclose()
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """One connection pool made of several httpcore pools; each request goes to the least busy.
+
+    Why: httpcore 1.0's pool re-scans all its connections for every idle one on
+    each request event, which is quadratic in the pool size. With 100
+    connections that scan dominates (1,000 calls at concurrency 100 took 10 s
+    instead of 0.5 s). Shards of at most ``SHARD_SIZE`` connections keep each
+    scan small, while the executor still holds one client and one pool of
+    ``max_connections`` reused connections.
+    """
+
+    SHARD_SIZE: ClassVar[int] = 16
+
+    def __init__(self, shards: list[httpx.AsyncBaseTransport]) -> None:
+        if not shards:
+            raise UsageError("ShardedTransport needs at least one shard")
+        self._shards = shards
+        self._busy = [0] * len(shards)
+
+    @property
+    def busy(self) -> tuple[int, ...]:
+        """Responses open on each shard (for tests and diagnostics)."""
+        return tuple(self._busy)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[index] += 1
+        try:
+            response = await self._shards[index].handle_async_request(request)
+        except BaseException:
+            self._busy[index] -= 1
+            raise
+
+        def release() -> None:
+            self._busy[index] -= 1
+
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Counted(response.stream, release)
+        return response
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+
+
+def pooled_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+    """``max_connections`` pooled keep-alive connections, sharded when there are many."""
+    count = -(-max_connections // ShardedTransport.SHARD_SIZE)
+    per_shard = -(-max_connections // count)
+
+    def shard() -> httpx.AsyncHTTPTransport:
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+        return httpx.AsyncHTTPTransport(limits=limits)
+
+    if count == 1:
+        return shard()
+    return ShardedTransport([shard() for _ in range(count)])
+
+
 class StreamState:
     """What a protocol's event handler learned so far about a streamed reply."""
 
@@ -686,11 +765,7 @@ class HTTPExecutor(abc.ABC):
                     connect=self._connect_timeout_s,
                     pool=self._total_timeout_s,
                 ),
-                limits=httpx.Limits(
-                    max_connections=self._max_connections,
-                    max_keepalive_connections=self._max_connections,
-                ),
-                transport=self._transport,
+                transport=self._transport or pooled_transport(self._max_connections),
                 follow_redirects=False,
                 trust_env=self._transport is None,
             )

@@ -1,0 +1,355 @@
+"""HTTP executors: what the adapter costs over raw httpx, and how it holds up under fan-out.
+
+Rows (``run(quick)`` returns them; ``python -m benchmarks.bench_executors [--quick]``
+prints them and writes ``benchmarks/results/bench_executors.json``):
+
+- ``openai complete overhead`` / ``anthropic complete overhead``: time per
+  sequential ``complete()`` against a raw ``httpx.AsyncClient.post`` + ``json()``
+  of the same body to the same server in the same run (target <= 1.1x). The
+  executor does more than the raw call (a size cap, typed checks of every field,
+  a total timeout, a result object), so this is the price of that work.
+- ``1000 calls, concurrency 100, 50 ms server``: wall time of 1,000 ``complete()``
+  calls, 100 at a time, against a server that answers after 50 ms, beside the
+  ideal 0.5 s (10 waves of 50 ms); the raw httpx wall time is printed beside it.
+
+The server is a tiny asyncio HTTP/1.1 server (keep-alive, fixed JSON replies)
+started in a child process of this module (``--serve``), so that its work
+does not share the event loop being measured. Medians over repeats after a
+warm-up; the spread is (max - min) / median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from taskloom.adapters.anthropic import AnthropicExecutor
+from taskloom.adapters.openai import OpenAIExecutor
+from taskloom.contracts import CompletionRequest, Message, Secret
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_executors.json"
+
+OPENAI_REPLY = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "bench-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "A short fixed answer. " * 4},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 16, "total_tokens": 28},
+    }
+).encode()
+ANTHROPIC_REPLY = json.dumps(
+    {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "bench-model",
+        "content": [{"type": "text", "text": "A short fixed answer. " * 4}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 16},
+    }
+).encode()
+
+
+# --- the server (child process) ----------------------------------------------------------
+
+
+async def _serve(delay_s: float) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                path = head.split(b" ", 2)[1]
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                if length:
+                    await reader.readexactly(length)
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                body = ANTHROPIC_REPLY if path.endswith(b"/messages") else OPENAI_REPLY
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+    port = server.sockets[0].getsockname()[1]
+    print(port, flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+class Server:
+    """The benchmark server in a child process; ``url`` once started."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_executors", "--serve", str(delay_s)],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert self.process.stdout is not None
+        port = int(self.process.stdout.readline())
+        self.url = f"http://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+REQUEST = CompletionRequest(
+    messages=[
+        Message(role="system", content="You answer briefly."),
+        Message(role="user", content="What is a durable pipeline? Answer in one line."),
+    ],
+    model="bench-model",
+    temperature=0.0,
+    max_tokens=64,
+)
+OPENAI_BODY = {
+    "model": "bench-model",
+    "messages": [{"role": m.role, "content": m.content} for m in REQUEST.messages],
+    "temperature": 0.0,
+    "max_tokens": 64,
+}
+ANTHROPIC_BODY = {
+    "model": "bench-model",
+    "max_tokens": 64,
+    "system": "You answer briefly.",
+    "messages": [{"role": "user", "content": REQUEST.messages[1].content}],
+    "temperature": 0.0,
+}
+
+
+def _median_spread(samples: list[float]) -> tuple[float, float]:
+    median = statistics.median(samples)
+    spread = (max(samples) - min(samples)) / median if median else 0.0
+    return median, spread
+
+
+def _row(
+    name: str,
+    value: float,
+    unit: str,
+    baseline: float,
+    baseline_unit: str,
+    target: str,
+    holds: bool | None,
+    spread: float,
+) -> dict[str, Any]:
+    return {
+        "group": "executors",
+        "name": name,
+        "value": round(value, 3),
+        "unit": unit,
+        "baseline": round(baseline, 3),
+        "baseline_unit": baseline_unit,
+        "ratio": round(value / baseline, 3),
+        "target": target,
+        "holds": holds,
+        "spread": round(spread, 3),
+    }
+
+
+def _executor(protocol: str, url: str) -> OpenAIExecutor | AnthropicExecutor:
+    if protocol == "openai":
+        return OpenAIExecutor(base_url=f"{url}/v1", api_key=Secret("sk-bench"))
+    return AnthropicExecutor(base_url=url, api_key=Secret("ak-bench"))
+
+
+def _raw_client(protocol: str, url: str) -> tuple[httpx.AsyncClient, str, dict[str, Any]]:
+    if protocol == "openai":
+        headers = {"authorization": "Bearer sk-bench"}
+        return httpx.AsyncClient(headers=headers), f"{url}/v1/chat/completions", OPENAI_BODY
+    headers = {"x-api-key": "ak-bench", "anthropic-version": "2023-06-01"}
+    return httpx.AsyncClient(headers=headers), f"{url}/v1/messages", ANTHROPIC_BODY
+
+
+async def _overhead(protocol: str, url: str, calls: int, repeats: int) -> dict[str, Any]:
+    """Microseconds per sequential call: executor beside raw httpx, interleaved."""
+    executor = _executor(protocol, url)
+    client, endpoint, body = _raw_client(protocol, url)
+    text_key = "choices" if protocol == "openai" else "content"
+
+    async def raw_batch() -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            response = await client.post(endpoint, json=body)
+            data = response.json()
+            assert data[text_key]
+        return (time.perf_counter() - start) / calls * 1e6
+
+    async def executor_batch() -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            result = await executor.complete(REQUEST)
+            assert result.text
+        return (time.perf_counter() - start) / calls * 1e6
+
+    try:
+        await raw_batch()  # warm-up: connections, code paths
+        await executor_batch()
+        raw_us: list[float] = []
+        executor_us: list[float] = []
+        for rep in range(repeats):
+            # alternate the order so neither side always runs second
+            if rep % 2:
+                executor_us.append(await executor_batch())
+                raw_us.append(await raw_batch())
+            else:
+                raw_us.append(await raw_batch())
+                executor_us.append(await executor_batch())
+    finally:
+        await client.aclose()
+        await executor.aclose()
+    value, spread = _median_spread(executor_us)
+    raw, _ = _median_spread(raw_us)
+    return _row(
+        f"{protocol} complete overhead",
+        value,
+        "us/call",
+        raw,
+        "us/call raw httpx",
+        "<= 1.1x raw httpx",
+        value / raw <= 1.1,
+        spread,
+    )
+
+
+async def _fan_out(url: str, calls: int, concurrency: int, repeats: int) -> dict[str, Any]:
+    """Wall time of ``calls`` executor calls, ``concurrency`` at a time, beside the ideal."""
+    ideal = calls / concurrency * 0.05
+
+    async def executor_wave(executor: OpenAIExecutor) -> float:
+        remaining = iter(range(calls))
+
+        async def worker() -> None:
+            for _ in remaining:
+                await executor.complete(REQUEST)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start
+
+    async def raw_wave(client: httpx.AsyncClient, endpoint: str) -> float:
+        remaining = iter(range(calls))
+
+        async def worker() -> None:
+            for _ in remaining:
+                (await client.post(endpoint, json=OPENAI_BODY)).json()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start
+
+    executor = OpenAIExecutor(
+        base_url=f"{url}/v1", api_key=Secret("sk-bench"), max_connections=concurrency
+    )
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    client = httpx.AsyncClient(limits=limits, headers={"authorization": "Bearer sk-bench"})
+    endpoint = f"{url}/v1/chat/completions"
+    try:
+        await executor_wave(executor)  # warm-up: opens the pool's connections
+        await raw_wave(client, endpoint)
+        walls: list[float] = []
+        raw_walls: list[float] = []
+        for _ in range(repeats):
+            walls.append(await executor_wave(executor))
+            raw_walls.append(await raw_wave(client, endpoint))
+    finally:
+        await client.aclose()
+        await executor.aclose()
+    wall, spread = _median_spread(walls)
+    raw_wall, _ = _median_spread(raw_walls)
+    print(f"  (fan-out: raw httpx wall {raw_wall:.3f} s for the same {calls} calls)")
+    return _row(
+        f"{calls} calls, concurrency {concurrency}, 50 ms server",
+        wall,
+        "s wall",
+        ideal,
+        "s ideal",
+        "<= 1.5x ideal",
+        wall / ideal <= 1.5,
+        spread,
+    )
+
+
+async def _bench(quick: bool) -> list[dict[str, Any]]:
+    calls = 300 if quick else 1000
+    repeats = 5 if quick else 9
+    rows: list[dict[str, Any]] = []
+    fast = Server(0.0)
+    try:
+        for protocol in ("openai", "anthropic"):
+            rows.append(await _overhead(protocol, fast.url, calls, repeats))
+    finally:
+        fast.close()
+    slow = Server(0.05)
+    try:
+        rows.append(await _fan_out(slow.url, 1000, 100, 3 if quick else 5))
+    finally:
+        slow.close()
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Measure every figure; each row carries its baseline from this same run."""
+    return asyncio.run(_bench(quick))
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    header = f"{'name':44} {'value':>10} {'unit':9} {'baseline':>10} {'unit':18} {'ratio':>7}"
+    print(header + f"  {'target':18} holds  spread")
+    for r in rows:
+        holds = "-" if r["holds"] is None else ("yes" if r["holds"] else "NO")
+        print(
+            f"{r['name']:44} {r['value']:>10.3f} {r['unit']:9} {r['baseline']:>10.3f} "
+            f"{r['baseline_unit']:18} {r['ratio']:>7.3f}  {r['target']:18} {holds:5}  "
+            f"{r['spread']:.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, under a minute")
+    parser.add_argument("--serve", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve is not None:
+        asyncio.run(_serve(args.serve))
+        return 0
+    rows = run(args.quick)
+    _print(rows)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
