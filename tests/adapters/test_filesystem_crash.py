@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from taskloom.adapters.filesystem import FileStorage
 
 WORKER = Path(__file__).with_name("fs_crash_worker.py")
 TASKS = 4
+TOKEN = re.compile(r"\d{4}-\d{8}")
+COMMIT_PAYLOAD = re.compile(r"\d:\d{4}-\d{8}")
 
 
 class _Zygote:
@@ -97,6 +100,9 @@ async def _check(root: Path, expected: _Expected) -> None:
                 f"stream {stream} has gaps: {[e.seq for e in entries]}"
             )
             contents[stream] = [e.payload.decode() for e in entries]
+            shape = COMMIT_PAYLOAD if stream == "cs" else TOKEN
+            torn = [p for p in contents[stream] if not shape.fullmatch(p)]
+            assert not torn, f"stream {stream} returned entries no writer wrote: {torn[:3]}"
             for seq, payload in expected.entries.get(stream, {}).items():
                 assert seq <= len(entries), f"acknowledged entry {stream}#{seq} is lost"
                 assert contents[stream][seq - 1] == payload, f"{stream}#{seq} changed"
