@@ -216,7 +216,7 @@ class ExecutorConformance:
 
         async def body(executor: LLMExecutor) -> None:
             request = self.make_request("a message long enough to be streamed in several chunks")
-            whole = await executor.complete(request)
+            whole = _check_result(await executor.complete(request), "complete")
             chunks = _check_chunks(await _collect(executor, request), "stream")
             assert "".join(c.delta for c in chunks) == whole.text
 

@@ -1295,6 +1295,24 @@ class StorageConformance:
 
         self._run_twice(tmp_path, first, second)
 
+    def test_st11_the_last_write_before_closing_survives(self, tmp_path: Path) -> None:
+        """A put, delete or append made just before closing is not lost in a buffer."""
+        written: list[Record] = []
+
+        async def first(s: StorageAdapter) -> None:
+            await s.put("ns", "deleted", b"x")
+            await s.append("s", b"first")
+            await s.delete("ns", "deleted")
+            await s.append("s", b"last")
+            written.append(await s.put("ns", "last", b"final"))
+
+        async def second(s: StorageAdapter) -> None:
+            assert await s.get("ns", "last") == written[0]
+            assert await s.get("ns", "deleted") is None
+            assert [e.payload for e in await s.read("s")] == [b"first", b"last"]
+
+        self._run_twice(tmp_path, first, second)
+
     def test_st11_streams_survive_reopening(self, tmp_path: Path) -> None:
         """Stream entries survive reopening and numbering continues where it stopped."""
         written: list[StreamEntry] = []

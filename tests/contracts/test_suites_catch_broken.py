@@ -1,0 +1,89 @@
+"""The conformance suites can fail: each deliberately broken adapter is caught, by a
+test named after the invariant it breaks, while the working adapters pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from broken_adapters import (
+    BROKEN_EXECUTORS,
+    BROKEN_SECRETS,
+    BROKEN_STORAGE,
+    WrappedSecrets,
+    WrappedStorage,
+    codes_of,
+    executor_suite,
+    run_tests,
+    secrets_suite,
+    storage_suite,
+)
+
+from taskloom.adapters.scripted import ScriptedExecutor
+
+
+def _failures(outcomes: Mapping[str, BaseException | None]) -> dict[str, BaseException]:
+    return {name: exc for name, exc in outcomes.items() if exc is not None}
+
+
+def _assert_caught(outcomes: Mapping[str, BaseException | None], code: str, what: str) -> None:
+    failed = _failures(outcomes)
+    assert failed, f"every test passed against the broken adapter ({what})"
+    naming = [name for name in failed if code in codes_of(name)]
+    assert naming, f"{what} was caught only by {sorted(failed)}, none of which names {code.upper()}"
+    examples = [name for name in naming if not name.endswith("_against_model")]
+    assert examples, f"only the state machine caught {what}; no {code} example test did"
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_STORAGE))
+def test_storage_suite_catches(name: str, tmp_path: Path) -> None:
+    """StorageConformance fails on each broken storage adapter, in a test naming its invariant."""
+    wrapper, code = BROKEN_STORAGE[name]
+    _assert_caught(run_tests(storage_suite(wrapper), tmp_path), code, name)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_SECRETS))
+def test_secrets_suite_catches(name: str, tmp_path: Path) -> None:
+    """SecretStoreConformance fails on each broken store, in a test naming its invariant."""
+    wrapper, code = BROKEN_SECRETS[name]
+    _assert_caught(run_tests(secrets_suite(wrapper), tmp_path), code, name)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_EXECUTORS))
+def test_executor_suite_catches(name: str, tmp_path: Path) -> None:
+    """ExecutorConformance fails on each broken executor, in a test naming its invariant."""
+    cls, code = BROKEN_EXECUTORS[name]
+    _assert_caught(run_tests(executor_suite(cls), tmp_path), code, name)
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("scan out of order", "st6"),
+        ("missed CAS check", "st3"),
+        ("partly applied commit", "st9"),
+        ("namespace leak", "st7"),
+        ("stream with a gap", "st8"),
+        ("lost write after reopen", "st11"),
+    ],
+)
+def test_storage_state_machine_catches(name: str, code: str, tmp_path: Path) -> None:
+    """The model-based state machine on its own also finds these bugs."""
+    wrapper, _ = BROKEN_STORAGE[name]
+    suite = storage_suite(wrapper)
+    machine = next(n for n in dir(suite) if n.endswith("_against_model"))
+    assert code in codes_of(machine)
+    with pytest.raises(AssertionError):
+        getattr(suite, machine)(tmp_path)
+
+
+def test_the_harness_passes_working_adapters(tmp_path: Path) -> None:
+    """The same harness, wrappers and factories with no bug pass every suite test."""
+    outcomes = {
+        **run_tests(storage_suite(WrappedStorage), tmp_path / "storage"),
+        **run_tests(secrets_suite(WrappedSecrets), tmp_path / "secrets"),
+        **run_tests(executor_suite(ScriptedExecutor), tmp_path / "executor"),
+    }
+    assert len(outcomes) > 60
+    assert not _failures(outcomes), {n: repr(e)[:300] for n, e in _failures(outcomes).items()}
