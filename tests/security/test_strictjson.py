@@ -62,7 +62,9 @@ def test_json_like_text_never_raises_anything_but_security_errors(text: str) -> 
         (b"[-Infinity]", "Infinity"),
         (b"[-0]", "canonical"),
         (b"[9007199254740992]", "2**53"),
-        (b"[" + b"9" * 5000 + b"]", "canonical"),
+        (b"[" + b"9" * 5000 + b"]", "2**53"),
+        (b"[-0 ]", "canonical"),
+        (b'{"a":-0}', "canonical"),
         (b'\xef\xbb\xbf{"a":1}', "byte order mark"),
         (b'{"a":1}\x00', "JSON"),
         (b'{"a":1}{"b":2}', "JSON"),
@@ -77,6 +79,12 @@ def test_each_trick_is_refused_with_a_clear_message(data: bytes, fragment: str) 
         loads_strict(data, max_bytes=1 << 20, what="test doc")
     assert fragment in str(info.value)
     assert "test doc" in str(info.value)
+    assert "set_int_max_str_digits" not in str(info.value)
+
+
+def test_negative_zero_inside_strings_is_just_text() -> None:
+    """'-0' in a string is not a number; only the number -0 is refused."""
+    assert loads_strict(b'{"v":"-0","w":-1}', max_bytes=100) == {"v": "-0", "w": -1}
 
 
 def test_nesting_at_the_limit_is_accepted() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,26 +29,42 @@ MAX_PATH_BYTES = 1024
 """Longest relative path a manifest may list, in UTF-8 bytes."""
 
 
+_SEGMENT = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f]+"
+_SAFE_PATH = re.compile(rf"(?:{_SEGMENT}/)*{_SEGMENT}")
+
+
 def check_relative_path(path: str) -> None:
-    """Refuse a listed path that could address anything outside the plugin directory."""
+    """Refuse a listed path that could address anything outside the plugin directory.
+
+    Accepted: one or more '/'-separated segments, none empty, '.' or '..', with
+    no backslash or control character, valid Unicode, at most MAX_PATH_BYTES.
+    """
     reason = None
-    if not path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        reason = f"must be 1 to {MAX_PATH_BYTES} bytes"
-    elif path.startswith("/") or "\\" in path:
-        reason = "must be relative and use '/' as separator"
-    elif any(ord(ch) < 0x20 or ch == "\x7f" for ch in path):
-        reason = "contains a control character"
-    elif any(part in ("", ".", "..") for part in path.split("/")):
-        reason = "has an empty, '.' or '..' segment"
+    if not _SAFE_PATH.fullmatch(path):
+        reason = "must be relative, '/'-separated, with no empty, '.' or '..' segment"
+        if path.startswith("/") or "\\" in path:
+            reason = "must be relative and use '/' as separator"
+        elif any(ord(ch) < 0x20 or ch == "\x7f" for ch in path):
+            reason = "contains a control character"
+    elif path.isascii():
+        if len(path) > MAX_PATH_BYTES:
+            reason = f"is longer than {MAX_PATH_BYTES} bytes"
     else:
         try:
-            path.encode("utf-8")
+            size = len(path.encode("utf-8"))
         except UnicodeEncodeError:
             reason = "is not valid Unicode"
+        else:
+            if size > MAX_PATH_BYTES:
+                reason = f"is longer than {MAX_PATH_BYTES} bytes"
     if reason is not None:
         raise UnsafeFile(
             f"path {path[:80]!r} {reason}: the manifest may only list files inside the plugin"
         )
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 class PluginTree:
@@ -90,7 +107,8 @@ class PluginTree:
 
     def _walk(self, prefix: str, fd: int) -> None:
         with os.scandir(fd) as entries:
-            listing = sorted(entries, key=lambda e: e.name)
+            listing = list(entries)
+        listing.sort(key=_name)
         if not listing and prefix:
             self.empty_dirs.append(prefix.rstrip("/"))
         for entry in listing:
@@ -121,11 +139,15 @@ class PluginTree:
         """Relative paths of every directory below the root."""
         return (d for d in self._dirs if d)
 
-    def read(self, path: str, *, limit: int) -> bytes:
-        """Read ``path`` once, refusing anything but a regular file; at most ``limit`` + 1 bytes.
+    def read_exact(self, path: str, size: int | None) -> bytes | None:
+        """Read ``path`` once if it is a regular file of exactly ``size`` bytes, else None.
 
-        Returning ``limit + 1`` bytes tells the caller the file is longer than
-        expected without reading all of it.
+        ``size=None`` reads the file at whatever size it has when opened.
+
+        The size is taken from the open descriptor, then exactly that many bytes
+        are read: the bytes returned are the bytes the caller hashes, so a file
+        that grows or shrinks meanwhile either reads short (None) or is checked
+        on what was read.
         """
         parent, _, name = path.rpartition("/")
         dir_fd = self._dirs.get(parent)
@@ -139,17 +161,25 @@ class PluginTree:
                 "or replaced by a symlink; reinstall the plugin"
             ) from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise UnsafeFile(f"{path!r} in {self.root} is not a regular file")
-            chunks = []
-            remaining = limit + 1
-            while remaining > 0:
-                chunk = os.read(fd, remaining)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                remaining -= len(chunk)
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if size is None:
+                size = info.st_size
+            elif info.st_size != size:
+                return None
+            data = os.read(fd, size) if size else b""
+            if len(data) < size:
+                chunks = [data]
+                remaining = size - len(data)
+                while remaining > 0:
+                    chunk = os.read(fd, remaining)
+                    if not chunk:
+                        return None
+                    chunks.append(chunk)
+                    remaining -= len(chunk)
+                data = b"".join(chunks)
+            return data
         finally:
             os.close(fd)
 

@@ -6,7 +6,11 @@ name two keys and a trust store cannot list one key twice under two ids.
 Files:
 
 * private keys are PKCS#8 PEM encrypted with a passphrase (``cryptography``'s
-  ``BestAvailableEncryption``), written atomically with mode 0600;
+  ``BestAvailableEncryption``), written atomically with mode 0600, preceded by
+  one line ``taskloom-key-id: <hex key id>`` (PEM readers, OpenSSL included,
+  skip text before the ``-----BEGIN`` line). PKCS#8 encryption is AES-CBC
+  without a MAC: a damaged ciphertext can decrypt to a *different* valid key,
+  so loading derives the key id and refuses a key that does not match the line;
 * public keys are SubjectPublicKeyInfo PEM (``-----BEGIN PUBLIC KEY-----``), the
   format ``openssl pkey -pubout`` writes, so other tools can read them.
 
@@ -21,6 +25,7 @@ import binascii
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import NoReturn
@@ -37,6 +42,8 @@ from taskloom.security._errors import KeyFileError
 
 MAX_KEY_FILE_BYTES = 16 * 1024
 """Key files are a few hundred bytes; anything larger is not a key file."""
+
+_KEY_ID_LINE = re.compile(rb"taskloom-key-id: ([0-9a-f]{64})\r?\n")
 
 
 def key_id_of(raw_public_key: bytes) -> str:
@@ -183,11 +190,12 @@ def save_private_key(
     overwrite: bool = False,
 ) -> None:
     """Write ``key`` encrypted with ``passphrase`` as PKCS#8 PEM, mode 0600."""
-    data = key._key.private_bytes(
+    pem = key._key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(_passphrase_bytes(passphrase)),
     )
+    data = b"taskloom-key-id: " + key.key_id.encode("ascii") + b"\n" + pem
     _write_atomic(Path(path), data, mode=0o600, overwrite=overwrite)
 
 
@@ -195,6 +203,16 @@ def load_private_key(path: str | os.PathLike[str], passphrase: str | bytes) -> P
     """Read an encrypted private key; KeyFileError if damaged, not Ed25519 or wrong passphrase."""
     file = Path(path)
     data = _read_key_file(file)
+    expected_id = None
+    if data.startswith(b"taskloom"):
+        header = _KEY_ID_LINE.match(data)
+        if header is None:
+            raise KeyFileError(
+                f"{file} is damaged (its key id line is unreadable): restore it from a backup",
+                path=str(file),
+            )
+        expected_id = header.group(1).decode("ascii")
+        data = data[header.end() :]
     try:
         key = serialization.load_pem_private_key(data, password=_passphrase_bytes(passphrase))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -209,7 +227,15 @@ def load_private_key(path: str | os.PathLike[str], passphrase: str | bytes) -> P
             "generate one with `taskloom keys generate`",
             path=str(file),
         )
-    return PrivateKey(key)
+    loaded = PrivateKey(key)
+    if expected_id is not None and loaded.key_id != expected_id:
+        raise KeyFileError(
+            f"cannot load private key {file}: it decrypts to a key other than the one saved "
+            f"({expected_id[:16]}...): a wrong passphrase or a damaged file; check the "
+            "passphrase, or restore the key from a backup",
+            path=str(file),
+        )
+    return loaded
 
 
 def save_public_key(

@@ -7,9 +7,10 @@ integers long enough to raise ``ValueError``. ``loads_strict`` refuses all of
 these and always raises ``MalformedInput`` (or ``InputTooLarge``), never a raw
 ``ValueError``, ``UnicodeError`` or ``RecursionError``.
 
-The size cap is checked first, on the byte length, before anything is decoded;
-nesting depth is measured on the text with the strings removed, before the
-parser (which recurses) ever sees it.
+The size cap is checked first, on the byte length, before anything is decoded.
+Nesting is bounded twice: the C parser stops runaway nesting with a
+``RecursionError`` (caught), and the parsed value is then walked once,
+iteratively, for the depth limit and the integer range.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from itertools import accumulate
-from typing import Any, NoReturn
+from typing import Any
 
 from taskloom.security._errors import InputTooLarge, MalformedInput
 
@@ -27,60 +28,51 @@ MAX_DEPTH = 32
 MAX_SAFE_INTEGER = 2**53 - 1
 """Largest integer magnitude that every JSON implementation reads exactly (RFC 8785)."""
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# "Unrolled" string pattern: runs of plain characters are consumed in one step.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
 _DELTA = {"[": 1, "{": 1, "]": -1, "}": -1}
+_NEGATIVE_ZERO = re.compile(r"-0(?![0-9.eE])")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,15})")
 
 
-def _refuse(message: str, what: str) -> NoReturn:
-    raise MalformedInput(f"{what}: {message}")
+class _Refusal(Exception):
+    """Raised inside the parser's hooks; ``loads_strict`` turns it into MalformedInput."""
 
 
-def _pairs_hook(what: str) -> Any:
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result = dict(pairs)
-        if len(result) != len(pairs):
-            seen: set[str] = set()
-            for key, _ in pairs:
-                if key in seen:
-                    _refuse(f"duplicate key {key[:64]!r}; each key may appear once", what)
-                seen.add(key)
-        return result
-
-    return hook
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refusal(f"duplicate key {key[:64]!r}; each key may appear once")
+            seen.add(key)
+    return result
 
 
-def _parse_int_hook(what: str) -> Any:
-    def parse_int(text: str) -> int:
-        if not _INTEGER.fullmatch(text) or text == "-0":
-            _refuse(f"integer {text[:32]!r} is not in canonical form or out of range", what)
-        value = int(text)
-        if abs(value) > MAX_SAFE_INTEGER:
-            _refuse(f"integer {text[:32]} is outside +-(2**53 - 1)", what)
-        return value
-
-    return parse_int
+def _no_float(text: str) -> float:
+    raise _Refusal(f"number {text[:32]!r} is not an integer; signed documents hold no floats")
 
 
-def _parse_float_hook(what: str, allow: bool) -> Any:
-    def parse_float(text: str) -> float:
-        if allow:
-            value = float(text)
-            if value in (float("inf"), float("-inf")):
-                _refuse(f"number {text[:32]!r} is out of range", what)
-            return value
-        _refuse(f"number {text[:32]!r} is not an integer; signed documents hold no floats", what)
-
-    return parse_float
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _Refusal(f"number {text[:32]!r} is out of range")
+    return value
 
 
-def _parse_constant_hook(what: str) -> Any:
-    def parse_constant(text: str) -> float:
-        _refuse(f"{text} is not JSON", what)
+def _no_constant(text: str) -> float:
+    raise _Refusal(f"{text} is not JSON")
 
-    return parse_constant
+
+# Decoders are built once: json.loads with hooks would build a new one per call.
+_STRICT = json.JSONDecoder(
+    object_pairs_hook=_pairs, parse_float=_no_float, parse_constant=_no_constant
+)
+_WITH_FLOATS = json.JSONDecoder(
+    object_pairs_hook=_pairs, parse_float=_finite_float, parse_constant=_no_constant
+)
 
 
 def nesting_depth(text: str) -> int:
@@ -89,6 +81,22 @@ def nesting_depth(text: str) -> int:
     if not brackets:
         return 0
     return max(accumulate(_DELTA[b] for b in brackets))
+
+
+def _check_tree(value: Any, max_depth: int) -> None:
+    """Walk the parsed value once: nesting depth and integer range (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > max_depth:
+            raise _Refusal(f"nested deeper than the limit of {max_depth} levels")
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif kind is int and not -MAX_SAFE_INTEGER <= child <= MAX_SAFE_INTEGER:
+                raise _Refusal(f"integer {str(child)[:32]} is outside +-(2**53 - 1)")
 
 
 def loads_strict(
@@ -108,6 +116,10 @@ def loads_strict(
     anything after the value but whitespace. Everything else ``MalformedInput``.
     ``allow_floats`` admits finite non-integers, for documents that are hashed
     as stored bytes rather than signed as canonical ones (audit entries).
+
+    The parser runs first (it is C, and it stops runaway nesting with a
+    RecursionError, which is caught); depth and integer range are then checked
+    in one iterative walk of the result.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedInput(f"{what}: expected bytes, got {type(data).__name__}")
@@ -120,32 +132,38 @@ def loads_strict(
             limit=max_bytes,
         )
     raw = bytes(data)
-    if raw.startswith(b"\xef\xbb\xbf"):
-        _refuse("starts with a byte order mark; write UTF-8 without a BOM", what)
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise MalformedInput(f"{what}: not valid UTF-8 at byte {exc.start}") from None
-    depth = nesting_depth(text)
-    if depth > max_depth:
-        _refuse(f"nested {depth} levels deep; the limit is {max_depth}", what)
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_pairs_hook(what),
-            parse_int=_parse_int_hook(what),
-            parse_float=_parse_float_hook(what, allow_floats),
-            parse_constant=_parse_constant_hook(what),
-        )
-    except MalformedInput:
-        raise
-    except (ValueError, RecursionError) as exc:
-        raise MalformedInput(f"{what}: not valid JSON ({exc})") from None
-    if _SURROGATE_ESCAPE.search(text):
-        # Escaped surrogates are fine in pairs; a lone one decodes to text that is
-        # not Unicode. Only documents that escape surrogates pay for this check.
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raise _Refusal("starts with a byte order mark; write UTF-8 without a BOM")
         try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            _refuse("contains a lone surrogate escape, which is not valid Unicode", what)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Refusal(f"not valid UTF-8 at byte {exc.start}") from None
+        try:
+            value = (_WITH_FLOATS if allow_floats else _STRICT).decode(text)
+        except RecursionError:
+            raise _Refusal(f"nested far deeper than the limit of {max_depth} levels") from None
+        except ValueError as exc:
+            if "integer string conversion" in str(exc):
+                raise _Refusal(
+                    "an integer has thousands of digits, outside +-(2**53 - 1)"
+                ) from None
+            raise _Refusal(f"not valid JSON ({exc})") from None
+        if isinstance(value, dict | list):
+            _check_tree(value, max_depth)
+        elif type(value) is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise _Refusal(f"integer {str(value)[:32]} is outside +-(2**53 - 1)")
+        if "-0" in text and _NEGATIVE_ZERO.search(_STRING.sub("", text)):
+            raise _Refusal("the number -0 is not in canonical form; write 0")
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+            # Escaped surrogates are fine in pairs; a lone one decodes to text that
+            # is not Unicode. Only documents that escape surrogates pay for this.
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Refusal(
+                    "contains a lone surrogate escape, which is not valid Unicode"
+                ) from None
+    except _Refusal as exc:
+        raise MalformedInput(f"{what}: {exc}") from None
     return value

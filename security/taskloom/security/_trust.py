@@ -321,9 +321,13 @@ class TrustStore:
 
 
 @attrs.frozen(kw_only=True)
-class _Seen:
-    version: int
-    sha256: str
+class RollbackState:
+    """What the guard saw for a plugin: the highest version accepted, its payload digest,
+    and the storage record version it was read at (0: nothing accepted yet)."""
+
+    version: int | None
+    sha256: str | None
+    record_version: int
 
 
 class RollbackGuard:
@@ -340,59 +344,80 @@ class RollbackGuard:
 
     async def highest(self, plugin_name: str) -> tuple[int, str] | None:
         """(version, payload sha256) of the highest version accepted, or None."""
-        seen, _ = await self._load(plugin_name)
-        return None if seen is None else (seen.version, seen.sha256)
+        state = await self._load(plugin_name)
+        if state.version is None or state.sha256 is None:
+            return None
+        return state.version, state.sha256
 
-    async def _load(self, plugin_name: str) -> tuple[_Seen | None, int]:
+    async def _load(self, plugin_name: str) -> RollbackState:
         record = await self._storage.get(self._namespace, plugin_name)
         if record is None:
-            return None, 0
+            return RollbackState(version=None, sha256=None, record_version=0)
         try:
-            seen = structure(
-                loads_strict(record.value, max_bytes=4096, what="rollback record"), _Seen
-            )
-        except (MalformedInput, DecodeError) as exc:
+            raw = loads_strict(record.value, max_bytes=4096, what="rollback record")
+            version, digest = raw["version"], raw["sha256"]
+            if type(version) is not int or type(digest) is not str or len(raw) != 2:
+                raise MalformedInput("a rollback record is {version: int, sha256: text}")
+        except (MalformedInput, KeyError, TypeError) as exc:
             raise StorageCorrupted(
                 f"rollback record of plugin {plugin_name!r} is damaged: {exc}; "
                 "restore the store from a backup"
             ) from exc
-        return seen, record.version
+        return RollbackState(version=version, sha256=digest, record_version=record.version)
 
     @staticmethod
-    def _judge(plugin_name: str, seen: _Seen | None, version: int, digest: str) -> None:
-        if seen is None:
+    def _judge(plugin_name: str, state: RollbackState, version: int, digest: str) -> None:
+        if state.version is None:
             return
-        if version < seen.version:
+        if version < state.version:
             raise RollbackDetected(
-                f"plugin {plugin_name!r} version {version} is older than version {seen.version} "
-                "already accepted: someone may be replaying an old, vulnerable release; "
-                "install the current release"
+                f"plugin {plugin_name!r} version {version} is older than version "
+                f"{state.version} already accepted: someone may be replaying an old, vulnerable "
+                "release; install the current release"
             )
-        if version == seen.version and digest != seen.sha256:
+        if version == state.version and digest != state.sha256:
             raise VersionReused(
                 f"plugin {plugin_name!r} version {version} differs from the version {version} "
                 "accepted before: a publisher must never reuse a version number; ask them to "
                 "publish a new version"
             )
 
-    async def check(self, plugin_name: str, version: int, digest: str) -> None:
-        """Refuse ``version`` if it would roll ``plugin_name`` back or reuse a version."""
-        seen, _ = await self._load(plugin_name)
-        self._judge(plugin_name, seen, version, digest)
+    async def check(self, plugin_name: str, version: int, digest: str) -> RollbackState:
+        """Refuse ``version`` if it would roll ``plugin_name`` back or reuse a version.
 
-    async def record(self, plugin_name: str, version: int, digest: str) -> None:
-        """Remember ``version`` (with ``digest``) as accepted; re-checks under a version check."""
+        Returns the state it judged, which ``record`` can take to skip a re-read.
+        """
+        state = await self._load(plugin_name)
+        self._judge(plugin_name, state, version, digest)
+        return state
+
+    async def record(
+        self,
+        plugin_name: str,
+        version: int,
+        digest: str,
+        *,
+        observed: RollbackState | None = None,
+    ) -> None:
+        """Remember ``version`` (with ``digest``) as accepted, under a version check.
+
+        ``observed`` is what ``check`` returned; if the storage changed since, the
+        version check fails and the record is read and judged again.
+        """
         value = bytes(rfc8785.dumps({"version": version, "sha256": digest}))
+        state = observed
         for _ in range(16):
-            seen, record_version = await self._load(plugin_name)
-            self._judge(plugin_name, seen, version, digest)
-            if seen is not None and seen.version == version:
+            if state is None:
+                state = await self._load(plugin_name)
+            self._judge(plugin_name, state, version, digest)
+            if state.version == version:
                 return
             try:
                 await self._storage.put(
-                    self._namespace, plugin_name, value, if_version=record_version
+                    self._namespace, plugin_name, value, if_version=state.record_version
                 )
             except ConflictError:
+                state = None
                 continue
             return
         raise ConflictError(

@@ -198,8 +198,8 @@ def read_verified_files(
             )
         files: dict[str, bytes] = {}
         for path, entry in listed.items():
-            data = tree.read(path, limit=entry.size)
-            if len(data) != entry.size:
+            data = tree.read_exact(path, entry.size)
+            if data is None:
                 raise FileDigestMismatch(
                     f"{path!r} in {plugin_dir} is not the size the manifest lists "
                     f"({entry.size} bytes): it was changed; reinstall the plugin"
@@ -237,9 +237,11 @@ async def verify_plugin(
         max_envelope_bytes=max_envelope_bytes,
     )
     manifest = checked.manifest
-    await rollback.check(manifest.name, manifest.version, checked.payload_sha256)
+    observed = await rollback.check(manifest.name, manifest.version, checked.payload_sha256)
     files = read_verified_files(plugin_dir, manifest, max_plugin_bytes=max_plugin_bytes)
-    await rollback.record(manifest.name, manifest.version, checked.payload_sha256)
+    await rollback.record(
+        manifest.name, manifest.version, checked.payload_sha256, observed=observed
+    )
     return VerifiedPlugin(
         manifest=manifest,
         signers=checked.signers,
