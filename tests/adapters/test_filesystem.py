@@ -75,9 +75,11 @@ async def test_a_store_from_a_newer_format_is_refused(tmp_path: Path) -> None:
         await storage.put("ns", "k", b"v")
     marker = tmp_path / "s" / _fs_core.MARKER
     marker.write_text(json.dumps({"format": "taskloom-filesystem", "version": 2}))
+    (tmp_path / "s" / _fs_core.LOCK).unlink()
     with pytest.raises(StorageCorrupted, match="upgrade taskloom") as caught:
         await FileStorage.open(tmp_path / "s")
     assert caught.value.path == str(marker)
+    assert not (tmp_path / "s" / _fs_core.LOCK).exists()
 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"format": "other", "version": 1}'])

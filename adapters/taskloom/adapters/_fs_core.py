@@ -102,7 +102,10 @@ class Store:
             )
         root.mkdir(parents=True, exist_ok=True)
         marker = root / MARKER
-        if not marker.exists():
+        # Check before creating the lock file, so a foreign or newer store gains no file.
+        if marker.exists():
+            self._check_marker(marker)
+        else:
             self._check_foreign()
         self._lock = FileLock(root / LOCK, timeout=self._lock_timeout)
         with self._lock.held(exclusive=True):
