@@ -13,10 +13,11 @@ from _sec_support import DEFAULT_FILES, NOW, keys, write_plugin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskloom.contracts import Capabilities, FileEntry, PluginManifest, UsageError
-from taskloom.contracts.serde import unstructure
+from taskloom.contracts import Capabilities, DecodeError, FileEntry, PluginManifest, UsageError
+from taskloom.contracts.serde import structure, unstructure
 from taskloom.security import (
     MANIFEST_PAYLOAD_TYPE,
+    MalformedManifest,
     SignatureInvalid,
     UnsafeFile,
     build_manifest,
@@ -29,6 +30,7 @@ from taskloom.security import (
     sign_manifest,
 )
 from taskloom.security._envelope import valid_signers
+from taskloom.security._manifest import structure_manifest
 
 
 def test_pae_matches_the_dsse_specification_example() -> None:
@@ -231,3 +233,63 @@ def test_the_signed_payload_type_is_the_manifest_type(tmp_path: Path) -> None:
     write_plugin(tmp_path / "p", DEFAULT_FILES)
     envelope = parse_envelope(sign_manifest(_build(tmp_path / "p"), keys(1)), max_bytes=1 << 20)
     assert envelope.payload_type == MANIFEST_PAYLOAD_TYPE
+
+
+def _valid_raw() -> dict[str, object]:
+    digest = hashlib.sha256(b"x").hexdigest()
+    manifest = PluginManifest(
+        name="demo",
+        version=2,
+        entry_point="pkg.mod:entry",
+        publisher="p",
+        files=(FileEntry(path="a.py", size=1, sha256=digest),),
+        capabilities=Capabilities(secrets=("s",)),
+        issued_at=NOW,
+        expires_at=NOW + 10,
+    )
+    return json.loads(manifest_bytes(manifest))
+
+
+odd_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.text(max_size=4),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.dictionaries(st.sampled_from(["path", "size", "sha256", "x"]), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=300)
+@given(data=st.data())
+def test_the_fast_manifest_structurer_is_never_laxer_than_the_converter(
+    data: st.DataObject,
+) -> None:
+    """On mutated manifests, structure_manifest accepts only what serde accepts, equally built."""
+    raw = _valid_raw()
+    target = data.draw(st.sampled_from(["top", "file", "capabilities"]), label="where")
+    node: dict[str, object] = raw
+    if target == "file":
+        node = raw["files"][0]  # type: ignore[index]
+    elif target == "capabilities":
+        node = raw["capabilities"]  # type: ignore[assignment]
+    action = data.draw(st.sampled_from(["set", "delete", "add"]), label="action")
+    if action == "delete" and node:
+        del node[data.draw(st.sampled_from(sorted(node)), label="key")]
+    elif action == "add":
+        node[data.draw(st.text(max_size=6), label="new key")] = data.draw(odd_values)
+    else:
+        key = data.draw(st.sampled_from(sorted(node) or ["x"]), label="key")
+        node[key] = data.draw(odd_values, label="value")
+    try:
+        expected = structure(raw, PluginManifest)
+    except DecodeError:
+        expected = None
+    try:
+        mine = structure_manifest(raw)
+    except MalformedManifest:
+        mine = None
+    if mine is not None:
+        assert expected == mine
+    if expected is None:
+        assert mine is None

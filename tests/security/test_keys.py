@@ -181,3 +181,29 @@ def test_an_empty_passphrase_is_refused(tmp_path: Path) -> None:
     """Private keys are never written unencrypted."""
     with pytest.raises(UsageError):
         save_private_key(generate_key(), tmp_path / "k.pem", "")
+
+
+def test_a_plain_pkcs8_file_from_another_tool_loads(tmp_path: Path) -> None:
+    """A standard encrypted PKCS#8 PEM without the key id line still loads."""
+    key = generate_key()
+    path = tmp_path / "k.pem"
+    path.write_bytes(
+        key._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pw"),
+        )
+    )
+    assert load_private_key(path, "pw").key_id == key.key_id
+
+
+def test_a_key_id_line_that_names_another_key_is_refused(tmp_path: Path) -> None:
+    """If the decrypted key is not the one the file names, loading refuses it."""
+    path = tmp_path / "k.pem"
+    save_private_key(generate_key(), path, "pw")
+    data = path.read_bytes()
+    other = generate_key().key_id.encode()
+    path.write_bytes(b"taskloom-key-id: " + other + data[data.index(b"\n") :])
+    with pytest.raises(KeyFileError) as info:
+        load_private_key(path, "pw")
+    assert "other than the one saved" in str(info.value)

@@ -22,8 +22,11 @@ from pathlib import Path
 from taskloom.contracts import UsageError
 from taskloom.security._errors import UnsafeFile
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+# getattr: these flags do not exist on Windows, where require_posix refuses to run;
+# importing the module must still work there.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+_FILE_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
 
 MAX_PATH_BYTES = 1024
 """Longest relative path a manifest may list, in UTF-8 bytes."""
@@ -75,6 +78,7 @@ class PluginTree:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
+        require_posix()
         self.root = Path(root)
         try:
             self._root_fd = os.open(self.root, _DIR_FLAGS)

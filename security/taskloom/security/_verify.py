@@ -46,7 +46,7 @@ from taskloom.security._errors import (
     ThresholdNotMet,
     WrongPayloadType,
 )
-from taskloom.security._files import PluginTree, require_posix
+from taskloom.security._files import PluginTree
 from taskloom.security._manifest import MANIFEST_PAYLOAD_TYPE, parse_manifest
 from taskloom.security._trust import RollbackGuard, TrustStore, payload_digest
 
@@ -160,7 +160,6 @@ def read_verified_files(
     max_plugin_bytes: int = MAX_PLUGIN_BYTES,
 ) -> dict[str, bytes]:
     """Step 9: the directory holds exactly the listed files, each with its length and digest."""
-    require_posix()
     total = sum(entry.size for entry in manifest.files)
     if total > max_plugin_bytes:
         raise InputTooLarge(
