@@ -10,6 +10,7 @@ Layout of a root directory::
 
     taskloom-store.json   marker: {"format": "taskloom-filesystem", "version": 1}
     taskloom.lock         the flock target (never holds data)
+    taskloom.gate         the gate that keeps readers from starving writers (``SharedLock``)
     journal               present only while a multi-file commit is being applied
     records/<namespace components>/<key components>   one file per record
     streams/<stream components>/<first seq>.seg       segment files
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from taskloom.adapters import _fs_journal, _fs_names, _fs_records
 from taskloom.adapters._fs_batch import Batch
-from taskloom.adapters._fs_io import Disk, FileLock
+from taskloom.adapters._fs_io import Disk, SharedLock
 from taskloom.adapters._fs_journal import EntryChange, Intent
 from taskloom.adapters._fs_streams import (
     Tail,
@@ -48,6 +49,7 @@ FORMAT_VERSION = 1
 MARKER = "taskloom-store.json"
 MARKER_TMP = ".taskloom-store.json.tmp"
 LOCK = "taskloom.lock"
+GATE = "taskloom.gate"
 JOURNAL = "journal"
 RECORDS = "records"
 STREAMS = "streams"
@@ -79,8 +81,8 @@ class Store:
         self._clock = clock
         self._segment_bytes = segment_bytes
         self._lock_timeout = lock_timeout
-        self._lock: FileLock | None = None
-        self._readers: list[FileLock] = []
+        self._lock: SharedLock | None = None
+        self._readers: list[SharedLock] = []
         self._readers_guard = threading.Lock()
         self._closed = False
         self._tails: dict[str, Tail] = {}
@@ -107,21 +109,34 @@ class Store:
             self._check_marker(marker)
         else:
             self._check_foreign()
-        self._lock = FileLock(root / LOCK, timeout=self._lock_timeout)
-        with self._lock.held(exclusive=True):
-            if marker.exists():
-                self._check_marker(marker)
-            else:
-                self._check_foreign()
-                text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION})
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(root / MARKER_TMP)
-                self.disk.replace_via(root / MARKER_TMP, marker, text.encode())
-            for sub in (RECORDS, STREAMS, TMP):
-                self.disk.ensure_dir(root / sub)
-            self._clear_tmp()
-            self.recover()
-            self.disk.flush()
+        lock = self._new_lock()
+        try:
+            with lock.held(exclusive=True):
+                self._initialize(marker)
+        except BaseException:
+            lock.close()
+            raise
+        self._lock = lock
+
+    def _new_lock(self) -> SharedLock:
+        return SharedLock(self.root / GATE, self.root / LOCK, timeout=self._lock_timeout)
+
+    def _initialize(self, marker: Path) -> None:
+        """Under the exclusive lock: write or check the marker, clean up, recover."""
+        root = self.root
+        if marker.exists():
+            self._check_marker(marker)
+        else:
+            self._check_foreign()
+            text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION})
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(root / MARKER_TMP)
+            self.disk.replace_via(root / MARKER_TMP, marker, text.encode())
+        for sub in (RECORDS, STREAMS, TMP):
+            self.disk.ensure_dir(root / sub)
+        self._clear_tmp()
+        self.recover()
+        self.disk.flush()
 
     def close(self) -> None:
         """Close every lock file descriptor (idempotent)."""
@@ -136,7 +151,7 @@ class Store:
         self.disk.close()
 
     def _check_foreign(self) -> None:
-        extra = set(os.listdir(self.root)) - {LOCK, MARKER_TMP}
+        extra = set(os.listdir(self.root)) - {LOCK, GATE, MARKER_TMP}
         if extra:
             shown = ", ".join(sorted(extra)[:5])
             raise StorageCorrupted(
@@ -184,7 +199,7 @@ class Store:
         with self._readers_guard:
             lock = self._readers.pop() if self._readers else None
         if lock is None:
-            lock = FileLock(self.root / LOCK, timeout=self._lock_timeout)
+            lock = self._new_lock()
         try:
             with lock.held(exclusive=False):
                 if os.path.exists(self.root / JOURNAL):

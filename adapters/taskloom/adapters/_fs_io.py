@@ -291,3 +291,39 @@ class Disk:
         dirty, self._dirty = self._dirty, set()
         if self.fsync:
             self._each(sorted(dirty), _fsync_dir_if_present)
+
+
+class SharedLock:
+    """A writer-preferring reader/writer lock across processes, made of two flock files.
+
+    ``flock`` alone lets a steady stream of readers starve a writer: some
+    reader always holds the shared lock. So every reader passes a gate first
+    (shared, held only while it takes the main lock) and a writer holds the
+    gate exclusively while it waits for the main lock: once a writer is at the
+    gate, new readers wait and the ones inside finish. The gate is always
+    taken before the main lock, and the holder of the main lock never waits
+    for the gate, so the two cannot deadlock.
+    """
+
+    def __init__(self, gate: Path, main: Path, *, timeout: float) -> None:
+        self._gate = FileLock(gate, timeout=timeout)
+        try:
+            self._main = FileLock(main, timeout=timeout)
+        except BaseException:
+            self._gate.close()
+            raise
+
+    @contextlib.contextmanager
+    def held(self, *, exclusive: bool) -> Iterator[None]:
+        """Hold the lock shared (readers) or exclusive (writers) for the ``with`` block."""
+        with self._gate.held(exclusive=exclusive):
+            self._main.acquire(exclusive=exclusive)
+        try:
+            yield
+        finally:
+            self._main.release()
+
+    def close(self) -> None:
+        """Close both file descriptors (idempotent)."""
+        self._gate.close()
+        self._main.close()
