@@ -1041,6 +1041,31 @@ async def test_slow_trickle_hits_the_total_timeout() -> None:
     assert stream_body.closed and stream_body.sent < 1000
 
 
+async def test_deadline_turns_only_its_own_cancellation_into_timeout() -> None:
+    """Deadline raises TimeoutError when it fires; a cancel from elsewhere stays a cancel."""
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError), common.Deadline(loop.time() + 0.05):
+        await asyncio.sleep(10)
+    with pytest.raises(TimeoutError), common.Deadline(loop.time() - 1):
+        await asyncio.sleep(0)
+    limit = common.Deadline(loop.time() + 10)
+    for _ in range(3):  # re-entered, as for every chunk of a stream
+        with limit:
+            await asyncio.sleep(0)
+
+    async def victim() -> None:
+        with common.Deadline(loop.time() + 10):
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(victim())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0
+
+
 # --- cancellation and lifecycle ------------------------------------------------------------------
 
 
