@@ -171,15 +171,33 @@ class _Link:
     body: _Body | None
 
 
+_BODY_TYPES: dict[str, type] = {
+    "format": str,
+    "seq": int,
+    "time_us": int,
+    "actor": str,
+    "action": str,
+    "subject": str,
+    "details": dict,
+    "prev": str,
+}
+
+
 def _parse(payload: bytes) -> _Body | None:
+    """The entry's fields, or None if it is not a well-formed entry of this format."""
     try:
-        body = structure(
-            loads_strict(payload, max_bytes=MAX_ENTRY_BYTES, what="audit entry", allow_floats=True),
-            _Body,
+        raw = loads_strict(
+            payload, max_bytes=MAX_ENTRY_BYTES, what="audit entry", allow_floats=True
         )
-    except (MalformedInput, DecodeError):
+    except MalformedInput:
         return None
-    return body if body.format == AUDIT_FORMAT else None
+    if type(raw) is not dict or raw.keys() != _BODY_TYPES.keys():
+        return None
+    if any(type(raw[k]) is not t for k, t in _BODY_TYPES.items()):
+        return None
+    if raw["format"] != AUDIT_FORMAT:
+        return None
+    return _Body(**raw)
 
 
 def _bad(n: int, seq: int, kind: str, message: str) -> AuditReport:

@@ -9,10 +9,11 @@ bytes it received and then parses those bytes with ``parse_manifest``.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import re
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import rfc8785
@@ -40,6 +41,7 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 """Largest single file a manifest may list."""
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]*")
 
 
 def build_manifest(
@@ -140,13 +142,60 @@ _CAPABILITY_FIELDS = frozenset(attrs.fields_dict(Capabilities))
 _FILE_FIELDS = frozenset({"path", "size", "sha256"})
 
 
-# FileEntry objects are built without running their attrs validators: the loop
-# in structure_manifest has just checked exactly what those validators check
+# FileEntry objects are built without running their attrs validators: the
+# column checks in _file_entries have just checked exactly what those validators check
 # (text path, int size >= 0, lowercase hex SHA-256), and running them again
 # costs about a microsecond per file on every plugin load. The differential
 # property test in tests/security pins the two to the same behaviour.
 _new = object.__new__
 _set = object.__setattr__
+
+
+_FILE_COLUMNS = operator.itemgetter("path", "size", "sha256")
+
+
+def _file_entries(files: list[Any]) -> list[FileEntry]:
+    """Check every file entry, then build them; the checks run column-wise, in C."""
+    if not files:
+        return []
+    if set(map(type, files)) != {dict} or set(map(len, files)) != {3}:
+        _refuse_entry(files, "must be an object with exactly path, size and sha256")
+    try:
+        rows = list(map(_FILE_COLUMNS, files))
+    except KeyError:
+        _refuse_entry(files, "must be an object with exactly path, size and sha256")
+    paths, sizes, digests = zip(*rows, strict=True)
+    if set(map(type, paths)) != {str} or set(map(type, digests)) != {str}:
+        _refuse_entry(files, "has a path or sha256 that is not text")
+    if set(map(type, sizes)) != {int} or min(sizes) < 0:
+        _refuse_entry(files, "needs an integer size >= 0")
+    if set(map(len, digests)) != {64} or not _HEX.fullmatch("".join(digests)):
+        _refuse_entry(files, "needs a sha256 of 64 lowercase hex digits")
+    entries = []
+    for path, size, digest in rows:
+        entry = _new(FileEntry)
+        _set(entry, "path", path)
+        _set(entry, "size", size)
+        _set(entry, "sha256", digest)
+        entries.append(entry)
+    return entries
+
+
+def _refuse_entry(files: list[Any], problem: str) -> NoReturn:
+    """Name the first bad entry (the slow path, only on refusal)."""
+    for index, item in enumerate(files):
+        ok = (
+            type(item) is dict
+            and item.keys() == _FILE_FIELDS
+            and type(item["path"]) is str
+            and type(item["size"]) is int
+            and item["size"] >= 0
+            and type(item["sha256"]) is str
+            and SHA256_HEX.fullmatch(item["sha256"]) is not None
+        )
+        if not ok:
+            _refuse(f"$.files[{index}] {problem}")
+    _refuse(f"$.files {problem}")
 
 
 def _refuse(message: str) -> NoReturn:
@@ -184,20 +233,7 @@ def structure_manifest(raw: object) -> PluginManifest:
         _refuse("$.files must be a list")
     if len(files) > MAX_MANIFEST_FILES:
         _refuse(f"$.files lists more than {MAX_MANIFEST_FILES} files")
-    entries = []
-    for index, item in enumerate(files):
-        if type(item) is not dict or item.keys() != _FILE_FIELDS:
-            _refuse(f"$.files[{index}] must be an object with exactly path, size and sha256")
-        path, size, digest = item["path"], item["size"], item["sha256"]
-        if type(path) is not str or type(size) is not int or type(digest) is not str:
-            _refuse(f"$.files[{index}] has a field of the wrong type")
-        if size < 0 or not SHA256_HEX.fullmatch(digest):
-            _refuse(f"$.files[{index}] needs a size >= 0 and a lowercase hex SHA-256")
-        entry = _new(FileEntry)
-        _set(entry, "path", path)
-        _set(entry, "size", size)
-        _set(entry, "sha256", digest)
-        entries.append(entry)
+    entries = _file_entries(files)
     capabilities = Capabilities()
     if "capabilities" in raw:
         caps = raw["capabilities"]
