@@ -564,3 +564,23 @@ async def test_vacuum_returns_pages_to_the_file_system(tmp_path: Path) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
     assert db.stat().st_size < 200 * 4000
+
+
+async def test_batched_puts_keep_submission_order(tmp_path: Path) -> None:
+    """Plain and CAS puts queued together apply in call order; expiry restarts at v1."""
+    clock = FakeClock()
+    async with SQLiteStorage(tmp_path / "o.db", clock=clock, purge_interval_s=None) as store:
+        await store.put("ns", "k", b"0", ttl=1)
+        clock.now += 2
+        results = await asyncio.gather(
+            store.put("ns", "k", b"1"),
+            store.put("ns", "k", b"2", if_version=1),
+            store.put("ns", "other", b"x"),
+            store.put("ns", "k", b"3"),
+            store.put("ns", "k", b"4"),
+            store.delete("ns", "other"),
+            store.put("ns", "other", b"y"),
+        )
+        assert [r.version for r in results if not isinstance(r, bool)] == [1, 2, 1, 3, 4, 1]
+        record = await store.get("ns", "k")
+        assert record is not None and (record.value, record.version) == (b"4", 4)

@@ -35,8 +35,11 @@ from taskloom.adapters._sqlite_ops import (
     commit_job,
     delete_job,
     delete_versions_job,
+    entry,
     purge_job,
     put_job,
+    record,
+    upsert_job,
     vacuum_job,
 )
 from taskloom.adapters._sqlite_schema import (
@@ -274,18 +277,11 @@ class SQLiteStorage:
         """The live record at ``namespace``/``key``, or None (ST1, ST5)."""
         check_name(namespace, what="namespace")
         check_name(key)
-        rows = await self._fetch(GET, (namespace, key, self._clock()))
+        rows = await self._fetch(GET, (namespace, key, float(self._clock())))
         if not rows:
             return None
         value, version, updated_at, expires_at = rows[0]
-        return Record(
-            namespace=namespace,
-            key=key,
-            value=value,
-            version=version,
-            updated_at=updated_at,
-            expires_at=expires_at,
-        )
+        return record(namespace, key, value, version, updated_at, expires_at)
 
     def _scan_query(
         self, namespace: str, prefix: str, start_after: str | None, limit: int | None, *, meta: bool
@@ -297,7 +293,7 @@ class SQLiteStorage:
             raise UsageError(f"start_after must be text or None, got {type(start_after).__name__}")
         count = check_limit(limit)
         end = prefix_end(prefix)
-        head = (namespace, prefix, start_after or "", self._clock())
+        head = (namespace, prefix, start_after or "", float(self._clock()))
         if end is None:
             return (SCAN_META if meta else SCAN), (*head, count)
         return (SCAN_META_BOUNDED if meta else SCAN_BOUNDED), (*head, end, count)
@@ -314,14 +310,7 @@ class SQLiteStorage:
         sql, params = self._scan_query(namespace, prefix, start_after, limit, meta=False)
         rows = await self._fetch(sql, params)
         return [
-            Record(
-                namespace=namespace,
-                key=key,
-                value=value,
-                version=version,
-                updated_at=updated_at,
-                expires_at=expires_at,
-            )
+            record(namespace, key, value, version, updated_at, expires_at)
             for key, value, version, updated_at, expires_at in rows
         ]
 
@@ -333,10 +322,7 @@ class SQLiteStorage:
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise UsageError(f"after must be an int >= 0, got {after!r}")
         rows = await self._fetch(READ, (stream, after, check_limit(limit)))
-        return [
-            StreamEntry(stream=stream, seq=seq, payload=payload, appended_at=appended_at)
-            for seq, payload, appended_at in rows
-        ]
+        return [entry(stream, seq, payload, appended_at) for seq, payload, appended_at in rows]
 
     # --- writes --------------------------------------------------------------
 
@@ -361,10 +347,11 @@ class SQLiteStorage:
         seconds = check_ttl(ttl)
         check_if_version(if_version)
         writer = await self._writer_for_call()
-        now = self._clock()
+        now = float(self._clock())
         expires_at = None if seconds is None else now + seconds
         result: Record = await writer.submit(
-            put_job, (namespace, key, value, if_version, now, expires_at)
+            put_job if if_version is not None else upsert_job,
+            (namespace, key, value, if_version, now, expires_at),
         )
         return result
 
@@ -374,7 +361,9 @@ class SQLiteStorage:
         check_name(key)
         check_if_version(if_version)
         writer = await self._writer_for_call()
-        result: bool = await writer.submit(delete_job, (namespace, key, if_version, self._clock()))
+        result: bool = await writer.submit(
+            delete_job, (namespace, key, if_version, float(self._clock()))
+        )
         return result
 
     async def append(self, stream: str, payload: bytes) -> StreamEntry:
@@ -382,7 +371,9 @@ class SQLiteStorage:
         check_name(stream, what="stream")
         check_value(payload, what="payload")
         writer = await self._writer_for_call()
-        result: StreamEntry = await writer.submit(append_job, (stream, payload, self._clock()))
+        result: StreamEntry = await writer.submit(
+            append_job, (stream, payload, float(self._clock()))
+        )
         return result
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
@@ -392,7 +383,7 @@ class SQLiteStorage:
         if not checked:
             return CommitResult()
         result: CommitResult = await writer.submit(
-            commit_job, (checked, self._clock()), savepoint=True
+            commit_job, (checked, float(self._clock())), savepoint=True
         )
         return result
 
@@ -403,7 +394,7 @@ class SQLiteStorage:
         writer = await self._writer_for_call()
         total = 0
         while True:
-            count: int = await writer.submit(purge_job, (self._clock(), _PURGE_CHUNK))
+            count: int = await writer.submit(purge_job, (float(self._clock()), _PURGE_CHUNK))
             total += count
             if count < _PURGE_CHUNK:
                 return total
@@ -433,7 +424,7 @@ class SQLiteStorage:
             if len(rows) < _PRUNE_PAGE:
                 break
             after = rows[-1][0]
-        victims = choose_victims(seen, self._clock(), older_than, keep_last)
+        victims = choose_victims(seen, float(self._clock()), older_than, keep_last)
         if not victims:
             return 0
         writer = await self._writer_for_call()

@@ -9,6 +9,7 @@ path can never damage someone else's data.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -31,6 +32,7 @@ __all__ = [
     "UPSERT",
     "open_writer_connection",
     "prepare",
+    "upsert_rows",
 ]
 
 APPLICATION_ID = 0x546C6F6D
@@ -86,6 +88,18 @@ ON CONFLICT (namespace, key) DO UPDATE SET
     updated_at = excluded.updated_at,
     expires_at = excluded.expires_at
 RETURNING version"""
+_UPSERT_ROW = "(?, ?, ?, 1, ?, ?)"
+
+
+@functools.lru_cache(maxsize=16)
+def upsert_rows(count: int) -> str:
+    """UPSERT for ``count`` rows at once, returning (namespace, key, version) per row."""
+    values = ", ".join([_UPSERT_ROW] * count)
+    head, _, tail = UPSERT.partition("VALUES (?1, ?2, ?3, 1, ?4, ?5)")
+    tail = tail.replace("RETURNING version", "RETURNING namespace, key, version")
+    return f"{head}VALUES {values}{tail}"
+
+
 DELETE = "DELETE FROM records WHERE namespace = ? AND key = ? RETURNING expires_at"
 DELETE_IF_VERSION = "DELETE FROM records WHERE namespace = ? AND key = ? AND version = ?"
 APPEND = """INSERT INTO streams (stream, seq, payload, appended_at)

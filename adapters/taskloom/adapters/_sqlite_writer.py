@@ -159,7 +159,24 @@ class Writer:
             return [(job[2], False, error) for job in batch]
         outcomes: list[_Outcome] = []
         try:
-            for fn, args, future, savepoint in batch:
+            index = 0
+            while index < len(batch):
+                fn, args, future, savepoint = batch[index]
+                many = getattr(fn, "many", None)
+                if many is not None:
+                    # A run of jobs that can share statements (plain puts): one call.
+                    end = index + 1
+                    while end < len(batch) and batch[end][0] is fn:
+                        end += 1
+                    if end - index > 1:
+                        run = batch[index:end]
+                        values = many(cursor, [job[1] for job in run])
+                        outcomes.extend(
+                            (job[2], True, value) for job, value in zip(run, values, strict=True)
+                        )
+                        index = end
+                        continue
+                index += 1
                 if savepoint:
                     cursor.execute("SAVEPOINT member")
                 try:

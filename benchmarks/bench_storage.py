@@ -1,0 +1,535 @@
+"""Storage adapters beside raw sqlite3, measured in the same run on the same machine.
+
+``python -m benchmarks.bench_storage [--quick]`` prints a table and writes
+``benchmarks/results/bench_storage.json``; ``run(quick)`` returns the rows.
+
+Operations, for SQLiteStorage, MemoryStorage and FileStorage (a row is left out
+when its adapter cannot be imported):
+
+- ``sequential get``   one awaited get at a time; baseline: one aiosqlite round trip
+  (``execute_fetchall`` of the same SELECT). Target for SQLite: at least the
+  baseline's rate, i.e. a get costs no more than one aiosqlite round trip.
+- ``sequential put``   one awaited put at a time; baseline: raw sqlite3, one upsert
+  and COMMIT per row.
+- ``100 concurrent writers``  100 tasks each doing puts; baseline: raw sqlite3
+  ``executemany`` of the same upserts in one transaction. Target for SQLite: >= 40%.
+- ``scan 1,000``       one scan returning 1,000 records; baseline: the same SELECT
+  with raw sqlite3.
+- ``sequential append`` one awaited append at a time; baseline: raw sqlite3, one
+  INSERT and COMMIT per entry.
+- ``scaling``          get and put rates with 10^3, 10^4 (and, in full mode, 10^5)
+  records stored, beside raw sqlite3 gets at the same size; and the peak of
+  Python memory (tracemalloc) while loading and using them, beside the bytes of
+  keys and values loaded. SQLite's own page cache is C memory that tracemalloc
+  does not see; it is bounded by SQLite's cache_size.
+
+Every raw baseline uses the same pragmas as SQLiteStorage (WAL, synchronous=NORMAL)
+and the same table layout. Figures are medians over repeats after a warm-up;
+``spread`` is (max - min) / median of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from taskloom.adapters.sqlite import SQLiteStorage
+from taskloom.contracts import Put, StorageAdapter
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_storage.json"
+
+VALUE = b"v" * 200
+WRITERS = 100
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS records (
+    namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+    version INTEGER NOT NULL, updated_at REAL NOT NULL, expires_at REAL,
+    PRIMARY KEY (namespace, key));
+CREATE TABLE IF NOT EXISTS streams (
+    stream TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL,
+    appended_at REAL NOT NULL, PRIMARY KEY (stream, seq));"""
+_UPSERT = """INSERT INTO records (namespace, key, value, version, updated_at, expires_at)
+VALUES (?, ?, ?, 1, ?, NULL) ON CONFLICT (namespace, key) DO UPDATE SET
+value = excluded.value, version = records.version + 1, updated_at = excluded.updated_at,
+expires_at = excluded.expires_at"""
+_GET = (
+    "SELECT value, version, updated_at, expires_at FROM records WHERE namespace = ? "
+    "AND key = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
+_SCAN = (
+    "SELECT key, value, version, updated_at, expires_at FROM records WHERE namespace = ? "
+    "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key LIMIT ?"
+)
+_APPEND = """INSERT INTO streams (stream, seq, payload, appended_at)
+SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3 FROM streams WHERE stream = ?1"""
+
+Factory = Callable[[Path], Awaitable[StorageAdapter]]
+
+
+# --- adapters ----------------------------------------------------------------------
+
+
+async def _sqlite(directory: Path) -> StorageAdapter:
+    return await SQLiteStorage.open(directory / "taskloom.db", purge_interval_s=None)
+
+
+def _factories() -> dict[str, Factory | None]:
+    """Every adapter, or None for one that cannot be imported here."""
+    found: dict[str, Factory | None] = {"sqlite": _sqlite, "memory": None, "filesystem": None}
+    try:
+        from taskloom.adapters.memory import MemoryStorage
+
+        async def memory(directory: Path) -> StorageAdapter:
+            return MemoryStorage()
+
+        found["memory"] = memory
+    except ImportError:
+        pass
+    try:
+        from taskloom.adapters.filesystem import FileStorage
+
+        async def filesystem(directory: Path) -> StorageAdapter:
+            store: StorageAdapter = await FileStorage.open(directory / "fs")
+            return store
+
+        found["filesystem"] = filesystem
+    except ImportError:
+        pass
+    return found
+
+
+# --- measuring ---------------------------------------------------------------------
+
+
+def _median_spread(samples: list[float]) -> tuple[float, float]:
+    median = statistics.median(samples)
+    return median, ((max(samples) - min(samples)) / median if median else 0.0)
+
+
+async def _rate(batch: Callable[[], Awaitable[int]], budget: float, repeats: int) -> list[float]:
+    """Operations per second of ``batch`` (which returns how many it did), per repeat."""
+    await batch()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        done = 0
+        start = time.perf_counter()
+        while True:
+            done += await batch()
+            elapsed = time.perf_counter() - start
+            if elapsed >= budget:
+                break
+        rates.append(done / elapsed)
+    return rates
+
+
+def _sync_rate(batch: Callable[[], int], budget: float, repeats: int) -> list[float]:
+    batch()
+    rates = []
+    for _ in range(repeats):
+        done = 0
+        start = time.perf_counter()
+        while True:
+            done += batch()
+            elapsed = time.perf_counter() - start
+            if elapsed >= budget:
+                break
+        rates.append(done / elapsed)
+    return rates
+
+
+def _row(
+    name: str,
+    samples: list[float],
+    baseline: list[float],
+    *,
+    baseline_unit: str,
+    unit: str = "ops/s",
+    target: str = "-",
+    floor: float | None = None,
+    group: str = "storage",
+) -> dict[str, Any]:
+    value, spread = _median_spread(samples)
+    base, _ = _median_spread(baseline)
+    ratio = value / base if base else 0.0
+    return {
+        "group": group,
+        "name": name,
+        "value": round(value, 2),
+        "unit": unit,
+        "baseline": round(base, 2),
+        "baseline_unit": baseline_unit,
+        "ratio": round(ratio, 3),
+        "target": target,
+        "holds": None if floor is None else ratio >= floor,
+        "spread": round(spread, 3),
+    }
+
+
+# --- raw sqlite3 baselines -----------------------------------------------------------
+
+
+def _raw_connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def _raw_load(conn: sqlite3.Connection, namespace: str, count: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        _UPSERT, ((namespace, f"k{i:07}", VALUE, time.time()) for i in range(count))
+    )
+    conn.execute("COMMIT")
+
+
+class Raw:
+    """raw sqlite3 (and one aiosqlite connection) on a database of the same layout."""
+
+    def __init__(self, directory: Path, budget: float, repeats: int) -> None:
+        self.path = directory / "raw.db"
+        self.conn = _raw_connect(self.path)
+        self.budget = budget
+        self.repeats = repeats
+        _raw_load(self.conn, "get", 1000)
+
+    async def get_round_trip(self) -> list[float]:
+        keys = [f"k{i:07}" for i in range(1000)]
+        async with aiosqlite.connect(self.path, isolation_level=None) as conn:
+            await conn.execute("PRAGMA synchronous = NORMAL")
+
+            async def batch() -> int:
+                now = time.time()
+                for key in keys[:200]:
+                    await conn.execute_fetchall(_GET, ("get", key, now))
+                return 200
+
+            return await _rate(batch, self.budget, self.repeats)
+
+    def put_sequential(self) -> list[float]:
+        conn = self.conn
+        counter = iter(range(10**12))
+
+        def batch() -> int:
+            for _ in range(200):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_UPSERT, ("seq", f"k{next(counter) % 1000}", VALUE, time.time()))
+                conn.execute("COMMIT")
+            return 200
+
+        return _sync_rate(batch, self.budget, self.repeats)
+
+    def executemany(self, per_writer: int) -> list[float]:
+        conn = self.conn
+        rows = [
+            ("conc", f"w{w}-{i}", VALUE, 0.0) for i in range(per_writer) for w in range(WRITERS)
+        ]
+
+        def batch() -> int:
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_UPSERT, [(ns, key, value, now) for ns, key, value, _ in rows])
+            conn.execute("COMMIT")
+            return len(rows)
+
+        return _sync_rate(batch, self.budget, self.repeats)
+
+    def scan(self) -> list[float]:
+        _raw_load(self.conn, "scan", 1000)
+
+        def batch() -> int:
+            for _ in range(5):
+                rows = self.conn.execute(_SCAN, ("scan", time.time(), 1000)).fetchall()
+                assert len(rows) == 1000
+            return 5
+
+        return _sync_rate(batch, self.budget, self.repeats)
+
+    def append(self) -> list[float]:
+        conn = self.conn
+
+        def batch() -> int:
+            for _ in range(200):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_APPEND, ("s", VALUE, time.time()))
+                conn.execute("COMMIT")
+            return 200
+
+        return _sync_rate(batch, self.budget, self.repeats)
+
+    def get_at(self, count: int) -> list[float]:
+        _raw_load(self.conn, f"scale{count}", count)
+        keys = [f"k{random.randrange(count):07}" for _ in range(200)]
+        namespace = f"scale{count}"
+
+        def batch() -> int:
+            now = time.time()
+            for key in keys:
+                self.conn.execute(_GET, (namespace, key, now)).fetchall()
+            return 200
+
+        return _sync_rate(batch, self.budget, self.repeats)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --- adapter measurements --------------------------------------------------------------
+
+
+async def _load(store: StorageAdapter, namespace: str, count: int) -> None:
+    for start in range(0, count, 500):
+        await store.commit(
+            [
+                Put(namespace=namespace, key=f"k{i:07}", value=VALUE)
+                for i in range(start, min(count, start + 500))
+            ]
+        )
+
+
+async def _adapter_ops(
+    store: StorageAdapter, budget: float, repeats: int, per_writer: int
+) -> dict[str, list[float]]:
+    await _load(store, "get", 1000)
+    keys = [f"k{i:07}" for i in range(1000)]
+    found: dict[str, list[float]] = {}
+
+    async def gets() -> int:
+        for key in keys[:200]:
+            await store.get("get", key)
+        return 200
+
+    found["get"] = await _rate(gets, budget, repeats)
+    counter = iter(range(10**12))
+
+    async def puts() -> int:
+        for _ in range(100):
+            await store.put("seq", f"k{next(counter) % 1000}", VALUE)
+        return 100
+
+    found["put"] = await _rate(puts, budget, repeats)
+
+    async def writer(w: int) -> None:
+        for i in range(per_writer):
+            await store.put("conc", f"w{w}-{i}", VALUE)
+
+    async def concurrent() -> int:
+        await asyncio.gather(*(writer(w) for w in range(WRITERS)))
+        return WRITERS * per_writer
+
+    found["concurrent"] = await _rate(concurrent, budget, repeats)
+    await _load(store, "scan", 1000)
+
+    async def scans() -> int:
+        for _ in range(5):
+            assert len(await store.scan("scan", limit=1000)) == 1000
+        return 5
+
+    found["scan"] = await _rate(scans, budget, repeats)
+
+    async def appends() -> int:
+        for _ in range(100):
+            await store.append("s", VALUE)
+        return 100
+
+    found["append"] = await _rate(appends, budget, repeats)
+    return found
+
+
+async def _scaling(
+    factory: Factory, directory: Path, count: int, budget: float, repeats: int
+) -> dict[str, list[float]]:
+    store = await factory(directory)
+    try:
+        await _load(store, "scale", count)
+        keys = [f"k{random.randrange(count):07}" for _ in range(100)]
+
+        async def gets() -> int:
+            for key in keys:
+                await store.get("scale", key)
+            return 100
+
+        async def puts() -> int:
+            for key in keys:
+                await store.put("scale", key, VALUE)
+            return 100
+
+        return {
+            "get": await _rate(gets, budget, repeats),
+            "put": await _rate(puts, budget, repeats),
+        }
+    finally:
+        await store.aclose()
+
+
+async def _peak_memory(factory: Factory, directory: Path, count: int) -> float:
+    """Peak MiB of Python memory while loading ``count`` records and reading them back."""
+    tracemalloc.start()
+    try:
+        store = await factory(directory)
+        await _load(store, "mem", count)
+        for i in range(0, count, max(1, count // 200)):
+            await store.get("mem", f"k{i:07}")
+        await store.scan("mem", limit=1000)
+        _, peak = tracemalloc.get_traced_memory()
+        await store.aclose()
+    finally:
+        tracemalloc.stop()
+    return peak / 2**20
+
+
+async def _bench(quick: bool, directory: Path) -> list[dict[str, Any]]:
+    budget = 0.15 if quick else 0.5
+    repeats = 3 if quick else 5
+    per_writer = 20 if quick else 50
+    raw = Raw(directory, budget, repeats)
+    try:
+        base = {
+            "get": await raw.get_round_trip(),
+            "put": raw.put_sequential(),
+            "concurrent": raw.executemany(per_writer),
+            "scan": raw.scan(),
+            "append": raw.append(),
+        }
+        rows: list[dict[str, Any]] = []
+        factories = _factories()
+        for name, factory in factories.items():
+            if factory is None:
+                print(f"  ({name}: adapter not importable, rows left out)", file=sys.stderr)
+                continue
+            folder = directory / name
+            folder.mkdir()
+            store = await factory(folder)
+            try:
+                found = await _adapter_ops(store, budget, repeats, per_writer)
+            finally:
+                await store.aclose()
+            is_sqlite = name == "sqlite"
+            rows += [
+                _row(
+                    f"{name} sequential get",
+                    found["get"],
+                    base["get"],
+                    baseline_unit="ops/s, one aiosqlite round trip",
+                    target=">= 1.0x (one round trip)" if is_sqlite else "-",
+                    floor=1.0 if is_sqlite else None,
+                ),
+                _row(
+                    f"{name} sequential put",
+                    found["put"],
+                    base["put"],
+                    baseline_unit="ops/s, raw upsert+COMMIT",
+                ),
+                _row(
+                    f"{name} {WRITERS} concurrent writers",
+                    found["concurrent"],
+                    base["concurrent"],
+                    baseline_unit="ops/s, raw executemany",
+                    target=">= 0.40x" if is_sqlite else "-",
+                    floor=0.40 if is_sqlite else None,
+                ),
+                _row(
+                    f"{name} scan 1,000 records",
+                    found["scan"],
+                    base["scan"],
+                    unit="scans/s",
+                    baseline_unit="scans/s, raw SELECT",
+                ),
+                _row(
+                    f"{name} sequential append",
+                    found["append"],
+                    base["append"],
+                    baseline_unit="ops/s, raw INSERT+COMMIT",
+                ),
+            ]
+        counts = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
+        for count in counts:
+            raw_get = raw.get_at(count)
+            for name, factory in factories.items():
+                if factory is None or (name == "filesystem" and count > 10_000 and quick):
+                    continue
+                folder = directory / f"{name}-{count}"
+                folder.mkdir()
+                scale = await _scaling(factory, folder, count, budget / 2, repeats)
+                memory_folder = directory / f"{name}-{count}-mem"
+                memory_folder.mkdir()
+                peak = await _peak_memory(factory, memory_folder, count)
+                payload = count * (len(VALUE) + 8) / 2**20
+                rows += [
+                    _row(
+                        f"{name} get @ {count:,} records",
+                        scale["get"],
+                        raw_get,
+                        baseline_unit="ops/s, raw sqlite3 get",
+                        group="storage scaling",
+                    ),
+                    _row(
+                        f"{name} put @ {count:,} records",
+                        scale["put"],
+                        raw_get,
+                        baseline_unit="ops/s, raw sqlite3 get",
+                        group="storage scaling",
+                    ),
+                    _row(
+                        f"{name} peak Python memory @ {count:,}",
+                        [peak],
+                        [payload],
+                        unit="MiB",
+                        baseline_unit="MiB of keys+values",
+                        group="storage scaling",
+                    ),
+                ]
+        return rows
+    finally:
+        raw.close()
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Measure every figure; each row carries its baseline from this same run."""
+    with tempfile.TemporaryDirectory(prefix="taskloom-bench-storage-") as directory:
+        return asyncio.run(_bench(quick, Path(directory)))
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"{'figure':40} {'value':>11} {'unit':8} {'baseline':>11} {'baseline unit':32} "
+        f"{'ratio':>7}  {'target':26} holds  spread"
+    )
+    for r in rows:
+        holds = "-" if r["holds"] is None else ("yes" if r["holds"] else "NO")
+        print(
+            f"{r['name']:40} {r['value']:>11,.1f} {r['unit']:8} {r['baseline']:>11,.1f} "
+            f"{r['baseline_unit']:32} {r['ratio']:>7.3f}  {r['target']:26} {holds:5}  "
+            f"{r['spread']:.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="short run (under a minute)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    rows = run(args.quick)
+    _print(rows)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {RESULTS} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
