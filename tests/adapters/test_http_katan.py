@@ -10,10 +10,12 @@ user message>``, with ``prompt_tokens`` the word count of all messages and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -35,6 +37,7 @@ from taskloom.contracts import (
     CompletionRequest,
     ExecutorError,
     ExecutorTimeout,
+    LLMExecutor,
     Message,
     ProviderUnavailable,
     RateLimited,
@@ -42,6 +45,7 @@ from taskloom.contracts import (
     Secret,
     Usage,
 )
+from taskloom.contracts.testing import ExecutorConformance
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,6 +61,7 @@ SCENARIOS: dict[str, list[str]] = {
     "inflight": ["--max-inflight", "1", "--latency-ms", "1500"],
     "auth": ["--validate-keys", "--api-keys", f"openai={OPENAI_KEY},anthropic={ANTHROPIC_KEY}"],
     "doomed": ["--latency-ms", "20000"],
+    "conf_rate_limit": ["--rate-limit-after", "1"],
 }
 PROTOCOLS = ["openai", "anthropic"]
 ECHO = re.compile(
@@ -298,3 +303,63 @@ async def test_server_killed_mid_request(katan: dict[str, KatanServer]) -> None:
         with pytest.raises(ExecutorError) as caught:
             await call
     assert isinstance(caught.value, ProviderUnavailable), repr(caught.value)
+
+
+# --- the conformance suite, against llm-katan -----------------------------------------------------
+
+
+class _KatanConformance(ExecutorConformance):
+    """ExecutorConformance with each failure kind produced by a katan server configured for it.
+
+    The echo text holds the time to the second, so replies are not deterministic.
+    """
+
+    deterministic = False
+    protocol = "openai"
+    servers: dict[str, KatanServer]
+
+    @pytest.fixture(autouse=True)
+    def _katan(self, katan: dict[str, KatanServer]) -> None:
+        self.servers = katan
+
+    def open_executor(self) -> AbstractAsyncContextManager[LLMExecutor]:
+        return make(self.protocol, self.servers["plain"])
+
+    @asynccontextmanager
+    async def _burnt(self, executor: LLMExecutor) -> AsyncIterator[LLMExecutor]:
+        """The executor after one call, which uses up --rate-limit-after 1."""
+        async with executor:  # type: ignore[attr-defined]
+            with contextlib.suppress(RateLimited):
+                await executor.complete(ask("burn"))
+            yield executor
+
+    def open_failing_executor(self, failure: str) -> AbstractAsyncContextManager[LLMExecutor]:
+        servers = self.servers
+        if failure == "rate_limited":
+            return self._burnt(make(self.protocol, servers["conf_rate_limit"]))
+        if failure == "timeout":
+            return make(self.protocol, servers["slow"], read_timeout_s=0.2)
+        if failure == "unavailable":
+            return make(self.protocol, servers["errors"])
+        if failure == "authentication":
+            return make(self.protocol, servers["auth"], api_key=Secret("sk-not-the-key"))
+        # a path the server does not serve: its 404 is a refused request
+        if self.protocol == "openai":
+            return OpenAIExecutor(
+                base_url=servers["plain"].url + "/no-such-api", model="m", api_key=Secret("k")
+            )
+        return AnthropicExecutor(
+            base_url=servers["plain"].url + "/no-such-api", model="m", api_key=Secret("k")
+        )
+
+
+class TestOpenAIConformanceAgainstKatan(_KatanConformance):
+    """OpenAIExecutor passes ExecutorConformance against llm-katan."""
+
+    protocol = "openai"
+
+
+class TestAnthropicConformanceAgainstKatan(_KatanConformance):
+    """AnthropicExecutor passes ExecutorConformance against llm-katan."""
+
+    protocol = "anthropic"

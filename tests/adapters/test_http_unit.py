@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -39,6 +40,7 @@ from taskloom.contracts import (
     ExecutorError,
     ExecutorTimeout,
     InvalidRequest,
+    LLMExecutor,
     MalformedResponse,
     Message,
     ProviderUnavailable,
@@ -49,6 +51,7 @@ from taskloom.contracts import (
     Usage,
     UsageError,
 )
+from taskloom.contracts.testing import ExecutorConformance
 
 KEY = "sk-test-0123456789abcdef-SECRET"
 Handler = Callable[[httpx.Request], Any]
@@ -1320,3 +1323,85 @@ async def test_from_config_missing_secret() -> None:
         await openai_from_config(
             {"base_url": "http://x", "api_key": {"secret": "openai_api_key"}}, MemorySecretStore()
         )
+
+
+# --- the conformance suite, against an in-process echo server ------------------------------------
+
+
+def echo_server(protocol: str, failure: str | None = None) -> Handler:
+    """A deterministic MockTransport server: replies 'echo: <last user text>', or fails."""
+    statuses = {
+        "rate_limited": 429,
+        "unavailable": 503,
+        "invalid_request": 400,
+        "authentication": 401,
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if failure == "timeout":
+            raise httpx.ReadTimeout("timed out", request=request)
+        if failure is not None:
+            return httpx.Response(
+                statuses[failure],
+                json={"error": {"message": failure}},
+                headers={"retry-after": "1"},
+            )
+        body = json.loads(request.content)
+        text = "echo: " + body["messages"][-1]["content"]
+        usage = {"prompt_tokens": 3, "completion_tokens": len(text.split())}
+        pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
+        if protocol == "openai" and not body.get("stream"):
+            data = json.loads(json.dumps(OPENAI_OK))
+            data["choices"][0]["message"]["content"] = text
+            data["usage"] = usage
+            return httpx.Response(200, json=data)
+        if protocol == "openai":
+            events = [oai_chunk({"content": p}) for p in pieces]
+            events += [oai_chunk({}, "stop", usage=usage), "data: [DONE]\n\n"]
+        elif not body.get("stream"):
+            data = {**ANTHROPIC_OK, "content": [{"type": "text", "text": text}]}
+            return httpx.Response(200, json=data)
+        else:
+            start = {"id": "m", "model": "c", "usage": {"input_tokens": 3, "output_tokens": 0}}
+            events = [ant_event("message_start", message=start)]
+            events += [
+                ant_event("content_block_delta", index=0, delta={"type": "text_delta", "text": p})
+                for p in pieces
+            ]
+            events += [
+                ant_event(
+                    "message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 4}
+                ),
+                ant_event("message_stop"),
+            ]
+        return httpx.Response(
+            200,
+            stream=Body([e.encode() for e in events]),
+            headers={"content-type": "text/event-stream"},
+        )
+
+    return handler
+
+
+class _MockConformance(ExecutorConformance):
+    protocol = "openai"
+
+    def open_executor(self) -> AbstractAsyncContextManager[LLMExecutor]:
+        make_executor = openai if self.protocol == "openai" else anthropic
+        return make_executor(echo_server(self.protocol), model="m")
+
+    def open_failing_executor(self, failure: str) -> AbstractAsyncContextManager[LLMExecutor]:
+        make_executor = openai if self.protocol == "openai" else anthropic
+        return make_executor(echo_server(self.protocol, failure), model="m")
+
+
+class TestOpenAIConformanceInProcess(_MockConformance):
+    """OpenAIExecutor passes ExecutorConformance against a deterministic in-process server."""
+
+    protocol = "openai"
+
+
+class TestAnthropicConformanceInProcess(_MockConformance):
+    """AnthropicExecutor passes ExecutorConformance against a deterministic in-process server."""
+
+    protocol = "anthropic"
