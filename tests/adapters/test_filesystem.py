@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import gc
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -156,6 +157,26 @@ async def test_expired_records_are_cleaned_lazily(tmp_path: Path) -> None:
         await storage.put("ns", "other", b"v")  # queued after the cleanup: a barrier
         assert not path.exists()
         assert (await storage.put("ns", "gone", b"again")).version == 1
+
+
+async def test_purge_expired_sweeps_every_namespace(tmp_path: Path) -> None:
+    """purge_expired removes the files of expired records nobody read, and only those."""
+    clock = FakeClock()
+    long_namespace = "n" * 600
+    async with FileStorage(tmp_path, fsync=False, clock=clock) as storage:
+        await storage.put("one", "old", b"v", ttl=5)
+        await storage.put(long_namespace, "old", b"v", ttl=5)
+        await storage.put(long_namespace, "x" * 900, b"v", ttl=5)
+        await storage.put("one", "live", b"v", ttl=500)
+        await storage.put("two", "forever", b"v")
+        assert await storage.purge_expired() == 0
+        clock.now += 5
+        assert await storage.purge_expired() == 3
+        assert await storage.purge_expired() == 0
+        assert not _store(tmp_path).record_path(long_namespace, "old").exists()
+        assert not _store(tmp_path).record_path("one", "old").exists()
+        assert [r.key for r in await storage.scan("one")] == ["live"]
+        assert [r.key for r in await storage.scan("two")] == ["forever"]
 
 
 async def test_long_keys_are_stored_in_nested_directories(tmp_path: Path) -> None:
@@ -507,6 +528,16 @@ async def test_a_held_lock_times_out_as_unavailable(tmp_path: Path) -> None:
 
 
 # --- lifecycle ------------------------------------------------------------------------------
+
+
+async def test_an_unclosed_store_warns(tmp_path: Path) -> None:
+    """A store dropped while open emits a ResourceWarning that says how to close it."""
+    storage = await FileStorage.open(tmp_path, fsync=False)
+    store = storage._store
+    with pytest.warns(ResourceWarning, match="never closed"):
+        del storage
+        gc.collect()
+    store.close()
 
 
 async def test_two_stores_on_one_root_see_each_other(tmp_path: Path) -> None:

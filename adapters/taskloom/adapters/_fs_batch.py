@@ -152,12 +152,15 @@ class Batch:
         """Plan one append."""
         return self._append(stream, payload)
 
-    def purge(self, namespace: str, keys: Sequence[str]) -> None:
-        """Plan removing the files of records that are still expired (lazy TTL cleanup)."""
+    def purge(self, namespace: str, keys: Sequence[str]) -> int:
+        """Plan removing the files of records that are still expired; return how many."""
+        removed = 0
         for key in keys:
             current, exists = self._state((namespace, key))
             if exists and current == 0:
                 self._delete(namespace, key, None)
+                removed += 1
+        return removed
 
     def commit(self, ops: Sequence[Op]) -> CommitResult:
         """Plan a commit; it is journaled when it changes more than one file."""

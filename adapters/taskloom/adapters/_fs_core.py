@@ -327,6 +327,41 @@ class Store:
                     )
         return out
 
+    def expired(self) -> dict[str, list[str]]:
+        """Keys of expired records in every namespace (for ``purge_expired``)."""
+        now = self._clock()
+        found: dict[str, list[str]] = {}
+        for namespace, directory in self._namespaces():
+            for key, path in self._keys(directory):
+                head = _fs_records.read_head(path)
+                if head is not None and not head.alive(now):
+                    found.setdefault(namespace, []).append(key)
+        return found
+
+    def _namespaces(self) -> list[tuple[str, Path]]:
+        out: list[tuple[str, Path]] = []
+        stack: list[tuple[Path, tuple[str, ...]]] = [(self.root / RECORDS, ())]
+        while stack:
+            directory, parts = stack.pop()
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    name = entry.name
+                    path = Path(entry.path)
+                    if name.startswith(".") or not entry.is_dir():
+                        continue
+                    if _fs_names.is_partial(name):
+                        stack.append((path, (*parts, name)))
+                        continue
+                    try:
+                        out.append((_fs_names.decode((*parts, name), _fs_names.NAMESPACE), path))
+                    except ValueError:
+                        raise StorageCorrupted(
+                            f"{path} was not written by taskloom (its name is no encoded "
+                            "namespace): move it out of the storage root",
+                            path=str(path),
+                        ) from None
+        return out
+
     def read(self, stream: str, *, after: int, limit: int | None) -> list[StreamEntry]:
         """Entries of ``stream`` after ``after``; a torn tail is never returned."""
         return read_entries(self.stream_dir(stream), stream, after=after, limit=limit)

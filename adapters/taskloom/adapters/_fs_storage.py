@@ -13,6 +13,7 @@ when a thread's outcome reaches the loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import warnings
@@ -280,6 +281,22 @@ class FileStorage:
         if keys and self._state == _OPEN:
             self._enqueue(lambda batch: batch.purge(namespace, keys), None)
 
+    async def purge_expired(self) -> int:
+        """Delete the files of every expired record now; return how many were removed.
+
+        Expired records are invisible at once and their files are removed when
+        a read meets them; this sweeps the rest, so a long-lived store whose
+        records expire unread does not only grow. It reads under the shared
+        lock and deletes in one write batch that checks each key again.
+        """
+        self._check_usable()
+        store = self._store
+        found = await self._read(store.expired)
+        removed = 0
+        for namespace, keys in found.items():
+            removed += await self._write(functools.partial(_purge, namespace, keys))
+        return removed
+
     # --- the StorageAdapter protocol -----------------------------------------------
 
     async def get(self, namespace: str, key: str) -> Record | None:
@@ -373,6 +390,10 @@ class FileStorage:
             await self._ensure_open()
             return CommitResult()
         return await self._write(lambda plan: plan.commit(batch))
+
+
+def _purge(namespace: str, keys: list[str], batch: Batch) -> int:
+    return batch.purge(namespace, keys)
 
 
 def _nothing(batch: Batch) -> None:
