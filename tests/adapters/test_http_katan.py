@@ -28,6 +28,7 @@ from katan_server import (
     stop_servers,
 )
 
+from taskloom.adapters._http_common import ShardedTransport
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.openai import OpenAIExecutor
 from taskloom.contracts import (
@@ -363,3 +364,21 @@ class TestAnthropicConformanceAgainstKatan(_KatanConformance):
     """AnthropicExecutor passes ExecutorConformance against llm-katan."""
 
     protocol = "anthropic"
+
+
+async def test_cancelled_call_releases_its_connection(katan: dict[str, KatanServer]) -> None:
+    """Cancelling a call in flight closes its response and its connection; none stays busy."""
+    async with make("openai", katan["slow"], max_connections=17) as ex:
+        pool = ex._get_client()._transport
+        assert isinstance(pool, ShardedTransport)
+        for call in (ex.complete(ask("hi")), collect(ex.stream(ask("hi")))):
+            task = asyncio.create_task(call)
+            while sum(pool.busy) == 0:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pool.busy == (0, 0)
+            shards: Any = pool._shards
+            assert all(len(shard._pool.connections) == 0 for shard in shards)

@@ -1086,6 +1086,8 @@ async def test_closing_the_stream_iterator_closes_the_response() -> None:
         assert first.delta == "a" and not bodies[0].closed
         await stream.aclose()  # type: ignore[attr-defined]
         assert bodies[0].closed
+        assert ex._client is not None
+        await ex._client.aclose()
         ex._transport = httpx.MockTransport(streaming(OPENAI_STREAM_KATAN))
         ex._client = None
         assert check_ex2(await collect(ex)) == "hello"
