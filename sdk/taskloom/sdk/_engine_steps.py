@@ -41,6 +41,9 @@ from taskloom.sdk._jsonschema import check, extract_json
 from taskloom.sdk._plan import NodePlan, Plan, render_messages
 from taskloom.sdk._ratelimit import ExecutorLimits
 from taskloom.sdk._retry import call_with_retries
+from taskloom.sdk._runrecords import StepRecord
+from taskloom.sdk._runstore import cache_key as make_key
+from taskloom.sdk._runstore import is_cacheable
 from taskloom.sdk._template import Scope, TemplateRenderError
 
 _ZERO = Usage()
@@ -110,8 +113,9 @@ class RunExecution:
         self.emit = emit
         self.outputs: dict[str, Any] = {}
         self.scope = Scope(inputs, self.outputs)
-        self.usage = _ZERO
-        self.usage_by_executor: dict[str, Usage] = {}
+        # token sums per executor id as plain ints (None: steps without an executor);
+        # Usage objects are built once, at the end, not per step
+        self._tokens: dict[str | None, list[int]] = {}
         self.steps_done = 0
         self.failed_step: str | None = None
         self._remaining: dict[str, int] = {}
@@ -120,13 +124,27 @@ class RunExecution:
             self._account(record.usage, record.executor)
 
     def _account(self, usage: Usage, executor_id: str | None) -> None:
-        if usage.prompt_tokens or usage.completion_tokens:
-            self.usage = self.usage + usage
-            if executor_id is not None:
-                prev = self.usage_by_executor.get(executor_id, _ZERO)
-                self.usage_by_executor[executor_id] = prev + usage
-        if executor_id is not None and executor_id not in self.usage_by_executor:
-            self.usage_by_executor[executor_id] = _ZERO
+        sums = self._tokens.get(executor_id)
+        if sums is None:
+            sums = self._tokens[executor_id] = [0, 0]
+        sums[0] += usage.prompt_tokens
+        sums[1] += usage.completion_tokens
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens of every step of the run so far (checkpointed ones included)."""
+        prompt = sum(s[0] for s in self._tokens.values())
+        completion = sum(s[1] for s in self._tokens.values())
+        return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+    @property
+    def usage_by_executor(self) -> dict[str, Usage]:
+        """Tokens per executor id."""
+        return {
+            eid: Usage(prompt_tokens=s[0], completion_tokens=s[1])
+            for eid, s in self._tokens.items()
+            if eid is not None
+        }
 
     # --- scheduling ----------------------------------------------------------
 
@@ -312,17 +330,21 @@ class RunExecution:
             )
 
         deadline_at = started + node.deadline_s if node.deadline_s is not None else None
+        retries = call_with_retries(
+            attempt_fn,
+            policy=node.retry,
+            sleep=svc.sleep,
+            random=svc.random,
+            clock=svc.clock,
+            deadline_at=deadline_at,
+            on_retry=on_retry,
+        )
         try:
-            async with asyncio.timeout(node.deadline_s):
-                await call_with_retries(
-                    attempt_fn,
-                    policy=node.retry,
-                    sleep=svc.sleep,
-                    random=svc.random,
-                    clock=svc.clock,
-                    deadline_at=deadline_at,
-                    on_retry=on_retry,
-                )
+            if deadline_at is None:  # asyncio.timeout(None) still costs: skip it on the hot path
+                await retries
+            else:
+                async with asyncio.timeout(node.deadline_s):
+                    await retries
         except TimeoutError:
             late = ExecutorTimeout(
                 f"step {step_id!r} passed its deadline of {node.deadline_s} s; raise deadline_s "
@@ -374,9 +396,6 @@ class RunExecution:
         assert executor_id is not None
         cache_key: str | None = None
         if node.cache and svc.runstore is not None:
-            from taskloom.sdk._runstore import cache_key as make_key
-            from taskloom.sdk._runstore import is_cacheable
-
             if is_cacheable(request, nondeterministic=node.cache_nondeterministic):
                 cache_key = make_key(executor_id, request)
 
@@ -406,7 +425,7 @@ class RunExecution:
                             )
                         )
                         return
-            executor = await svc.registry.get(executor_id)
+            executor = svc.registry.peek(executor_id) or await svc.registry.get(executor_id)
             limits: ExecutorLimits = svc.limits(executor_id)
             result = await self._call(node, executor, limits, request, step_id, item)
             state.usage = state.usage + result.usage
@@ -436,11 +455,15 @@ class RunExecution:
                 if limits.active:
                     await limits.admit()
                 try:
-                    async with asyncio.timeout(node.timeout_s):
-                        if node.stream:
-                            result = await self._stream(executor, request, step_id, item)
-                        else:
-                            result = await executor.complete(request)
+                    if node.stream:
+                        call = self._stream(executor, request, step_id, item)
+                    else:
+                        call = executor.complete(request)
+                    if node.timeout_s is None:
+                        result = await call
+                    else:
+                        async with asyncio.timeout(node.timeout_s):
+                            result = await call
                 except TimeoutError:
                     raise ExecutorTimeout(
                         f"step {step_id!r}: no reply within {node.timeout_s} s"
@@ -585,8 +608,6 @@ class RunExecution:
         store = self.svc.runstore
         if store is None:
             return
-        from taskloom.sdk._runrecords import StepRecord
-
         now = self.svc.clock()
         await store.record_step(
             StepRecord(

@@ -252,6 +252,11 @@ class ExecutorRegistry:
             raise UnknownExecutor(executor_id, self.ids())
         return entry.settings
 
+    def peek(self, executor_id: str) -> LLMExecutor | None:
+        """The executor for ``executor_id`` if it is already built (a sync fast path)."""
+        entry = self._entries.get(executor_id)
+        return entry.executor if entry is not None else None
+
     async def get(self, executor_id: str) -> LLMExecutor:
         """The executor for ``executor_id``, built on first use (once, even if raced)."""
         entry = self._entries.get(executor_id)
