@@ -13,9 +13,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.v import format_exception
@@ -188,16 +190,50 @@ def _format(exc: BaseException, type_: Any) -> str:
     return format_exception(exc, type_)
 
 
+_VALIDATOR_FIELD = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)' must ")
+
+
+def _validator_field(exc: BaseException) -> str | None:
+    """The field an attrs validator refused, or None if ``exc`` is not such an error.
+
+    Validators run in ``__init__`` after cattrs structured every field, so cattrs
+    can only place their errors at the enclosing object; attrs names the field in
+    the error's arguments (``instance_of``, ``in_``) or message (``ge``, ``le``).
+    """
+    if not isinstance(exc, ValueError | TypeError) or not exc.args:
+        return None
+    if len(exc.args) > 1 and isinstance(exc.args[1], attrs.Attribute):
+        name: str = exc.args[1].name
+    else:
+        match = _VALIDATOR_FIELD.match(str(exc.args[0]))
+        if match is None:
+            return None
+        name = match[1]
+    return name.rstrip("_")  # ``with_`` and ``as_`` are ``with`` and ``as`` in JSON
+
+
 def _describe(exc: BaseException) -> tuple[str, str]:
     """Turn a cattrs error into (message, path) naming the first bad field."""
     if isinstance(exc, DecodeError):
         return str(exc), exc.path
-    messages = cattrs.transform_error(exc, path="$", format_exception=_format)
+    fields: list[str | None] = []
+
+    def format_and_note(error: BaseException, type_: Any) -> str:
+        field = _validator_field(error) if type_ is None else None
+        fields.append(field)
+        if field is not None:
+            return f"invalid value ({error.args[0]})"
+        return _format(error, type_)
+
+    messages = cattrs.transform_error(exc, path="$", format_exception=format_and_note)
     if not messages:
         return str(exc), "$"
     first = messages[0]
     message, _, path = first.rpartition(" @ ")
-    return (message or first), (path or "$")
+    path = path or "$"
+    if fields and fields[0] is not None:
+        path = f"{path}.{fields[0]}"
+    return (message or first), path
 
 
 def structure(data: Any, cls: type[T]) -> T:
