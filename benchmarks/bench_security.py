@@ -19,8 +19,9 @@
 - ``audit verify``: entries per second checked by ``AuditLog.verify`` beside raw
   SHA-256 plus ``json.loads`` of the same entries. No target.
 
-Figures are medians over repeats after a warm-up; ``spread`` is
-(max - min) / median of the repeats.
+Verification figures are medians of single calls, the three alternating call
+by call after a warm-up; ``spread`` is (max - min) / median of the medians of
+10 (quick) or 20 consecutive chunks. Audit figures are whole-run rates.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,21 +89,6 @@ def _row(
     }
 
 
-def _time_batch(fn: Callable[[], object], inner: int) -> float:
-    """Seconds per call of ``fn``, over ``inner`` calls."""
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - start) / inner
-
-
-async def _atime_batch(fn: Callable[[], Any], inner: int) -> float:
-    start = time.perf_counter()
-    for _ in range(inner):
-        await fn()
-    return (time.perf_counter() - start) / inner
-
-
 def _make_plugin(root: Path) -> tuple[bytes, TrustStore]:
     rng = __import__("random").Random(7)
     for i in range(FILES):
@@ -152,20 +137,34 @@ async def _bench_verify(quick: bool, root: Path) -> list[dict[str, Any]]:
     async def ours() -> None:
         await verify_plugin(root, envelope, trust, rollback=guard, now=NOW)
 
-    repeats, inner = (15, 20) if quick else (41, 50)
-    for _ in range(inner):  # warm-up: page cache, code paths, rollback record
+    calls, chunks = (300, 10) if quick else (2000, 20)
+    for _ in range(50):  # warm-up: page cache, code paths, the rollback record
         await ours()
         raw_with_reads()
         raw_in_memory()
-    mine, base, compute = [], [], []
-    for _ in range(repeats):
-        # Interleave so that machine noise hits all three alike.
-        mine.append(await _atime_batch(ours, inner))
-        base.append(_time_batch(raw_with_reads, inner))
-        compute.append(_time_batch(raw_in_memory, inner))
-    m, m_spread = _median_spread(mine)
-    b, b_spread = _median_spread(base)
-    c, c_spread = _median_spread(compute)
+    mine: list[float] = []
+    base: list[float] = []
+    compute: list[float] = []
+    clock = time.perf_counter
+    for _ in range(calls):
+        # One call of each in turn, so that a burst of machine noise hits all alike.
+        start = clock()
+        await ours()
+        middle = clock()
+        raw_with_reads()
+        end = clock()
+        raw_in_memory()
+        compute.append(clock() - end)
+        mine.append(middle - start)
+        base.append(end - middle)
+
+    def chunked(samples: list[float]) -> list[float]:
+        size = len(samples) // chunks
+        return [statistics.median(samples[i : i + size]) for i in range(0, size * chunks, size)]
+
+    m, m_spread = _median_spread(chunked(mine))
+    b, b_spread = _median_spread(chunked(base))
+    c, c_spread = _median_spread(chunked(compute))
     ratio = m / b
     return [
         _row(

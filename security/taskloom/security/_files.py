@@ -33,7 +33,7 @@ MAX_PATH_BYTES = 1024
 
 
 _SEGMENT = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f]+"
-_SAFE_PATH = re.compile(rf"(?:{_SEGMENT}/)*{_SEGMENT}")
+SAFE_PATH = re.compile(rf"(?:{_SEGMENT}/)*{_SEGMENT}")
 
 
 def check_relative_path(path: str) -> None:
@@ -43,7 +43,7 @@ def check_relative_path(path: str) -> None:
     no backslash or control character, valid Unicode, at most MAX_PATH_BYTES.
     """
     reason = None
-    if not _SAFE_PATH.fullmatch(path):
+    if not SAFE_PATH.fullmatch(path):
         reason = "must be relative, '/'-separated, with no empty, '.' or '..' segment"
         if path.startswith("/") or "\\" in path:
             reason = "must be relative and use '/' as separator"
@@ -64,10 +64,6 @@ def check_relative_path(path: str) -> None:
         raise UnsafeFile(
             f"path {path[:80]!r} {reason}: the manifest may only list files inside the plugin"
         )
-
-
-def _name(entry: os.DirEntry[str]) -> str:
-    return entry.name
 
 
 class PluginTree:
@@ -112,17 +108,15 @@ class PluginTree:
     def _walk(self, prefix: str, fd: int) -> None:
         with os.scandir(fd) as entries:
             listing = list(entries)
-        listing.sort(key=_name)
         if not listing and prefix:
             self.empty_dirs.append(prefix.rstrip("/"))
         for entry in listing:
-            rel = prefix + entry.name
-            if entry.is_symlink():
-                raise UnsafeFile(
-                    f"{rel!r} in {self.root} is a symlink; plugins may not contain symlinks: "
-                    "replace it with the file itself"
-                )
-            if entry.is_dir(follow_symlinks=False):
+            # DirEntry answers from the directory listing (d_type), without a stat;
+            # with follow_symlinks=False a symlink is neither a file nor a directory.
+            if entry.is_file(follow_symlinks=False):
+                self.files.append(prefix + entry.name)
+            elif entry.is_dir(follow_symlinks=False):
+                rel = prefix + entry.name
                 try:
                     sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -131,12 +125,15 @@ class PluginTree:
                     ) from exc
                 self._dirs[rel] = sub
                 self._walk(rel + "/", sub)
-            elif entry.is_file(follow_symlinks=False):
-                self.files.append(rel)
+            elif entry.is_symlink():
+                raise UnsafeFile(
+                    f"{prefix + entry.name!r} in {self.root} is a symlink; plugins may not "
+                    "contain symlinks: replace it with the file itself"
+                )
             else:
                 raise UnsafeFile(
-                    f"{rel!r} in {self.root} is not a regular file (a device, FIFO or socket); "
-                    "remove it from the plugin directory"
+                    f"{prefix + entry.name!r} in {self.root} is not a regular file (a device, "
+                    "FIFO or socket); remove it from the plugin directory"
                 )
 
     def directories(self) -> Iterator[str]:
@@ -144,14 +141,15 @@ class PluginTree:
         return (d for d in self._dirs if d)
 
     def read_exact(self, path: str, size: int | None) -> bytes | None:
-        """Read ``path`` once if it is a regular file of exactly ``size`` bytes, else None.
+        """Read ``path`` once if it holds exactly ``size`` bytes, else None.
 
-        ``size=None`` reads the file at whatever size it has when opened.
-
-        The size is taken from the open descriptor, then exactly that many bytes
-        are read: the bytes returned are the bytes the caller hashes, so a file
-        that grows or shrinks meanwhile either reads short (None) or is checked
-        on what was read.
+        ``size=None`` reads the whole file (checked to be regular with fstat).
+        With a size, ``size + 1`` bytes are asked for in one read: a regular file
+        of the right length answers with exactly ``size``; a longer one gives
+        itself away, a shorter one reads short. The walk already saw a regular
+        file here; if it was swapped since, ``O_NOFOLLOW`` refuses a symlink and
+        ``O_NONBLOCK`` keeps a FIFO from blocking. Either way the bytes returned
+        are the bytes the caller hashes and keeps.
         """
         parent, _, name = path.rpartition("/")
         dir_fd = self._dirs.get(parent)
@@ -165,25 +163,29 @@ class PluginTree:
                 "or replaced by a symlink; reinstall the plugin"
             ) from exc
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise UnsafeFile(f"{path!r} in {self.root} is not a regular file")
             if size is None:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise UnsafeFile(f"{path!r} in {self.root} is not a regular file")
                 size = info.st_size
-            elif info.st_size != size:
-                return None
-            data = os.read(fd, size) if size else b""
-            if len(data) < size:
-                chunks = [data]
-                remaining = size - len(data)
-                while remaining > 0:
-                    chunk = os.read(fd, remaining)
-                    if not chunk:
-                        return None
-                    chunks.append(chunk)
-                    remaining -= len(chunk)
-                data = b"".join(chunks)
-            return data
+            try:
+                data = os.read(fd, size + 1)
+                if len(data) < size and data:
+                    chunks = [data]
+                    remaining = size + 1 - len(data)
+                    while remaining > 0:
+                        chunk = os.read(fd, remaining)
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                        remaining -= len(chunk)
+                    data = b"".join(chunks)
+            except OSError as exc:  # EAGAIN from a FIFO swapped in, EISDIR, ...
+                raise UnsafeFile(
+                    f"cannot read {path!r} in {self.root} ({exc.strerror or exc}): "
+                    "it is not a regular file; reinstall the plugin"
+                ) from exc
+            return data if len(data) == size else None
         finally:
             os.close(fd)
 

@@ -84,19 +84,23 @@ def nesting_depth(text: str) -> int:
 
 
 def _check_tree(value: Any, max_depth: int) -> None:
-    """Walk the parsed value once: nesting depth and integer range (no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
+    """Nesting depth and integer range, one level at a time: no recursion, no per-node calls."""
+    level = [value]
+    depth = 1
+    while True:
+        children = [
+            child for node in level for child in (node.values() if type(node) is dict else node)
+        ]
+        numbers = [child for child in children if type(child) is int]
+        if numbers and (max(numbers) > MAX_SAFE_INTEGER or min(numbers) < -MAX_SAFE_INTEGER):
+            raise _Refusal("an integer is outside +-(2**53 - 1)")
+        below = [child for child in children if type(child) is dict or type(child) is list]
+        if not below:
+            return
+        depth += 1
         if depth > max_depth:
             raise _Refusal(f"nested deeper than the limit of {max_depth} levels")
-        for child in children:
-            kind = type(child)
-            if kind is dict or kind is list:
-                stack.append((child, depth + 1))
-            elif kind is int and not -MAX_SAFE_INTEGER <= child <= MAX_SAFE_INTEGER:
-                raise _Refusal(f"integer {str(child)[:32]} is outside +-(2**53 - 1)")
+        level = below
 
 
 def loads_strict(
@@ -149,13 +153,15 @@ def loads_strict(
                     "an integer has thousands of digits, outside +-(2**53 - 1)"
                 ) from None
             raise _Refusal(f"not valid JSON ({exc})") from None
-        if isinstance(value, dict | list):
+        if type(value) is dict or type(value) is list:
             _check_tree(value, max_depth)
         elif type(value) is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             raise _Refusal(f"integer {str(value)[:32]} is outside +-(2**53 - 1)")
-        if "-0" in text and _NEGATIVE_ZERO.search(_STRING.sub("", text)):
+        # Single-character membership tests run at memchr speed; the costlier
+        # searches run only on documents that hold a '-' or a backslash at all.
+        if "-" in text and "-0" in text and _NEGATIVE_ZERO.search(_STRING.sub("", text)):
             raise _Refusal("the number -0 is not in canonical form; write 0")
-        if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        if "\\" in text and _SURROGATE_ESCAPE.search(text):
             # Escaped surrogates are fine in pairs; a lone one decodes to text that
             # is not Unicode. Only documents that escape surrogates pay for this.
             try:
