@@ -382,3 +382,11 @@ async def test_cancelled_call_releases_its_connection(katan: dict[str, KatanServ
             assert pool.busy == (0, 0)
             shards: Any = pool._shards
             assert all(len(shard._pool.connections) == 0 for shard in shards)
+
+
+def test_one_executor_across_event_loops(katan: dict[str, KatanServer]) -> None:
+    """asyncio.run twice with one executor works: connections of a closed loop are dropped."""
+    executor = make("openai", katan["plain"])
+    for _ in range(2):
+        assert asyncio.run(executor.complete(ask("again"))).text.endswith("User: again")
+    asyncio.run(executor.aclose())

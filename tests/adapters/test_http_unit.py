@@ -1142,6 +1142,42 @@ async def test_lifecycle() -> None:
         ex.stream(REQUEST)
 
 
+async def test_use_from_a_second_live_loop_is_refused() -> None:
+    """While the loop it first ran on is alive, another loop's call raises UsageError."""
+    import threading
+
+    outcome: list[BaseException] = []
+    async with openai(reply(200, OPENAI_OK)) as ex:
+        await ex.complete(REQUEST)
+
+        def elsewhere() -> None:
+            try:
+                asyncio.run(ex.complete(REQUEST))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        assert (await ex.complete(REQUEST)).text == "hello"
+    assert len(outcome) == 1 and isinstance(outcome[0], UsageError)
+    assert "another event loop" in str(outcome[0])
+
+
+async def test_an_unclosed_executor_warns() -> None:
+    """An executor that opened its pool and is dropped unclosed emits a ResourceWarning."""
+    import gc
+
+    ex = openai(reply(200, OPENAI_OK))
+    await ex.complete(REQUEST)
+    client = ex._client
+    with pytest.warns(ResourceWarning, match="never closed"):
+        del ex
+        gc.collect()
+    assert client is not None
+    await client.aclose()
+
+
 async def test_one_pool_for_all_calls() -> None:
     """All calls of one executor share one AsyncClient; concurrent calls keep their own replies."""
 

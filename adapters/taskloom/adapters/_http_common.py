@@ -809,6 +809,7 @@ class HTTPExecutor(abc.ABC):
         self._max_bytes = int(_positive(max_response_bytes, "max_response_bytes", owner))
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -840,7 +841,17 @@ class HTTPExecutor(abc.ABC):
 
     def _get_client(self) -> httpx.AsyncClient:
         self._check_open()
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed():
+                raise UsageError(
+                    f"{type(self).__name__} is in use on another event loop; "
+                    "create one executor per event loop"
+                )
+            # the loop its connections belonged to is gone (asyncio.run called again)
+            self._client = None
         if self._client is None:
+            self._loop = loop
             headers = {"user-agent": "taskloom/0.1", **self._extra_headers, **self._headers()}
             self._client = httpx.AsyncClient(
                 headers=headers,
@@ -859,7 +870,7 @@ class HTTPExecutor(abc.ABC):
         """Close the connection pool. Idempotent; later calls raise UsageError."""
         self._closed = True
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and self._loop is asyncio.get_running_loop():
             await client.aclose()
 
     async def __aenter__(self) -> HTTPExecutor:
