@@ -118,3 +118,11 @@ async def test_memory_secret_store_repr_hides_values() -> None:
     store = MemorySecretStore({"api_key": "hunter2"})
     assert "hunter2" not in repr(store) and "api_key" not in repr(store)
     assert "1 secret" in repr(store)
+
+
+@pytest.mark.slow
+class TestMemoryStorageThorough(TestMemoryStorage):
+    """The same suite with a state machine ten times longer (CI and release checks)."""
+
+    max_examples = 200
+    stateful_step_count = 60
