@@ -241,3 +241,18 @@ async def test_bad_reply_type_is_a_usage_error() -> None:
     async with ScriptedExecutor(lambda request: 42) as executor:  # type: ignore[arg-type,return-value]
         with pytest.raises(UsageError, match="int"):
             await executor.complete(_request("x"))
+
+
+async def test_a_repeated_error_does_not_grow_its_traceback() -> None:
+    """One error instance raised on every call keeps a traceback of one call only."""
+    error = ProviderUnavailable("down")
+    depths = []
+    async with ScriptedExecutor(failures=itertools.repeat(error)) as executor:
+        for _ in range(5):
+            with pytest.raises(ProviderUnavailable):
+                await executor.complete(_request("x"))
+            depth, tb = 0, error.__traceback__
+            while tb is not None:
+                depth, tb = depth + 1, tb.tb_next
+            depths.append(depth)
+    assert len(set(depths)) == 1

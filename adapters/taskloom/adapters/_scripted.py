@@ -132,7 +132,7 @@ class ScriptedExecutor:
         self._finish_reason = finish_reason
         self._closed = False
         self.calls = 0
-        """How many calls (``complete`` or ``stream``) were made."""
+        """How many calls were made (a stream counts once its iteration starts)."""
         self.requests: list[CompletionRequest] = []
         """Every request, in the order the calls were made."""
         self.in_flight = 0
@@ -204,7 +204,8 @@ class ScriptedExecutor:
 
     def _result(self, request: CompletionRequest, reply: object) -> CompletionResult:
         if isinstance(reply, ExecutorError):
-            raise reply
+            # The same instance may be scripted many times: drop the last traceback.
+            raise reply.with_traceback(None)
         if isinstance(reply, CompletionResult):
             return reply
         if isinstance(reply, dict | list):
@@ -249,7 +250,7 @@ class ScriptedExecutor:
         try:
             await self._wait()
             if failure is not None:
-                raise failure
+                raise failure.with_traceback(None)
             result = await self._reply(request)
         finally:
             self.in_flight -= 1
@@ -269,7 +270,7 @@ class ScriptedExecutor:
         try:
             await self._wait()
             if failure is not None:
-                raise failure
+                raise failure.with_traceback(None)
             result = await self._reply(request)
             text = result.text
             pieces = [
