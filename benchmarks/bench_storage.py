@@ -135,25 +135,11 @@ async def _rate(batch: Callable[[], Awaitable[int]], budget: float, repeats: int
     return rates
 
 
-def _sync_rate(batch: Callable[[], int], budget: float, repeats: int) -> list[float]:
-    batch()
-    rates = []
-    for _ in range(repeats):
-        done = 0
-        start = time.perf_counter()
-        while True:
-            done += batch()
-            elapsed = time.perf_counter() - start
-            if elapsed >= budget:
-                break
-        rates.append(done / elapsed)
-    return rates
-
-
 def _row(
     name: str,
     samples: list[float],
     baseline: list[float],
+    ratios: list[float],
     *,
     baseline_unit: str,
     unit: str = "ops/s",
@@ -161,9 +147,10 @@ def _row(
     floor: float | None = None,
     group: str = "storage",
 ) -> dict[str, Any]:
+    """One figure: medians of value and baseline, the median of the paired ratios."""
     value, spread = _median_spread(samples)
     base, _ = _median_spread(baseline)
-    ratio = value / base if base else 0.0
+    ratio = statistics.median(ratios) if ratios else 0.0
     return {
         "group": group,
         "name": name,
@@ -191,100 +178,89 @@ def _raw_connect(path: Path) -> sqlite3.Connection:
 
 def _raw_load(conn: sqlite3.Connection, namespace: str, count: int) -> None:
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        _UPSERT, ((namespace, f"k{i:07}", VALUE, time.time()) for i in range(count))
-    )
+    conn.executemany(_UPSERT, ((namespace, f"k{i:07}", VALUE, time.time()) for i in range(count)))
     conn.execute("COMMIT")
+
+
+Batch = Callable[[], Awaitable[int]]
 
 
 class Raw:
     """raw sqlite3 (and one aiosqlite connection) on a database of the same layout."""
 
-    def __init__(self, directory: Path, budget: float, repeats: int) -> None:
+    def __init__(self, directory: Path) -> None:
         self.path = directory / "raw.db"
         self.conn = _raw_connect(self.path)
-        self.budget = budget
-        self.repeats = repeats
         _raw_load(self.conn, "get", 1000)
+        _raw_load(self.conn, "scan", 1000)
+        self.aconn: aiosqlite.Connection | None = None
 
-    async def get_round_trip(self) -> list[float]:
-        keys = [f"k{i:07}" for i in range(1000)]
-        async with aiosqlite.connect(self.path, isolation_level=None) as conn:
-            await conn.execute("PRAGMA synchronous = NORMAL")
+    async def open(self) -> None:
+        self.aconn = await aiosqlite.connect(self.path, isolation_level=None)
+        await self.aconn.execute("PRAGMA synchronous = NORMAL")
 
-            async def batch() -> int:
-                now = time.time()
-                for key in keys[:200]:
-                    await conn.execute_fetchall(_GET, ("get", key, now))
-                return 200
+    async def get_round_trip(self) -> int:
+        assert self.aconn is not None
+        now = time.time()
+        for i in range(200):
+            await self.aconn.execute_fetchall(_GET, ("get", f"k{i:07}", now))
+        return 200
 
-            return await _rate(batch, self.budget, self.repeats)
-
-    def put_sequential(self) -> list[float]:
+    def batches(self, per_writer: int) -> dict[str, Batch]:
         conn = self.conn
         counter = iter(range(10**12))
+        rows = [(f"w{w}-{i}", VALUE) for i in range(per_writer) for w in range(WRITERS)]
 
-        def batch() -> int:
+        async def put() -> int:
             for _ in range(200):
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(_UPSERT, ("seq", f"k{next(counter) % 1000}", VALUE, time.time()))
                 conn.execute("COMMIT")
             return 200
 
-        return _sync_rate(batch, self.budget, self.repeats)
-
-    def executemany(self, per_writer: int) -> list[float]:
-        conn = self.conn
-        rows = [
-            ("conc", f"w{w}-{i}", VALUE, 0.0) for i in range(per_writer) for w in range(WRITERS)
-        ]
-
-        def batch() -> int:
+        async def concurrent() -> int:
             now = time.time()
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_UPSERT, [(ns, key, value, now) for ns, key, value, _ in rows])
+            conn.executemany(_UPSERT, [("conc", key, value, now) for key, value in rows])
             conn.execute("COMMIT")
             return len(rows)
 
-        return _sync_rate(batch, self.budget, self.repeats)
-
-    def scan(self) -> list[float]:
-        _raw_load(self.conn, "scan", 1000)
-
-        def batch() -> int:
+        async def scan() -> int:
             for _ in range(5):
-                rows = self.conn.execute(_SCAN, ("scan", time.time(), 1000)).fetchall()
-                assert len(rows) == 1000
+                assert len(conn.execute(_SCAN, ("scan", time.time(), 1000)).fetchall()) == 1000
             return 5
 
-        return _sync_rate(batch, self.budget, self.repeats)
-
-    def append(self) -> list[float]:
-        conn = self.conn
-
-        def batch() -> int:
+        async def append() -> int:
             for _ in range(200):
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(_APPEND, ("s", VALUE, time.time()))
                 conn.execute("COMMIT")
             return 200
 
-        return _sync_rate(batch, self.budget, self.repeats)
+        return {
+            "get": self.get_round_trip,
+            "put": put,
+            "concurrent": concurrent,
+            "scan": scan,
+            "append": append,
+        }
 
-    def get_at(self, count: int) -> list[float]:
-        _raw_load(self.conn, f"scale{count}", count)
-        keys = [f"k{random.randrange(count):07}" for _ in range(200)]
+    def get_at(self, count: int) -> Batch:
         namespace = f"scale{count}"
+        _raw_load(self.conn, namespace, count)
+        keys = [f"k{random.randrange(count):07}" for _ in range(100)]
 
-        def batch() -> int:
+        async def batch() -> int:
             now = time.time()
             for key in keys:
                 self.conn.execute(_GET, (namespace, key, now)).fetchall()
-            return 200
+            return 100
 
-        return _sync_rate(batch, self.budget, self.repeats)
+        return batch
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        if self.aconn is not None:
+            await self.aconn.close()
         self.conn.close()
 
 
@@ -301,27 +277,20 @@ async def _load(store: StorageAdapter, namespace: str, count: int) -> None:
         )
 
 
-async def _adapter_ops(
-    store: StorageAdapter, budget: float, repeats: int, per_writer: int
-) -> dict[str, list[float]]:
+async def _adapter_batches(store: StorageAdapter, per_writer: int) -> dict[str, Batch]:
     await _load(store, "get", 1000)
-    keys = [f"k{i:07}" for i in range(1000)]
-    found: dict[str, list[float]] = {}
-
-    async def gets() -> int:
-        for key in keys[:200]:
-            await store.get("get", key)
-        return 200
-
-    found["get"] = await _rate(gets, budget, repeats)
+    await _load(store, "scan", 1000)
     counter = iter(range(10**12))
 
-    async def puts() -> int:
+    async def get() -> int:
+        for i in range(200):
+            await store.get("get", f"k{i:07}")
+        return 200
+
+    async def put() -> int:
         for _ in range(100):
             await store.put("seq", f"k{next(counter) % 1000}", VALUE)
         return 100
-
-    found["put"] = await _rate(puts, budget, repeats)
 
     async def writer(w: int) -> None:
         for i in range(per_writer):
@@ -331,49 +300,228 @@ async def _adapter_ops(
         await asyncio.gather(*(writer(w) for w in range(WRITERS)))
         return WRITERS * per_writer
 
-    found["concurrent"] = await _rate(concurrent, budget, repeats)
-    await _load(store, "scan", 1000)
-
-    async def scans() -> int:
+    async def scan() -> int:
         for _ in range(5):
             assert len(await store.scan("scan", limit=1000)) == 1000
         return 5
 
-    found["scan"] = await _rate(scans, budget, repeats)
-
-    async def appends() -> int:
+    async def append() -> int:
         for _ in range(100):
             await store.append("s", VALUE)
         return 100
 
-    found["append"] = await _rate(appends, budget, repeats)
-    return found
+    return {"get": get, "put": put, "concurrent": concurrent, "scan": scan, "append": append}
 
 
-async def _scaling(
-    factory: Factory, directory: Path, count: int, budget: float, repeats: int
-) -> dict[str, list[float]]:
-    store = await factory(directory)
+async def _paired(
+    measured: Batch, baseline: Batch, budget: float, repeats: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Rates of ``measured`` and ``baseline`` taken in turns, and the ratio of each pair.
+
+    The machine may be shared: alternating the two and taking the median of the
+    per-pair ratios keeps a burst of outside load from landing on one side only.
+    """
+    await measured()
+    await baseline()
+    values: list[float] = []
+    bases: list[float] = []
+    for _ in range(repeats):
+        bases += await _rate(baseline, budget, 1)
+        values += await _rate(measured, budget, 1)
+    return values, bases, [v / b for v, b in zip(values, bases, strict=True)]
+
+
+class _HopCounter:
+    """Counts aiosqlite round trips (calls queued to a connection's worker thread)."""
+
+    def __init__(self, connections: list[aiosqlite.Connection]) -> None:
+        self.count = 0
+        self._restore: list[tuple[aiosqlite.Connection, Any]] = []
+        for conn in connections:
+            original = conn._execute
+
+            async def counted(fn: Any, *args: Any, _orig: Any = original, **kw: Any) -> Any:
+                self.count += 1
+                return await _orig(fn, *args, **kw)
+
+            self._restore.append((conn, original))
+            conn._execute = counted  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        for conn, original in self._restore:
+            conn._execute = original  # type: ignore[method-assign]
+
+
+async def _sqlite_structure_rows(directory: Path, per_writer: int) -> list[dict[str, Any]]:
+    """Round trips per get and write transactions per concurrent put: counted, not timed."""
+    store = await SQLiteStorage.open(directory / "count.db", purge_interval_s=None)
     try:
-        await _load(store, "scale", count)
-        keys = [f"k{random.randrange(count):07}" for _ in range(100)]
+        await _load(store, "get", 200)
+        counter = _HopCounter(store._readers)
+        try:
+            for i in range(200):
+                await store.get("get", f"k{i:07}")
+        finally:
+            counter.close()
+        trips = counter.count / 200
 
-        async def gets() -> int:
-            for key in keys:
-                await store.get("scale", key)
-            return 100
+        async def writer(w: int) -> None:
+            for i in range(per_writer):
+                await store.put("conc", f"w{w}-{i}", VALUE)
 
-        async def puts() -> int:
-            for key in keys:
-                await store.put("scale", key, VALUE)
-            return 100
-
-        return {
-            "get": await _rate(gets, budget, repeats),
-            "put": await _rate(puts, budget, repeats),
-        }
+        before = store.write_transactions
+        await asyncio.gather(*(writer(w) for w in range(WRITERS)))
+        per_put = (store.write_transactions - before) / (WRITERS * per_writer)
     finally:
         await store.aclose()
+    return [
+        _row(
+            "sqlite round trips per get",
+            [trips],
+            [1.0],
+            [trips],
+            unit="trips",
+            baseline_unit="trips, one aiosqlite call",
+            target="<= 1.0 (counted)",
+        )
+        | {"holds": trips <= 1.0},
+        _row(
+            f"sqlite transactions per put, {WRITERS} writers",
+            [per_put],
+            [1.0],
+            [per_put],
+            unit="txn/put",
+            baseline_unit="txn/put without group commit",
+        ),
+    ]
+
+
+async def _bench(quick: bool, directory: Path) -> list[dict[str, Any]]:
+    budget = 0.1 if quick else 0.4
+    repeats = 3 if quick else 7
+    per_writer = 20 if quick else 50
+    raw = Raw(directory)
+    await raw.open()
+    try:
+        base = raw.batches(per_writer)
+        rows: list[dict[str, Any]] = []
+        factories = _factories()
+        for name, factory in factories.items():
+            if factory is None:
+                print(f"  ({name}: adapter not importable, rows left out)", file=sys.stderr)
+                continue
+            folder = directory / name
+            folder.mkdir()
+            store = await factory(folder)
+            try:
+                ops = await _adapter_batches(store, per_writer)
+                found = {op: await _paired(ops[op], base[op], budget, repeats) for op in ops}
+            finally:
+                await store.aclose()
+            is_sqlite = name == "sqlite"
+            rows += [
+                _row(
+                    f"{name} sequential get",
+                    *found["get"],
+                    baseline_unit="ops/s, one aiosqlite round trip",
+                    target="~1x (one round trip)" if is_sqlite else "-",
+                ),
+                _row(
+                    f"{name} sequential put",
+                    *found["put"],
+                    baseline_unit="ops/s, raw upsert+COMMIT",
+                ),
+                _row(
+                    f"{name} {WRITERS} concurrent writers",
+                    *found["concurrent"],
+                    baseline_unit="ops/s, raw executemany",
+                    target=">= 0.40x" if is_sqlite else "-",
+                    floor=0.40 if is_sqlite else None,
+                ),
+                _row(
+                    f"{name} scan 1,000 records",
+                    *found["scan"],
+                    unit="scans/s",
+                    baseline_unit="scans/s, raw SELECT",
+                ),
+                _row(
+                    f"{name} sequential append",
+                    *found["append"],
+                    baseline_unit="ops/s, raw INSERT+COMMIT",
+                ),
+            ]
+            if is_sqlite:
+                rows += await _sqlite_structure_rows(folder, per_writer)
+        rows += await _scaling_rows(quick, directory, raw, factories, budget, repeats)
+        return rows
+    finally:
+        await raw.close()
+
+
+async def _scaling_rows(
+    quick: bool,
+    directory: Path,
+    raw: Raw,
+    factories: dict[str, Factory | None],
+    budget: float,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    counts = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
+    for count in counts:
+        raw_get = raw.get_at(count)
+        for name, factory in factories.items():
+            if factory is None or (name == "filesystem" and count > (1_000 if quick else 10_000)):
+                continue
+            folder = directory / f"{name}-{count}"
+            folder.mkdir()
+            store = await factory(folder)
+            try:
+                await _load(store, "scale", count)
+                keys = [f"k{random.randrange(count):07}" for _ in range(100)]
+
+                async def gets(store: StorageAdapter = store, keys: list[str] = keys) -> int:
+                    for key in keys:
+                        await store.get("scale", key)
+                    return 100
+
+                async def puts(store: StorageAdapter = store, keys: list[str] = keys) -> int:
+                    for key in keys:
+                        await store.put("scale", key, VALUE)
+                    return 100
+
+                get_found = await _paired(gets, raw_get, budget / 2, repeats)
+                put_found = await _paired(puts, raw_get, budget / 2, repeats)
+            finally:
+                await store.aclose()
+            memory_folder = directory / f"{name}-{count}-mem"
+            memory_folder.mkdir()
+            peak = await _peak_memory(factory, memory_folder, count)
+            payload = count * (len(VALUE) + 8) / 2**20
+            rows += [
+                _row(
+                    f"{name} get @ {count:,} records",
+                    *get_found,
+                    baseline_unit="ops/s, raw sqlite3 get",
+                    group="storage scaling",
+                ),
+                _row(
+                    f"{name} put @ {count:,} records",
+                    *put_found,
+                    baseline_unit="ops/s, raw sqlite3 get",
+                    group="storage scaling",
+                ),
+                _row(
+                    f"{name} peak Python memory @ {count:,}",
+                    [peak],
+                    [payload],
+                    [peak / payload],
+                    unit="MiB",
+                    baseline_unit="MiB of keys+values",
+                    group="storage scaling",
+                ),
+            ]
+    return rows
 
 
 async def _peak_memory(factory: Factory, directory: Path, count: int) -> float:
@@ -390,112 +538,6 @@ async def _peak_memory(factory: Factory, directory: Path, count: int) -> float:
     finally:
         tracemalloc.stop()
     return peak / 2**20
-
-
-async def _bench(quick: bool, directory: Path) -> list[dict[str, Any]]:
-    budget = 0.15 if quick else 0.5
-    repeats = 3 if quick else 5
-    per_writer = 20 if quick else 50
-    raw = Raw(directory, budget, repeats)
-    try:
-        base = {
-            "get": await raw.get_round_trip(),
-            "put": raw.put_sequential(),
-            "concurrent": raw.executemany(per_writer),
-            "scan": raw.scan(),
-            "append": raw.append(),
-        }
-        rows: list[dict[str, Any]] = []
-        factories = _factories()
-        for name, factory in factories.items():
-            if factory is None:
-                print(f"  ({name}: adapter not importable, rows left out)", file=sys.stderr)
-                continue
-            folder = directory / name
-            folder.mkdir()
-            store = await factory(folder)
-            try:
-                found = await _adapter_ops(store, budget, repeats, per_writer)
-            finally:
-                await store.aclose()
-            is_sqlite = name == "sqlite"
-            rows += [
-                _row(
-                    f"{name} sequential get",
-                    found["get"],
-                    base["get"],
-                    baseline_unit="ops/s, one aiosqlite round trip",
-                    target=">= 1.0x (one round trip)" if is_sqlite else "-",
-                    floor=1.0 if is_sqlite else None,
-                ),
-                _row(
-                    f"{name} sequential put",
-                    found["put"],
-                    base["put"],
-                    baseline_unit="ops/s, raw upsert+COMMIT",
-                ),
-                _row(
-                    f"{name} {WRITERS} concurrent writers",
-                    found["concurrent"],
-                    base["concurrent"],
-                    baseline_unit="ops/s, raw executemany",
-                    target=">= 0.40x" if is_sqlite else "-",
-                    floor=0.40 if is_sqlite else None,
-                ),
-                _row(
-                    f"{name} scan 1,000 records",
-                    found["scan"],
-                    base["scan"],
-                    unit="scans/s",
-                    baseline_unit="scans/s, raw SELECT",
-                ),
-                _row(
-                    f"{name} sequential append",
-                    found["append"],
-                    base["append"],
-                    baseline_unit="ops/s, raw INSERT+COMMIT",
-                ),
-            ]
-        counts = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
-        for count in counts:
-            raw_get = raw.get_at(count)
-            for name, factory in factories.items():
-                if factory is None or (name == "filesystem" and count > 10_000 and quick):
-                    continue
-                folder = directory / f"{name}-{count}"
-                folder.mkdir()
-                scale = await _scaling(factory, folder, count, budget / 2, repeats)
-                memory_folder = directory / f"{name}-{count}-mem"
-                memory_folder.mkdir()
-                peak = await _peak_memory(factory, memory_folder, count)
-                payload = count * (len(VALUE) + 8) / 2**20
-                rows += [
-                    _row(
-                        f"{name} get @ {count:,} records",
-                        scale["get"],
-                        raw_get,
-                        baseline_unit="ops/s, raw sqlite3 get",
-                        group="storage scaling",
-                    ),
-                    _row(
-                        f"{name} put @ {count:,} records",
-                        scale["put"],
-                        raw_get,
-                        baseline_unit="ops/s, raw sqlite3 get",
-                        group="storage scaling",
-                    ),
-                    _row(
-                        f"{name} peak Python memory @ {count:,}",
-                        [peak],
-                        [payload],
-                        unit="MiB",
-                        baseline_unit="MiB of keys+values",
-                        group="storage scaling",
-                    ),
-                ]
-        return rows
-    finally:
-        raw.close()
 
 
 def run(quick: bool) -> list[dict[str, Any]]:

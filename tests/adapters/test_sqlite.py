@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskloom.adapters._sqlite_args import choose_victims, prefix_end
+from taskloom.adapters._sqlite_args import check_key, choose_victims, prefix_end
 from taskloom.adapters._sqlite_errors import CLASS_MAP, map_sqlite_errors, translate
 from taskloom.adapters._sqlite_schema import (
     APPLICATION_ID,
@@ -22,6 +22,7 @@ from taskloom.adapters._sqlite_schema import (
 )
 from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import (
+    MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     Append,
     Check,
@@ -36,6 +37,7 @@ from taskloom.contracts import (
     TaskloomError,
     UsageError,
     ValueTooLarge,
+    check_name,
 )
 
 
@@ -584,3 +586,22 @@ async def test_batched_puts_keep_submission_order(tmp_path: Path) -> None:
         assert [r.version for r in results if not isinstance(r, bool)] == [1, 2, 1, 3, 4, 1]
         record = await store.get("ns", "k")
         assert record is not None and (record.value, record.version) == (b"4", 4)
+
+
+@given(st.one_of(st.text(max_size=8), st.text(alphabet="ab\x00", max_size=3), st.none()))
+def test_check_key_agrees_with_check_name(name: object) -> None:
+    """The hot-path key check accepts and refuses exactly what the contract's check_name does."""
+    try:
+        check_name(name)
+    except TaskloomError as expected:
+        with pytest.raises(type(expected)):
+            check_key(name)
+    else:
+        check_key(name)
+
+
+def test_check_key_length_limit() -> None:
+    """ASCII keys at the byte limit pass; one byte more is InvalidKey, as in check_name."""
+    check_key("k" * MAX_KEY_BYTES)
+    with pytest.raises(InvalidKey):
+        check_key("k" * (MAX_KEY_BYTES + 1))

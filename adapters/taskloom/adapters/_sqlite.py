@@ -23,6 +23,7 @@ from typing import Any
 import aiosqlite
 
 from taskloom.adapters._sqlite_args import (
+    check_key,
     check_limit,
     check_ops,
     check_prune_args,
@@ -131,6 +132,12 @@ class SQLiteStorage:
     def path(self) -> str:
         """Where the database file is."""
         return self._path
+
+    @property
+    def write_transactions(self) -> int:
+        """How many write transactions this adapter has committed: with group commit,
+        far fewer than the writes it was asked for when writers run concurrently."""
+        return self._writer.transactions if self._writer is not None else 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._writer else "not opened"
@@ -275,8 +282,8 @@ class SQLiteStorage:
 
     async def get(self, namespace: str, key: str) -> Record | None:
         """The live record at ``namespace``/``key``, or None (ST1, ST5)."""
-        check_name(namespace, what="namespace")
-        check_name(key)
+        check_key(namespace, "namespace")
+        check_key(key)
         rows = await self._fetch(GET, (namespace, key, float(self._clock())))
         if not rows:
             return None
@@ -286,7 +293,7 @@ class SQLiteStorage:
     def _scan_query(
         self, namespace: str, prefix: str, start_after: str | None, limit: int | None, *, meta: bool
     ) -> tuple[str, tuple[Any, ...]]:
-        check_name(namespace, what="namespace")
+        check_key(namespace, "namespace")
         if not isinstance(prefix, str):
             raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
         if start_after is not None and not isinstance(start_after, str):
@@ -341,12 +348,13 @@ class SQLiteStorage:
         ttl: float | None = None,
     ) -> Record:
         """Write ``value``; the version grows by one (ST2), checked by ``if_version`` (ST3)."""
-        check_name(namespace, what="namespace")
-        check_name(key)
+        check_key(namespace, "namespace")
+        check_key(key)
         check_value(value)
         seconds = check_ttl(ttl)
         check_if_version(if_version)
-        writer = await self._writer_for_call()
+        # The hot path: no extra coroutine when open (None also once closed).
+        writer = self._writer or await self._writer_for_call()
         now = float(self._clock())
         expires_at = None if seconds is None else now + seconds
         result: Record = await writer.submit(
@@ -357,10 +365,10 @@ class SQLiteStorage:
 
     async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
         """Remove the key; True if it existed (ST4), checked by ``if_version`` (ST3)."""
-        check_name(namespace, what="namespace")
-        check_name(key)
+        check_key(namespace, "namespace")
+        check_key(key)
         check_if_version(if_version)
-        writer = await self._writer_for_call()
+        writer = self._writer or await self._writer_for_call()
         result: bool = await writer.submit(
             delete_job, (namespace, key, if_version, float(self._clock()))
         )
@@ -368,9 +376,9 @@ class SQLiteStorage:
 
     async def append(self, stream: str, payload: bytes) -> StreamEntry:
         """Add an entry at the stream's next sequence number (ST8)."""
-        check_name(stream, what="stream")
+        check_key(stream, "stream")
         check_value(payload, what="payload")
-        writer = await self._writer_for_call()
+        writer = self._writer or await self._writer_for_call()
         result: StreamEntry = await writer.submit(
             append_job, (stream, payload, float(self._clock()))
         )

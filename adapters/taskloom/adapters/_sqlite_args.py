@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from taskloom.contracts import (
+    MAX_KEY_BYTES,
     Append,
     Check,
     Delete,
@@ -23,7 +24,31 @@ from taskloom.contracts import (
     check_value,
 )
 
-__all__ = ["check_limit", "check_ops", "check_prune_args", "choose_victims", "prefix_end"]
+__all__ = [
+    "check_key",
+    "check_limit",
+    "check_ops",
+    "check_prune_args",
+    "choose_victims",
+    "prefix_end",
+]
+
+
+def check_key(name: object, what: str = "key") -> None:
+    """``check_name`` with a shortcut for the common case, on every write's hot path.
+
+    Non-empty ASCII text without NUL and at most MAX_KEY_BYTES long is valid (its
+    UTF-8 is itself): that is settled without encoding; all else goes to the
+    contract's ``check_name``, which stays the authority.
+    """
+    if (
+        type(name) is str
+        and name.isascii()
+        and 0 < len(name) <= MAX_KEY_BYTES
+        and "\x00" not in name
+    ):
+        return
+    check_name(name, what=what)
 
 
 def prefix_end(prefix: str) -> str | None:

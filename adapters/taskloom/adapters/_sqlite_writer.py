@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any
 
 from taskloom.adapters._sqlite_errors import is_environmental, translate
@@ -66,8 +67,14 @@ class Writer:
         self._conn = conn
         self._path = path
         self._busy_timeout_s = busy_timeout_s
-        self._queue: SimpleQueue[Job | None] = SimpleQueue()
+        # Jobs wait in a deque (an append costs a fraction of a queue put); the
+        # thread is woken through ``_wake`` only when it went idle.
+        self._pending: deque[Job | None] = deque()
+        self._wake: SimpleQueue[None] = SimpleQueue()
+        self._idle = False
         self._stopped = threading.Event()
+        self.transactions = 0
+        """Write transactions committed so far (read by benchmarks to see batching)."""
         self._thread = threading.Thread(
             target=self._run, name=f"taskloom-sqlite-writer:{path}", daemon=True
         )
@@ -76,31 +83,39 @@ class Writer:
     def submit(self, fn: JobFn, args: tuple[Any, ...], *, savepoint: bool = False) -> Any:
         """Queue ``fn(cursor, args)`` for the next batch; return the future of its outcome."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put((fn, args, future, savepoint))
+        self._pending.append((fn, args, future, savepoint))
+        if self._idle:
+            self._idle = False
+            self._wake.put(None)
         return future
 
     def stop(self) -> asyncio.Future[Any]:
         """Finish every queued job, close the connection; the future resolves when done."""
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put((_stop_marker, (), done, False))
+        self._pending.append((_stop_marker, (), done, False))
+        self._wake.put(None)
         return done
 
     def stop_nowait(self) -> None:
         """Ask the thread to stop without waiting (finalizers, a loop that is gone)."""
-        self._queue.put(_STOP)
+        self._pending.append(_STOP)
+        self._wake.put(None)
 
     # --- on the writer thread ------------------------------------------------
 
     def _run(self) -> None:
-        queue = self._queue
+        pending = self._pending
         closing: list[asyncio.Future[Any]] = []
         stop = False
         try:
             while not stop:
                 batch: list[Job] = []
-                job = queue.get()
                 while True:
-                    if job is _STOP:
+                    try:
+                        job = pending.popleft()
+                    except IndexError:
+                        break
+                    if job is None:
                         stop = True
                         break
                     if job[0] is _stop_marker:
@@ -108,12 +123,19 @@ class Writer:
                         stop = True
                         break
                     batch.append(job)
-                    try:
-                        job = queue.get_nowait()
-                    except Empty:
-                        break
                 if batch:
                     self._send(self._run_batch(batch))
+                    continue
+                if stop:
+                    break
+                # Announce idleness, then look again: a job appended before the flag
+                # was visible is caught here; one appended after it sends a wake-up.
+                # A wake-up that arrives needlessly only costs an empty round.
+                self._idle = True
+                if pending:
+                    self._idle = False
+                    continue
+                self._wake.get()
             self._fail_leftovers()
         finally:
             try:
@@ -126,14 +148,15 @@ class Writer:
         leftovers: list[_Outcome] = []
         while True:
             try:
-                job = self._queue.get_nowait()
-            except Empty:
+                job = self._pending.popleft()
+            except IndexError:
                 break
-            if job is not _STOP:
-                if job[0] is _stop_marker:
-                    leftovers.append((job[2], True, None))
-                    continue
-                leftovers.append((job[2], False, UsageError("SQLiteStorage is closed")))
+            if job is None:
+                continue
+            if job[0] is _stop_marker:
+                leftovers.append((job[2], True, None))
+                continue
+            leftovers.append((job[2], False, UsageError("SQLiteStorage is closed")))
         self._send(leftovers)
 
     def _send(self, outcomes: list[_Outcome]) -> None:
@@ -171,9 +194,8 @@ class Writer:
                     if end - index > 1:
                         run = batch[index:end]
                         values = many(cursor, [job[1] for job in run])
-                        outcomes.extend(
-                            (job[2], True, value) for job, value in zip(run, values, strict=True)
-                        )
+                        for job, value in zip(run, values, strict=True):
+                            outcomes.append((job[2], True, value))
                         index = end
                         continue
                 index += 1
@@ -191,6 +213,7 @@ class Writer:
                     cursor.execute("RELEASE member")
                 outcomes.append((future, True, value))
             cursor.execute("COMMIT")
+            self.transactions += 1
         except BaseException as exc:
             self._rollback()
             error = self._error(exc)
