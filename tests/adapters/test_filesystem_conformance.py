@@ -14,8 +14,8 @@ class TestFileStorage(StorageConformance):
     """A FileStorage per location; fsync is off because a killed process is tested elsewhere."""
 
     durable = True
-    max_examples = 25
-    stateful_step_count = 25
+    max_examples = 60
+    stateful_step_count = 40
 
     def open_storage(self, location: Path) -> AbstractAsyncContextManager[StorageAdapter]:
         return FileStorage(location, fsync=False, segment_bytes=256)
