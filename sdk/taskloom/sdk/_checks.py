@@ -24,6 +24,29 @@ from taskloom.sdk import _graph
 from taskloom.sdk._template import Ref, TemplateSyntaxError, parse, refs
 
 _RESERVED_LOCALS = frozenset({"inputs", "steps", "index"})
+_NONE: frozenset[str] = frozenset()
+
+
+class _Visible:
+    """The steps certain to have finished before one step starts (``name in visible``).
+
+    ``mask`` is the step's ancestor bit mask (``None``: everything is visible, as for
+    the pipeline's output); a step inside a parallel group counts as its group.
+    """
+
+    __slots__ = ("_groups", "_mask", "_position")
+
+    def __init__(self, mask: int | None, position: dict[str, int], groups: dict[str, str]) -> None:
+        self._mask = mask
+        self._position = position
+        self._groups = groups
+
+    def __contains__(self, name: object) -> bool:
+        if self._mask is None:
+            return True
+        top = self._groups.get(name, name) if isinstance(name, str) else name
+        index = self._position.get(top) if isinstance(top, str) else None
+        return index is not None and bool((self._mask >> index) & 1)
 
 
 def _step_id(step: Any) -> str | None:
@@ -73,7 +96,7 @@ class _Checker:
     # --- templates -----------------------------------------------------------
 
     def templates(
-        self, value: Any, path: str, *, visible: frozenset[str], local_names: frozenset[str]
+        self, value: Any, path: str, *, visible: _Visible, local_names: frozenset[str]
     ) -> None:
         try:
             found = list(refs(value))
@@ -84,7 +107,7 @@ class _Checker:
             self.reference(ref, path + suffix, visible=visible, local_names=local_names)
 
     def reference(
-        self, ref: Ref, path: str, *, visible: frozenset[str], local_names: frozenset[str]
+        self, ref: Ref, path: str, *, visible: _Visible, local_names: frozenset[str]
     ) -> None:
         where = f"{{{{{ref.source}}}}}"
         if ref.kind == "inputs":
@@ -119,7 +142,7 @@ class _Checker:
 
     # --- steps ---------------------------------------------------------------
 
-    def step(self, step: Any, path: str, *, visible: frozenset[str], inner: bool) -> None:
+    def step(self, step: Any, path: str, *, visible: _Visible, inner: bool) -> None:
         if isinstance(step, Mapping):
             return
         if inner and step.needs is not None:
@@ -129,9 +152,9 @@ class _Checker:
                 "put 'needs' on the group or the map instead",
             )
         if isinstance(step, LLMStep):
-            self.llm(step, path, visible=visible, local_names=frozenset())
+            self.llm(step, path, visible=visible, local_names=_NONE)
         elif isinstance(step, PluginStep):
-            self.plugin(step, path, visible=visible, local_names=frozenset())
+            self.plugin(step, path, visible=visible, local_names=_NONE)
         elif isinstance(step, ParallelStep):
             if not step.parallel:
                 self.add(f"{path}.parallel", "a parallel group needs at least one step")
@@ -140,7 +163,7 @@ class _Checker:
         else:
             self.map(step, path, visible=visible)
 
-    def map(self, step: MapStep, path: str, *, visible: frozenset[str]) -> None:
+    def map(self, step: MapStep, path: str, *, visible: _Visible) -> None:
         try:
             pieces = parse(step.map)
         except TemplateSyntaxError as exc:
@@ -155,7 +178,7 @@ class _Checker:
                 )
             else:
                 ref = pieces[0]
-                self.reference(ref, f"{path}.map", visible=visible, local_names=frozenset())
+                self.reference(ref, f"{path}.map", visible=visible, local_names=_NONE)
                 spec = self.inputs.get(ref.name) if ref.kind == "inputs" else None
                 if spec is not None and not ref.path and spec.type != "array":
                     self.add(
@@ -175,7 +198,7 @@ class _Checker:
             self.plugin(body, f"{path}.step", visible=visible, local_names=local_names)
 
     def llm(
-        self, step: LLMStep, path: str, *, visible: frozenset[str], local_names: frozenset[str]
+        self, step: LLMStep, path: str, *, visible: _Visible, local_names: frozenset[str]
     ) -> None:
         if step.prompt is not None and step.messages is not None:
             self.add(
@@ -209,7 +232,7 @@ class _Checker:
             self.add(where, f"unknown executor {executor!r}", f"known executors: {known}")
 
     def plugin(
-        self, step: PluginStep, path: str, *, visible: frozenset[str], local_names: frozenset[str]
+        self, step: PluginStep, path: str, *, visible: _Visible, local_names: frozenset[str]
     ) -> None:
         if step.uses not in self.plugin_steps:
             known = ", ".join(sorted(self.plugin_steps)) or "none registered"
@@ -255,10 +278,11 @@ def check_semantics(
             c.body_ids[step.step.id] = step.id
         top_ids.append(_step_id(step) or f"#{index}")
     needs: list[tuple[str, ...] | None] = []
+    top_set = set(top_ids)
     for index, step in enumerate(steps):
         named = step.needs if not isinstance(step, Mapping) else None
         for pos, name in enumerate(named or ()):
-            if name not in top_ids:
+            if name not in top_set:
                 hint = _suggest(name, top_ids)
                 if name in c.group_of:
                     hint = f"it is inside group {c.group_of[name]!r}: name the group"
@@ -266,7 +290,10 @@ def check_semantics(
                     f"$.steps[{index}].needs[{pos}]", f"'needs' names unknown step {name!r}", hint
                 )
         needs.append(named)
-    graph_ids = [sid if top_ids.index(sid) == i else f"{sid}#{i}" for i, sid in enumerate(top_ids)]
+    first_at: dict[str, int] = {}
+    for i, sid in enumerate(top_ids):
+        first_at.setdefault(sid, i)
+    graph_ids = [sid if first_at[sid] == i else f"{sid}#{i}" for i, sid in enumerate(top_ids)]
     deps = _graph.dependencies(graph_ids, needs)
     cycle = _graph.find_cycle(graph_ids, deps)
     if cycle is not None:
@@ -276,14 +303,13 @@ def check_semantics(
             "'needs' makes a cycle: " + " -> ".join(cycle),
             "remove one of these needs",
         )
-    ancestors = _graph.ancestors(graph_ids, deps) if cycle is None else None
+    masks = _graph.ancestor_masks(graph_ids, deps) if cycle is None else None
+    position = {sid: i for i, sid in enumerate(graph_ids)}
     for index, step in enumerate(steps):
         # With a cycle, "finished before" is meaningless: only the other checks apply.
-        seen = ancestors[graph_ids[index]] if ancestors is not None else frozenset(c.all_ids)
-        visible = frozenset(seen | {i for i, g in c.group_of.items() if g in seen})
-        c.step(step, f"$.steps[{index}]", visible=visible, inner=False)
-    everything = frozenset(c.all_ids)
-    c.templates(output, "$.output", visible=everything, local_names=frozenset())
+        mask = masks[index] if masks is not None else None
+        c.step(step, f"$.steps[{index}]", visible=_Visible(mask, position, c.group_of), inner=False)
+    c.templates(output, "$.output", visible=_Visible(None, position, c.group_of), local_names=_NONE)
     return c.problems
 
 

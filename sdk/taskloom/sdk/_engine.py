@@ -22,6 +22,7 @@ import contextlib
 import random as _random
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,28 @@ from taskloom.sdk._events_bus import EventBus
 from taskloom.sdk._plan import Compiler, Plan
 from taskloom.sdk._ratelimit import ExecutorLimits
 from taskloom.sdk._registry import ExecutorRegistry
+from taskloom.sdk._runstore import pipeline_digest
 from taskloom.sdk._template import TemplateRenderError
 from taskloom.sdk._validate import validate_pipeline
 
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
 _PLAN_CACHE_SIZE = 64
+_DIGESTS: dict[int, tuple[weakref.ref[Pipeline], str]] = {}
+
+
+def _digest(pipeline: Pipeline) -> str:
+    """The pipeline's digest, computed once per Pipeline object in this process.
+
+    Canonical JSON of a large pipeline is the costliest part of preparing a run;
+    Pipelines are frozen, so the digest of one object never changes.
+    """
+    found = _DIGESTS.get(id(pipeline))
+    if found is not None and found[0]() is pipeline:
+        return found[1]
+    digest = pipeline_digest(pipeline)
+    key = id(pipeline)
+    _DIGESTS[key] = (weakref.ref(pipeline, lambda _r: _DIGESTS.pop(key, None)), digest)
+    return digest
 
 
 @attrs.frozen(kw_only=True)
@@ -300,15 +318,13 @@ class Engine:
         checked = validate_pipeline(
             pipeline, registry=self.registry, plugin_steps=self.plugin_steps, inputs=inputs
         )
-        from taskloom.sdk._runstore import pipeline_digest
-
         compiler = Compiler(
             checked,
             default_executor=self.registry.default_id,
             default_model=lambda eid: self.registry.settings(eid).default_model,
             default_retry=self.default_retry,
         )
-        plan = compiler.compile(pipeline_digest(checked))
+        plan = compiler.compile(_digest(checked))
         if isinstance(pipeline, Pipeline):
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.pop(next(iter(self._plans)))

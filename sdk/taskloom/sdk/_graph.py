@@ -28,9 +28,8 @@ def dependencies(ids: Sequence[str], needs: Sequence[tuple[str, ...] | None]) ->
 
 def find_cycle(ids: Sequence[str], deps: Sequence[Sequence[str]]) -> list[str] | None:
     """One cycle (as a list of ids, first repeated last) if the graph has any."""
-    graph = {
-        step_id: [d for d in ds if d in set(ids)] for step_id, ds in zip(ids, deps, strict=True)
-    }
+    known = set(ids)
+    graph = {step_id: [d for d in ds if d in known] for step_id, ds in zip(ids, deps, strict=True)}
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
     for root in ids:
         if state.get(root):
@@ -58,29 +57,30 @@ def find_cycle(ids: Sequence[str], deps: Sequence[Sequence[str]]) -> list[str] |
     return None
 
 
-def ancestors(ids: Sequence[str], deps: Sequence[Sequence[str]]) -> dict[str, frozenset[str]]:
-    """For each id, every id it transitively depends on (the graph must be acyclic)."""
-    by_id = dict(zip(ids, deps, strict=True))
-    memo: dict[str, frozenset[str]] = {}
+def ancestor_masks(ids: Sequence[str], deps: Sequence[Sequence[str]]) -> list[int]:
+    """For each step (by position) a bit mask of the positions it transitively depends on.
 
-    def visit(root: str) -> frozenset[str]:
+    Bit masks (Python ints) keep this near-linear in practice: a 10,000-step chain
+    needs 10,000 ORs of ints, where sets of ids would copy 50 million entries.
+    The graph must be acyclic and ``ids`` unique.
+    """
+    position = {step_id: index for index, step_id in enumerate(ids)}
+    masks: list[int | None] = [None] * len(ids)
+    for root in range(len(ids)):
         stack = [root]
         while stack:
             node = stack[-1]
-            if node in memo:
+            if masks[node] is not None:
                 stack.pop()
                 continue
-            pending = [d for d in by_id.get(node, ()) if d in by_id and d not in memo]
+            parents = [position[d] for d in deps[node] if d in position]
+            pending = [p for p in parents if masks[p] is None]
             if pending:
                 stack.extend(pending)
                 continue
-            found: set[str] = set()
-            for d in by_id.get(node, ()):
-                if d in by_id:
-                    found.add(d)
-                    found |= memo[d]
-            memo[node] = frozenset(found)
+            mask = 0
+            for parent in parents:
+                mask |= masks[parent] | (1 << parent)  # type: ignore[operator]
+            masks[node] = mask
             stack.pop()
-        return memo[root]
-
-    return {step_id: visit(step_id) for step_id in ids}
+    return [m or 0 for m in masks]

@@ -22,9 +22,10 @@ from taskloom.contracts import (
     Step,
 )
 from taskloom.sdk import _graph
-from taskloom.sdk._template import Renderer, Scope, compile_json, compile_text
+from taskloom.sdk._template import Renderer, Scope, compile_json, compile_text, to_text
 
 NodeKind = Literal["llm", "plugin", "parallel", "map"]
+_NO_RETRY_SET = RetryPolicy()
 
 
 class NodePlan:
@@ -66,7 +67,7 @@ class NodePlan:
         self.dependents: list[NodePlan] = []
         self.children: list[NodePlan] = []
         self.on_error = "fail"
-        self.retry = RetryPolicy()
+        self.retry = _NO_RETRY_SET
         self.timeout_s: float | None = None
         self.deadline_s: float | None = None
         self.executor_id: str | None = None
@@ -212,6 +213,4 @@ def render_messages(node: NodePlan, scope: Scope) -> tuple[Message, ...]:
 
 
 def _text(value: Any) -> str:
-    from taskloom.sdk._template import to_text
-
     return to_text(value)
