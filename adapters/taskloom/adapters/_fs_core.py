@@ -102,7 +102,7 @@ class Store:
                 f"storage root {root} exists and is not a directory: choose another location",
                 path=str(root),
             )
-        root.mkdir(parents=True, exist_ok=True)
+        self.disk.ensure_dir(root)  # its parent is fsynced with the first flush
         marker = root / MARKER
         # Check before creating the lock file, so a foreign or newer store gains no file.
         if marker.exists():
