@@ -179,6 +179,15 @@ async def test_purge_expired_sweeps_every_namespace(tmp_path: Path) -> None:
         assert [r.key for r in await storage.scan("two")] == ["forever"]
 
 
+async def test_a_clock_returning_ints_is_accepted(tmp_path: Path) -> None:
+    """A clock that returns whole seconds as int still yields float timestamps."""
+    async with FileStorage(tmp_path, fsync=False, clock=lambda: 1_000) as storage:
+        record = await storage.put("ns", "k", b"v", ttl=5)
+        assert (record.updated_at, record.expires_at) == (1000.0, 1005.0)
+        assert (await storage.append("s", b"x")).appended_at == 1000.0
+        assert await storage.get("ns", "k") == record
+
+
 async def test_long_keys_are_stored_in_nested_directories(tmp_path: Path) -> None:
     """A 1024-byte key round-trips and scans back, though it exceeds NAME_MAX."""
     key = "é" * 512

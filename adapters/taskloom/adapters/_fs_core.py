@@ -78,7 +78,7 @@ class Store:
     ) -> None:
         self.root = root
         self.disk = Disk(root, fsync=fsync)
-        self._clock = clock
+        self._clock: Callable[[], float] = lambda: float(clock())
         self._segment_bytes = segment_bytes
         self._lock_timeout = lock_timeout
         self._lock: SharedLock | None = None
