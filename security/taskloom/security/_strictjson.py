@@ -88,19 +88,21 @@ def _check_tree(value: Any, max_depth: int) -> None:
     level = [value]
     depth = 1
     while True:
-        children = [
-            child for node in level for child in (node.values() if type(node) is dict else node)
-        ]
-        numbers = [child for child in children if type(child) is int]
-        if numbers and (max(numbers) > MAX_SAFE_INTEGER or min(numbers) < -MAX_SAFE_INTEGER):
-            raise _Refusal("an integer is outside +-(2**53 - 1)")
-        below = [child for child in children if type(child) is dict or type(child) is list]
-        if not below:
+        children: list[Any] = []
+        extend = children.extend
+        for node in level:
+            extend(node.values() if type(node) is dict else node)
+        kinds = set(map(type, children))
+        if int in kinds:
+            numbers = [child for child in children if type(child) is int]
+            if max(numbers) > MAX_SAFE_INTEGER or min(numbers) < -MAX_SAFE_INTEGER:
+                raise _Refusal("an integer is outside +-(2**53 - 1)")
+        if dict not in kinds and list not in kinds:
             return
         depth += 1
         if depth > max_depth:
             raise _Refusal(f"nested deeper than the limit of {max_depth} levels")
-        level = below
+        level = [child for child in children if type(child) is dict or type(child) is list]
 
 
 def loads_strict(

@@ -404,7 +404,6 @@ class RollbackGuard:
         ``observed`` is what ``check`` returned; if the storage changed since, the
         version check fails and the record is read and judged again.
         """
-        value = bytes(rfc8785.dumps({"version": version, "sha256": digest}))
         state = observed
         for _ in range(16):
             if state is None:
@@ -412,6 +411,7 @@ class RollbackGuard:
             self._judge(plugin_name, state, version, digest)
             if state.version == version:
                 return
+            value = bytes(rfc8785.dumps({"version": version, "sha256": digest}))
             try:
                 await self._storage.put(
                     self._namespace, plugin_name, value, if_version=state.record_version

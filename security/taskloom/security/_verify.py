@@ -25,6 +25,7 @@ after every check passed.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -55,6 +56,8 @@ MAX_ENVELOPE_BYTES = 1 << 20
 
 MAX_PLUGIN_BYTES = 256 * 1024 * 1024
 """Largest total size of a plugin's files, as declared by its manifest."""
+
+_SIZE = operator.attrgetter("size")
 
 
 @attrs.frozen(kw_only=True)
@@ -160,7 +163,7 @@ def read_verified_files(
     max_plugin_bytes: int = MAX_PLUGIN_BYTES,
 ) -> dict[str, bytes]:
     """Step 9: the directory holds exactly the listed files, each with its length and digest."""
-    total = sum(entry.size for entry in manifest.files)
+    total = sum(map(_SIZE, manifest.files))
     if total > max_plugin_bytes:
         raise InputTooLarge(
             f"plugin {manifest.name!r} declares {total} bytes of files; the limit is "
@@ -170,40 +173,42 @@ def read_verified_files(
         )
     listed = {entry.path: entry for entry in manifest.files}
     with PluginTree(plugin_dir) as tree:
-        extra = [path for path in tree.files if path not in listed]
+        present = set(tree.files)
+        extra = sorted(present - listed.keys())
         if extra:
             raise FileSetMismatch(
                 f"{len(extra)} file(s) in {plugin_dir} are not in the signed manifest, "
                 f"first {extra[0]!r}: remove them (compiled caches such as .pyc are not "
                 "needed) or reinstall the plugin"
             )
-        needed_dirs = {
-            "/".join(parts[:i])
-            for parts in (path.split("/")[:-1] for path in listed)
-            for i in range(1, len(parts) + 1)
-        }
+        needed_dirs = {path.rpartition("/")[0] for path in listed}
+        for directory in list(needed_dirs):
+            while directory:
+                directory = directory.rpartition("/")[0]
+                needed_dirs.add(directory)
+        needed_dirs.discard("")
         unneeded = [d for d in tree.directories() if d not in needed_dirs]
         if unneeded:
             raise FileSetMismatch(
                 f"directory {unneeded[0]!r} in {plugin_dir} holds no listed file (such as an "
                 "empty __pycache__): remove it or reinstall the plugin"
             )
-        present = set(tree.files)
-        missing = [path for path in listed if path not in present]
+        missing = sorted(listed.keys() - present)
         if missing:
             raise FileSetMismatch(
                 f"{len(missing)} file(s) listed in the manifest are missing from {plugin_dir}, "
                 f"first {missing[0]!r}: reinstall the plugin"
             )
         files: dict[str, bytes] = {}
+        read, sha256 = tree.read_exact, hashlib.sha256
         for path, entry in listed.items():
-            data = tree.read_exact(path, entry.size)
+            data = read(path, entry.size)
             if data is None:
                 raise FileDigestMismatch(
                     f"{path!r} in {plugin_dir} is not the size the manifest lists "
                     f"({entry.size} bytes): it was changed; reinstall the plugin"
                 )
-            if hashlib.sha256(data).hexdigest() != entry.sha256:
+            if sha256(data).hexdigest() != entry.sha256:
                 raise FileDigestMismatch(
                     f"{path!r} in {plugin_dir} does not match its SHA-256 in the manifest: "
                     "it was changed; reinstall the plugin"
