@@ -122,7 +122,7 @@ async def test_memory_secret_store_repr_hides_values() -> None:
 
 @pytest.mark.slow
 class TestMemoryStorageThorough(TestMemoryStorage):
-    """The same suite with a state machine ten times longer (CI and release checks)."""
+    """The same suite with a state machine five times longer (CI and release checks)."""
 
-    max_examples = 200
-    stateful_step_count = 60
+    max_examples = 120
+    stateful_step_count = 50

@@ -678,7 +678,7 @@ def executor_suite(cls: type[ScriptedExecutor]) -> ExecutorConformance:
             await executor.aclose()
 
     class Suite(ExecutorConformance):
-        timeout_s: ClassVar[float] = 2.0
+        timeout_s: ClassVar[float] = 1.0
 
         def open_executor(self) -> AbstractAsyncContextManager[LLMExecutor]:
             return opened(cls(chunk_size=4))
