@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from taskloom.adapters import _fs_core, _fs_journal, _fs_records, _fs_streams
+from taskloom.adapters import _fs_core, _fs_journal, _fs_records, _fs_root, _fs_streams
 from taskloom.adapters._fs_journal import EntryChange, Intent, RecordChange
 from taskloom.adapters.filesystem import FileStorage
 from taskloom.contracts import (
@@ -56,7 +56,7 @@ async def test_a_new_directory_becomes_a_marked_store(tmp_path: Path) -> None:
     root = tmp_path / "a" / "b"
     storage = await FileStorage.open(root)
     await storage.aclose()
-    meta = json.loads((root / _fs_core.MARKER).read_text())
+    meta = json.loads((root / _fs_root.MARKER).read_text())
     assert meta == {"format": "taskloom-filesystem", "version": 1}
 
 
@@ -74,22 +74,22 @@ async def test_a_store_from_a_newer_format_is_refused(tmp_path: Path) -> None:
     """A marker with a newer format version says to upgrade, and nothing is changed."""
     async with FileStorage(tmp_path / "s", fsync=False) as storage:
         await storage.put("ns", "k", b"v")
-    marker = tmp_path / "s" / _fs_core.MARKER
+    marker = tmp_path / "s" / _fs_root.MARKER
     marker.write_text(json.dumps({"format": "taskloom-filesystem", "version": 2}))
-    (tmp_path / "s" / _fs_core.LOCK).unlink()
+    (tmp_path / "s" / _fs_root.LOCK).unlink()
     with pytest.raises(StorageCorrupted, match="upgrade taskloom") as caught:
         await FileStorage.open(tmp_path / "s")
     assert caught.value.path == str(marker)
-    assert not (tmp_path / "s" / _fs_core.LOCK).exists()
+    assert not (tmp_path / "s" / _fs_root.LOCK).exists()
 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"format": "other", "version": 1}'])
 async def test_a_damaged_marker_is_refused(tmp_path: Path, text: str) -> None:
     """A marker that is not ours raises StorageCorrupted naming the marker file."""
-    (tmp_path / _fs_core.MARKER).write_text(text)
+    (tmp_path / _fs_root.MARKER).write_text(text)
     with pytest.raises(StorageCorrupted) as caught:
         await FileStorage.open(tmp_path)
-    assert caught.value.path == str(tmp_path / _fs_core.MARKER)
+    assert caught.value.path == str(tmp_path / _fs_root.MARKER)
 
 
 async def test_a_file_in_place_of_the_root_is_refused(tmp_path: Path) -> None:
@@ -524,7 +524,7 @@ async def test_every_os_error_becomes_storage_unavailable(
 async def test_a_held_lock_times_out_as_unavailable(tmp_path: Path) -> None:
     """A lock held elsewhere past the timeout gives StorageUnavailable instead of a hang."""
     async with FileStorage(tmp_path, fsync=False, lock_timeout=0.2) as storage:
-        fd = os.open(tmp_path / _fs_core.LOCK, os.O_RDWR)
+        fd = os.open(tmp_path / _fs_root.LOCK, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with pytest.raises(StorageUnavailable, match="held by another process"):

@@ -1,4 +1,4 @@
-"""The synchronous heart of FileStorage: the root's layout and every operation on it.
+"""The synchronous heart of FileStorage: the root's layout, locking, reads and applying writes.
 
 Everything here blocks and runs in worker threads (``_fs_storage`` owns the
 threads and the asyncio side). Writers hold the exclusive ``flock`` for a whole
@@ -8,7 +8,7 @@ write that follows (compare-and-set is correct across processes).
 
 Layout of a root directory::
 
-    taskloom-store.json   marker: {"format": "taskloom-filesystem", "version": 1}
+    taskloom-store.json   marker: {"format": "taskloom-filesystem", "version": 1} (``_fs_root``)
     taskloom.lock         the flock target (never holds data)
     taskloom.gate         the gate that keeps readers from starving writers (``SharedLock``)
     journal               present only while a multi-file commit is being applied
@@ -20,16 +20,16 @@ Layout of a root directory::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from taskloom.adapters import _fs_journal, _fs_names, _fs_records
+from taskloom.adapters import _fs_journal, _fs_names, _fs_records, _fs_root
 from taskloom.adapters._fs_batch import Batch
 from taskloom.adapters._fs_io import Disk, SharedLock
 from taskloom.adapters._fs_journal import EntryChange, Intent
+from taskloom.adapters._fs_root import GATE, LOCK
 from taskloom.adapters._fs_streams import (
     Tail,
     append_entries,
@@ -44,12 +44,6 @@ from taskloom.contracts import (
     UsageError,
 )
 
-FORMAT = "taskloom-filesystem"
-FORMAT_VERSION = 1
-MARKER = "taskloom-store.json"
-MARKER_TMP = ".taskloom-store.json.tmp"
-LOCK = "taskloom.lock"
-GATE = "taskloom.gate"
 JOURNAL = "journal"
 RECORDS = "records"
 STREAMS = "streams"
@@ -103,16 +97,17 @@ class Store:
                 path=str(root),
             )
         self.disk.ensure_dir(root)  # its parent is fsynced with the first flush
-        marker = root / MARKER
-        # Check before creating the lock file, so a foreign or newer store gains no file.
-        if marker.exists():
-            self._check_marker(marker)
-        else:
-            self._check_foreign()
+        # Check before creating the lock files, so a foreign or newer store gains no file.
+        _fs_root.check(root)
         lock = self._new_lock()
         try:
             with lock.held(exclusive=True):
-                self._initialize(marker)
+                _fs_root.mark(root, self.disk)
+                for sub in (RECORDS, STREAMS, TMP):
+                    self.disk.ensure_dir(root / sub)
+                self._clear_tmp()
+                self.recover()
+                self.disk.flush()
         except BaseException:
             lock.close()
             raise
@@ -120,23 +115,6 @@ class Store:
 
     def _new_lock(self) -> SharedLock:
         return SharedLock(self.root / GATE, self.root / LOCK, timeout=self._lock_timeout)
-
-    def _initialize(self, marker: Path) -> None:
-        """Under the exclusive lock: write or check the marker, clean up, recover."""
-        root = self.root
-        if marker.exists():
-            self._check_marker(marker)
-        else:
-            self._check_foreign()
-            text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION})
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(root / MARKER_TMP)
-            self.disk.replace_via(root / MARKER_TMP, marker, text.encode())
-        for sub in (RECORDS, STREAMS, TMP):
-            self.disk.ensure_dir(root / sub)
-        self._clear_tmp()
-        self.recover()
-        self.disk.flush()
 
     def close(self) -> None:
         """Close every lock file descriptor (idempotent)."""
@@ -149,40 +127,6 @@ class Store:
         for lock in readers:
             lock.close()
         self.disk.close()
-
-    def _check_foreign(self) -> None:
-        extra = set(os.listdir(self.root)) - {LOCK, GATE, MARKER_TMP}
-        if extra:
-            shown = ", ".join(sorted(extra)[:5])
-            raise StorageCorrupted(
-                f"{self.root} is not empty and has no {MARKER}, so it is not a taskloom file "
-                f"store (it holds {shown}); nothing was changed: choose an empty or new directory",
-                path=str(self.root),
-            )
-
-    def _check_marker(self, marker: Path) -> None:
-        try:
-            meta = json.loads(marker.read_bytes())
-        except (ValueError, UnicodeDecodeError):
-            meta = None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise StorageCorrupted(
-                f"{marker} is not a taskloom file store marker; nothing was changed: "
-                "choose another directory or restore the marker from a backup",
-                path=str(marker),
-            )
-        version = meta.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise StorageCorrupted(
-                f"{marker} names no valid format version ({version!r}): restore it from a backup",
-                path=str(marker),
-            )
-        if version > FORMAT_VERSION:
-            raise StorageCorrupted(
-                f"file store at {self.root} was written by a newer taskloom (format {version}, "
-                f"this is {FORMAT_VERSION}); nothing was changed: upgrade taskloom",
-                path=str(marker),
-            )
 
     def _clear_tmp(self) -> None:
         """Remove temporary files of writers that crashed (only ever under the exclusive lock)."""
