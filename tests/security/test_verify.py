@@ -480,6 +480,29 @@ def test_unknown_manifest_fields_are_refused(signed_plugin: tuple[Path, bytes]) 
         run_verify(root, _resign(rfc8785.dumps(payload), 0), trust_for(*keys(1)))
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("version", 2**53),
+        ("expires_at", -(2**53)),
+        (
+            "description",
+            [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+        ),
+        ("capabilities", {"secrets": [["nested"]]}),
+    ],
+)
+def test_out_of_range_or_nested_values_in_a_valid_manifest_are_refused(
+    signed_plugin: tuple[Path, bytes], field: str, value: object
+) -> None:
+    """Integers beyond 2**53 - 1 and nesting where the schema has none are refused."""
+    root, envelope = signed_plugin
+    payload = _payload_of(envelope)
+    payload[field] = value
+    with pytest.raises(MalformedManifest):
+        run_verify(root, _resign(json.dumps(payload).encode(), 0), trust_for(*keys(1)))
+
+
 def test_a_wrongly_typed_manifest_field_is_refused(signed_plugin: tuple[Path, bytes]) -> None:
     """A version given as text is refused, not coerced."""
     root, envelope = signed_plugin

@@ -112,6 +112,7 @@ def loads_strict(
     what: str = "document",
     max_depth: int = MAX_DEPTH,
     allow_floats: bool = False,
+    schema_bounded: bool = False,
 ) -> Any:
     """Parse ``data`` (UTF-8 JSON bytes) strictly; ``what`` names the document in errors.
 
@@ -122,6 +123,10 @@ def loads_strict(
     anything after the value but whitespace. Everything else ``MalformedInput``.
     ``allow_floats`` admits finite non-integers, for documents that are hashed
     as stored bytes rather than signed as canonical ones (audit entries).
+    ``schema_bounded`` skips the depth and integer-range walk, for a caller that
+    checks the result against a fixed schema which itself bounds both (every
+    integer range-checked, no field that admits arbitrary nesting); runaway
+    nesting is still stopped by the parser.
 
     The parser runs first (it is C, and it stops runaway nesting with a
     RecursionError, which is caught); depth and integer range are then checked
@@ -155,7 +160,9 @@ def loads_strict(
                     "an integer has thousands of digits, outside +-(2**53 - 1)"
                 ) from None
             raise _Refusal(f"not valid JSON ({exc})") from None
-        if type(value) is dict or type(value) is list:
+        if schema_bounded:
+            pass
+        elif type(value) is dict or type(value) is list:
             _check_tree(value, max_depth)
         elif type(value) is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             raise _Refusal(f"integer {str(value)[:32]} is outside +-(2**53 - 1)")
