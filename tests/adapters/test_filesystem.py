@@ -188,6 +188,17 @@ async def test_a_clock_returning_ints_is_accepted(tmp_path: Path) -> None:
         assert await storage.get("ns", "k") == record
 
 
+async def test_scan_by_prefix_finds_short_and_long_keys(tmp_path: Path) -> None:
+    """Prefix scans (pruned by encoded prefix) find exactly the matching keys, long or short."""
+    keys = ["run-1/a", "run-1/b", "run-10/a", "run-2/a", "run-1/" + "z" * 900, "rum", "r", "é/x"]
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        for key in keys:
+            await storage.put("ns", key, b"v")
+        for prefix in ["", "r", "run-", "run-1", "run-1/", "run-1/zzzzzz", "é", "x"]:
+            got = [r.key for r in await storage.scan("ns", prefix=prefix)]
+            assert got == sorted(k for k in keys if k.startswith(prefix)), prefix
+
+
 async def test_long_keys_are_stored_in_nested_directories(tmp_path: Path) -> None:
     """A 1024-byte key round-trips and scans back, though it exceeds NAME_MAX."""
     key = "é" * 512

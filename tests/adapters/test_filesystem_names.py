@@ -89,6 +89,15 @@ def test_encoding_is_injective(a: str, b: str, tag_a: str, tag_b: str) -> None:
         assert path_a != path_b
 
 
+@given(prefix=st.text(max_size=30), rest=st.text(max_size=300), tag=tags)
+def test_encoded_prefixes_prefix_the_encoding(prefix: str, rest: str, tag: str) -> None:
+    """Every name starting with a prefix encodes to text starting with the prefix's encoding."""
+    if not prefix + rest:
+        return
+    text = "".join(c[1:] for c in _fs_names.encode(prefix + rest, tag))
+    assert text.startswith(_fs_names.encoded_prefix(prefix))
+
+
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_names_are_distinct_and_safe(name: str) -> None:
     """Each hostile name gets its own safe path, different from every other hostile name."""

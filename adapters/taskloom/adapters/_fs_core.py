@@ -223,7 +223,7 @@ class Store:
         )
         keys = sorted(
             item
-            for item in self._keys(namespace_dir)
+            for item in self._keys(namespace_dir, prefix)
             if item[0].startswith(prefix) and (start_after is None or item[0] > start_after)
         )
         now = self._clock()
@@ -242,11 +242,18 @@ class Store:
                 expired.append(key)
         return found, expired
 
-    def _keys(self, namespace_dir: Path) -> list[tuple[str, Path]]:
+    def _keys(self, namespace_dir: Path, prefix: str = "") -> list[tuple[str, Path]]:
+        """Every key stored under ``namespace_dir`` (those that may start with ``prefix``).
+
+        base32hex keeps byte prefixes as text prefixes (in whole 5-byte groups),
+        so directories and files whose encoded text cannot start a matching key
+        are skipped without decoding them.
+        """
+        wanted = _fs_names.encoded_prefix(prefix)
         out: list[tuple[str, Path]] = []
-        stack: list[tuple[Path, tuple[str, ...]]] = [(namespace_dir, ())]
+        stack: list[tuple[Path, tuple[str, ...], str]] = [(namespace_dir, (), "")]
         while stack:
-            directory, parts = stack.pop()
+            directory, parts, text = stack.pop()
             try:
                 listing = os.scandir(directory)
             except FileNotFoundError:
@@ -257,13 +264,19 @@ class Store:
                     if name.startswith("."):
                         continue
                     path = Path(entry.path)
+                    full = text + name[1:]
                     if _fs_names.is_partial(name) and entry.is_dir():
-                        stack.append((path, (*parts, name)))
+                        if full.startswith(wanted) or wanted.startswith(full):
+                            stack.append((path, (*parts, name), full))
                         continue
-                    if name[:1] == _fs_names.KEY and entry.is_file():
-                        with contextlib.suppress(ValueError):
-                            out.append((_fs_names.decode((*parts, name), _fs_names.KEY), path))
+                    if name[:1] == _fs_names.KEY and _fs_names.is_component(name):
+                        if not full.startswith(wanted):
                             continue
+                        if entry.is_file():
+                            with contextlib.suppress(ValueError):
+                                key = _fs_names.decode((*parts, name), _fs_names.KEY)
+                                out.append((key, path))
+                                continue
                     raise StorageCorrupted(
                         f"{path} was not written by taskloom (its name is no encoded key): "
                         "move it out of the storage root",

@@ -73,6 +73,17 @@ def encode(name: str, tag: str) -> tuple[str, ...]:
     return (*(PARTIAL + c for c in chunks[:-1]), tag + chunks[-1])
 
 
+def encoded_prefix(prefix: str) -> str:
+    """Text that the encoding of every name starting with ``prefix`` starts with.
+
+    Base32 turns each whole group of 5 bytes into 8 characters independently
+    of what follows, so the groups of ``prefix`` that are complete carry over.
+    """
+    raw = prefix.encode("utf-8")
+    whole = raw[: len(raw) - len(raw) % 5]
+    return base64.b32hexencode(whole).decode("ascii").lower()
+
+
 def is_component(component: str) -> bool:
     """True if ``component`` has the shape of something ``encode`` produces."""
     return _COMPONENT.fullmatch(component) is not None
