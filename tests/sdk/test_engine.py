@@ -472,3 +472,29 @@ async def test_events_cover_the_run_in_order() -> None:
         ("StepSucceeded", "b"),
         ("RunSucceeded", None),
     ]
+
+
+async def test_non_json_output_fails_the_run_with_a_usage_error() -> None:
+    """A plugin output that is not JSON cannot be checkpointed: UsageError, run failed."""
+
+    async def returns_a_set(args: Any) -> Any:
+        return {1, 2}
+
+    engine, _ = make_engine(plugin_steps={"bad": returns_a_set})
+    async with engine:
+        with pytest.raises(UsageError, match="not JSON"):
+            await engine.run(pipeline({"id": "a", "uses": "bad"}))
+        runs = await engine.runstore.list_runs()
+    assert runs[0].status == "failed"
+    assert runs[0].error is not None and runs[0].error.type == "UsageError"
+
+
+async def test_validate_returns_the_pipeline_and_is_reused_by_run() -> None:
+    """engine.validate() returns the structured Pipeline; running it reuses the check."""
+    engine, _ = make_engine()
+    async with engine:
+        checked = engine.validate(pipeline({"id": "a", "prompt": "x"}))
+        assert checked.steps[0].id == "a"
+        assert engine.validate(checked) is checked
+        result = await engine.run(checked)
+    assert result.output == "None|x"

@@ -46,6 +46,7 @@ from taskloom.contracts import (
     SecretStore,
     StepFailed,
     StepFunction,
+    StepStarted,
     StorageAdapter,
     Usage,
     UsageError,
@@ -64,6 +65,20 @@ from taskloom.sdk._validate import validate_pipeline
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
 _PLAN_CACHE_SIZE = 64
 _DIGESTS: dict[int, tuple[weakref.ref[Pipeline], str]] = {}
+
+
+def _stored(event: Event) -> bool:
+    """Whether an event goes to the run's stored history (all go to the bus and handles).
+
+    Streamed chunks are live-only (the step's output is stored whole), and so is the
+    start of each *map item*: a map of 10,000 items would otherwise store 10,000
+    events that say nothing their finish events (time and duration) do not.
+    The start of every step, and every attempt, retry, finish and failure, is stored.
+    """
+    kind = type(event)
+    if kind is ChunkStreamed:
+        return False
+    return not (kind is StepStarted and event.item is not None)  # type: ignore[union-attr]
 
 
 def _digest(pipeline: Pipeline) -> str:
@@ -305,8 +320,19 @@ class Engine:
 
     # --- validation ------------------------------------------------------------
 
-    def validate(self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None = None) -> Plan:
-        """Check ``pipeline`` (and ``inputs``) completely; return the compiled plan."""
+    def validate(
+        self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None = None
+    ) -> Pipeline:
+        """Check ``pipeline`` (and ``inputs``) against this engine's executors and plugin
+        steps; return it structured. Raises PipelineInvalid listing every problem.
+
+        A ``Pipeline`` object is checked and compiled once per engine: running it
+        again reuses the result, so validate it ahead of time to keep that work off
+        the first run.
+        """
+        return self._prepare(pipeline, inputs).pipeline
+
+    def _prepare(self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None) -> Plan:
         if isinstance(pipeline, Pipeline):
             cached = self._plans.get(id(pipeline))
             if cached is not None and cached[0] is pipeline:
@@ -337,7 +363,7 @@ class Engine:
         if self._closed:
             raise UsageError("this engine is closed; create a new one")
         given = dict(inputs or {})
-        plan = self.validate(pipeline, given)
+        plan = self._prepare(pipeline, given)
         values, problems = resolve_inputs(plan.pipeline.inputs, given)
         if problems:
             raise PipelineInvalid(problems)
@@ -428,7 +454,7 @@ class Engine:
             source: PipelineSource = serde.structure(record.pipeline, Pipeline)
         else:
             source = pipeline
-        plan = self.validate(source)
+        plan = self._prepare(source, None)
         if plan.digest != record.pipeline_digest:
             raise PipelineChanged(
                 f"run {run_id} began with pipeline digest {record.pipeline_digest[:12]}..., "
@@ -457,7 +483,7 @@ class Engine:
             if history is not None:
                 history.push(event)
             bus_emit(event)
-            if record_event is not None and type(event) is not ChunkStreamed:
+            if record_event is not None and _stored(event):
                 record_event(event)
 
         started = self.clock()
@@ -505,6 +531,13 @@ class Engine:
         except StepFailed as exc:
             if execution is not None:
                 await self._finish(spec, execution, "failed", None, exc, emit)
+            raise
+        except Exception as exc:
+            # A storage failure or a non-JSON output: record the failure if the store
+            # still works, then let the original error through.
+            if execution is not None:
+                with contextlib.suppress(Exception):
+                    await self._finish(spec, execution, "failed", None, exc, emit)
             raise
         finally:
             if history is not None:
