@@ -187,3 +187,46 @@ def test_no_secret_store_fails_closed_in_one_line(cli: Cli) -> None:
     done = cli("secrets", "set", "api_token", stdin="value\n")
     assert done.returncode == 1
     assert "TASKLOOM_SECRETS_PASSPHRASE" in _one_line_error(done)
+
+
+def test_cancel_stops_a_run_in_another_process_and_resume_finishes_it(cli: Cli) -> None:
+    """`taskloom cancel` stops a run another process is executing; `resume` completes it."""
+    import time as _time
+
+    (cli.workdir / "taskloom.toml").write_text(
+        '[engine]\nlease_ttl_s = 1.5\n\n[executors.slow]\ntype = "scripted"\nlatency_s = 0.2\n'
+    )
+    steps = [{"id": f"s{i}", "prompt": f"step {i}"} for i in range(40)]
+    pipeline = {"taskloom": "pipeline/v1", "name": "long", "steps": steps}
+    (cli.workdir / "long.json").write_text(json.dumps(pipeline))
+    running = subprocess.Popen(
+        [sys.executable, "-m", "taskloom.sdk._cli", "run", "long.json", "--json"],
+        cwd=cli.workdir,
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_id = None
+        deadline = _time.monotonic() + 60
+        while run_id is None and _time.monotonic() < deadline:
+            listed = cli.json("runs")
+            if listed and listed[0]["status"] == "running":
+                run_id = listed[0]["run_id"]
+            else:
+                _time.sleep(0.2)
+        assert run_id is not None, "the run never showed up as running"
+        assert cli.json("cancel", run_id)["status"] == "cancelled"
+        out, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 1, err
+    assert json.loads(out.strip().splitlines()[-1])["status"] == "cancelled"
+    shown = cli.json("show", run_id)
+    assert shown["run"]["status"] == "cancelled"
+    assert len(shown["steps"]) < 40
+    resumed = cli.json("resume", run_id)
+    assert resumed["status"] == "succeeded"
+    assert len(cli.json("show", run_id)["steps"]) == 40

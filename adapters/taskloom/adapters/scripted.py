@@ -2,10 +2,45 @@
 
 For tests, demos and benchmarks; it needs no network and no model. With no
 script it echoes the last user message, so a pipeline runs out of the box.
+
+In ``taskloom.toml``::
+
+    [executors.demo]
+    type = "scripted"
+    replies = ["first reply", "second reply"]   # optional; cycled. Default: echo
+    latency_s = 0.2                             # optional
+    chunk_size = 8                              # optional, for streaming
 """
 
 from __future__ import annotations
 
-from taskloom.adapters._scripted import Reply, ScriptedExecutor
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["Reply", "ScriptedExecutor"]
+from taskloom.adapters._scripted import Reply, ScriptedExecutor
+from taskloom.contracts import SecretStore, UsageError
+
+__all__ = ["Reply", "ScriptedExecutor", "from_config"]
+
+_OPTIONS = {"replies", "latency_s", "chunk_size", "chunk_delay_s", "model", "cycle"}
+
+
+def from_config(
+    settings: Mapping[str, Any], secrets: SecretStore | None = None
+) -> ScriptedExecutor:
+    """Build a ScriptedExecutor from a config table (``type = "scripted"``)."""
+    unknown = sorted(set(settings) - _OPTIONS)
+    if unknown:
+        raise UsageError(
+            f"unknown option(s) {unknown} for a scripted executor; known: {sorted(_OPTIONS)}"
+        )
+    replies = settings.get("replies")
+    if replies is not None and (
+        not isinstance(replies, list) or not all(isinstance(r, str | dict) for r in replies)
+    ):
+        raise UsageError("replies must be a list of texts (or JSON objects)")
+    options: dict[str, Any] = {k: v for k, v in settings.items() if k in _OPTIONS - {"replies"}}
+    try:
+        return ScriptedExecutor(replies, **options)
+    except TypeError as exc:
+        raise UsageError(f"invalid scripted executor settings: {exc}") from exc
