@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import statistics
@@ -117,7 +118,8 @@ def fan_out(concurrency: int) -> Pipeline:
 
 
 def _request(text: str) -> CompletionRequest:
-    return CompletionRequest(messages=(Message(role="user", content=text),))
+    messages: Any = (Message(role="user", content=text),)
+    return CompletionRequest(messages=messages)
 
 
 @contextlib.asynccontextmanager
@@ -326,9 +328,11 @@ async def bench_scaling(quick: bool, folder: Path) -> list[Row]:
     raw_executor = ScriptedExecutor()
     for size in (100, 1000, 10_000):
         engine_s, spread = _median(
-            await _samples(lambda n=size: engine_chain(n, "memory", folder), repeats)
+            await _samples(functools.partial(engine_chain, size, "memory", folder), repeats)
         )
-        raw_s, _ = _median(await _samples(lambda n=size: raw_chain(raw_executor, n), repeats))
+        raw_s, _ = _median(
+            await _samples(functools.partial(raw_chain, raw_executor, size), repeats)
+        )
         rows.append(
             _row(
                 f"scaling: chain of {size} steps, MemoryStorage",
@@ -341,10 +345,10 @@ async def bench_scaling(quick: bool, folder: Path) -> list[Row]:
         )
     for size in (100, 1000, 10_000):
         engine_s, spread = _median(
-            await _samples(lambda n=size: engine_map(n, 100, 0.0, "memory", folder), repeats)
+            await _samples(functools.partial(engine_map, size, 100, 0.0, "memory", folder), repeats)
         )
         raw_s, _ = _median(
-            await _samples(lambda n=size: raw_fan_out(raw_executor, n, 100), repeats)
+            await _samples(functools.partial(raw_fan_out, raw_executor, size, 100), repeats)
         )
         rows.append(
             _row(

@@ -64,7 +64,7 @@ async def test_scripted_replies_from_config(tmp_path: Path) -> None:
         """
 [executors.s]
 type = "scripted"
-replies = {"x" = "answer"}
+replies = ["answer"]
 """,
     )
     async with Engine.from_config(config) as engine:

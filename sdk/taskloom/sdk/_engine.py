@@ -309,6 +309,7 @@ class Engine:
                 concurrency=settings.concurrency,
                 requests_per_minute=settings.requests_per_minute,
                 tokens_per_minute=settings.tokens_per_minute,
+                clock=self.clock,
                 sleep=self.sleep,
             )
             self._limits[executor_id] = found

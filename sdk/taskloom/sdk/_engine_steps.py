@@ -395,9 +395,12 @@ class RunExecution:
         executor_id = node.executor_id
         assert executor_id is not None
         cache_key: str | None = None
-        if node.cache and svc.runstore is not None:
-            if is_cacheable(request, nondeterministic=node.cache_nondeterministic):
-                cache_key = make_key(executor_id, request)
+        if (
+            node.cache
+            and svc.runstore is not None
+            and is_cacheable(request, nondeterministic=node.cache_nondeterministic)
+        ):
+            cache_key = make_key(executor_id, request)
 
         async def attempt(number: int) -> None:
             state.attempts = number

@@ -15,12 +15,8 @@ resolved, in this order, from:
 2. process-wide types registered with :func:`register_executor_type`;
 3. the module ``taskloom.adapters.<name>``, imported lazily, which must expose
    ``from_config(settings: dict[str, Any], secrets: SecretStore | None)``
-   returning an ``LLMExecutor`` (or an awaitable of one);
-4. a built-in fallback for ``scripted`` (``taskloom.adapters.scripted`` has no
-   ``from_config``): ``replies`` (a list, or a table from message to reply) is
-   the script, no ``replies`` (or ``mode = "echo"``) echoes the last user
-   message, and the other keys (``latency_s``, ``chunk_size``, ``model``,
-   ``cycle``...) are ``ScriptedExecutor`` keyword arguments.
+   returning an ``LLMExecutor`` (or an awaitable of one) -- as
+   ``taskloom.adapters.scripted.from_config`` does for ``type = "scripted"``.
 
 So an adapter package adds a type without editing this module: either define
 ``from_config`` in ``taskloom.adapters.<type>`` or call
@@ -64,23 +60,6 @@ def register_executor_type(name: str, factory: TypeFactory) -> None:
     if not isinstance(name, str) or not name:
         raise UsageError("an executor type name must be non-empty text")
     _EXECUTOR_TYPES[name] = factory
-
-
-def _scripted_from_config(options: Mapping[str, Any], secrets: SecretStore | None) -> Any:
-    from taskloom.adapters.scripted import ScriptedExecutor
-
-    kwargs = dict(options)
-    mode = kwargs.pop("mode", "echo" if "replies" not in kwargs else "script")
-    if mode not in ("echo", "script"):
-        raise UsageError(f"scripted executor: mode must be 'echo' or 'script', got {mode!r}")
-    script = kwargs.pop("replies", None)
-    try:
-        return ScriptedExecutor(script, **kwargs)
-    except TypeError as exc:
-        raise UsageError(f"scripted executor: invalid option(s): {exc}") from exc
-
-
-_BUILTIN_TYPES: dict[str, TypeFactory] = {"scripted": _scripted_from_config}
 
 
 def _pos_or_none(value: object) -> object:
@@ -205,8 +184,6 @@ class ExecutorRegistry:
                 "register the type with register_executor_type()"
             ) from exc
         from_config = getattr(module, "from_config", None)
-        if not callable(from_config) and type_name in _BUILTIN_TYPES:
-            return _BUILTIN_TYPES[type_name]
         if not callable(from_config):
             raise UsageError(
                 f"{module_name} has no from_config(settings, secrets) function, so it cannot "
