@@ -63,6 +63,7 @@ from taskloom.security._strictjson import loads_strict
 from taskloom.security._trust import (
     TRUST_STORE_PAYLOAD_TYPE,
     RollbackGuard,
+    RollbackState,
     TrustedKey,
     TrustStore,
     check_public_key,
@@ -103,6 +104,7 @@ __all__ = [
     "Redactor",
     "RollbackDetected",
     "RollbackGuard",
+    "RollbackState",
     "Signature",
     "SignatureInvalid",
     "SignedHead",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import accumulate
 from typing import Any
 
 from taskloom.security._errors import InputTooLarge, MalformedInput
@@ -30,8 +29,6 @@ MAX_SAFE_INTEGER = 2**53 - 1
 
 # "Unrolled" string pattern: runs of plain characters are consumed in one step.
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_BRACKETS = re.compile(r"[\[\]{}]")
-_DELTA = {"[": 1, "{": 1, "]": -1, "}": -1}
 _NEGATIVE_ZERO = re.compile(r"-0(?![0-9.eE])")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -73,14 +70,6 @@ _STRICT = json.JSONDecoder(
 _WITH_FLOATS = json.JSONDecoder(
     object_pairs_hook=_pairs, parse_float=_finite_float, parse_constant=_no_constant
 )
-
-
-def nesting_depth(text: str) -> int:
-    """Deepest bracket nesting in ``text`` once strings are removed (0 for a scalar)."""
-    brackets = _BRACKETS.findall(_STRING.sub("", text))
-    if not brackets:
-        return 0
-    return max(accumulate(_DELTA[b] for b in brackets))
 
 
 def _check_tree(value: Any, max_depth: int) -> None:

@@ -232,6 +232,8 @@ async def verify_plugin(
 
     ``now`` is the one reference time for every time check (``time.time()`` by
     default). The version is recorded in ``rollback`` only after full success.
+    The files are read synchronously, each once (a plugin is verified once, at
+    load time); run it in a worker thread if the event loop must never block.
     """
     checked = verify_manifest(
         envelope_bytes,
