@@ -4,7 +4,9 @@ The zygote imports everything once, then forks a writer per command so that
 each of the many kills costs a fork instead of an interpreter start. Commands on
 stdin, one per line:
 
-    run ROOT ACKFILE RUN_ID SEED FSYNC   fork a writer; reply with its pid
+    run ROOT ACKFILE RUN_ID SEED FSYNC FIRST_TASK
+                                         fork a writer for tasks FIRST_TASK.. FIRST_TASK+3;
+                                         reply with its pid
     wait PID                             reap a (killed) writer; reply "dead STATUS"
 
 A writer's stdout is its ACKFILE. It runs several concurrent tasks against the
@@ -66,16 +68,18 @@ async def _task(storage: FileStorage, task: int, run_id: int, rng: random.Random
             _say(f"C {task}:{token} {result.entries[0].seq}")
 
 
-async def _write(root: str, run_id: int, seed: int, fsync: bool) -> None:
+async def _write(root: str, run_id: int, seed: int, fsync: bool, first_task: int) -> None:
     rng = random.Random(seed)
     async with FileStorage(root, fsync=fsync, segment_bytes=512) as storage:
         _say("started")
         async with asyncio.TaskGroup() as group:
-            for task in range(TASKS):
+            for task in range(first_task, first_task + TASKS):
                 group.create_task(_task(storage, task, run_id, random.Random(rng.random())))
 
 
-def _fork_writer(root: str, ackfile: str, run_id: int, seed: int, fsync: bool) -> int:
+def _fork_writer(
+    root: str, ackfile: str, run_id: int, seed: int, fsync: bool, first_task: int
+) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -84,7 +88,7 @@ def _fork_writer(root: str, ackfile: str, run_id: int, seed: int, fsync: bool) -
         os.dup2(fd, 1)
         os.close(fd)
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-        asyncio.run(_write(root, run_id, seed, fsync))
+        asyncio.run(_write(root, run_id, seed, fsync, first_task))
     finally:
         os._exit(1)
 
@@ -96,8 +100,8 @@ def main() -> None:
         if not words:
             continue
         if words[0] == "run":
-            root, ackfile, run_id, seed, fsync = words[1:]
-            pid = _fork_writer(root, ackfile, int(run_id), int(seed), fsync == "1")
+            root, ackfile, run_id, seed, fsync, first_task = words[1:]
+            pid = _fork_writer(root, ackfile, int(run_id), int(seed), fsync == "1", int(first_task))
             print(pid, flush=True)
         elif words[0] == "wait":
             _, status = os.waitpid(int(words[1]), 0)
