@@ -8,8 +8,9 @@ holds the LLM executors; ``EventBus`` fans typed events out to subscribers.
 
 from __future__ import annotations
 
-from taskloom.sdk._engine import Engine, RunHandle, RunResult
+from taskloom.sdk._engine import Engine
 from taskloom.sdk._events_bus import EventBus, Subscription
+from taskloom.sdk._handle import RunHandle, RunResult
 from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings, register_executor_type
 from taskloom.sdk._retry import backoff_delay
 from taskloom.sdk._sync import SyncEngine

@@ -18,67 +18,38 @@ deterministic in tests; nothing else in the engine reads the time or sleeps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random as _random
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from taskloom.contracts import (
-    ChunkStreamed,
-    ErrorInfo,
-    Event,
     Pipeline,
     PipelineChanged,
     PipelineInvalid,
     RetryPolicy,
-    RunCancelled,
-    RunCancelledEvent,
-    RunFailed,
-    RunHeld,
-    RunStarted,
-    RunSucceeded,
     SecretStore,
-    StepFailed,
     StepFunction,
-    StepStarted,
     StorageAdapter,
-    Usage,
     UsageError,
     serde,
 )
 from taskloom.sdk._checks import resolve_inputs
-from taskloom.sdk._engine_steps import RunExecution, error_info, first_error
+from taskloom.sdk._engine_run import RunSpec, drive
 from taskloom.sdk._events_bus import EventBus
+from taskloom.sdk._handle import History, RunHandle, RunResult
 from taskloom.sdk._plan import Compiler, Plan
 from taskloom.sdk._ratelimit import ExecutorLimits
 from taskloom.sdk._registry import ExecutorRegistry
-from taskloom.sdk._runstore import pipeline_digest
-from taskloom.sdk._template import TemplateRenderError
+from taskloom.sdk._runstore import RunStore, pipeline_digest
 from taskloom.sdk._validate import validate_pipeline
 
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
 _PLAN_CACHE_SIZE = 64
 _DIGESTS: dict[int, tuple[weakref.ref[Pipeline], str]] = {}
-
-
-def _stored(event: Event) -> bool:
-    """Whether an event goes to the run's stored history (all go to the bus and handles).
-
-    Streamed chunks are live-only (the step's output is stored whole), and so is the
-    start of each *map item*: a map of 10,000 items would otherwise store 10,000
-    events that say nothing their finish events (time and duration) do not.
-    The start of every step, and every attempt, retry, finish and failure, is stored.
-    """
-    kind = type(event)
-    if kind is ChunkStreamed:
-        return False
-    return not (kind is StepStarted and event.item is not None)  # type: ignore[union-attr]
 
 
 def _digest(pipeline: Pipeline) -> str:
@@ -94,101 +65,6 @@ def _digest(pipeline: Pipeline) -> str:
     key = id(pipeline)
     _DIGESTS[key] = (weakref.ref(pipeline, lambda _r: _DIGESTS.pop(key, None)), digest)
     return digest
-
-
-@attrs.frozen(kw_only=True)
-class RunResult:
-    """The outcome of a run: its output, what it cost, and every step's output."""
-
-    run_id: str
-    status: str
-    output: Any
-    usage: Usage = attrs.field(factory=Usage)
-    usage_by_executor: dict[str, Usage] = attrs.field(factory=dict)
-    steps: dict[str, Any] = attrs.field(factory=dict)
-    error: ErrorInfo | None = None
-
-
-class _History:
-    """A run's events so far, for ``RunHandle.events()`` (late iterators see them all)."""
-
-    __slots__ = ("_waiter", "done", "events")
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.done = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def push(self, event: Event) -> None:
-        self.events.append(event)
-        self._wake()
-
-    def close(self) -> None:
-        self.done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def iterate(self) -> AsyncIterator[Event]:
-        index = 0
-        while True:
-            while index < len(self.events):
-                yield self.events[index]
-                index += 1
-            if self.done:
-                return
-            if self._waiter is None:
-                self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._waiter)
-
-
-class RunHandle:
-    """A run started with ``Engine.start``: its id, its events, its result, cancel."""
-
-    def __init__(self, run_id: str, task: asyncio.Task[RunResult], history: _History) -> None:
-        self.run_id = run_id
-        self._task = task
-        self._history = history
-        self._cancel_requested = False
-
-    def events(self) -> AsyncIterator[Event]:
-        """Every event of the run, from the first (even if already emitted) to the last."""
-        return self._history.iterate()
-
-    async def result(self) -> RunResult:
-        """Wait for the run; raise StepFailed, RunCancelled or the error that stopped it."""
-        try:
-            return await asyncio.shield(self._task)
-        except asyncio.CancelledError:
-            if self._task.cancelled():
-                raise RunCancelled(
-                    f"run {self.run_id} was cancelled; resume it with engine.resume"
-                    f"({self.run_id!r})"
-                ) from None
-            raise
-
-    def cancel(self) -> None:
-        """Cancel the run: in-flight steps are cancelled, the run is recorded as cancelled."""
-        self._cancel_requested = True
-        self._task.cancel()
-
-    def done(self) -> bool:
-        """True once the run has finished, whatever the outcome."""
-        return self._task.done()
-
-
-@attrs.define
-class _RunSpec:
-    run_id: str
-    plan: Plan
-    inputs: dict[str, Any]
-    record: Any  # RunRecord | None
-    finished: Mapping[tuple[str, int | None], Any]
-    resumed: bool
-    history: _History | None
 
 
 class Engine:
@@ -261,8 +137,6 @@ class Engine:
             raise UsageError(f"storage must be a StorageAdapter, None or 'memory', not {storage!r}")
         self.storage = storage
         if storage is not None:
-            from taskloom.sdk._runstore import RunStore
-
             self.runstore = RunStore(storage, clock=self.clock)
         if self.max_concurrency is not None:
             self.global_limit = asyncio.Semaphore(self.max_concurrency)
@@ -359,8 +233,8 @@ class Engine:
         return plan
 
     def _spec(
-        self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None, history: _History | None
-    ) -> _RunSpec:
+        self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None, history: History | None
+    ) -> RunSpec:
         if self._closed:
             raise UsageError("this engine is closed; create a new one")
         given = dict(inputs or {})
@@ -368,7 +242,7 @@ class Engine:
         values, problems = resolve_inputs(plan.pipeline.inputs, given)
         if problems:
             raise PipelineInvalid(problems)
-        return _RunSpec(
+        return RunSpec(
             run_id=uuid.uuid4().hex,
             plan=plan,
             inputs=values,
@@ -389,18 +263,18 @@ class Engine:
         """
         spec = self._spec(pipeline, inputs, None)
         await self.open()
-        return await self._drive(spec)
+        return await drive(self, spec)
 
     def start(self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None = None) -> RunHandle:
         """Validate ``pipeline`` now, then run it in a task; return its handle."""
-        spec = self._spec(pipeline, inputs, _History())
+        spec = self._spec(pipeline, inputs, History())
         return self._launch(spec, self._open_and_drive(spec))
 
-    async def _open_and_drive(self, spec: _RunSpec) -> RunResult:
+    async def _open_and_drive(self, spec: RunSpec) -> RunResult:
         await self.open()
-        return await self._drive(spec)
+        return await drive(self, spec)
 
-    def _launch(self, spec: _RunSpec, coro: Awaitable[RunResult]) -> RunHandle:
+    def _launch(self, spec: RunSpec, coro: Awaitable[RunResult]) -> RunHandle:
         assert spec.history is not None
         task: asyncio.Task[RunResult] = asyncio.ensure_future(coro)
         handle = RunHandle(spec.run_id, task, spec.history)
@@ -417,25 +291,25 @@ class Engine:
         spec = await self._resume_spec(run_id, pipeline, None)
         if isinstance(spec, RunResult):
             return spec
-        return await self._drive(spec)
+        return await drive(self, spec)
 
     def start_resume(self, run_id: str, pipeline: PipelineSource | None = None) -> RunHandle:
         """Like :meth:`resume`, in a task; return a handle (the run id is known at once)."""
-        history = _History()
+        history = History()
 
         async def go() -> RunResult:
             spec = await self._resume_spec(run_id, pipeline, history)
             if isinstance(spec, RunResult):
                 history.close()
                 return spec
-            return await self._drive(spec)
+            return await drive(self, spec)
 
-        placeholder = _RunSpec(run_id, None, {}, None, {}, True, history)  # type: ignore[arg-type]
+        placeholder = RunSpec(run_id, None, {}, None, {}, True, history)  # type: ignore[arg-type]
         return self._launch(placeholder, go())
 
     async def _resume_spec(
-        self, run_id: str, pipeline: PipelineSource | None, history: _History | None
-    ) -> _RunSpec | RunResult:
+        self, run_id: str, pipeline: PipelineSource | None, history: History | None
+    ) -> RunSpec | RunResult:
         await self.open()
         if self.runstore is None:
             raise UsageError("this engine keeps no state (storage=None): nothing to resume")
@@ -462,7 +336,7 @@ class Engine:
                 f"this pipeline's is {plan.digest[:12]}...: resume with the original pipeline "
                 "(or omit it to use the stored copy), or start a new run"
             )
-        return _RunSpec(
+        return RunSpec(
             run_id=run_id,
             plan=plan,
             inputs=dict(record.inputs),
@@ -473,165 +347,3 @@ class Engine:
         )
 
     # --- one run ----------------------------------------------------------------
-
-    async def _drive(self, spec: _RunSpec) -> RunResult:
-        store = self.runstore
-        history = spec.history
-        bus_emit = self.bus.emit
-        record_event = store.record_event if store is not None else None
-
-        def emit(event: Event) -> None:
-            if history is not None:
-                history.push(event)
-            bus_emit(event)
-            if record_event is not None and _stored(event):
-                record_event(event)
-
-        started = self.clock()
-        execution: RunExecution | None = None
-        lease: Any = contextlib.nullcontext()
-        if store is not None:
-            from taskloom.sdk._runstore import LeaseKeeper
-
-            lease = LeaseKeeper(store, spec.run_id, self.holder, ttl_s=self.lease_ttl_s)
-        try:
-            async with lease:
-                if store is not None:
-                    await self._begin(spec, started)
-                    if spec.resumed:
-                        spec.finished = await store.finished_steps(spec.run_id)
-                execution = RunExecution(
-                    run_id=spec.run_id,
-                    plan=spec.plan,
-                    inputs=spec.inputs,
-                    services=self,
-                    finished=spec.finished,
-                    emit=emit,
-                )
-                emit(
-                    RunStarted(
-                        run_id=spec.run_id,
-                        at=started,
-                        pipeline=spec.plan.pipeline.name,
-                        pipeline_digest=spec.plan.digest,
-                        resumed=spec.resumed,
-                    )
-                )
-                try:
-                    await execution.run_graph()
-                except BaseExceptionGroup as group:
-                    raise first_error(group) from None
-                output = self._output(spec.plan, execution)
-                result = await self._finish(spec, execution, "succeeded", output, None, emit)
-        except asyncio.CancelledError:
-            if execution is not None:
-                await self._finish(spec, execution, "cancelled", None, None, emit)
-            raise
-        except RunHeld:
-            raise
-        except StepFailed as exc:
-            if execution is not None:
-                await self._finish(spec, execution, "failed", None, exc, emit)
-            raise
-        except Exception as exc:
-            # A storage failure or a non-JSON output: record the failure if the store
-            # still works, then let the original error through.
-            if execution is not None:
-                with contextlib.suppress(Exception):
-                    await self._finish(spec, execution, "failed", None, exc, emit)
-            raise
-        finally:
-            if history is not None:
-                history.close()
-        return result
-
-    def _output(self, plan: Plan, execution: RunExecution) -> Any:
-        if plan.output is None:
-            return execution.outputs.get(plan.nodes[-1].id) if plan.nodes else None
-        try:
-            return plan.output(execution.scope)
-        except TemplateRenderError as exc:
-            raise StepFailed(
-                f"the pipeline's output could not be rendered: {exc}",
-                step_id="$output",
-                cause_type="TemplateRenderError",
-            ) from None
-
-    async def _begin(self, spec: _RunSpec, started: float) -> None:
-        from taskloom.sdk._runrecords import RunRecord
-
-        store = self.runstore
-        if spec.record is None:
-            spec.record = RunRecord(
-                run_id=spec.run_id,
-                pipeline_name=spec.plan.pipeline.name,
-                pipeline_digest=spec.plan.digest,
-                pipeline=serde.unstructure(spec.plan.pipeline),
-                inputs=spec.inputs,
-                status="running",
-                created_at=started,
-                started_at=started,
-            )
-            await store.create_run(spec.record)
-        else:
-            spec.record = attrs.evolve(spec.record, status="running", finished_at=None, error=None)
-            await store.update_run(spec.record)
-
-    async def _finish(
-        self,
-        spec: _RunSpec,
-        execution: RunExecution,
-        status: str,
-        output: Any,
-        error: BaseException | None,
-        emit: Callable[[Event], None],
-    ) -> RunResult:
-        now = self.clock()
-        started = spec.record.started_at if spec.record is not None else None
-        duration = now - (started if started is not None else now)
-        info = error_info(error) if error is not None else None
-        if status == "succeeded":
-            emit(
-                RunSucceeded(run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage)
-            )
-        elif status == "failed":
-            assert info is not None
-            emit(
-                RunFailed(
-                    run_id=spec.run_id,
-                    at=now,
-                    error=info,
-                    step_id=getattr(error, "step_id", None),
-                    duration_s=duration,
-                    usage=execution.usage,
-                )
-            )
-        else:
-            emit(
-                RunCancelledEvent(
-                    run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage
-                )
-            )
-        store = self.runstore
-        if store is not None and spec.record is not None:
-            spec.record = attrs.evolve(
-                spec.record,
-                status=status,
-                finished_at=now,
-                output=output,
-                error=info,
-                usage=execution.usage,
-                usage_by_executor=dict(execution.usage_by_executor),
-                steps_done=len(spec.finished) + execution.steps_done,
-            )
-            await store.update_run(spec.record)
-            await store.flush()
-        return RunResult(
-            run_id=spec.run_id,
-            status=status,
-            output=output,
-            usage=execution.usage,
-            usage_by_executor=dict(execution.usage_by_executor),
-            steps=dict(execution.outputs),
-            error=info,
-        )

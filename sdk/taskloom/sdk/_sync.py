@@ -15,7 +15,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from taskloom.contracts import UsageError
-from taskloom.sdk._engine import Engine, PipelineSource, RunResult
+from taskloom.sdk._engine import Engine, PipelineSource
+from taskloom.sdk._handle import RunResult
 
 T = TypeVar("T")
 

@@ -1,0 +1,227 @@
+"""Driving one run: lease, run record, steps, outcome, events.
+
+``drive`` is what ``Engine.run``, ``start`` and ``resume`` all end in. Under the
+run's lease (``RunHeld`` if another process holds it) it creates or reopens the
+run record, runs the steps (``_engine_steps``), renders the output, and records
+the outcome -- succeeded, failed (``StepFailed``, or any other error that stopped
+the run) or cancelled -- then flushes the events so the stored history is
+complete when the caller gets the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from taskloom.contracts import (
+    ChunkStreamed,
+    Event,
+    RunCancelledEvent,
+    RunFailed,
+    RunHeld,
+    RunStarted,
+    RunSucceeded,
+    StepFailed,
+    StepStarted,
+    serde,
+)
+from taskloom.sdk._engine_calls import error_info, first_error
+from taskloom.sdk._engine_steps import RunExecution
+from taskloom.sdk._handle import History, RunResult
+from taskloom.sdk._plan import Plan
+from taskloom.sdk._runrecords import RunRecord
+from taskloom.sdk._runstore import LeaseKeeper
+from taskloom.sdk._template import TemplateRenderError
+
+
+@attrs.define
+class RunSpec:
+    """Everything one run needs before it starts (or resumes)."""
+
+    run_id: str
+    plan: Plan
+    inputs: dict[str, Any]
+    record: Any  # RunRecord | None
+    finished: Mapping[tuple[str, int | None], Any]
+    resumed: bool
+    history: History | None
+
+
+def _stored(event: Event) -> bool:
+    """Whether an event goes to the run's stored history (all go to the bus and handles).
+
+    Streamed chunks are live-only (the step's output is stored whole), and so is the
+    start of each *map item*: a map of 10,000 items would otherwise store 10,000
+    events that say nothing their finish events (time and duration) do not.
+    The start of every step, and every attempt, retry, finish and failure, is stored.
+    """
+    kind = type(event)
+    if kind is ChunkStreamed:
+        return False
+    return not (kind is StepStarted and event.item is not None)  # type: ignore[union-attr]
+
+
+async def drive(engine: Any, spec: RunSpec) -> RunResult:
+    """Run ``spec`` on ``engine``: lease, record, steps, outcome (see module docstring)."""
+    store = engine.runstore
+    history = spec.history
+    bus_emit = engine.bus.emit
+    record_event = store.record_event if store is not None else None
+
+    def emit(event: Event) -> None:
+        if history is not None:
+            history.push(event)
+        bus_emit(event)
+        if record_event is not None and _stored(event):
+            record_event(event)
+
+    started = engine.clock()
+    execution: RunExecution | None = None
+    lease: Any = contextlib.nullcontext()
+    if store is not None:
+        lease = LeaseKeeper(store, spec.run_id, engine.holder, ttl_s=engine.lease_ttl_s)
+    try:
+        async with lease:
+            if store is not None:
+                await _begin(engine, spec, started)
+                if spec.resumed:
+                    spec.finished = await store.finished_steps(spec.run_id)
+            execution = RunExecution(
+                run_id=spec.run_id,
+                plan=spec.plan,
+                inputs=spec.inputs,
+                services=engine,
+                finished=spec.finished,
+                emit=emit,
+            )
+            emit(
+                RunStarted(
+                    run_id=spec.run_id,
+                    at=started,
+                    pipeline=spec.plan.pipeline.name,
+                    pipeline_digest=spec.plan.digest,
+                    resumed=spec.resumed,
+                )
+            )
+            try:
+                await execution.run_graph()
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
+            output = _output(spec.plan, execution)
+            result = await _finish(engine, spec, execution, "succeeded", output, None, emit)
+    except asyncio.CancelledError:
+        if execution is not None:
+            await _finish(engine, spec, execution, "cancelled", None, None, emit)
+        raise
+    except RunHeld:
+        raise
+    except StepFailed as exc:
+        if execution is not None:
+            await _finish(engine, spec, execution, "failed", None, exc, emit)
+        raise
+    except Exception as exc:
+        # A storage failure or a non-JSON output: record the failure if the store
+        # still works, then let the original error through.
+        if execution is not None:
+            with contextlib.suppress(Exception):
+                await _finish(engine, spec, execution, "failed", None, exc, emit)
+        raise
+    finally:
+        if history is not None:
+            history.close()
+    return result
+
+
+def _output(plan: Plan, execution: RunExecution) -> Any:
+    if plan.output is None:
+        return execution.outputs.get(plan.nodes[-1].id) if plan.nodes else None
+    try:
+        return plan.output(execution.scope)
+    except TemplateRenderError as exc:
+        raise StepFailed(
+            f"the pipeline's output could not be rendered: {exc}",
+            step_id="$output",
+            cause_type="TemplateRenderError",
+        ) from None
+
+
+async def _begin(engine: Any, spec: RunSpec, started: float) -> None:
+
+    store = engine.runstore
+    if spec.record is None:
+        spec.record = RunRecord(
+            run_id=spec.run_id,
+            pipeline_name=spec.plan.pipeline.name,
+            pipeline_digest=spec.plan.digest,
+            pipeline=serde.unstructure(spec.plan.pipeline),
+            inputs=spec.inputs,
+            status="running",
+            created_at=started,
+            started_at=started,
+        )
+        await store.create_run(spec.record)
+    else:
+        spec.record = attrs.evolve(spec.record, status="running", finished_at=None, error=None)
+        await store.update_run(spec.record)
+
+
+async def _finish(
+    engine: Any,
+    spec: RunSpec,
+    execution: RunExecution,
+    status: str,
+    output: Any,
+    error: BaseException | None,
+    emit: Callable[[Event], None],
+) -> RunResult:
+    now = engine.clock()
+    started = spec.record.started_at if spec.record is not None else None
+    duration = now - (started if started is not None else now)
+    info = error_info(error) if error is not None else None
+    if status == "succeeded":
+        emit(RunSucceeded(run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage))
+    elif status == "failed":
+        assert info is not None
+        emit(
+            RunFailed(
+                run_id=spec.run_id,
+                at=now,
+                error=info,
+                step_id=getattr(error, "step_id", None),
+                duration_s=duration,
+                usage=execution.usage,
+            )
+        )
+    else:
+        emit(
+            RunCancelledEvent(
+                run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage
+            )
+        )
+    store = engine.runstore
+    if store is not None and spec.record is not None:
+        spec.record = attrs.evolve(
+            spec.record,
+            status=status,
+            finished_at=now,
+            output=output,
+            error=info,
+            usage=execution.usage,
+            usage_by_executor=dict(execution.usage_by_executor),
+            steps_done=len(spec.finished) + execution.steps_done,
+        )
+        await store.update_run(spec.record)
+        await store.flush()
+    return RunResult(
+        run_id=spec.run_id,
+        status=status,
+        output=output,
+        usage=execution.usage,
+        usage_by_executor=dict(execution.usage_by_executor),
+        steps=dict(execution.outputs),
+        error=info,
+    )
