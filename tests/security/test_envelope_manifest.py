@@ -293,3 +293,30 @@ def test_the_fast_manifest_structurer_is_never_laxer_than_the_converter(
         assert expected == mine
     if expected is None:
         assert mine is None
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "A" * 64,
+        "0" * 62 + " a",
+        "0" * 62 + "\t0",
+        "g" * 64,
+        "0" * 63,
+        "0" * 65,
+        "\u0660" * 64,
+    ],
+)
+def test_file_digests_must_be_64_lowercase_hex_digits(digest: str) -> None:
+    """Upper case, whitespace, non-hex, wrong length or non-ASCII digits are refused."""
+    raw = _valid_raw()
+    raw["files"][0]["sha256"] = digest  # type: ignore[index]
+    with pytest.raises(MalformedManifest):
+        structure_manifest(raw)
+
+
+def test_digits_only_digests_are_accepted() -> None:
+    """A digest with no letters at all is still valid hex."""
+    raw = _valid_raw()
+    raw["files"][0]["sha256"] = "0123456789" * 6 + "0123"  # type: ignore[index]
+    assert structure_manifest(raw).files[0].sha256.startswith("0123")

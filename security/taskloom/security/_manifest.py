@@ -48,7 +48,6 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 """Largest single file a manifest may list."""
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_HEX = re.compile(r"[0-9a-f]*")
 
 
 def build_manifest(
@@ -185,6 +184,19 @@ _SET_SHA256 = FileEntry.__dict__["sha256"].__set__
 _FILE_COLUMNS = operator.itemgetter("path", "size", "sha256")
 
 
+def _all_lower_hex(text: str) -> bool:
+    """True if ``text`` is only 0-9 and a-f (bytes.fromhex runs in C; a regex is 3x slower).
+
+    fromhex also skips whitespace and accepts A-F: the length and case checks
+    close both gaps.
+    """
+    try:
+        decoded = bytes.fromhex(text)
+    except ValueError:
+        return False
+    return len(decoded) * 2 == len(text) and text == text.lower()
+
+
 def _file_entries(files: list[Any]) -> list[FileEntry]:
     """Check every file entry, then build them; the checks run column-wise, in C."""
     if not files:
@@ -200,7 +212,7 @@ def _file_entries(files: list[Any]) -> list[FileEntry]:
         _refuse_entry(files, "has a path or sha256 that is not text")
     if set(map(type, sizes)) != {int} or min(sizes) < 0:
         _refuse_entry(files, "needs an integer size >= 0")
-    if set(map(len, digests)) != {64} or not _HEX.fullmatch("".join(digests)):
+    if set(map(len, digests)) != {64} or not _all_lower_hex("".join(digests)):
         _refuse_entry(files, "needs a sha256 of 64 lowercase hex digits")
     if not _paths_look_safe(paths, sizes):
         check_file_list([FileEntry(path=p, size=n, sha256=h) for p, n, h in rows])
