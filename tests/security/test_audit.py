@@ -272,3 +272,31 @@ def test_appending_to_a_stream_changed_behind_the_logs_back_is_refused() -> None
             await log.sign_head(keys(1)[0])
 
     asyncio.run(go())
+
+
+def test_a_consistent_rewrite_of_the_chain_is_caught_by_the_head() -> None:
+    """Rewriting entry 2 and recomputing every later link is invisible but to the head."""
+    _, _, payloads, head = asyncio.run(_build(4))
+    forged = [payloads[0]]
+    prev = hashlib.sha256(payloads[0]).hexdigest()
+    for seq in range(2, 5):
+        forged.append(_forged(seq, prev, subject=f"rewritten {seq}"))
+        prev = hashlib.sha256(forged[-1]).hexdigest()
+    assert _verify(forged, None).ok
+    report = _verify(forged, head)
+    assert (report.ok, report.first_bad, report.kind) == (False, 4, "changed")
+
+
+def test_the_log_runs_on_the_memory_adapter() -> None:
+    """AuditLog works over taskloom's own MemoryStorage, head stored and checked."""
+    memory = pytest.importorskip("taskloom.adapters.memory")
+
+    async def go() -> AuditReport:
+        log = AuditLog(memory.MemoryStorage(), stream="ops")
+        for i in range(5):
+            await log.append(actor="ci", action="deploy", subject=f"svc{i}", details={"n": i})
+        await log.sign_head(keys(1)[0])
+        return await log.verify(public_key=keys(1)[0].public_key)
+
+    report = asyncio.run(go())
+    assert report.ok and report.entries == 5 and report.head_checked

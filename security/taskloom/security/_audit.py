@@ -7,7 +7,10 @@ Cutting entries off the end breaks no link; a *signed head* (the sequence
 number and hash of the last entry, signed with an Ed25519 key and kept
 elsewhere) makes that visible too. Without a head, a change to the very last
 entry and entries appended by someone with write access to the storage are not
-detectable -- sign heads regularly and keep them outside the storage.
+detectable -- sign heads regularly and keep them outside the storage. A
+consistent rewrite of the chain from some entry onward (every later hash
+recomputed) breaks no link either; the signed head catches it, but can only
+point at the entry it covers, since nothing else remembers the old hashes.
 
 Appends are serialized through a head record (namespace ``audit.chain``)
 written in the same atomic ``commit`` as the entry, with a version check, so
