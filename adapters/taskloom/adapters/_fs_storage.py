@@ -179,12 +179,14 @@ class FileStorage:
         if self._state == _CLOSED:
             return
         self._state = _CLOSED
-        if self._drain is not None:
-            await asyncio.shield(self._drain)
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            await asyncio.to_thread(writer.shutdown, wait=True)
-        await asyncio.to_thread(self._store.close)
+        try:
+            if self._drain is not None:
+                await asyncio.shield(self._drain)
+        finally:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await asyncio.to_thread(writer.shutdown, wait=True)
+            await asyncio.to_thread(self._store.close)
 
     def __del__(self) -> None:
         if getattr(self, "_state", _CLOSED) == _OPEN:
@@ -238,13 +240,12 @@ class FileStorage:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                writer = self._writer
-                if writer is None:
-                    raise UsageError(f"FileStorage at {self._root} is closed")
                 loop = asyncio.get_running_loop()
                 try:
+                    if self._writer is None:
+                        raise UsageError(f"FileStorage at {self._root} is closed")
                     outcomes = await loop.run_in_executor(
-                        writer, self._store.run_batch, [fn for fn, _ in batch]
+                        self._writer, self._store.run_batch, [fn for fn, _ in batch]
                     )
                 except Exception as exc:
                     error = unavailable(self._root, exc) if isinstance(exc, OSError) else exc
