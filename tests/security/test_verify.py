@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import rfc8785
-from _sec_support import NOW, DictStorage, keys, make_signed, trust_for
+from _sec_support import NOW, DictStorage, keys, make_signed, trust_for, write_plugin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +49,7 @@ from taskloom.security import (
     verify_manifest,
     verify_plugin,
 )
+from taskloom.security._files import PluginTree
 
 
 def run_verify(
@@ -606,3 +607,54 @@ def test_rollback_is_checked_before_the_files(tmp_path: Path) -> None:
     (tmp_path / "v1" / "extra.pyc").write_bytes(b"x")
     with pytest.raises(RollbackDetected):
         run_verify(tmp_path / "v1", v1, trust_for(*keys(1)), storage=storage)
+
+
+def test_nested_directories_and_non_ascii_names_verify(tmp_path: Path) -> None:
+    """Deep paths and non-ASCII file names are listed, verified and handed back."""
+    files = {
+        "plugin.py": b"x = 1\n",
+        "a/b/c/deep.py": b"y = 2\n",
+        "données/é.txt": "olá".encode(),
+        "empty/__init__.py": b"",
+    }
+    envelope = make_signed(tmp_path / "p", keys(1), files=files)
+    verified = run_verify(tmp_path / "p", envelope, trust_for(*keys(1)))
+    assert dict(verified.files) == files
+
+
+def test_a_file_swapped_for_a_directory_is_refused(tmp_path: Path) -> None:
+    """A listed file replaced by a directory of the same name is not a file."""
+    envelope = make_signed(tmp_path / "p", keys(1))
+    target = tmp_path / "p" / "pkg" / "util.py"
+    target.unlink()
+    target.mkdir()
+    (target / "inner.py").write_bytes(b"")
+    with pytest.raises((FileSetMismatch, UnsafeFile)):
+        run_verify(tmp_path / "p", envelope, trust_for(*keys(1)))
+
+
+def test_files_swapped_between_walk_and_read_are_refused(tmp_path: Path) -> None:
+    """After the walk, a symlink or a directory put in a file's place is refused at read."""
+    root = write_plugin(tmp_path / "p", {"a.py": b"a", "b.py": b"b"})
+    outside = tmp_path / "outside.py"
+    outside.write_bytes(b"a")
+    with PluginTree(root) as tree:
+        assert sorted(tree.files) == ["a.py", "b.py"]
+        (root / "a.py").unlink()
+        (root / "a.py").symlink_to(outside)
+        (root / "b.py").unlink()
+        (root / "b.py").mkdir()
+        with pytest.raises(UnsafeFile):
+            tree.read_exact("a.py", 1)
+        with pytest.raises(UnsafeFile):
+            tree.read_exact("b.py", 1)
+
+
+def test_reads_go_through_the_walked_directory_not_a_swapped_one(tmp_path: Path) -> None:
+    """Renaming a walked directory and putting a symlink in its place cannot redirect reads."""
+    root = write_plugin(tmp_path / "p", {"pkg/mod.py": b"good"})
+    write_plugin(tmp_path / "evil", {"mod.py": b"evil"})
+    with PluginTree(root) as tree:
+        (root / "pkg").rename(tmp_path / "moved")
+        (root / "pkg").symlink_to(tmp_path / "evil", target_is_directory=True)
+        assert tree.read_exact("pkg/mod.py", 4) == b"good"
