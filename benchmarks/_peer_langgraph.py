@@ -163,10 +163,15 @@ async def _pair(
     ours: Callable[[], Awaitable[float]],
     theirs: Callable[[], Awaitable[float]],
     repeats: int,
+    warmups: tuple[Callable[[], Awaitable[float]], Callable[[], Awaitable[float]]],
 ) -> tuple[list[float], list[float]]:
-    """Interleaved samples after one warm-up of each, alternating which side goes first."""
-    await ours()
-    await theirs()
+    """Interleaved samples after a warm-up of each side, alternating which side goes first.
+
+    The warm-ups are a smaller shape (code paths, imports, connections), so that
+    the quick mode does not spend a full run on them.
+    """
+    for warmup in warmups:
+        await warmup()
     mine: list[float] = []
     peer: list[float] = []
     for rep in range(repeats):
@@ -193,10 +198,15 @@ async def _chain(
     peer_label: str,
 ) -> Row:
     pipeline = chain_pipeline(CHAIN)
+    small = chain_pipeline(CHAIN // 10)
     async with TaskloomBench(storage) as bench:
         bench.engine.validate(pipeline)
+        lang.graph("chain", CHAIN)
         mine, peer = await _pair(
-            lambda: bench.seconds(pipeline), lambda: lang.seconds("chain", CHAIN), repeats
+            lambda: bench.seconds(pipeline),
+            lambda: lang.seconds("chain", CHAIN),
+            repeats,
+            (lambda: bench.seconds(small), lambda: lang.seconds("chain", CHAIN // 10)),
         )
     per_step = 1e6 / CHAIN
     return _peer_row(
@@ -218,12 +228,17 @@ async def _fan(
 ) -> Row:
     pipeline = map_pipeline(branches)
     inputs = {"items": list(range(branches))}
+    small = map_pipeline(10)
     async with TaskloomBench(storage, latency_s=LATENCY_S) as bench:
         bench.engine.validate(pipeline, inputs)
         mine, peer = await _pair(
             lambda: bench.seconds(pipeline, inputs),
             lambda: lang.seconds("fan", branches),
             repeats,
+            (
+                lambda: bench.seconds(small, {"items": list(range(10))}),
+                lambda: lang.seconds("fan", 10),
+            ),
         )
     return _peer_row(
         f"fan-out {branches:,} x 50 ms, {label}",

@@ -31,9 +31,14 @@ def machine_info() -> dict[str, Any]:
         usable: int | None = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         usable = os.cpu_count()
+    try:
+        load: float | None = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # Windows
+        load = None
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
+        "load_average_1m": load,
         "usable_cpus": usable,
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -199,6 +204,11 @@ def markdown(results: Sequence[GroupResult], *, command: str, machine: dict[str,
         f"Measured with `{command}` on {machine['date']}: {machine['cpu_count']} CPUs "
         f"({machine['usable_cpus']} usable), {machine['implementation']} {machine['python']}, "
         f"{machine['platform']}"
+        + (
+            f", load average {machine['load_average_1m']} at the start"
+            if machine.get("load_average_1m") is not None
+            else ""
+        )
         + (f", taskloom {machine['taskloom']}" if machine.get("taskloom") else "")
         + (f" at {machine['commit']}" if machine.get("commit") else "")
         + ".",

@@ -2,9 +2,9 @@
 
 A group is a module with ``run(quick: bool) -> list[dict]``. Each runs in its own
 interpreter so that one group's allocations, threads or event-loop state cannot
-bend the next group's figures, and so that its peak memory (``ru_maxrss``) is
-its own. A group that is missing, raises, dies or hangs past its time limit is
-*crashed*: its error is reported and the suite exits non-zero. A figure that
+bend the next group's figures, and so that its peak memory is its own (``VmHWM``,
+see ``_memory``). A group that is missing, raises, dies or hangs past its time
+limit is *crashed*: its error is reported and the suite exits non-zero. A figure that
 misses its target is a result, never a failure.
 
 The child side is ``python -m benchmarks._suite --child MODULE --group NAME
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from benchmarks._memory import peak_rss_mib
 
 GROUPS: dict[str, str] = {
     "storage": "benchmarks.bench_storage",
@@ -119,15 +121,6 @@ def normalize_rows(group: str, returned: Any) -> list[Row]:
                 row["ratio"] = row["value"] / row["baseline"]
         rows.append(row)
     return rows
-
-
-def _max_rss_mib() -> float | None:
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def run_in_process(group: str, module: str, quick: bool) -> GroupResult:
@@ -264,7 +257,7 @@ def _child(argv: Sequence[str]) -> int:
     payload = {
         "status": result.status,
         "rows": result.rows,
-        "peak_rss_mib": _max_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "error": result.error,
         "output": result.output,
     }

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from benchmarks._common import (
     raw_chain_seconds,
     raw_gather_seconds,
 )
+from benchmarks._memory import current_rss_mib, peak_rss_mib
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import StorageAdapter
@@ -130,37 +132,37 @@ def _peak_child(kind: str, size: int) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def _max_rss_mib() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+def _rss(measure: Callable[[], float | None]) -> float:
+    found = measure()
+    if found is None:
+        raise RuntimeError("this platform reports no resident memory: no peak memory rows")
+    return found
 
 
 async def _peak_run(kind: str, size: int) -> float:
-    """Run one measurement after a small warm-up; return the growth of the peak RSS."""
+    """Run one measurement after a small warm-up; return its peak RSS above the RSS before."""
     latency = LATENCY_S if kind.endswith("map") else 0.0
     async with TaskloomBench(MemoryStorage(), latency_s=latency) as bench:
         if kind == "chain":
             pipeline = chain_pipeline(size)
             await bench.seconds(chain_pipeline(10))
-            before = _max_rss_mib()
+            before = _rss(current_rss_mib)
             await bench.seconds(pipeline)
         elif kind == "map":
             pipeline = map_pipeline(size)
             inputs = {"items": list(range(size))}
             await bench.seconds(map_pipeline(10), {"items": list(range(10))})
-            before = _max_rss_mib()
+            before = _rss(current_rss_mib)
             await bench.seconds(pipeline, inputs)
         elif kind == "raw-chain":
             await raw_chain_seconds(bench.executor, 10)
-            before = _max_rss_mib()
+            before = _rss(current_rss_mib)
             await raw_chain_seconds(bench.executor, size)
         else:
             await raw_gather_seconds(bench.executor, 10)
-            before = _max_rss_mib()
+            before = _rss(current_rss_mib)
             await raw_gather_seconds(bench.executor, size)
-    return _max_rss_mib() - before
+    return _rss(peak_rss_mib) - before
 
 
 def _memory_rows(steps: int, items: int) -> list[Row]:
