@@ -8,6 +8,8 @@ In ``taskloom.toml``::
     [executors.demo]
     type = "scripted"
     replies = ["first reply", "second reply"]   # optional; cycled. Default: echo
+    # or a mapping from the last user message to its reply:
+    # replies = { "ping" = "pong" }
     latency_s = 0.2                             # optional
     chunk_size = 8                              # optional, for streaming
 """
@@ -35,10 +37,13 @@ def from_config(
             f"unknown option(s) {unknown} for a scripted executor; known: {sorted(_OPTIONS)}"
         )
     replies = settings.get("replies")
-    if replies is not None and (
+    if isinstance(replies, dict):
+        if not all(isinstance(k, str) and isinstance(v, str | dict) for k, v in replies.items()):
+            raise UsageError("replies as a table maps message texts to reply texts")
+    elif replies is not None and (
         not isinstance(replies, list) or not all(isinstance(r, str | dict) for r in replies)
     ):
-        raise UsageError("replies must be a list of texts (or JSON objects)")
+        raise UsageError("replies must be a list of texts (or JSON objects), or a table")
     options: dict[str, Any] = {k: v for k, v in settings.items() if k in _OPTIONS - {"replies"}}
     try:
         return ScriptedExecutor(replies, **options)
