@@ -1,13 +1,15 @@
-"""chart.png: how cost grows with the work, and every ratio beside its target.
+"""chart.png: how cost grows with the work, and every figure beside its target.
 
 Scaling curves are found in the rows themselves: a row whose name carries
-``@ N steps``, ``@ N items`` or ``@ N records`` is one point of the series named
+``@ N steps``, ``of N items`` or ``@ N records`` is one point of the series named
 by the rest of its name, so a group module adds a curve by naming its rows so.
-Series with fewer than two points, and memory figures, are not curves.
+Series with fewer than two points, and memory figures, are not curves; each panel
+holds one kind of scale in one unit, with the baselines dashed.
 
-The bar panel shows each ratio that has a numeric target (``<= 1.2x raw``,
-``>= 0.40x``) with the target marked, green where it holds and red where it does
-not, and each peer ratio (taskloom over LangGraph) against parity.
+The bar panel puts every figure that has a numeric target (``<= 1.2x raw``,
+``>= 0.40x``, ``<= 25 us/step above raw``) on one axis, the figure divided by
+its target, green where it holds and red where it does not, and each peer ratio
+(taskloom over LangGraph) beside parity.
 matplotlib is in the ``bench`` extra: without it the chart is skipped, not the run.
 """
 
@@ -18,10 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 Row = dict[str, Any]
 
 _SCALE = re.compile(r"\s*(?:@|\bof)\s*([\d,]+)\s+(?:[\w-]+\s+)?(steps|items|records)\b")
-_TARGET = re.compile(r"([<>]=?)\s*([\d.]+)\s*x")
+_TARGET = re.compile(r"([<>]=?)\s*([\d.]+)\s*(x\b|[^\s(]*)")
 
 TITLES = {
     ("steps", "us/step"): ("Chain: time per step", "steps in the chain", "µs per step"),
@@ -64,23 +68,60 @@ def scaling_series(rows: Sequence[Row]) -> dict[tuple[str, str], Series]:
     return panels
 
 
-def target_bars(rows: Sequence[Row]) -> list[tuple[str, float, float | None, str, bool | None]]:
-    """(label, ratio, target ratio or None, comparison, holds) for the bar panel."""
-    bars: list[tuple[str, float, float | None, str, bool | None]] = []
+@attrs.frozen(kw_only=True)
+class Bar:
+    """One bar: a figure over its target (or taskloom over LangGraph), with its caption."""
+
+    label: str
+    position: float  # figure / target; for a peer, taskloom / LangGraph; 1 is the mark
+    caption: str
+    holds: bool | None
+
+
+def _short(number: float) -> str:
+    return f"{number:,.0f}" if abs(number) >= 100 else f"{number:.3g}"
+
+
+def target_bars(rows: Sequence[Row]) -> list[Bar]:
+    """Bars for rows with a numeric target, and for every peer row.
+
+    A target ``<= 1.2x ...`` is compared with the row's ratio; a target with a
+    unit (``<= 25 us/step above raw``) with its value, when the row's unit starts
+    with that unit. Each bar is the figure divided by its target, so that rows of
+    every unit share one axis on which 1 is the target.
+    """
+    bars: list[Bar] = []
     for row in rows:
-        value = row.get("ratio")
-        if not isinstance(value, int | float) or value <= 0:
-            continue
         label = f"{row['group']}: {row['name']}"
-        if len(label) > 60:
-            label = label[:57] + "..."
+        if len(label) > 64:
+            label = label[:61] + "..."
+        ratio, value = row.get("ratio"), row.get("value")
         if row.get("group") == "peer":
-            bars.append((label + " (vs LangGraph)", float(value), None, "", None))
+            if isinstance(ratio, int | float) and ratio > 0:
+                caption = f"{ratio:.2f}x LangGraph"
+                bars.append(Bar(label=label, position=float(ratio), caption=caption, holds=None))
             continue
         match = _TARGET.search(str(row.get("target") or ""))
         if match is None:
             continue
-        bars.append((label, float(value), float(match.group(2)), match.group(1), row.get("holds")))
+        op, goal, unit = match.group(1), float(match.group(2)), match.group(3)
+        if unit == "x":
+            figure, shown = ratio, f"{_short(float(ratio or 0))}x"
+        elif str(row.get("unit") or "").startswith(unit):
+            figure, shown = value, f"{_short(float(value or 0))} {unit}".strip()
+        else:
+            continue
+        if not isinstance(figure, int | float) or figure <= 0 or goal <= 0:
+            continue
+        bound = f"{goal:g} {unit}".strip()
+        bars.append(
+            Bar(
+                label=label,
+                position=float(figure) / goal,
+                caption=f"{shown}  (target {op} {f'{goal:g}{unit}' if unit == 'x' else bound})",
+                holds=row.get("holds"),
+            )
+        )
     return bars
 
 
@@ -95,7 +136,7 @@ def draw(rows: Sequence[Row], path: Path, *, title: str) -> str | None:
 
     panels = scaling_series(rows)
     bars = target_bars(rows)
-    columns = max(1, min(4, len(panels)))
+    columns = 2 if len(panels) >= 3 else max(1, len(panels))
     curve_rows = max(1, -(-len(panels) // columns))
     bar_height = max(3.0, 0.3 * len(bars))
     figure = plt.figure(
@@ -162,34 +203,28 @@ def _curves(axes: Any, key: tuple[str, str], series: Series) -> None:
     axes.legend(fontsize=7, loc="best", framealpha=0.85)
 
 
-def _bars(axes: Any, bars: list[tuple[str, float, float | None, str, bool | None]]) -> None:
-    axes.set_title("Ratios (taskloom / baseline) beside their targets; peers beside parity")
+def _bars(axes: Any, bars: list[Bar]) -> None:
+    axes.set_title("Each figure over its target (1 = on target), and taskloom over LangGraph")
     if not bars:
-        axes.text(
-            0.5,
-            0.5,
-            "no row with a numeric target in this run",
-            ha="center",
-            va="center",
-            transform=axes.transAxes,
-            color="grey",
-        )
+        _empty(axes, "no row with a numeric target in this run")
         return
     positions = list(range(len(bars)))[::-1]
-    colors = []
-    for _label, _value, _target, _op, holding in bars:
-        colors.append("tab:blue" if holding is None else ("tab:green" if holding else "tab:red"))
-    axes.barh(positions, [b[1] for b in bars], color=colors, alpha=0.8)
-    for position, (_label, value, target, op, _holding) in zip(positions, bars, strict=True):
-        mark = 1.0 if target is None else target
-        axes.plot([mark, mark], [position - 0.4, position + 0.4], color="black", linewidth=2)
-        note = f"{value:.2f}x" + ("" if target is None else f"  (target {op} {target:g}x)")
-        axes.text(value * 1.05, position, note, va="center", fontsize=7)
+    colors = [
+        "tab:blue" if bar.holds is None else ("tab:green" if bar.holds else "tab:red")
+        for bar in bars
+    ]
+    axes.barh(positions, [bar.position for bar in bars], color=colors, alpha=0.8)
+    axes.axvline(1.0, color="black", linewidth=1.5)
+    for position, bar in zip(positions, bars, strict=True):
+        axes.text(bar.position * 1.06, position, bar.caption, va="center", fontsize=7)
     axes.set_yticks(positions)
-    axes.set_yticklabels([b[0] for b in bars], fontsize=8)
+    axes.set_yticklabels([bar.label for bar in bars], fontsize=8)
     axes.set_xscale("log")
-    axes.set_xlabel("ratio, log scale (black tick: target; blue bars: parity with LangGraph = 1)")
-    low = min(min(b[1] for b in bars), min(b[2] or 1.0 for b in bars))
-    high = max(max(b[1] for b in bars), max(b[2] or 1.0 for b in bars))
-    axes.set_xlim(low / 2, high * 4)
+    axes.set_xlabel(
+        "figure / target, log scale: green holds, red misses (a >= target holds right of 1, "
+        "a <= target left of it)\nblue: taskloom / LangGraph, left of 1 is faster"
+    )
+    low = min(min(bar.position for bar in bars), 1.0)
+    high = max(max(bar.position for bar in bars), 1.0)
+    axes.set_xlim(low / 2, high * 5)
     axes.grid(True, axis="x", which="major", alpha=0.3)

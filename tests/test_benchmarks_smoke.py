@@ -127,7 +127,7 @@ def test_rows_are_normalized_to_the_row_keys_with_json_safe_numbers() -> None:
 
 
 def test_chart_finds_scaling_series_and_numeric_targets_in_row_names() -> None:
-    """Rows named '@ N steps' / 'of N items' / '@ N records' become curves; 'x' targets bars."""
+    """Rows named '@ N steps' / 'of N items' / '@ N records' become curves; bounded targets bars."""
 
     def row(group: str, name: str, unit: str, **extra: object) -> dict[str, object]:
         base = {"group": group, "name": name, "value": 1.0, "unit": unit, "baseline": 0.5}
@@ -141,6 +141,9 @@ def test_chart_finds_scaling_series_and_numeric_targets_in_row_names() -> None:
         row("storage", "sqlite get @ 1,000 records", "ops/s"),  # one scale only: no curve
         row("storage", "sqlite peak Python memory @ 1,000 records", "MiB"),
         row("security", "verify", "us", target="<= 1.2x raw", holds=False),
+        row("engine", "chain", "us/step above raw", target="<= 0.5 us/step above raw", holds=False),
+        row("engine", "scan", "ms", target="<= 5 s", holds=True),  # units differ: no bar
+        row("storage", "get", "ops/s", target="~1x (one round trip)"),  # no bound: no bar
         row("peer", "chain", "us/step"),
     ]
     series = _chart.scaling_series(rows)
@@ -149,4 +152,8 @@ def test_chart_finds_scaling_series_and_numeric_targets_in_row_names() -> None:
     assert label == "chain per step (SQLite)"
     assert [scale for scale, _ in points] == [100, 1000]
     bars = _chart.target_bars(rows)
-    assert [(b[2], b[3], b[4]) for b in bars] == [(1.2, "<=", False), (None, "", None)]
+    assert [(b.label, b.position, b.holds) for b in bars] == [
+        ("security: verify", 2.0 / 1.2, False),
+        ("engine: chain", 1.0 / 0.5, False),
+        ("peer: chain", 2.0, None),
+    ]
