@@ -282,6 +282,9 @@ class AuditLog:
         self._stream = stream
         self._clock = clock
         self._lock = asyncio.Lock()
+        # The last tip this object wrote or read: appends reuse it, and the
+        # version check in commit() catches another writer having moved it.
+        self._cached_tip: tuple[int, str, int] | None = None
 
     @property
     def stream(self) -> str:
@@ -320,7 +323,9 @@ class AuditLog:
         body_details = dict(details or {})
         async with self._lock:
             for _ in range(32):
-                seq, prev, version = await self._tip()
+                if self._cached_tip is None:
+                    self._cached_tip = await self._tip()
+                seq, prev, version = self._cached_tip
                 time_us = int(self._clock() * 1_000_000)
                 body: dict[str, Any] = {
                     "format": AUDIT_FORMAT,
@@ -337,7 +342,7 @@ class AuditLog:
                 except Exception as exc:  # rfc8785 raises its own error types
                     raise UsageError(f"audit details must be JSON data: {exc}") from exc
                 digest = hashlib.sha256(payload).hexdigest()
-                head_value = bytes(rfc8785.dumps({"seq": seq + 1, "hash": digest}))
+                head_value = b'{"hash":"%s","seq":%d}' % (digest.encode("ascii"), seq + 1)
                 try:
                     result = await self._storage.commit(
                         [
@@ -351,7 +356,12 @@ class AuditLog:
                         ]
                     )
                 except ConflictError:
+                    self._cached_tip = None
                     continue
+                except BaseException:
+                    self._cached_tip = None
+                    raise
+                self._cached_tip = (seq + 1, digest, result.records[0].version)
                 if result.entries[0].seq != seq + 1:
                     raise SecurityError(
                         f"audit stream {self._stream!r} holds entries its chain head does not "
