@@ -30,7 +30,7 @@ from taskloom.security import (
     sign_manifest,
 )
 from taskloom.security._envelope import valid_signers
-from taskloom.security._manifest import structure_manifest
+from taskloom.security._manifest import MAX_FILE_BYTES, structure_manifest
 
 
 def test_pae_matches_the_dsse_specification_example() -> None:
@@ -320,3 +320,12 @@ def test_digits_only_digests_are_accepted() -> None:
     raw = _valid_raw()
     raw["files"][0]["sha256"] = "0123456789" * 6 + "0123"  # type: ignore[index]
     assert structure_manifest(raw).files[0].sha256.startswith("0123")
+
+
+def test_building_refuses_an_oversized_file_before_reading_it(tmp_path: Path) -> None:
+    """A (sparse) file over the per-file limit is refused from its size alone."""
+    write_plugin(tmp_path / "p", DEFAULT_FILES)
+    with open(tmp_path / "p" / "huge.bin", "wb") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(UsageError):
+        _build(tmp_path / "p")

@@ -140,10 +140,11 @@ class PluginTree:
         """Relative paths of every directory below the root."""
         return (d for d in self._dirs if d)
 
-    def read_exact(self, path: str, size: int | None) -> bytes | None:
+    def read_exact(self, path: str, size: int | None, *, max_size: int = 1 << 62) -> bytes | None:
         """Read ``path`` once if it holds exactly ``size`` bytes, else None.
 
-        ``size=None`` reads the whole file (checked to be regular with fstat).
+        ``size=None`` reads the whole file (checked to be regular with fstat),
+        refusing one larger than ``max_size`` before reading any of it.
         With a size, ``size + 1`` bytes are asked for in one read: a regular file
         of the right length answers with exactly ``size``; a longer one gives
         itself away, a shorter one reads short. The walk already saw a regular
@@ -168,6 +169,8 @@ class PluginTree:
                 if not stat.S_ISREG(info.st_mode):
                     raise UnsafeFile(f"{path!r} in {self.root} is not a regular file")
                 size = info.st_size
+                if size > max_size:
+                    raise UsageError(f"{path!r} is larger than {max_size} bytes")
             try:
                 data = os.read(fd, size + 1)
                 if len(data) < size and data:

@@ -82,11 +82,9 @@ def build_manifest(
             raise UsageError(f"a plugin may hold at most {MAX_MANIFEST_FILES} files")
         for path in sorted(tree.files):
             check_relative_path(path)
-            data = tree.read_exact(path, None)
+            data = tree.read_exact(path, None, max_size=MAX_FILE_BYTES)
             if data is None:
                 raise UsageError(f"{path!r} changed while the manifest was being built")
-            if len(data) > MAX_FILE_BYTES:
-                raise UsageError(f"{path!r} is larger than {MAX_FILE_BYTES} bytes")
             entries.append(
                 FileEntry(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
             )
