@@ -6,6 +6,26 @@ envelope signed with Ed25519 keys, checked against an application-owned
 verified bytes to load code from. The ``AuditLog`` chains SHA-256 hashes over a
 storage stream so that tampering is visible. This portion imports only
 ``taskloom.contracts`` and third-party libraries.
+
+Publisher side::
+
+    key = generate_key()
+    save_private_key(key, "publisher.pem", passphrase)        # PKCS#8, encrypted, 0600
+    save_public_key(key.public_key, "publisher.pub")          # SubjectPublicKeyInfo PEM
+    manifest = build_manifest("my_plugin/", name="my-plugin", version=3,
+                              entry_point="my_plugin:Plugin", publisher="Me",
+                              capabilities=Capabilities(secrets=("api_key",)),
+                              issued_at=now, expires_at=now + 90 * 86400,
+                              min_sdk_version="0.1.0")
+    envelope = sign_manifest(manifest, [key])                 # bytes to ship
+
+Application side::
+
+    trust = TrustStore.load("trust.json", root_key=root_public_key)
+    verified = await verify_plugin("my_plugin/", envelope, trust,
+                                   rollback=RollbackGuard(storage),
+                                   expected_name="my-plugin")
+    verified.files["my_plugin/__init__.py"]                   # the verified bytes
 """
 
 from __future__ import annotations
