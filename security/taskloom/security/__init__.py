@@ -25,7 +25,7 @@ Application side::
     verified = await verify_plugin("my_plugin/", envelope, trust,
                                    rollback=RollbackGuard(storage),
                                    expected_name="my-plugin")
-    verified.files["my_plugin/__init__.py"]                   # the verified bytes
+    verified.files["__init__.py"]   # verified bytes; paths are relative to the directory
 """
 
 from __future__ import annotations
