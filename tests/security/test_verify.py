@@ -658,3 +658,35 @@ def test_reads_go_through_the_walked_directory_not_a_swapped_one(tmp_path: Path)
         (root / "pkg").rename(tmp_path / "moved")
         (root / "pkg").symlink_to(tmp_path / "evil", target_is_directory=True)
         assert tree.read_exact("pkg/mod.py", 4) == b"good"
+
+
+@pytest.fixture(scope="module")
+def doubly_signed() -> Iterator[bytes]:
+    """An envelope signed by keys 0 and 1, shared by a module."""
+    root = Path(tempfile.mkdtemp(prefix="tl-sec-"))
+    yield make_signed(root / "demo", keys(2))
+    shutil.rmtree(root)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_single_byte_change_to_a_doubly_signed_envelope_is_refused(
+    doubly_signed: bytes, data: st.DataObject
+) -> None:
+    """With two signers and a threshold of 2, no one-byte change gets through either."""
+    envelope = doubly_signed
+    verify_manifest(envelope, trust_for(*keys(2), threshold=2), now=NOW)
+    position = data.draw(st.integers(0, len(envelope) - 1), label="position")
+    value = data.draw(st.integers(0, 255).filter(lambda v: v != envelope[position]), label="value")
+    changed = bytearray(envelope)
+    changed[position] = value
+    with pytest.raises(SecurityError):
+        verify_manifest(bytes(changed), trust_for(*keys(2), threshold=2), now=NOW)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+def test_arbitrary_envelope_bytes_only_ever_raise_security_errors(data: bytes) -> None:
+    """Whatever bytes arrive as an envelope, the verifier answers with a SecurityError."""
+    with pytest.raises(SecurityError):
+        verify_manifest(data, trust_for(*keys(1)), now=NOW)
