@@ -200,3 +200,20 @@ async def test_read_only_location_is_unavailable_and_keeps_data(tmp_path: Path) 
     async with SQLiteStorage(db) as storage:
         record = await storage.get("ns", "k")
         assert record is not None and record.value == b"kept"
+
+
+def test_unclosed_adapter_does_not_hang_exit(tmp_path: Path) -> None:
+    """A process that forgets aclose() still exits (no non-daemon thread keeps it alive)."""
+    script = (
+        "import asyncio\n"
+        "from taskloom.adapters.sqlite import SQLiteStorage\n"
+        "async def main():\n"
+        f"    s = await SQLiteStorage.open({str(tmp_path / 'x.db')!r})\n"
+        "    await s.put('ns', 'k', b'v')\n"
+        "    raise SystemExit(3)\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 3, result.stderr[-2000:]

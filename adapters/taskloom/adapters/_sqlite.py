@@ -11,9 +11,10 @@ the file is waited for, never reported as ``database is locked``.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
+import sqlite3
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from taskloom.adapters._sqlite_args import (
     choose_victims,
     prefix_end,
 )
-from taskloom.adapters._sqlite_errors import map_sqlite_errors
+from taskloom.adapters._sqlite_errors import map_sqlite_errors, translate
 from taskloom.adapters._sqlite_ops import (
     append_job,
     commit_job,
@@ -123,7 +124,7 @@ class SQLiteStorage:
         self._reader_count = readers
         self._writer: Writer | None = None
         self._readers: list[aiosqlite.Connection] = []
-        self._next_reader: itertools.cycle[aiosqlite.Connection] | None = None
+        self._busy: list[int] = []
         self._purger: asyncio.Task[None] | None = None
         self._opening: asyncio.Lock | None = None
         self._closed = False
@@ -210,9 +211,16 @@ class SQLiteStorage:
         try:
             with map_sqlite_errors(self._path, busy_timeout_s=self._busy_timeout_s):
                 for _ in range(self._reader_count):
-                    reader = await aiosqlite.connect(
+                    reader = aiosqlite.connect(
                         self._path, timeout=self._busy_timeout_s, isolation_level=None
                     )
+                    # aiosqlite's worker thread is not a daemon: an adapter the
+                    # application forgot to close would hang interpreter exit (the
+                    # ResourceWarning still says so). Checked defensively: private.
+                    thread = getattr(reader, "_thread", None)
+                    if isinstance(thread, threading.Thread) and not thread.is_alive():
+                        thread.daemon = True
+                    await reader
                     readers.append(reader)
                     for statement in reader_init_statements(self._synchronous):
                         await reader.execute(statement)
@@ -223,7 +231,7 @@ class SQLiteStorage:
             raise
         self._writer = writer
         self._readers = readers
-        self._next_reader = itertools.cycle(readers)
+        self._busy = [0] * len(readers)
         if self._purge_interval_s is not None:
             self._purger = asyncio.get_running_loop().create_task(
                 self._purge_forever(self._purge_interval_s), name=f"taskloom-purge:{self._path}"
@@ -240,7 +248,6 @@ class SQLiteStorage:
             self._purger = None
         writer, self._writer = self._writer, None
         readers, self._readers = self._readers, []
-        self._next_reader = None
         if writer is not None:
             await writer.stop()
         for reader in readers:
@@ -270,15 +277,29 @@ class SQLiteStorage:
     # --- reads ---------------------------------------------------------------
 
     async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        if self._closed:
-            raise self._usage_closed()
-        if self._next_reader is None:
+        """One aiosqlite round trip on the least busy reader.
+
+        Sequential reads keep using the first reader, whose thread is warm; only
+        reads that overlap spread to the others.
+        """
+        readers = self._readers
+        if not readers:
+            if self._closed:
+                raise self._usage_closed()
             await self._ensure_open()
-        assert self._next_reader is not None
-        reader = next(self._next_reader)
-        with map_sqlite_errors(self._path, busy_timeout_s=self._busy_timeout_s):
-            rows = await reader.execute_fetchall(sql, params)
-        return list(rows)
+            readers = self._readers
+        busy = self._busy
+        index = 0
+        if busy[0]:
+            index = min(range(len(readers)), key=busy.__getitem__)
+        busy[index] += 1
+        try:
+            rows: list[Any] = await readers[index].execute_fetchall(sql, params)  # type: ignore[assignment]
+        except (sqlite3.Error, ValueError) as exc:
+            raise translate(exc, self._path, busy_timeout_s=self._busy_timeout_s) from exc
+        finally:
+            busy[index] -= 1
+        return rows
 
     async def get(self, namespace: str, key: str) -> Record | None:
         """The live record at ``namespace``/``key``, or None (ST1, ST5)."""
