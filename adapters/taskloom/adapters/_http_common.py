@@ -765,6 +765,12 @@ class HTTPExecutor(abc.ABC):
     ``total_timeout_s`` bounds the wall time of a call from sending the request
     to the last byte (for a stream, including time the consumer spends between
     chunks); ``read_timeout_s`` bounds each wait for bytes.
+
+    The pool belongs to the event loop of the first call. Used from another
+    loop while that one is alive, calls raise UsageError; used again after it
+    closed (``asyncio.run`` called twice), the executor opens a new pool and
+    leaves the old loop's sockets, which can no longer be closed, to the
+    garbage collector. Prefer one executor per loop, closed with ``aclose()``.
     """
 
     provider: ClassVar[str] = "http"
