@@ -180,7 +180,7 @@ async def test_closing_a_stream_early(katan: dict[str, KatanServer], protocol: s
             stream = ex.stream(ask("long enough to stream in many pieces"))
             first = await anext(stream)
             assert first.index == 0 and first.delta
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         assert (await ex.complete(ask("after"))).text.endswith("User: after")
 
 
@@ -329,9 +329,11 @@ class _KatanConformance(ExecutorConformance):
         return make(self.protocol, self.servers["plain"])
 
     @asynccontextmanager
-    async def _burnt(self, executor: LLMExecutor) -> AsyncIterator[LLMExecutor]:
+    async def _burnt(
+        self, executor: OpenAIExecutor | AnthropicExecutor
+    ) -> AsyncIterator[LLMExecutor]:
         """The executor after one call, which uses up --rate-limit-after 1."""
-        async with executor:  # type: ignore[attr-defined]
+        async with executor:
             with contextlib.suppress(RateLimited):
                 await executor.complete(ask("burn"))
             yield executor

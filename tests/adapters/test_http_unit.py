@@ -1084,7 +1084,7 @@ async def test_closing_the_stream_iterator_closes_the_response() -> None:
         stream = ex.stream(REQUEST)
         first = await anext(stream)
         assert first.delta == "a" and not bodies[0].closed
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         assert bodies[0].closed
         assert ex._client is not None
         await ex._client.aclose()

@@ -984,7 +984,7 @@ class HTTPExecutor(abc.ABC):
             latency_s=latency,
         )
 
-    def stream(self, request: CompletionRequest, /) -> AsyncIterator[CompletionChunk]:
+    def stream(self, request: CompletionRequest, /) -> AsyncGenerator[CompletionChunk, None]:
         """Stream a completion by server-sent events.
 
         Text deltas are yielded as they arrive (index 0, 1, ...); one last chunk
@@ -996,7 +996,7 @@ class HTTPExecutor(abc.ABC):
         self._check_open()
         return self._stream(request)
 
-    async def _stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+    async def _stream(self, request: CompletionRequest) -> AsyncGenerator[CompletionChunk, None]:
         self._check_open()
         deadline = asyncio.get_running_loop().time() + self._total_timeout_s
         with self._translate():
