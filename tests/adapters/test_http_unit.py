@@ -1226,11 +1226,13 @@ async def test_sharded_pool_sends_each_request_to_the_least_busy_shard() -> None
 
 
 def test_pool_shapes() -> None:
-    """Up to 16 connections is one httpcore pool; 100 are 7 shards of at most 15."""
+    """Up to 16 connections is one httpcore pool; 100 are 7 shards holding 100 in all."""
     small = common.pooled_transport(16)
     assert isinstance(small, httpx.AsyncHTTPTransport)
     big = common.pooled_transport(100)
     assert isinstance(big, common.ShardedTransport) and len(big.busy) == 7
+    shards: Any = big._shards
+    assert sum(s._pool._max_connections for s in shards) == 100
     with pytest.raises(UsageError):
         common.ShardedTransport([])
 

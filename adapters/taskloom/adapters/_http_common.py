@@ -688,15 +688,15 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 def pooled_transport(max_connections: int) -> httpx.AsyncBaseTransport:
     """``max_connections`` pooled keep-alive connections, sharded when there are many."""
     count = -(-max_connections // ShardedTransport.SHARD_SIZE)
-    per_shard = -(-max_connections // count)
+    base, extra = divmod(max_connections, count)
 
-    def shard() -> httpx.AsyncHTTPTransport:
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+    def shard(size: int) -> httpx.AsyncHTTPTransport:
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
         return httpx.AsyncHTTPTransport(limits=limits)
 
     if count == 1:
-        return shard()
-    return ShardedTransport([shard() for _ in range(count)])
+        return shard(max_connections)
+    return ShardedTransport([shard(base + (i < extra)) for i in range(count)])
 
 
 def _plain_length(headers: httpx.Headers) -> int | None:
