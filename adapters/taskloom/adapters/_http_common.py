@@ -11,9 +11,10 @@ is written and how a reply is read. Everything else lives here, once:
   ``parse_retry_after`` reads how long the provider asked us to wait.
 * ``SSEDecoder`` turns bytes into server-sent events and notices a stream that
   stops in the middle of a line or an event.
-* ``HTTPExecutor`` holds one ``httpx.AsyncClient`` (one connection pool) per
-  executor, the timeouts, the size cap and the lifecycle; the protocol modules
-  subclass it and supply four hooks.
+* ``HTTPExecutor`` holds one ``httpx.AsyncClient`` (one connection pool, split
+  into shards by ``ShardedTransport`` when it is large) per executor, the
+  timeouts (``Deadline``), the size cap and the lifecycle; the protocol
+  modules subclass it and supply four hooks.
 
 No secret ever appears in a message built here: every text that came from the
 provider passes through ``Redactor.scrub`` first, because providers (and test
@@ -418,8 +419,8 @@ def _raise_translated(exc: BaseException, *, provider: str, redactor: Redactor) 
     raise exc
 
 
-class translate_httpx:
-    """Turn every httpx exception (and our own total timeout) into a typed error.
+class HTTPXBoundary:
+    """The context manager ``translate_httpx`` returns.
 
     A class rather than ``@contextmanager``: it wraps every call, and a plain
     ``__exit__`` costs a fraction of a generator-based one.
@@ -447,6 +448,11 @@ class translate_httpx:
             ) from exc
         if isinstance(exc, _HTTPX_BASES):
             _raise_translated(exc, provider=self._provider, redactor=self._redactor)
+
+
+def translate_httpx(*, provider: str, redactor: Redactor, timeout_s: float) -> HTTPXBoundary:
+    """Turn every httpx exception (and our own total timeout) into a typed error."""
+    return HTTPXBoundary(provider=provider, redactor=redactor, timeout_s=timeout_s)
 
 
 _HTTPX_BASES = (httpx.HTTPError, httpx.InvalidURL, httpx.CookieConflict, httpx.StreamError)
@@ -905,7 +911,7 @@ class HTTPExecutor(abc.ABC):
             )
         return model
 
-    def _translate(self) -> translate_httpx:
+    def _translate(self) -> HTTPXBoundary:
         return translate_httpx(
             provider=self.provider, redactor=self._redactor, timeout_s=self._total_timeout_s
         )
