@@ -161,8 +161,17 @@ def read_verified_files(
     manifest: PluginManifest,
     *,
     max_plugin_bytes: int = MAX_PLUGIN_BYTES,
+    ignore_bytecode_caches: bool = False,
 ) -> dict[str, bytes]:
-    """Step 9: the directory holds exactly the listed files, each with its length and digest."""
+    """Step 9: the directory holds exactly the listed files, each with its length and digest.
+
+    ``ignore_bytecode_caches=True`` skips each ``__pycache__`` directory that holds
+    only unlisted ``*.pyc`` files and no subdirectory (what pip compiles into an
+    installed package). Safe only for a caller that, like the plugin host, runs
+    code from the returned bytes and never lets Python's import system near the
+    directory: the skipped files are neither read nor returned. A ``__pycache__``
+    holding anything else is checked like any other directory.
+    """
     total = sum(map(_SIZE, manifest.files))
     if total > max_plugin_bytes:
         raise InputTooLarge(
@@ -173,7 +182,11 @@ def read_verified_files(
         )
     listed = {entry.path: entry for entry in manifest.files}
     with PluginTree(plugin_dir) as tree:
-        present = set(tree.files)
+        skipped = _bytecode_caches(tree, listed) if ignore_bytecode_caches else frozenset()
+        if skipped:
+            present = {path for path in tree.files if path.rpartition("/")[0] not in skipped}
+        else:
+            present = set(tree.files)
         extra = sorted(present - listed.keys())
         if extra:
             raise FileSetMismatch(
@@ -187,7 +200,7 @@ def read_verified_files(
                 directory = directory.rpartition("/")[0]
                 needed_dirs.add(directory)
         needed_dirs.discard("")
-        unneeded = [d for d in tree.directories() if d not in needed_dirs]
+        unneeded = [d for d in tree.directories() if d not in needed_dirs and d not in skipped]
         if unneeded:
             raise FileSetMismatch(
                 f"directory {unneeded[0]!r} in {plugin_dir} holds no listed file (such as an "
@@ -217,6 +230,21 @@ def read_verified_files(
     return files
 
 
+def _bytecode_caches(tree: PluginTree, listed: Mapping[str, object]) -> frozenset[str]:
+    """The ``__pycache__`` directories holding only unlisted ``*.pyc`` files, no subdirectory."""
+    directories = list(tree.directories())
+    caches = {d for d in directories if d.rpartition("/")[2] == "__pycache__"}
+    if not caches:
+        return frozenset()
+    for directory in directories:
+        caches.discard(directory.rpartition("/")[0])
+    for path in tree.files:
+        parent, _, name = path.rpartition("/")
+        if parent in caches and (not name.endswith(".pyc") or path in listed):
+            caches.discard(parent)
+    return frozenset(caches)
+
+
 async def verify_plugin(
     plugin_dir: str | os.PathLike[str],
     envelope_bytes: bytes,
@@ -227,6 +255,7 @@ async def verify_plugin(
     expected_name: str | None = None,
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
     max_plugin_bytes: int = MAX_PLUGIN_BYTES,
+    ignore_bytecode_caches: bool = False,
 ) -> VerifiedPlugin:
     """Run every check in order; a ``VerifiedPlugin`` or a ``SecurityError`` subclass.
 
@@ -234,6 +263,7 @@ async def verify_plugin(
     default). The version is recorded in ``rollback`` only after full success.
     The files are read synchronously, each once (a plugin is verified once, at
     load time); run it in a worker thread if the event loop must never block.
+    ``ignore_bytecode_caches`` is passed to :func:`read_verified_files`.
     """
     checked = verify_manifest(
         envelope_bytes,
@@ -244,7 +274,12 @@ async def verify_plugin(
     )
     manifest = checked.manifest
     observed = await rollback.check(manifest.name, manifest.version, checked.payload_sha256)
-    files = read_verified_files(plugin_dir, manifest, max_plugin_bytes=max_plugin_bytes)
+    files = read_verified_files(
+        plugin_dir,
+        manifest,
+        max_plugin_bytes=max_plugin_bytes,
+        ignore_bytecode_caches=ignore_bytecode_caches,
+    )
     await rollback.record(
         manifest.name, manifest.version, checked.payload_sha256, observed=observed
     )
