@@ -56,6 +56,29 @@ async def test_cas_counters_exact_across_processes(tmp_path: Path) -> None:
     assert conflicts > 0, "the tasks never collided, so CAS was not exercised"
 
 
+async def test_plain_puts_from_processes_count_every_version(tmp_path: Path) -> None:
+    """Group-committed plain puts from three processes: each key's version counts every put."""
+    db = str(tmp_path / "plain.db")
+    procs, tasks, puts, keys = 3, 20, 30, 4
+    running = [
+        subprocess.Popen(
+            [sys.executable, str(COUNTER), db, str(tasks), str(puts), str(keys), "plain"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(procs)
+    ]
+    for proc in running:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+    async with SQLiteStorage(db) as storage:
+        for k in range(keys):
+            record = await storage.get("plain", f"p{k}")
+            assert record is not None
+            assert record.version == procs * puts * len(range(k, tasks, keys))
+
+
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[str]]]]:
     """A taskloom database plus a way to start lock-holding processes; kills them after."""

@@ -192,33 +192,50 @@ UPSERT_CHUNKS = (256, 64, 16, 4, 1)
 """Row counts of the multi-row upserts; few sizes, so their statements stay cached."""
 
 
+def _upsert_chunk(cursor: sqlite3.Cursor, chunk: list[tuple[Any, ...]]) -> list[Record]:
+    """One multi-row upsert of puts to distinct keys; their records, in order."""
+    params: list[Any] = []
+    for namespace, key, value, _, now, expires_at in chunk:
+        params += (namespace, key, value, now, expires_at)
+    rows = cursor.execute(upsert_rows(len(chunk)), params).fetchall()
+    # RETURNING promises no order. SQLite hands the rows back in the order it
+    # applied them, and the keys are distinct: check that, and match by key if not.
+    if all(row[1] == args[1] and row[0] == args[0] for row, args in zip(rows, chunk, strict=True)):
+        return [
+            record(namespace, key, value, row[2], now, expires_at)
+            for (namespace, key, value, _, now, expires_at), row in zip(chunk, rows, strict=True)
+        ]
+    versions = {(row[0], row[1]): row[2] for row in rows}
+    return [
+        record(namespace, key, value, versions[(namespace, key)], now, expires_at)
+        for namespace, key, value, _, now, expires_at in chunk
+    ]
+
+
 def _upsert_many(cursor: sqlite3.Cursor, batch: list[tuple[Any, ...]]) -> list[Record]:
     """Plain puts (no if_version) of one batch, as multi-row upserts with RETURNING.
 
     One statement per chunk instead of one per put halves the writer's cost per
-    write. SQLite applies the VALUES rows in order, so the puts of one key inside
-    a chunk get increasing versions: RETURNING's rows (in no promised order) are
-    matched back by key, smallest version first.
+    write. A chunk never holds the same key twice (a repeat starts the next
+    chunk), so each returned row names its put unambiguously; chunks run in call
+    order, so repeated puts of a key get increasing versions.
     """
     results: list[Record] = []
     start = 0
-    while start < len(batch):
-        remaining = len(batch) - start
-        size = next(chunk for chunk in UPSERT_CHUNKS if chunk <= remaining)
-        chunk = batch[start : start + size]
-        start += size
-        params: list[Any] = []
-        for namespace, key, value, _, now, expires_at in chunk:
-            params += (namespace, key, value, now, expires_at)
-        versions: dict[tuple[str, str], list[int]] = {}
-        for namespace, key, version in cursor.execute(upsert_rows(size), params):
-            versions.setdefault((namespace, key), []).append(version)
-        for found in versions.values():
-            if len(found) > 1:
-                found.sort(reverse=True)
-        for namespace, key, value, _, now, expires_at in chunk:
-            version = versions[(namespace, key)].pop()
-            results.append(record(namespace, key, value, version, now, expires_at))
+    total = len(batch)
+    while start < total:
+        seen: set[tuple[str, str]] = set()
+        end = start
+        while end < total:
+            name = (batch[end][0], batch[end][1])
+            if name in seen:
+                break
+            seen.add(name)
+            end += 1
+        while start < end:
+            size = next(chunk for chunk in UPSERT_CHUNKS if chunk <= end - start)
+            results += _upsert_chunk(cursor, batch[start : start + size])
+            start += size
     return results
 
 
