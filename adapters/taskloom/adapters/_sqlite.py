@@ -89,6 +89,13 @@ class SQLiteStorage:
 
     Open with ``await SQLiteStorage.open(path)`` or ``async with
     SQLiteStorage(path) as storage``; a method called first also opens it.
+
+    Writes from all tasks are committed together by one writer thread (group
+    commit): a write returns once the transaction holding it is committed, so a
+    returned write survives a killed process. A write whose caller is cancelled
+    while it waits may still be committed, as with any database. Reads run on
+    ``readers`` aiosqlite connections (one round trip each) and never wait for
+    the writer. The adapter belongs to the event loop that opened it.
     """
 
     durable = True
@@ -111,9 +118,17 @@ class SQLiteStorage:
             )
         if str(synchronous).upper() not in ("NORMAL", "FULL"):
             raise UsageError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
-        if isinstance(busy_timeout_s, bool) or not (0 < float(busy_timeout_s) < 1e6):
+        if (
+            isinstance(busy_timeout_s, bool)
+            or not isinstance(busy_timeout_s, int | float)
+            or not 0 < busy_timeout_s < 1e6
+        ):
             raise UsageError(f"busy_timeout_s must be a positive number, got {busy_timeout_s!r}")
-        if purge_interval_s is not None and not (0 < float(purge_interval_s) < 1e9):
+        if purge_interval_s is not None and (
+            isinstance(purge_interval_s, bool)
+            or not isinstance(purge_interval_s, int | float)
+            or not 0 < purge_interval_s < 1e9
+        ):
             raise UsageError(f"purge_interval_s must be positive or None, got {purge_interval_s!r}")
         if isinstance(readers, bool) or not isinstance(readers, int) or not 1 <= readers <= 16:
             raise UsageError(f"readers must be an int from 1 to 16, got {readers!r}")
