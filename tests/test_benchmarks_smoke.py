@@ -157,3 +157,26 @@ def test_chart_finds_scaling_series_and_numeric_targets_in_row_names() -> None:
         ("engine: chain", 1.0 / 0.5, False),
         ("peer: chain", 2.0, None),
     ]
+
+
+def test_peer_rows_say_skipped_when_langgraph_cannot_be_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the bench extra the peer group measures nothing and every row says how to get it."""
+
+    class NoLangGraph:
+        def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+            if name.partition(".")[0] == "langgraph":
+                raise ImportError(f"{name} is hidden by this test")
+
+    for name in [m for m in sys.modules if m.partition(".")[0] == "langgraph"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [NoLangGraph(), *sys.meta_path])
+    from benchmarks import _peer_langgraph
+
+    rows = _peer_langgraph.run(quick=True)
+    assert rows
+    for row in rows:
+        assert row["group"] == "peer"
+        assert row["value"] is None
+        assert row["target"] == "skipped: install taskloom[bench]"
