@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskloom.adapters.scripted import ScriptedExecutor
@@ -54,15 +53,6 @@ def make_row(
         "holds": holds,
         "spread": None if spread is None else round(spread, 3),
     }
-
-
-async def repeat(
-    measure: Callable[[], Awaitable[float]], repeats: int, warmup: int = 1
-) -> list[float]:
-    """``repeats`` results of ``measure`` after ``warmup`` unrecorded calls."""
-    for _ in range(warmup):
-        await measure()
-    return [await measure() for _ in range(repeats)]
 
 
 # --- taskloom's shapes ------------------------------------------------------------------
