@@ -41,8 +41,10 @@ def _open(location: str) -> StorageAdapter:
 async def _interrupted_run(location: str) -> tuple[str, object]:
     """Start a run, cancel it after some work, return its id and the uninterrupted output."""
     job = build_job(seq=2, par=2, items=12, concurrency=3)
-    async with _engine(_open(location), latency=0.0) as engine:
+    storage = _open(location)
+    async with _engine(storage, latency=0.0) as engine:
         reference = (await engine.run(job["pipeline"], job["inputs"])).output
+    await storage.aclose()
     storage = _open(location)
     async with _engine(storage, latency=0.01) as engine:
         handle = engine.start(job["pipeline"], job["inputs"])

@@ -22,6 +22,7 @@ from taskloom.contracts import (
     ErrorInfo,
     RunNotFound,
     RunStarted,
+    StepSkipped,
     StepStarted,
     StepSucceeded,
     StorageAdapter,
@@ -158,8 +159,8 @@ async def test_update_run_lands_after_queued_events(memory: StorageAdapter) -> N
         for i in range(10):
             store.record_event(StepStarted(run_id="run1", at=float(i), step_id="a"))
         await store.update_run(make_run(status="succeeded"))
-        raw = await memory.read("run:run1:events")
-        assert len(raw) == 10
+        async with RunStore(memory) as fresh:
+            assert len(await fresh.events("run1")) == 10
 
 
 async def test_failed_commit_fails_every_waiter_of_the_batch(memory: StorageAdapter) -> None:
@@ -258,7 +259,9 @@ async def test_undecodable_event_names_the_entry(memory: StorageAdapter) -> None
     async with RunStore(memory) as store:
         store.record_event(StepStarted(run_id="run1", at=1.0, step_id="a"))
         await store.flush()
-        await memory.append("run:run1:events", b'{"format":1,"event":{"type":"step.nope"}}')
+        await memory.append(
+            "run:run1:events", b'{"format":1,"first":2,"events":[{"type":"step.nope"}]}'
+        )
         with pytest.raises(DecodeError, match="run:run1:events entry 2"):
             await store.events("run1")
 
@@ -283,7 +286,8 @@ async def test_aclose_writes_queued_events(memory: StorageAdapter) -> None:
     for i in range(3):
         store.record_event(StepStarted(run_id="run1", at=float(i), step_id="a"))
     await store.aclose()
-    assert len(await memory.read("run:run1:events")) == 3
+    async with RunStore(memory) as fresh:
+        assert [e.at for _, e in await fresh.events("run1")] == [0.0, 1.0, 2.0]
 
 
 def test_record_event_outside_a_loop_is_a_usage_error(tmp_path: Path) -> None:
@@ -304,3 +308,92 @@ def test_store_survives_a_new_event_loop() -> None:
     asyncio.run(store.record_step(make_step("a")))
     asyncio.run(store.record_step(make_step("b")))
     assert set(asyncio.run(store.finished_steps("run1"))) == {("a", None), ("b", None)}
+
+
+async def test_events_of_one_batch_share_one_stream_entry(memory: StorageAdapter) -> None:
+    """Events recorded between commits become one stream entry, not one append each."""
+    counting = CountingStorage(memory)
+    async with RunStore(counting) as store:
+        for i in range(200):
+            store.record_event(StepStarted(run_id="run1", at=float(i), step_id="a"))
+        store.record_event(StepStarted(run_id="run2", at=0.0, step_id="a"))
+        await store.flush()
+        assert counting.commits == 1
+        assert counting.committed_ops == 2  # one append per run
+        assert len(await store.events("run1")) == 200
+
+
+async def test_event_numbers_continue_across_batches_and_processes(
+    storage: StorageAdapter,
+) -> None:
+    """Event numbers are gapless from 1 across batches and across a new store (a new process)."""
+    async with RunStore(storage) as store:
+        for batch in range(5):
+            for i in range(batch + 1):
+                store.record_event(
+                    StepStarted(run_id="run1", at=float(batch * 10 + i), step_id="a")
+                )
+            await store.flush()
+    async with RunStore(storage) as second:
+        await second.acquire_lease("run1", "next-process")
+        second.record_event(StepStarted(run_id="run1", at=99.0, step_id="a"))
+        await second.flush()
+        events = await second.events("run1")
+    assert [n for n, _ in events] == list(range(1, 17))
+    assert [e.at for _, e in events][-2:] == [44.0, 99.0]
+
+
+@pytest.mark.parametrize("after", [0, 1, 2, 3, 7, 20, 54, 55, 56, 100])
+async def test_events_after_and_limit_find_the_right_entry(
+    memory: StorageAdapter, after: int
+) -> None:
+    """events(after=n, limit=k) returns events n+1.. (k at most), whichever entry holds them."""
+    async with RunStore(memory) as store:
+        number = 0
+        for size in range(1, 11):  # entries of 1..10 events: 55 events in 10 entries
+            for _ in range(size):
+                number += 1
+                store.record_event(StepStarted(run_id="run1", at=float(number), step_id="a"))
+            await store.flush()
+        got = await store.events("run1", after=after, limit=4)
+        want = [n for n in range(after + 1, 56)][:4]
+        assert [n for n, _ in got] == want
+        assert [e.at for _, e in got] == [float(n) for n in want]
+        assert [n for n, _ in await store.events("run1", after=after)] == list(range(after + 1, 56))
+
+
+async def test_a_huge_batch_is_split_into_entries_under_the_limit(memory: StorageAdapter) -> None:
+    """Many large events in one batch are split into several entries, all numbered in order."""
+    async with RunStore(memory) as store:
+        reason = "x" * 20_000
+        for i in range(100):  # about 2 MB of events
+            store.record_event(StepSkipped(run_id="run1", at=float(i), step_id="a", reason=reason))
+        await store.flush()
+        entries = await memory.read("run:run1:events")
+        assert len(entries) >= 4
+        assert [n for n, _ in await store.events("run1")] == list(range(1, 101))
+
+
+async def test_an_oversized_event_is_refused_at_once(memory: StorageAdapter) -> None:
+    """A single event over the event size limit raises ValueTooLarge when recorded."""
+    async with RunStore(memory) as store:
+        with pytest.raises(ValueTooLarge):
+            store.record_event(
+                StepSkipped(run_id="run1", at=1.0, step_id="a", reason="x" * (2 * 1024 * 1024))
+            )
+
+
+async def test_a_damaged_stream_tail_blocks_only_that_runs_events(memory: StorageAdapter) -> None:
+    """If a run's last stream entry does not decode, flush raises DecodeError naming it,
+    while checkpoints and other runs' events are still written."""
+    await memory.append("run:bad:events", b"garbage")
+    store = RunStore(memory)
+    store.record_event(StepStarted(run_id="bad", at=1.0, step_id="a"))
+    store.record_event(StepStarted(run_id="good", at=1.0, step_id="a"))
+    await store.record_step(make_step("a"))
+    with pytest.raises(DecodeError, match="run:bad:events entry 1"):
+        await store.flush()
+    assert len(await memory.read("run:good:events")) == 1
+    assert set(await store.finished_steps("run1")) == {("a", None)}
+    with pytest.raises(StorageUnavailable):
+        await store.aclose()

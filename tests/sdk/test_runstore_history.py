@@ -104,8 +104,10 @@ async def test_delete_run_removes_everything(storage: StorageAdapter) -> None:
     async with RunStore(storage) as store:
         await store.create_run(make_run("r1"))
         await store.create_run(make_run("r2"))
+        # more than one scan page of checkpoints (fewer on the fsync-per-file FileStorage)
+        count = 150 if type(storage).__name__ == "FileStorage" else 1500
         await asyncio.gather(
-            *(store.record_step(make_step("m", i, run_id="r1")) for i in range(1500))
+            *(store.record_step(make_step("m", i, run_id="r1")) for i in range(count))
         )
         await store.record_step(make_step("a", run_id="r2"))
         store.record_event(StepStarted(run_id="r1", at=1.0, step_id="m"))

@@ -11,17 +11,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_runstore_support import make_run, make_step
 
-from taskloom.contracts import DecodeError, ErrorInfo, StepSucceeded, Usage
+from taskloom.contracts import DecodeError, ErrorInfo, StepStarted, StepSucceeded, Usage
 from taskloom.sdk._runrecords import (
     RUN_STATUSES,
     CacheEntry,
+    EventBatch,
     LeaseRecord,
     RunRecord,
     StepRecord,
     decode,
-    decode_event,
+    decode_event_batch,
     encode,
     encode_event,
+    encode_event_batch,
     index_key,
     step_key,
     total_usage,
@@ -99,12 +101,23 @@ def test_every_stored_record_carries_its_format(record: RunRecord) -> None:
     assert json.loads(encode(record))["format"] == 1
 
 
-def test_event_round_trips_with_its_tag() -> None:
-    """A stored event keeps its stable type tag and decodes back equal."""
-    event = StepSucceeded(run_id="r", at=1.0, step_id="a", item=3, cached=True)
-    payload = encode_event(event)
-    assert json.loads(payload)["event"]["type"] == "step.succeeded"
-    assert decode_event(payload, where="s") == event
+def test_event_batch_round_trips_with_tags() -> None:
+    """A stored batch keeps each event's stable type tag and decodes back equal, numbered."""
+    events = [
+        StepSucceeded(run_id="r", at=1.0, step_id="a", item=3, cached=True),
+        StepStarted(run_id="r", at=2.0, step_id="b"),
+    ]
+    payload = encode_event_batch(7, [encode_event(e) for e in events])
+    data = json.loads(payload)
+    assert data["format"] == 1 and data["first"] == 7
+    assert [e["type"] for e in data["events"]] == ["step.succeeded", "step.started"]
+    assert decode_event_batch(payload, where="s") == EventBatch(first=7, events=events)
+
+
+def test_empty_event_batch_is_refused() -> None:
+    """A stream entry with no events is damaged data: DecodeError."""
+    with pytest.raises(DecodeError, match="stream x entry 3"):
+        decode_event_batch(b'{"format":1,"first":1,"events":[]}', where="stream x entry 3")
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ Storage layout (see ``notes/runstore_interface.md``):
 - ``leases`` / ``run_id`` -> :class:`LeaseRecord`
 - ``cache`` / ``key`` -> :class:`CacheEntry` (with a storage TTL)
 - ``deleted_runs`` / ``run_id`` -> :class:`Tombstone`
-- stream ``run:{run_id}:events`` -> :class:`StoredEvent` per entry
+- stream ``run:{run_id}:events`` -> :class:`EventBatch` per entry: the events one group
+  commit wrote for the run, numbered from ``first`` (event numbers are gapless from 1)
 """
 
 from __future__ import annotations
@@ -180,11 +181,23 @@ class Tombstone:
     format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
 
 
-@attrs.frozen(kw_only=True)
-class StoredEvent:
-    """One entry of a run's event stream: the tagged event plus the format."""
+def _event_list(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, list) or not value:
+        raise TypeError(f"{attribute.name} must be a non-empty list of events")
 
-    event: Event
+
+@attrs.frozen(kw_only=True)
+class EventBatch:
+    """One stream entry: the events of one run that one group commit wrote.
+
+    Packing a batch into one entry makes events cost one append per commit instead
+    of one per event (a 10,000-item map emits 20,000 events). Events keep their own
+    numbers: the entry's events are ``first``, ``first + 1``, ... with no gaps
+    across entries, so ``events(after=n)`` means the same as with one per entry.
+    """
+
+    first: int = attrs.field(validator=[_v.instance_of(int), _v.ge(1)])
+    events: list[Event] = attrs.field(validator=_event_list)
     format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
 
 
@@ -211,15 +224,22 @@ def encode(record: object) -> bytes:
         ) from exc
 
 
-def encode_event(event: Event) -> bytes:
-    """Serialize an event for the stream, tagged with its stable type name."""
-    body = {"format": RECORD_FORMAT, "event": converter.unstructure(event, unstructure_as=Event)}
+def encode_event(event: Event) -> str:
+    """One event as compact JSON text, tagged with its stable type name.
+
+    Encoding happens when the event is recorded, so an event that is not JSON data
+    fails its emitter at once instead of a later batch.
+    """
+    body = converter.unstructure(event, unstructure_as=Event)
     try:
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-            "utf-8"
-        )
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"event {type(event).__name__} is not JSON data ({exc})") from exc
+
+
+def encode_event_batch(first: int, events: list[str]) -> bytes:
+    """A stream entry holding already encoded events numbered from ``first``."""
+    return (f'{{"first":{first},"events":[{",".join(events)}],"format":{RECORD_FORMAT}}}').encode()
 
 
 def decode(data: bytes, cls: type[R], *, where: str) -> R:
@@ -260,9 +280,9 @@ def decode(data: bytes, cls: type[R], *, where: str) -> R:
         ) from None
 
 
-def decode_event(data: bytes, *, where: str) -> Event:
-    """Read one stream entry back into its event."""
-    return decode(data, StoredEvent, where=where).event
+def decode_event_batch(data: bytes, *, where: str) -> EventBatch:
+    """Read one stream entry back into its numbered events."""
+    return decode(data, EventBatch, where=where)
 
 
 def step_key(run_id: str, step_id: str, item: int | None) -> str:

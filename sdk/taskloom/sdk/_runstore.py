@@ -36,6 +36,7 @@ from taskloom.contracts import (
     ConflictError,
     Delete,
     Event,
+    Op,
     Pipeline,
     Put,
     Record,
@@ -43,7 +44,10 @@ from taskloom.contracts import (
     RunNotFound,
     StorageAdapter,
     StorageError,
+    StreamEntry,
+    TaskloomError,
     UsageError,
+    ValueTooLarge,
     check_name,
     check_value,
 )
@@ -62,9 +66,10 @@ from taskloom.sdk._runrecords import (
     StepRecord,
     Tombstone,
     decode,
-    decode_event,
+    decode_event_batch,
     encode,
     encode_event,
+    encode_event_batch,
     events_stream,
     index_entry,
     index_key,
@@ -77,6 +82,12 @@ SCAN_PAGE = 1000
 """Records read per ``scan`` call when walking a run's steps."""
 
 _LEASE_RACE_RETRIES = 8
+
+_EVENT_ENTRY_BYTES = 512 * 1024
+"""Events of one run per stream entry, in JSON bytes, before a second entry is started."""
+
+_MAX_EVENT_BYTES = 1024 * 1024
+"""Largest single event (an entry must stay under MAX_VALUE_BYTES)."""
 
 logger = logging.getLogger("taskloom.runstore")
 
@@ -122,7 +133,14 @@ class RunStore:
     def __init__(self, storage: StorageAdapter, *, clock: Callable[[], float] = time.time) -> None:
         self._storage = storage
         self._clock = clock
-        self._writer = GroupCommitWriter(storage)
+        self._events: dict[str, list[str]] = {}
+        """Encoded events per run, waiting for the next batch."""
+        self._next_event: dict[str, int] = {}
+        """The number the next event of a run gets (learnt from its stream once)."""
+        self._event_errors: dict[str, TaskloomError] = {}
+        self._writer = GroupCommitWriter(
+            storage, collect=self._collect_events, has_pending=lambda: bool(self._events)
+        )
         self._history = RunHistory(storage, clock=clock, delete_run=self.delete_run)
         self._closed = False
 
@@ -189,6 +207,8 @@ class RunStore:
                 ),
             ]
         )
+        # A new run id (never deleted, never created) has an empty stream: no probe needed.
+        self._next_event.setdefault(record.run_id, 1)
 
     async def load_run(self, run_id: str) -> RunRecord:
         """The run's record; ``RunNotFound`` if there is none, ``DecodeError`` naming it."""
@@ -273,23 +293,94 @@ class RunStore:
     def record_event(self, event: Event) -> None:
         """Queue an event for the run's stream; the engine does not wait for it.
 
-        Events are written with the next batch; if that fails they are retried and
-        the failure is raised by ``flush`` (and ``aclose``), never dropped silently.
+        The events of a run recorded between two commits go into the next commit as
+        one stream entry (an :class:`EventBatch`), beside the checkpoints of that
+        batch. If the commit fails they are retried, and the failure is raised by
+        ``flush`` (and ``aclose``), never dropped silently.
         """
         self._check_open()
-        stream = check_name(events_stream(event.run_id), what="event stream")
-        payload = check_value(encode_event(event), what=f"event of run {event.run_id}")
-        self._writer.submit_nowait([Append(stream=stream, payload=payload)])
+        check_name(events_stream(event.run_id), what="event stream")
+        encoded = encode_event(event)
+        if len(encoded) > _MAX_EVENT_BYTES:
+            raise ValueTooLarge(
+                f"a {type(event).__name__} event of run {event.run_id} is {len(encoded)} bytes "
+                f"of JSON; the limit is {_MAX_EVENT_BYTES}: keep large data out of events",
+                size=len(encoded),
+                limit=_MAX_EVENT_BYTES,
+            )
+        self._events.setdefault(event.run_id, []).append(encoded)
+        self._writer.notify()
+
+    async def _collect_events(self) -> list[Op]:
+        """Turn the queued events into appends, one entry per run (more if very large).
+
+        A run's first batch in this process learns the run's event count from the
+        stream's last entry. If that fails (the storage is down, the entry is
+        damaged), the run's events stay queued and ``flush`` raises the error.
+        """
+        ops: list[Op] = []
+        for run_id in list(self._events):
+            stream = events_stream(run_id)
+            first = self._next_event.get(run_id)
+            if first is None:
+                try:
+                    first = await self._event_count(stream) + 1
+                except TaskloomError as exc:
+                    self._event_errors[run_id] = exc
+                    continue
+                self._next_event[run_id] = first
+            self._event_errors.pop(run_id, None)
+            pending = self._events.pop(run_id)
+            start = 0
+            while start < len(pending):
+                size, end = 0, start
+                while end < len(pending) and (end == start or size < _EVENT_ENTRY_BYTES):
+                    size += len(pending[end]) + 1
+                    end += 1
+                chunk = pending[start:end]
+                ops.append(Append(stream=stream, payload=encode_event_batch(first, chunk)))
+                first += len(chunk)
+                start = end
+            self._next_event[run_id] = first
+        return ops
+
+    async def _last_entry(self, stream: str) -> StreamEntry | None:
+        """The stream's last entry, found with O(log n) one-entry reads."""
+        if not await self._storage.read(stream, after=0, limit=1):
+            return None
+        low, high = 1, 2  # entry ``low`` exists; find a ``high`` that does not
+        while await self._storage.read(stream, after=high - 1, limit=1):
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            if await self._storage.read(stream, after=middle - 1, limit=1):
+                low = middle
+            else:
+                high = middle
+        return (await self._storage.read(stream, after=low - 1, limit=1))[0]
+
+    async def _event_count(self, stream: str) -> int:
+        last = await self._last_entry(stream)
+        if last is None:
+            return 0
+        batch = decode_event_batch(last.payload, where=f"stream {stream} entry {last.seq}")
+        return batch.first + len(batch.events) - 1
 
     async def flush(self) -> None:
         """Wait until every queued checkpoint and event is durable; raise what failed."""
         self._check_open()
         await self._writer.flush()
+        self._raise_event_errors()
+
+    def _raise_event_errors(self) -> None:
+        for run_id, error in self._event_errors.items():
+            if run_id in self._events:
+                raise error
 
     async def events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
     ) -> list[tuple[int, Event]]:
-        """The run's events with their sequence numbers, oldest first.
+        """The run's events with their numbers (gapless from 1), oldest first.
 
         Events still queued in this process are flushed first so the history is
         complete. A deleted run (tombstoned) has no events, even though its stream
@@ -297,15 +388,51 @@ class RunStore:
         """
         self._check_open()
         check_name(run_id, what="run id")
-        await self._writer.flush()
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise UsageError(f"after must be an int >= 0, got {after!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise UsageError(f"limit must be an int or None, got {limit!r}")
+        await self.flush()
         if await self._storage.get(NS_TOMBSTONES, run_id) is not None:
             return []
+        if limit is not None and limit <= 0:
+            return []
         stream = events_stream(run_id)
-        entries = await self._storage.read(stream, after=after, limit=limit)
-        return [
-            (entry.seq, decode_event(entry.payload, where=f"stream {stream} entry {entry.seq}"))
-            for entry in entries
-        ]
+        entry_after = await self._entry_before(stream, after + 1) if after else 0
+        found: list[tuple[int, Event]] = []
+        while True:
+            entries = await self._storage.read(stream, after=entry_after, limit=SCAN_PAGE)
+            for entry in entries:
+                batch = decode_event_batch(
+                    entry.payload, where=f"stream {stream} entry {entry.seq}"
+                )
+                for offset, event in enumerate(batch.events):
+                    number = batch.first + offset
+                    if number > after:
+                        found.append((number, event))
+                        if limit is not None and len(found) >= limit:
+                            return found
+            if len(entries) < SCAN_PAGE:
+                return found
+            entry_after = entries[-1].seq
+
+    async def _entry_before(self, stream: str, number: int) -> int:
+        """The sequence number just before the entry holding event ``number`` (binary search)."""
+        last = await self._last_entry(stream)
+        if last is None or await self._first_of(stream, 1) > number:
+            return 0
+        low, high = 1, last.seq  # the answer is the largest entry whose first is <= number
+        while low < high:
+            middle = (low + high + 1) // 2
+            if await self._first_of(stream, middle) <= number:
+                low = middle
+            else:
+                high = middle - 1
+        return low - 1
+
+    async def _first_of(self, stream: str, seq: int) -> int:
+        entry = (await self._storage.read(stream, after=seq - 1, limit=1))[0]
+        return decode_event_batch(entry.payload, where=f"stream {stream} entry {seq}").first
 
     # --- leases ---------------------------------------------------------------------
 
@@ -319,6 +446,9 @@ class RunStore:
         self._check_open()
         _check_ttl(ttl_s)
         check_name(run_id, what="run id")
+        if run_id not in self._events:
+            # Another process may have advanced the run since we last wrote its events.
+            self._next_event.pop(run_id, None)
         for _ in range(_LEASE_RACE_RETRIES):
             stored = await self._storage.get(NS_LEASES, run_id)
             now = self._clock()

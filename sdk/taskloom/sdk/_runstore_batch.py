@@ -7,15 +7,17 @@ queued and writes it in one atomic ``commit``. While that commit is in flight, n
 writes queue up and form the next batch: the busier the run, the bigger the
 batches, and the number of commits tracks storage latency, not the number of steps.
 
-Two kinds of writes share the queue, in order:
+Two kinds of writes go in a batch:
 
 - *waited* writes (step checkpoints, run updates): the caller gets a future that
   resolves when the batch holding its operations is durable, or fails with the
   batch's error; every waiter of a failed batch gets that error.
-- *fire-and-forget* writes (events): nobody waits, so a failed batch puts them
-  back at the head of the queue and the flusher retries them with backoff. They
-  are never dropped silently: the failure is raised by the next ``flush()`` and,
-  if they still cannot be written, by ``aclose()``.
+- *unwaited* writes (events): the run store keeps them and hands them over through
+  the ``collect`` callback each time a batch is formed, so all the events recorded
+  since the last commit ride along in the next one. Nobody waits for them, so a
+  failed batch puts them back at the head of the queue and the flusher retries
+  them with backoff. They are never dropped silently: the failure is raised by the
+  next ``flush()`` and, if they still cannot be written, by ``aclose()``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from taskloom.contracts import (
     Op,
@@ -63,8 +65,12 @@ class GroupCommitWriter:
         *,
         max_batch_ops: int = MAX_BATCH_OPS,
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
+        collect: Callable[[], Awaitable[list[Op]]] | None = None,
+        has_pending: Callable[[], bool] | None = None,
     ) -> None:
         self._storage = storage
+        self._collect = collect
+        self._has_pending = has_pending or (lambda: False)
         self._max_batch_ops = max(1, max_batch_ops)
         self._retry_delays = tuple(retry_delays_s) or (0.0,)
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -89,10 +95,16 @@ class GroupCommitWriter:
         return future
 
     def submit_nowait(self, ops: Sequence[Op]) -> None:
-        """Queue ``ops`` that nobody waits for (events); failures are retried, then reported."""
+        """Queue ``ops`` that nobody waits for; failures are retried, then reported."""
         self._check_open()
         self._ensure_flusher()
         self._queue.append(_Pending(ops, None))
+        self._kick()
+
+    def notify(self) -> None:
+        """Say that ``collect`` has something: the flusher forms a batch soon."""
+        self._check_open()
+        self._ensure_flusher()
         self._kick()
 
     async def flush(self) -> None:
@@ -110,10 +122,10 @@ class GroupCommitWriter:
         if self._closed:
             return
         error: TaskloomError | None = None
-        if self._queue and self._task is not None and not self._task.done():
+        if self._queue or self._has_pending():
             try:
                 await self._barrier()
-            except TaskloomError as exc:
+            except TaskloomError as exc:  # includes UsageError when no event loop runs
                 error = exc
         self._closed = True
         if self._task is not None:
@@ -126,10 +138,10 @@ class GroupCommitWriter:
         for pending in lost:
             if pending.future is not None and not pending.future.done():
                 pending.future.set_exception(UsageError("the run store was closed"))
-        if lost:
+        if lost or self._has_pending():
             count = sum(len(p.ops) for p in lost)
             raise StorageUnavailable(
-                f"{count} queued run-store write(s) (events) could not be written before "
+                f"{count} queued write(s) and the pending events could not be written before "
                 f"close: {error or self._last_error}; check the storage and resume the run "
                 "to regenerate its history"
             ) from (error or self._last_error)
@@ -141,7 +153,11 @@ class GroupCommitWriter:
             raise UsageError("the run store is closed; create a new RunStore to write")
 
     async def _barrier(self) -> None:
-        if not self._queue and (self._task is None or self._task.done()):
+        if (
+            not self._queue
+            and not self._has_pending()
+            and (self._task is None or self._task.done())
+        ):
             return
         loop = self._ensure_flusher()
         future: asyncio.Future[None] = loop.create_future()
@@ -187,9 +203,16 @@ class GroupCommitWriter:
         while True:
             await wakeup.wait()
             wakeup.clear()
-            while self._queue:
+            while self._queue or self._has_pending():
                 batch = self._take_batch()
+                if self._collect is not None:
+                    collected = await self._collect()
+                    if collected:
+                        # After any requeued (older) unwaited writes, so streams stay in order.
+                        batch.append(_Pending(collected, None))
                 ops = [op for pending in batch for op in pending.ops]
+                if not batch:
+                    break  # collect kept its items back (it reports why): retry on next kick
                 try:
                     if ops:
                         await self._storage.commit(ops)
