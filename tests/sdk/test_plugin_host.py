@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from taskloom.adapters.memory import MemorySecretStore, MemoryStorage
-from taskloom.contracts import Capabilities, CapabilityDenied, LLMExecutor
+from taskloom.contracts import Capabilities, CapabilityDenied, LLMExecutor, UsageError
 from taskloom.sdk._plugin_host import (
     CODE_DIR,
     ENVELOPE_NAME,
@@ -48,13 +48,18 @@ plugin = P()
 
 
 class Sink:
-    """Collects executors the way the engine's registry would."""
+    """Collects executors the way the engine's registry would (a taken id is an error)."""
 
     def __init__(self) -> None:
         self.executors: dict[str, LLMExecutor] = {}
 
     def register(self, executor_id: str, executor: LLMExecutor, /) -> None:
+        if executor_id in self.executors:
+            raise UsageError(f"executor {executor_id!r} is already registered")
         self.executors[executor_id] = executor
+
+    def __contains__(self, executor_id: object, /) -> bool:
+        return executor_id in self.executors
 
 
 def make_plugin(
@@ -143,7 +148,7 @@ async def test_pl5_teardown_in_reverse_order(
     assert all(r.loaded for r in reports)
     for name in host.loaded:
         module = sys.modules[f"taskloom_plugins.{name}.{name}"]
-        module.P.teardown = _recorder(order, name)  # type: ignore[attr-defined]
+        module.P.teardown = _recorder(order, name)
     loaded = list(host.loaded)
     assert loaded == ["one", "three", "two"]
     await host.aclose()
@@ -457,4 +462,284 @@ async def test_entry_point_plugins_are_discovered_without_importing_them(
     assert report.loaded, report.error
     assert "epplug_pkg" not in sys.modules
     assert await host.steps["epplug_pkg.shout"]({"text": "x"}) == "X!"
+    await host.aclose()
+
+
+def _plugin_modules(name: str) -> list[str]:
+    base = f"taskloom_plugins.{name}"
+    return [m for m in sys.modules if m == base or m.startswith(base + ".")]
+
+
+async def test_entry_point_plugin_with_pip_compiled_caches_loads(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pip compiles __pycache__ into an installed plugin's src/: it still loads, from the .py."""
+    import py_compile
+
+    site = tmp_path / "site"
+    package = site / "pycplug_pkg"
+    package.mkdir(parents=True)
+    make_plugin(site, "pycplug_pkg", {"pycplug.py": STEP_PLUGIN}, key, entry_point="pycplug:plugin")
+    code = package / CODE_DIR
+    evil = tmp_path / "evil.py"
+    evil.write_text("raise SystemExit('a compiled cache ran')\n")
+    (code / "__pycache__").mkdir()
+    py_compile.compile(str(evil), cfile=str(code / "__pycache__" / "pycplug.cpython-311.pyc"))
+    dist = site / "pycplug-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pycplug\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[taskloom.plugins]\npycplug = pycplug_pkg\n")
+    monkeypatch.syspath_prepend(str(site))
+    sources = [s for s in discover([], entry_points=True) if s.origin == "entry point pycplug"]
+    host, _, _ = await _host(trust)
+    (report,) = await host.load(sources)
+    assert report.loaded, report.error
+    assert await host.steps["pycplug_pkg.shout"]({"text": "x"}) == "X!"
+    await host.aclose()
+    # the same tree as a directory plugin stays strict: the cache is an unlisted file
+    host, _, _ = await _host(trust)
+    (report,) = await host.load(discover([site], entry_points=False))
+    assert report.error_type == "FileSetMismatch"
+
+
+async def test_failing_import_leaves_no_modules(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """A plugin whose module raises at import is reported; none of its modules stay loaded."""
+    files = {
+        "crash.py": "from . import helper\nraise RuntimeError('import exploded')\n",
+        "helper.py": "X = 1\n",
+    }
+    make_plugin(tmp_path, "crash", files, key, entry_point="crash:plugin")
+    host, _, _ = await _host(trust)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert report.error == "import exploded" and report.verified
+    assert _plugin_modules("crash") == []
+    with pytest.raises(ModuleNotFoundError):
+        __import__("taskloom_plugins.crash.helper")
+    await host.aclose()
+
+
+async def test_system_exit_in_a_plugin_is_isolated(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """sys.exit() in a plugin's module or setup fails that plugin only; the host goes on."""
+    make_plugin(tmp_path, "quitter", {"quitter.py": "raise SystemExit(3)\n"}, key)
+    setup_exit = STEP_PLUGIN.replace("context.register_step", "raise SystemExit(4)\n        _ = ")
+    make_plugin(tmp_path, "quitter2", {"quitter2.py": setup_exit}, key)
+    make_plugin(tmp_path, "stayer", {"stayer.py": STEP_PLUGIN}, key)
+    host, _, _ = await _host(trust)
+    reports = {r.name: r for r in await host.load(discover([tmp_path], entry_points=False))}
+    assert reports["quitter"].error_type == "SystemExit"
+    assert reports["quitter2"].error_type == "SystemExit"
+    assert reports["stayer"].loaded
+    assert _plugin_modules("quitter") == [] and _plugin_modules("quitter2") == []
+    await host.aclose()
+
+
+async def test_names_that_share_a_package_cannot_both_load(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """foo-bar and foo_bar map to one private package: the second is refused, the first intact."""
+    make_plugin(tmp_path, "foo-bar", {"mod.py": STEP_PLUGIN}, key, entry_point="mod:plugin")
+    make_plugin(
+        tmp_path,
+        "foo_bar",
+        {"mod.py": STEP_PLUGIN.replace("upper()", "lower()")},
+        key,
+        entry_point="mod:plugin",
+    )
+    host, _, _ = await _host(trust)
+    reports = {r.name: r for r in await host.load(discover([tmp_path], entry_points=False))}
+    assert reports["foo-bar"].loaded
+    assert not reports["foo_bar"].loaded and "clashes" in (reports["foo_bar"].error or "")
+    assert await host.steps["foo-bar.shout"]({"text": "x"}) == "X!"
+    assert "upper" in str(sys.modules["taskloom_plugins.foo_bar.mod"].P.shout.__code__.co_names)
+    await host.aclose()
+
+
+async def test_a_second_host_cannot_swap_a_loaded_plugins_modules(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """Two hosts in one process: the second is refused the first one's plugin package."""
+    make_plugin(tmp_path, "shared", {"shared.py": STEP_PLUGIN}, key)
+    first, _, _ = await _host(trust)
+    second, _, _ = await _host(trust)
+    assert (await first.load(discover([tmp_path], entry_points=False)))[0].loaded
+    module = sys.modules["taskloom_plugins.shared.shared"]
+    (report,) = await second.load(discover([tmp_path], entry_points=False))
+    assert not report.loaded and "another plugin host" in (report.error or "")
+    await second.aclose()
+    assert sys.modules["taskloom_plugins.shared.shared"] is module
+    await first.aclose()
+    assert _plugin_modules("shared") == []
+    third, _, _ = await _host(trust)
+    assert (await third.load(discover([tmp_path], entry_points=False)))[0].loaded
+    await third.aclose()
+
+
+TWO_EXECUTORS = """
+from taskloom.adapters.scripted import ScriptedExecutor
+
+class P:
+    async def setup(self, context):
+        context.register_executor("fresh", ScriptedExecutor())
+        context.register_executor("taken", ScriptedExecutor())
+
+    async def teardown(self):
+        TORN.append(True)
+
+TORN = []
+plugin = P()
+"""
+
+
+async def test_a_taken_executor_id_refuses_the_whole_plugin(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """If one executor id is taken, none of the plugin's executors is registered; it is torn
+    down and unloaded."""
+    from taskloom.adapters.scripted import ScriptedExecutor
+
+    make_plugin(
+        tmp_path,
+        "greedy_exec",
+        {"greedy_exec.py": TWO_EXECUTORS},
+        key,
+        caps=Capabilities(executors=("fresh", "taken")),
+    )
+    host, sink, _ = await _host(trust)
+    sink.register("taken", ScriptedExecutor())
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert not report.loaded and "taken" in (report.error or "")
+    assert list(sink.executors) == ["taken"]
+    assert _plugin_modules("greedy_exec") == []
+    await host.aclose()
+
+
+KEEPER_PLUGIN = """
+class P:
+    async def setup(self, context):
+        KEPT.append(context)
+        context.register_step("shout", self.shout)
+        if FAIL:
+            raise RuntimeError("setup failed after keeping its context")
+
+    async def teardown(self):
+        return None
+
+    async def shout(self, args):
+        return "x"
+
+KEPT = []
+FAIL = FAIL_FLAG
+plugin = P()
+"""
+
+
+async def test_a_kept_context_is_closed_after_setup_and_revoked_at_teardown(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """After setup, registering is refused; after teardown, secrets and storage too."""
+    secrets = MemorySecretStore()
+    await secrets.set("token", "s3cr3t")
+    source = KEEPER_PLUGIN.replace("FAIL_FLAG", "False")
+    caps = Capabilities(steps=("shout",), secrets=("token",), storage_namespaces=("notes",))
+    make_plugin(tmp_path, "keeper2", {"keeper2.py": source}, key, caps=caps)
+    host, _, _ = await _host(trust, secrets=secrets)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert report.loaded, report.error
+    kept = sys.modules["taskloom_plugins.keeper2.keeper2"].KEPT[0]
+    with pytest.raises(CapabilityDenied, match="after its setup returned"):
+        kept.register_step("shout", kept)
+    assert (await kept.secret("token")).reveal() == "s3cr3t"
+    await kept.storage.put("notes", "k", b"v")
+    await host.aclose()
+    with pytest.raises(CapabilityDenied):
+        await kept.secret("token")
+    with pytest.raises(CapabilityDenied):
+        await kept.storage.get("notes", "k")
+    with pytest.raises(CapabilityDenied):
+        kept.register_step("shout", kept)
+
+
+async def test_a_failed_plugins_context_is_revoked(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A context kept by a plugin whose setup failed grants nothing any more."""
+    from taskloom.sdk import _plugin_host
+    from taskloom.sdk._plugin_context import HostedPluginContext
+
+    captured: list[HostedPluginContext] = []
+
+    class Capturing(HostedPluginContext):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            captured.append(self)
+
+    monkeypatch.setattr(_plugin_host, "HostedPluginContext", Capturing)
+    secrets = MemorySecretStore()
+    await secrets.set("token", "s3cr3t")
+    caps = Capabilities(steps=("shout",), secrets=("token",), storage_namespaces=("notes",))
+    source = KEEPER_PLUGIN.replace("FAIL_FLAG", "True")
+    make_plugin(tmp_path, "keeper3", {"keeper3.py": source}, key, caps=caps)
+    host, _, _ = await _host(trust, secrets=secrets)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert not report.loaded
+    (kept,) = captured
+    with pytest.raises(CapabilityDenied):
+        await kept.secret("token")
+    with pytest.raises(CapabilityDenied):
+        await kept.storage.put("notes", "k", b"v")
+    await host.aclose()
+
+
+async def test_unknown_plugin_submodules_never_reach_other_finders(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """A name under taskloom_plugins that is not a verified file is refused, even if another
+    finder on sys.meta_path (an editable-install hook, say) would serve it."""
+    import importlib.abc
+    import importlib.util
+
+    asked: list[str] = []
+
+    class Hook(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+            if fullname.startswith("taskloom_plugins."):
+                asked.append(fullname)
+                return importlib.util.spec_from_loader(fullname, loader=None)
+            return None
+
+    probe = STEP_PLUGIN + (
+        "\ntry:\n    from . import planted\n    FOUND = True\n"
+        "except ImportError:\n    FOUND = False\n"
+    )
+    make_plugin(tmp_path, "probe", {"probe.py": probe}, key)
+    hook = Hook()
+    sys.meta_path.append(hook)
+    try:
+        host, _, _ = await _host(trust)
+        (report,) = await host.load(discover([tmp_path], entry_points=False))
+    finally:
+        sys.meta_path.remove(hook)
+    assert report.loaded, report.error
+    assert sys.modules["taskloom_plugins.probe.probe"].FOUND is False
+    assert asked == []
+    await host.aclose()
+
+
+async def test_a_root_package_from_disk_blocks_loading(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If some installed 'taskloom_plugins' was imported, no plugin loads under it."""
+    import types
+
+    make_plugin(tmp_path, "under", {"under.py": STEP_PLUGIN}, key)
+    impostor = types.ModuleType("taskloom_plugins")
+    impostor.__path__ = [str(tmp_path)]
+    monkeypatch.setitem(sys.modules, "taskloom_plugins", impostor)
+    host, _, _ = await _host(trust)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert not report.loaded and "already imported" in (report.error or "")
     await host.aclose()

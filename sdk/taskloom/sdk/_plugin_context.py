@@ -18,6 +18,7 @@ from taskloom.contracts import (
     CommitResult,
     LLMExecutor,
     Op,
+    PluginError,
     Put,
     Record,
     Secret,
@@ -45,8 +46,14 @@ class ScopedStorage:
         self._inner = inner
         self._plugin = plugin_name
         self._allowed = frozenset(namespaces)
+        self.revoked = False
 
     def _ns(self, namespace: str) -> str:
+        if self.revoked:
+            raise CapabilityDenied(
+                f"plugin {self._plugin!r} was unloaded (torn down or failed to set up): its "
+                "storage view is closed"
+            )
         if namespace not in self._allowed:
             declared = ", ".join(sorted(self._allowed)) or "none"
             raise CapabilityDenied(
@@ -158,6 +165,10 @@ class HostedPluginContext:
 
     Registrations are collected here and applied by the host only after
     ``setup`` returned, so a plugin that fails half-way leaves nothing behind.
+    A plugin may keep its context: once ``setup`` returned, registering is
+    refused (the host has already applied the registrations); once the plugin
+    is torn down or failed, the host revokes the context and secrets and
+    storage are refused too.
     """
 
     def __init__(
@@ -172,8 +183,31 @@ class HostedPluginContext:
         self._caps = capabilities
         self._storage = ScopedStorage(storage, plugin_name, capabilities.storage_namespaces)
         self._secrets = secrets
+        self._registering = True
+        self._revoked = False
         self.executors: dict[str, LLMExecutor] = {}
         self.steps: dict[str, StepFunction] = {}
+
+    def close_registration(self) -> None:
+        """``setup`` returned: later registrations would never reach the engine, so refuse them."""
+        self._registering = False
+
+    def revoke(self) -> None:
+        """The plugin is gone (torn down, or its setup failed): refuse everything from now on."""
+        self._registering = False
+        self._revoked = True
+        self._storage.revoked = True
+
+    def _check_registering(self, what: str, value: str) -> None:
+        if self._revoked:
+            raise CapabilityDenied(
+                f"plugin {self._name!r} registered {what} {value!r} after it was unloaded"
+            )
+        if not self._registering:
+            raise CapabilityDenied(
+                f"plugin {self._name!r} registered {what} {value!r} after its setup returned: "
+                "register everything inside setup(context)"
+            )
 
     @property
     def plugin_name(self) -> str:
@@ -195,16 +229,27 @@ class HostedPluginContext:
         )
 
     def register_executor(self, executor_id: str, executor: LLMExecutor, /) -> None:
+        self._check_registering("executor", executor_id)
         if executor_id not in self._caps.executors:
             raise self._deny("executor", executor_id, self._caps.executors, "executors")
+        if not isinstance(executor, LLMExecutor):
+            raise PluginError(
+                f"plugin {self._name!r} registered {type(executor).__name__} as executor "
+                f"{executor_id!r}; register an LLMExecutor (complete, stream, aclose)"
+            )
         self.executors[executor_id] = executor
 
     def register_step(self, step_id: str, function: StepFunction, /) -> None:
+        self._check_registering("step", step_id)
         if step_id not in self._caps.steps:
             raise self._deny("step", step_id, self._caps.steps, "steps")
         self.steps[f"{self._name}.{step_id}"] = function
 
     async def secret(self, name: str, /) -> Secret:
+        if self._revoked:
+            raise CapabilityDenied(
+                f"plugin {self._name!r} asked for secret {name!r} after it was unloaded"
+            )
         if name not in self._caps.secrets:
             raise self._deny("secret", name, self._caps.secrets, "secrets")
         if self._secrets is None:

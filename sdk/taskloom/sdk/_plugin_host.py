@@ -44,7 +44,7 @@ from taskloom.contracts import (
     serde,
 )
 from taskloom.sdk._plugin_context import HostedPluginContext
-from taskloom.sdk._plugin_import import import_entry_point, unload
+from taskloom.sdk._plugin_import import import_entry_point, package_name, unload
 
 log = logging.getLogger("taskloom.plugins")
 
@@ -54,9 +54,15 @@ ENTRY_POINT_GROUP = "taskloom.plugins"
 
 
 class ExecutorSink(Protocol):
-    """Where plugin executors go (the engine's ExecutorRegistry satisfies it)."""
+    """Where plugin executors go (the engine's ExecutorRegistry satisfies it).
+
+    ``in`` is asked for every id before anything is registered, so a plugin
+    whose executor id is taken is refused whole, never half-registered.
+    """
 
     def register(self, executor_id: str, executor: LLMExecutor, /) -> None: ...
+
+    def __contains__(self, executor_id: object, /) -> bool: ...
 
 
 class UnsignedPluginWarning(UserWarning):
@@ -69,6 +75,11 @@ class PluginSource:
 
     root: Path
     origin: str  # "directory" or "entry point <name>"
+
+    @property
+    def installed(self) -> bool:
+        """Found through an entry point: a pip-installed package (pip compiles ``.pyc`` files)."""
+        return self.origin.startswith("entry point ")
 
     @property
     def envelope_path(self) -> Path:
@@ -184,8 +195,15 @@ class PluginHost:
                 "publisher keys with 'taskloom trust add' (or use development mode)"
             )
         rollback = self._rollback or RollbackGuard(self._storage)
+        # pip compiles every .py of an installed package into __pycache__; those .pyc files
+        # are never read, let alone run (code comes from the verified .py bytes only).
         verified = await verify_plugin(
-            source.code_dir, envelope, self._trust, rollback=rollback, now=self._clock()
+            source.code_dir,
+            envelope,
+            self._trust,
+            rollback=rollback,
+            now=self._clock(),
+            ignore_bytecode_caches=source.installed,
         )
         return verified.manifest, verified.files, frozenset(verified.signers)
 
@@ -212,28 +230,76 @@ class PluginHost:
 
     async def _load_one(self, source: PluginSource) -> PluginReport:
         name = source.root.name
-        verified = True
+        verified = False
+        version: int | None = None
         signers: frozenset[str] = frozenset()
         try:
             try:
                 manifest, files, signers = await self.verify(source)
+                verified = True
             except (SecurityError, PluginError) as exc:
                 if not self._dev_mode:
                     raise
                 manifest, files = self._read_unverified(source)
-                verified = False
                 warnings.warn(
                     f"development mode: loading plugin {manifest.name!r} from {source.root} "
                     f"WITHOUT verification ({type(exc).__name__}: {exc})",
                     UnsignedPluginWarning,
                     stacklevel=2,
                 )
-            name = manifest.name
-            if name in self.loaded:
+            name, version = manifest.name, manifest.version
+            self._check_free(name, source)
+            context = await self._set_up(name, manifest, files)
+            log.info("plugin %s v%s loaded from %s", name, manifest.version, source.root)
+            return PluginReport(
+                name=name,
+                source=str(source.root),
+                loaded=True,
+                verified=verified,
+                version=version,
+                signers=tuple(sorted(signers)),
+                executors=tuple(sorted(context.executors)),
+                steps=tuple(sorted(context.steps)),
+            )
+        # Isolate: one plugin's failure never stops the others. SystemExit too: a plugin
+        # calling sys.exit() at import or in setup must not end the application.
+        except (Exception, SystemExit) as exc:
+            log.error("plugin at %s not loaded: %s: %s", source.root, type(exc).__name__, exc)
+            return PluginReport(
+                name=name,
+                source=str(source.root),
+                loaded=False,
+                verified=verified,
+                version=version,
+                signers=tuple(sorted(signers)),
+                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                error_type=type(exc).__name__,
+            )
+
+    def _check_free(self, name: str, source: PluginSource) -> None:
+        package = package_name(name)
+        for entry in self._loaded:
+            if entry.name == name or package_name(entry.name) == package:
                 raise PluginError(
-                    f"a plugin named {name!r} is already loaded; {source.root} skipped"
+                    f"plugin {name!r} at {source.root} clashes with the loaded plugin "
+                    f"{entry.name!r} (same name or same package {package}); skipped: "
+                    "remove one of them"
                 )
-            obj = import_entry_point(name, files, manifest.entry_point)
+
+    async def _set_up(
+        self, name: str, manifest: PluginManifest, files: Mapping[str, bytes]
+    ) -> HostedPluginContext:
+        """Import, set up, register; on any failure the plugin leaves nothing behind."""
+        obj = import_entry_point(name, files, manifest.entry_point, owner=self)
+        context = HostedPluginContext(
+            plugin_name=name,
+            capabilities=manifest.capabilities,
+            storage=self._storage,
+            secrets=self._secrets,
+        )
+        set_up = False
+        plugin: Any = None
+        try:
             plugin = (
                 obj()
                 if inspect.isclass(obj) or (callable(obj) and not hasattr(obj, "setup"))
@@ -244,55 +310,49 @@ class PluginHost:
                     f"plugin {name!r}: entry point {manifest.entry_point!r} gives no object "
                     "with async setup(context) and teardown()"
                 )
-            context = HostedPluginContext(
-                plugin_name=name,
-                capabilities=manifest.capabilities,
-                storage=self._storage,
-                secrets=self._secrets,
-            )
-            try:
-                await plugin.setup(context)
-            except BaseException:
-                unload(name)
-                raise
+            await plugin.setup(context)
+            set_up = True
+            context.close_registration()
+            taken = sorted(e for e in context.executors if e in self._executors)
+            if taken:
+                raise PluginError(
+                    f"plugin {name!r}: executor id(s) {', '.join(taken)} already registered "
+                    "(by the configuration or another plugin); rename them in the plugin"
+                )
             for executor_id, executor in context.executors.items():
                 self._executors.register(executor_id, executor)
-            self.steps.update(context.steps)
-            self._loaded.append(_Loaded(name=name, plugin=plugin, context=context))
-            log.info("plugin %s v%s loaded from %s", name, manifest.version, source.root)
-            return PluginReport(
-                name=name,
-                source=str(source.root),
-                loaded=True,
-                verified=verified,
-                version=manifest.version,
-                signers=tuple(sorted(signers)),
-                executors=tuple(sorted(context.executors)),
-                steps=tuple(sorted(context.steps)),
-            )
-        except Exception as exc:  # isolate: one plugin's failure never stops the others
-            log.error("plugin at %s not loaded: %s: %s", source.root, type(exc).__name__, exc)
-            return PluginReport(
-                name=name,
-                source=str(source.root),
-                loaded=False,
-                verified=False,
-                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                error_type=type(exc).__name__,
-            )
+        except BaseException:
+            context.revoke()
+            if set_up:
+                await self._teardown(name, plugin)
+            unload(name, owner=self)
+            raise
+        self.steps.update(context.steps)
+        self._loaded.append(_Loaded(name=name, plugin=plugin, context=context))
+        return context
+
+    @staticmethod
+    async def _teardown(name: str, plugin: Any) -> None:
+        try:
+            await plugin.teardown()
+        except (Exception, SystemExit) as exc:
+            log.error("plugin %s teardown failed: %s: %s", name, type(exc).__name__, exc)
 
     async def aclose(self) -> None:
-        """Tear plugins down in reverse order of setup; errors are logged, all get their turn."""
+        """Tear plugins down in reverse order of setup; errors are logged, all get their turn.
+
+        Executors a plugin registered stay in the registry (it has no removal): close the
+        engine, which owns the registry, before the host.
+        """
         while self._loaded:
             entry = self._loaded.pop()
             try:
-                await entry.plugin.teardown()
-            except Exception as exc:
-                log.error("plugin %s teardown failed: %s: %s", entry.name, type(exc).__name__, exc)
+                await self._teardown(entry.name, entry.plugin)
             finally:
+                entry.context.revoke()
                 for step_id in entry.context.steps:
                     self.steps.pop(step_id, None)
-                unload(entry.name)
+                unload(entry.name, owner=self)
 
     async def __aenter__(self) -> PluginHost:
         return self

@@ -7,7 +7,10 @@ passed verification, are served by a meta-path finder under a private package
 ``taskloom_plugins.<name>``, compiled from those bytes and never cached as
 bytecode. A plugin module therefore cannot shadow an installed package or
 another plugin; inside a plugin, modules import each other relatively
-(``from . import helpers``).
+(``from . import helpers``). A name under ``taskloom_plugins`` that is not
+among the verified files is refused outright, so no other finder on
+``sys.meta_path`` (the path finder, an editable-install hook) is ever asked
+for it, and a failed import leaves none of the plugin's modules behind.
 """
 
 from __future__ import annotations
@@ -67,16 +70,19 @@ class _VerifiedFinder(importlib.abc.MetaPathFinder):
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname == ROOT_PACKAGE:
-            spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
-            spec.submodule_search_locations = []
-            return spec
-        if not fullname.startswith(ROOT_PACKAGE + "."):
+            source, is_package, origin = b"", True, "<taskloom plugins>"
+        elif fullname.startswith(ROOT_PACKAGE + "."):
+            with self._lock:
+                entry = self._modules.get(fullname)
+            if entry is None:
+                # Never fall through to the path finder or any other finder.
+                raise ModuleNotFoundError(
+                    f"no module named {fullname!r} among the verified files of a loaded plugin",
+                    name=fullname,
+                )
+            source, is_package, origin = entry
+        else:
             return None
-        with self._lock:
-            entry = self._modules.get(fullname)
-        if entry is None:
-            return None
-        source, is_package, origin = entry
         found = importlib.util.spec_from_loader(
             fullname, _Loader(source, origin), origin=origin, is_package=is_package
         )
@@ -86,11 +92,25 @@ class _VerifiedFinder(importlib.abc.MetaPathFinder):
 
 
 _FINDER = _VerifiedFinder()
+_OWNERS: dict[str, object] = {}
+"""Private package name -> the host that loaded it: one plugin package per process."""
 
 
 def _install_finder() -> None:
-    if _FINDER not in sys.meta_path:
+    """Put the finder first on ``sys.meta_path`` and make sure the root package is ours."""
+    if not sys.meta_path or sys.meta_path[0] is not _FINDER:
+        if _FINDER in sys.meta_path:
+            sys.meta_path.remove(_FINDER)
         sys.meta_path.insert(0, _FINDER)
+    existing = sys.modules.get(ROOT_PACKAGE)
+    if existing is not None:
+        spec = getattr(existing, "__spec__", None)
+        if not isinstance(getattr(spec, "loader", None), _Loader):
+            where = getattr(spec, "origin", None) or getattr(existing, "__file__", None)
+            raise PluginError(
+                f"a module named {ROOT_PACKAGE!r} was already imported from {where}; it would "
+                "stand in for the plugins' private package: uninstall or rename it"
+            )
 
 
 def modules_from_files(
@@ -121,11 +141,24 @@ def modules_from_files(
     return modules
 
 
-def import_entry_point(plugin_name: str, files: Mapping[str, bytes], entry_point: str) -> object:
-    """Import ``module:attribute`` of a plugin from its verified files and return the attribute."""
+def import_entry_point(
+    plugin_name: str, files: Mapping[str, bytes], entry_point: str, *, owner: object
+) -> object:
+    """Import ``module:attribute`` of a plugin from its verified files and return the attribute.
+
+    ``owner`` (the plugin host) holds the plugin's private package until
+    :func:`unload`; another owner asking for the same package is refused, so
+    two hosts never swap each other's modules. On any failure nothing stays.
+    """
     module_part, _, attribute = entry_point.partition(":")
     modules = modules_from_files(plugin_name, files)
     base = package_name(plugin_name)
+    holder = _OWNERS.get(base)
+    if holder is not None and holder is not owner:
+        raise PluginError(
+            f"plugin {plugin_name!r}: its package {base} is already loaded by another plugin "
+            "host in this process; close that host first (one copy per process)"
+        )
     target = f"{base}.{module_part}"
     if target not in modules:
         raise PluginError(
@@ -134,20 +167,32 @@ def import_entry_point(plugin_name: str, files: Mapping[str, bytes], entry_point
         )
     _install_finder()
     unload(plugin_name)
+    _OWNERS[base] = owner
     _FINDER.add(modules)
     importlib.invalidate_caches()
-    module = importlib.import_module(target)
     try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise PluginError(
-            f"plugin {plugin_name!r}: module {module_part!r} has no attribute {attribute!r}"
-        ) from None
+        module = importlib.import_module(target)
+        try:
+            return getattr(module, attribute)
+        except AttributeError:
+            raise PluginError(
+                f"plugin {plugin_name!r}: module {module_part!r} has no attribute {attribute!r}"
+            ) from None
+    except BaseException:
+        unload(plugin_name)
+        raise
 
 
-def unload(plugin_name: str) -> None:
-    """Forget a plugin's modules, so a reload imports the newly verified bytes."""
+def unload(plugin_name: str, *, owner: object = None) -> None:
+    """Forget a plugin's modules, so a reload imports the newly verified bytes.
+
+    With ``owner``, only if that owner holds the package (another host's copy stays).
+    """
     base = package_name(plugin_name)
+    holder = _OWNERS.get(base)
+    if owner is not None and holder is not None and holder is not owner:
+        return
+    _OWNERS.pop(base, None)
     _FINDER.remove_prefix(base)
     for name in [n for n in sys.modules if n == base or n.startswith(base + ".")]:
         del sys.modules[name]
