@@ -212,7 +212,7 @@ def encode(record: object) -> bytes:
     """
     try:
         return json.dumps(
-            converter.unstructure(record),
+            _unstructure(record),
             separators=(",", ":"),
             ensure_ascii=False,
             allow_nan=False,
@@ -222,6 +222,33 @@ def encode(record: object) -> bytes:
             f"{type(record).__name__} holds something that is not JSON data ({exc}): "
             "step outputs and inputs must be JSON (str, numbers, bools, None, lists, dicts)"
         ) from exc
+
+
+_JSON_FIELDS: dict[type[Any], dict[str, Any]] = {
+    RunRecord: {"pipeline": {}, "inputs": {}, "output": None},
+    StepRecord: {"output": None},
+}
+"""Per record type: its ``Any`` fields that hold plain JSON, and a cheap stand-in value."""
+
+
+def _unstructure(record: object) -> Any:
+    """``converter.unstructure``, minus walking fields that are already plain JSON.
+
+    A run record carries the whole unstructured pipeline; letting cattrs walk it on
+    every update costs more than the rest of a checkpoint. The converter still
+    handles every typed field; the JSON fields are put back as they are (and
+    ``json.dumps`` refuses anything in them that is not JSON).
+    """
+    stand_ins = _JSON_FIELDS.get(type(record))
+    if stand_ins is None or all(
+        not isinstance(getattr(record, name), dict | list | tuple) for name in stand_ins
+    ):
+        return converter.unstructure(record)  # nothing worth skipping
+    light = attrs.evolve(record, **stand_ins)  # type: ignore[misc]
+    data: dict[str, Any] = converter.unstructure(light)
+    for name in stand_ins:
+        data[name] = getattr(record, name)
+    return data
 
 
 def encode_event(event: Event) -> str:
