@@ -181,13 +181,15 @@ def _curves(axes: Any, key: tuple[str, str], series: Series) -> None:
         ]
         if base_unit and len(base) >= 2 and base_unit not in baselines:
             baselines[base_unit] = base
-    for base_unit, base in baselines.items():
+    styles = [("--", "black"), (":", "dimgray"), ("-.", "gray")]
+    for index, (base_unit, base) in enumerate(baselines.items()):
+        linestyle, color = styles[index % len(styles)]
         axes.plot(
             [x for x, _ in base],
             [y for _, y in base],
-            linestyle="--",
-            color="black",
-            alpha=0.6,
+            linestyle=linestyle,
+            color=color,
+            alpha=0.7,
             marker=".",
             label=f"baseline: {base_unit}",
         )
