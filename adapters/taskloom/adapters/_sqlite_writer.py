@@ -72,7 +72,6 @@ class Writer:
         self._pending: deque[Job | None] = deque()
         self._wake: SimpleQueue[None] = SimpleQueue()
         self._idle = False
-        self._stopped = threading.Event()
         self.transactions = 0
         """Write transactions committed so far (read by benchmarks to see batching)."""
         self._thread = threading.Thread(
@@ -141,7 +140,6 @@ class Writer:
             try:
                 self._conn.close()
             finally:
-                self._stopped.set()
                 self._send([(future, True, None) for future in closing])
 
     def _fail_leftovers(self) -> None:
