@@ -45,9 +45,10 @@ class Cli:
         )
 
     def json(self, *args: str) -> Any:
+        """The command's result: stdout must hold exactly one JSON document."""
         done = self(*args, "--json")
         assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return json.loads(done.stdout)
 
 
 @pytest.fixture
@@ -90,8 +91,7 @@ def test_the_whole_story(cli: Cli) -> None:
     human = cli("show", result["run_id"])
     assert human.returncode == 0 and result["run_id"] in human.stdout
 
-    events = cli("events", result["run_id"], "--json")
-    kinds = [json.loads(line)["type"] for line in events.stdout.splitlines()]
+    kinds = [event["type"] for event in cli.json("events", result["run_id"])]
     assert kinds[0] == "run.started" and kinds[-1] == "run.succeeded"
 
     audit = cli.json("audit", "verify")
@@ -223,7 +223,7 @@ def test_cancel_stops_a_run_in_another_process_and_resume_finishes_it(cli: Cli) 
         if running.poll() is None:
             running.kill()
     assert running.returncode == 1, err
-    assert json.loads(out.strip().splitlines()[-1])["status"] == "cancelled"
+    assert json.loads(out)["status"] == "cancelled"
     shown = cli.json("show", run_id)
     assert shown["run"]["status"] == "cancelled"
     assert len(shown["steps"]) < 40

@@ -2,22 +2,30 @@
 
 Every command has ``--help`` and ``--json``. Exit codes: 0 success, 1 a failed
 run or a failed check, 2 a usage error (bad arguments, bad config, bad input
-file). Errors are one line on stderr; ``--debug`` adds the traceback.
+file, an unknown run id). Errors are one line on stderr; ``--debug`` adds the
+traceback. With ``--json`` stdout carries exactly one JSON document: the
+command's result, or ``{"error": {"type", "message"}}`` (``events --follow``
+is the one stream: one document per line). ``--json``, ``--debug`` and
+``--config`` work before or after the command name.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from taskloom.contracts import (
-    DecodeError,
+    InvalidSecretName,
+    PipelineChanged,
     PipelineInvalid,
+    RunNotFound,
     TaskloomError,
     UsageError,
 )
@@ -54,10 +62,28 @@ class _ParserExit(Exception):
         self.status = status
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("--config", metavar="PATH", help="use this taskloom.toml")
+USAGE_ERRORS = (UsageError, PipelineInvalid, PipelineChanged, RunNotFound, InvalidSecretName)
+"""Errors that mean the command line named something wrong: exit code 2."""
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """The options every command takes; below the top, unset ones leave the top's value."""
+    unset: Any = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON", **unset)
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks on errors", **unset
+    )
+    parser.add_argument("--config", metavar="PATH", help="use this taskloom.toml", **unset)
+
+
+def _missing_action(command: argparse.ArgumentParser, actions: Any) -> Handler:
+    async def handler(args: argparse.Namespace, ctx: CliContext) -> int:
+        raise CliUsageError(
+            f"{command.prog}: choose an action: {', '.join(actions.choices)} "
+            f"('{command.prog} --help' explains them)"
+        )
+
+    return handler
 
 
 def build_parser() -> Parser:
@@ -69,7 +95,7 @@ def build_parser() -> Parser:
         description="Run LLM task pipelines safely and durably.",
     )
     parser.add_argument("--version", action="version", version=f"taskloom {__version__}")
-    _common(parser)
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def add(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
@@ -81,7 +107,9 @@ def build_parser() -> Parser:
     def group(name: str, help_text: str) -> Any:
         command = sub.add_parser(name, help=help_text, description=help_text)
         _common(command)
-        return command.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+        actions = command.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+        command.set_defaults(handler=_missing_action(command, actions))
+        return actions
 
     def add_to(grp: Any, name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
         command: argparse.ArgumentParser = grp.add_parser(
@@ -143,6 +171,8 @@ async def _config_show(args: argparse.Namespace, ctx: CliContext) -> int:
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, PipelineInvalid):
+        if len(exc.problems) == 1:
+            return f"pipeline is invalid: {exc.problems[0]}"
         return text  # its lines are the list of problems: keep them all
     return text.splitlines()[0]
 
@@ -163,51 +193,83 @@ async def run_command(args: argparse.Namespace, out: Output) -> int:
         await ctx.aclose()
 
 
-def report_error(exc: BaseException, *, debug: bool, json_mode: bool) -> int:
-    """Print an error as one line (plus traceback with --debug); return the exit code."""
-    usage = isinstance(exc, UsageError | DecodeError | PipelineInvalid | FileNotFoundError)
-    code = EXIT_USAGE if usage else EXIT_FAILED
-    if debug:
-        traceback.print_exception(exc)
-    message = one_line(exc)
-    if json_mode:
-        import json
+def report_error(exc: BaseException, *, debug: bool, out: Output | None = None) -> int:
+    """Print an error as one line (plus traceback with --debug); return the exit code.
 
-        sys.stdout.write(
-            json.dumps({"error": {"type": type(exc).__name__, "message": message}}) + "\n"
+    Secret values the command read are masked. In JSON mode the error is the
+    command's one document on stdout, unless the command already printed its own.
+    """
+    usage = isinstance(exc, (*USAGE_ERRORS, FileNotFoundError))
+    internal = not isinstance(exc, TaskloomError | OSError)
+    code = EXIT_USAGE if usage else EXIT_FAILED
+    redact = out.redact if out is not None else str
+    if debug:
+        sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+    message = redact(one_line(exc))
+    if internal:
+        message = f"taskloom: internal error: {type(exc).__name__}: {message}" + (
+            "" if debug else " (run again with --debug for the traceback)"
         )
+    if out is not None and out.json_mode and not out.documents:
+        out.data({"error": {"type": type(exc).__name__, "message": message}})
     prefix = "" if message.startswith("taskloom") else "taskloom: error: "
     sys.stderr.write(f"{prefix}{message}\n")
     return code
 
 
+@contextlib.contextmanager
+def _library_logs(debug: bool) -> Iterator[None]:
+    """The CLI reports what went wrong itself; library log lines would say it twice.
+
+    With ``--debug`` taskloom's log lines are shown on stderr, with their logger names.
+    Both settings are undone on exit (``main`` may run inside another program).
+    """
+    logger = logging.getLogger("taskloom")
+    if debug:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        level = logging.INFO
+    else:
+        handler, level = logging.NullHandler(), logging.CRITICAL
+    previous_level, previous_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+        logger.propagate = previous_propagate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``taskloom`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    out = Output(json_mode="--json" in argv)
     debug = "--debug" in argv
-    json_mode = "--json" in argv
+    with _library_logs(debug):
+        return _main(argv, out, debug)
+
+
+def _main(argv: list[str], out: Output, debug: bool) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
-        if getattr(args, "handler", None) is None:
+        if not argv:
             parser.print_help()
-            return EXIT_OK if not argv else EXIT_USAGE
-        return asyncio.run(run_command(args, Output(json_mode=args.json)))
+            return EXIT_OK
+        args = parser.parse_args(argv)
+        out.json_mode, debug = args.json, args.debug
+        if getattr(args, "handler", None) is None:
+            raise CliUsageError("taskloom: give a command ('taskloom --help' lists them)")
+        return asyncio.run(run_command(args, out))
     except _ParserExit as exc:
         return exc.status
     except KeyboardInterrupt:
         sys.stderr.write("taskloom: interrupted\n")
         return 130
-    except (TaskloomError, OSError) as exc:
-        return report_error(exc, debug=debug, json_mode=json_mode)
-    except Exception as exc:  # a bug: say so in one line, the traceback with --debug
-        if debug:
-            traceback.print_exception(exc)
-        sys.stderr.write(
-            f"taskloom: internal error: {type(exc).__name__}: {one_line(exc)} "
-            "(run again with --debug for the traceback)\n"
-        )
-        return EXIT_FAILED
+    except Exception as exc:
+        return report_error(exc, debug=debug, out=out)
 
 
 if __name__ == "__main__":

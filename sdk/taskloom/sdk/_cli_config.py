@@ -40,6 +40,7 @@ Configuration reference (every key optional)::
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from typing import Any
 import attrs
 import platformdirs
 
-from taskloom.contracts import UsageError
+from taskloom.contracts import MASK, UsageError
 
 CONFIG_NAME = "taskloom.toml"
 APP = "taskloom"
@@ -85,7 +86,7 @@ class CliConfig:
             "source": str(self.source) if self.source else None,
             "storage": {"kind": self.storage_kind, "path": str(self.storage_path)},
             "engine": {"max_concurrency": self.max_concurrency, "lease_ttl_s": self.lease_ttl_s},
-            "executors": self.executors,
+            "executors": {name: _masked(table) for name, table in self.executors.items()},
             "plugins": {
                 "dirs": [str(p) for p in self.plugin_dirs],
                 "trust": str(self.trust_path),
@@ -112,14 +113,41 @@ def find_config(explicit: str | None = None) -> Path | None:
     return None
 
 
+_KNOWN_KEYS: dict[str, frozenset[str] | None] = {
+    "storage": frozenset({"kind", "path"}),
+    "engine": frozenset({"max_concurrency", "lease_ttl_s"}),
+    "executors": None,  # one table per executor id; its settings belong to the adapter
+    "plugins": frozenset({"dirs", "trust", "dev_mode"}),
+    "secrets": frozenset({"path"}),
+    "keys": frozenset({"dir"}),
+}
+_KNOWN = set(_KNOWN_KEYS)
+
+
 def _table(data: dict[str, Any], key: str, source: Path | None) -> dict[str, Any]:
+    """Section ``key``; a key it does not know is an error (a typo must not pass silently)."""
     value = data.get(key, {})
     if not isinstance(value, dict):
         raise UsageError(f"{source}: [{key}] must be a table")
+    known = _KNOWN_KEYS[key]
+    unknown = sorted(set(value) - known) if known is not None else []
+    if unknown:
+        raise UsageError(
+            f"{source}: unknown key(s) {', '.join(unknown)} in [{key}]; known: "
+            f"{', '.join(sorted(known or ()))}"
+        )
     return value
 
 
-_KNOWN = {"storage", "engine", "executors", "plugins", "secrets", "keys"}
+_SECRET_SETTING = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|password|passwd)$")
+
+
+def _masked(settings: dict[str, Any]) -> dict[str, Any]:
+    """Executor settings for display: a literal credential never reaches the screen."""
+    return {
+        name: MASK if isinstance(value, str) and _SECRET_SETTING.search(name.lower()) else value
+        for name, value in settings.items()
+    }
 
 
 def load_config(explicit: str | None = None) -> CliConfig:

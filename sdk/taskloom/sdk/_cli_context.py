@@ -13,24 +13,52 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from taskloom.contracts import SecretStore, StorageAdapter, UsageError
+from taskloom.contracts import Secret, SecretStore, StorageAdapter, UsageError
 from taskloom.sdk._cli_config import CliConfig
 
 
 class Output:
-    """Human output through rich, or one JSON document per command with ``--json``."""
+    """Human output through rich, or one JSON document per command with ``--json``.
 
-    def __init__(self, *, json_mode: bool, stream: TextIO | None = None) -> None:
+    It also remembers the secret values a command read (``remember``), so that
+    error texts can be masked (``redact``) before they reach the terminal.
+    """
+
+    def __init__(
+        self, *, json_mode: bool, stream: TextIO | None = None, redactor: Any = None
+    ) -> None:
         self.json_mode = json_mode
         self.stream = stream or sys.stdout
         self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.documents = 0
+        self._redactor = redactor
+
+    @property
+    def redactor(self) -> Any:
+        """The ``taskloom.security.Redactor`` of the secret values read so far."""
+        if self._redactor is None:
+            from taskloom.security import Redactor
+
+            self._redactor = Redactor()
+        return self._redactor
+
+    def remember(self, secret: Secret) -> None:
+        """Mask this secret's value in every error text from now on."""
+        self.redactor.add(secret)
+
+    def redact(self, text: str) -> str:
+        return text if self._redactor is None else str(self._redactor.redact(text))
+
+    def redact_data(self, value: Any) -> Any:
+        return value if self._redactor is None else self._redactor.redact_data(value)
 
     def data(self, value: Any, human: Callable[[], None] | None = None) -> None:
         """Print ``value`` as JSON in JSON mode, else call ``human`` (or pretty-print it)."""
         if self.json_mode:
             self.stream.write(json.dumps(value, ensure_ascii=False, default=str) + "\n")
             self.stream.flush()
+            self.documents += 1
         elif human is not None:
             human()
         elif isinstance(value, str):
@@ -40,8 +68,9 @@ class Output:
 
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
         table = Table(title=title, title_justify="left")
-        for column in columns:
-            table.add_column(column, overflow="fold")
+        for index, column in enumerate(columns):
+            # the first column is an id people copy: never fold it
+            table.add_column(column, overflow="fold", no_wrap=index == 0)
         for row in rows:
             table.add_row(*["" if cell is None else str(cell) for cell in row])
         self.console.print(table)

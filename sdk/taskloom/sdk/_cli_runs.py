@@ -13,10 +13,13 @@ from typing import Any
 
 from taskloom.contracts import (
     Event,
+    RunCancelled,
     RunCancelledEvent,
     RunHeld,
     Secret,
     SecretStore,
+    StepFailed,
+    TaskloomError,
     UsageError,
     serde,
 )
@@ -36,7 +39,9 @@ class LazySecrets:
         self._ctx = ctx
 
     async def get(self, name: str, /) -> Secret:
-        return await (await self._ctx.secrets()).get(name)
+        secret = await (await self._ctx.secrets()).get(name)
+        self._ctx.out.remember(secret)  # masked in any error text from now on
+        return secret
 
     async def set(self, name: str, value: str | Secret, /) -> None:
         await (await self._ctx.secrets()).set(name, value)
@@ -116,43 +121,90 @@ async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
         secrets=secrets,
         dev_mode=ctx.config.dev_mode,
     )
-    for report in await host.load(discover(ctx.config.plugin_dirs)):
-        if not report.loaded:
-            ctx.out.note(f"plugin {report.name} not loaded: {report.error}")
-    engine = Engine(
-        storage=storage,
-        registry=registry,
-        secrets=secrets,
-        plugin_steps=host.steps,
-        max_concurrency=ctx.config.max_concurrency,
-        lease_ttl_s=ctx.config.lease_ttl_s,
-    )
-    await engine.open()
+    try:
+        for report in await host.load(discover(ctx.config.plugin_dirs)):
+            if not report.loaded:
+                ctx.out.note(f"plugin {report.name} not loaded: {report.error}")
+        engine = Engine(
+            storage=storage,
+            registry=registry,
+            secrets=secrets,
+            plugin_steps=host.steps,
+            max_concurrency=ctx.config.max_concurrency,
+            lease_ttl_s=ctx.config.lease_ttl_s,
+        )
+    except BaseException:
+        await host.aclose()  # the shell goes on: plugins must not stay loaded
+        raise
+    try:
+        await engine.open()
+    except BaseException:
+        await engine.aclose()
+        await host.aclose()
+        raise
     return engine, host
 
 
 async def _drive(ctx: CliContext, handle: Any, *, title: str) -> Any:
-    """Show live progress from the handle's events (not in --json mode); return the result."""
+    """Show live progress from the handle's events (not in --json mode); return the result.
+
+    The result is awaited, not the event stream's end: a run that fails before it
+    starts (an unknown run id to resume) may never close its stream.
+    """
     show = not ctx.out.json_mode and sys.stderr.isatty()
     progress = Progress(ctx.out.err, title=title, live=show)
-    with progress:
+
+    async def follow() -> None:
         async for event in handle.events():
             progress.update(event)
-    return await handle.result()
+
+    with progress:
+        follower = asyncio.create_task(follow())
+        try:
+            return await handle.result()
+        finally:
+            await asyncio.sleep(0)  # let the follower take the events already emitted
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
 
 
-def _result_data(result: Any) -> dict[str, Any]:
-    return {
+def _result_data(ctx: CliContext, result: Any) -> dict[str, Any]:
+    data = {
         "run_id": result.run_id,
         "status": result.status,
         "output": result.output,
         "usage": serde.unstructure(result.usage),
         "error": serde.unstructure(result.error) if result.error else None,
     }
+    redacted: dict[str, Any] = ctx.out.redact_data(data)
+    return redacted
+
+
+def _failed_status(exc: TaskloomError) -> str:
+    return "cancelled" if isinstance(exc, RunCancelled) else "failed"
+
+
+def _print_failure(ctx: CliContext, run_id: str, exc: TaskloomError) -> int:
+    """A run that raised: one document with its id, so that 'show' and 'resume' can find it."""
+    message = ctx.out.redact(str(exc).strip() or type(exc).__name__)
+    status = _failed_status(exc)
+    ctx.out.data(
+        {
+            "run_id": run_id,
+            "status": status,
+            "output": None,
+            "error": {"type": type(exc).__name__, "message": message},
+        },
+        lambda: ctx.out.note(
+            f"run {run_id}: {status}: {type(exc).__name__}: {message.splitlines()[0]}\n"
+            f"  details: taskloom show {run_id}; continue: taskloom resume {run_id}"
+        ),
+    )
+    return 1
 
 
 def _print_result(ctx: CliContext, result: Any) -> int:
-    data = _result_data(result)
+    data = _result_data(ctx, result)
 
     def human() -> None:
         ctx.out.note(f"run {result.run_id}: {result.status} ({result.usage.total_tokens} tokens)")
@@ -191,6 +243,9 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
             raise
         except RunHeld:
             return await _lost(ctx, handle.run_id)
+        except (StepFailed, RunCancelled) as exc:
+            await _audit(ctx, "run.finish", handle.run_id, status=_failed_status(exc))
+            return _print_failure(ctx, handle.run_id, exc)
         await _audit(ctx, "run.finish", result.run_id, status=result.status)
         return _print_result(ctx, result)
     finally:
@@ -229,6 +284,9 @@ async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
             if handle.run_id != args.run_id or not await _was_cancelled(ctx, args.run_id):
                 raise
             return await _lost(ctx, args.run_id)
+        except (StepFailed, RunCancelled) as exc:
+            await _audit(ctx, "run.finish", handle.run_id, status=_failed_status(exc))
+            return _print_failure(ctx, handle.run_id, exc)
         await _audit(ctx, "run.finish", result.run_id, status=result.status)
         return _print_result(ctx, result)
     finally:
@@ -365,15 +423,22 @@ async def events(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         await store.load_run(args.run_id)
         after = 0
+        collected: list[dict[str, Any]] = []  # --json without --follow: one array
         while True:
             batch = await store.events(args.run_id, after=after)
             for seq, event in batch:
                 after = seq
                 if ctx.out.json_mode:
-                    ctx.out.data({"seq": seq, **serde.unstructure(event, Event)})
+                    document = {"seq": seq, **serde.unstructure(event, Event)}
+                    if args.follow:
+                        ctx.out.data(document)  # a stream: one document per line
+                    else:
+                        collected.append(document)
                 else:
                     ctx.out.console.print(_event_line(seq, event), markup=False)
             if not args.follow:
+                if ctx.out.json_mode:
+                    ctx.out.data(collected)
                 break
             record = await store.load_run(args.run_id)
             if record.status in TERMINAL and not batch:
@@ -467,9 +532,16 @@ def register(add: Callable[..., Any]) -> None:
     cmd.add_argument("--limit", type=int, default=20)
     cmd = add("show", "show one run: steps, outputs, usage, timings", show)
     cmd.add_argument("run_id")
-    cmd = add("events", "print a run's events (--follow waits for more)", events)
+    cmd = add(
+        "events",
+        "print a run's events (--follow waits for more; with --json: one array, "
+        "or with --follow one JSON document per line)",
+        events,
+    )
     cmd.add_argument("run_id")
-    cmd.add_argument("--follow", "-f", action="store_true")
+    cmd.add_argument(
+        "--follow", "-f", action="store_true", help="wait for new events until the run ends"
+    )
     cmd.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     cmd = add("cancel", "cancel a run", cancel)
     cmd.add_argument("run_id")

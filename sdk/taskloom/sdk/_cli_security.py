@@ -162,8 +162,8 @@ async def sign(args: argparse.Namespace, ctx: CliContext) -> int:
     root = Path(args.plugin_dir)
     plugin, capabilities = _plugin_description(root)
     now = int(time.time())
-    valid_days = int(plugin.get("valid_days", 365))
     try:
+        valid_days = int(plugin.get("valid_days", 365))
         manifest = build_manifest(
             root / CODE_DIR,
             name=plugin["name"],

@@ -146,7 +146,7 @@ async def shell(args: argparse.Namespace, ctx: CliContext) -> int:
                 continue
             parsed = parser.parse_args(words)
             previous = ctx.out
-            ctx.out = Output(json_mode=parsed.json)
+            ctx.out = Output(json_mode=parsed.json, redactor=previous.redactor)
             try:
                 code = await dispatch(parsed, ctx)
             finally:
@@ -162,7 +162,7 @@ async def shell(args: argparse.Namespace, ctx: CliContext) -> int:
 
             if isinstance(exc, _ParserExit):
                 continue
-            code = report_error(exc, debug=ctx.debug or "--debug" in line, json_mode=False)
+            code = report_error(exc, debug=ctx.debug or "--debug" in line, out=ctx.out)
             if code not in (1, EXIT_USAGE):
                 ctx.out.note(f"(exit {code})")
         sys.stdout.flush()

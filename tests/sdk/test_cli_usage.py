@@ -1,0 +1,276 @@
+"""The CLI against a demanding new user: every --json is one document, every error one line.
+
+Most cases call ``main()`` in-process (fast); the ones that could hang run a
+subprocess with a timeout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskloom.contracts import InvalidRequest, Secret
+from taskloom.sdk._cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+class Done:
+    """What one in-process invocation left behind."""
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def document(self) -> Any:
+        """stdout holds exactly one JSON document (json.loads refuses anything extra)."""
+        return json.loads(self.out)
+
+    def error_line(self) -> str:
+        lines = [line for line in self.err.splitlines() if line.strip()]
+        assert len(lines) == 1, self.err
+        assert "Traceback" not in self.err
+        return lines[0]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``cli(*args, stdin=None)`` runs ``taskloom`` in a fresh home and working directory."""
+    for name in list(os.environ):
+        if name.startswith("TASKLOOM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TASKLOOM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "80")
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(EXAMPLES / "hello.json", work / "hello.json")
+    shutil.copy(EXAMPLES / "map_documents.json", work / "map.json")
+    monkeypatch.chdir(work)
+
+    def run(*args: str, stdin: str | None = None) -> Done:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Done(code, captured.out, captured.err)
+
+    return run
+
+
+def test_every_json_output_is_exactly_one_document(cli: Any) -> None:
+    """Each command's --json stdout parses as one JSON document, success or not."""
+    ran = cli("run", "hello.json", "--json")
+    assert ran.code == 0 and ran.document()["status"] == "succeeded"
+    run_id = ran.document()["run_id"]
+    for args in (
+        ("runs",),
+        ("show", run_id),
+        ("events", run_id),
+        ("validate", "hello.json"),
+        ("keys", "list"),
+        ("trust", "list"),
+        ("plugins", "list"),
+        ("plugins", "verify"),
+        ("audit", "verify"),
+        ("audit", "show"),
+        ("config", "show"),
+        ("show", "no-such-run"),
+        ("run", "missing.json"),
+        ("keys",),
+        ("secrets", "list"),
+    ):
+        done = cli(*args, "--json")
+        assert isinstance(done.document(), dict | list), (args, done.out)
+    events = cli("events", run_id, "--json").document()
+    assert events[0]["type"] == "run.started" and events[-1]["type"] == "run.succeeded"
+
+
+def test_global_options_work_before_the_command(cli: Any) -> None:
+    """--config, --json and --debug before the command name are honoured, not dropped."""
+    missing = cli("--config", "nowhere.toml", "runs")
+    assert missing.code == 2 and "nowhere.toml" in missing.error_line()
+    assert cli("--json", "runs").document() == []
+    assert "Traceback" in cli("--debug", "show", "nope").err
+
+
+def test_a_group_without_an_action_is_a_one_line_usage_error(cli: Any) -> None:
+    """'taskloom keys' names the actions in one line, exit 2 (JSON error with --json)."""
+    done = cli("keys")
+    assert done.code == 2 and "generate, list" in done.error_line() and done.out == ""
+    as_json = cli("trust", "--json")
+    assert as_json.code == 2 and as_json.document()["error"]["type"] == "CliUsageError"
+    bare = cli("--json")
+    assert bare.code == 2 and "give a command" in bare.document()["error"]["message"]
+    assert cli().code == 0  # no arguments at all: the help
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (("run", "missing.json"), 2, "does not exist"),
+        (("run", "."), 2, "cannot read pipeline"),
+        (("run", "hello.json", "-i", "novalue"), 2, "key=value"),
+        (("run", "hello.json", "-i", "=x"), 2, "key=value"),
+        (("run", "hello.json", "-i", "name=@nofile.txt"), 2, "cannot read nofile.txt"),
+        (("run", "hello.json", "-i", "nobody=1"), 2, "unknown input"),
+        (("run", "map.json", "-i", "documents=notjson"), 2, "give it as JSON"),
+        (("show", "no-such-run"), 2, "no run 'no-such-run'"),
+        (("events", "no-such-run"), 2, "no run 'no-such-run'"),
+        (("cancel", "no-such-run"), 2, "no run 'no-such-run'"),
+        (("runs", "--limit", "x"), 2, "invalid int"),
+        (("runs", "--status", "bogus"), 2, "invalid choice"),
+        (("frobnicate",), 2, "invalid choice"),
+        (("trust", "remove", "zzz"), 2, "no trusted key"),
+        (("sign", "nowhere", "--key", "k"), 2, "plugin.toml not found"),
+        (("verify", "nowhere"), 2, "sign it first"),
+    ],
+)
+def test_bad_input_is_one_line_with_the_right_exit_code(
+    cli: Any, args: tuple[str, ...], code: int, fragment: str
+) -> None:
+    """Bad arguments, files and ids: one line on stderr, exit 2, nothing on stdout."""
+    done = cli(*args)
+    assert done.code == code, done.err
+    assert fragment in done.error_line()
+    assert done.out == ""
+
+
+def test_invalid_json_pipeline(cli: Any, tmp_path: Path) -> None:
+    """A pipeline that is not JSON, or not an object, is a usage error naming the file."""
+    Path("bad.json").write_text('{"taskloom": ')
+    Path("list.json").write_text("[1]")
+    assert "not valid JSON" in cli("run", "bad.json").error_line()
+    assert "JSON object" in cli("validate", "list.json").error_line()
+
+
+def test_a_failed_run_reports_its_run_id(cli: Any) -> None:
+    """A run that fails prints its id (JSON: run_id, status, error), exit 1; show finds it."""
+    done = cli("run", "map.json", "-i", "documents=[1, 2]", "--json")
+    assert done.code == 1
+    document = done.document()
+    assert document["status"] == "failed" and document["error"]["type"] == "StepFailed"
+    shown = cli("show", document["run_id"], "--json").document()
+    assert shown["run"]["status"] == "failed"
+    human = cli("run", "map.json", "-i", "documents=[1, 2]")
+    assert human.code == 1 and "taskloom show" in human.err and "Traceback" not in human.err
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ("[bogus]\n", "unknown section"),
+        ("[plugins]\ndir = ['plugins']\n", "unknown key(s) dir in [plugins]"),
+        ("[storage]\nkind = 'redis'\n", "'redis'"),
+        ("[storage]\npaht = 'x.db'\n", "unknown key(s) paht in [storage]"),
+        ("[engine]\nmax_concurrency = 0\n", "max_concurrency"),
+        ("[executors.x]\nmodel = 'm'\n", "'type'"),
+        ("[plugins]\ndev_mode = 'yes'\n", "dev_mode"),
+        ("not toml [", "cannot read config"),
+    ],
+)
+def test_a_bad_config_is_a_one_line_usage_error(cli: Any, config: str, fragment: str) -> None:
+    """A config with a bad section, key or value stops every command with one line, exit 2."""
+    Path("taskloom.toml").write_text(config)
+    done = cli("runs")
+    assert done.code == 2 and fragment in done.error_line()
+
+
+def test_a_literal_credential_in_the_config_is_masked(cli: Any) -> None:
+    """config show never prints an api_key written literally into the config."""
+    Path("taskloom.toml").write_text(
+        "[executors.x]\ntype = 'openai'\napi_key = 'sk-live-1234567890'\nmax_tokens = 5\n"
+    )
+    done = cli("config", "show", "--json")
+    assert "sk-live-1234567890" not in done.out + done.err
+    assert done.document()["executors"]["x"]["max_tokens"] == 5
+
+
+def test_tables_keep_run_ids_whole(cli: Any) -> None:
+    """In an 80-column table the run id stays on one line, so it can be copied."""
+    run_id = cli("run", "hello.json", "--json").document()["run_id"]
+    assert run_id in cli("runs").out
+
+
+class _LeakyExecutor:
+    """An executor whose error text contains its API key (a careless provider)."""
+
+    def __init__(self, key: Secret) -> None:
+        self._key = key
+
+    async def complete(self, request: Any, /) -> Any:
+        raise InvalidRequest(f"bad request with key {self._key.reveal()}")
+
+    def stream(self, request: Any, /) -> Any:
+        raise InvalidRequest(f"bad request with key {self._key.reveal()}")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _leaky(settings: Mapping[str, Any], secrets: Any) -> _LeakyExecutor:
+    return _LeakyExecutor(await secrets.get(settings["api_key"]["secret"]))
+
+
+def test_secret_values_never_reach_output_or_errors(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret read by an executor is masked in the failed run's JSON and stderr; set reads
+    stdin; get masks unless --reveal."""
+    from taskloom.sdk import _registry
+
+    monkeypatch.setitem(_registry._EXECUTOR_TYPES, "leaky", _leaky)
+    monkeypatch.setenv("TASKLOOM_SECRETS_PASSPHRASE", "a long test passphrase")
+    value = "tok-5f2e9a8b7c6d"
+    assert cli("secrets", "set", "api", stdin=value + "\n").code == 0
+    Path("taskloom.toml").write_text(
+        "[executors.leak]\ntype = 'leaky'\napi_key = { secret = 'api' }\n"
+    )
+    done = cli("run", "hello.json", "--json")
+    assert done.code == 1 and done.document()["status"] == "failed"
+    assert value not in done.out + done.err
+    human = cli("run", "hello.json")
+    assert human.code == 1 and value not in human.out + human.err
+    assert value not in cli("secrets", "get", "api", "--json").out
+    assert cli("secrets", "get", "api", "--reveal", "--json").document()["value"] == value
+    assert value not in cli("audit", "show", "--json").out
+
+
+def _subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """taskloom as its own process (no pytest log capture), in ``tmp_path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOOM_")}
+    env["TASKLOOM_HOME"] = str(tmp_path / "home")
+    return subprocess.run(
+        [sys.executable, "-m", "taskloom.sdk._cli", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_plugin_failure_is_reported_once(tmp_path: Path) -> None:
+    """A plugin that does not load gets one note on stderr, not a second log line."""
+    shutil.copytree(EXAMPLES / "plugins" / "textkit", tmp_path / "plugins" / "textkit")
+    shutil.copy(EXAMPLES / "hello.json", tmp_path / "hello.json")
+    (tmp_path / "taskloom.toml").write_text("[plugins]\ndirs = ['plugins']\n")
+    done = _subprocess(tmp_path, "validate", "hello.json")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("textkit") == 1, done.stderr
+
+
+def test_resume_of_an_unknown_run_ends(tmp_path: Path) -> None:
+    """Resuming a run id that does not exist ends at once with exit 2 (it used to hang)."""
+    done = _subprocess(tmp_path, "resume", "no-such-run", "--json")
+    assert done.returncode == 2, done.stderr
+    assert json.loads(done.stdout)["error"]["type"] == "RunNotFound"
+    assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr
