@@ -384,8 +384,7 @@ async def test_an_oversized_event_is_refused_at_once(memory: StorageAdapter) -> 
 
 
 async def test_a_damaged_stream_tail_blocks_only_that_runs_events(memory: StorageAdapter) -> None:
-    """If a run's last stream entry does not decode, flush raises DecodeError naming it,
-    while checkpoints and other runs' events are still written."""
+    """A damaged stream tail fails flush with a DecodeError naming it; other writes go on."""
     await memory.append("run:bad:events", b"garbage")
     store = RunStore(memory)
     store.record_event(StepStarted(run_id="bad", at=1.0, step_id="a"))
@@ -393,7 +392,9 @@ async def test_a_damaged_stream_tail_blocks_only_that_runs_events(memory: Storag
     await store.record_step(make_step("a"))
     with pytest.raises(DecodeError, match="run:bad:events entry 1"):
         await store.flush()
-    assert len(await memory.read("run:good:events")) == 1
+    with pytest.raises(DecodeError, match="run:bad:events entry 1"):
+        await store.events("bad")
+    assert len(await store.events("good")) == 1
     assert set(await store.finished_steps("run1")) == {("a", None)}
     with pytest.raises(StorageUnavailable):
         await store.aclose()

@@ -392,7 +392,10 @@ class RunStore:
             raise UsageError(f"after must be an int >= 0, got {after!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise UsageError(f"limit must be an int or None, got {limit!r}")
-        await self.flush()
+        await self._writer.flush()
+        error = self._event_errors.get(run_id)
+        if error is not None and run_id in self._events:
+            raise error  # this run's queued events cannot be written: its history is partial
         if await self._storage.get(NS_TOMBSTONES, run_id) is not None:
             return []
         if limit is not None and limit <= 0:
