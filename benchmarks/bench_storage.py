@@ -372,7 +372,8 @@ async def _sqlite_structure_rows(directory: Path, per_writer: int) -> list[dict[
     store = await SQLiteStorage.open(directory / "count.db", purge_interval_s=None)
     try:
         await _load(store, "get", 200)
-        counter = _HopCounter(store._readers)
+        assert store._readers is not None
+        counter = _HopCounter(store._readers.connections)
         try:
             for i in range(200):
                 await store.get("get", f"k{i:07}")

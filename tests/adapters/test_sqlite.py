@@ -331,7 +331,8 @@ async def test_never_closed_warns(tmp_path: Path) -> None:
     """An adapter dropped while open emits a ResourceWarning."""
     store = await SQLiteStorage.open(tmp_path / "w.db", purge_interval_s=None)
     await store.put("ns", "k", b"v")
-    threads = [reader._thread for reader in store._readers]
+    assert store._readers is not None
+    threads = [reader._thread for reader in store._readers.connections]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         del store

@@ -13,25 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-import aiosqlite
-
 from taskloom.adapters._sqlite_args import (
     check_key,
     check_limit,
     check_ops,
+    check_options,
     check_prune_args,
     choose_victims,
     prefix_end,
 )
-from taskloom.adapters._sqlite_errors import map_sqlite_errors, translate
 from taskloom.adapters._sqlite_ops import (
     append_job,
     commit_job,
@@ -44,6 +40,7 @@ from taskloom.adapters._sqlite_ops import (
     upsert_job,
     vacuum_job,
 )
+from taskloom.adapters._sqlite_readers import Readers
 from taskloom.adapters._sqlite_schema import (
     GET,
     READ,
@@ -53,7 +50,6 @@ from taskloom.adapters._sqlite_schema import (
     SCAN_META_BOUNDED,
     SCHEMA_VERSION,
     open_writer_connection,
-    reader_init_statements,
 )
 from taskloom.adapters._sqlite_writer import Writer
 from taskloom.contracts import (
@@ -110,36 +106,20 @@ class SQLiteStorage:
         purge_interval_s: float | None = 60.0,
         readers: int = 2,
     ) -> None:
-        self._path = os.fspath(path)
-        if not isinstance(self._path, str) or self._path in ("", ":memory:"):
-            raise UsageError(
-                "SQLiteStorage needs a file path; for a store in memory use "
-                "taskloom.adapters.memory.MemoryStorage"
-            )
-        if str(synchronous).upper() not in ("NORMAL", "FULL"):
-            raise UsageError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
-        if (
-            isinstance(busy_timeout_s, bool)
-            or not isinstance(busy_timeout_s, int | float)
-            or not 0 < busy_timeout_s < 1e6
-        ):
-            raise UsageError(f"busy_timeout_s must be a positive number, got {busy_timeout_s!r}")
-        if purge_interval_s is not None and (
-            isinstance(purge_interval_s, bool)
-            or not isinstance(purge_interval_s, int | float)
-            or not 0 < purge_interval_s < 1e9
-        ):
-            raise UsageError(f"purge_interval_s must be positive or None, got {purge_interval_s!r}")
-        if isinstance(readers, bool) or not isinstance(readers, int) or not 1 <= readers <= 16:
-            raise UsageError(f"readers must be an int from 1 to 16, got {readers!r}")
+        self._path = check_options(
+            path,
+            synchronous=synchronous,
+            busy_timeout_s=busy_timeout_s,
+            purge_interval_s=purge_interval_s,
+            readers=readers,
+        )
         self._synchronous = str(synchronous).upper()
         self._busy_timeout_s = float(busy_timeout_s)
         self._clock = clock
         self._purge_interval_s = purge_interval_s
         self._reader_count = readers
         self._writer: Writer | None = None
-        self._readers: list[aiosqlite.Connection] = []
-        self._busy: list[int] = []
+        self._readers: Readers | None = None
         self._purger: asyncio.Task[None] | None = None
         self._opening: asyncio.Lock | None = None
         self._closed = False
@@ -222,31 +202,18 @@ class SQLiteStorage:
             target_version=target_version,
         )
         writer = Writer(conn, self._path, self._busy_timeout_s)
-        readers: list[aiosqlite.Connection] = []
         try:
-            with map_sqlite_errors(self._path, busy_timeout_s=self._busy_timeout_s):
-                for _ in range(self._reader_count):
-                    reader = aiosqlite.connect(
-                        self._path, timeout=self._busy_timeout_s, isolation_level=None
-                    )
-                    # aiosqlite's worker thread is not a daemon: an adapter the
-                    # application forgot to close would hang interpreter exit (the
-                    # ResourceWarning still says so). Checked defensively: private.
-                    thread = getattr(reader, "_thread", None)
-                    if isinstance(thread, threading.Thread) and not thread.is_alive():
-                        thread.daemon = True
-                    await reader
-                    readers.append(reader)
-                    for statement in reader_init_statements(self._synchronous):
-                        await reader.execute(statement)
+            readers = await Readers.open(
+                self._path,
+                count=self._reader_count,
+                busy_timeout_s=self._busy_timeout_s,
+                synchronous=self._synchronous,
+            )
         except BaseException:
-            for reader in readers:
-                await reader.close()
             await writer.stop()
             raise
         self._writer = writer
         self._readers = readers
-        self._busy = [0] * len(readers)
         if self._purge_interval_s is not None:
             self._purger = asyncio.get_running_loop().create_task(
                 self._purge_forever(self._purge_interval_s), name=f"taskloom-purge:{self._path}"
@@ -262,12 +229,11 @@ class SQLiteStorage:
             await asyncio.gather(self._purger, return_exceptions=True)
             self._purger = None
         writer, self._writer = self._writer, None
-        readers, self._readers = self._readers, []
+        readers, self._readers = self._readers, None
         if writer is not None:
             await writer.stop()
-        for reader in readers:
-            with map_sqlite_errors(self._path):
-                await reader.close()
+        if readers is not None:
+            await readers.close()
 
     def __del__(self) -> None:
         writer = getattr(self, "_writer", None)  # None too if __init__ raised
@@ -292,29 +258,14 @@ class SQLiteStorage:
     # --- reads ---------------------------------------------------------------
 
     async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        """One aiosqlite round trip on the least busy reader.
-
-        Sequential reads keep using the first reader, whose thread is warm; only
-        reads that overlap spread to the others.
-        """
         readers = self._readers
-        if not readers:
+        if readers is None:
             if self._closed:
                 raise self._usage_closed()
             await self._ensure_open()
             readers = self._readers
-        busy = self._busy
-        index = 0
-        if busy[0]:
-            index = min(range(len(readers)), key=busy.__getitem__)
-        busy[index] += 1
-        try:
-            rows: list[Any] = await readers[index].execute_fetchall(sql, params)  # type: ignore[assignment]
-        except (sqlite3.Error, ValueError) as exc:
-            raise translate(exc, self._path, busy_timeout_s=self._busy_timeout_s) from exc
-        finally:
-            busy[index] -= 1
-        return rows
+            assert readers is not None
+        return await readers.fetch(sql, params)
 
     async def get(self, namespace: str, key: str) -> Record | None:
         """The live record at ``namespace``/``key``, or None (ST1, ST5)."""

@@ -8,6 +8,7 @@ nothing).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from taskloom.contracts import (
@@ -32,6 +33,40 @@ __all__ = [
     "choose_victims",
     "prefix_end",
 ]
+
+
+def check_options(
+    path: object,
+    *,
+    synchronous: object,
+    busy_timeout_s: object,
+    purge_interval_s: object,
+    readers: object,
+) -> str:
+    """Check SQLiteStorage's constructor arguments; return the path as text."""
+    location = os.fspath(path) if isinstance(path, str | os.PathLike) else path
+    if not isinstance(location, str) or location in ("", ":memory:"):
+        raise UsageError(
+            "SQLiteStorage needs a file path; for a store in memory use "
+            "taskloom.adapters.memory.MemoryStorage"
+        )
+    if str(synchronous).upper() not in ("NORMAL", "FULL"):
+        raise UsageError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+    if (
+        isinstance(busy_timeout_s, bool)
+        or not isinstance(busy_timeout_s, int | float)
+        or not 0 < busy_timeout_s < 1e6
+    ):
+        raise UsageError(f"busy_timeout_s must be a positive number, got {busy_timeout_s!r}")
+    if purge_interval_s is not None and (
+        isinstance(purge_interval_s, bool)
+        or not isinstance(purge_interval_s, int | float)
+        or not 0 < purge_interval_s < 1e9
+    ):
+        raise UsageError(f"purge_interval_s must be positive or None, got {purge_interval_s!r}")
+    if isinstance(readers, bool) or not isinstance(readers, int) or not 1 <= readers <= 16:
+        raise UsageError(f"readers must be an int from 1 to 16, got {readers!r}")
+    return location
 
 
 def check_key(name: object, what: str = "key") -> None:
