@@ -498,3 +498,40 @@ async def test_validate_returns_the_pipeline_and_is_reused_by_run() -> None:
         assert engine.validate(checked) is checked
         result = await engine.run(checked)
     assert result.output == "None|x"
+
+
+async def test_tokens_of_failed_attempts_are_counted() -> None:
+    """Replies that fail validation still cost tokens, and the run's usage shows them."""
+    engine, fake = make_engine(FakeExecutor(reply=lambda _r: "not json"))
+    async with engine:
+        with pytest.raises(StepFailed):
+            await engine.run(
+                pipeline(
+                    {"id": "a", "prompt": "p", "response_format": {"type": "json"}, "retry": FAST}
+                )
+            )
+        record = (await engine.runstore.list_runs())[0]
+    assert fake.calls["p"] == 3
+    assert record.usage.total_tokens == 6  # 3 attempts x (1 prompt + 1 completion)
+    assert record.usage_by_executor["fake"].total_tokens == 6
+
+
+async def test_storage_errors_propagate_instead_of_failing_the_step() -> None:
+    """A store that fails (here: the response cache) raises its StorageError, not StepFailed."""
+    from taskloom.adapters.memory import MemoryStorage
+    from taskloom.contracts import StorageUnavailable
+
+    class BrokenCache(MemoryStorage):
+        async def get(self, namespace: str, key: str) -> Any:
+            if namespace == "cache":
+                raise StorageUnavailable("the cache disk is gone")
+            return await super().get(namespace, key)
+
+    engine, fake = make_engine(storage=BrokenCache())
+    async with engine:
+        with pytest.raises(StorageUnavailable):
+            await engine.run(pipeline({"id": "a", "prompt": "p", "temperature": 0, "cache": True}))
+        record = (await engine.runstore.list_runs())[0]
+    assert record.status == "failed"
+    assert fake.total_calls == 0
+    await engine.storage.aclose()

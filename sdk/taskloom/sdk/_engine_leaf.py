@@ -24,11 +24,14 @@ from taskloom.contracts import (
     ExecutorTimeout,
     MalformedResponse,
     RetryableError,
+    SecretError,
+    SecurityError,
     StepFailed,
     StepFailedEvent,
     StepRetrying,
     StepStarted,
     StepSucceeded,
+    StorageError,
     Usage,
 )
 from taskloom.sdk._engine_calls import call_executor, error_info, parse_reply
@@ -153,9 +156,15 @@ class LeafRunner:
                 f"step {step_id!r} passed its deadline of {node.deadline_s} s; raise deadline_s "
                 "or make the step faster"
             )
-            return await self._leaf_failed(node, step_id, item, late, state.attempts, started)
+            return await self._leaf_failed(
+                node, step_id, item, late, state.attempts, started, state.usage
+            )
+        except (StorageError, SecretError, SecurityError):
+            raise  # the store or the credentials failed, not the step: never hide that
         except Exception as exc:  # every failure of user code or an executor is data here
-            return await self._leaf_failed(node, step_id, item, exc, state.attempts, started)
+            return await self._leaf_failed(
+                node, step_id, item, exc, state.attempts, started, state.usage
+            )
         self._account(state.usage, executor_id)
         self.emit(
             StepSucceeded(
@@ -296,9 +305,16 @@ class LeafRunner:
         exc: BaseException,
         attempts: int,
         started: float,
+        usage: Usage = _ZERO,
     ) -> Any:
+        """Record a failed leaf; with ``on_error: continue`` return None, else raise StepFailed.
+
+        Tokens spent by failed attempts (a reply that did not parse) still count.
+        """
         info = error_info(exc)
         keep_going = node.on_error == "continue"
+        executor_id = node.executor_id if node.kind == "llm" else None
+        self._account(usage, executor_id)
         self.emit(
             StepFailedEvent(
                 run_id=self.run_id,
@@ -312,7 +328,14 @@ class LeafRunner:
         )
         if keep_going:
             await self._checkpoint(
-                step_id, item, None, attempts=attempts, usage=_ZERO, started=started, error=info
+                step_id,
+                item,
+                None,
+                attempts=attempts,
+                usage=usage,
+                started=started,
+                executor_id=executor_id,
+                error=info,
             )
             return None
         self.failed_step = step_id
