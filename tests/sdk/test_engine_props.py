@@ -8,11 +8,13 @@ import copy
 import json
 from typing import Any
 
+import pytest
 from engine_support import FakeExecutor, leftover_tasks, make_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskloom.contracts import PipelineInvalid, StepStarted, StepSucceeded
+from taskloom.sdk._engine_steps import RunExecution
 
 ITEMS = ["x", "y", "z", "w"]
 
@@ -109,6 +111,26 @@ def _owner(step_id: str) -> str:
     return step_id.split("p")[0]
 
 
+def order_violations(events: list[Any], deps: list[list[str]]) -> list[tuple[str, str]]:
+    """(step, dependency) pairs where the step started before the dependency succeeded."""
+    first_start: dict[str, int] = {}
+    last_success: dict[str, int] = {}
+    for pos, event in enumerate(events):
+        if isinstance(event, StepStarted):
+            first_start.setdefault(_owner(event.step_id), pos)
+        elif isinstance(event, StepSucceeded):
+            last_success[_owner(event.step_id)] = pos
+    bad = []
+    for index, direct in enumerate(deps):
+        sid = f"s{index}"
+        if sid not in first_start:
+            continue  # a map over no items starts nothing
+        for dep in direct:
+            if dep in last_success and last_success[dep] > first_start[sid]:
+                bad.append((sid, dep))
+    return bad
+
+
 @settings(max_examples=40)
 @given(pipe=dag_pipelines(), limit=st.sampled_from([None, 1, 2, 3, 8]))
 def test_random_dags_match_sequential_reference_and_respect_dependencies(
@@ -126,20 +148,7 @@ def test_random_dags_match_sequential_reference_and_respect_dependencies(
             result = await handle.result()
             events = [e async for e in handle.events()]
         assert result.output == expected
-        first_start: dict[str, int] = {}
-        last_success: dict[str, int] = {}
-        for pos, event in enumerate(events):
-            if isinstance(event, StepStarted):
-                first_start.setdefault(_owner(event.step_id), pos)
-            elif isinstance(event, StepSucceeded):
-                last_success[_owner(event.step_id)] = pos
-        for index, direct in enumerate(deps):
-            sid = f"s{index}"
-            if sid not in first_start:
-                continue  # a map over no items starts nothing
-            for dep in direct:
-                if dep in last_success:
-                    assert last_success[dep] < first_start[sid], (sid, dep)
+        assert order_violations(events, deps) == []
         assert await leftover_tasks() == []
 
     asyncio.run(scenario())
@@ -230,3 +239,32 @@ def test_random_invalid_pipelines_are_rejected_before_anything_runs(
         assert all(p.path.startswith(("$", "inputs.")) and p.message for p in problems)
 
     asyncio.run(scenario())
+
+
+def test_the_order_check_catches_a_scheduler_that_starts_dependents_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broken scheduler (dependents started with their dependency) fails the order check."""
+
+    async def eager(self: Any, node: Any) -> None:
+        assert self._tg is not None
+        for dependent in node.dependents:
+            self._tg.create_task(self.run_node(dependent, self.scope))
+        await self.run_node(node, self.scope)
+
+    monkeypatch.setattr(RunExecution, "_chain", eager)
+    pipe = {
+        "taskloom": "pipeline/v1",
+        "name": "two",
+        "steps": [{"id": "s0", "prompt": "a"}, {"id": "s1", "prompt": "b"}],
+    }
+
+    async def scenario() -> list[Any]:
+        engine, _ = make_engine(FakeExecutor())
+        async with engine:
+            handle = engine.start(pipe)
+            await handle.result()
+            return [e async for e in handle.events()]
+
+    events = asyncio.run(scenario())
+    assert order_violations(events, [[], ["s0"]]) == [("s1", "s0")]
