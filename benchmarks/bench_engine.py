@@ -8,6 +8,9 @@ prints a table and writes ``benchmarks/results/bench_engine.json``):
   (same requests, no engine). Value: engine time minus raw time, per step
   (target <= 25 us); once with no storage, once with the default MemoryStorage
   (every step checkpointed and every event stored through the RunStore).
+- ``RunStore alone``: the checkpoint and two stored events a chain step costs,
+  through the RunStore on MemoryStorage without the engine: the share of the
+  MemoryStorage chain's overhead that is storage, not scheduling.
 - ``map 1000 x 50 ms @1000`` and ``map 10000 x 50 ms @500``: a map whose body
   sleeps 50 ms, beside the ideal (items / concurrency waves x 50 ms); the raw
   asyncio fan-out of the same calls (a TaskGroup and a semaphore) is its own row,
@@ -198,6 +201,54 @@ async def engine_map(
         return await _timed(lambda: engine.run(pipeline, inputs))
 
 
+async def runstore_per_step(steps: int) -> float:
+    """What the RunStore alone costs per chain step: one checkpoint and two stored events."""
+    from taskloom.adapters.memory import MemoryStorage
+    from taskloom.contracts import StepStarted, StepSucceeded, Usage
+    from taskloom.sdk._runrecords import StepRecord
+    from taskloom.sdk._runstore import RunStore
+
+    store = RunStore(MemoryStorage())
+
+    async def go() -> None:
+        for i in range(steps):
+            sid = f"s{i}"
+            store.record_event(StepStarted(run_id="r", at=1.0, step_id=sid))
+            store.record_event(StepSucceeded(run_id="r", at=1.0, step_id=sid))
+            await store.record_step(
+                StepRecord(
+                    run_id="r",
+                    step_id=sid,
+                    output="next",
+                    usage=Usage(prompt_tokens=1, completion_tokens=1),
+                    executor="scripted",
+                    started_at=1.0,
+                    finished_at=2.0,
+                )
+            )
+
+    try:
+        return await _timed(go)
+    finally:
+        await store.aclose()
+
+
+async def bench_runstore_share(quick: bool, chain_row: Row) -> Row:
+    """The RunStore's part of the durable chain's overhead, measured alone in the same run."""
+    steps = 1000
+    value, spread = _median(
+        await _samples(functools.partial(runstore_per_step, steps), 3 if quick else 7)
+    )
+    return _row(
+        "RunStore alone per chain step (record_step + 2 events), MemoryStorage",
+        value / steps * 1e6,
+        "us/step",
+        chain_row["value"],
+        "us/step engine overhead with MemoryStorage (row above)",
+        spread=spread,
+    )
+
+
 async def bench_validate(quick: bool) -> Row:
     """Validating and compiling a 1,000-step chain on a fresh engine (once per pipeline)."""
     steps = 1000
@@ -378,6 +429,7 @@ async def _all(quick: bool) -> list[Row]:
         rows.append(await bench_validate(quick))
         rows.append(await bench_chain(quick, folder, "none", 25))
         rows.append(await bench_chain(quick, folder, "memory", 25))
+        rows.append(await bench_runstore_share(quick, rows[-1]))
         rows += await bench_map(quick, folder, 1000, 1000, 1.15, "memory")
         rows += await bench_map(quick, folder, 10_000, 500, 1.2, "memory")
         rows.append(await bench_memory(folder))
