@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
@@ -9,6 +10,7 @@ import select
 import shutil
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -25,7 +27,16 @@ class Terminal:
         self.master, slave = pty.openpty()
         os.set_blocking(self.master, False)
         self.proc = subprocess.Popen(
-            args, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            close_fds=True,
+            start_new_session=True,
+            # the pty becomes the controlling terminal, so Ctrl-C sends SIGINT as in real use
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
         )
         os.close(slave)
         self.screen = ""
@@ -113,3 +124,81 @@ def test_shell_completes_runs_and_survives_errors(workdir: Path, tmp_path: Path)
             term.proc.kill()
     history = (tmp_path / "home" / "data" / "shell-history").read_text()
     assert "config show" in history and "frobnicate" in history
+
+
+def _shell_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOOM_")}
+    env.update(
+        TASKLOOM_HOME=str(tmp_path / "home"),
+        TERM="xterm",
+        PROMPT_TOOLKIT_NO_CPR="1",
+        COLUMNS="120",
+        LINES="40",
+    )
+    return env
+
+
+def _shell(workdir: Path, tmp_path: Path) -> Terminal:
+    return Terminal(
+        [sys.executable, "-m", "taskloom.sdk._cli", "shell"], workdir, _shell_env(tmp_path)
+    )
+
+
+def test_ctrl_c_never_ends_the_shell(workdir: Path, tmp_path: Path) -> None:
+    """Ctrl-C at the prompt clears the line; Ctrl-C during a run cancels that run only."""
+    import json
+
+    (workdir / "taskloom.toml").write_text('[executors.slow]\ntype = "scripted"\nlatency_s = 0.2\n')
+    steps = [{"id": f"s{i}", "prompt": f"step {i}"} for i in range(300)]
+    pipeline = {"taskloom": "pipeline/v1", "name": "long", "steps": steps}
+    (workdir / "long.json").write_text(json.dumps(pipeline))
+    term = _shell(workdir, tmp_path)
+    try:
+        term.expect(r"taskloom>")
+        term.send("half-typed command")
+        term.send("\x03")
+        term.expect(r"taskloom>")
+        term.send("run long.json\r")
+        term.expect(r"long: [1-9]\d* done")  # live progress on the terminal
+        term.send("\x03")
+        term.expect(r"interrupted")
+        term.expect(r"taskloom>")
+        term.send("runs --status cancelled --json\r")
+        term.expect(r'"status": "cancelled"')
+        term.expect(r"taskloom>")
+        term.send("exit\r")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+
+
+def test_completion_of_executor_ids_and_history_recall(workdir: Path, tmp_path: Path) -> None:
+    """--executor completes the configured executor ids; a new shell recalls the last command
+    with the Up arrow; Ctrl-D ends the shell."""
+    (workdir / "taskloom.toml").write_text('[executors.local_echo]\ntype = "scripted"\n')
+    term = _shell(workdir, tmp_path)
+    try:
+        term.expect(r"taskloom>")
+        term.send("run hello.json --executor loc\t")
+        term.expect(r"local_echo")
+        term.send("\r")
+        term.expect(r"succeeded")
+        term.expect(r"taskloom>")
+        term.send("\x04")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+    term = _shell(workdir, tmp_path)
+    try:
+        term.expect(r"taskloom>")
+        term.send("\x1b[A")  # Up: the previous session's last command
+        term.expect(r"run hello\.json --executor local_echo")
+        term.send("\x03")
+        term.expect(r"taskloom>")
+        term.send("exit\r")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()

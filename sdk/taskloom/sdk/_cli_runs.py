@@ -71,6 +71,16 @@ def _read_pipeline(path_text: str) -> dict[str, Any]:
     return data
 
 
+def _with_executor(pipeline: dict[str, Any], executor_id: str | None) -> dict[str, Any]:
+    """``--executor ID``: the executor of every step that names none (``defaults.executor``)."""
+    if executor_id is None:
+        return pipeline
+    defaults = pipeline.get("defaults", {})
+    if not isinstance(defaults, dict):
+        return pipeline  # validation reports the malformed defaults
+    return {**pipeline, "defaults": {**defaults, "executor": executor_id}}
+
+
 def parse_inputs(items: list[str] | None, pipeline: dict[str, Any]) -> dict[str, Any]:
     """``-i key=value`` and ``-i key=@file``; values of non-string inputs are JSON."""
     declared = pipeline.get("inputs") if isinstance(pipeline.get("inputs"), dict) else {}
@@ -230,7 +240,7 @@ async def _audit(ctx: CliContext, action: str, subject: str, **details: Any) -> 
 
 
 async def run(args: argparse.Namespace, ctx: CliContext) -> int:
-    pipeline = _read_pipeline(args.pipeline)
+    pipeline = _with_executor(_read_pipeline(args.pipeline), args.executor)
     inputs = parse_inputs(args.input, pipeline)
     engine, host = await build_engine(ctx)
     try:
@@ -498,7 +508,7 @@ async def cancel(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 async def validate(args: argparse.Namespace, ctx: CliContext) -> int:
-    pipeline = _read_pipeline(args.pipeline)
+    pipeline = _with_executor(_read_pipeline(args.pipeline), args.executor)
     inputs = parse_inputs(args.input, pipeline) if args.input else None
     engine, host = await build_engine(ctx)
     try:
@@ -523,6 +533,7 @@ def register(add: Callable[..., Any]) -> None:
         metavar="KEY=VALUE",
         help="an input (KEY=@FILE reads a file)",
     )
+    _executor_option(cmd)
     cmd = add("resume", "continue a run that crashed or was cancelled", resume)
     cmd.add_argument("run_id")
     cmd.add_argument("--pipeline", help="the pipeline file (default: the one stored with the run)")
@@ -548,3 +559,13 @@ def register(add: Callable[..., Any]) -> None:
     cmd = add("validate", "check a pipeline (and inputs) without running it", validate)
     cmd.add_argument("pipeline")
     cmd.add_argument("-i", "--input", action="append", metavar="KEY=VALUE")
+    _executor_option(cmd)
+
+
+def _executor_option(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "-e",
+        "--executor",
+        metavar="ID",
+        help="the executor for steps that name none (overrides the pipeline's defaults)",
+    )

@@ -9,9 +9,11 @@ shell: each is printed as one line (with the traceback under ``--debug``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shlex
+import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,12 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
 
-from taskloom.contracts import TaskloomError
 from taskloom.sdk._cli_context import CliContext, Output
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 # options after which the next word is a run id, an executor id or a file
 RUN_ID_COMMANDS = {"resume", "show", "events", "cancel"}
-FILE_COMMANDS = {"run", "validate"}
+FILE_COMMANDS = {"run", "validate", "sign", "verify"}
 
 
 class ShellCompleter(Completer):
@@ -38,7 +39,8 @@ class ShellCompleter(Completer):
         self.run_ids: list[str] = []
 
     def executor_ids(self) -> list[str]:
-        return sorted(set(self._ctx.config.executors) | {"default", "scripted"})
+        """The configured executors and the built-in ``scripted`` one (``run`` adds it)."""
+        return sorted({*self._ctx.config.executors, "scripted"})
 
     def get_completions(
         self, document: Document, complete_event: CompleteEvent
@@ -100,13 +102,44 @@ def _paths(prefix: str) -> list[str]:
 
 
 async def _refresh_run_ids(ctx: CliContext, completer: ShellCompleter) -> None:
-    try:
-        from taskloom.sdk._runstore import RunStore
+    """Run ids for completion; a store that cannot answer leaves none (never ends the shell)."""
+    from taskloom.sdk._runstore import RunStore
 
+    try:
         store = RunStore(await ctx.storage())
-        completer.run_ids = [r.run_id for r in await store.list_runs(limit=200)]
-    except TaskloomError:
+        try:
+            completer.run_ids = [r.run_id for r in await store.list_runs(limit=200)]
+        finally:
+            await store.aclose()
+    except Exception:
         completer.run_ids = []
+
+
+async def _interruptible(command: Coroutine[Any, Any, int]) -> int | None:
+    """Run one command; Ctrl-C cancels it (None) instead of ending the shell.
+
+    At the prompt prompt_toolkit reads Ctrl-C as a key; while a command runs the
+    terminal sends SIGINT, which asyncio.run would turn into the end of the
+    whole shell. For the command's duration SIGINT cancels just its task.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(command)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here: plain await
+        return await task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.cancelled() or (current is not None and current.cancelling()):
+            raise  # the shell itself is being cancelled
+        return None
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 async def shell(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -148,10 +181,12 @@ async def shell(args: argparse.Namespace, ctx: CliContext) -> int:
             previous = ctx.out
             ctx.out = Output(json_mode=parsed.json, redactor=previous.redactor)
             try:
-                code = await dispatch(parsed, ctx)
+                code = await _interruptible(dispatch(parsed, ctx))
             finally:
                 ctx.out = previous
-            if code:
+            if code is None:
+                ctx.out.note("interrupted")
+            elif code:
                 ctx.out.note(f"(exit {code})")
         except KeyboardInterrupt:
             ctx.out.note("interrupted")
