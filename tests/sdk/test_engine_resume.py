@@ -226,3 +226,30 @@ async def test_nondeterministic_requests_are_not_cached_unless_allowed() -> None
             await engine.run(allowed)
     assert fake.calls["p"] == 2
     assert fake.calls["q"] == 1
+
+
+async def test_a_lost_lease_stops_the_run_with_run_held() -> None:
+    """When a renewal finds the lease taken by another holder, the run stops with RunHeld."""
+    engine, fake = make_engine(lease_ttl_s=0.03)
+    fake.gate = asyncio.Event()
+    async with engine:
+
+        async def taken(run_id: str, holder: str, *, ttl_s: float = 30.0) -> None:
+            raise RunHeld("taken over", holder="other")
+
+        engine.runstore.renew_lease = taken
+        with pytest.raises(RunHeld):
+            await engine.run(pipeline({"id": "a", "prompt": "x"}))
+    assert fake.in_flight == 0
+
+
+async def test_the_lease_is_released_after_a_run() -> None:
+    """A finished run leaves no lease behind, so another process may resume it at once."""
+    engine, fake = make_engine()
+    fake.fail("b", InvalidRequest("nope"))
+    async with engine:
+        with pytest.raises(StepFailed):
+            await engine.run(pipeline({"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}))
+        run_id = (await engine.runstore.list_runs())[0].run_id
+        await engine.runstore.acquire_lease(run_id, "another-process", ttl_s=60)
+        await engine.runstore.release_lease(run_id, "another-process")

@@ -40,7 +40,6 @@ from taskloom.sdk._ratelimit import ExecutorLimits
 from taskloom.sdk._retry import call_with_retries
 from taskloom.sdk._runrecords import StepRecord
 from taskloom.sdk._runstore import cache_key as make_key
-from taskloom.sdk._runstore import is_cacheable
 from taskloom.sdk._template import Scope, TemplateRenderError
 
 _ZERO = Usage()
@@ -210,7 +209,9 @@ class LeafRunner:
         if (
             node.cache
             and svc.runstore is not None
-            and is_cacheable(request, nondeterministic=node.cache_nondeterministic)
+            # only deterministic requests (temperature 0 or a seed) unless the pipeline
+            # opts in: caching a sampled reply would freeze a random choice
+            and (node.cache_nondeterministic or request.deterministic)
         ):
             cache_key = make_key(executor_id, request)
 

@@ -30,11 +30,11 @@ from taskloom.contracts import (
     serde,
 )
 from taskloom.sdk._engine_calls import error_info, first_error
+from taskloom.sdk._engine_lease import HeldLease
 from taskloom.sdk._engine_steps import RunExecution
 from taskloom.sdk._handle import History, RunResult
 from taskloom.sdk._plan import Plan
 from taskloom.sdk._runrecords import RunRecord
-from taskloom.sdk._runstore import LeaseKeeper
 from taskloom.sdk._template import TemplateRenderError
 
 
@@ -83,7 +83,7 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
     execution: RunExecution | None = None
     lease: Any = contextlib.nullcontext()
     if store is not None:
-        lease = LeaseKeeper(store, spec.run_id, engine.holder, ttl_s=engine.lease_ttl_s)
+        lease = HeldLease(store, spec.run_id, engine.holder, ttl_s=engine.lease_ttl_s)
     try:
         async with lease:
             if store is not None:
