@@ -19,9 +19,7 @@ The interface with the engine is ``notes/runstore_interface.md``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
@@ -30,13 +28,11 @@ from typing import Any
 import rfc8785
 
 from taskloom.contracts import (
-    Append,
     CompletionRequest,
     CompletionResult,
     ConflictError,
     Delete,
     Event,
-    Op,
     Pipeline,
     Put,
     Record,
@@ -44,10 +40,7 @@ from taskloom.contracts import (
     RunNotFound,
     StorageAdapter,
     StorageError,
-    StreamEntry,
-    TaskloomError,
     UsageError,
-    ValueTooLarge,
     check_name,
     check_value,
 )
@@ -66,30 +59,22 @@ from taskloom.sdk._runrecords import (
     StepRecord,
     Tombstone,
     decode,
-    decode_event_batch,
     encode,
-    encode_event,
-    encode_event_batch,
-    events_stream,
     index_entry,
     index_key,
     step_key,
 )
 from taskloom.sdk._runstore_batch import GroupCommitWriter
+from taskloom.sdk._runstore_events import EventLog
 from taskloom.sdk._runstore_history import RunHistory
+from taskloom.sdk._runstore_lease import LeaseKeeper, check_ttl, extended, held_error
+
+__all__ = ["LeaseKeeper", "RunStore", "cache_key", "is_cacheable", "pipeline_digest"]
 
 SCAN_PAGE = 1000
 """Records read per ``scan`` call when walking a run's steps."""
 
 _LEASE_RACE_RETRIES = 8
-
-_EVENT_ENTRY_BYTES = 512 * 1024
-"""Events of one run per stream entry, in JSON bytes, before a second entry is started."""
-
-_MAX_EVENT_BYTES = 1024 * 1024
-"""Largest single event (an entry must stay under MAX_VALUE_BYTES)."""
-
-logger = logging.getLogger("taskloom.runstore")
 
 
 def cache_key(executor_id: str, request: CompletionRequest) -> str:
@@ -133,13 +118,9 @@ class RunStore:
     def __init__(self, storage: StorageAdapter, *, clock: Callable[[], float] = time.time) -> None:
         self._storage = storage
         self._clock = clock
-        self._events: dict[str, list[str]] = {}
-        """Encoded events per run, waiting for the next batch."""
-        self._next_event: dict[str, int] = {}
-        """The number the next event of a run gets (learnt from its stream once)."""
-        self._event_errors: dict[str, TaskloomError] = {}
+        self._events = EventLog(storage)
         self._writer = GroupCommitWriter(
-            storage, collect=self._collect_events, has_pending=lambda: bool(self._events)
+            storage, collect=self._events.collect, has_pending=self._events.has_pending
         )
         self._history = RunHistory(storage, clock=clock, delete_run=self.delete_run)
         self._closed = False
@@ -207,8 +188,7 @@ class RunStore:
                 ),
             ]
         )
-        # A new run id (never deleted, never created) has an empty stream: no probe needed.
-        self._next_event.setdefault(record.run_id, 1)
+        self._events.new_run(record.run_id)
 
     async def load_run(self, run_id: str) -> RunRecord:
         """The run's record; ``RunNotFound`` if there is none, ``DecodeError`` naming it."""
@@ -299,83 +279,16 @@ class RunStore:
         ``flush`` (and ``aclose``), never dropped silently.
         """
         self._check_open()
-        check_name(events_stream(event.run_id), what="event stream")
-        encoded = encode_event(event)
-        if len(encoded) > _MAX_EVENT_BYTES:
-            raise ValueTooLarge(
-                f"a {type(event).__name__} event of run {event.run_id} is {len(encoded)} bytes "
-                f"of JSON; the limit is {_MAX_EVENT_BYTES}: keep large data out of events",
-                size=len(encoded),
-                limit=_MAX_EVENT_BYTES,
-            )
-        self._events.setdefault(event.run_id, []).append(encoded)
+        self._events.add(event)
         self._writer.notify()
-
-    async def _collect_events(self) -> list[Op]:
-        """Turn the queued events into appends, one entry per run (more if very large).
-
-        A run's first batch in this process learns the run's event count from the
-        stream's last entry. If that fails (the storage is down, the entry is
-        damaged), the run's events stay queued and ``flush`` raises the error.
-        """
-        ops: list[Op] = []
-        for run_id in list(self._events):
-            stream = events_stream(run_id)
-            first = self._next_event.get(run_id)
-            if first is None:
-                try:
-                    first = await self._event_count(stream) + 1
-                except TaskloomError as exc:
-                    self._event_errors[run_id] = exc
-                    continue
-                self._next_event[run_id] = first
-            self._event_errors.pop(run_id, None)
-            pending = self._events.pop(run_id)
-            start = 0
-            while start < len(pending):
-                size, end = 0, start
-                while end < len(pending) and (end == start or size < _EVENT_ENTRY_BYTES):
-                    size += len(pending[end]) + 1
-                    end += 1
-                chunk = pending[start:end]
-                ops.append(Append(stream=stream, payload=encode_event_batch(first, chunk)))
-                first += len(chunk)
-                start = end
-            self._next_event[run_id] = first
-        return ops
-
-    async def _last_entry(self, stream: str) -> StreamEntry | None:
-        """The stream's last entry, found with O(log n) one-entry reads."""
-        if not await self._storage.read(stream, after=0, limit=1):
-            return None
-        low, high = 1, 2  # entry ``low`` exists; find a ``high`` that does not
-        while await self._storage.read(stream, after=high - 1, limit=1):
-            low, high = high, high * 2
-        while high - low > 1:
-            middle = (low + high) // 2
-            if await self._storage.read(stream, after=middle - 1, limit=1):
-                low = middle
-            else:
-                high = middle
-        return (await self._storage.read(stream, after=low - 1, limit=1))[0]
-
-    async def _event_count(self, stream: str) -> int:
-        last = await self._last_entry(stream)
-        if last is None:
-            return 0
-        batch = decode_event_batch(last.payload, where=f"stream {stream} entry {last.seq}")
-        return batch.first + len(batch.events) - 1
 
     async def flush(self) -> None:
         """Wait until every queued checkpoint and event is durable; raise what failed."""
         self._check_open()
         await self._writer.flush()
-        self._raise_event_errors()
-
-    def _raise_event_errors(self) -> None:
-        for run_id, error in self._event_errors.items():
-            if run_id in self._events:
-                raise error
+        error = self._events.error_of()
+        if error is not None:
+            raise error
 
     async def events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
@@ -393,49 +306,14 @@ class RunStore:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise UsageError(f"limit must be an int or None, got {limit!r}")
         await self._writer.flush()
-        error = self._event_errors.get(run_id)
-        if error is not None and run_id in self._events:
+        error = self._events.error_of(run_id)
+        if error is not None:
             raise error  # this run's queued events cannot be written: its history is partial
         if await self._storage.get(NS_TOMBSTONES, run_id) is not None:
             return []
         if limit is not None and limit <= 0:
             return []
-        stream = events_stream(run_id)
-        entry_after = await self._entry_before(stream, after + 1) if after else 0
-        found: list[tuple[int, Event]] = []
-        while True:
-            entries = await self._storage.read(stream, after=entry_after, limit=SCAN_PAGE)
-            for entry in entries:
-                batch = decode_event_batch(
-                    entry.payload, where=f"stream {stream} entry {entry.seq}"
-                )
-                for offset, event in enumerate(batch.events):
-                    number = batch.first + offset
-                    if number > after:
-                        found.append((number, event))
-                        if limit is not None and len(found) >= limit:
-                            return found
-            if len(entries) < SCAN_PAGE:
-                return found
-            entry_after = entries[-1].seq
-
-    async def _entry_before(self, stream: str, number: int) -> int:
-        """The sequence number just before the entry holding event ``number`` (binary search)."""
-        last = await self._last_entry(stream)
-        if last is None or await self._first_of(stream, 1) > number:
-            return 0
-        low, high = 1, last.seq  # the answer is the largest entry whose first is <= number
-        while low < high:
-            middle = (low + high + 1) // 2
-            if await self._first_of(stream, middle) <= number:
-                low = middle
-            else:
-                high = middle - 1
-        return low - 1
-
-    async def _first_of(self, stream: str, seq: int) -> int:
-        entry = (await self._storage.read(stream, after=seq - 1, limit=1))[0]
-        return decode_event_batch(entry.payload, where=f"stream {stream} entry {seq}").first
+        return await self._events.read(run_id, after=after, limit=limit)
 
     # --- leases ---------------------------------------------------------------------
 
@@ -447,11 +325,9 @@ class RunStore:
         two processes racing for a free run exactly one wins.
         """
         self._check_open()
-        _check_ttl(ttl_s)
+        check_ttl(ttl_s)
         check_name(run_id, what="run id")
-        if run_id not in self._events:
-            # Another process may have advanced the run since we last wrote its events.
-            self._next_event.pop(run_id, None)
+        self._events.forget(run_id)  # another process may have written its events meanwhile
         for _ in range(_LEASE_RACE_RETRIES):
             stored = await self._storage.get(NS_LEASES, run_id)
             now = self._clock()
@@ -459,7 +335,7 @@ class RunStore:
             if stored is not None:
                 lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
                 if lease.holder != holder and lease.expires_at > now:
-                    raise _held(run_id, lease)
+                    raise held_error(run_id, lease)
                 version = stored.version
             new = LeaseRecord(run_id=run_id, holder=holder, acquired_at=now, expires_at=now + ttl_s)
             try:
@@ -475,7 +351,7 @@ class RunStore:
     async def renew_lease(self, run_id: str, holder: str, *, ttl_s: float = 30.0) -> None:
         """Extend ``holder``'s lease by ``ttl_s`` from now; ``RunHeld`` if it was lost."""
         self._check_open()
-        _check_ttl(ttl_s)
+        check_ttl(ttl_s)
         check_name(run_id, what="run id")
         stored = await self._storage.get(NS_LEASES, run_id)
         if stored is None:
@@ -485,16 +361,16 @@ class RunStore:
             )
         lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
         if lease.holder != holder:
-            raise _held(run_id, lease)
+            raise held_error(run_id, lease)
         now = self._clock()
-        new = _extended(lease, expires_at=now + ttl_s)
+        new = extended(lease, expires_at=now + ttl_s)
         try:
             await self._storage.put(NS_LEASES, run_id, encode(new), if_version=stored.version)
         except ConflictError:
             current = await self._storage.get(NS_LEASES, run_id)
             if current is None:
                 raise RunHeld(f"run {run_id!r}: the lease of {holder!r} is gone") from None
-            raise _held(
+            raise held_error(
                 run_id, decode(current.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
             ) from None
 
@@ -535,7 +411,7 @@ class RunStore:
         """Cache ``result`` under ``key`` for ``ttl_s`` seconds (None: until deleted)."""
         self._check_open()
         if ttl_s is not None:
-            _check_ttl(ttl_s)
+            check_ttl(ttl_s)
         entry = CacheEntry(result=result, stored_at=self._clock())
         await self._storage.put(
             NS_CACHE, check_name(key, what="cache key"), encode(entry), ttl=ttl_s
@@ -575,7 +451,7 @@ class RunStore:
         if lease_stored is not None:
             lease = decode(lease_stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
             if lease.expires_at > self._clock():
-                raise _held(run_id, lease)
+                raise held_error(run_id, lease)
         await self._writer.flush()
         stored = await self._storage.get(NS_RUNS, run_id)
         existed = stored is not None
@@ -627,109 +503,3 @@ class RunStore:
         ):
             raise UsageError(f"keep_last must be an int >= 0, got {keep_last!r}")
         return await self._history.prune(older_than_s=older_than_s, keep_last=keep_last)
-
-
-class LeaseKeeper:
-    """Hold a run's lease while a block runs: acquire, renew every ttl/3, release.
-
-    If a renewal finds the lease lost (another process took the run over after a
-    stall longer than the TTL), the block must stop: by default the task that
-    entered is cancelled and the ``async with`` raises ``RunHeld``; pass
-    ``on_lost`` to handle it otherwise. A renewal that fails on a storage error
-    is retried at the next tick; the lease stays ours until it expires.
-    """
-
-    def __init__(
-        self,
-        store: RunStore,
-        run_id: str,
-        holder: str,
-        *,
-        ttl_s: float = 30.0,
-        on_lost: Callable[[RunHeld], None] | None = None,
-    ) -> None:
-        _check_ttl(ttl_s)
-        self._store = store
-        self._run_id = run_id
-        self._holder = holder
-        self._ttl = ttl_s
-        self._on_lost = on_lost
-        self._task: asyncio.Task[None] | None = None
-        self._owner: asyncio.Task[Any] | None = None
-        self.lost: RunHeld | None = None
-        """Set when a renewal found the lease taken."""
-        self.renewals = 0
-        """How many renewals succeeded."""
-
-    async def __aenter__(self) -> LeaseKeeper:
-        await self._store.acquire_lease(self._run_id, self._holder, ttl_s=self._ttl)
-        self._owner = asyncio.current_task()
-        self._task = asyncio.create_task(self._renew(), name=f"taskloom-lease-{self._run_id}")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # asyncio.wait never cancels ``task`` for us and lets our own cancellation through.
-            await asyncio.wait([task])
-        if self.lost is None:
-            try:
-                await self._store.release_lease(self._run_id, self._holder)
-            except StorageError:
-                logger.warning("could not release the lease of run %s; it expires", self._run_id)
-        if (
-            self.lost is not None
-            and self._on_lost is None
-            and isinstance(exc, asyncio.CancelledError)
-            and self._owner is not None
-            and self._owner.uncancel() == 0
-        ):
-            raise self.lost from None
-        return False
-
-    async def _renew(self) -> None:
-        interval = self._ttl / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._store.renew_lease(self._run_id, self._holder, ttl_s=self._ttl)
-            except RunHeld as exc:
-                self.lost = exc
-                if self._on_lost is not None:
-                    self._on_lost(exc)
-                elif self._owner is not None:
-                    self._owner.cancel()
-                return
-            except StorageError:
-                continue  # transient: the lease is still ours until it expires
-            self.renewals += 1
-
-
-def _extended(lease: LeaseRecord, *, expires_at: float) -> LeaseRecord:
-    """A copy of ``lease`` with a new expiry."""
-    return LeaseRecord(
-        run_id=lease.run_id,
-        holder=lease.holder,
-        acquired_at=lease.acquired_at,
-        expires_at=expires_at,
-    )
-
-
-def _held(run_id: str, lease: LeaseRecord) -> RunHeld:
-    return RunHeld(
-        f"run {run_id!r} is held by {lease.holder!r} until {lease.expires_at:.3f} "
-        "(epoch seconds); wait for it to finish or for the lease to expire, then resume",
-        holder=lease.holder,
-        expires_at=lease.expires_at,
-    )
-
-
-def _check_ttl(ttl_s: object) -> None:
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not (0 < ttl_s < 1e12):
-        raise UsageError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")

@@ -1,0 +1,190 @@
+"""The event log of runs: events queued per run, packed into one stream entry per commit.
+
+A run's stream ``run:{run_id}:events`` holds :class:`EventBatch` entries: all the
+events of that run recorded since the previous group commit, numbered from
+``first``. Event numbers are gapless from 1 per run, so readers see one event per
+number exactly as if each had its own entry, while a 10,000-item map's 20,000
+events cost about one append per commit instead of 20,000.
+
+To number a run's events, a process learns the run's event count once, from the
+stream's last entry (found with O(log n) one-entry reads); a new run starts at 1.
+Whoever takes a run's lease forgets what it knew, since another process may have
+written events meanwhile.
+"""
+
+from __future__ import annotations
+
+from taskloom.contracts import (
+    Append,
+    Event,
+    Op,
+    StorageAdapter,
+    StreamEntry,
+    TaskloomError,
+    ValueTooLarge,
+    check_name,
+)
+from taskloom.sdk._runrecords import (
+    decode_event_batch,
+    encode_event,
+    encode_event_batch,
+    events_stream,
+)
+
+ENTRY_BYTES = 512 * 1024
+"""Events of one run per stream entry, in JSON bytes, before a second entry is started."""
+
+MAX_EVENT_BYTES = 1024 * 1024
+"""Largest single event (an entry must stay under MAX_VALUE_BYTES)."""
+
+READ_PAGE = 1000
+"""Stream entries read per ``read`` call."""
+
+
+class EventLog:
+    """Queued events per run, handed to the group-commit writer as appends."""
+
+    def __init__(self, storage: StorageAdapter) -> None:
+        self._storage = storage
+        self._pending: dict[str, list[str]] = {}
+        """Encoded events per run, waiting for the next batch."""
+        self._next: dict[str, int] = {}
+        """The number the next event of a run gets."""
+        self._errors: dict[str, TaskloomError] = {}
+        """Why a run's queued events could not be collected (its stream could not be read)."""
+
+    # --- writing ----------------------------------------------------------------------
+
+    def add(self, event: Event) -> None:
+        """Queue ``event``; encoding now makes a bad event fail its emitter, not a batch."""
+        check_name(events_stream(event.run_id), what="event stream")
+        encoded = encode_event(event)
+        if len(encoded) > MAX_EVENT_BYTES:
+            raise ValueTooLarge(
+                f"a {type(event).__name__} event of run {event.run_id} is {len(encoded)} bytes "
+                f"of JSON; the limit is {MAX_EVENT_BYTES}: keep large data out of events",
+                size=len(encoded),
+                limit=MAX_EVENT_BYTES,
+            )
+        self._pending.setdefault(event.run_id, []).append(encoded)
+
+    def has_pending(self) -> bool:
+        """Whether events are waiting for a batch."""
+        return bool(self._pending)
+
+    def new_run(self, run_id: str) -> None:
+        """A run was just created: its stream is empty, no need to look."""
+        self._next.setdefault(run_id, 1)
+
+    def forget(self, run_id: str) -> None:
+        """Another process may have advanced the run: learn its event count again."""
+        if run_id not in self._pending:
+            self._next.pop(run_id, None)
+
+    def error_of(self, run_id: str | None = None) -> TaskloomError | None:
+        """Why queued events (of ``run_id``, or of any run) cannot be written, if so."""
+        for failed, error in self._errors.items():
+            if failed in self._pending and (run_id is None or failed == run_id):
+                return error
+        return None
+
+    async def collect(self) -> list[Op]:
+        """Turn the queued events into appends: one entry per run (more if very large).
+
+        If a run's event count cannot be learnt (the storage is down, the last entry
+        is damaged), that run's events stay queued and ``error_of`` says why; the
+        other runs' events go ahead.
+        """
+        ops: list[Op] = []
+        for run_id in list(self._pending):
+            stream = events_stream(run_id)
+            first = self._next.get(run_id)
+            if first is None:
+                try:
+                    first = await self._count(stream) + 1
+                except TaskloomError as exc:
+                    self._errors[run_id] = exc
+                    continue
+            self._errors.pop(run_id, None)
+            pending = self._pending.pop(run_id)
+            start = 0
+            while start < len(pending):
+                size, end = 0, start
+                while end < len(pending) and (end == start or size < ENTRY_BYTES):
+                    size += len(pending[end]) + 1
+                    end += 1
+                chunk = pending[start:end]
+                ops.append(Append(stream=stream, payload=encode_event_batch(first, chunk)))
+                first += len(chunk)
+                start = end
+            self._next[run_id] = first
+        return ops
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def read(self, run_id: str, *, after: int, limit: int | None) -> list[tuple[int, Event]]:
+        """Events numbered above ``after``, at most ``limit``, oldest first."""
+        stream = events_stream(run_id)
+        entry_after = await self._entry_before(stream, after + 1) if after else 0
+        found: list[tuple[int, Event]] = []
+        while True:
+            entries = await self._storage.read(stream, after=entry_after, limit=READ_PAGE)
+            for entry in entries:
+                batch = decode_event_batch(
+                    entry.payload, where=f"stream {stream} entry {entry.seq}"
+                )
+                for offset, event in enumerate(batch.events):
+                    number = batch.first + offset
+                    if number > after:
+                        found.append((number, event))
+                        if limit is not None and len(found) >= limit:
+                            return found
+            if len(entries) < READ_PAGE:
+                return found
+            entry_after = entries[-1].seq
+
+    async def _entry(self, stream: str, seq: int) -> StreamEntry | None:
+        entries = await self._storage.read(stream, after=seq - 1, limit=1)
+        return entries[0] if entries else None
+
+    async def _last_entry(self, stream: str) -> StreamEntry | None:
+        """The stream's last entry: an exponential probe, then a binary search."""
+        if await self._entry(stream, 1) is None:
+            return None
+        low, high = 1, 2  # entry ``low`` exists; find a ``high`` that does not
+        while await self._entry(stream, high) is not None:
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            if await self._entry(stream, middle) is not None:
+                low = middle
+            else:
+                high = middle
+        return await self._entry(stream, low)
+
+    async def _count(self, stream: str) -> int:
+        last = await self._last_entry(stream)
+        if last is None:
+            return 0
+        batch = decode_event_batch(last.payload, where=f"stream {stream} entry {last.seq}")
+        return batch.first + len(batch.events) - 1
+
+    async def _first_of(self, stream: str, seq: int) -> int:
+        entry = await self._entry(stream, seq)
+        if entry is None:
+            raise TaskloomError(f"stream {stream} lost entry {seq} while it was being read")
+        return decode_event_batch(entry.payload, where=f"stream {stream} entry {seq}").first
+
+    async def _entry_before(self, stream: str, number: int) -> int:
+        """The sequence number just before the entry holding event ``number``."""
+        last = await self._last_entry(stream)
+        if last is None or await self._first_of(stream, 1) > number:
+            return 0
+        low, high = 1, last.seq  # the answer is the largest entry whose first is <= number
+        while low < high:
+            middle = (low + high + 1) // 2
+            if await self._first_of(stream, middle) <= number:
+                low = middle
+            else:
+                high = middle - 1
+        return low - 1
