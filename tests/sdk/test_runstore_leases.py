@@ -181,3 +181,29 @@ async def test_lease_keeper_on_lost_callback() -> None:
                 break
             await asyncio.sleep(0.01)
     assert len(seen) == 1 and keeper.lost is seen[0]
+
+
+async def test_lease_keeper_survives_a_transient_storage_error() -> None:
+    """A renewal that fails on a storage error is retried at the next tick; the lease stays."""
+    from taskloom.adapters.memory import MemoryStorage
+    from taskloom.contracts import StorageUnavailable
+
+    storage = MemoryStorage()
+    store = RunStore(storage)
+    original_put = storage.put
+    failures = {"left": 1}
+
+    async def flaky_put(namespace: str, key: str, value: bytes, **kw: object) -> object:
+        if namespace == NS_LEASES and failures["left"] and await storage.get(namespace, key):
+            failures["left"] -= 1
+            raise StorageUnavailable("disk busy (injected)")
+        return await original_put(namespace, key, value, **kw)  # type: ignore[arg-type]
+
+    storage.put = flaky_put  # type: ignore[method-assign]
+    async with LeaseKeeper(store, "run1", "a", ttl_s=0.15) as keeper:
+        for _ in range(100):
+            if keeper.renewals >= 1:
+                break
+            await asyncio.sleep(0.02)
+    assert failures["left"] == 0
+    assert keeper.renewals >= 1 and keeper.lost is None
