@@ -126,10 +126,13 @@ def test_a_group_without_an_action_is_a_one_line_usage_error(cli: Any) -> None:
         (("show", "no-such-run"), 2, "no run 'no-such-run'"),
         (("events", "no-such-run"), 2, "no run 'no-such-run'"),
         (("cancel", "no-such-run"), 2, "no run 'no-such-run'"),
-        (("runs", "--limit", "x"), 2, "invalid int"),
+        (("runs", "--limit", "x"), 2, "not a whole number"),
         (("runs", "--status", "bogus"), 2, "invalid choice"),
         (("frobnicate",), 2, "invalid choice"),
         (("trust", "remove", "zzz"), 2, "no trusted key"),
+        (("runs", "--limit", "-1"), 2, "at least 1"),
+        (("audit", "show", "--limit", "0"), 2, "at least 1"),
+        (("run", "hello.json", "--executor", "nope"), 2, "unknown executor 'nope'"),
         (("sign", "nowhere", "--key", "k"), 2, "plugin.toml not found"),
         (("verify", "nowhere"), 2, "sign it first"),
     ],
@@ -274,3 +277,28 @@ def test_resume_of_an_unknown_run_ends(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert json.loads(done.stdout)["error"]["type"] == "RunNotFound"
     assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr
+
+
+FAKE_SUITE = """
+import argparse, json, pathlib
+parser = argparse.ArgumentParser()
+parser.add_argument("--output", type=pathlib.Path)
+parser.add_argument("--quick", action="store_true")
+args = parser.parse_args()
+print("a table for humans")
+args.output.mkdir(parents=True, exist_ok=True)
+(args.output / "results.json").write_text(json.dumps({"groups": ["fake"], "quick": args.quick}))
+"""
+
+
+def test_bench_json_is_one_document(cli: Any) -> None:
+    """bench --json: the suite's table goes to stderr, stdout holds its results.json."""
+    Path("pyproject.toml").write_text("[project]\nname = 'checkout'\n")
+    Path("benchmarks").mkdir()
+    Path("benchmarks/__init__.py").write_text("")
+    Path("benchmarks/__main__.py").write_text(FAKE_SUITE)
+    done = cli("bench", "--quick", "--json", "--output", "out")
+    assert done.code == 0, done.err
+    document = done.document()
+    assert document["results"] == {"groups": ["fake"], "quick": True}
+    assert Path(document["results_path"]) == Path("out/results.json").resolve()

@@ -153,13 +153,31 @@ async def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
             "taskloom bench runs from a taskloom checkout (the benchmarks are not installed "
             "with the package): clone the repository and run it there"
         )
-    command = [sys.executable, "-m", "benchmarks"]
+    output = Path(args.output).resolve() if args.output else root / "benchmarks" / "results"
+    command = [sys.executable, "-m", "benchmarks", "--output", str(output)]
     if args.quick:
         command.append("--quick")
-    if args.output:
-        command += ["--output", str(Path(args.output).resolve())]
-    process = await asyncio.create_subprocess_exec(*command, cwd=root)
-    return await process.wait()
+    # --json: the suite's table goes to stderr; stdout gets one document, its results.json
+    if ctx.out.json_mode:
+        process = await asyncio.create_subprocess_exec(
+            *command, cwd=root, stdout=asyncio.subprocess.PIPE
+        )
+        assert process.stdout is not None
+        async for line in process.stdout:
+            sys.stderr.write(line.decode("utf-8", "replace"))
+    else:
+        process = await asyncio.create_subprocess_exec(*command, cwd=root)
+    code = await process.wait()
+    if ctx.out.json_mode:
+        import json
+
+        results = output / "results.json"
+        try:
+            data = json.loads(results.read_text(encoding="utf-8")) if code == 0 else None
+        except (OSError, ValueError):
+            data = None
+        ctx.out.data({"exit_code": code, "results_path": str(results), "results": data})
+    return code
 
 
 async def _config_show(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -171,9 +189,12 @@ async def _config_show(args: argparse.Namespace, ctx: CliContext) -> int:
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, PipelineInvalid):
-        if len(exc.problems) == 1:
-            return f"pipeline is invalid: {exc.problems[0]}"
-        return text  # its lines are the list of problems: keep them all
+        problems = list(dict.fromkeys(str(problem) for problem in exc.problems))
+        if len(problems) == 1:
+            return f"pipeline is invalid: {problems[0]}"
+        # several problems: keep them all, one per line
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        return f"pipeline is invalid ({len(problems)} problems):\n{lines}"
     return text.splitlines()[0]
 
 

@@ -23,7 +23,7 @@ from taskloom.contracts import (
     UsageError,
     serde,
 )
-from taskloom.sdk._cli_context import CliContext
+from taskloom.sdk._cli_context import CliContext, positive_int
 from taskloom.sdk._cli_progress import Progress
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -540,7 +540,7 @@ def register(add: Callable[..., Any]) -> None:
     cmd = add("runs", "list runs, newest first", runs)
     cmd.add_argument("--status", choices=["pending", "running", *TERMINAL])
     cmd.add_argument("--pipeline", help="only runs of this pipeline name")
-    cmd.add_argument("--limit", type=int, default=20)
+    cmd.add_argument("--limit", type=positive_int, default=20, help="at most this many runs")
     cmd = add("show", "show one run: steps, outputs, usage, timings", show)
     cmd.add_argument("run_id")
     cmd = add(

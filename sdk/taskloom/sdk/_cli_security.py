@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from taskloom.contracts import Capabilities, UsageError
-from taskloom.sdk._cli_context import CliContext, passphrase
+from taskloom.sdk._cli_context import CliContext, passphrase, positive_int
 from taskloom.sdk._plugin_host import CODE_DIR, ENVELOPE_NAME, PluginHost, PluginSource, discover
 
 KEY_PASSPHRASE_ENV = "TASKLOOM_KEY_PASSPHRASE"
@@ -494,4 +494,4 @@ def register(
     audit_cmd = group("audit", "the tamper-evident audit log")
     add_to(audit_cmd, "verify", "check the audit log's hash chain", audit_verify)
     cmd = add_to(audit_cmd, "show", "show the latest audit entries", audit_show)
-    cmd.add_argument("--limit", type=int, default=50)
+    cmd.add_argument("--limit", type=positive_int, default=50, help="at most this many entries")
