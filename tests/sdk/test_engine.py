@@ -535,3 +535,25 @@ async def test_storage_errors_propagate_instead_of_failing_the_step() -> None:
     assert record.status == "failed"
     assert fake.total_calls == 0
     await engine.storage.aclose()
+
+
+async def test_known_secrets_are_masked_in_errors_events_and_records() -> None:
+    """With a redactor, secret values in executor errors never reach events or stored runs."""
+    from taskloom.contracts import MASK
+    from taskloom.security import Redactor
+
+    secret = "sk-very-secret-value-123456"
+    engine, fake = make_engine(redactor=Redactor([secret]))
+    fake.fail("p", InvalidRequest(f"the key {secret} was refused"))
+    seen: list[Any] = []
+    engine.bus.subscribe(seen.append)
+    async with engine:
+        with pytest.raises(StepFailed) as info:
+            await engine.run(pipeline({"id": "a", "prompt": "p"}))
+        await engine.bus.drain()
+        record = (await engine.runstore.list_runs())[0]
+        stored = await engine.runstore.events(record.run_id)
+    assert secret not in str(info.value) and MASK in str(info.value)
+    assert record.error is not None and secret not in record.error.message
+    assert all(secret not in repr(event) for event in seen)
+    assert all(secret not in repr(event) for _, event in stored)

@@ -81,6 +81,7 @@ class Engine:
         max_concurrency: int | None = None,
         default_retry: RetryPolicy | None = None,
         lease_ttl_s: float = 30.0,
+        redactor: Any = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
@@ -95,6 +96,9 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.default_retry = default_retry or RetryPolicy()
         self.lease_ttl_s = lease_ttl_s
+        self.redactor = redactor
+        """Masks known secret values in error texts (``taskloom.security.Redactor``, or any
+        object with ``redact(text) -> text``); None: texts are kept as they are."""
         self.clock = clock
         self.sleep = sleep
         self.random = random
@@ -173,6 +177,13 @@ class Engine:
         return engine
 
     # --- services for RunExecution ---------------------------------------------
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secret values the redactor knows masked."""
+        if self.redactor is None:
+            return text
+        redacted: str = self.redactor.redact(text)
+        return redacted
 
     def limits(self, executor_id: str) -> ExecutorLimits:
         """The concurrency and rate limits of one executor id (built on first use)."""

@@ -32,11 +32,16 @@ from taskloom.sdk._ratelimit import ExecutorLimits
 OnChunk = Callable[[CompletionChunk], None]
 
 
-def error_info(exc: BaseException) -> ErrorInfo:
-    """An exception as data for events and records."""
+def error_info(exc: BaseException, redact: Callable[[str], str] | None = None) -> ErrorInfo:
+    """An exception as data for events and records, its text passed through ``redact``.
+
+    Error texts leave the process (events, stored records, the CLI), so known
+    secret values are masked here, once, before anything can see them.
+    """
+    message = str(exc) or type(exc).__name__
     return ErrorInfo(
         type=type(exc).__name__,
-        message=str(exc) or type(exc).__name__,
+        message=redact(message) if redact is not None else message,
         retryable=isinstance(exc, RetryableError),
     )
 

@@ -129,7 +129,7 @@ class LeafRunner:
                     step_id=step_id,
                     attempt=attempt,
                     delay_s=delay,
-                    error=error_info(exc),
+                    error=error_info(exc, svc.redact),
                     item=item,
                 )
             )
@@ -312,7 +312,7 @@ class LeafRunner:
 
         Tokens spent by failed attempts (a reply that did not parse) still count.
         """
-        info = error_info(exc)
+        info = error_info(exc, self.svc.redact)
         keep_going = node.on_error == "continue"
         executor_id = node.executor_id if node.kind == "llm" else None
         self._account(usage, executor_id)

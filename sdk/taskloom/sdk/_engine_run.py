@@ -181,7 +181,7 @@ async def _finish(
     now = engine.clock()
     started = spec.record.started_at if spec.record is not None else None
     duration = now - (started if started is not None else now)
-    info = error_info(error) if error is not None else None
+    info = error_info(error, engine.redact) if error is not None else None
     if status == "succeeded":
         emit(RunSucceeded(run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage))
     elif status == "failed":
