@@ -4,6 +4,8 @@
 does the same for code without an event loop. ``load_pipeline`` and
 ``validate_pipeline`` check a pipeline before anything runs; ``ExecutorRegistry``
 holds the LLM executors; ``EventBus`` fans typed events out to subscribers.
+``RunStore`` keeps durable runs (history, retention, leases, the response
+cache); ``PluginHost`` verifies plugins and loads them from verified bytes.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 from taskloom.sdk._engine import Engine
 from taskloom.sdk._events_bus import EventBus, Subscription
 from taskloom.sdk._handle import RunHandle, RunResult
+from taskloom.sdk._plugin_host import PluginHost, PluginReport, PluginSource, discover
 from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings, register_executor_type
 from taskloom.sdk._retry import backoff_delay
+from taskloom.sdk._runrecords import RunRecord, RunStatus, StepRecord
+from taskloom.sdk._runstore import RunStore, cache_key, pipeline_digest
 from taskloom.sdk._sync import SyncEngine
 from taskloom.sdk._validate import load_pipeline, validate_pipeline
 
@@ -23,13 +28,23 @@ __all__ = [
     "EventBus",
     "ExecutorRegistry",
     "ExecutorSettings",
+    "PluginHost",
+    "PluginReport",
+    "PluginSource",
     "RunHandle",
+    "RunRecord",
     "RunResult",
+    "RunStatus",
+    "RunStore",
+    "StepRecord",
     "Subscription",
     "SyncEngine",
     "__version__",
     "backoff_delay",
+    "cache_key",
+    "discover",
     "load_pipeline",
+    "pipeline_digest",
     "register_executor_type",
     "validate_pipeline",
 ]

@@ -42,7 +42,9 @@ STORAGE_KINDS: dict[str, tuple[str, str] | None] = {
     "filesystem": ("taskloom.adapters.filesystem", "FileStorage"),
     "none": None,
 }
-_SECTIONS = ("engine", "storage", "secrets", "executors")
+_SECTIONS = ("engine", "storage", "secrets", "executors", "plugins", "keys")
+"""``plugins`` and ``keys`` belong to the CLI (``taskloom.sdk._cli_config``); an
+engine built from the same file ignores them."""
 _ENGINE_KEYS = ("max_concurrency", "lease_ttl_s")
 
 
