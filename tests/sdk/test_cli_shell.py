@@ -79,7 +79,8 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def test_shell_completes_runs_and_survives_errors(workdir: Path, tmp_path: Path) -> None:
-    """In a pty: Tab completes a command, a run shows its output, errors never end the shell,
+    """In a pty: Tab completes a command, a run shows its output, help COMMAND works, errors
+    (bad commands, bad quoting, a per-command --config, unknown runs) never end the shell,
     and history persists."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOOM_")}
     env.update(
@@ -106,6 +107,18 @@ def test_shell_completes_runs_and_survives_errors(workdir: Path, tmp_path: Path)
 
         term.send("frobnicate\r")
         term.expect(r"invalid choice")
+        term.expect(r"taskloom>")
+
+        term.send("help run\r")
+        term.expect(r"usage: taskloom run")
+        term.expect(r"taskloom>")
+
+        term.send('run "unbalanced\r')
+        term.expect(r"No closing quotation")
+        term.expect(r"taskloom>")
+
+        term.send("runs --config elsewhere.toml\r")
+        term.expect(r"fixed for a shell session")
         term.expect(r"taskloom>")
 
         term.send("show no-such-run\r")

@@ -143,7 +143,14 @@ async def _interruptible(command: Coroutine[Any, Any, int]) -> int | None:
 
 
 async def shell(args: argparse.Namespace, ctx: CliContext) -> int:
-    from taskloom.sdk._cli import EXIT_USAGE, Parser, build_parser, dispatch, report_error
+    from taskloom.sdk._cli import (
+        EXIT_USAGE,
+        CliUsageError,
+        Parser,
+        build_parser,
+        dispatch,
+        report_error,
+    )
 
     parser: Parser = build_parser()
     completer = ShellCompleter(parser, ctx)
@@ -167,17 +174,25 @@ async def shell(args: argparse.Namespace, ctx: CliContext) -> int:
             continue
         if line in EXIT_WORDS:
             break
-        if line in ("help", "?"):
-            parser.print_help()
-            continue
         try:
             words = shlex.split(line)
-            if words and words[0] == "taskloom":
-                words = words[1:]
-            if words and words[0] == "shell":
-                ctx.out.note("already in the shell")
-                continue
+        except ValueError as exc:  # unbalanced quotes
+            ctx.out.note(f"taskloom: error: {exc}")
+            continue
+        if words and words[0] == "taskloom":
+            words = words[1:]
+        if words and words[0] in ("help", "?"):
+            words = [*words[1:], "--help"]  # help COMMAND [ACTION]: that command's help
+        if words and words[0] == "shell":
+            ctx.out.note("already in the shell")
+            continue
+        try:
             parsed = parser.parse_args(words)
+            if getattr(parsed, "config", None) not in (None, args.config):
+                raise CliUsageError(
+                    "--config is fixed for a shell session: start another with "
+                    f"'taskloom --config {parsed.config} shell'"
+                )
             previous = ctx.out
             ctx.out = Output(json_mode=parsed.json, redactor=previous.redactor)
             try:
@@ -190,8 +205,6 @@ async def shell(args: argparse.Namespace, ctx: CliContext) -> int:
                 ctx.out.note(f"(exit {code})")
         except KeyboardInterrupt:
             ctx.out.note("interrupted")
-        except ValueError as exc:  # shlex: unbalanced quotes
-            ctx.out.note(f"taskloom: error: {exc}")
         except Exception as exc:
             from taskloom.sdk._cli import _ParserExit
 
