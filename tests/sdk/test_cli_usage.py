@@ -302,3 +302,45 @@ def test_bench_json_is_one_document(cli: Any) -> None:
     document = done.document()
     assert document["results"] == {"groups": ["fake"], "quick": True}
     assert Path(document["results_path"]) == Path("out/results.json").resolve()
+
+
+def test_ctrl_c_during_a_run_leaves_one_document_and_a_cancelled_run(tmp_path: Path) -> None:
+    """SIGINT while a run goes: exit 130, stdout one JSON document (cancelled, with the run id),
+    and the stored run is cancelled, so resume can continue it."""
+    import signal
+    import time
+
+    (tmp_path / "taskloom.toml").write_text(
+        '[executors.slow]\ntype = "scripted"\nlatency_s = 0.2\n'
+    )
+    steps = [{"id": f"s{i}", "prompt": f"step {i}"} for i in range(300)]
+    (tmp_path / "long.json").write_text(
+        json.dumps({"taskloom": "pipeline/v1", "name": "long", "steps": steps})
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOOM_")}
+    env["TASKLOOM_HOME"] = str(tmp_path / "home")
+    running = subprocess.Popen(
+        [sys.executable, "-m", "taskloom.sdk._cli", "run", "long.json", "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listed = _subprocess(tmp_path, "runs", "--json")
+            if listed.returncode == 0 and json.loads(listed.stdout):
+                break
+            time.sleep(0.2)
+        running.send_signal(signal.SIGINT)
+        out, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 130, err
+    document = json.loads(out)
+    assert document["status"] == "cancelled", out
+    shown = _subprocess(tmp_path, "show", document["run_id"], "--json")
+    assert json.loads(shown.stdout)["run"]["status"] == "cancelled"

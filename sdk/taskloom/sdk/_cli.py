@@ -287,6 +287,8 @@ def _main(argv: list[str], out: Output, debug: bool) -> int:
     except _ParserExit as exc:
         return exc.status
     except KeyboardInterrupt:
+        if out.json_mode and not out.documents:
+            out.data({"error": {"type": "Interrupted", "message": "interrupted (Ctrl-C)"}})
         sys.stderr.write("taskloom: interrupted\n")
         return 130
     except Exception as exc:

@@ -250,6 +250,11 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
             result = await _drive(ctx, handle, title=str(pipeline.get("name", args.pipeline)))
         except (KeyboardInterrupt, asyncio.CancelledError):
             handle.cancel()
+            _print_failure(
+                ctx,
+                handle.run_id,
+                RunCancelled(f"interrupted; 'taskloom resume {handle.run_id}' continues the run"),
+            )
             raise
         except RunHeld:
             return await _lost(ctx, handle.run_id)
