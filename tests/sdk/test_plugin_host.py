@@ -743,3 +743,35 @@ async def test_a_root_package_from_disk_blocks_loading(
     (report,) = await host.load(discover([tmp_path], entry_points=False))
     assert not report.loaded and "already imported" in (report.error or "")
     await host.aclose()
+
+
+async def test_broken_entry_points_are_reported_not_raised(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed distribution whose entry point names nothing loadable is reported as a
+    failed plugin; discovery and the other plugins go on."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "plainmod.py").write_text("X = 1\n")
+    dist = site / "broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[taskloom.plugins]\nempty = :x\nmissing = no_such_pkg_zz\nplain = plainmod\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    make_plugin(tmp_path / "dirs", "fine", {"fine.py": STEP_PLUGIN}, key)
+    sources = discover([tmp_path / "dirs"], entry_points=True)
+    broken = [
+        s
+        for s in sources
+        if s.origin in {f"entry point {n}" for n in ("empty", "missing", "plain")}
+    ]
+    assert len(broken) == 3
+    host, _, _ = await _host(trust)
+    reports = {r.source: r for r in await host.load([*broken, sources[0]])}
+    assert reports[str(tmp_path / "dirs" / "fine")].loaded
+    failed = [r for r in reports.values() if not r.loaded]
+    assert len(failed) == 3
+    assert all("names no installed plugin package" in (r.error or "") for r in failed)
+    await host.aclose()

@@ -75,6 +75,7 @@ class PluginSource:
 
     root: Path
     origin: str  # "directory" or "entry point <name>"
+    problem: str | None = None  # why it cannot load (a broken entry point), reported by load
 
     @property
     def installed(self) -> bool:
@@ -133,15 +134,36 @@ def discover(
             if child.is_dir() and not child.is_symlink() and (child / ENVELOPE_NAME).is_file():
                 sources.append(PluginSource(root=child, origin="directory"))
     if entry_points:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            top = ep.value.split(":")[0].split(".")[0]
-            spec = importlib.util.find_spec(top)
-            if spec is None or not spec.submodule_search_locations:
-                log.warning("entry point %s=%s names no package; skipped", ep.name, ep.value)
-                continue
-            root = Path(next(iter(spec.submodule_search_locations)))
-            sources.append(PluginSource(root=root, origin=f"entry point {ep.name}"))
+        sources.extend(_entry_point_source(ep) for ep in _plugin_entry_points())
     return sources
+
+
+def _plugin_entry_points() -> list[importlib.metadata.EntryPoint]:
+    try:
+        return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception as exc:  # broken metadata of some distribution: no entry-point plugins
+        log.warning("cannot read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
+        return []
+
+
+def _entry_point_source(ep: importlib.metadata.EntryPoint) -> PluginSource:
+    """The package directory an entry point names; a broken one becomes a reported failure."""
+    origin = f"entry point {ep.name}"
+    top = ep.value.split(":")[0].split(".")[0].strip()
+    try:
+        spec = importlib.util.find_spec(top) if top.isidentifier() else None
+    except (ImportError, ValueError) as exc:
+        spec, why = None, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "no such installed package" if spec is None else "a module, not a package"
+    if spec is None or not spec.submodule_search_locations:
+        return PluginSource(
+            root=Path(ep.value),
+            origin=origin,
+            problem=f"{origin} = {ep.value!r} names no installed plugin package ({why}); "
+            "reinstall or remove the distribution that declares it",
+        )
+    return PluginSource(root=Path(next(iter(spec.submodule_search_locations))), origin=origin)
 
 
 class PluginHost:
@@ -185,6 +207,8 @@ class PluginHost:
         """Verify one plugin; return its manifest, verified file bytes and signer key ids."""
         from taskloom.security import RollbackGuard, verify_plugin
 
+        if source.problem is not None:
+            raise PluginError(source.problem)
         try:
             envelope = source.envelope_path.read_bytes()
         except OSError as exc:
@@ -234,6 +258,8 @@ class PluginHost:
         version: int | None = None
         signers: frozenset[str] = frozenset()
         try:
+            if source.problem is not None:
+                raise PluginError(source.problem)
             try:
                 manifest, files, signers = await self.verify(source)
                 verified = True
