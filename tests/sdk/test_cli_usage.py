@@ -54,6 +54,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     work.mkdir()
     shutil.copy(EXAMPLES / "hello.json", work / "hello.json")
     shutil.copy(EXAMPLES / "map_documents.json", work / "map.json")
+    (work / "binary.dat").write_bytes(b"\xd0\x00\xff binary")
     monkeypatch.chdir(work)
 
     def run(*args: str, stdin: str | None = None) -> Done:
@@ -121,6 +122,8 @@ def test_a_group_without_an_action_is_a_one_line_usage_error(cli: Any) -> None:
         (("run", "hello.json", "-i", "novalue"), 2, "key=value"),
         (("run", "hello.json", "-i", "=x"), 2, "key=value"),
         (("run", "hello.json", "-i", "name=@nofile.txt"), 2, "cannot read nofile.txt"),
+        (("run", "hello.json", "-i", "name=@binary.dat"), 2, "not UTF-8 text"),
+        (("run", "hello.json", "-i", "name=@"), 2, "give a file after '@'"),
         (("run", "hello.json", "-i", "nobody=1"), 2, "unknown input"),
         (("run", "map.json", "-i", "documents=notjson"), 2, "give it as JSON"),
         (("show", "no-such-run"), 2, "no run 'no-such-run'"),

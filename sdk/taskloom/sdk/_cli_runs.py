@@ -90,10 +90,17 @@ def parse_inputs(items: list[str] | None, pipeline: dict[str, Any]) -> dict[str,
         if not sep or not key:
             raise UsageError(f"input {item!r} must look like key=value or key=@file")
         if raw.startswith("@"):
+            source = raw[1:]
+            if not source:
+                raise UsageError(f"input {key}: give a file after '@' ({key}=@FILE)")
             try:
-                raw = Path(raw[1:]).read_text(encoding="utf-8")
+                raw = Path(source).read_text(encoding="utf-8")
             except OSError as exc:
-                raise UsageError(f"input {key}: cannot read {raw[1:]}: {exc.strerror}") from exc
+                raise UsageError(f"input {key}: cannot read {source}: {exc.strerror}") from exc
+            except UnicodeDecodeError:
+                raise UsageError(
+                    f"input {key}: {source} is not UTF-8 text; inputs are text or JSON"
+                ) from None
         spec = declared.get(key) if isinstance(declared, dict) else None
         kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
         if kind == "string":
