@@ -347,3 +347,18 @@ def test_ctrl_c_during_a_run_leaves_one_document_and_a_cancelled_run(tmp_path: P
     assert document["status"] == "cancelled", out
     shown = _subprocess(tmp_path, "show", document["run_id"], "--json")
     assert json.loads(shown.stdout)["run"]["status"] == "cancelled"
+
+
+def test_sign_refuses_a_bytecode_cache(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signing a plugin whose src/ holds __pycache__ is refused with what to delete."""
+    monkeypatch.setenv("TASKLOOM_KEY_PASSPHRASE", "a long key passphrase")
+    shutil.copytree(EXAMPLES / "plugins" / "textkit", Path("textkit"))
+    (Path("textkit") / "taskloom-plugin.json").unlink()
+    cache = Path("textkit/src/__pycache__")
+    cache.mkdir()
+    (cache / "textkit.cpython-311.pyc").write_bytes(b"\x00")
+    generated = cli("keys", "generate", "me")
+    assert generated.code == 0, generated.err
+    done = cli("sign", "textkit", "--key", "me")
+    assert done.code == 2 and "__pycache__" in done.error_line()
+    assert not (Path("textkit") / "taskloom-plugin.json").exists()

@@ -161,6 +161,12 @@ async def sign(args: argparse.Namespace, ctx: CliContext) -> int:
 
     root = Path(args.plugin_dir)
     plugin, capabilities = _plugin_description(root)
+    caches = sorted((root / CODE_DIR).rglob("__pycache__"))
+    if caches:
+        raise UsageError(
+            f"{caches[0]} holds compiled bytecode, which would be signed as part of the plugin "
+            "(and never run: the host loads only .py sources): delete it and sign again"
+        )
     now = int(time.time())
     try:
         valid_days = int(plugin.get("valid_days", 365))
