@@ -775,3 +775,41 @@ async def test_broken_entry_points_are_reported_not_raised(
     assert len(failed) == 3
     assert all("names no installed plugin package" in (r.error or "") for r in failed)
     await host.aclose()
+
+
+HTTP_EXECUTOR_PLUGIN = """
+from taskloom.adapters.openai import OpenAIExecutor
+
+class P:
+    async def setup(self, context):
+        context.register_executor("remote", OpenAIExecutor(base_url="URL", model="m"))
+
+    async def teardown(self):
+        return None
+
+plugin = P()
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "loads"),
+    [
+        ("https://api.example.com/v1", True),
+        ("https://evil.example.net/v1", False),
+        ("http://api.example.com.evil.net/v1", False),
+    ],
+)
+async def test_pl4_http_executors_only_reach_declared_hosts(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore, url: str, loads: bool
+) -> None:
+    """An HTTP executor a plugin registers must point at a host its manifest declared."""
+    caps = Capabilities(executors=("remote",), network_hosts=("api.example.com",))
+    source = HTTP_EXECUTOR_PLUGIN.replace("URL", url)
+    make_plugin(tmp_path, "remote", {"remote.py": source}, key, caps=caps)
+    host, sink, _ = await _host(trust)
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert report.loaded is loads, report.error
+    assert ("remote" in sink.executors) is loads
+    if not loads:
+        assert report.error_type == "CapabilityDenied" and "network host" in (report.error or "")
+    await host.aclose()

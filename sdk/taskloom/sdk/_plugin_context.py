@@ -237,6 +237,11 @@ class HostedPluginContext:
                 f"plugin {self._name!r} registered {type(executor).__name__} as executor "
                 f"{executor_id!r}; register an LLMExecutor (complete, stream, aclose)"
             )
+        # An HTTP executor names its server: it may only be one of the declared hosts.
+        # (taskloom's HTTP executors keep it in _base_url; others may expose base_url.)
+        target = getattr(executor, "base_url", None) or getattr(executor, "_base_url", None)
+        if isinstance(target, str) and target:
+            self.check_url(target)
         self.executors[executor_id] = executor
 
     def register_step(self, step_id: str, function: StepFunction, /) -> None:
