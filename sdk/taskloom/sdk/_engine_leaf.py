@@ -45,6 +45,10 @@ from taskloom.sdk._template import Scope, TemplateRenderError
 _ZERO = Usage()
 
 
+def _always() -> bool:
+    return True
+
+
 class _Attempt:
     """What a leaf's attempts produced: the output, usage, and bookkeeping."""
 
@@ -64,10 +68,21 @@ class LeafRunner:
     the engine's services, the emit function and the token sums.
     """
 
-    def __init__(self, *, run_id: str, services: Any, emit: Callable[[Event], None]) -> None:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        services: Any,
+        emit: Callable[[Event], None],
+        item_starts_seen: Callable[[], bool] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.svc = services
         self.emit = emit
+        # Whether anyone can see the StepStarted of a map item right now (a handle's
+        # history or a bus subscriber; item starts are never stored). When no one can,
+        # a 10,000-item map skips building 10,000 events that would go nowhere.
+        self.item_starts_seen = item_starts_seen or _always
         # token sums per executor id as plain ints (None: steps without an executor);
         # Usage objects are built once, at the end, not per step
         self._tokens: dict[str | None, list[int]] = {}
@@ -165,13 +180,14 @@ class LeafRunner:
                 node, step_id, item, exc, state.attempts, started, state.usage
             )
         self._account(state.usage, executor_id)
+        now = svc.clock()
         self.emit(
             StepSucceeded(
                 run_id=self.run_id,
-                at=svc.clock(),
+                at=now,
                 step_id=step_id,
                 attempt=state.attempts,
-                duration_s=svc.clock() - started,
+                duration_s=now - started,
                 usage=state.usage,
                 item=item,
                 cached=state.cached,
@@ -186,6 +202,7 @@ class LeafRunner:
             started=started,
             executor_id=executor_id,
             cached=state.cached,
+            finished=now,
         )
         return state.output
 
@@ -217,11 +234,16 @@ class LeafRunner:
 
         async def attempt(number: int) -> None:
             state.attempts = number
-            self.emit(
-                StepStarted(
-                    run_id=self.run_id, at=svc.clock(), step_id=step_id, attempt=number, item=item
+            if item is None or self.item_starts_seen():
+                self.emit(
+                    StepStarted(
+                        run_id=self.run_id,
+                        at=svc.clock(),
+                        step_id=step_id,
+                        attempt=number,
+                        item=item,
+                    )
                 )
-            )
             if cache_key is not None and number == 1:
                 hit = await svc.runstore.cache_get(cache_key)
                 if hit is not None:
@@ -243,10 +265,19 @@ class LeafRunner:
                         return
             executor = svc.registry.peek(executor_id) or await svc.registry.get(executor_id)
             limits: ExecutorLimits = svc.limits(executor_id)
-            on_chunk = self._chunk_emitter(step_id, item) if node.stream else None
-            result = await call_executor(
-                node, executor, limits, request, svc.global_limit, on_chunk, step_id
-            )
+            if (
+                limits.plain
+                and not node.stream
+                and node.timeout_s is None
+                and (svc.global_limit is None)
+            ):
+                # nothing to wait for or time: the call itself (one coroutine frame less)
+                result = await executor.complete(request)
+            else:
+                on_chunk = self._chunk_emitter(step_id, item) if node.stream else None
+                result = await call_executor(
+                    node, executor, limits, request, svc.global_limit, on_chunk, step_id
+                )
             state.usage = result.usage if state.usage is _ZERO else state.usage + result.usage
             state.output = parse_reply(node, result)
             if cache_key is not None:
@@ -277,11 +308,16 @@ class LeafRunner:
 
         async def attempt(number: int) -> None:
             state.attempts = number
-            self.emit(
-                StepStarted(
-                    run_id=self.run_id, at=svc.clock(), step_id=step_id, attempt=number, item=item
+            if item is None or self.item_starts_seen():
+                self.emit(
+                    StepStarted(
+                        run_id=self.run_id,
+                        at=svc.clock(),
+                        step_id=step_id,
+                        attempt=number,
+                        item=item,
+                    )
                 )
-            )
             gate = svc.global_limit
             if gate is not None:
                 await gate.acquire()
@@ -363,12 +399,13 @@ class LeafRunner:
         executor_id: str | None = None,
         cached: bool = False,
         error: ErrorInfo | None = None,
+        finished: float | None = None,
     ) -> None:
         self.steps_done += 1
         store = self.svc.runstore
         if store is None:
             return
-        now = self.svc.clock()
+        now = finished if finished is not None else self.svc.clock()
         await store.record_step(
             StepRecord(
                 run_id=self.run_id,

@@ -79,6 +79,11 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
         if record_event is not None and _stored(event):
             record_event(event)
 
+    bus_wants = engine.bus.wants
+
+    def item_starts_seen() -> bool:
+        return history is not None or bus_wants(StepStarted, spec.run_id)
+
     started = engine.clock()
     execution: RunExecution | None = None
     lease: Any = contextlib.nullcontext()
@@ -97,6 +102,7 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
                 services=engine,
                 finished=spec.finished,
                 emit=emit,
+                item_starts_seen=item_starts_seen,
             )
             emit(
                 RunStarted(

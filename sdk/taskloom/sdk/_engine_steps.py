@@ -41,8 +41,11 @@ class RunExecution(LeafRunner):
         services: Any,
         finished: Mapping[tuple[str, int | None], Any],
         emit: Callable[[Event], None],
+        item_starts_seen: Callable[[], bool] | None = None,
     ) -> None:
-        super().__init__(run_id=run_id, services=services, emit=emit)
+        super().__init__(
+            run_id=run_id, services=services, emit=emit, item_starts_seen=item_starts_seen
+        )
         self.plan = plan
         self.finished = finished
         self.outputs: dict[str, Any] = {}

@@ -180,6 +180,20 @@ class EventBus:
     def _remove(self, sub: Subscription) -> None:
         self._subs = tuple(s for s in self._subs if s is not sub)
 
+    def wants(self, kind: type[Any], run_id: str) -> bool:
+        """Whether an event of class ``kind`` for ``run_id`` would reach any subscriber now.
+
+        Lets the engine skip building events nobody can observe (the start of each
+        map item when no one listens) instead of building and then dropping them.
+        """
+        for sub in self._subs:
+            if sub.types is not None and kind not in sub.types:
+                continue
+            if sub.run_id is not None and sub.run_id != run_id:
+                continue
+            return True
+        return False
+
     def emit(self, event: Event) -> None:
         """Queue ``event`` for every matching subscriber; never blocks, never raises."""
         for sub in self._subs:

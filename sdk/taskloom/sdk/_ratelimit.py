@@ -103,6 +103,8 @@ class ExecutorLimits:
             else None
         )
         self.active = bool(self.requests or self.tokens)
+        self.plain = self.semaphore is None and not self.active
+        """No slot to take and no rate to wait for: a call can go straight to the executor."""
 
     async def admit(self) -> None:
         """Wait until the rate limits allow one more call."""

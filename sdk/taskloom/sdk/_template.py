@@ -174,9 +174,15 @@ def refs(value: Any) -> Iterator[tuple[str, Ref]]:
 
 
 def to_text(value: Any) -> str:
-    """How a value is spliced into text: strings as they are, the rest as compact JSON."""
+    """How a value is spliced into text: strings as they are, the rest as compact JSON.
+
+    Plain ints (map items are often indexes or ids) skip the JSON encoder: their JSON
+    text is ``str(value)``. Exact type check: ``bool`` and int subclasses (enums) differ.
+    """
     if isinstance(value, str):
         return value
+    if type(value) is int:
+        return str(value)
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
