@@ -347,6 +347,7 @@ class SQLiteStorage:
         result: Record = await writer.submit(
             put_job if if_version is not None else upsert_job,
             (namespace, key, value, if_version, now, expires_at),
+            weight=1,
         )
         return result
 
@@ -357,7 +358,7 @@ class SQLiteStorage:
         check_if_version(if_version)
         writer = self._writer or await self._writer_for_call()
         result: bool = await writer.submit(
-            delete_job, (namespace, key, if_version, float(self._clock()))
+            delete_job, (namespace, key, if_version, float(self._clock())), weight=1
         )
         return result
 
@@ -367,7 +368,7 @@ class SQLiteStorage:
         check_value(payload, what="payload")
         writer = self._writer or await self._writer_for_call()
         result: StreamEntry = await writer.submit(
-            append_job, (stream, payload, float(self._clock()))
+            append_job, (stream, payload, float(self._clock())), weight=1
         )
         return result
 
@@ -378,7 +379,7 @@ class SQLiteStorage:
         if not checked:
             return CommitResult()
         result: CommitResult = await writer.submit(
-            commit_job, (checked, float(self._clock())), savepoint=True
+            commit_job, (checked, float(self._clock())), savepoint=True, weight=len(checked)
         )
         return result
 
