@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 import warnings
@@ -813,3 +814,20 @@ async def test_pl4_http_executors_only_reach_declared_hosts(
     if not loads:
         assert report.error_type == "CapabilityDenied" and "network host" in (report.error or "")
     await host.aclose()
+
+
+async def test_dev_mode_logs_every_unverified_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each unverified load is logged, even where the warnings filter shows a warning once."""
+    make_plugin(tmp_path, "draft2", {"draft2.py": STEP_PLUGIN}, None)
+    caplog.set_level(logging.WARNING, logger="taskloom.plugins")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("once")
+        for _ in range(2):
+            host, _, _ = await _host(TrustStore(), dev_mode=True)
+            (report,) = await host.load(discover([tmp_path], entry_points=False))
+            assert report.loaded and not report.verified
+            await host.aclose()
+    unverified = [r for r in caplog.records if "WITHOUT verification" in r.getMessage()]
+    assert len(unverified) == 2

@@ -142,6 +142,8 @@ async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
         for report in await host.load(discover(ctx.config.plugin_dirs)):
             if not report.loaded:
                 ctx.out.note(f"plugin {report.name} not loaded: {report.error}")
+            elif not report.verified:
+                ctx.out.note(f"plugin {report.name} loaded WITHOUT verification (development mode)")
         engine = Engine(
             storage=storage,
             registry=registry,

@@ -267,12 +267,14 @@ class PluginHost:
                 if not self._dev_mode:
                     raise
                 manifest, files = self._read_unverified(source)
-                warnings.warn(
+                text = (
                     f"development mode: loading plugin {manifest.name!r} from {source.root} "
-                    f"WITHOUT verification ({type(exc).__name__}: {exc})",
-                    UnsignedPluginWarning,
-                    stacklevel=2,
+                    f"WITHOUT verification ({type(exc).__name__}: {exc})"
                 )
+                # The warnings module shows a repeated warning once per place; the log line
+                # makes sure every unverified load is seen, as development mode promises.
+                warnings.warn(text, UnsignedPluginWarning, stacklevel=2)
+                log.warning("%s", text)
             name, version = manifest.name, manifest.version
             self._check_free(name, source)
             context = await self._set_up(name, manifest, files)
