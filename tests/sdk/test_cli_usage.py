@@ -362,3 +362,30 @@ def test_sign_refuses_a_bytecode_cache(cli: Any, monkeypatch: pytest.MonkeyPatch
     done = cli("sign", "textkit", "--key", "me")
     assert done.code == 2 and "__pycache__" in done.error_line()
     assert not (Path("textkit") / "taskloom-plugin.json").exists()
+
+
+def test_a_printing_plugin_cannot_corrupt_json_output(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin that prints in setup and in its step: --json stdout is still one document."""
+    monkeypatch.setenv("TASKLOOM_KEY_PASSPHRASE", "a long key passphrase")
+    shutil.copytree(EXAMPLES / "plugins" / "textkit", Path("plugins/textkit"))
+    (Path("plugins/textkit") / "taskloom-plugin.json").unlink()
+    code = Path("plugins/textkit/src/textkit.py")
+    code.write_text(
+        code.read_text().replace(
+            "    async def setup(self, context: Any) -> None:\n",
+            "    async def setup(self, context: Any) -> None:\n"
+            "        print('hello from the plugin')\n",
+        )
+    )
+    Path("taskloom.toml").write_text("[plugins]\ndirs = ['plugins']\ntrust = 'trust.json'\n")
+    shutil.copy(EXAMPLES / "plugin_pipeline.json", Path("pipeline.json"))
+    assert cli("keys", "generate", "me").code == 0
+    assert cli("sign", "plugins/textkit", "--key", "me").code == 0
+    assert cli("trust", "add", "me", "--plugins", "textkit").code == 0
+    listed = cli("plugins", "list", "--json")
+    assert listed.code == 0 and listed.document()[0]["loaded"] is True
+    assert "hello from the plugin" in listed.err
+    ran = cli("run", "pipeline.json", "-i", "text=a b b", "--json")
+    assert ran.code == 0 and ran.document()["status"] == "succeeded"

@@ -208,8 +208,12 @@ async def dispatch(args: argparse.Namespace, ctx: CliContext) -> int:
 async def run_command(args: argparse.Namespace, out: Output) -> int:
     config = load_config(getattr(args, "config", None))
     ctx = CliContext(config, out, debug=args.debug)
+    # With --json, stdout belongs to the one document (Output holds the real stream):
+    # anything else printing there -- a plugin's print(), a library -- goes to stderr.
+    quiet = contextlib.redirect_stdout(sys.stderr) if out.json_mode else contextlib.nullcontext()
     try:
-        return await dispatch(args, ctx)
+        with quiet:
+            return await dispatch(args, ctx)
     finally:
         await ctx.aclose()
 
