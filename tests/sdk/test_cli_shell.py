@@ -215,3 +215,41 @@ def test_completion_of_executor_ids_and_history_recall(workdir: Path, tmp_path: 
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
+
+
+def _completions(completer: object, text: str) -> list[str]:
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    found = completer.get_completions(Document(text), CompleteEvent())  # type: ignore[attr-defined]
+    return [c.text for c in found]
+
+
+def test_completer_offers_commands_actions_files_run_ids_and_executors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a terminal: each position completes from the right source."""
+    from taskloom.sdk._cli import build_parser
+    from taskloom.sdk._cli_config import load_config
+    from taskloom.sdk._cli_context import CliContext, Output
+    from taskloom.sdk._cli_shell import ShellCompleter
+
+    monkeypatch.setenv("TASKLOOM_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taskloom.toml").write_text('[executors.local]\ntype = "scripted"\n')
+    (tmp_path / "hello.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / "plugins").mkdir()
+    ctx = CliContext(load_config(), Output(json_mode=False))
+    completer = ShellCompleter(build_parser(), ctx)
+    completer.run_ids = ["0123abcd", "4567ef01"]
+    assert {"run", "show", "keys", "exit"} <= set(_completions(completer, ""))
+    assert _completions(completer, "ke") == ["keys"]
+    assert _completions(completer, "keys ") == ["generate", "list"]
+    assert _completions(completer, "secrets g") == ["get"]
+    assert _completions(completer, "show 01") == ["0123abcd"]
+    assert _completions(completer, "resume ") == ["0123abcd", "4567ef01"]
+    assert _completions(completer, "run ") == ["hello.json", "plugins/", "taskloom.toml"]
+    assert _completions(completer, "run hello.json --executor ") == ["local", "scripted"]
+    assert _completions(completer, "validate hello.json -e l") == ["local"]
+    assert "plugins/" in _completions(completer, "verify ")
