@@ -56,7 +56,7 @@ Job = tuple[JobFn, tuple[Any, ...], "asyncio.Future[Any]", bool, int]
 The weight is the number of operations the job writes, or ``THREAD_ONLY`` for jobs
 that must never run on the event loop (purges, vacuums, bulk deletes)."""
 
-INLINE_MAX_OPS = 16
+INLINE_MAX_OPS = 256
 """Largest batch (in operations) committed on the event loop instead of the thread."""
 
 THREAD_ONLY = 1 << 30
