@@ -831,3 +831,17 @@ async def test_dev_mode_logs_every_unverified_load(
             await host.aclose()
     unverified = [r for r in caplog.records if "WITHOUT verification" in r.getMessage()]
     assert len(unverified) == 2
+
+
+async def test_dev_mode_never_loads_a_plugin_signed_by_a_revoked_key(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """Revocation is explicit distrust: development mode does not override it."""
+    make_plugin(tmp_path, "revoked", {"revoked.py": STEP_PLUGIN}, key)
+    trust.revoke(key.key_id)
+    host, _, _ = await _host(trust, dev_mode=True)
+    with warnings.catch_warnings(record=True):
+        (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert not report.loaded and report.error_type == "KeyRevoked"
+    assert _plugin_modules("revoked") == []
+    await host.aclose()

@@ -171,7 +171,8 @@ class PluginHost:
 
     ``trust`` is a ``taskloom.security.TrustStore``; ``rollback`` a
     ``taskloom.security.RollbackGuard``. With ``dev_mode=True`` unsigned or
-    untrusted plugins load anyway, each time with an ``UnsignedPluginWarning``.
+    untrusted plugins load anyway, each time with an ``UnsignedPluginWarning`` (never
+    one signed by a revoked key).
     """
 
     def __init__(
@@ -264,7 +265,11 @@ class PluginHost:
                 manifest, files, signers = await self.verify(source)
                 verified = True
             except (SecurityError, PluginError) as exc:
-                if not self._dev_mode:
+                # A revoked key is explicit distrust, not a missing signature: development
+                # mode never overrides it.
+                from taskloom.security import KeyRevoked
+
+                if not self._dev_mode or isinstance(exc, KeyRevoked):
                     raise
                 manifest, files = self._read_unverified(source)
                 text = (
