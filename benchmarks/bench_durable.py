@@ -20,19 +20,18 @@ the table says so.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
+import functools
 import os
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
+from benchmarks import _timing
+from benchmarks._timing import make_row, median_spread
 from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import (
     CompletionChunk,
@@ -44,8 +43,6 @@ from taskloom.contracts import (
 )
 from taskloom.sdk._runrecords import StepRecord
 from taskloom.sdk._runstore import RunStore
-
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_durable.json"
 
 
 def _step(run_id: str, step_id: str, item: int | None) -> StepRecord:
@@ -64,35 +61,7 @@ def _step(run_id: str, step_id: str, item: int | None) -> StepRecord:
     )
 
 
-def _median_spread(samples: list[float]) -> tuple[float, float]:
-    median = statistics.median(samples)
-    spread = (max(samples) - min(samples)) / median if median else 0.0
-    return median, spread
-
-
-def _row(
-    name: str,
-    value: float,
-    unit: str,
-    baseline: float,
-    baseline_unit: str,
-    ratio: float,
-    target: str,
-    holds: bool | None,
-    spread: float,
-) -> dict[str, Any]:
-    return {
-        "group": "durable",
-        "name": name,
-        "value": round(value, 3),
-        "unit": unit,
-        "baseline": round(baseline, 3),
-        "baseline_unit": baseline_unit,
-        "ratio": round(ratio, 3),
-        "target": target,
-        "holds": holds,
-        "spread": round(spread, 3),
-    }
+_row = functools.partial(make_row, "durable", digits=3)
 
 
 # --- raw sqlite3 baseline -------------------------------------------------------------
@@ -165,11 +134,11 @@ async def bench_record_step(quick: bool, directory: str) -> list[dict[str, Any]]
             conc_rate.append(n_conc / elapsed)
             commits_per_1000.append((store.commits - before) / n_conc * 1000)
         await store.aclose()
-    seq, seq_spread = _median_spread(seq_us)
-    raw, _ = _median_spread(raw_us)
-    conc, conc_spread = _median_spread(conc_rate)
-    seq_r, _ = _median_spread(seq_rate)
-    per_k, _ = _median_spread(commits_per_1000)
+    seq, seq_spread = median_spread(seq_us)
+    raw, _ = median_spread(raw_us)
+    conc, conc_spread = median_spread(conc_rate)
+    seq_r, _ = median_spread(seq_rate)
+    per_k, _ = median_spread(commits_per_1000)
     print(f"  (500 concurrent writers: {per_k:.1f} commits per 1000 checkpoints)")
     return [
         _row(
@@ -178,10 +147,9 @@ async def bench_record_step(quick: bool, directory: str) -> list[dict[str, Any]]
             "us/record",
             raw,
             "us/insert raw sqlite3",
-            seq / raw,
-            "report",
-            None,
-            seq_spread,
+            ratio=seq / raw,
+            target="report",
+            spread=seq_spread,
         ),
         _row(
             "record_step 500 concurrent (SQLite)",
@@ -189,10 +157,9 @@ async def bench_record_step(quick: bool, directory: str) -> list[dict[str, Any]]
             "records/s",
             seq_r,
             "records/s sequential",
-            conc / seq_r,
-            "report",
-            None,
-            conc_spread,
+            ratio=conc / seq_r,
+            target="report",
+            spread=conc_spread,
         ),
     ]
 
@@ -293,11 +260,11 @@ async def bench_engine(quick: bool, directory: str) -> list[dict[str, Any]]:
         samples["sqlite"].append(sql_t / steps * 1e6)
         raw_us.append(raw)
     overhead = [s - n for s, n in zip(samples["sqlite"], samples["none"], strict=True)]
-    over, over_spread = _median_spread(overhead)
-    none_us, _ = _median_spread(samples["none"])
-    mem_us, _ = _median_spread(samples["memory"])
-    sql_us, sql_spread = _median_spread(samples["sqlite"])
-    raw, _ = _median_spread(raw_us)
+    over, over_spread = median_spread(overhead)
+    none_us, _ = median_spread(samples["none"])
+    mem_us, _ = median_spread(samples["memory"])
+    sql_us, sql_spread = median_spread(samples["sqlite"])
+    raw, _ = median_spread(raw_us)
     print(
         f"  (chain per step: no storage {none_us:.1f} us, MemoryStorage {mem_us:.1f} us, "
         f"SQLiteStorage {sql_us:.1f} us)"
@@ -309,10 +276,10 @@ async def bench_engine(quick: bool, directory: str) -> list[dict[str, Any]]:
             "us/step",
             raw,
             "us/insert raw sqlite3",
-            over / raw,
-            "<= 150 us/step",
-            over <= 150.0,
-            over_spread,
+            ratio=over / raw,
+            target="<= 150 us/step",
+            holds=over <= 150.0,
+            spread=over_spread,
         ),
         _row(
             "chain 1000 per step durable (SQLite)",
@@ -320,10 +287,9 @@ async def bench_engine(quick: bool, directory: str) -> list[dict[str, Any]]:
             "us/step",
             none_us,
             "us/step no durability",
-            sql_us / none_us,
-            "report",
-            None,
-            sql_spread,
+            ratio=sql_us / none_us,
+            target="report",
+            spread=sql_spread,
         ),
     ]
     items, concurrency, latency = 10_000, 500, 0.05
@@ -337,8 +303,8 @@ async def bench_engine(quick: bool, directory: str) -> list[dict[str, Any]]:
         async with SQLiteStorage(os.path.join(directory, f"map{rep}.db")) as storage:
             durable.append(await _run_engine(storage, fan, inputs, latency))
         plain.append(await _run_engine(None, fan, inputs, latency))
-    wall, wall_spread = _median_spread(durable)
-    plain_wall, _ = _median_spread(plain)
+    wall, wall_spread = median_spread(durable)
+    plain_wall, _ = median_spread(plain)
     print(f"  (map 10k without durability: {plain_wall:.3f} s)")
     rows.append(
         _row(
@@ -347,10 +313,10 @@ async def bench_engine(quick: bool, directory: str) -> list[dict[str, Any]]:
             "s",
             ideal,
             "s ideal",
-            wall / ideal,
-            "<= 1.25x ideal",
-            wall / ideal <= 1.25,
-            wall_spread,
+            ratio=wall / ideal,
+            target="<= 1.25x ideal",
+            holds=wall / ideal <= 1.25,
+            spread=wall_spread,
         )
     )
     return rows
@@ -368,28 +334,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    header = f"{'name':42} {'value':>12} {'unit':12} {'baseline':>12} {'unit':24} {'ratio':>7}"
-    print(header + f"  {'target':18} holds  spread")
-    for r in rows:
-        holds = "-" if r["holds"] is None else ("yes" if r["holds"] else "NO")
-        print(
-            f"{r['name']:42} {r['value']:>12.1f} {r['unit']:12} {r['baseline']:>12.1f} "
-            f"{r['baseline_unit']:24} {r['ratio']:>7.2f}  {r['target']:18} {holds:5}  "
-            f"{r['spread']:.2f}"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, under a minute")
-    args = parser.parse_args(argv)
-    rows = run(args.quick)
-    _print(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
-    return 0
+    """Print the table and write ``benchmarks/results/bench_durable.json``."""
+    return _timing.main("bench_durable", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import subprocess
@@ -34,11 +35,11 @@ from typing import Any
 
 import httpx
 
+from benchmarks import _timing
+from benchmarks._timing import make_row, median_spread
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.openai import OpenAIExecutor
 from taskloom.contracts import CompletionRequest, Message, Secret
-
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_executors.json"
 
 OPENAI_REPLY = json.dumps(
     {
@@ -125,11 +126,12 @@ class Server:
 
 # --- measurements ---------------------------------------------------------------------------
 
+_MESSAGES: Any = (  # attrs' converter confuses mypy
+    Message(role="system", content="You answer briefly."),
+    Message(role="user", content="What is a durable pipeline? Answer in one line."),
+)
 REQUEST = CompletionRequest(
-    messages=[
-        Message(role="system", content="You answer briefly."),
-        Message(role="user", content="What is a durable pipeline? Answer in one line."),
-    ],
+    messages=_MESSAGES,
     model="bench-model",
     temperature=0.0,
     max_tokens=64,
@@ -149,34 +151,7 @@ ANTHROPIC_BODY = {
 }
 
 
-def _median_spread(samples: list[float]) -> tuple[float, float]:
-    median = statistics.median(samples)
-    spread = (max(samples) - min(samples)) / median if median else 0.0
-    return median, spread
-
-
-def _row(
-    name: str,
-    value: float,
-    unit: str,
-    baseline: float,
-    baseline_unit: str,
-    target: str,
-    holds: bool | None,
-    spread: float,
-) -> dict[str, Any]:
-    return {
-        "group": "executors",
-        "name": name,
-        "value": round(value, 3),
-        "unit": unit,
-        "baseline": round(baseline, 3),
-        "baseline_unit": baseline_unit,
-        "ratio": round(value / baseline, 3),
-        "target": target,
-        "holds": holds,
-        "spread": round(spread, 3),
-    }
+_row = functools.partial(make_row, "executors", digits=3)
 
 
 def _executor(protocol: str, url: str) -> OpenAIExecutor | AnthropicExecutor:
@@ -234,17 +209,17 @@ async def _overhead(protocol: str, url: str, calls: int, repeats: int) -> dict[s
     finally:
         await client.aclose()
         await executor.aclose()
-    value, spread = _median_spread(executor_us)
-    raw, _ = _median_spread(raw_us)
+    value, spread = median_spread(executor_us)
+    raw, _ = median_spread(raw_us)
     return _row(
         f"{protocol} complete overhead",
         value,
         "us/call",
         raw,
         "us/call raw httpx",
-        "<= 1.1x raw httpx",
-        value / raw <= 1.1,
-        spread,
+        target="<= 1.1x raw httpx",
+        holds=value / raw <= 1.1,
+        spread=spread,
     )
 
 
@@ -288,8 +263,8 @@ async def _fan_out(url: str, calls: int, concurrency: int, repeats: int) -> dict
     finally:
         await client.aclose()
         await executor.aclose()
-    wall, spread = _median_spread(walls)
-    raw_wall, _ = _median_spread(raw_walls)
+    wall, spread = median_spread(walls)
+    raw_wall, _ = median_spread(raw_walls)
     print(f"  (fan-out: raw httpx wall {raw_wall:.3f} s for the same {calls} calls)")
     return _row(
         f"{calls} calls, concurrency {concurrency}, 50 ms server",
@@ -297,9 +272,9 @@ async def _fan_out(url: str, calls: int, concurrency: int, repeats: int) -> dict
         "s wall",
         ideal,
         "s ideal",
-        "<= 1.5x ideal",
-        wall / ideal <= 1.5,
-        spread,
+        target="<= 1.5x ideal",
+        holds=wall / ideal <= 1.5,
+        spread=spread,
     )
 
 
@@ -326,32 +301,15 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return asyncio.run(_bench(quick))
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    header = f"{'name':44} {'value':>10} {'unit':9} {'baseline':>10} {'unit':18} {'ratio':>7}"
-    print(header + f"  {'target':18} holds  spread")
-    for r in rows:
-        holds = "-" if r["holds"] is None else ("yes" if r["holds"] else "NO")
-        print(
-            f"{r['name']:44} {r['value']:>10.3f} {r['unit']:9} {r['baseline']:>10.3f} "
-            f"{r['baseline_unit']:18} {r['ratio']:>7.3f}  {r['target']:18} {holds:5}  "
-            f"{r['spread']:.2f}"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, under a minute")
+    """Print the table and write the JSON; ``--serve DELAY`` is the child's server."""
+    parser = _timing.parser(__doc__)
     parser.add_argument("--serve", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
         asyncio.run(_serve(args.serve))
         return 0
-    rows = run(args.quick)
-    _print(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
-    return 0
+    return _timing.report("bench_executors", run, args.quick)
 
 
 if __name__ == "__main__":

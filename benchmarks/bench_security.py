@@ -32,8 +32,8 @@ by call after a warm-up; ``spread`` is (max - min) / median of the medians of
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import statistics
@@ -44,6 +44,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from benchmarks import _timing
+from benchmarks._timing import make_row, median_spread
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import Capabilities
 from taskloom.security import (
@@ -58,41 +60,12 @@ from taskloom.security import (
     verify_plugin,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_security.json"
 NOW = 1_800_000_000
 FILES = 50
 FILE_BYTES = 4096
 
 
-def _median_spread(samples: list[float]) -> tuple[float, float]:
-    median = statistics.median(samples)
-    spread = (max(samples) - min(samples)) / median if median else 0.0
-    return median, spread
-
-
-def _row(
-    name: str,
-    value: float,
-    unit: str,
-    baseline: float,
-    baseline_unit: str,
-    ratio: float,
-    target: str,
-    holds: bool | None,
-    spread: float,
-) -> dict[str, Any]:
-    return {
-        "group": "security",
-        "name": name,
-        "value": round(value, 3),
-        "unit": unit,
-        "baseline": round(baseline, 3),
-        "baseline_unit": baseline_unit,
-        "ratio": round(ratio, 3),
-        "target": target,
-        "holds": holds,
-        "spread": round(spread, 3),
-    }
+_row = functools.partial(make_row, "security", digits=3)
 
 
 def _make_plugin(root: Path, file_bytes: int = FILE_BYTES) -> tuple[bytes, TrustStore]:
@@ -184,10 +157,10 @@ async def _bench_verify(
         size = len(values) // chunks
         return [statistics.median(values[i : i + size]) for i in range(0, size * chunks, size)]
 
-    m, m_spread = _median_spread(chunked(samples["ours"]))
-    k, k_spread = _median_spread(chunked(samples["kept"]))
-    s, s_spread = _median_spread(chunked(samples["streamed"]))
-    c, c_spread = _median_spread(chunked(samples["compute"]))
+    m, m_spread = median_spread(chunked(samples["ours"]))
+    k, k_spread = median_spread(chunked(samples["kept"]))
+    s, s_spread = median_spread(chunked(samples["streamed"]))
+    c, c_spread = median_spread(chunked(samples["compute"]))
     name = f"verify_plugin {FILES} files x {file_bytes // 1024} KiB"
     main = file_bytes == FILE_BYTES
     rows = [
@@ -197,10 +170,10 @@ async def _bench_verify(
             "us",
             k * 1e6,
             "us raw verify + read + sha256, bytes kept",
-            m / k,
-            "<= 1.2x raw" if main else "- (information)",
-            (m / k <= 1.2) if main else None,
-            max(m_spread, k_spread),
+            ratio=m / k,
+            target="<= 1.2x raw" if main else "- (information)",
+            holds=(m / k <= 1.2) if main else None,
+            spread=max(m_spread, k_spread),
         )
     ]
     if main:
@@ -211,10 +184,9 @@ async def _bench_verify(
                 "us",
                 s * 1e6,
                 "us raw verify + read + sha256, bytes dropped",
-                m / s,
-                "- (information)",
-                None,
-                max(m_spread, s_spread),
+                ratio=m / s,
+                target="- (information)",
+                spread=max(m_spread, s_spread),
             ),
             _row(
                 "raw compute only (no file reads)",
@@ -222,10 +194,9 @@ async def _bench_verify(
                 "us",
                 k * 1e6,
                 "us raw verify + read + sha256, bytes kept",
-                c / k,
-                "- (information)",
-                None,
-                c_spread,
+                ratio=c / k,
+                target="- (information)",
+                spread=c_spread,
             ),
         ]
     return rows
@@ -260,8 +231,8 @@ async def _bench_audit(quick: bool) -> list[dict[str, Any]]:
             hashlib.sha256(payload).hexdigest()
             json.loads(payload)
         raw_times.append(time.perf_counter() - start)
-    v, v_spread = _median_spread(verify_times)
-    r, _ = _median_spread(raw_times)
+    v, v_spread = median_spread(verify_times)
+    r, _ = median_spread(raw_times)
     return [
         _row(
             "audit append",
@@ -269,10 +240,9 @@ async def _bench_audit(quick: bool) -> list[dict[str, Any]]:
             "entries/s",
             raw_append_rate,
             "entries/s raw storage append",
-            append_rate / raw_append_rate,
-            "- (information)",
-            None,
-            0.0,
+            ratio=append_rate / raw_append_rate,
+            target="- (information)",
+            spread=0.0,
         ),
         _row(
             f"audit verify ({count} entries)",
@@ -280,10 +250,9 @@ async def _bench_audit(quick: bool) -> list[dict[str, Any]]:
             "entries/s",
             count / r,
             "entries/s raw sha256 + json.loads",
-            r / v,
-            "- (information)",
-            None,
-            v_spread,
+            ratio=r / v,
+            target="- (information)",
+            spread=v_spread,
         ),
     ]
 
@@ -301,31 +270,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         return asyncio.run(bench(Path(directory)))
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    print(
-        f"{'figure':38} {'value':>12} {'unit':10} {'baseline':>12} {'baseline unit':32} "
-        f"{'ratio':>7}  {'target':16} holds  spread"
-    )
-    for r in rows:
-        holds = "-" if r["holds"] is None else ("yes" if r["holds"] else "NO")
-        print(
-            f"{r['name']:38} {r['value']:>12.1f} {r['unit']:10} {r['baseline']:>12.1f} "
-            f"{r['baseline_unit']:32} {r['ratio']:>7.3f}  {r['target']:16} {holds:5}  "
-            f"{r['spread']:.2f}"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="short run (under a minute)")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    rows = run(args.quick)
-    _print(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS} in {time.perf_counter() - start:.1f} s")
-    return 0
+    """Print the table and write ``benchmarks/results/bench_security.json``."""
+    return _timing.main("bench_security", __doc__, run, argv)
 
 
 if __name__ == "__main__":

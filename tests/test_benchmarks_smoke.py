@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `pytest` (unlike `python -m pytest`) does not add the checkout
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import _chart, _suite  # noqa: E402
+from benchmarks import _chart, _suite, _timing  # noqa: E402
 from benchmarks.__main__ import main  # noqa: E402
 
 MACHINE_KEYS = {"date", "cpu_count", "python", "platform"}
@@ -180,3 +180,43 @@ def test_peer_rows_say_skipped_when_langgraph_cannot_be_imported(
         assert row["group"] == "peer"
         assert row["value"] is None
         assert row["target"] == "skipped: install taskloom[bench]"
+
+
+def test_make_row_rounds_and_computes_the_ratio_only_when_it_can() -> None:
+    """make_row gives every suite key, rounds to the digits asked, and leaves a ratio of 0 out."""
+    row = _timing.make_row("g", "n", 2.0 / 3, "s", 1 / 3, "s raw", digits=3, spread=0.12345)
+    assert set(row) == set(_suite.ROW_KEYS)
+    assert (row["value"], row["baseline"], row["ratio"], row["spread"]) == (
+        0.667,
+        0.333,
+        2.0,
+        0.123,
+    )
+    given = _timing.make_row("g", "n", 5.0, "s", 2.0, "s", ratio=1.23456, digits=2, ratio_digits=3)
+    assert given["ratio"] == 1.235
+    empty = _timing.make_row("g", "n", None, "-", 0.0, "-", spread=None)
+    assert (empty["value"], empty["ratio"], empty["spread"]) == (None, None, None)
+
+
+def test_median_spread_is_the_median_and_range_over_median() -> None:
+    """The spread is (max - min) / median, and 0 when the median is 0."""
+    assert _timing.median_spread([1.0, 2.0, 4.0]) == (2.0, 1.5)
+    assert _timing.median_spread([0.0, 0.0]) == (0.0, 0.0)
+
+
+def test_group_main_passes_quick_prints_every_row_and_writes_the_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """_timing.main runs the group with --quick, prints each row and writes <name>.json."""
+    monkeypatch.setattr(_timing, "RESULTS_DIR", tmp_path)
+    seen: list[bool] = []
+
+    def run(quick: bool) -> list[dict[str, object]]:
+        seen.append(quick)
+        return [_timing.make_row("g", "a row", 1.5, "s", None, "none", spread=None)]
+
+    assert _timing.main("bench_fake", "Fake group.", run, ["--quick"]) == 0
+    assert seen == [True]
+    assert "a row" in capsys.readouterr().out
+    data = json.loads((tmp_path / "bench_fake.json").read_text())
+    assert data == {"quick": True, "rows": [run(True)[0]]}
