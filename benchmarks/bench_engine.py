@@ -31,13 +31,10 @@ other by filling one store. Validation has its own row (``validate + compile``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
 import gc
-import json
-import statistics
 import sys
 import tempfile
 import time
@@ -46,47 +43,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _timing
+from benchmarks._timing import Row, make_row, median_spread, samples, timed
 from taskloom.adapters.scripted import ScriptedExecutor
 from taskloom.contracts import CompletionRequest, Message, Pipeline, serde
 from taskloom.sdk import Engine, ExecutorRegistry, load_pipeline
 
 GROUP = "engine"
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_engine.json"
 LATENCY = 0.05
-Row = dict[str, Any]
 
 
-def _row(
-    name: str,
-    value: float,
-    unit: str,
-    baseline: float,
-    baseline_unit: str,
-    *,
-    ratio: float | None = None,
-    target: str = "report",
-    holds: bool | None = None,
-    spread: float = 0.0,
-) -> Row:
-    if ratio is None:
-        ratio = value / baseline if baseline else 0.0
-    return {
-        "group": GROUP,
-        "name": name,
-        "value": round(value, 3),
-        "unit": unit,
-        "baseline": round(baseline, 3),
-        "baseline_unit": baseline_unit,
-        "ratio": round(ratio, 3),
-        "target": target,
-        "holds": holds,
-        "spread": round(spread, 3),
-    }
-
-
-def _median(samples: list[float]) -> tuple[float, float]:
-    median = statistics.median(samples)
-    return median, ((max(samples) - min(samples)) / median if median else 0.0)
+_row = functools.partial(make_row, GROUP, target="report", digits=3)
 
 
 # --- shapes ---------------------------------------------------------------------------
@@ -147,10 +114,8 @@ async def _engine(executor: ScriptedExecutor, storage: str, folder: Path) -> Asy
 
 
 async def _timed(run: Callable[[], Awaitable[Any]]) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    await run()
-    return time.perf_counter() - start
+    gc.collect()  # a collection left over from the last run is not this run's cost
+    return await timed(run)
 
 
 # --- raw baselines ----------------------------------------------------------------------
@@ -236,8 +201,8 @@ async def runstore_per_step(steps: int) -> float:
 async def bench_runstore_share(quick: bool, chain_row: Row) -> Row:
     """The RunStore's part of the durable chain's overhead, measured alone in the same run."""
     steps = 1000
-    value, spread = _median(
-        await _samples(functools.partial(runstore_per_step, steps), 3 if quick else 7)
+    value, spread = median_spread(
+        await samples(functools.partial(runstore_per_step, steps), 3 if quick else 7)
     )
     return _row(
         "RunStore alone per chain step (record_step + 2 events), MemoryStorage",
@@ -268,8 +233,8 @@ async def bench_validate(quick: bool) -> Row:
         start = time.perf_counter()
         serde.structure(data, Pipeline)
         structure.append(time.perf_counter() - start)
-    value, spread = _median(validate)
-    base, _ = _median(structure)
+    value, spread = median_spread(validate)
+    base, _ = median_spread(structure)
     return _row(
         "validate + compile a 1000-step pipeline (once per pipeline)",
         value / steps * 1e6,
@@ -280,19 +245,14 @@ async def bench_validate(quick: bool) -> Row:
     )
 
 
-async def _samples(measure: Callable[[], Awaitable[float]], repeats: int) -> list[float]:
-    await measure()  # warm-up
-    return [await measure() for _ in range(repeats)]
-
-
 async def bench_chain(quick: bool, folder: Path, storage: str, target_us: float) -> Row:
     steps = 1000
     repeats = 3 if quick else 7
     raw_executor = ScriptedExecutor()
-    engine_times = await _samples(lambda: engine_chain(steps, storage, folder), repeats)
-    raw_times = await _samples(lambda: raw_chain(raw_executor, steps), repeats)
-    engine_s, spread = _median(engine_times)
-    raw_s, _ = _median(raw_times)
+    engine_times = await samples(lambda: engine_chain(steps, storage, folder), repeats)
+    raw_times = await samples(lambda: raw_chain(raw_executor, steps), repeats)
+    engine_s, spread = median_spread(engine_times)
+    raw_s, _ = median_spread(raw_times)
     overhead_us = (engine_s - raw_s) / steps * 1e6
     label = {"none": "no storage", "memory": "MemoryStorage", "sqlite": "SQLiteStorage"}[storage]
     return _row(
@@ -314,12 +274,12 @@ async def bench_map(
     repeats = 1 if quick else 5
     ideal = -(-items // concurrency) * LATENCY
     raw_executor = ScriptedExecutor(latency_s=LATENCY)
-    engine_times = await _samples(
+    engine_times = await samples(
         lambda: engine_map(items, concurrency, LATENCY, storage, folder), repeats
     )
-    raw_times = await _samples(lambda: raw_fan_out(raw_executor, items, concurrency), repeats)
-    engine_s, spread = _median(engine_times)
-    raw_s, raw_spread = _median(raw_times)
+    raw_times = await samples(lambda: raw_fan_out(raw_executor, items, concurrency), repeats)
+    engine_s, spread = median_spread(engine_times)
+    raw_s, raw_spread = median_spread(raw_times)
     label = "durable SQLiteStorage" if storage == "sqlite" else "MemoryStorage"
     name = f"map {items} x 50 ms @{concurrency}"
     rows = [
@@ -378,11 +338,11 @@ async def bench_scaling(quick: bool, folder: Path) -> list[Row]:
     repeats = 1 if quick else 3
     raw_executor = ScriptedExecutor()
     for size in (100, 1000, 10_000):
-        engine_s, spread = _median(
-            await _samples(functools.partial(engine_chain, size, "memory", folder), repeats)
+        engine_s, spread = median_spread(
+            await samples(functools.partial(engine_chain, size, "memory", folder), repeats)
         )
-        raw_s, _ = _median(
-            await _samples(functools.partial(raw_chain, raw_executor, size), repeats)
+        raw_s, _ = median_spread(
+            await samples(functools.partial(raw_chain, raw_executor, size), repeats)
         )
         rows.append(
             _row(
@@ -395,11 +355,11 @@ async def bench_scaling(quick: bool, folder: Path) -> list[Row]:
             )
         )
     for size in (100, 1000, 10_000):
-        engine_s, spread = _median(
-            await _samples(functools.partial(engine_map, size, 100, 0.0, "memory", folder), repeats)
+        engine_s, spread = median_spread(
+            await samples(functools.partial(engine_map, size, 100, 0.0, "memory", folder), repeats)
         )
-        raw_s, _ = _median(
-            await _samples(functools.partial(raw_fan_out, raw_executor, size, 100), repeats)
+        raw_s, _ = median_spread(
+            await samples(functools.partial(raw_fan_out, raw_executor, size, 100), repeats)
         )
         rows.append(
             _row(
@@ -445,27 +405,11 @@ def run(quick: bool) -> list[Row]:
     return asyncio.run(_all(quick))
 
 
-def _print(rows: list[Row]) -> None:
-    print(f"{'benchmark':<64} {'value':>10} {'baseline':>10} {'ratio':>7}  target / holds")
-    for row in rows:
-        holds = "" if row["holds"] is None else ("  yes" if row["holds"] else "  NO")
-        print(
-            f"{row['name']:<64} {row['value']:>10.3f} {row['baseline']:>10.3f} "
-            f"{row['ratio']:>7.3f}  {row['target']}{holds}"
-        )
-        print(f"{'':<64} {row['unit']:>10} / {row['baseline_unit']} (spread {row['spread']})")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (under a minute)")
-    args = parser.parse_args(argv)
-    rows = run(args.quick)
-    _print(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
-    return 0
+    """Print the table and write ``benchmarks/results/bench_engine.json``."""
+    return _timing.main(
+        "bench_engine", __doc__, run, argv, quick_help="fewer repeats (under a minute)"
+    )
 
 
 if __name__ == "__main__":
