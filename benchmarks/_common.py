@@ -1,59 +1,21 @@
-"""What the suite's own benchmark modules share: statistics, rows, and taskloom's shapes.
+"""taskloom's shapes and raw baselines, shared by the scaling group and the LangGraph peer.
 
 The shapes (a chain of zero-latency LLM steps, a ``map`` over a list) are built
 once here so that the scaling group and the LangGraph peer measure exactly the
 same pipelines. Timing covers ``engine.run`` only: the engine is open and the
 pipeline is loaded before the clock starts, as LangGraph's graph is compiled
-before its clock starts.
+before its clock starts. Statistics, rows and the command line are in ``_timing``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from typing import Any
 
 from taskloom.adapters.scripted import ScriptedExecutor
 from taskloom.contracts import CompletionRequest, Message, Pipeline, StorageAdapter
 from taskloom.sdk import Engine, ExecutorRegistry, load_pipeline
-
-Row = dict[str, Any]
-
-
-def median_spread(samples: list[float]) -> tuple[float, float]:
-    """The median and the relative spread (max - min) / median, as the group modules use."""
-    median = statistics.median(samples)
-    return median, ((max(samples) - min(samples)) / median if median else 0.0)
-
-
-def make_row(
-    group: str,
-    name: str,
-    value: float | None,
-    unit: str,
-    baseline: float | None,
-    baseline_unit: str,
-    *,
-    target: str = "-",
-    holds: bool | None = None,
-    spread: float | None = 0.0,
-) -> Row:
-    """One result row in the shape every group module returns (ratio = value / baseline)."""
-    ratio = value / baseline if value is not None and baseline else None
-    return {
-        "group": group,
-        "name": name,
-        "value": None if value is None else round(value, 4),
-        "unit": unit,
-        "baseline": None if baseline is None else round(baseline, 4),
-        "baseline_unit": baseline_unit,
-        "ratio": None if ratio is None else round(ratio, 4),
-        "target": target,
-        "holds": holds,
-        "spread": None if spread is None else round(spread, 3),
-    }
-
 
 # --- taskloom's shapes ------------------------------------------------------------------
 

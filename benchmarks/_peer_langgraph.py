@@ -32,14 +32,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
-from benchmarks._common import (
-    Row,
-    TaskloomBench,
-    chain_pipeline,
-    make_row,
-    map_pipeline,
-    median_spread,
-)
+from benchmarks._common import TaskloomBench, chain_pipeline, map_pipeline
+from benchmarks._timing import Row, make_row, median_spread
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import StorageAdapter

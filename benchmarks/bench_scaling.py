@@ -24,31 +24,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _timing
 from benchmarks._common import (
-    Row,
     TaskloomBench,
     chain_pipeline,
-    make_row,
     map_pipeline,
-    median_spread,
     raw_chain_seconds,
     raw_gather_seconds,
 )
 from benchmarks._memory import current_rss_mib, peak_rss_mib
+from benchmarks._timing import Row, make_row, median_spread
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import StorageAdapter
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_scaling.json"
 SCALES = (100, 1_000, 10_000)
 LATENCY_S = 0.05
 GROUP = "scaling"
@@ -206,8 +202,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, no SQLite chain")
+    parser = _timing.parser(__doc__, "fewer repeats, no SQLite chain")
     parser.add_argument("--peak", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak:
@@ -216,18 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown --peak kind {kind!r}")
         print(f"{asyncio.run(_peak_run(kind, int(size))):.3f}")
         return 0
-    start = time.perf_counter()
-    rows = run(args.quick)
-    for r in rows:
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        print(
-            f"{r['name']:58} {r['value']:>12,.3f} {r['unit']:8} {r['baseline']:>12,.3f} "
-            f"{r['baseline_unit']:26} {ratio:>7}"
-        )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS} in {time.perf_counter() - start:.1f} s")
-    return 0
+    return _timing.report("bench_scaling", run, args.quick)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,7 @@ puts shared each transaction.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import random
 import sqlite3
 import statistics
@@ -53,10 +51,10 @@ from typing import Any
 
 import aiosqlite
 
+from benchmarks import _timing
+from benchmarks._timing import make_row, median_spread
 from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import Put, StorageAdapter
-
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_storage.json"
 
 VALUE = b"v" * 200
 WRITERS = 100
@@ -121,11 +119,6 @@ def _factories() -> dict[str, Factory | None]:
 # --- measuring ---------------------------------------------------------------------
 
 
-def _median_spread(samples: list[float]) -> tuple[float, float]:
-    median = statistics.median(samples)
-    return median, ((max(samples) - min(samples)) / median if median else 0.0)
-
-
 async def _rate(batch: Callable[[], Awaitable[int]], budget: float, repeats: int) -> list[float]:
     """Operations per second of ``batch`` (which returns how many it did), per repeat."""
     await batch()  # warm-up
@@ -155,21 +148,23 @@ def _row(
     group: str = "storage",
 ) -> dict[str, Any]:
     """One figure: medians of value and baseline, the median of the paired ratios."""
-    value, spread = _median_spread(samples)
-    base, _ = _median_spread(baseline)
+    value, spread = median_spread(samples)
+    base, _ = median_spread(baseline)
     ratio = statistics.median(ratios) if ratios else 0.0
-    return {
-        "group": group,
-        "name": name,
-        "value": round(value, 2),
-        "unit": unit,
-        "baseline": round(base, 2),
-        "baseline_unit": baseline_unit,
-        "ratio": round(ratio, 3),
-        "target": target,
-        "holds": None if floor is None else ratio >= floor,
-        "spread": round(spread, 3),
-    }
+    return make_row(
+        group,
+        name,
+        value,
+        unit,
+        base,
+        baseline_unit,
+        ratio=ratio,
+        target=target,
+        holds=None if floor is None else ratio >= floor,
+        spread=spread,
+        digits=2,
+        ratio_digits=3,
+    )
 
 
 # --- raw sqlite3 baselines -----------------------------------------------------------
@@ -572,32 +567,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         return asyncio.run(_bench(quick, Path(directory)))
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    print(
-        f"{'figure':40} {'value':>11} {'unit':8} {'baseline':>11} {'baseline unit':32} "
-        f"{'ratio':>7}  {'target':26} holds  spread"
-    )
-    for r in rows:
-        holds = "-" if r["holds"] is None else ("yes" if r["holds"] else "NO")
-        value = f"{r['value']:>11,.1f}" if r["value"] >= 10 else f"{r['value']:>11.3g}"
-        print(
-            f"{r['name']:40} {value} {r['unit']:8} {r['baseline']:>11,.1f} "
-            f"{r['baseline_unit']:32} {r['ratio']:>7.3f}  {r['target']:26} {holds:5}  "
-            f"{r['spread']:.2f}"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="short run (under a minute)")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    rows = run(args.quick)
-    _print(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS} in {time.perf_counter() - start:.1f} s")
-    return 0
+    """Print the table and write ``benchmarks/results/bench_storage.json``."""
+    return _timing.main("bench_storage", __doc__, run, argv)
 
 
 if __name__ == "__main__":
