@@ -133,6 +133,7 @@ def test_a_group_without_an_action_is_a_one_line_usage_error(cli: Any) -> None:
         (("runs", "--status", "bogus"), 2, "invalid choice"),
         (("frobnicate",), 2, "invalid choice"),
         (("trust", "remove", "zzz"), 2, "no trusted key"),
+        (("trust", "add", "nokey", "--plugins", "x"), 2, "no public key 'nokey'"),
         (("runs", "--limit", "-1"), 2, "at least 1"),
         (("audit", "show", "--limit", "0"), 2, "at least 1"),
         (("run", "hello.json", "--executor", "nope"), 2, "unknown executor 'nope'"),

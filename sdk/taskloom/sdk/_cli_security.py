@@ -263,6 +263,11 @@ async def trust_add(args: argparse.Namespace, ctx: CliContext) -> int:
     path = Path(args.public_key)
     if not path.is_file():
         path = _key_paths(ctx, args.public_key)[1]
+    if not path.is_file():
+        raise UsageError(
+            f"no public key {args.public_key!r} (neither a file nor {path}): give the "
+            "publisher's .pub file, or a key name from 'taskloom keys list'"
+        )
     key = load_public_key(path)
     trust = ctx.trust()
     trust.add_key(key, plugins=args.plugins, label=args.label or path.stem)
