@@ -249,6 +249,8 @@ def test_secret_values_never_reach_output_or_errors(
     assert value not in cli("secrets", "get", "api", "--json").out
     assert cli("secrets", "get", "api", "--reveal", "--json").document()["value"] == value
     assert value not in cli("audit", "show", "--json").out
+    assert cli("secrets", "get", "nope").code == 2  # an unknown name, like an unknown run id
+    assert "invalid secret name" in cli("secrets", "get", "bad name!").error_line()
 
 
 def _subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

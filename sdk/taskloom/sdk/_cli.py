@@ -26,6 +26,7 @@ from taskloom.contracts import (
     PipelineChanged,
     PipelineInvalid,
     RunNotFound,
+    SecretNotFound,
     TaskloomError,
     UsageError,
 )
@@ -62,7 +63,14 @@ class _ParserExit(Exception):
         self.status = status
 
 
-USAGE_ERRORS = (UsageError, PipelineInvalid, PipelineChanged, RunNotFound, InvalidSecretName)
+USAGE_ERRORS = (
+    UsageError,
+    PipelineInvalid,
+    PipelineChanged,
+    RunNotFound,
+    SecretNotFound,
+    InvalidSecretName,
+)
 """Errors that mean the command line named something wrong: exit code 2."""
 
 
