@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from benchmarks import _timing
-from benchmarks._timing import make_row, median_spread
+from benchmarks._timing import make_row, median_spread, timed
 from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import (
     CompletionChunk,
@@ -105,9 +105,7 @@ async def _record_concurrent(store: RunStore, run_id: str, n: int, writers: int)
         for step in it:
             await store.record_step(step)
 
-    start = time.perf_counter()
-    await asyncio.gather(*(writer() for _ in range(writers)))
-    return time.perf_counter() - start
+    return await timed(lambda: asyncio.gather(*(writer() for _ in range(writers))))
 
 
 async def bench_record_step(quick: bool, directory: str) -> list[dict[str, Any]]:

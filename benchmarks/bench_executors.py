@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from benchmarks import _timing
-from benchmarks._timing import make_row, median_spread
+from benchmarks._timing import make_row, median_spread, timed
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.openai import OpenAIExecutor
 from taskloom.contracts import CompletionRequest, Message, Secret
@@ -234,9 +234,7 @@ async def _fan_out(url: str, calls: int, concurrency: int, repeats: int) -> dict
             for _ in remaining:
                 await executor.complete(REQUEST)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - start
+        return await timed(lambda: asyncio.gather(*(worker() for _ in range(concurrency))))
 
     async def raw_wave(client: httpx.AsyncClient, endpoint: str) -> float:
         remaining = iter(range(calls))
@@ -245,9 +243,7 @@ async def _fan_out(url: str, calls: int, concurrency: int, repeats: int) -> dict
             for _ in remaining:
                 (await client.post(endpoint, json=OPENAI_BODY)).json()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - start
+        return await timed(lambda: asyncio.gather(*(worker() for _ in range(concurrency))))
 
     executor = OpenAIExecutor(
         base_url=f"{url}/v1", api_key=Secret("sk-bench"), max_connections=concurrency
