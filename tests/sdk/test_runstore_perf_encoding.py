@@ -1,0 +1,98 @@
+"""The fast encoders of checkpoints and events write exactly what the converter would."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskloom.contracts import (
+    EVENT_TYPES,
+    ErrorInfo,
+    Event,
+    StepStarted,
+    StepSucceeded,
+    Usage,
+    UsageError,
+)
+from taskloom.contracts.serde import converter
+from taskloom.sdk._runrecords import StepRecord, encode, encode_event
+
+_json: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+steps = st.builds(
+    StepRecord,
+    run_id=st.text("abcdef0123456789", min_size=1, max_size=12),
+    step_id=st.text(min_size=1, max_size=8),
+    item=st.none() | st.integers(0, 10**6),
+    status=st.sampled_from(["succeeded", "failed"]),
+    output=_json,
+    error=st.none() | st.builds(ErrorInfo, type=st.text(max_size=10), message=st.text(max_size=20)),
+    usage=st.builds(
+        Usage, prompt_tokens=st.integers(0, 10**6), completion_tokens=st.integers(0, 10**6)
+    ),
+    executor=st.none() | st.text(max_size=8),
+    attempts=st.integers(0, 9),
+    started_at=st.floats(min_value=0, max_value=4e9),
+    finished_at=st.floats(min_value=0, max_value=4e9),
+    cached=st.booleans(),
+)
+
+
+def _generic(record: StepRecord) -> bytes:
+    data = converter.unstructure(record)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@given(steps)
+def test_step_record_bytes_equal_the_converters(record: StepRecord) -> None:
+    """encode(StepRecord) is byte for byte the converter's JSON of the record."""
+    assert encode(record) == _generic(record)
+
+
+def test_step_record_that_is_not_json_is_refused() -> None:
+    """A non-JSON output still fails with UsageError on the fast path."""
+    record = StepRecord(
+        run_id="r", step_id="s", output={"x": {1, 2}}, started_at=1.0, finished_at=2.0
+    )
+    with pytest.raises(UsageError):
+        encode(record)
+    nan = StepRecord(run_id="r", step_id="s", output=float("nan"), started_at=1.0, finished_at=2.0)
+    with pytest.raises(UsageError):
+        encode(nan)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        StepStarted(run_id="r", at=1.0, step_id="s"),
+        StepStarted(run_id="r", at=1.0, step_id="s", attempt=3, item=7),
+        StepSucceeded(
+            run_id="r",
+            at=2.5,
+            step_id="s",
+            duration_s=0.25,
+            usage=Usage(prompt_tokens=4, completion_tokens=9),
+            item=2,
+            cached=True,
+        ),
+    ],
+)
+def test_event_text_equals_the_converters(event: Any) -> None:
+    """encode_event writes exactly the converter's tagged form of the event."""
+    expected = converter.unstructure(event, unstructure_as=Event)
+    assert expected["type"] in EVENT_TYPES
+    assert encode_event(event) == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
