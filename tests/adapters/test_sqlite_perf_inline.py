@@ -12,7 +12,17 @@ import pytest
 
 import taskloom.adapters._sqlite_writer as writer_module
 from taskloom.adapters.sqlite import SQLiteStorage
-from taskloom.contracts import Append, Check, ConflictError, Put, StorageUnavailable
+from taskloom.contracts import (
+    MAX_VALUE_BYTES,
+    Append,
+    Check,
+    ConflictError,
+    InvalidKey,
+    Put,
+    StorageUnavailable,
+    UsageError,
+    ValueTooLarge,
+)
 
 
 def _committing_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -157,3 +167,17 @@ async def test_writes_queued_before_close_are_committed(tmp_path: Path) -> None:
         assert (await task).version == 1
     async with SQLiteStorage(path, purge_interval_s=None) as again:
         assert len(await again.scan("ns")) == 5
+
+
+async def test_plain_put_fast_path_keeps_its_checks(tmp_path: Path) -> None:
+    """A put without ttl or if_version still refuses oversize values, non-bytes and bad keys."""
+    async with SQLiteStorage(tmp_path / "db.sqlite", purge_interval_s=None) as storage:
+        with pytest.raises(ValueTooLarge):
+            await storage.put("ns", "big", b"x" * (MAX_VALUE_BYTES + 1))
+        with pytest.raises(UsageError):
+            await storage.put("ns", "text", "not bytes")  # type: ignore[arg-type]
+        with pytest.raises(InvalidKey):
+            await storage.put("ns", "", b"v")
+        assert await storage.scan("ns") == []
+        record = await storage.put("ns", "ok", b"v")
+        assert (record.version, record.expires_at) == (1, None)
