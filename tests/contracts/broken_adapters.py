@@ -400,7 +400,7 @@ BROKEN_STORAGE: dict[str, tuple[type[WrappedStorage], str]] = {
 
 def _fast_settings(base: settings) -> settings:
     """No shrinking and no example database: we only need to know that it fails."""
-    return settings(base, phases=[Phase.explicit, Phase.generate], database=None)
+    return settings(base, phases=[Phase.explicit, Phase.generate], database=None, derandomize=True)
 
 
 def storage_suite(wrapper: Callable[[MemoryStorage], StorageAdapter]) -> StorageConformance:
