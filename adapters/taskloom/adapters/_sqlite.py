@@ -1,7 +1,8 @@
 """``SQLiteStorage``: the embedded, durable StorageAdapter on one SQLite file.
 
-Writes go through a single writer thread that commits every write queued at the
-moment it wakes in one transaction (group commit, see ``_sqlite_writer``);
+Writes go through a single writer that commits every write queued at the moment
+it runs in one transaction (group commit, see ``_sqlite_writer``): small batches
+on the event loop itself, without a thread hop, larger ones on its own thread;
 reads go in parallel on aiosqlite connections, one round trip each. The database
 runs in WAL mode so that readers never wait for the writer, and write
 transactions begin IMMEDIATE under a busy timeout, so another process sharing
@@ -87,8 +88,9 @@ class SQLiteStorage:
     Open with ``await SQLiteStorage.open(path)`` or ``async with
     SQLiteStorage(path) as storage``; a method called first also opens it.
 
-    Writes from all tasks are committed together by one writer thread (group
-    commit): a write returns once the transaction holding it is committed, so a
+    Writes from all tasks are committed together by one writer (group commit;
+    small batches on the event loop, large ones on the writer's thread): a write
+    returns once the transaction holding it is committed, so a
     returned write survives a killed process. A write whose caller is cancelled
     while it waits may still be committed, as with any database. Reads run on
     ``readers`` aiosqlite connections (one round trip each) and never wait for
