@@ -309,7 +309,11 @@ class Engine:
         history = History()
 
         async def go() -> RunResult:
-            spec = await self._resume_spec(run_id, pipeline, history)
+            try:
+                spec = await self._resume_spec(run_id, pipeline, history)
+            except BaseException:
+                history.close()  # iterators of handle.events() must end, not wait forever
+                raise
             if isinstance(spec, RunResult):
                 history.close()
                 return spec
