@@ -10,8 +10,8 @@ IMMEDIATE`` transaction, and hands all outcomes back to the loop with a single
 ``call_soon_threadsafe``. No writer task sits on the event loop: a write costs the
 loop only a queue put and a future.
 
-Small batches skip the thread. A write that finds the writer thread parked
-schedules one callback on the event loop (``call_soon``): when it runs, every
+Small batches skip the thread. A write schedules one callback on the event loop
+(``call_soon``, unless one is scheduled already): when it runs, every
 write queued by then (all the tasks that were ready in the same loop round) is
 committed right there, in the same kind of transaction, if the batch holds at most
 ``INLINE_MAX_OPS`` operations. A sequential chain of checkpoints then pays one
@@ -164,8 +164,12 @@ class Writer:
                 outcomes: list[_Outcome] = []
                 while pending:
                     job = pending.popleft()
-                    if job is not None:
-                        outcomes.append((job[2], job[0] is _stop_marker, closed))
+                    if job is None:
+                        continue
+                    if job[0] is _stop_marker:
+                        outcomes.append((job[2], True, None))
+                    else:
+                        outcomes.append((job[2], False, closed))
                 _deliver(outcomes)
                 return
             budget = INLINE_MAX_OPS
