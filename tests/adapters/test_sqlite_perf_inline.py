@@ -181,3 +181,20 @@ async def test_plain_put_fast_path_keeps_its_checks(tmp_path: Path) -> None:
         assert await storage.scan("ns") == []
         record = await storage.put("ns", "ok", b"v")
         assert (record.version, record.expires_at) == (1, None)
+
+
+async def test_large_values_are_written_on_the_writer_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value of several MiB weighs more than the inline limit: the thread writes it."""
+    seen = _committing_threads(monkeypatch)
+    async with SQLiteStorage(tmp_path / "db.sqlite", purge_interval_s=None) as storage:
+        await storage.put("ns", "small", b"v")
+        await storage.put("ns", "large", b"x" * MAX_VALUE_BYTES)
+        await storage.commit([Append(stream="s", payload=b"y" * MAX_VALUE_BYTES)])
+        stored = await storage.get("ns", "large")
+        assert stored is not None and len(stored.value) == MAX_VALUE_BYTES
+        assert len((await storage.read("s"))[0].payload) == MAX_VALUE_BYTES
+    main = threading.main_thread().name
+    assert seen[0] == main
+    assert seen[1] != main and seen[2] != main

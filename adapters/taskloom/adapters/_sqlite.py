@@ -55,8 +55,10 @@ from taskloom.adapters._sqlite_schema import (
 from taskloom.adapters._sqlite_writer import Writer
 from taskloom.contracts import (
     MAX_VALUE_BYTES,
+    Append,
     CommitResult,
     Op,
+    Put,
     Record,
     StorageError,
     StreamEntry,
@@ -72,6 +74,24 @@ __all__ = ["SQLiteStorage"]
 _LOG = logging.getLogger("taskloom.adapters.sqlite")
 
 _PURGE_CHUNK = 1000
+
+_BYTES_PER_OP_BITS = 14
+"""Every 16 KiB of data written counts as one more operation towards the writer's
+inline limit, so a batch of large values is committed on the writer thread instead
+of holding up the event loop (see ``_sqlite_writer``)."""
+
+
+def _weight(ops: Sequence[Op]) -> int:
+    """A commit's weight for the writer: its operations, plus one per 16 KiB of data."""
+    size = 0
+    for op in ops:
+        if isinstance(op, Put):
+            size += len(op.value)
+        elif isinstance(op, Append):
+            size += len(op.payload)
+    return len(ops) + (size >> _BYTES_PER_OP_BITS)
+
+
 _PRUNE_PAGE = 1000
 
 
@@ -346,7 +366,9 @@ class SQLiteStorage:
                 check_value(value)
             writer = self._writer or await self._writer_for_call()
             plain: Record = await writer.submit(
-                upsert_job, (namespace, key, value, None, float(self._clock()), None), weight=1
+                upsert_job,
+                (namespace, key, value, None, float(self._clock()), None),
+                weight=1 + (len(value) >> _BYTES_PER_OP_BITS),
             )
             return plain
         check_value(value)
@@ -359,7 +381,7 @@ class SQLiteStorage:
         result: Record = await writer.submit(
             put_job if if_version is not None else upsert_job,
             (namespace, key, value, if_version, now, expires_at),
-            weight=1,
+            weight=1 + (len(value) >> _BYTES_PER_OP_BITS),
         )
         return result
 
@@ -380,7 +402,9 @@ class SQLiteStorage:
         check_value(payload, what="payload")
         writer = self._writer or await self._writer_for_call()
         result: StreamEntry = await writer.submit(
-            append_job, (stream, payload, float(self._clock())), weight=1
+            append_job,
+            (stream, payload, float(self._clock())),
+            weight=1 + (len(payload) >> _BYTES_PER_OP_BITS),
         )
         return result
 
@@ -391,7 +415,7 @@ class SQLiteStorage:
         if not checked:
             return CommitResult()
         result: CommitResult = await writer.submit(
-            commit_job, (checked, float(self._clock())), savepoint=True, weight=len(checked)
+            commit_job, (checked, float(self._clock())), savepoint=True, weight=_weight(checked)
         )
         return result
 

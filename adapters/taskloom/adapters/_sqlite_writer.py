@@ -13,8 +13,9 @@ loop only a queue put and a future.
 Small batches skip the thread. A write schedules one callback on the event loop
 (``call_soon``, unless one is scheduled already): when it runs, every
 write queued by then (all the tasks that were ready in the same loop round) is
-committed right there, in the same kind of transaction, if the batch holds at most
-``INLINE_MAX_OPS`` operations. A sequential chain of checkpoints then pays one
+committed right there, in the same kind of transaction, if the batch weighs at
+most ``INLINE_MAX_OPS`` (one per operation, plus one per 16 KiB of data written,
+so large values never hold up the loop). A sequential chain of checkpoints then pays one
 SQLite transaction per step (about 20 µs) instead of two thread hops (about 100
 µs each on a busy 2-core machine). The event loop never waits for a lock there:
 the inline transaction begins with a busy timeout of zero, and a busy database,
@@ -57,7 +58,7 @@ The weight is the number of operations the job writes, or ``THREAD_ONLY`` for jo
 that must never run on the event loop (purges, vacuums, bulk deletes)."""
 
 INLINE_MAX_OPS = 256
-"""Largest batch (in operations) committed on the event loop instead of the thread."""
+"""Heaviest batch committed on the event loop instead of the thread (weights: see submit)."""
 
 THREAD_ONLY = 1 << 30
 """The weight of a job that always runs on the writer thread."""
