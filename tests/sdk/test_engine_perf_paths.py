@@ -8,22 +8,29 @@ observable results -- events, texts, limits, timeouts -- are what the slow paths
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 from engine_support import FakeExecutor, leftover_tasks, make_engine, pipeline
 
+from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import (
+    CommitResult,
     CompletionRequest,
+    Op,
+    RunCancelled,
     RunSucceeded,
     StepFailed,
     StepStarted,
     StepSucceeded,
+    StorageUnavailable,
 )
 from taskloom.sdk import EventBus, ExecutorRegistry, ExecutorSettings
+from taskloom.sdk._runrecords import NS_STEPS
 from taskloom.sdk._template import to_text
 
 
@@ -162,3 +169,82 @@ async def test_attempt_timeout_still_applies() -> None:
     async with engine:
         with pytest.raises(StepFailed, match="ExecutorTimeout"):
             await engine.run(_map(2, **body), {"items": [0, 1]})
+
+
+class _GatedStorage(MemoryStorage):
+    """MemoryStorage whose commits of map-item checkpoints wait for a gate, or fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.fail_items = False
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        if any(
+            getattr(op, "namespace", "") == NS_STEPS and "/m/" in getattr(op, "key", "")
+            for op in ops
+        ):
+            if self.fail_items:
+                raise StorageUnavailable("injected: the disk is gone")
+            if self.gate is not None:
+                await self.gate.wait()
+        return await super().commit(ops)
+
+
+async def test_a_map_worker_calls_its_next_item_while_a_checkpoint_commits() -> None:
+    """With fewer workers than items, a worker's next call does not wait for the last commit."""
+    storage = _GatedStorage()
+    storage.gate = asyncio.Event()
+    engine, fake = make_engine(storage=storage)
+    async with engine:
+        handle = engine.start(_map(6, concurrency=2), {"items": list(range(6))})
+        for _ in range(200):  # loop turns, not time: ample for every call not blocked
+            await asyncio.sleep(0)
+        calls_while_gated = fake.total_calls
+        storage.gate.set()
+        result = await handle.result()
+        finished = await engine.runstore.finished_steps(result.run_id)
+    # each of the 2 workers called for a second item while its first one was committing
+    assert calls_while_gated == 4
+    assert result.output == [f"None|{i}" for i in range(6)]
+    assert {item for (sid, item) in finished if sid == "m" and item is not None} == set(range(6))
+
+
+async def test_a_failed_item_checkpoint_fails_the_run_with_the_storage_error() -> None:
+    """A deferred checkpoint that cannot be written fails the run with the storage error."""
+    storage = _GatedStorage()
+    storage.fail_items = True
+    engine, _ = make_engine(storage=storage)
+    async with engine:
+        with pytest.raises(StorageUnavailable):
+            await engine.run(_map(6, concurrency=2), {"items": list(range(6))})
+
+
+async def test_cancelling_a_map_keeps_every_finished_items_checkpoint() -> None:
+    """A map cancelled while item checkpoints are in flight still has them all checkpointed."""
+    storage = _GatedStorage()
+    storage.gate = asyncio.Event()
+    bus = EventBus()
+    succeeded: list[int] = []
+
+    def on_success(event: Any) -> None:
+        if isinstance(event, StepSucceeded) and event.item is not None:
+            succeeded.append(event.item)
+
+    bus.subscribe(on_success, types=[StepSucceeded])
+    engine, fake = make_engine(bus=bus, storage=storage)
+    async with engine:
+        handle = engine.start(_map(8, concurrency=2), {"items": list(range(8))})
+        for _ in range(200):  # loop turns: until a worker called for its second item
+            if fake.total_calls >= 3:
+                break
+            await asyncio.sleep(0)
+        handle.cancel()
+        storage.gate.set()
+        with pytest.raises(RunCancelled):
+            await handle.result()
+        await bus.drain()
+        finished = await engine.runstore.finished_steps(handle.run_id)
+    await bus.aclose()
+    done = {item for (sid, item) in finished if sid == "m" and item is not None}
+    assert succeeded and set(succeeded) <= done

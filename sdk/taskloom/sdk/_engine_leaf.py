@@ -113,9 +113,19 @@ class LeafRunner:
         }
 
     async def run_leaf(
-        self, node: NodePlan, scope: Scope, *, step_id: str, item: int | None
+        self,
+        node: NodePlan,
+        scope: Scope,
+        *,
+        step_id: str,
+        item: int | None,
+        later: list[StepRecord] | None = None,
     ) -> Any:
-        """Run an LLM call or plugin step with retries, checkpoint it, return its output."""
+        """Run an LLM call or plugin step with retries, checkpoint it, return its output.
+
+        With ``later``, a success's checkpoint record is appended there instead of
+        written: the caller (a map worker) must write it and wait until it is durable.
+        """
         svc = self.svc
         started = svc.clock()
         state = _Attempt()
@@ -203,6 +213,7 @@ class LeafRunner:
             executor_id=executor_id,
             cached=state.cached,
             finished=now,
+            later=later,
         )
         return state.output
 
@@ -400,25 +411,28 @@ class LeafRunner:
         cached: bool = False,
         error: ErrorInfo | None = None,
         finished: float | None = None,
+        later: list[StepRecord] | None = None,
     ) -> None:
         self.steps_done += 1
         store = self.svc.runstore
         if store is None:
             return
         now = finished if finished is not None else self.svc.clock()
-        await store.record_step(
-            StepRecord(
-                run_id=self.run_id,
-                step_id=step_id,
-                item=item,
-                status="failed" if error is not None else "succeeded",
-                output=output,
-                error=error,
-                usage=usage,
-                executor=executor_id,
-                attempts=attempts,
-                started_at=started if started is not None else now,
-                finished_at=now,
-                cached=cached,
-            )
+        record = StepRecord(
+            run_id=self.run_id,
+            step_id=step_id,
+            item=item,
+            status="failed" if error is not None else "succeeded",
+            output=output,
+            error=error,
+            usage=usage,
+            executor=executor_id,
+            attempts=attempts,
+            started_at=started if started is not None else now,
+            finished_at=now,
+            cached=cached,
         )
+        if later is not None:
+            later.append(record)
+        else:
+            await store.record_step(record)
