@@ -14,6 +14,8 @@ Configuration reference (every key optional)::
     [storage]
     kind = "sqlite"            # "sqlite", "filesystem" or "memory"
     path = "runs.db"           # relative paths are relative to the config file
+    synchronous = "NORMAL"     # sqlite: "FULL" to fsync every commit; also busy_timeout_s
+    # filesystem: fsync = true, lock_timeout = 30
 
     [engine]
     max_concurrency = 64
@@ -30,6 +32,8 @@ Configuration reference (every key optional)::
     dev_mode = false           # load unsigned plugins, with a warning each time
 
     [secrets]
+    kind = "default"           # "default": environment, then keyring, then the file;
+                               # "env": TASKLOOM_SECRET_<NAME> only; "file": the file only
     path = "secrets.bin"       # the encrypted file store (passphrase from
                                # TASKLOOM_SECRETS_PASSPHRASE)
 
@@ -69,6 +73,8 @@ class CliConfig:
     source: Path | None
     storage_kind: str
     storage_path: Path
+    storage_options: dict[str, Any]
+    secrets_kind: str
     max_concurrency: int
     lease_ttl_s: float
     executors: dict[str, dict[str, Any]]
@@ -92,7 +98,7 @@ class CliConfig:
                 "trust": str(self.trust_path),
                 "dev_mode": self.dev_mode,
             },
-            "secrets": {"path": str(self.secrets_path)},
+            "secrets": {"kind": self.secrets_kind, "path": str(self.secrets_path)},
             "keys": {"dir": str(self.keys_dir)},
         }
 
@@ -114,14 +120,44 @@ def find_config(explicit: str | None = None) -> Path | None:
 
 
 _KNOWN_KEYS: dict[str, frozenset[str] | None] = {
-    "storage": frozenset({"kind", "path"}),
+    "storage": frozenset(
+        {"kind", "path", "synchronous", "busy_timeout_s", "readers", "fsync", "lock_timeout"}
+    ),
     "engine": frozenset({"max_concurrency", "lease_ttl_s"}),
     "executors": None,  # one table per executor id; its settings belong to the adapter
     "plugins": frozenset({"dirs", "trust", "dev_mode"}),
-    "secrets": frozenset({"path"}),
+    "secrets": frozenset({"kind", "path"}),
     "keys": frozenset({"dir"}),
 }
 _KNOWN = set(_KNOWN_KEYS)
+
+
+_STORAGE_OPTIONS = {
+    "sqlite": {"synchronous", "busy_timeout_s", "readers"},
+    "filesystem": {"fsync", "lock_timeout"},
+    "memory": set(),
+}
+SECRETS_KINDS = ("default", "env", "file")
+
+
+def _storage_options(kind: str, table: dict[str, Any], source: Path | None) -> dict[str, Any]:
+    """The adapter options of ``[storage]`` (the keys other than kind and path)."""
+    options = {k: v for k, v in table.items() if k not in ("kind", "path")}
+    wrong = sorted(set(options) - _STORAGE_OPTIONS.get(kind, set()))
+    if wrong:
+        raise UsageError(
+            f"{source}: [storage] option(s) {', '.join(wrong)} do not apply to kind {kind!r}"
+        )
+    return options
+
+
+def _secrets_kind(table: dict[str, Any], source: Path | None) -> str:
+    kind = table.get("kind", "default")
+    if kind not in SECRETS_KINDS:
+        raise UsageError(
+            f"{source}: [secrets] kind must be one of {', '.join(SECRETS_KINDS)}, got {kind!r}"
+        )
+    return str(kind)
 
 
 def _table(data: dict[str, Any], key: str, source: Path | None) -> dict[str, Any]:
@@ -213,6 +249,8 @@ def load_config(explicit: str | None = None) -> CliConfig:
         source=source,
         storage_kind=kind,
         storage_path=path_of(storage.get("path"), default_store),
+        storage_options=_storage_options(kind, storage, source),
+        secrets_kind=_secrets_kind(_table(data, "secrets", source), source),
         max_concurrency=max_concurrency,
         lease_ttl_s=float(lease_ttl_s),
         executors={str(k): dict(v) for k, v in executors.items()},

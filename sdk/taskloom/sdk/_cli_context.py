@@ -98,10 +98,21 @@ class CliContext:
 
     async def secrets(self) -> SecretStore:
         if self._secrets is None:
-            from taskloom.adapters.secrets import open_default_secret_store
+            from taskloom.adapters.secrets import (
+                EncryptedFileSecretStore,
+                EnvSecretStore,
+                open_default_secret_store,
+            )
 
-            self.config.secrets_path.parent.mkdir(parents=True, exist_ok=True)
-            self._secrets = await open_default_secret_store(path=self.config.secrets_path)
+            kind = self.config.secrets_kind
+            if kind == "env":
+                self._secrets = EnvSecretStore()
+            else:
+                self.config.secrets_path.parent.mkdir(parents=True, exist_ok=True)
+                if kind == "file":
+                    self._secrets = EncryptedFileSecretStore.from_env(self.config.secrets_path)
+                else:
+                    self._secrets = await open_default_secret_store(path=self.config.secrets_path)
         return self._secrets
 
     def trust(self) -> Any:
@@ -131,10 +142,10 @@ async def open_storage(config: CliConfig) -> StorageAdapter:
     if config.storage_kind == "filesystem":
         from taskloom.adapters.filesystem import FileStorage
 
-        return await FileStorage.open(config.storage_path)
+        return await FileStorage.open(config.storage_path, **config.storage_options)
     from taskloom.adapters.sqlite import SQLiteStorage
 
-    return await SQLiteStorage.open(config.storage_path)
+    return await SQLiteStorage.open(config.storage_path, **config.storage_options)
 
 
 def read_secret_value(prompt: str, *, stdin: TextIO | None = None) -> str:

@@ -92,16 +92,59 @@ def make_storage(table: dict[str, Any], base: Path) -> Any:
         raise UsageError(f"storage {kind!r}: invalid option(s): {exc}") from exc
 
 
-def make_secrets(table: dict[str, Any]) -> Any:
-    """The secret store a ``[secrets]`` table describes."""
-    kind = table.get("kind")
+def make_secrets(table: dict[str, Any], base: Path | None = None) -> Any:
+    """The secret store a ``[secrets]`` table describes.
+
+    ``kind = "env"``: ``TASKLOOM_SECRET_<NAME>`` variables. ``kind = "file"`` (or a
+    ``path`` with no kind, as the CLI writes it): the encrypted file at ``path``, its
+    passphrase from ``TASKLOOM_SECRETS_PASSPHRASE``, opened when first asked.
+    """
+    kind = table.get("kind", "file" if "path" in table else None)
     if kind == "env":
         from taskloom.adapters.secrets import EnvSecretStore
 
         return EnvSecretStore()
+    if kind in ("file", "default") and "path" in table:
+        location = Path(str(table["path"])).expanduser()
+        if base is not None and not location.is_absolute():
+            location = base / location
+        return _LazyFileSecrets(location)
     raise UsageError(
-        f'unknown secrets kind {kind!r}: use kind = "env" or pass secrets= to Engine.from_config'
+        f'unknown secrets kind {kind!r}: use kind = "env", or path = "..." for the encrypted '
+        "file, or pass secrets= to Engine.from_config"
     )
+
+
+class _LazyFileSecrets:
+    """The encrypted secret file, opened on first use: an engine whose pipelines need
+    no secret must start without the passphrase."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._store: Any = None
+
+    def _opened(self) -> Any:
+        if self._store is None:
+            from taskloom.adapters.secrets import EncryptedFileSecretStore
+
+            self._store = EncryptedFileSecretStore.from_env(self._path)
+        return self._store
+
+    async def get(self, name: str, /) -> Any:
+        return await self._opened().get(name)
+
+    async def set(self, name: str, value: Any, /) -> None:
+        await self._opened().set(name, value)
+
+    async def delete(self, name: str, /) -> bool:
+        return bool(await self._opened().delete(name))
+
+    async def names(self) -> list[str]:
+        return list(await self._opened().names())
+
+    async def aclose(self) -> None:
+        if self._store is not None:
+            await self._store.aclose()
 
 
 def engine_from_config(engine_cls: Any, path: str | Path, **overrides: Any) -> Any:
@@ -115,7 +158,7 @@ def engine_from_config(engine_cls: Any, path: str | Path, **overrides: Any) -> A
     kwargs: dict[str, Any] = dict(engine_table)
     owned: list[Any] = []
     if "secrets" not in overrides and "secrets" in data:
-        kwargs["secrets"] = make_secrets(dict(data["secrets"]))
+        kwargs["secrets"] = make_secrets(dict(data["secrets"]), file.parent)
         owned.append(kwargs["secrets"])
     secrets = overrides.get("secrets", kwargs.get("secrets"))
     if "registry" not in overrides:

@@ -1,0 +1,104 @@
+"""One taskloom.toml serves both the CLI and Engine.from_config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from taskloom.contracts import SecretStoreUnavailable, UsageError
+from taskloom.sdk import Engine
+from taskloom.sdk._cli_config import load_config
+from taskloom.sdk._cli_context import open_storage
+
+CONFIG = """
+[storage]
+kind = "sqlite"
+path = "runs.db"
+synchronous = "FULL"
+
+[engine]
+max_concurrency = 8
+lease_ttl_s = 10
+
+[executors.local]
+type = "scripted"
+
+[plugins]
+dirs = ["plugins"]
+trust = "trust.json"
+
+[secrets]
+path = "secrets.bin"
+
+[keys]
+dir = "keys"
+"""
+
+PIPELINE = {
+    "taskloom": "pipeline/v1",
+    "name": "p",
+    "steps": [{"id": "a", "prompt": "hi"}],
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "taskloom.toml"
+    path.write_text(text)
+    return path
+
+
+async def test_engine_reads_the_cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engine.from_config runs on the CLI's file; its secret file opens only when used."""
+    monkeypatch.delenv("TASKLOOM_SECRETS_PASSPHRASE", raising=False)
+    config = write(tmp_path, CONFIG)
+    async with Engine.from_config(config) as engine:
+        result = await engine.run(PIPELINE)
+        assert result.status == "succeeded"
+        with pytest.raises(SecretStoreUnavailable, match="TASKLOOM_SECRETS_PASSPHRASE"):
+            await engine.secrets.get("anything")  # type: ignore[union-attr]
+    assert (tmp_path / "runs.db").is_file()
+
+
+async def test_engine_secret_file_works_with_the_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the passphrase set, the engine's secret file stores and returns values."""
+    monkeypatch.setenv("TASKLOOM_SECRETS_PASSPHRASE", "a long enough passphrase")
+    config = write(tmp_path, CONFIG)
+    async with Engine.from_config(config) as engine:
+        secrets = engine.secrets
+        assert secrets is not None
+        await secrets.set("api_token", "value-123")
+        assert (await secrets.get("api_token")).reveal() == "value-123"
+    assert (tmp_path / "secrets.bin").is_file()
+
+
+async def test_cli_reads_the_same_file_and_passes_storage_options(tmp_path: Path) -> None:
+    """The CLI resolves the same file, and passes [storage] options to the adapter."""
+    config = load_config(str(write(tmp_path, CONFIG)))
+    assert config.storage_options == {"synchronous": "FULL"}
+    assert config.secrets_kind == "default"
+    assert config.lease_ttl_s == 10
+    storage = await open_storage(config)
+    try:
+        assert getattr(storage, "_synchronous", None) == "FULL"
+    finally:
+        await storage.aclose()
+
+
+def test_cli_refuses_options_of_another_storage_kind(tmp_path: Path) -> None:
+    """A filesystem option under a sqlite store is a usage error naming it."""
+    text = CONFIG.replace('synchronous = "FULL"', "fsync = false")
+    with pytest.raises(UsageError, match="fsync"):
+        load_config(str(write(tmp_path, text)))
+
+
+def test_cli_secrets_kind_is_checked(tmp_path: Path) -> None:
+    """[secrets] kind accepts default, env and file only."""
+    for kind in ("env", "file", "default"):
+        text = CONFIG.replace('path = "secrets.bin"', f'kind = "{kind}"\npath = "secrets.bin"')
+        assert load_config(str(write(tmp_path, text))).secrets_kind == kind
+    bad = CONFIG.replace('path = "secrets.bin"', 'kind = "plaintext"')
+    with pytest.raises(UsageError, match="plaintext"):
+        load_config(str(write(tmp_path, bad)))
