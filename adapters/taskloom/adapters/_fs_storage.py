@@ -38,6 +38,8 @@ from taskloom.contracts import (
     UsageError,
     check_if_version,
     check_name,
+    check_read,
+    check_scan,
     check_ttl,
     check_value,
 )
@@ -48,14 +50,6 @@ DEFAULT_SEGMENT_BYTES = 1024 * 1024
 """A stream rolls to a new segment file once its last segment reaches this size."""
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
-
-
-def _limit(limit: object, what: str = "limit") -> int | None:
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise UsageError(f"{what} must be None or an int >= 0, got {limit!r}")
-    return limit
 
 
 class FileStorage:
@@ -350,11 +344,7 @@ class FileStorage:
         """Live records of ``namespace`` in key order (see ST6)."""
         self._check_usable()
         check_name(namespace, what="namespace")
-        if not isinstance(prefix, str):
-            raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
-        if start_after is not None and not isinstance(start_after, str):
-            raise UsageError(f"start_after must be text or None, got {type(start_after).__name__}")
-        count = _limit(limit)
+        count = check_scan(prefix, start_after, limit)
         store = self._store
         records, expired = await self._read(
             lambda: store.scan(namespace, prefix=prefix, start_after=start_after, limit=count)
@@ -375,9 +365,7 @@ class FileStorage:
         """Entries of ``stream`` with seq > ``after``, in order, at most ``limit``."""
         self._check_usable()
         check_name(stream, what="stream")
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise UsageError(f"after must be an int >= 0, got {after!r}")
-        count = _limit(limit)
+        count = check_read(after, limit)
         store = self._store
         return await self._read(lambda: store.read(stream, after=after, limit=count))
 

@@ -27,6 +27,8 @@ from taskloom.contracts import (
     UsageError,
     check_if_version,
     check_name,
+    check_read,
+    check_scan,
     check_ttl,
     check_value,
 )
@@ -61,14 +63,6 @@ class _Data:
     def __init__(self) -> None:
         self.namespaces: dict[str, _Namespace] = {}
         self.streams: dict[str, list[StreamEntry]] = {}
-
-
-def _check_limit(limit: object, *, what: str = "limit") -> int | None:
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise UsageError(f"{what} must be None or an int >= 0, got {limit!r}")
-    return limit
 
 
 def _conflict(namespace: str, key: str, expected: int, actual: int) -> ConflictError:
@@ -190,11 +184,7 @@ class MemoryStorage:
         """Live records in key order, starting with ``prefix``, after ``start_after``."""
         self._check_open()
         check_name(namespace, what="namespace")
-        if not isinstance(prefix, str):
-            raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
-        if start_after is not None and not isinstance(start_after, str):
-            raise UsageError(f"start_after must be text or None, got {type(start_after).__name__}")
-        count = _check_limit(limit)
+        count = check_scan(prefix, start_after, limit)
         space = self._data.namespaces.get(namespace)
         if space is None or count == 0:
             return []
@@ -234,9 +224,7 @@ class MemoryStorage:
         """Entries of ``stream`` numbered above ``after``, in order, at most ``limit``."""
         self._check_open()
         check_name(stream, what="stream")
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise UsageError(f"after must be an int >= 0, got {after!r}")
-        count = _check_limit(limit)
+        count = check_read(after, limit)
         entries = self._data.streams.get(stream, [])
         # Sequence numbers are gapless from 1, so entry n sits at index n - 1.
         chosen = entries[after:]

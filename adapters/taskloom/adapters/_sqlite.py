@@ -22,12 +22,12 @@ from typing import Any
 
 from taskloom.adapters._sqlite_args import (
     check_key,
-    check_limit,
     check_ops,
     check_options,
     check_prune_args,
     choose_victims,
     prefix_end,
+    sql_limit,
 )
 from taskloom.adapters._sqlite_ops import (
     append_job,
@@ -65,6 +65,8 @@ from taskloom.contracts import (
     UsageError,
     check_if_version,
     check_name,
+    check_read,
+    check_scan,
     check_ttl,
     check_value,
 )
@@ -304,11 +306,7 @@ class SQLiteStorage:
         self, namespace: str, prefix: str, start_after: str | None, limit: int | None, *, meta: bool
     ) -> tuple[str, tuple[Any, ...]]:
         check_key(namespace, "namespace")
-        if not isinstance(prefix, str):
-            raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
-        if start_after is not None and not isinstance(start_after, str):
-            raise UsageError(f"start_after must be text or None, got {type(start_after).__name__}")
-        count = check_limit(limit)
+        count = sql_limit(check_scan(prefix, start_after, limit))
         end = prefix_end(prefix)
         head = (namespace, prefix, start_after or "", float(self._clock()))
         if end is None:
@@ -336,9 +334,8 @@ class SQLiteStorage:
     ) -> list[StreamEntry]:
         """Entries of ``stream`` after ``after``, in order (ST8)."""
         check_name(stream, what="stream")
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise UsageError(f"after must be an int >= 0, got {after!r}")
-        rows = await self._fetch(READ, (stream, after, check_limit(limit)))
+        count = sql_limit(check_read(after, limit))
+        rows = await self._fetch(READ, (stream, after, count))
         return [entry(stream, seq, payload, appended_at) for seq, payload, appended_at in rows]
 
     # --- writes --------------------------------------------------------------

@@ -27,11 +27,11 @@ from taskloom.contracts import (
 
 __all__ = [
     "check_key",
-    "check_limit",
     "check_ops",
     "check_prune_args",
     "choose_victims",
     "prefix_end",
+    "sql_limit",
 ]
 
 
@@ -104,13 +104,9 @@ def prefix_end(prefix: str) -> str | None:
     return None
 
 
-def check_limit(limit: object) -> int:
-    """SQLite's LIMIT for ``limit``: -1 (none) for None; else an int >= 0."""
-    if limit is None:
-        return -1
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise UsageError(f"limit must be None or an int >= 0, got {limit!r}")
-    return limit
+def sql_limit(limit: int | None) -> int:
+    """SQLite's LIMIT for a checked ``limit``: -1 (none) for None."""
+    return -1 if limit is None else limit
 
 
 def check_ops(ops: Sequence[Op]) -> tuple[Op, ...]:

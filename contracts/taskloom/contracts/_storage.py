@@ -86,6 +86,31 @@ def check_if_version(if_version: object) -> int | None:
     return if_version
 
 
+def check_limit(limit: object) -> int | None:
+    """Return ``limit`` if it is None or an int >= 0 (``scan`` and ``read``)."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise UsageError(f"limit must be None or an int >= 0, got {limit!r}")
+    return limit
+
+
+def check_scan(prefix: object, start_after: object, limit: object) -> int | None:
+    """Check the paging arguments of ``scan``; return the limit."""
+    if not isinstance(prefix, str):
+        raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
+    if start_after is not None and not isinstance(start_after, str):
+        raise UsageError(f"start_after must be text or None, got {type(start_after).__name__}")
+    return check_limit(limit)
+
+
+def check_read(after: object, limit: object) -> int | None:
+    """Check the paging arguments of ``read``; return the limit."""
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise UsageError(f"after must be an int >= 0, got {after!r}")
+    return check_limit(limit)
+
+
 @attrs.frozen(kw_only=True)
 class Record:
     """One stored record. ``version`` starts at 1 and grows by 1 per write of the key."""

@@ -22,6 +22,7 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
 
+from taskloom.contracts import TaskloomError
 from taskloom.sdk._cli_context import CliContext, Output
 
 EXIT_WORDS = {"exit", "quit", ":q"}
@@ -111,8 +112,8 @@ async def _refresh_run_ids(ctx: CliContext, completer: ShellCompleter) -> None:
             completer.run_ids = [r.run_id for r in await store.list_runs(limit=200)]
         finally:
             await store.aclose()
-    except Exception:
-        completer.run_ids = []
+    except (TaskloomError, OSError):
+        completer.run_ids = []  # completion is a convenience; the next command reports the error
 
 
 async def _interruptible(command: Coroutine[Any, Any, int]) -> int | None:

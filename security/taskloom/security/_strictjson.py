@@ -149,11 +149,14 @@ def loads_strict(
                     "an integer has thousands of digits, outside +-(2**53 - 1)"
                 ) from None
             raise _Refusal(f"not valid JSON ({exc})") from None
-        if schema_bounded:
-            pass
-        elif type(value) is dict or type(value) is list:
+        # With ``schema_bounded`` the caller's schema bounds depth and integers itself.
+        if not schema_bounded and (type(value) is dict or type(value) is list):
             _check_tree(value, max_depth)
-        elif type(value) is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        elif (
+            not schema_bounded
+            and type(value) is int
+            and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+        ):
             raise _Refusal(f"integer {str(value)[:32]} is outside +-(2**53 - 1)")
         # Single-character membership tests run at memchr speed; the costlier
         # searches run only on documents that hold a '-' or a backslash at all.
