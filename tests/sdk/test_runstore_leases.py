@@ -207,3 +207,17 @@ async def test_lease_keeper_survives_a_transient_storage_error() -> None:
             await asyncio.sleep(0.02)
     assert failures["left"] == 0
     assert keeper.renewals >= 1 and keeper.lost is None
+
+
+async def test_revoked_lease_is_lost_by_its_holder() -> None:
+    """revoke_lease takes a live lease away; its holder's next renewal raises RunHeld."""
+    from taskloom.adapters.memory import MemoryStorage
+
+    async with RunStore(MemoryStorage()) as store:
+        assert await store.revoke_lease("run-1") is None
+        await store.acquire_lease("run-1", "worker-a", ttl_s=30)
+        revoked = await store.revoke_lease("run-1")
+        assert revoked is not None and revoked.holder == "worker-a"
+        assert await store.lease("run-1") is None
+        with pytest.raises(RunHeld):
+            await store.renew_lease("run-1", "worker-a", ttl_s=30)

@@ -195,18 +195,10 @@ async def cancel(args: argparse.Namespace, ctx: CliContext) -> int:
                 ),
             )
             return 1
-        lease = await store.lease(args.run_id)
+        # The process running it (if any) finds its lease gone at its next renewal and stops.
+        lease = await store.revoke_lease(args.run_id)
         now = time.time()
         live = lease is not None and lease.expires_at > now
-        if live:
-            # Take the lease away: the process running the run finds it gone at its next
-            # renewal (every third of the lease TTL) and stops there.
-            from taskloom.sdk._runrecords import NS_LEASES
-
-            storage = await ctx.storage()
-            stored = await storage.get(NS_LEASES, args.run_id)
-            if stored is not None:
-                await storage.delete(NS_LEASES, args.run_id, if_version=stored.version)
         import attrs
 
         await store.update_run(attrs.evolve(record, status="cancelled", finished_at=now))

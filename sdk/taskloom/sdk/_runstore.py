@@ -389,6 +389,24 @@ class RunStore:
         except ConflictError:
             return  # taken over meanwhile: it is no longer ours to release
 
+    async def revoke_lease(self, run_id: str) -> LeaseRecord | None:
+        """Take the run's lease away from whoever holds it; return the lease that was there.
+
+        Its holder finds the lease gone at its next renewal and stops (``RunHeld``):
+        this is how a run is cancelled from another process.
+        """
+        self._check_open()
+        check_name(run_id, what="run id")
+        stored = await self._storage.get(NS_LEASES, run_id)
+        if stored is None:
+            return None
+        lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+        try:
+            await self._storage.delete(NS_LEASES, run_id, if_version=stored.version)
+        except ConflictError:
+            return await self.revoke_lease(run_id)  # renewed meanwhile: take the new one
+        return lease
+
     async def lease(self, run_id: str) -> LeaseRecord | None:
         """The run's current lease, live or expired, or None."""
         self._check_open()
