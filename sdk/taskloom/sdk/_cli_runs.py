@@ -11,30 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from taskloom.sdk._cli_context import positive_int
-from taskloom.sdk._cli_run_drive import (
-    LazySecrets,
-    build_engine,
-    parse_inputs,
-    resume,
-    run,
-    validate,
-)
+from taskloom.sdk._cli_run_drive import resume, run, validate
 from taskloom.sdk._cli_run_history import TERMINAL, cancel, events, runs, show
 
-__all__ = [
-    "TERMINAL",
-    "LazySecrets",
-    "build_engine",
-    "cancel",
-    "events",
-    "parse_inputs",
-    "register",
-    "resume",
-    "run",
-    "runs",
-    "show",
-    "validate",
-]
+__all__ = ["register"]
 
 
 def register(add: Callable[..., Any]) -> None:
