@@ -39,7 +39,8 @@ what to do; context lives in keyword-only attributes.
     │   ├── RunHeld                 another process holds the run's lease
     │   └── PipelineChanged         resume with a pipeline that differs from the run's
     └── PluginError
-        └── CapabilityDenied        a plugin asked for what its manifest did not declare
+        ├── CapabilityDenied        a plugin asked for what its manifest did not declare
+        └── PluginIncompatible      a plugin needs a newer taskloom than the one running
 """
 
 from __future__ import annotations
@@ -294,3 +295,13 @@ class PluginError(TaskloomError):
 
 class CapabilityDenied(PluginError):
     """A plugin asked for something its manifest did not declare."""
+
+
+class PluginIncompatible(PluginError):
+    """A plugin's manifest asks for a newer taskloom (``min_sdk_version``) than the one running."""
+
+    def __init__(self, message: str, *, plugin: str, required: str, running: str) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.required = required
+        self.running = running

@@ -25,6 +25,14 @@ executor's config table without ``type`` and without the engine's own keys
 (``default_model``, ``concurrency``, ``requests_per_minute``,
 ``tokens_per_minute``); secrets are referenced as ``{"secret": "name"}`` and
 resolved by the factory through ``secrets``, never stored in the table.
+
+Removing an executor
+--------------------
+``await registry.unregister(executor_id)`` forgets the id: its instance, its
+factory and its settings (the limits come from those). An executor the registry
+built from a factory is the registry's own and is closed; one registered as an
+instance belongs to whoever registered it and is left open. The plugin host
+unregisters a plugin's executors when it tears the plugin down.
 """
 
 from __future__ import annotations
@@ -235,7 +243,12 @@ class ExecutorRegistry:
         return entry.executor if entry is not None else None
 
     async def get(self, executor_id: str) -> LLMExecutor:
-        """The executor for ``executor_id``, built on first use (once, even if raced)."""
+        """The executor for ``executor_id``, built on first use (once, even if raced).
+
+        If the id is unregistered while its factory runs, the executor just built
+        is closed (nothing else would ever close it) and the id looked up afresh:
+        ``UnknownExecutor``, or whatever was registered under it since.
+        """
         entry = self._entries.get(executor_id)
         if entry is None:
             raise UnknownExecutor(executor_id, self.ids())
@@ -244,10 +257,38 @@ class ExecutorRegistry:
         if entry.lock is None:
             entry.lock = asyncio.Lock()
         async with entry.lock:
-            if entry.executor is None:
+            if entry.executor is None and self._entries.get(executor_id) is entry:
                 assert entry.factory is not None
-                entry.executor = await entry.factory()
+                built = await entry.factory()
+                if self._entries.get(executor_id) is entry:
+                    entry.executor = built
+                else:
+                    await built.aclose()
+        if entry.executor is None or self._entries.get(executor_id) is not entry:
+            return await self.get(executor_id)
         return entry.executor
+
+    async def unregister(self, executor_id: str) -> None:
+        """Forget ``executor_id``: its instance or factory and its settings.
+
+        Afterwards ``get``, ``peek`` and ``settings`` know nothing of the id and it
+        can be registered again. An executor the registry built from a factory
+        is closed here (the registry owns it, as :meth:`aclose` does); one
+        registered as an instance is left open for its owner. A call already
+        running on a closed executor may fail, so unregister between runs. If
+        the id was the default, there is no default until the next executor is
+        registered (that one becomes it, as the first one did): steps naming no
+        executor are refused rather than sent to a backend nobody chose.
+        ``UnknownExecutor`` (listing the known ids) if the id is not registered.
+        """
+        entry = self._entries.pop(executor_id, None)
+        if entry is None:
+            raise UnknownExecutor(executor_id, self.ids())
+        if self._default == executor_id:
+            self._default = None
+        if entry.owned and entry.executor is not None:
+            executor, entry.executor = entry.executor, None
+            await executor.aclose()
 
     async def aclose(self) -> None:
         """Close the executors this registry built from factories (idempotent)."""

@@ -49,6 +49,24 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
+SDK_VERSION = re.compile(r"(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})")
+"""What ``min_sdk_version`` must look like: ``MAJOR.MINOR.PATCH``, ASCII digits, no
+leading zeros, no pre-release or other suffix (a plugin names the *release* it needs;
+the plugin host compares it with the running taskloom). Nine digits per part at most,
+so the host's ``int()`` of each part is always cheap."""
+
+
+def check_sdk_version_format(text: object) -> str | None:
+    """Why ``text`` is not a valid ``min_sdk_version``, or None if it is."""
+    if not isinstance(text, str):
+        return f"must be text, got {type(text).__name__}"
+    if SDK_VERSION.fullmatch(text) is None:
+        return (
+            f"{text[:40]!r} is not MAJOR.MINOR.PATCH (such as '0.1.0': digits only, no "
+            "leading zeros, no pre-release suffix such as 'rc1')"
+        )
+    return None
+
 
 def build_manifest(
     plugin_dir: str | os.PathLike[str],
@@ -71,6 +89,7 @@ def build_manifest(
     """
     if expires_at <= issued_at:
         raise UsageError("expires_at must be later than issued_at")
+    _check_min_sdk_version(min_sdk_version)
     entries = []
     with PluginTree(plugin_dir) as tree:
         if tree.empty_dirs:
@@ -144,6 +163,13 @@ def check_file_list(files: Sequence[FileEntry]) -> None:
             )
 
 
+def _check_min_sdk_version(text: object) -> None:
+    """Refuse to build or sign a manifest that every verifier would refuse."""
+    problem = check_sdk_version_format(text)
+    if problem is not None:
+        raise UsageError(f"min_sdk_version {problem}: give the oldest taskloom release it runs on")
+
+
 def manifest_bytes(manifest: PluginManifest) -> bytes:
     """The canonical bytes (RFC 8785) that are signed for ``manifest``."""
     return bytes(rfc8785.dumps(unstructure(manifest, PluginManifest)))
@@ -152,6 +178,7 @@ def manifest_bytes(manifest: PluginManifest) -> bytes:
 def sign_manifest(manifest: PluginManifest, keys: Sequence[PrivateKey]) -> bytes:
     """The signed envelope of ``manifest``, one signature per key of ``keys``."""
     check_file_list(manifest.files)
+    _check_min_sdk_version(manifest.min_sdk_version)
     return sign_envelope(MANIFEST_PAYLOAD_TYPE, manifest_bytes(manifest), keys)
 
 
@@ -269,6 +296,10 @@ def structure_manifest(raw: object) -> PluginManifest:
     for field in _STR_FIELDS:
         if field in raw and type(raw[field]) is not str:
             _refuse(f"$.{field} must be text")
+    if "min_sdk_version" in raw:
+        problem = check_sdk_version_format(raw["min_sdk_version"])
+        if problem is not None:
+            _refuse(f"$.min_sdk_version {problem}")
     files = raw["files"]
     if type(files) is not list:
         _refuse("$.files must be a list")

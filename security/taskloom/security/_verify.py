@@ -10,6 +10,8 @@ failure is its own ``SecurityError`` subclass:
 5. key scope and revocation                 ``KeyNotInScope``, ``KeyRevoked``
 6. expiry against one reference time        ``ManifestExpired``, ``ManifestNotYetValid``
 7. the expected plugin name                 ``NameMismatch``
+   the caller's own check, if given         whatever it raises (the plugin host
+                                            refuses a plugin needing a newer taskloom)
 8. rollback                                 ``RollbackDetected``, ``VersionReused``
 9. the exact file set, then each file       ``FileSetMismatch``, ``UnsafeFile``,
                                             ``FileDigestMismatch``
@@ -28,7 +30,7 @@ import hashlib
 import operator
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 import attrs
@@ -256,6 +258,7 @@ async def verify_plugin(
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
     max_plugin_bytes: int = MAX_PLUGIN_BYTES,
     ignore_bytecode_caches: bool = False,
+    check_manifest: Callable[[PluginManifest], None] | None = None,
 ) -> VerifiedPlugin:
     """Run every check in order; a ``VerifiedPlugin`` or a ``SecurityError`` subclass.
 
@@ -264,6 +267,13 @@ async def verify_plugin(
     The files are read synchronously, each once (a plugin is verified once, at
     load time); run it in a worker thread if the event loop must never block.
     ``ignore_bytecode_caches`` is passed to :func:`read_verified_files`.
+
+    ``check_manifest`` is the caller's own test of the signed manifest (the plugin
+    host refuses one asking for a newer taskloom). It runs after the signatures,
+    scope, expiry and name checked out -- so it only ever judges what a trusted
+    publisher signed -- and before the rollback state is read or any file is
+    read; whatever it raises propagates, and the rollback high-water mark stays
+    where it was, so a plugin refused here can still be replaced by an older one.
     """
     checked = verify_manifest(
         envelope_bytes,
@@ -273,6 +283,8 @@ async def verify_plugin(
         max_envelope_bytes=max_envelope_bytes,
     )
     manifest = checked.manifest
+    if check_manifest is not None:
+        check_manifest(manifest)
     observed = await rollback.check(manifest.name, manifest.version, checked.payload_sha256)
     files = read_verified_files(
         plugin_dir,
