@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -89,9 +90,9 @@ async def test_an_executor_built_from_a_factory_is_closed_once() -> None:
 
     registry = ExecutorRegistry()
     registry.register("f", factory)
-    executor = await registry.get("f")
+    assert await registry.get("f") is built[0]
     await registry.unregister("f")
-    assert executor.closes == 1
+    assert built[0].closes == 1
     await registry.aclose()
     assert [e.closes for e in built] == [1]
 
@@ -371,10 +372,10 @@ async def test_teardown_leaves_an_id_someone_else_now_holds(
 class FailingSecondRegistry(ExecutorRegistry):
     """A registry whose second registration fails (a sink going wrong half-way)."""
 
-    def register(self, executor_id: str, executor: object, **kwargs: object) -> None:  # type: ignore[override]
+    def register(self, executor_id: str, executor: Any, **kwargs: Any) -> None:
         if len(self.ids()) >= 1:
             raise UsageError(f"refusing {executor_id!r}")
-        super().register(executor_id, executor, **kwargs)  # type: ignore[arg-type]
+        super().register(executor_id, executor, **kwargs)
 
 
 async def test_a_plugin_failing_half_way_through_registration_leaves_no_executor(
