@@ -102,3 +102,21 @@ def test_cli_secrets_kind_is_checked(tmp_path: Path) -> None:
     bad = CONFIG.replace('path = "secrets.bin"', 'kind = "plaintext"')
     with pytest.raises(UsageError, match="plaintext"):
         load_config(str(write(tmp_path, bad)))
+
+
+def test_durability_reads_the_same_in_the_cli_and_the_engine(tmp_path: Path) -> None:
+    """[engine] durability is accepted by both parsers; a bad value is refused by both."""
+    config = write(
+        tmp_path, CONFIG.replace("lease_ttl_s = 10", 'lease_ttl_s = 10\ndurability = "sync"')
+    )
+    assert load_config(str(config)).durability == "sync"
+    assert load_config(str(config)).as_dict()["engine"]["durability"] == "sync"
+    assert Engine.from_config(config).durability == "sync"
+    assert load_config(str(write(tmp_path, CONFIG))).durability == "async"
+    bad = write(
+        tmp_path, CONFIG.replace("lease_ttl_s = 10", 'lease_ttl_s = 10\ndurability = "now"')
+    )
+    with pytest.raises(UsageError, match="durability"):
+        load_config(str(bad))
+    with pytest.raises(UsageError, match="durability"):
+        Engine.from_config(bad)

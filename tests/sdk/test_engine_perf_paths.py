@@ -192,10 +192,10 @@ class _GatedStorage(MemoryStorage):
 
 
 async def test_a_map_worker_calls_its_next_item_while_a_checkpoint_commits() -> None:
-    """With fewer workers than items, a worker's next call does not wait for the last commit."""
+    """durability="sync": a worker's next call does not wait for its last item's commit."""
     storage = _GatedStorage()
     storage.gate = asyncio.Event()
-    engine, fake = make_engine(storage=storage)
+    engine, fake = make_engine(storage=storage, durability="sync")
     async with engine:
         handle = engine.start(_map(6, concurrency=2), {"items": list(range(6))})
         for _ in range(200):  # loop turns, not time: ample for every call not blocked
@@ -210,17 +210,21 @@ async def test_a_map_worker_calls_its_next_item_while_a_checkpoint_commits() -> 
     assert {item for (sid, item) in finished if sid == "m" and item is not None} == set(range(6))
 
 
-async def test_a_failed_item_checkpoint_fails_the_run_with_the_storage_error() -> None:
+@pytest.mark.parametrize("durability", ["sync", "async"])
+async def test_a_failed_item_checkpoint_fails_the_run_with_the_storage_error(
+    durability: str,
+) -> None:
     """A deferred checkpoint that cannot be written fails the run with the storage error."""
     storage = _GatedStorage()
     storage.fail_items = True
-    engine, _ = make_engine(storage=storage)
+    engine, _ = make_engine(storage=storage, durability=durability)
     async with engine:
         with pytest.raises(StorageUnavailable):
             await engine.run(_map(6, concurrency=2), {"items": list(range(6))})
 
 
-async def test_cancelling_a_map_keeps_every_finished_items_checkpoint() -> None:
+@pytest.mark.parametrize("durability", ["sync", "async"])
+async def test_cancelling_a_map_keeps_every_finished_items_checkpoint(durability: str) -> None:
     """A map cancelled while item checkpoints are in flight still has them all checkpointed."""
     storage = _GatedStorage()
     storage.gate = asyncio.Event()
@@ -232,7 +236,7 @@ async def test_cancelling_a_map_keeps_every_finished_items_checkpoint() -> None:
             succeeded.append(event.item)
 
     bus.subscribe(on_success, types=[StepSucceeded])
-    engine, fake = make_engine(bus=bus, storage=storage)
+    engine, fake = make_engine(bus=bus, storage=storage, durability=durability)
     async with engine:
         handle = engine.start(_map(8, concurrency=2), {"items": list(range(8))})
         for _ in range(200):  # loop turns: until a worker called for its second item

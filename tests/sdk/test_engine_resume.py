@@ -52,7 +52,8 @@ async def _uninterrupted() -> Any:
         return (await engine.run(MIXED, INPUTS)).output
 
 
-async def test_cancel_mid_map_then_resume_runs_only_unfinished_work() -> None:
+@pytest.mark.parametrize("durability", ["async", "sync"])
+async def test_cancel_mid_map_then_resume_runs_only_unfinished_work(durability: str) -> None:
     """A run cancelled inside a map resumes without re-running any finished step or item,
     and ends with the same output as an uninterrupted run."""
     expected = await _uninterrupted()
@@ -66,10 +67,11 @@ async def test_cancel_mid_map_then_resume_runs_only_unfinished_work() -> None:
         done = sum(v for k, v in first.calls.items() if k.startswith("sum "))
         if request.messages[-1].content.startswith("sum ") and done >= stop_after:
             answered.set()
+            first.gate = asyncio.Event()  # calls not yet answered wait until the cancel
         return original(request)
 
     first.reply = counting
-    engine, _ = make_engine(first, storage=storage)
+    engine, _ = make_engine(first, storage=storage, durability=durability)
     async with engine:
         handle = engine.start(MIXED, INPUTS)
         await answered.wait()

@@ -20,6 +20,7 @@ Configuration reference (every key optional)::
     [engine]
     max_concurrency = 64
     lease_ttl_s = 30           # a crashed run can be resumed elsewhere after this
+    durability = "async"       # or "sync": each step waits until its checkpoint is durable
 
     [executors.default]        # one table per executor id
     type = "scripted"          # "scripted", "openai", "anthropic"
@@ -77,6 +78,7 @@ class CliConfig:
     secrets_kind: str
     max_concurrency: int
     lease_ttl_s: float
+    durability: str
     executors: dict[str, dict[str, Any]]
     plugin_dirs: tuple[Path, ...]
     trust_path: Path
@@ -91,7 +93,11 @@ class CliConfig:
         return {
             "source": str(self.source) if self.source else None,
             "storage": {"kind": self.storage_kind, "path": str(self.storage_path)},
-            "engine": {"max_concurrency": self.max_concurrency, "lease_ttl_s": self.lease_ttl_s},
+            "engine": {
+                "max_concurrency": self.max_concurrency,
+                "lease_ttl_s": self.lease_ttl_s,
+                "durability": self.durability,
+            },
             "executors": {name: _masked(table) for name, table in self.executors.items()},
             "plugins": {
                 "dirs": [str(p) for p in self.plugin_dirs],
@@ -123,7 +129,7 @@ _KNOWN_KEYS: dict[str, frozenset[str] | None] = {
     "storage": frozenset(
         {"kind", "path", "synchronous", "busy_timeout_s", "readers", "fsync", "lock_timeout"}
     ),
-    "engine": frozenset({"max_concurrency", "lease_ttl_s"}),
+    "engine": frozenset({"max_concurrency", "lease_ttl_s", "durability"}),
     "executors": None,  # one table per executor id; its settings belong to the adapter
     "plugins": frozenset({"dirs", "trust", "dev_mode"}),
     "secrets": frozenset({"kind", "path"}),
@@ -231,6 +237,12 @@ def load_config(explicit: str | None = None) -> CliConfig:
         or lease_ttl_s <= 0
     ):
         raise UsageError(f"{source}: engine.lease_ttl_s must be a positive number of seconds")
+    durability = engine.get("durability", "async")
+    if durability not in ("async", "sync"):
+        raise UsageError(
+            f'{source}: engine.durability must be "async" (the default) or "sync", '
+            f"not {durability!r}"
+        )
     executors = _table(data, "executors", source)
     for executor_id, settings in executors.items():
         if not isinstance(settings, dict) or "type" not in settings:
@@ -253,6 +265,7 @@ def load_config(explicit: str | None = None) -> CliConfig:
         secrets_kind=_secrets_kind(_table(data, "secrets", source), source),
         max_concurrency=max_concurrency,
         lease_ttl_s=float(lease_ttl_s),
+        durability=durability,
         executors={str(k): dict(v) for k, v in executors.items()},
         plugin_dirs=tuple(path_of(d, base) for d in dirs),
         trust_path=path_of(plugins.get("trust"), config_dir / "trust.json"),

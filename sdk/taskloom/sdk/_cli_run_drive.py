@@ -151,6 +151,7 @@ async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
             plugin_steps=host.steps,
             max_concurrency=ctx.config.max_concurrency,
             lease_ttl_s=ctx.config.lease_ttl_s,
+            durability=ctx.config.durability,
             redactor=ctx.out.redactor,  # secrets read by executors or plugins never get stored
         )
     except BaseException:

@@ -4,6 +4,7 @@
 [engine]
 max_concurrency = 16        # global limit on concurrent executor / plugin calls
 lease_ttl_s = 30
+durability = "async"        # or "sync": each step waits until its checkpoint is durable
 
 [storage]
 kind = "sqlite"             # "memory" (default), "sqlite", "filesystem" or "none"
@@ -45,7 +46,7 @@ STORAGE_KINDS: dict[str, tuple[str, str] | None] = {
 _SECTIONS = ("engine", "storage", "secrets", "executors", "plugins", "keys")
 """``plugins`` and ``keys`` belong to the CLI (``taskloom.sdk._cli_config``); an
 engine built from the same file ignores them."""
-_ENGINE_KEYS = ("max_concurrency", "lease_ttl_s")
+_ENGINE_KEYS = ("max_concurrency", "lease_ttl_s", "durability")
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

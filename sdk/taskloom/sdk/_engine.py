@@ -49,6 +49,7 @@ from taskloom.sdk._validate import validate_pipeline
 
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
 _PLAN_CACHE_SIZE = 64
+DURABILITY_MODES = ("async", "sync")
 _DIGESTS: dict[int, tuple[weakref.ref[Pipeline], str]] = {}
 
 
@@ -81,6 +82,7 @@ class Engine:
         max_concurrency: int | None = None,
         default_retry: RetryPolicy | None = None,
         lease_ttl_s: float = 30.0,
+        durability: str = "async",
         redactor: Any = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -88,6 +90,12 @@ class Engine:
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise UsageError("max_concurrency must be at least 1 (or None for no limit)")
+        if durability not in DURABILITY_MODES:
+            raise UsageError(
+                f"durability must be 'async' (checkpoints committed in order while the run "
+                f"goes on; the default) or 'sync' (each step waits for its checkpoint), "
+                f"not {durability!r}"
+            )
         self.registry = registry if registry is not None else ExecutorRegistry()
         self.secrets = secrets
         self.plugin_steps: dict[str, StepFunction] = dict(plugin_steps or {})
@@ -96,6 +104,11 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.default_retry = default_retry or RetryPolicy()
         self.lease_ttl_s = lease_ttl_s
+        self.durability = durability
+        """"async": a finished step's checkpoint is queued and the run goes on; checkpoints
+        are committed in order, at most a bounded number are pending, and a run reports
+        success only when all are durable. "sync": each step waits until its checkpoint
+        is durable before anything after it starts."""
         self.redactor = redactor
         """Masks known secret values in error texts (``taskloom.security.Redactor``, or any
         object with ``redact(text) -> text``); None: texts are kept as they are."""

@@ -3,8 +3,10 @@
 Each attempt emits ``StepStarted``; a retryable failure emits ``StepRetrying`` and
 waits per the step's ``RetryPolicy`` (see ``_retry``); the outcome is
 ``StepSucceeded`` or ``StepFailed``. A finished leaf is checkpointed through the
-run store before its caller goes on, so nothing that depends on it can start
-before it is durable. With ``on_error: continue`` a failure is checkpointed too
+run store: with ``durability="sync"`` before its caller goes on, so nothing
+that depends on it starts before it is durable; with ``"async"`` (the default)
+it is queued and the run goes on, in order and within a bound (see
+``_engine_window``). With ``on_error: continue`` a failure is checkpointed too
 (output ``null``) and the run goes on; otherwise it raises ``StepFailed``.
 """
 
@@ -35,6 +37,7 @@ from taskloom.contracts import (
     Usage,
 )
 from taskloom.sdk._engine_calls import call_executor, error_info, parse_reply
+from taskloom.sdk._engine_window import CheckpointWindow
 from taskloom.sdk._plan import NodePlan, render_messages
 from taskloom.sdk._ratelimit import ExecutorLimits
 from taskloom.sdk._retry import call_with_retries
@@ -88,6 +91,8 @@ class LeafRunner:
         self._tokens: dict[str | None, list[int]] = {}
         self.steps_done = 0
         self.failed_step: str | None = None
+        # durability="async": checkpoints queued and not yet durable (see _engine_window)
+        self.window = CheckpointWindow() if services.durability == "async" else None
 
     def _account(self, usage: Usage, executor_id: str | None) -> None:
         sums = self._tokens.get(executor_id)
@@ -434,5 +439,7 @@ class LeafRunner:
         )
         if later is not None:
             later.append(record)
+        elif self.window is not None:
+            await self.window.add(store.queue_step(record))
         else:
             await store.record_step(record)

@@ -117,6 +117,8 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
                 await execution.run_graph()
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
+            if execution.window is not None:
+                await execution.window.settle()  # never "succeeded" before all are durable
             output = _output(spec.plan, execution)
             result = await _finish(engine, spec, execution, "succeeded", output, None, emit)
     except asyncio.CancelledError:
@@ -137,6 +139,8 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
                 await _finish(engine, spec, execution, "failed", None, exc, emit)
         raise
     finally:
+        if execution is not None and execution.window is not None:
+            execution.window.abandon()  # still queued, committed before the outcome
         if history is not None:
             history.close()
     return result

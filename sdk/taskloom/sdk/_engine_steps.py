@@ -22,6 +22,7 @@ from typing import Any
 from taskloom.contracts import Event, StepFailed, StepSkipped
 from taskloom.sdk._engine_calls import first_error
 from taskloom.sdk._engine_leaf import _ZERO, LeafRunner
+from taskloom.sdk._engine_window import CheckpointWindow
 from taskloom.sdk._plan import NodePlan, Plan
 from taskloom.sdk._runrecords import StepRecord
 from taskloom.sdk._template import Scope, TemplateRenderError
@@ -185,14 +186,12 @@ class RunExecution(LeafRunner):
                 results[index] = await self.run_leaf(body, local, step_id=node.id, item=index)
 
         async def pipelined() -> None:
-            # A worker with more items to take does not wait for an item's checkpoint
-            # before calling for the next one: the write goes on in its own task and the
-            # worker waits for it after its next call (one write in flight per worker).
-            # The write is queued when its task starts, which nothing can cancel (it is
-            # shielded and awaited below), so a finished item is never lost; the map --
-            # and so the run -- ends only when every write is durable.
-            loop = asyncio.get_running_loop()
-            writes: list[asyncio.Task[None]] = []
+            # durability="sync": a worker with more items to take does not wait for an
+            # item's checkpoint before calling for the next one; it waits for it after
+            # its next call (one write in flight per worker). The write is queued before
+            # any wait, so a cancellation cannot lose a finished item, and the map -- and
+            # so the run -- ends only when every write is durable.
+            writes = CheckpointWindow(1, low=1)
             try:
                 for index in pending:
                     local = scope.child({as_name: items[index], "index": index})
@@ -200,26 +199,18 @@ class RunExecution(LeafRunner):
                     results[index] = await self.run_leaf(
                         body, local, step_id=node.id, item=index, later=later
                     )
-                    if later:  # started before any wait, so a cancellation cannot skip it
-                        writes.append(loop.create_task(store.record_step(later[0])))
-                    while len(writes) > 1:
-                        await asyncio.shield(writes[0])
-                        writes.pop(0)
-                for write in writes:
-                    await asyncio.shield(write)
+                    if later:
+                        await writes.add(store.queue_step(later[0]))
+                await writes.settle()
             finally:
-                unfinished = [write for write in writes if not write.done()]
-                if unfinished:
-                    await asyncio.wait(unfinished)
-                for write in writes:
-                    if not write.cancelled():
-                        write.exception()  # retrieved: raised above, or the map fails anyway
+                writes.abandon()
 
         workers = min(node.concurrency, len(todo))
         if workers == 1:
             await worker()
         elif workers > 1:
-            deferred = store is not None and workers < len(todo)
+            # with durability="async" every leaf queues its checkpoint on the run's window
+            deferred = store is not None and self.window is None and workers < len(todo)
             try:
                 async with asyncio.TaskGroup() as tg:
                     for _ in range(workers):

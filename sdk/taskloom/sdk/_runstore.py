@@ -19,6 +19,7 @@ The interface with the engine is ``notes/runstore_interface.md``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -230,12 +231,24 @@ class RunStore:
         Concurrent calls share one commit. Size and key are checked here, before
         queueing, so one bad record fails its own caller and not a whole batch.
         """
+        await self.queue_step(record)
+
+    def queue_step(self, record: StepRecord) -> asyncio.Future[None]:
+        """Queue one checkpoint now; the future resolves when it is durable.
+
+        Writes are committed in the order they were queued (a later batch is never
+        committed before an earlier one), so once a checkpoint is durable, every
+        checkpoint queued before it is too. A bad record (too large, a bad key)
+        raises here, before anything is queued. Awaiting the future is optional for
+        durability -- the write is queued either way -- but it is how a failed
+        commit reaches the caller: the future then holds the storage error.
+        """
         self._check_open()
         key = check_name(step_key(record.run_id, record.step_id, record.item), what="step key")
         value = check_value(
             encode(record), what=f"checkpoint of step {record.step_id!r} item {record.item}"
         )
-        await self._writer.submit([Put(namespace=NS_STEPS, key=key, value=value)])
+        return self._writer.submit([Put(namespace=NS_STEPS, key=key, value=value)])
 
     async def finished_steps(self, run_id: str) -> dict[tuple[str, int | None], StepRecord]:
         """Every checkpoint of the run, by (step id, map item or None).

@@ -1,0 +1,246 @@
+"""Checkpoint durability modes: "async" (the default) queues checkpoints in order within a
+bound and reports success only when all are durable; "sync" waits for each one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_support import FakeExecutor, leftover_tasks, make_engine, pipeline
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_engine_props import dag_pipelines
+
+from taskloom.adapters.memory import MemoryStorage
+from taskloom.contracts import (
+    CommitResult,
+    Op,
+    Put,
+    RunCancelled,
+    StorageUnavailable,
+    UsageError,
+)
+from taskloom.sdk import Engine
+from taskloom.sdk._engine_window import DEFAULT_LIMIT
+from taskloom.sdk._runrecords import NS_RUNS, NS_STEPS
+
+
+class _RecordingStorage(MemoryStorage):
+    """MemoryStorage that remembers which checkpoints each commit held, and can hold commits
+    of checkpoints behind a gate, fail them, or let a few loop turns pass before each one."""
+
+    def __init__(self, turns: Sequence[int] = (0,)) -> None:
+        super().__init__()
+        self.batches: list[list[tuple[str, str, Any]]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail_step: str | None = None
+        self._turns = list(turns) or [0]
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        puts = [op for op in ops if isinstance(op, Put)]
+        steps = [op for op in puts if op.namespace == NS_STEPS]
+        failing = self.fail_step
+        if failing is not None and any(f"/{failing}/" in op.key for op in steps):
+            raise StorageUnavailable("injected: the disk is gone")
+        if steps and self.gate is not None:
+            await self.gate.wait()
+        for _ in range(self._turns[len(self.batches) % len(self._turns)]):
+            await asyncio.sleep(0)
+        result = await super().commit(ops)
+        self.batches.append([(op.namespace, op.key, json.loads(op.value)) for op in puts])
+        return result
+
+    def committed_at(self) -> dict[tuple[str, str], int]:
+        """The index of the commit that first held each (namespace, key)."""
+        found: dict[tuple[str, str], int] = {}
+        for index, batch in enumerate(self.batches):
+            for namespace, key, _value in batch:
+                found.setdefault((namespace, key), index)
+        return found
+
+
+def _chain(steps: int) -> dict[str, Any]:
+    return pipeline(*({"id": f"s{i}", "prompt": f"p{i}"} for i in range(steps)))
+
+
+async def _turns(count: int = 300) -> None:
+    for _ in range(count):  # loop turns, not time: ample for everything not blocked
+        await asyncio.sleep(0)
+
+
+def test_an_unknown_durability_is_refused_with_the_choices() -> None:
+    """Engine(durability=...) accepts "async" and "sync" and names both otherwise."""
+    with pytest.raises(UsageError, match=r"'async'.*'sync'.*'eventually'"):
+        Engine(durability="eventually")
+
+
+def test_durability_comes_from_the_config_file(tmp_path: Path) -> None:
+    """[engine] durability = "sync" in taskloom.toml reaches the engine."""
+    config = tmp_path / "taskloom.toml"
+    config.write_text('[engine]\ndurability = "sync"\n[storage]\nkind = "memory"\n')
+    assert Engine.from_config(config).durability == "sync"
+    config.write_text('[engine]\ndurability = "later"\n')
+    with pytest.raises(UsageError, match="durability"):
+        Engine.from_config(config)
+
+
+async def test_async_durability_goes_on_while_commits_wait_but_does_not_report_success() -> None:
+    """A chain keeps running while its checkpoints wait, and its result waits for them."""
+    storage = _RecordingStorage()
+    storage.gate = asyncio.Event()
+    engine, fake = make_engine(storage=storage)
+    async with engine:
+        handle = engine.start(_chain(5))
+        await _turns()
+        calls_while_gated = fake.total_calls
+        done_while_gated = handle._task.done()
+        storage.gate.set()
+        result = await handle.result()
+        finished = await engine.runstore.finished_steps(result.run_id)
+    assert calls_while_gated == 5
+    assert not done_while_gated
+    assert result.status == "succeeded"
+    assert {sid for (sid, _item) in finished} == {f"s{i}" for i in range(5)}
+
+
+async def test_sync_durability_waits_for_each_checkpoint_before_the_next_step() -> None:
+    """With durability="sync" the next step of a chain starts only after the last commit."""
+    storage = _RecordingStorage()
+    storage.gate = asyncio.Event()
+    engine, fake = make_engine(storage=storage, durability="sync")
+    async with engine:
+        handle = engine.start(_chain(5))
+        await _turns()
+        calls_while_gated = fake.total_calls
+        storage.gate.set()
+        await handle.result()
+    assert calls_while_gated == 1
+
+
+async def test_unsettled_checkpoints_are_bounded() -> None:
+    """A chain whose commits are stuck stops after DEFAULT_LIMIT + 1 unsettled steps."""
+    storage = _RecordingStorage()
+    storage.gate = asyncio.Event()
+    engine, fake = make_engine(storage=storage)
+    async with engine:
+        handle = engine.start(_chain(DEFAULT_LIMIT * 3))
+        await _turns(DEFAULT_LIMIT * 4)
+        calls_while_gated = fake.total_calls
+        storage.gate.set()
+        result = await handle.result()
+    assert calls_while_gated == DEFAULT_LIMIT + 1
+    assert result.status == "succeeded"
+    assert fake.total_calls == DEFAULT_LIMIT * 3
+
+
+async def test_map_workers_share_the_bound_of_unsettled_checkpoints() -> None:
+    """Many map workers waiting for the full window at once all go on once commits resume."""
+    storage = _RecordingStorage()
+    storage.gate = asyncio.Event()
+    engine, fake = make_engine(storage=storage)
+    items = DEFAULT_LIMIT * 3
+    body = {
+        "id": "m",
+        "map": "{{inputs.items}}",
+        "concurrency": items,
+        "step": {"id": "b", "prompt": "x"},
+    }
+    async with engine:
+        handle = engine.start(
+            pipeline(body, inputs={"items": {"type": "array"}}), {"items": list(range(items))}
+        )
+        await _turns(DEFAULT_LIMIT * 4)
+        calls_while_gated = fake.total_calls
+        storage.gate.set()
+        result = await handle.result()
+        finished = await engine.runstore.finished_steps(result.run_id)
+    assert calls_while_gated == items  # every worker's call was already in flight
+    assert result.status == "succeeded"
+    assert len([key for key in finished if key[1] is not None]) == items
+    assert await leftover_tasks() == []
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+async def test_a_failed_checkpoint_fails_the_run_and_is_recorded(durability: str) -> None:
+    """A checkpoint that cannot be written fails the run with the storage error, and the run
+    record says so; the checkpoints written before it are kept."""
+    storage = _RecordingStorage()
+    storage.fail_step = "s2"
+    engine, _ = make_engine(storage=storage, durability=durability)
+    async with engine:
+        with pytest.raises(StorageUnavailable, match="disk is gone"):
+            await engine.run(_chain(6))
+        (run,) = await engine.runstore.list_runs()
+        finished = await engine.runstore.finished_steps(run.run_id)
+    assert run.status == "failed"
+    assert run.error is not None and run.error.type == "StorageUnavailable"
+    assert {"s0", "s1"} <= {sid for (sid, _item) in finished}
+    assert "s2" not in {sid for (sid, _item) in finished}
+    assert await leftover_tasks() == []
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+async def test_cancelling_keeps_the_checkpoints_of_finished_steps(durability: str) -> None:
+    """A chain cancelled while its checkpoints wait still has every finished step stored."""
+    storage = _RecordingStorage()
+    if durability == "async":  # (a sync chain would stop at its first held commit)
+        storage.gate = asyncio.Event()
+    engine, fake = make_engine(FakeExecutor(delay=0.001), storage=storage, durability=durability)
+    async with engine:
+        handle = engine.start(_chain(50))
+        while fake.total_calls < 3:
+            await asyncio.sleep(0.001)
+        handle.cancel()
+        if storage.gate is not None:
+            storage.gate.set()
+        with pytest.raises(RunCancelled):
+            await handle.result()
+        finished = await engine.runstore.finished_steps(handle.run_id)
+        run = await engine.runstore.load_run(handle.run_id)
+    assert run.status == "cancelled"
+    # every step that returned before the cancel is stored (the one in flight may not be)
+    assert len(finished) >= fake.total_calls - 1 >= 2
+
+
+def _owner(step_id: str) -> str:
+    return step_id.split("p")[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(pipe=dag_pipelines(), turns=st.lists(st.integers(0, 3), min_size=1, max_size=5))
+def test_async_checkpoints_are_committed_after_those_of_their_needs(
+    pipe: dict[str, Any], turns: list[int]
+) -> None:
+    """For random DAGs and commit timings, no checkpoint is committed before the checkpoint of
+    a step it needs, and the run is marked succeeded only after every checkpoint."""
+    deps = pipe.pop("_deps")
+
+    async def scenario() -> None:
+        storage = _RecordingStorage(turns)
+        engine, _ = make_engine(FakeExecutor(), storage=storage)
+        async with engine:
+            result = await engine.run(pipe)
+        at = storage.committed_at()
+        steps = {key: index for (ns, key), index in at.items() if ns == NS_STEPS}
+        first_of: dict[str, int] = {}
+        for key, index in steps.items():
+            owner = _owner(key.split("/")[1])
+            first_of[owner] = min(first_of.get(owner, index), index)
+        for position, needs in enumerate(deps):
+            sid = f"s{position}"
+            for need in needs:
+                assert steps[f"{result.run_id}/{need}/-"] <= first_of[sid], (sid, need)
+        succeeded = [
+            index
+            for index, batch in enumerate(storage.batches)
+            for namespace, _key, value in batch
+            if namespace == NS_RUNS and value.get("status") == "succeeded"
+        ]
+        assert succeeded and min(succeeded) >= max(steps.values())
+        assert await leftover_tasks() == []
+
+    asyncio.run(scenario())
