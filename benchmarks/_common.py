@@ -55,11 +55,13 @@ def map_pipeline(concurrency: int) -> Pipeline:
 class TaskloomBench:
     """An open engine with one scripted executor, for timing ``engine.run`` alone."""
 
-    def __init__(self, storage: StorageAdapter | None, latency_s: float = 0.0) -> None:
+    def __init__(
+        self, storage: StorageAdapter | None, latency_s: float = 0.0, durability: str = "async"
+    ) -> None:
         self.executor = ScriptedExecutor(["ok"], latency_s=latency_s)
         registry = ExecutorRegistry()
         registry.register("scripted", self.executor)
-        self.engine = Engine(storage=storage, registry=registry)
+        self.engine = Engine(storage=storage, registry=registry, durability=durability)
         self.storage = storage
 
     async def __aenter__(self) -> TaskloomBench:

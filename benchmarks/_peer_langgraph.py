@@ -8,10 +8,11 @@ graph / loaded pipeline:
 
 - a 1,000-step chain of zero-latency nodes, without checkpoints (LangGraph with no
   checkpointer; taskloom on MemoryStorage, its non-durable mode) and with them
-  (LangGraph's ``AsyncSqliteSaver``; taskloom on ``SQLiteStorage``). LangGraph runs
-  with ``durability="sync"``: each checkpoint is written before the next step, the
-  guarantee taskloom gives (and, on this shape, faster than LangGraph's default
-  ``"async"``, which the full mode also reports);
+  (LangGraph's ``AsyncSqliteSaver``; taskloom on ``SQLiteStorage``), each side in
+  the same durability mode: ``durability="sync"`` on both (each checkpoint written
+  before the next step) and, in full mode, ``"async"`` on both (LangGraph writes a
+  checkpoint while the next step runs; taskloom queues it, commits in order, and
+  reports success only once all are durable -- its default);
 - a fan-out of 100 and 1,000 branches, each waiting 50 ms (LangGraph's ``Send``
   API into one node with a list reducer; taskloom's ``map`` with concurrency equal
   to the branches and a scripted executor with ``latency_s=0.05``), with SQLite
@@ -57,10 +58,10 @@ def _available() -> bool:
 def _skipped_rows() -> list[Row]:
     names = [
         f"{CHAIN:,}-step chain, no checkpoints",
-        f"{CHAIN:,}-step chain, SQLite checkpoints",
+        f"{CHAIN:,}-step chain, SQLite checkpoints, durability=sync on both",
     ]
     for branches in BRANCHES:
-        names.append(f"fan-out {branches:,} x 50 ms, SQLite checkpoints")
+        names.append(f"fan-out {branches:,} x 50 ms, SQLite checkpoints, durability=sync on both")
         names.append(f"fan-out {branches:,} x 50 ms, no checkpoints")
     return [
         make_row(GROUP, name, None, "-", None, "LangGraph", target=SKIPPED, spread=None)
@@ -193,7 +194,7 @@ async def _chain(
 ) -> Row:
     pipeline = chain_pipeline(CHAIN)
     small = chain_pipeline(CHAIN // 10)
-    async with TaskloomBench(storage) as bench:
+    async with TaskloomBench(storage, durability=lang.durability) as bench:
         bench.engine.validate(pipeline)
         lang.graph("chain", CHAIN)
         mine, peer = await _pair(
@@ -223,7 +224,7 @@ async def _fan(
     pipeline = map_pipeline(branches)
     inputs = {"items": list(range(branches))}
     small = map_pipeline(10)
-    async with TaskloomBench(storage, latency_s=LATENCY_S) as bench:
+    async with TaskloomBench(storage, latency_s=LATENCY_S, durability=lang.durability) as bench:
         bench.engine.validate(pipeline, inputs)
         mine, peer = await _pair(
             lambda: bench.seconds(pipeline, inputs),
@@ -248,7 +249,7 @@ async def _bench(quick: bool, directory: Path) -> list[Row]:
 
     repeats = 3 if quick else 5
     version = importlib.metadata.version("langgraph")
-    bare = _LangGraph(None)
+    bare = _LangGraph(None, durability="async")  # LangGraph: no checkpointer; taskloom: default
     rows = [await _chain("no checkpoints", MemoryStorage(), bare, repeats, f"{version}")]
 
     async def sqlite(name: str) -> StorageAdapter:
@@ -258,13 +259,19 @@ async def _bench(quick: bool, directory: Path) -> list[Row]:
         durable = _LangGraph(saver, durability="sync")
         saver_label = f"{version} AsyncSqliteSaver, durability=sync"
         rows.append(
-            await _chain("SQLite checkpoints", await sqlite("chain"), durable, repeats, saver_label)
+            await _chain(
+                "SQLite checkpoints, durability=sync on both",
+                await sqlite("chain"),
+                durable,
+                repeats,
+                saver_label,
+            )
         )
         if not quick:
             default = _LangGraph(saver, durability="async")
             rows.append(
                 await _chain(
-                    "SQLite checkpoints (LangGraph default durability)",
+                    "SQLite checkpoints, durability=async on both (both defaults)",
                     await sqlite("chain-async"),
                     default,
                     repeats,
@@ -274,7 +281,7 @@ async def _bench(quick: bool, directory: Path) -> list[Row]:
         for branches in BRANCHES:
             rows.append(
                 await _fan(
-                    "SQLite checkpoints",
+                    "SQLite checkpoints, durability=sync on both",
                     await sqlite(f"fan{branches}"),
                     durable,
                     branches,

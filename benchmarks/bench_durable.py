@@ -219,14 +219,18 @@ def _map(items: int, concurrency: int) -> dict[str, Any]:
 
 
 async def _run_engine(
-    storage: Any, pipeline: dict[str, Any], inputs: dict[str, Any], latency_s: float
+    storage: Any,
+    pipeline: dict[str, Any],
+    inputs: dict[str, Any],
+    latency_s: float,
+    durability: str = "async",
 ) -> float:
     from taskloom.sdk import Engine, ExecutorRegistry
 
     registry = ExecutorRegistry()
     registry.register("bench", _Executor(latency_s))
     structured = serde.structure(pipeline, Pipeline)
-    async with Engine(storage=storage, registry=registry) as engine:
+    async with Engine(storage=storage, registry=registry, durability=durability) as engine:
         engine.validate(structured, inputs)  # validate and compile outside the timed part
         start = time.perf_counter()
         result = await engine.run(structured, inputs)
@@ -243,22 +247,28 @@ async def bench_engine(quick: bool, directory: str) -> list[dict[str, Any]]:
     repeats = 3 if quick else 5
     steps = 1000
     chain = _chain(steps)
-    samples: dict[str, list[float]] = {"none": [], "memory": [], "sqlite": []}
+    samples: dict[str, list[float]] = {"none": [], "memory": [], "sqlite": [], "sync": []}
     raw_us: list[float] = []
     for rep in range(repeats + 1):  # the first round is the warm-up
         none_t = await _run_engine(None, chain, {}, 0.0)
         mem_t = await _run_engine(MemoryStorage(), chain, {}, 0.0)
         async with SQLiteStorage(os.path.join(directory, f"chain{rep}.db")) as storage:
             sql_t = await _run_engine(storage, chain, {}, 0.0)
+        async with SQLiteStorage(os.path.join(directory, f"sync{rep}.db")) as storage:
+            sync_t = await _run_engine(storage, chain, {}, 0.0, durability="sync")
         raw = raw_sqlite_insert_us(steps, directory)
         if rep == 0:
             continue
         samples["none"].append(none_t / steps * 1e6)
         samples["memory"].append(mem_t / steps * 1e6)
         samples["sqlite"].append(sql_t / steps * 1e6)
+        samples["sync"].append(sync_t / steps * 1e6)
         raw_us.append(raw)
     overhead = [s - n for s, n in zip(samples["sqlite"], samples["none"], strict=True)]
     over, over_spread = median_spread(overhead)
+    sync_over, sync_spread = median_spread(
+        [s - n for s, n in zip(samples["sync"], samples["none"], strict=True)]
+    )
     none_us, _ = median_spread(samples["none"])
     mem_us, _ = median_spread(samples["memory"])
     sql_us, sql_spread = median_spread(samples["sqlite"])
@@ -278,6 +288,16 @@ async def bench_engine(quick: bool, directory: str) -> list[dict[str, Any]]:
             target="<= 150 us/step",
             holds=over <= 150.0,
             spread=over_spread,
+        ),
+        _row(
+            'chain 1000 durable overhead (SQLite), durability="sync"',
+            sync_over,
+            "us/step",
+            raw,
+            "us/insert raw sqlite3",
+            ratio=sync_over / raw,
+            target="report",
+            spread=sync_spread,
         ),
         _row(
             "chain 1000 per step durable (SQLite)",

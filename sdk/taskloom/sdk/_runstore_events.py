@@ -57,7 +57,6 @@ class EventLog:
 
     def add(self, event: Event) -> None:
         """Queue ``event``; encoding now makes a bad event fail its emitter, not a batch."""
-        check_name(events_stream(event.run_id), what="event stream")
         encoded = encode_event(event)
         if len(encoded) > MAX_EVENT_BYTES:
             raise ValueTooLarge(
@@ -66,7 +65,12 @@ class EventLog:
                 size=len(encoded),
                 limit=MAX_EVENT_BYTES,
             )
-        self._pending.setdefault(event.run_id, []).append(encoded)
+        queued = self._pending.get(event.run_id)
+        if queued is None:
+            # the stream name is checked once per run and batch, not once per event
+            check_name(events_stream(event.run_id), what="event stream")
+            queued = self._pending[event.run_id] = []
+        queued.append(encoded)
 
     def has_pending(self) -> bool:
         """Whether events are waiting for a batch."""
