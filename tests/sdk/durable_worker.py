@@ -193,7 +193,10 @@ async def run_job(
 
     registry = ExecutorRegistry()
     registry.register(EXECUTOR_ID, executor)
-    async with Engine(storage=storage, registry=registry, lease_ttl_s=lease_ttl_s) as engine:
+    durability = job.get("durability", "async")
+    async with Engine(
+        storage=storage, registry=registry, lease_ttl_s=lease_ttl_s, durability=durability
+    ) as engine:
         if holder:
             engine.holder = holder
         run_id = run_id_file.read_text().strip() if run_id_file.exists() else ""

@@ -238,13 +238,18 @@ def check_crash_run(kind: str, job: dict[str, Any], run: CrashRun) -> None:
     asyncio.run(inspect())
 
 
+@pytest.mark.parametrize("durability", ["async", "sync"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_sigkill_and_resume_never_repeats_checkpointed_work(kind: str, tmp_path: Path) -> None:
-    """10 SIGKILLs at random moments: uninterrupted output, no checkpointed call repeated."""
+def test_sigkill_and_resume_never_repeats_checkpointed_work(
+    kind: str, durability: str, tmp_path: Path
+) -> None:
+    """10 SIGKILLs at random moments, in either durability mode: uninterrupted output, no
+    checkpointed call repeated."""
     if not _available(kind):
         pytest.skip(f"{kind} storage is not importable yet")
     job = build_job(seq=3, par=3, items=64, concurrency=6, seed="crash")
-    rng = random.Random(f"crash-{kind}")
+    job["durability"] = durability
+    rng = random.Random(f"crash-{kind}-{durability}")
     run = crash_and_resume(kind, tmp_path, job, kills=10, rng=rng)
     assert sum(a.killed for a in run.attempts) >= 8, "most attempts must really be killed"
     check_crash_run(kind, job, run)
