@@ -252,3 +252,19 @@ async def test_cancelling_a_map_keeps_every_finished_items_checkpoint(durability
     await bus.aclose()
     done = {item for (sid, item) in finished if sid == "m" and item is not None}
     assert succeeded and set(succeeded) <= done
+
+
+async def test_an_executor_registered_again_gets_its_new_limits() -> None:
+    """After unregister and register with new settings, the engine enforces the new limit."""
+    first = FakeExecutor(delay=0.001)
+    registry = ExecutorRegistry()
+    registry.register("fake", first, settings=ExecutorSettings(concurrency=2))
+    engine, _ = make_engine(registry=registry)
+    async with engine:
+        await engine.run(_map(8, concurrency=8), {"items": list(range(8))})
+        await registry.unregister("fake")
+        second = FakeExecutor(delay=0.001)
+        registry.register("fake", second, settings=ExecutorSettings(concurrency=5))
+        await engine.run(_map(10, concurrency=10), {"items": list(range(10))})
+    assert first.max_in_flight == 2
+    assert second.max_in_flight == 5

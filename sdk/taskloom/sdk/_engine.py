@@ -43,7 +43,7 @@ from taskloom.sdk._events_bus import EventBus
 from taskloom.sdk._handle import History, RunHandle, RunResult
 from taskloom.sdk._plan import Compiler, Plan
 from taskloom.sdk._ratelimit import ExecutorLimits
-from taskloom.sdk._registry import ExecutorRegistry
+from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings
 from taskloom.sdk._runstore import RunStore, pipeline_digest
 from taskloom.sdk._validate import validate_pipeline
 
@@ -121,7 +121,7 @@ class Engine:
         self._owns_storage = False
         self.runstore: Any = None
         self.global_limit: asyncio.Semaphore | None = None
-        self._limits: dict[str, ExecutorLimits] = {}
+        self._limits: dict[str, tuple[ExecutorSettings, ExecutorLimits]] = {}
         self._plans: dict[int, tuple[Pipeline, Plan]] = {}
         self._handles: set[RunHandle] = set()
         self._opened = False
@@ -200,17 +200,19 @@ class Engine:
 
     def limits(self, executor_id: str) -> ExecutorLimits:
         """The concurrency and rate limits of one executor id (built on first use)."""
-        found = self._limits.get(executor_id)
-        if found is None:
-            settings = self.registry.settings(executor_id)
-            found = ExecutorLimits(
-                concurrency=settings.concurrency,
-                requests_per_minute=settings.requests_per_minute,
-                tokens_per_minute=settings.tokens_per_minute,
-                clock=self.clock,
-                sleep=self.sleep,
-            )
-            self._limits[executor_id] = found
+        settings = self.registry.settings(executor_id)
+        cached = self._limits.get(executor_id)
+        if cached is not None and cached[0] is settings:
+            return cached[1]
+        # first use, or the id was unregistered and registered again with new settings
+        found = ExecutorLimits(
+            concurrency=settings.concurrency,
+            requests_per_minute=settings.requests_per_minute,
+            tokens_per_minute=settings.tokens_per_minute,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+        self._limits[executor_id] = (settings, found)
         return found
 
     def register_step(self, name: str, function: StepFunction) -> None:
