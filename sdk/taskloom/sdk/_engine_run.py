@@ -160,8 +160,8 @@ def _output(plan: Plan, execution: RunExecution) -> Any:
 
 
 async def _begin(engine: Any, spec: RunSpec, started: float) -> None:
-
     store = engine.runstore
+    store.begin_checkpoints(spec.run_id)
     if spec.record is None:
         spec.record = RunRecord(
             run_id=spec.run_id,

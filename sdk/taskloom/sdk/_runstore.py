@@ -241,14 +241,26 @@ class RunStore:
         checkpoint queued before it is too. A bad record (too large, a bad key)
         raises here, before anything is queued. Awaiting the future is optional for
         durability -- the write is queued either way -- but it is how a failed
-        commit reaches the caller: the future then holds the storage error.
+        commit reaches the caller: the future then holds the storage error. After a
+        checkpoint of this run failed, this one fails too (see ``begin_checkpoints``).
         """
         self._check_open()
         key = check_name(step_key(record.run_id, record.step_id, record.item), what="step key")
         value = check_value(
             encode(record), what=f"checkpoint of step {record.step_id!r} item {record.item}"
         )
-        return self._writer.submit([Put(namespace=NS_STEPS, key=key, value=value)])
+        return self._writer.submit(
+            [Put(namespace=NS_STEPS, key=key, value=value)], chain=record.run_id
+        )
+
+    def begin_checkpoints(self, run_id: str) -> None:
+        """A run (re)starts: let its checkpoints through again after an earlier failure.
+
+        Once a checkpoint of a run fails, later checkpoints of that run fail too
+        rather than being committed (so none is ever durable after a lost checkpoint
+        of a step it needs), until the run is started or resumed again.
+        """
+        self._writer.mend(run_id)
 
     async def finished_steps(self, run_id: str) -> dict[tuple[str, int | None], StepRecord]:
         """Every checkpoint of the run, by (step id, map item or None).

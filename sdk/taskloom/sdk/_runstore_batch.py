@@ -47,13 +47,16 @@ RETRY_DELAYS_S: tuple[float, ...] = (0.02, 0.1, 0.5, 1.0)
 
 
 class _Pending:
-    """Operations queued together, and who (if anyone) waits for them."""
+    """Operations queued together, who (if anyone) waits for them, and their chain."""
 
-    __slots__ = ("future", "ops")
+    __slots__ = ("chain", "future", "ops")
 
-    def __init__(self, ops: Sequence[Op], future: asyncio.Future[None] | None) -> None:
+    def __init__(
+        self, ops: Sequence[Op], future: asyncio.Future[None] | None, chain: str | None = None
+    ) -> None:
         self.ops = ops
         self.future = future
+        self.chain = chain
 
 
 class GroupCommitWriter:
@@ -79,20 +82,39 @@ class GroupCommitWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0
         self._last_error: TaskloomError | None = None
+        self._broken: dict[str, TaskloomError] = {}
+        """Chains whose write failed: their later writes fail too, until ``mend``."""
         self._closed = False
         self.commits = 0
         """How many commits the flusher made (successful ones), for tests and benchmarks."""
 
     # --- producers ----------------------------------------------------------------
 
-    def submit(self, ops: Sequence[Op]) -> asyncio.Future[None]:
-        """Queue ``ops``; the returned future resolves when they are durable."""
+    def submit(self, ops: Sequence[Op], *, chain: str | None = None) -> asyncio.Future[None]:
+        """Queue ``ops``; the returned future resolves when they are durable.
+
+        Writes of one ``chain`` (a run's checkpoints) are all-or-stop: once one of them
+        fails, every later write of that chain -- queued or submitted after -- fails
+        with the same error instead of being committed, until ``mend(chain)``. So a
+        write is never durable after an earlier write of its chain was lost, which a
+        caller that does not wait for each write (durability="async") relies on: a
+        step's checkpoint never outlives the lost checkpoint of a step it needs.
+        """
         self._check_open()
         loop = self._ensure_flusher()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.append(_Pending(ops, future))
+        if chain is not None:
+            broken = self._broken.get(chain)
+            if broken is not None:
+                future.set_exception(broken)
+                return future
+        self._queue.append(_Pending(ops, future, chain))
         self._kick()
         return future
+
+    def mend(self, chain: str) -> None:
+        """Let writes of ``chain`` through again (a run starts or resumes afresh)."""
+        self._broken.pop(chain, None)
 
     def submit_nowait(self, ops: Sequence[Op]) -> None:
         """Queue ``ops`` that nobody waits for; failures are retried, then reported."""
@@ -237,6 +259,18 @@ class GroupCommitWriter:
         for pending in batch:
             if pending.future is not None and not pending.future.done():
                 pending.future.set_exception(error)
+            if pending.chain is not None:
+                self._broken.setdefault(pending.chain, error)
+        if self._broken:
+            # later writes of a broken chain, already queued, fail now instead of committing
+            kept: collections.deque[_Pending] = collections.deque()
+            for pending in self._queue:
+                chain_error = self._broken.get(pending.chain) if pending.chain else None
+                if chain_error is None:
+                    kept.append(pending)
+                elif pending.future is not None and not pending.future.done():
+                    pending.future.set_exception(chain_error)
+            self._queue = kept
         if not unwaited:
             return
         self._queue.extendleft(reversed(unwaited))
