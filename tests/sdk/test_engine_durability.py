@@ -13,7 +13,7 @@ import pytest
 from engine_support import FakeExecutor, leftover_tasks, make_engine, pipeline
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_engine_props import dag_pipelines
+from test_engine_props import dag_pipelines, reference
 
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import (
@@ -21,6 +21,7 @@ from taskloom.contracts import (
     Op,
     Put,
     RunCancelled,
+    RunHeld,
     StorageUnavailable,
     UsageError,
 )
@@ -39,11 +40,20 @@ class _RecordingStorage(MemoryStorage):
         self.gate: asyncio.Event | None = None
         self.fail_step: str | None = None
         self.fail_once = False
+        self.offered = 0
+        self.fail_commit_at: int | None = None
+        self.step_commits = 0
+        """Checkpoints handed to commit so far (including those held at the gate)."""
         self._turns = list(turns) or [0]
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
         puts = [op for op in ops if isinstance(op, Put)]
         steps = [op for op in puts if op.namespace == NS_STEPS]
+        self.offered += len(steps)
+        if steps and self.fail_commit_at is not None:
+            self.step_commits += 1
+            if self.step_commits == self.fail_commit_at:
+                raise StorageUnavailable("injected: that commit was lost")
         failing = self.fail_step
         if failing is not None and any(f"/{failing}/" in op.key for op in steps):
             if self.fail_once:
@@ -125,7 +135,8 @@ async def test_sync_durability_waits_for_each_checkpoint_before_the_next_step() 
 
 
 async def test_unsettled_checkpoints_are_bounded() -> None:
-    """A chain whose commits are stuck stops after DEFAULT_LIMIT + 1 unsettled steps."""
+    """A chain whose commits are stuck stops with DEFAULT_LIMIT unsettled checkpoints (the
+    next step's call has run; its checkpoint waits for room)."""
     storage = _RecordingStorage()
     storage.gate = asyncio.Event()
     engine, fake = make_engine(storage=storage)
@@ -141,7 +152,8 @@ async def test_unsettled_checkpoints_are_bounded() -> None:
 
 
 async def test_map_workers_share_the_bound_of_unsettled_checkpoints() -> None:
-    """Many map workers waiting for the full window at once all go on once commits resume."""
+    """Many map workers at once queue no more than the window's bound of checkpoints, and all
+    go on once commits resume."""
     storage = _RecordingStorage()
     storage.gate = asyncio.Event()
     engine, fake = make_engine(storage=storage)
@@ -158,10 +170,12 @@ async def test_map_workers_share_the_bound_of_unsettled_checkpoints() -> None:
         )
         await _turns(DEFAULT_LIMIT * 4)
         calls_while_gated = fake.total_calls
+        queued_while_gated = storage.offered + engine.runstore._writer.pending
         storage.gate.set()
         result = await handle.result()
         finished = await engine.runstore.finished_steps(result.run_id)
     assert calls_while_gated == items  # every worker's call was already in flight
+    assert 0 < queued_while_gated <= DEFAULT_LIMIT  # but only a window's worth was queued
     assert result.status == "succeeded"
     assert len([key for key in finished if key[1] is not None]) == items
     assert await leftover_tasks() == []
@@ -209,6 +223,26 @@ async def test_no_checkpoint_outlives_a_lost_checkpoint_of_its_run(durability: s
     for done in stored:
         assert fake.calls[f"p{done[1:]}"] == calls_before[f"p{done[1:]}"]  # not run again
     assert fake.calls["p2"] == calls_before["p2"] + 1
+
+
+async def test_a_lost_lease_drops_the_runs_pending_checkpoints() -> None:
+    """When another process takes the run's lease, this process's queued checkpoints of the
+    run are refused instead of landing beside the new holder's."""
+    storage = _RecordingStorage()
+    storage.gate = asyncio.Event()
+    engine, fake = make_engine(storage=storage, lease_ttl_s=0.15)  # renewed every 0.05 s
+    async with engine:
+        handle = engine.start(_chain(50))
+        await _turns()
+        assert fake.total_calls == 50  # every step ran; their checkpoints wait at the gate
+        assert await engine.runstore.revoke_lease(handle.run_id) is not None
+        with pytest.raises(RunHeld):
+            await handle.result()
+        storage.gate.set()
+        await _turns()
+        landed = storage.offered
+        stored = await engine.runstore.finished_steps(handle.run_id)
+    assert len(stored) == landed < 50  # only the batch already inside commit() landed
 
 
 @pytest.mark.parametrize("durability", ["sync", "async"])
@@ -269,6 +303,41 @@ def test_async_checkpoints_are_committed_after_those_of_their_needs(
             if namespace == NS_RUNS and value.get("status") == "succeeded"
         ]
         assert succeeded and min(succeeded) >= max(steps.values())
+        assert await leftover_tasks() == []
+
+    asyncio.run(scenario())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pipe=dag_pipelines(),
+    turns=st.lists(st.integers(1, 3), min_size=1, max_size=5),
+    fail_at=st.integers(1, 3),
+)
+def test_a_lost_commit_never_leaves_a_checkpoint_without_its_needs(
+    pipe: dict[str, Any], turns: list[int], fail_at: int
+) -> None:
+    """For random DAGs, when one commit of checkpoints is lost, every stored checkpoint still
+    has the checkpoints of all the steps it needs, and a resume ends with the reference
+    output."""
+    deps = pipe.pop("_deps")
+    expected = reference(pipe)
+
+    async def scenario() -> None:
+        storage = _RecordingStorage(turns)
+        storage.fail_commit_at = fail_at
+        engine, _ = make_engine(FakeExecutor(), storage=storage)
+        async with engine:
+            try:
+                result = await engine.run(pipe)
+            except StorageUnavailable:
+                (run,) = await engine.runstore.list_runs()
+                stored = {sid for sid, _item in await engine.runstore.finished_steps(run.run_id)}
+                for position, needs in enumerate(deps):
+                    if {sid for sid in stored if _owner(sid) == f"s{position}"}:
+                        assert set(needs) <= stored, (f"s{position}", needs, stored)
+                result = await engine.resume(run.run_id, pipe)
+        assert result.output == expected
         assert await leftover_tasks() == []
 
     asyncio.run(scenario())

@@ -255,3 +255,45 @@ async def test_the_lease_is_released_after_a_run() -> None:
         run_id = (await engine.runstore.list_runs())[0].run_id
         await engine.runstore.acquire_lease(run_id, "another-process", ttl_s=60)
         await engine.runstore.release_lease(run_id, "another-process")
+
+
+async def test_resume_reruns_work_whose_needs_lost_their_checkpoint() -> None:
+    """A store holding map items and a later step's checkpoint but not the checkpoint of the
+    step they needed (a record deleted by hand): resume runs that step and everything built on
+    it again instead of mixing old outputs with a new one."""
+    from taskloom.sdk._runrecords import NS_STEPS, step_key
+
+    storage = MemoryStorage()
+    first = FakeExecutor()
+    first.fail("z None|a t", InvalidRequest("nope"))
+    pipe = pipeline(
+        {"id": "a", "prompt": "a {{inputs.topic}}"},
+        {
+            "id": "m",
+            "map": "{{inputs.docs}}",
+            "concurrency": 2,
+            "step": {"id": "s", "prompt": "sum {{item}} after {{steps.a.output}}"},
+        },
+        {"id": "b", "prompt": "b {{steps.a.output}}", "needs": ["a"]},
+        {"id": "z", "prompt": "z {{steps.a.output}}", "needs": ["m", "b"]},
+        inputs={"topic": {"type": "string"}, "docs": {"type": "array"}},
+        output={"m": "{{steps.m.output}}", "b": "{{steps.b.output}}"},
+    )
+    engine, _ = make_engine(first, storage=storage)
+    async with engine:
+        with pytest.raises(StepFailed):
+            await engine.run(pipe, INPUTS)
+        run_id = (await engine.runstore.list_runs())[0].run_id
+        before = set(await engine.runstore.finished_steps(run_id))
+        assert {("a", None), ("m", None), ("b", None), ("m", 0)} <= before
+        await storage.delete(NS_STEPS, step_key(run_id, "a", None))
+
+    second = FakeExecutor(reply=lambda r: f"new|{r.messages[-1].content}")
+    engine2, _ = make_engine(second, storage=storage)
+    async with engine2:
+        result = await engine2.resume(run_id, pipe)
+    assert result.status == "succeeded"
+    assert second.calls["a t"] == 1
+    assert result.output["b"] == "new|b new|a t"
+    assert result.output["m"] == [f"new|sum d{i} after new|a t" for i in range(6)]
+    await storage.aclose()

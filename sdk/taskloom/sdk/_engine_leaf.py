@@ -13,6 +13,7 @@ it is queued and the run goes on, in order and within a bound (see
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -440,6 +441,6 @@ class LeafRunner:
         if later is not None:
             later.append(record)
         elif self.window is not None:
-            await self.window.add(store.queue_step(record))
+            await self.window.add(functools.partial(store.queue_step, record))
         else:
             await store.record_step(record)

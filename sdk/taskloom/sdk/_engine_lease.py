@@ -71,6 +71,8 @@ class HeldLease:
                 await self._store.renew_lease(self._run_id, self._holder, ttl_s=self._ttl)
             except RunHeld as exc:
                 self.lost = exc
+                # another process runs it now: this one's pending checkpoints must not land
+                self._store.stop_checkpoints(self._run_id, exc)
                 if self._owner is not None:
                     self._owner.cancel()
                 return

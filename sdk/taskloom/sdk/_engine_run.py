@@ -141,6 +141,8 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
     finally:
         if execution is not None and execution.window is not None:
             execution.window.abandon()  # still queued, committed before the outcome
+        if store is not None:
+            store.end_checkpoints(spec.run_id)
         if history is not None:
             history.close()
     return result

@@ -16,6 +16,7 @@ steps, group children and map items are restored instead of run (see
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +30,44 @@ from taskloom.sdk._template import Scope, TemplateRenderError
 
 _CONTINUED: Any = object()
 """Returned by a map that failed as a whole under ``on_error: continue`` (already recorded)."""
+
+
+def _subtree_ids(node: NodePlan) -> set[str]:
+    ids = {node.id}
+    for child in node.children:
+        ids |= _subtree_ids(child)
+    return ids
+
+
+def trusted_checkpoints(
+    plan: Plan, finished: Mapping[tuple[str, int | None], Any]
+) -> Mapping[tuple[str, int | None], Any]:
+    """The checkpoints a resume may restore: none of a step that needs a step not done.
+
+    The engine never stores a step's checkpoint without those of its needs (writes
+    are ordered, and a run's later checkpoints are refused after a lost one). A store
+    that did anyway -- an adapter whose commits are not atomic, a record deleted by
+    hand -- would have the resume skip work built on an output that runs again (and
+    may come out different). So a step counts as done only when everything it needs
+    is done, and the finished items or children of a step whose needs are not all
+    done are dropped too: all of that runs again.
+    """
+    nodes = plan.nodes
+    done = {node.id for node in nodes if (node.id, None) in finished}
+    changed = True
+    while changed:
+        changed = False
+        for node in nodes:
+            if node.id in done and any(dep not in done for dep in node.deps):
+                done.discard(node.id)
+                changed = True
+    stale: set[str] = set()
+    for node in nodes:
+        if node.id not in done and any(dep not in done for dep in node.deps):
+            stale |= _subtree_ids(node)
+    if not stale:
+        return finished
+    return {key: record for key, record in finished.items() if key[0] not in stale}
 
 
 class RunExecution(LeafRunner):
@@ -49,12 +88,12 @@ class RunExecution(LeafRunner):
             run_id=run_id, services=services, emit=emit, item_starts_seen=item_starts_seen
         )
         self.plan = plan
-        self.finished = finished
+        self.finished = trusted_checkpoints(plan, finished)
         self.outputs: dict[str, Any] = {}
         self.scope = Scope(inputs, self.outputs)
         self._remaining: dict[str, int] = {}
         self._tg: asyncio.TaskGroup | None = None
-        for record in finished.values():
+        for record in self.finished.values():
             self._account(record.usage, record.executor)
 
     # --- scheduling ----------------------------------------------------------
@@ -188,10 +227,9 @@ class RunExecution(LeafRunner):
         async def pipelined() -> None:
             # durability="sync": a worker with more items to take does not wait for an
             # item's checkpoint before calling for the next one; it waits for it after
-            # its next call (one write in flight per worker). The write is queued before
-            # any wait, so a cancellation cannot lose a finished item, and the map -- and
-            # so the run -- ends only when every write is durable.
-            writes = CheckpointWindow(1, low=1)
+            # its next call, before queueing that one's (one write in flight per
+            # worker). The map -- and so the run -- ends only when every write is durable.
+            writes = CheckpointWindow(1, low=0)
             try:
                 for index in pending:
                     local = scope.child({as_name: items[index], "index": index})
@@ -200,7 +238,7 @@ class RunExecution(LeafRunner):
                         body, local, step_id=node.id, item=index, later=later
                     )
                     if later:
-                        await writes.add(store.queue_step(later[0]))
+                        await writes.add(functools.partial(store.queue_step, later[0]))
                 await writes.settle()
             finally:
                 writes.abandon()

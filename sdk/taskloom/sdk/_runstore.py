@@ -41,6 +41,7 @@ from taskloom.contracts import (
     RunNotFound,
     StorageAdapter,
     StorageError,
+    TaskloomError,
     UsageError,
     check_name,
     check_value,
@@ -261,6 +262,15 @@ class RunStore:
         of a step it needs), until the run is started or resumed again.
         """
         self._writer.mend(run_id)
+
+    def end_checkpoints(self, run_id: str) -> None:
+        """The run's drive ended: forget a failure of its checkpoints (nothing to refuse)."""
+        self._writer.mend(run_id)
+
+    def stop_checkpoints(self, run_id: str, error: TaskloomError) -> None:
+        """Refuse the run's queued and later checkpoints with ``error`` (its lease was lost:
+        another process runs it now) until the run starts again here."""
+        self._writer.break_chain(run_id, error)
 
     async def finished_steps(self, run_id: str) -> dict[tuple[str, int | None], StepRecord]:
         """Every checkpoint of the run, by (step id, map item or None).

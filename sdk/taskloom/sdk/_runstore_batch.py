@@ -116,6 +116,22 @@ class GroupCommitWriter:
         """Let writes of ``chain`` through again (a run starts or resumes afresh)."""
         self._broken.pop(chain, None)
 
+    def break_chain(self, chain: str, error: TaskloomError) -> None:
+        """Fail the queued and later writes of ``chain`` with ``error`` (until ``mend``)."""
+        self._broken.setdefault(chain, error)
+        self._fail_broken()
+
+    def _fail_broken(self) -> None:
+        """Take the queued writes of broken chains off the queue and fail their waiters."""
+        kept: collections.deque[_Pending] = collections.deque()
+        for pending in self._queue:
+            chain_error = self._broken.get(pending.chain) if pending.chain else None
+            if chain_error is None:
+                kept.append(pending)
+            elif pending.future is not None and not pending.future.done():
+                pending.future.set_exception(chain_error)
+        self._queue = kept
+
     def submit_nowait(self, ops: Sequence[Op]) -> None:
         """Queue ``ops`` that nobody waits for; failures are retried, then reported."""
         self._check_open()
@@ -262,15 +278,7 @@ class GroupCommitWriter:
             if pending.chain is not None:
                 self._broken.setdefault(pending.chain, error)
         if self._broken:
-            # later writes of a broken chain, already queued, fail now instead of committing
-            kept: collections.deque[_Pending] = collections.deque()
-            for pending in self._queue:
-                chain_error = self._broken.get(pending.chain) if pending.chain else None
-                if chain_error is None:
-                    kept.append(pending)
-                elif pending.future is not None and not pending.future.done():
-                    pending.future.set_exception(chain_error)
-            self._queue = kept
+            self._fail_broken()  # later writes of a broken chain fail instead of committing
         if not unwaited:
             return
         self._queue.extendleft(reversed(unwaited))
