@@ -229,7 +229,7 @@ class RunExecution(LeafRunner):
             # item's checkpoint before calling for the next one; it waits for it after
             # its next call, before queueing that one's (one write in flight per
             # worker). The map -- and so the run -- ends only when every write is durable.
-            writes = CheckpointWindow(1, low=0)
+            writes = CheckpointWindow(1)
             try:
                 for index in pending:
                     local = scope.child({as_name: items[index], "index": index})

@@ -10,8 +10,7 @@ paying a commit and two event-loop hops each. What keeps this safe:
   of the steps it depends on -- is durable too. A resume never finds a step's
   checkpoint without the checkpoints of its needs.
 - A bound: at most ``limit`` checkpoints of a run are unsettled at any moment;
-  a step that finds the window full waits until the oldest half is durable
-  before it queues its own. A crash
+  a step that finds the window full waits for room before it queues its own. A crash
   re-runs at most that many finished steps (at least once, as with
   ``durability="sync"``, where a crash during a commit re-runs that step).
 - Failures are not lost: a failed commit is raised by the next checkpoint of the
@@ -38,41 +37,40 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 
 class CheckpointWindow:
-    """The unsettled checkpoint writes of one run, oldest first."""
+    """The unsettled checkpoint writes of one run, oldest first, at most ``limit`` of them.
 
-    __slots__ = ("_futures", "_limit", "_low")
+    Room is a FIFO semaphore released as each write settles, so however many tasks
+    of the run (map workers) wait for room, each settled write lets exactly one of
+    them go on, in the order they came.
+    """
 
-    def __init__(self, limit: int = DEFAULT_LIMIT, *, low: int | None = None) -> None:
-        """Hold at most ``limit`` unsettled writes; a full window waits until ``low`` are
-        left (half the limit unless given)."""
+    __slots__ = ("_futures", "_room")
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         self._futures: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._limit = max(1, limit)
-        self._low = max(0, min(self._limit, self._limit // 2 if low is None else low))
+        self._room = asyncio.Semaphore(max(1, limit))
 
     def __len__(self) -> int:
         return len(self._futures)
 
     async def add(self, submit: Callable[[], asyncio.Future[None]]) -> None:
-        """Queue a write with ``submit`` once there is room; raise a failed earlier write.
-
-        The bound is strict: a full window (``limit`` unsettled writes) waits until
-        ``low`` are left before it queues, whatever number of tasks add at once.
-        """
-        futures = self._futures
-        while futures and futures[0].done():
-            self._check(futures.popleft())
-        if len(futures) >= self._limit:
-            # Several tasks of the run (map workers) may wait here at once: each waits
-            # for the oldest write without cancelling it for the others (shield), and
-            # only the first to see it settled takes it off the window.
-            while len(futures) > self._low:
-                oldest = futures[0]
-                if not oldest.done():
-                    await asyncio.shield(oldest)
-                if futures and futures[0] is oldest:
-                    futures.popleft()
-                    self._check(oldest)
-        futures.append(submit())  # no await since the check: the bound holds
+        """Queue a write with ``submit`` once there is room; raise a failed earlier write."""
+        self._prune()
+        try:
+            await self._room.acquire()
+        except asyncio.CancelledError:
+            # the run is being cancelled, but this step did finish: queue its checkpoint
+            # anyway (over the bound, which no longer matters) so it is not lost
+            self._futures.append(submit())
+            raise
+        try:
+            self._prune()  # a write may have failed while this one waited for room
+            future = submit()
+        except BaseException:
+            self._room.release()
+            raise
+        future.add_done_callback(self._settled)
+        self._futures.append(future)
 
     async def settle(self) -> None:
         """Wait until every tracked write is durable; raise the first failure."""
@@ -92,6 +90,14 @@ class CheckpointWindow:
             else:
                 future.add_done_callback(_retrieve)
         self._futures.clear()
+
+    def _settled(self, _future: asyncio.Future[None]) -> None:
+        self._room.release()
+
+    def _prune(self) -> None:
+        futures = self._futures
+        while futures and futures[0].done():
+            self._check(futures.popleft())
 
     @staticmethod
     def _check(future: asyncio.Future[None]) -> None:
