@@ -3,8 +3,7 @@
 ``python -m benchmarks.bench_storage [--quick]`` prints a table and writes
 ``benchmarks/results/bench_storage.json``; ``run(quick)`` returns the rows.
 
-Operations, for SQLiteStorage, MemoryStorage and FileStorage (a row is left out
-when its adapter cannot be imported):
+Operations, for SQLiteStorage, MemoryStorage and FileStorage:
 
 - ``sequential get``   one awaited get at a time; baseline: one aiosqlite round trip
   (``execute_fetchall`` of the same SELECT). The target for SQLite, "a get costs no
@@ -41,7 +40,6 @@ import asyncio
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -53,6 +51,8 @@ import aiosqlite
 
 from benchmarks import _timing
 from benchmarks._timing import make_row, median_spread
+from taskloom.adapters.filesystem import FileStorage
+from taskloom.adapters.memory import MemoryStorage
 from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import Put, StorageAdapter
 
@@ -91,29 +91,17 @@ async def _sqlite(directory: Path) -> StorageAdapter:
     return await SQLiteStorage.open(directory / "taskloom.db", purge_interval_s=None)
 
 
-def _factories() -> dict[str, Factory | None]:
-    """Every adapter, or None for one that cannot be imported here."""
-    found: dict[str, Factory | None] = {"sqlite": _sqlite, "memory": None, "filesystem": None}
-    try:
-        from taskloom.adapters.memory import MemoryStorage
+async def _memory(directory: Path) -> StorageAdapter:
+    return MemoryStorage()
 
-        async def memory(directory: Path) -> StorageAdapter:
-            return MemoryStorage()
 
-        found["memory"] = memory
-    except ImportError:
-        pass
-    try:
-        from taskloom.adapters.filesystem import FileStorage
+async def _filesystem(directory: Path) -> StorageAdapter:
+    store: StorageAdapter = await FileStorage.open(directory / "fs")
+    return store
 
-        async def filesystem(directory: Path) -> StorageAdapter:
-            store: StorageAdapter = await FileStorage.open(directory / "fs")
-            return store
 
-        found["filesystem"] = filesystem
-    except ImportError:
-        pass
-    return found
+FACTORIES: dict[str, Factory] = {"sqlite": _sqlite, "memory": _memory, "filesystem": _filesystem}
+"""Every adapter the rows measure (all ship in this distribution)."""
 
 
 # --- measuring ---------------------------------------------------------------------
@@ -416,11 +404,7 @@ async def _bench(quick: bool, directory: Path) -> list[dict[str, Any]]:
     try:
         base = raw.batches(per_writer)
         rows: list[dict[str, Any]] = []
-        factories = _factories()
-        for name, factory in factories.items():
-            if factory is None:
-                print(f"  ({name}: adapter not importable, rows left out)", file=sys.stderr)
-                continue
+        for name, factory in FACTORIES.items():
             folder = directory / name
             folder.mkdir()
             store = await factory(folder)
@@ -473,7 +457,7 @@ async def _bench(quick: bool, directory: Path) -> list[dict[str, Any]]:
             ]
             if is_sqlite:
                 rows += await _sqlite_structure_rows(folder, per_writer)
-        rows += await _scaling_rows(quick, directory, raw, factories, budget, repeats)
+        rows += await _scaling_rows(quick, directory, raw, FACTORIES, budget, repeats)
         return rows
     finally:
         await raw.close()
@@ -483,7 +467,7 @@ async def _scaling_rows(
     quick: bool,
     directory: Path,
     raw: Raw,
-    factories: dict[str, Factory | None],
+    factories: dict[str, Factory],
     budget: float,
     repeats: int,
 ) -> list[dict[str, Any]]:
@@ -492,7 +476,7 @@ async def _scaling_rows(
     for count in counts:
         raw_get, raw_put = raw.at_size(count)
         for name, factory in factories.items():
-            if factory is None or (name == "filesystem" and (quick or count > 10_000)):
+            if name == "filesystem" and (quick or count > 10_000):
                 continue
             folder = directory / f"{name}-{count}"
             folder.mkdir()

@@ -13,7 +13,7 @@ import pytest
 from engine_support import FakeExecutor, leftover_tasks, make_engine, pipeline
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_engine_props import dag_pipelines, reference
+from test_engine_props import _owner, dag_pipelines, reference
 
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import (
@@ -266,10 +266,6 @@ async def test_cancelling_keeps_the_checkpoints_of_finished_steps(durability: st
     assert run.status == "cancelled"
     # every step that returned before the cancel is stored (the one in flight may not be)
     assert len(finished) >= fake.total_calls - 1 >= 2
-
-
-def _owner(step_id: str) -> str:
-    return step_id.split("p")[0]
 
 
 @settings(max_examples=30, deadline=None)

@@ -173,7 +173,7 @@ async def test_failed_commit_fails_every_waiter_of_the_batch(memory: StorageAdap
         assert all(isinstance(r, StorageUnavailable) for r in results)
         assert flaky.failed == 1
         assert await store.finished_steps("run1") == {}
-        store.begin_checkpoints("run1")  # the run starts again
+        store.mend_checkpoints("run1")  # the run starts again
         await store.record_step(make_step("m", 0))
         assert set(await store.finished_steps("run1")) == {("m", 0)}
 
@@ -182,7 +182,7 @@ async def test_after_a_lost_checkpoint_the_runs_later_ones_are_not_committed(
     memory: StorageAdapter,
 ) -> None:
     """Once a run's checkpoint fails, its later ones (queued or new) fail instead of being
-    stored, until begin_checkpoints; other runs and run records are not affected."""
+    stored, until mend_checkpoints; other runs and run records are not affected."""
     flaky = FlakyStorage(memory, fail_commits=1)
     async with RunStore(flaky) as store:
         lost = store.queue_step(make_step("a", None))
@@ -197,7 +197,7 @@ async def test_after_a_lost_checkpoint_the_runs_later_ones_are_not_committed(
         assert await store.finished_steps("run1") == {}
         assert set(await store.finished_steps("run2")) == {("a", None)}
         assert (await store.load_run("run1")).status == "failed"
-        store.begin_checkpoints("run1")
+        store.mend_checkpoints("run1")
         await store.record_step(make_step("b", None))
         assert set(await store.finished_steps("run1")) == {("b", None)}
 

@@ -20,19 +20,10 @@ from taskloom.contracts import (
 )
 from taskloom.contracts.serde import converter
 from taskloom.contracts.testing.strategies import events as events_of_every_type
+from taskloom.contracts.testing.strategies import json_values
 from taskloom.sdk._runrecords import _EVENT_FAST, StepRecord, encode, encode_event
 
-_json: st.SearchStrategy[Any] = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+_json: st.SearchStrategy[Any] = json_values()
 
 steps = st.builds(
     StepRecord,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from test_runstore_support import make_run, make_step
 
 from taskloom.contracts import DecodeError, ErrorInfo, StepStarted, StepSucceeded, Usage
+from taskloom.contracts.testing.strategies import json_values
 from taskloom.sdk._runrecords import (
     RUN_STATUSES,
     CacheEntry,
@@ -31,17 +32,7 @@ from taskloom.sdk._runrecords import (
     usage_by_step,
 )
 
-_json: st.SearchStrategy[Any] = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+_json: st.SearchStrategy[Any] = json_values()
 _usage = st.builds(
     Usage, prompt_tokens=st.integers(0, 10**6), completion_tokens=st.integers(0, 10**6)
 )

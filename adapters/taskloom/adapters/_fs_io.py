@@ -268,8 +268,7 @@ class Disk:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(_PARALLEL, thread_name_prefix="taskloom-fs-sync")
-        for _ in self._pool.map(action, items):
-            pass
+        list(self._pool.map(action, items))  # waits for all; raises the first failure
 
     def close(self) -> None:
         """Stop the fsync threads (idempotent)."""

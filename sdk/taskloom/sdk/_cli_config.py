@@ -54,6 +54,7 @@ import attrs
 import platformdirs
 
 from taskloom.contracts import MASK, UsageError
+from taskloom.sdk._engine_window import DURABILITY_MODES
 
 CONFIG_NAME = "taskloom.toml"
 APP = "taskloom"
@@ -238,7 +239,7 @@ def load_config(explicit: str | None = None) -> CliConfig:
     ):
         raise UsageError(f"{source}: engine.lease_ttl_s must be a positive number of seconds")
     durability = engine.get("durability", "async")
-    if durability not in ("async", "sync"):
+    if durability not in DURABILITY_MODES:
         raise UsageError(
             f'{source}: engine.durability must be "async" (the default) or "sync", '
             f"not {durability!r}"

@@ -39,6 +39,7 @@ from taskloom.contracts import (
 )
 from taskloom.sdk._checks import resolve_inputs
 from taskloom.sdk._engine_run import RunSpec, drive
+from taskloom.sdk._engine_window import DURABILITY_MODES
 from taskloom.sdk._events_bus import EventBus
 from taskloom.sdk._handle import History, RunHandle, RunResult
 from taskloom.sdk._plan import Compiler, Plan
@@ -49,7 +50,6 @@ from taskloom.sdk._validate import validate_pipeline
 
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
 _PLAN_CACHE_SIZE = 64
-DURABILITY_MODES = ("async", "sync")
 _DIGESTS: dict[int, tuple[weakref.ref[Pipeline], str]] = {}
 
 

@@ -223,6 +223,19 @@ class LeafRunner:
         )
         return state.output
 
+    def _started(self, step_id: str, attempt: int, item: int | None) -> None:
+        """Emit an attempt's StepStarted (a map item's only if anyone can see it)."""
+        if item is None or self.item_starts_seen():
+            self.emit(
+                StepStarted(
+                    run_id=self.run_id,
+                    at=self.svc.clock(),
+                    step_id=step_id,
+                    attempt=attempt,
+                    item=item,
+                )
+            )
+
     def _request(self, node: NodePlan, scope: Scope) -> CompletionRequest:
         fields: dict[str, Any] = node.request_fields
         messages: Any = render_messages(node, scope)
@@ -251,16 +264,7 @@ class LeafRunner:
 
         async def attempt(number: int) -> None:
             state.attempts = number
-            if item is None or self.item_starts_seen():
-                self.emit(
-                    StepStarted(
-                        run_id=self.run_id,
-                        at=svc.clock(),
-                        step_id=step_id,
-                        attempt=number,
-                        item=item,
-                    )
-                )
+            self._started(step_id, number, item)
             if cache_key is not None and number == 1:
                 hit = await svc.runstore.cache_get(cache_key)
                 if hit is not None:
@@ -325,16 +329,7 @@ class LeafRunner:
 
         async def attempt(number: int) -> None:
             state.attempts = number
-            if item is None or self.item_starts_seen():
-                self.emit(
-                    StepStarted(
-                        run_id=self.run_id,
-                        at=svc.clock(),
-                        step_id=step_id,
-                        attempt=number,
-                        item=item,
-                    )
-                )
+            self._started(step_id, number, item)
             gate = svc.global_limit
             if gate is not None:
                 await gate.acquire()

@@ -142,7 +142,7 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
         if execution is not None and execution.window is not None:
             execution.window.abandon()  # still queued, committed before the outcome
         if store is not None:
-            store.end_checkpoints(spec.run_id)
+            store.mend_checkpoints(spec.run_id)
         if history is not None:
             history.close()
     return result
@@ -163,7 +163,7 @@ def _output(plan: Plan, execution: RunExecution) -> Any:
 
 async def _begin(engine: Any, spec: RunSpec, started: float) -> None:
     store = engine.runstore
-    store.begin_checkpoints(spec.run_id)
+    store.mend_checkpoints(spec.run_id)
     if spec.record is None:
         spec.record = RunRecord(
             run_id=spec.run_id,

@@ -52,6 +52,8 @@ def trusted_checkpoints(
     is done, and the finished items or children of a step whose needs are not all
     done are dropped too: all of that runs again.
     """
+    if not finished:
+        return finished  # a fresh run: nothing to check
     nodes = plan.nodes
     done = {node.id for node in nodes if (node.id, None) in finished}
     changed = True

@@ -26,6 +26,9 @@ import asyncio
 import collections
 from collections.abc import Callable
 
+DURABILITY_MODES = ("async", "sync")
+"""``Engine(durability=...)`` and ``[engine] durability``: "async" tracks checkpoints here."""
+
 DEFAULT_LIMIT = 256
 """Most checkpoints of one run that may be queued and not yet durable."""
 

@@ -243,7 +243,7 @@ class RunStore:
         raises here, before anything is queued. Awaiting the future is optional for
         durability -- the write is queued either way -- but it is how a failed
         commit reaches the caller: the future then holds the storage error. After a
-        checkpoint of this run failed, this one fails too (see ``begin_checkpoints``).
+        checkpoint of this run failed, this one fails too (see ``mend_checkpoints``).
         """
         self._check_open()
         key = check_name(step_key(record.run_id, record.step_id, record.item), what="step key")
@@ -254,17 +254,14 @@ class RunStore:
             [Put(namespace=NS_STEPS, key=key, value=value)], chain=record.run_id
         )
 
-    def begin_checkpoints(self, run_id: str) -> None:
-        """A run (re)starts: let its checkpoints through again after an earlier failure.
+    def mend_checkpoints(self, run_id: str) -> None:
+        """Let the run's checkpoints through again after an earlier failure.
 
         Once a checkpoint of a run fails, later checkpoints of that run fail too
         rather than being committed (so none is ever durable after a lost checkpoint
-        of a step it needs), until the run is started or resumed again.
+        of a step it needs). The engine mends a run when it starts or resumes it,
+        and forgets the failure when the run's drive ends.
         """
-        self._writer.mend(run_id)
-
-    def end_checkpoints(self, run_id: str) -> None:
-        """The run's drive ended: forget a failure of its checkpoints (nothing to refuse)."""
         self._writer.mend(run_id)
 
     def stop_checkpoints(self, run_id: str, error: TaskloomError) -> None:
