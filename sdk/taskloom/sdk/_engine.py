@@ -21,7 +21,6 @@ import asyncio
 import random as _random
 import time
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from taskloom.contracts import (
     serde,
 )
 from taskloom.sdk._checks import resolve_inputs
+from taskloom.sdk._compact import pipeline_forms
 from taskloom.sdk._engine_run import RunSpec, drive
 from taskloom.sdk._engine_window import DURABILITY_MODES
 from taskloom.sdk._events_bus import EventBus
@@ -45,27 +45,11 @@ from taskloom.sdk._handle import History, RunHandle, RunResult
 from taskloom.sdk._plan import Compiler, Plan
 from taskloom.sdk._ratelimit import ExecutorLimits
 from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings
-from taskloom.sdk._runstore import RunStore, pipeline_digest
+from taskloom.sdk._runstore import RunStore
 from taskloom.sdk._validate import validate_pipeline
 
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
 _PLAN_CACHE_SIZE = 64
-_DIGESTS: dict[int, tuple[weakref.ref[Pipeline], str]] = {}
-
-
-def _digest(pipeline: Pipeline) -> str:
-    """The pipeline's digest, computed once per Pipeline object in this process.
-
-    Canonical JSON of a large pipeline is the costliest part of preparing a run;
-    Pipelines are frozen, so the digest of one object never changes.
-    """
-    found = _DIGESTS.get(id(pipeline))
-    if found is not None and found[0]() is pipeline:
-        return found[1]
-    digest = pipeline_digest(pipeline)
-    key = id(pipeline)
-    _DIGESTS[key] = (weakref.ref(pipeline, lambda _r: _DIGESTS.pop(key, None)), digest)
-    return digest
 
 
 class Engine:
@@ -251,7 +235,7 @@ class Engine:
             default_model=lambda eid: self.registry.settings(eid).default_model,
             default_retry=self.default_retry,
         )
-        plan = compiler.compile(_digest(checked))
+        plan = compiler.compile(*pipeline_forms(checked))
         if isinstance(pipeline, Pipeline):
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.pop(next(iter(self._plans)))

@@ -27,7 +27,6 @@ from taskloom.contracts import (
     RunSucceeded,
     StepFailed,
     StepStarted,
-    serde,
 )
 from taskloom.sdk._engine_calls import error_info, first_error
 from taskloom.sdk._engine_lease import HeldLease
@@ -169,7 +168,7 @@ async def _begin(engine: Any, spec: RunSpec, started: float) -> None:
             run_id=spec.run_id,
             pipeline_name=spec.plan.pipeline.name,
             pipeline_digest=spec.plan.digest,
-            pipeline=serde.unstructure(spec.plan.pipeline),
+            pipeline=spec.plan.stored_pipeline,
             inputs=spec.inputs,
             status="running",
             created_at=started,

@@ -96,8 +96,11 @@ class Plan:
         nodes: list[NodePlan],
         output: Callable[[Scope], Any] | None,
         digest: str,
+        stored_pipeline: dict[str, Any],
     ) -> None:
         self.pipeline = pipeline
+        self.stored_pipeline = stored_pipeline
+        """The pipeline as run records keep it (``compact_pipeline``)."""
         self.nodes = nodes
         self.by_id: dict[str, NodePlan] = {}
         self.output = output
@@ -129,7 +132,7 @@ class Compiler:
         self.default_model = default_model
         self.default_retry = default_retry
 
-    def compile(self, digest: str) -> Plan:
+    def compile(self, digest: str, stored_pipeline: dict[str, Any]) -> Plan:
         nodes = [self.node(step, parent_on_error=None) for step in self.pipeline.steps]
         ids = [n.id for n in nodes]
         deps = _graph.dependencies(ids, [s.needs for s in self.pipeline.steps])
@@ -140,7 +143,7 @@ class Compiler:
                 by_id[dep].dependents.append(node)
         output = self.pipeline.output
         render = compile_json(output) if output is not None else None
-        return Plan(self.pipeline, nodes, render, digest)
+        return Plan(self.pipeline, nodes, render, digest, stored_pipeline)
 
     def node(self, step: Step, *, parent_on_error: str | None) -> NodePlan:
         d = self.defaults

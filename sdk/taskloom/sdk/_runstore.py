@@ -87,7 +87,23 @@ def cache_key(executor_id: str, request: CompletionRequest) -> str:
     keep the request's fields.
     """
     body = {"executor": executor_id, "request": converter.unstructure(request)}
-    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+    try:
+        canonical = rfc8785.dumps(body)
+    except rfc8785.CanonicalizationError:
+        # a number canonical JSON cannot carry exactly (a seed beyond 2**53, NaN):
+        # key it by its text instead, so such a request still gets a stable key
+        canonical = rfc8785.dumps(_numbers_as_text(body))
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _numbers_as_text(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _numbers_as_text(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_numbers_as_text(v) for v in data]
+    if isinstance(data, int | float) and not isinstance(data, bool):
+        return repr(data)
+    return data
 
 
 def is_cacheable(request: CompletionRequest, *, nondeterministic: bool = False) -> bool:
