@@ -97,3 +97,49 @@ def test_every_event_encodes_as_the_converter_does(event: Any) -> None:
     expected = converter.unstructure(event, unstructure_as=Event)
     assert encode_event(event) == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
     assert set(_EVENT_FAST) == {StepStarted, StepSucceeded}
+
+
+_anything: st.SearchStrategy[Any] = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.sets(st.integers()),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+
+
+def _outcome(encode_fn: Any, value: Any) -> tuple[str, str]:
+    try:
+        return ("ok", encode_fn(value))
+    except (TypeError, ValueError) as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@given(_anything)
+def test_the_reused_encoder_writes_and_refuses_exactly_what_a_fresh_one_does(value: Any) -> None:
+    from taskloom.sdk._runrecords import _JSON, dumps
+
+    assert _outcome(dumps, value) == _outcome(_JSON.encode, value)
+
+
+def test_a_failed_encode_leaves_no_trace_for_the_next() -> None:
+    """The reused encoder's circular-reference marks are dropped after a failure: it
+    keeps nothing of a value it refused alive, and cycles are still refused."""
+    import gc
+    import weakref
+
+    from taskloom.sdk._runrecords import dumps
+
+    class Tracked(list[Any]):
+        pass
+
+    bad = Tracked([{"b": {1}}])
+    seen = weakref.ref(bad)
+    with pytest.raises(TypeError):
+        dumps({"a": bad})
+    del bad
+    gc.collect()
+    assert seen() is None
+    assert dumps({"a": [{"b": [1]}]}) == '{"a":[{"b":[1]}]}'
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular"):
+        dumps(loop)
