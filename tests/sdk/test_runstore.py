@@ -152,6 +152,19 @@ async def test_events_are_written_with_the_next_batch(storage: StorageAdapter) -
         assert await store.events("run1", after=1, limit=1) == [(2, events[1])]
 
 
+async def test_events_are_written_soon_without_a_flush(memory: StorageAdapter) -> None:
+    """Recording an event asks for a batch (once per batch, not once per event): the
+    events reach storage after a few loop turns, with nobody flushing or checkpointing."""
+    counting = CountingStorage(memory)
+    async with RunStore(counting) as store:
+        for round_ in range(3):
+            for i in range(4):
+                store.record_event(StepStarted(run_id="run1", at=float(i), step_id="a"))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert len(await memory.read("run:run1:events")) == round_ + 1, round_
+
+
 async def test_update_run_lands_after_queued_events(memory: StorageAdapter) -> None:
     """When update_run returns, every event queued before it is readable."""
     async with RunStore(memory) as store:

@@ -13,7 +13,6 @@ it is queued and the run goes on, in order and within a bound (see
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -436,6 +435,7 @@ class LeafRunner:
         if later is not None:
             later.append(record)
         elif self.window is not None:
-            await self.window.add(functools.partial(store.queue_step, record))
+            if not self.window.try_add(store.queue_step, record):
+                await self.window.add(store.queue_step, record)
         else:
             await store.record_step(record)

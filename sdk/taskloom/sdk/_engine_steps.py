@@ -16,7 +16,6 @@ steps, group children and map items are restored instead of run (see
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -240,7 +239,7 @@ class RunExecution(LeafRunner):
                         body, local, step_id=node.id, item=index, later=later
                     )
                     if later:
-                        await writes.add(functools.partial(store.queue_step, later[0]))
+                        await writes.add(store.queue_step, later[0])
                 await writes.settle()
             finally:
                 writes.abandon()

@@ -25,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable
+from typing import TypeVar
 
 DURABILITY_MODES = ("async", "sync")
 """``Engine(durability=...)`` and ``[engine] durability``: "async" tracks checkpoints here."""
+
+T = TypeVar("T")
 
 DEFAULT_LIMIT = 256
 """Most checkpoints of one run that may be queued and not yet durable."""
@@ -42,35 +45,64 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 class CheckpointWindow:
     """The unsettled checkpoint writes of one run, oldest first, at most ``limit`` of them.
 
-    Room is a FIFO semaphore released as each write settles, so however many tasks
-    of the run (map workers) wait for room, each settled write lets exactly one of
-    them go on, in the order they came.
+    Room is handed out first come, first served: a settled write gives its room to
+    the longest-waiting task of the run (a map worker), or frees it. ``try_add``
+    queues without suspending when there is room and nobody waits -- the case of
+    every step of a chain -- so the common checkpoint costs no coroutine.
     """
 
-    __slots__ = ("_futures", "_room")
+    __slots__ = ("_free", "_futures", "_waiters")
 
     def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         self._futures: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._room = asyncio.Semaphore(max(1, limit))
+        self._free = max(1, limit)
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._futures)
 
-    async def add(self, submit: Callable[[], asyncio.Future[None]]) -> None:
-        """Queue a write with ``submit`` once there is room; raise a failed earlier write."""
+    def try_add(self, submit: Callable[[T], asyncio.Future[None]], arg: T) -> bool:
+        """Queue ``submit(arg)`` now if there is room and nobody waits for it; else False.
+
+        Raises the failure of an earlier write of the run, if one failed.
+        """
         self._prune()
+        # (room is free only while nobody live waits: a release serves waiters first)
+        if self._free <= 0 or self._waiters:
+            return False
+        self._free -= 1
+        self._queue(submit, arg)
+        return True
+
+    async def add(self, submit: Callable[[T], asyncio.Future[None]], arg: T) -> None:
+        """Queue ``submit(arg)`` once there is room; raise a failed earlier write."""
+        if self.try_add(submit, arg):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            await self._room.acquire()
+            await waiter
         except asyncio.CancelledError:
             # the run is being cancelled, but this step did finish: queue its checkpoint
-            # anyway (over the bound, which no longer matters) so it is not lost
-            self._futures.append(submit())
+            # anyway so it is not lost -- in the room it was given, or over the bound
+            if waiter.done() and not waiter.cancelled():
+                self._queue(submit, arg)
+            else:
+                self._futures.append(submit(arg))
             raise
         try:
             self._prune()  # a write may have failed while this one waited for room
-            future = submit()
         except BaseException:
-            self._room.release()
+            self._release()
+            raise
+        self._queue(submit, arg)
+
+    def _queue(self, submit: Callable[[T], asyncio.Future[None]], arg: T) -> None:
+        """Submit a write in room already taken; the room comes back when it settles."""
+        try:
+            future = submit(arg)
+        except BaseException:
+            self._release()
             raise
         future.add_done_callback(self._settled)
         self._futures.append(future)
@@ -95,7 +127,17 @@ class CheckpointWindow:
         self._futures.clear()
 
     def _settled(self, _future: asyncio.Future[None]) -> None:
-        self._room.release()
+        self._release()
+
+    def _release(self) -> None:
+        """Give one room to the first task still waiting for it, or free it."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
     def _prune(self) -> None:
         futures = self._futures

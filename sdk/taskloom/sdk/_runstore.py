@@ -327,8 +327,8 @@ class RunStore:
         ``flush`` (and ``aclose``), never dropped silently.
         """
         self._check_open()
-        self._events.add(event)
-        self._writer.notify()
+        if self._events.add(event):
+            self._writer.notify()  # else a batch of the run's events is already due
 
     async def flush(self) -> None:
         """Wait until every queued checkpoint and event is durable; raise what failed."""

@@ -55,8 +55,12 @@ class EventLog:
 
     # --- writing ----------------------------------------------------------------------
 
-    def add(self, event: Event) -> None:
-        """Queue ``event``; encoding now makes a bad event fail its emitter, not a batch."""
+    def add(self, event: Event) -> bool:
+        """Queue ``event``; encoding now makes a bad event fail its emitter, not a batch.
+
+        True when the writer must be told: the run had nothing queued (so nobody
+        asked for a batch of it yet), or its events are held back by an error.
+        """
         encoded = encode_event(event)
         if len(encoded) > MAX_EVENT_BYTES:
             raise ValueTooLarge(
@@ -70,7 +74,10 @@ class EventLog:
             # the stream name is checked once per run and batch, not once per event
             check_name(events_stream(event.run_id), what="event stream")
             queued = self._pending[event.run_id] = []
+            queued.append(encoded)
+            return True
         queued.append(encoded)
+        return event.run_id in self._errors
 
     def has_pending(self) -> bool:
         """Whether events are waiting for a batch."""
