@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from taskloom.contracts._llm import Usage
+from taskloom.contracts._quick import explain
 
 _v = attrs.validators
 
@@ -71,13 +72,33 @@ class RunCancelledEvent:
     usage: Usage = attrs.field(factory=Usage, validator=_v.instance_of(Usage))
 
 
+_STEP_STARTED_CHECKS = {
+    "run_id": _v.instance_of(str),
+    "at": _v.instance_of(float),
+    "step_id": _v.instance_of(str),
+    "attempt": _v.instance_of(int),
+    "item": _opt_int,
+}
+
+
 @attrs.frozen(kw_only=True)
 class StepStarted:
-    run_id: str = attrs.field(validator=_v.instance_of(str))
-    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
-    step_id: str = attrs.field(validator=_v.instance_of(str))
-    attempt: int = attrs.field(default=1, validator=_v.instance_of(int))
-    item: int | None = attrs.field(default=None, validator=_opt_int)
+    run_id: str
+    at: float = attrs.field(converter=_float)
+    step_id: str
+    attempt: int = 1
+    item: int | None = None
+
+    def __attrs_post_init__(self) -> None:  # one test per event, see _quick
+        item = self.item
+        if not (
+            type(self.run_id) is str
+            and type(self.at) is float
+            and type(self.step_id) is str
+            and type(self.attempt) is int
+            and (item is None or type(item) is int)
+        ):
+            explain(self, _STEP_STARTED_CHECKS)
 
 
 @attrs.frozen(kw_only=True)
@@ -91,16 +112,42 @@ class StepRetrying:
     item: int | None = attrs.field(default=None, validator=_opt_int)
 
 
+_STEP_SUCCEEDED_CHECKS = {
+    "run_id": _v.instance_of(str),
+    "at": _v.instance_of(float),
+    "step_id": _v.instance_of(str),
+    "attempt": _v.instance_of(int),
+    "duration_s": _v.instance_of(float),
+    "usage": _v.instance_of(Usage),
+    "item": _opt_int,
+    "cached": _v.instance_of(bool),
+}
+
+
 @attrs.frozen(kw_only=True)
 class StepSucceeded:
-    run_id: str = attrs.field(validator=_v.instance_of(str))
-    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
-    step_id: str = attrs.field(validator=_v.instance_of(str))
-    attempt: int = attrs.field(default=1, validator=_v.instance_of(int))
-    duration_s: float = attrs.field(default=0.0, converter=_float, validator=_v.instance_of(float))
-    usage: Usage = attrs.field(factory=Usage, validator=_v.instance_of(Usage))
-    item: int | None = attrs.field(default=None, validator=_opt_int)
-    cached: bool = attrs.field(default=False, validator=_v.instance_of(bool))
+    run_id: str
+    at: float = attrs.field(converter=_float)
+    step_id: str
+    attempt: int = 1
+    duration_s: float = attrs.field(default=0.0, converter=_float)
+    usage: Usage = attrs.field(factory=Usage)
+    item: int | None = None
+    cached: bool = False
+
+    def __attrs_post_init__(self) -> None:  # one test per event, see _quick
+        item = self.item
+        if not (
+            type(self.run_id) is str
+            and type(self.at) is float
+            and type(self.step_id) is str
+            and type(self.attempt) is int
+            and type(self.duration_s) is float
+            and type(self.usage) is Usage
+            and (item is None or type(item) is int)
+            and type(self.cached) is bool
+        ):
+            explain(self, _STEP_SUCCEEDED_CHECKS)
 
 
 @attrs.frozen(kw_only=True)

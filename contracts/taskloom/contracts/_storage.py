@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from taskloom.contracts._errors import InvalidKey, UsageError, ValueTooLarge
+from taskloom.contracts._quick import explain
 
 MAX_KEY_BYTES = 1024
 """Largest key, namespace or stream name, in UTF-8 bytes."""
@@ -111,18 +112,39 @@ def check_read(after: object, limit: object) -> int | None:
     return check_limit(limit)
 
 
+_RECORD_CHECKS = {
+    "namespace": _v.instance_of(str),
+    "key": _v.instance_of(str),
+    "value": _v.instance_of(bytes),
+    "version": _v.and_(_v.instance_of(int), _v.ge(1)),
+    "updated_at": _v.instance_of(float),
+    "expires_at": _v.optional(_v.instance_of(float)),
+}
+
+
 @attrs.frozen(kw_only=True)
 class Record:
     """One stored record. ``version`` starts at 1 and grows by 1 per write of the key."""
 
-    namespace: str = attrs.field(validator=_v.instance_of(str))
-    key: str = attrs.field(validator=_v.instance_of(str))
-    value: bytes = attrs.field(validator=_v.instance_of(bytes))
-    version: int = attrs.field(validator=[_v.instance_of(int), _v.ge(1)])
-    updated_at: float = attrs.field(validator=_v.instance_of(float))
-    expires_at: float | None = attrs.field(
-        default=None, validator=_v.optional(_v.instance_of(float))
-    )
+    namespace: str
+    key: str
+    value: bytes
+    version: int
+    updated_at: float
+    expires_at: float | None = None
+
+    def __attrs_post_init__(self) -> None:  # one test per record, see _quick
+        version, expires_at = self.version, self.expires_at
+        if not (
+            type(self.namespace) is str
+            and type(self.key) is str
+            and type(self.value) is bytes
+            and type(version) is int
+            and version >= 1
+            and type(self.updated_at) is float
+            and (expires_at is None or type(expires_at) is float)
+        ):
+            explain(self, _RECORD_CHECKS)
 
 
 @attrs.frozen(kw_only=True)
@@ -135,17 +157,35 @@ class StreamEntry:
     appended_at: float = attrs.field(validator=_v.instance_of(float))
 
 
+_PUT_CHECKS = {
+    "namespace": _v.instance_of(str),
+    "key": _v.instance_of(str),
+    "value": _v.instance_of(bytes),
+    "if_version": _v.optional(_v.instance_of(int)),
+    "ttl": _v.optional(_v.instance_of(float)),
+}
+
+
 @attrs.frozen(kw_only=True)
 class Put:
     """A write operation for ``commit``: like ``put``."""
 
-    namespace: str = attrs.field(validator=_v.instance_of(str))
-    key: str = attrs.field(validator=_v.instance_of(str))
-    value: bytes = attrs.field(validator=_v.instance_of(bytes))
-    if_version: int | None = attrs.field(default=None, validator=_v.optional(_v.instance_of(int)))
-    ttl: float | None = attrs.field(
-        default=None, converter=_opt_float, validator=_v.optional(_v.instance_of(float))
-    )
+    namespace: str
+    key: str
+    value: bytes
+    if_version: int | None = None
+    ttl: float | None = attrs.field(default=None, converter=_opt_float)
+
+    def __attrs_post_init__(self) -> None:  # one test per write, see _quick
+        if_version, ttl = self.if_version, self.ttl
+        if not (
+            type(self.namespace) is str
+            and type(self.key) is str
+            and type(self.value) is bytes
+            and (if_version is None or type(if_version) is int)
+            and (ttl is None or type(ttl) is float)
+        ):
+            explain(self, _PUT_CHECKS)
 
 
 @attrs.frozen(kw_only=True)

@@ -40,6 +40,7 @@ from taskloom.contracts import (
     Usage,
     UsageError,
 )
+from taskloom.contracts._quick import explain
 from taskloom.contracts.serde import converter, structure
 
 _v = attrs.validators
@@ -145,9 +146,8 @@ class StepRecord:
     a failure that stops the run is not a checkpoint, so a resume retries it.
 
     A record is made for every step and map item a run finishes, so its fields are
-    checked at once by ``__attrs_post_init__`` (a third of the cost of a validator
-    per field); only when that quick check fails do the per-field validators in
-    ``_STEP_CHECKS`` run, to raise the same error they always did.
+    checked in one test (``taskloom.contracts._quick``); only when that fails do the
+    per-field validators in ``_STEP_CHECKS`` run, to raise the error they always did.
     """
 
     run_id: str
@@ -185,10 +185,7 @@ class StepRecord:
             and self.format >= 1
         ):
             return
-        for field in attrs.fields(StepRecord):  # raise what the field's validator says
-            check = _STEP_CHECKS.get(field.name)
-            if check is not None:
-                check(self, field, getattr(self, field.name))
+        explain(self, _STEP_CHECKS)  # raise what the failing field's validator says
 
 
 @attrs.frozen(kw_only=True)
