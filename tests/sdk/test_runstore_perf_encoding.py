@@ -115,7 +115,7 @@ def _outcome(encode_fn: Any, value: Any) -> tuple[str, str]:
 
 @given(_anything)
 def test_the_reused_encoder_writes_and_refuses_exactly_what_a_fresh_one_does(value: Any) -> None:
-    from taskloom.sdk._runrecords import _JSON, dumps
+    from taskloom.sdk._runrecords_text import _JSON, dumps
 
     assert _outcome(dumps, value) == _outcome(_JSON.encode, value)
 
@@ -126,7 +126,7 @@ def test_a_failed_encode_leaves_no_trace_for_the_next() -> None:
     import gc
     import weakref
 
-    from taskloom.sdk._runrecords import dumps
+    from taskloom.sdk._runrecords_text import dumps
 
     class Tracked(list[Any]):
         pass
@@ -143,3 +143,59 @@ def test_a_failed_encode_leaves_no_trace_for_the_next() -> None:
     loop.append(loop)
     with pytest.raises(ValueError, match="Circular"):
         dumps(loop)
+
+
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        StepStarted(run_id="r", at=1.0, step_id="s", attempt=True),
+        StepStarted(run_id=_Text("r"), at=1.0, step_id="s"),
+        StepStarted(run_id="r", at=1.0, step_id="s", item=False),
+        StepSucceeded(run_id="r", at=1.0, step_id="s", item=True),
+        StepSucceeded(run_id="r", at=1.0, step_id="s", usage=Usage(prompt_tokens=True)),
+        StepSucceeded(run_id="r", at=1.0, step_id=_Text('s\n\u2028"')),
+    ],
+)
+def test_values_the_text_builders_leave_to_the_converter_encode_as_it_does(event: Any) -> None:
+    """bool in an int field, str subclasses: the converter's path writes them, unchanged."""
+    expected = converter.unstructure(event, unstructure_as=Event)
+    assert encode_event(event) == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_time_is_refused_as_before(bad: float) -> None:
+    with pytest.raises(UsageError):
+        encode_event(StepStarted(run_id="r", at=bad, step_id="s"))
+    with pytest.raises(UsageError):
+        encode_event(StepSucceeded(run_id="r", at=1.0, step_id="s", duration_s=bad))
+    with pytest.raises(UsageError):
+        encode(StepRecord(run_id="r", step_id="s", started_at=1.0, finished_at=bad))
+
+
+def test_step_records_with_odd_values_encode_as_the_converter_does() -> None:
+    odd = [
+        StepRecord(run_id="r", step_id="s", attempts=True, started_at=1.0, finished_at=2.0),
+        StepRecord(run_id=_Text("r"), step_id="s", started_at=1.0, finished_at=2.0),
+        StepRecord(
+            run_id="r",
+            step_id="s",
+            output=_Text("o"),
+            error=ErrorInfo(type=_Text("E"), message="m\u0000", retryable=True),
+            started_at=1.0,
+            finished_at=2.0,
+            status="failed",
+        ),
+    ]
+    for record in odd:
+        assert encode(record) == _generic(record)
+
+
+@given(st.text())
+def test_a_text_output_is_escaped_as_json_escapes_it(text: str) -> None:
+    for output in (text, '"quoted" \\ \n \u2028 \x00 é', ""):
+        record = StepRecord(run_id="r", step_id="s", output=output, started_at=1.0, finished_at=2.0)
+        assert encode(record) == _generic(record)

@@ -24,7 +24,7 @@ Storage layout (see ``notes/runstore_interface.md``):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Literal, TypeVar
 
 import attrs
@@ -42,6 +42,12 @@ from taskloom.contracts import (
 )
 from taskloom.contracts._quick import explain
 from taskloom.contracts.serde import converter, structure
+from taskloom.sdk._runrecords_text import (
+    dumps,
+    step_record_text,
+    step_started_text,
+    step_succeeded_text,
+)
 
 _v = attrs.validators
 
@@ -255,49 +261,6 @@ class EventBatch:
 R = TypeVar("R")
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-"""Compact, strict JSON (no NaN)."""
-
-
-def _json_dumps() -> Callable[[Any], str]:
-    """``_JSON.encode``, with the C encoder built once instead of on every call.
-
-    ``JSONEncoder.encode`` makes a new C encoder per call, about a third of the cost
-    of encoding a checkpoint or an event. The one built here has the same settings
-    (compact, ``ensure_ascii=False``, ``allow_nan=False``, circular references
-    refused); its ``markers`` dict is emptied after a failed call, as a fresh one
-    would be. Without the C accelerator, ``_JSON.encode`` itself is used.
-    """
-    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
-    if make is None:
-        return _JSON.encode
-    markers: dict[int, Any] = {}
-    encoder = make(
-        markers,
-        _JSON.default,
-        json.encoder.encode_basestring,
-        None,  # indent
-        ":",
-        ",",
-        False,  # sort_keys
-        False,  # skipkeys
-        False,  # allow_nan
-    )
-
-    def dumps(obj: Any) -> str:
-        try:
-            return "".join(encoder(obj, 0))
-        except BaseException:
-            markers.clear()
-            raise
-
-    return dumps
-
-
-dumps = _json_dumps()
-"""Compact strict JSON text of plain data, as ``_JSON.encode`` gives it (a test checks)."""
-
-
 def encode(record: object) -> bytes:
     """Serialize a record to compact UTF-8 JSON through the one converter.
 
@@ -306,7 +269,9 @@ def encode(record: object) -> bytes:
     """
     try:
         if type(record) is StepRecord and _STEP_FAST:
-            return dumps(_step_dict(record)).encode("utf-8")
+            text = step_record_text(record)
+            if text is not None:
+                return text.encode("utf-8")
         return dumps(_unstructure(record)).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise UsageError(
@@ -358,33 +323,7 @@ _STEP_FIELDS = (
     "format",
 )
 _STEP_FAST = tuple(a.name for a in attrs.fields(StepRecord)) == _STEP_FIELDS
-"""Whether ``_step_dict`` knows every StepRecord field (else the converter does it all)."""
-
-
-def _step_dict(record: StepRecord) -> dict[str, Any]:
-    """What ``converter.unstructure`` makes of a StepRecord, built directly.
-
-    A checkpoint per step is the hot path of a durable run, and the generic walk
-    (plus copying the record to skip its plain-JSON output) costs more than the JSON
-    encoding itself. The typed fields still go through the converter; a test checks
-    that the result equals the converter's for all kinds of records.
-    """
-    error = record.error
-    return {
-        "run_id": record.run_id,
-        "step_id": record.step_id,
-        "item": record.item,
-        "status": record.status,
-        "output": record.output,
-        "error": None if error is None else converter.unstructure(error),
-        "usage": _unstructure_usage(record.usage),
-        "executor": record.executor,
-        "attempts": record.attempts,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "cached": record.cached,
-        "format": record.format,
-    }
+"""Whether ``step_record_text`` knows every StepRecord field (else the converter does it all)."""
 
 
 _unstructure_usage = converter.get_unstructure_hook(Usage)
@@ -392,45 +331,20 @@ _EVENT_TAGS: dict[type[Any], str] = {cls: tag for tag, cls in EVENT_TYPES.items(
 _EVENT_HOOKS: dict[type[Any], Any] = {}
 
 
-def _step_started_dict(event: StepStarted) -> dict[str, Any]:
-    return {
-        "type": "step.started",
-        "run_id": event.run_id,
-        "at": event.at,
-        "step_id": event.step_id,
-        "attempt": event.attempt,
-        "item": event.item,
-    }
-
-
-def _step_succeeded_dict(event: StepSucceeded) -> dict[str, Any]:
-    return {
-        "type": "step.succeeded",
-        "run_id": event.run_id,
-        "at": event.at,
-        "step_id": event.step_id,
-        "attempt": event.attempt,
-        "duration_s": event.duration_s,
-        "usage": _unstructure_usage(event.usage),
-        "item": event.item,
-        "cached": event.cached,
-    }
-
-
 _FAST_EVENTS: dict[type[Any], tuple[str, tuple[str, ...], Any]] = {
     StepStarted: (
         "step.started",
         ("run_id", "at", "step_id", "attempt", "item"),
-        _step_started_dict,
+        step_started_text,
     ),
     StepSucceeded: (
         "step.succeeded",
         ("run_id", "at", "step_id", "attempt", "duration_s", "usage", "item", "cached"),
-        _step_succeeded_dict,
+        step_succeeded_text,
     ),
 }
-"""The two events every step emits, unstructured by hand (a test checks they equal the
-converter's output); used only while their tags and fields are exactly these."""
+"""The two events every step emits, written as text by hand (a test checks it equals the
+converter's JSON); used only while their tags and fields are exactly these."""
 _EVENT_FAST: dict[type[Any], Any] = {
     kind: build
     for kind, (tag, names, build) in _FAST_EVENTS.items()
@@ -442,13 +356,10 @@ def _event_dict(event: Event) -> Any:
     """``converter.unstructure(event, unstructure_as=Event)`` with the per-type hook cached.
 
     The converter's Event hook looks the concrete type's hook up on every call;
-    here it is looked up once per type, and the two events of every step are built
-    directly. Types the converter does not tag (none today) take its own path.
+    here it is looked up once per type. Types the converter does not tag (none
+    today) take its own path.
     """
     kind = type(event)
-    fast = _EVENT_FAST.get(kind)
-    if fast is not None:
-        return fast(event)
     tag = _EVENT_TAGS.get(kind)
     if tag is None:
         return converter.unstructure(event, unstructure_as=Event)
@@ -462,8 +373,14 @@ def encode_event(event: Event) -> str:
     """One event as compact JSON text, tagged with its stable type name.
 
     Encoding happens when the event is recorded, so an event that is not JSON data
-    fails its emitter at once instead of a later batch.
+    fails its emitter at once instead of a later batch. The two events of every
+    step are written directly (``_runrecords_text``) when their values allow.
     """
+    fast = _EVENT_FAST.get(type(event))
+    if fast is not None:
+        text: str | None = fast(event)
+        if text is not None:
+            return text
     body = _event_dict(event)
     try:
         return dumps(body)

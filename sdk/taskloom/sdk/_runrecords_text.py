@@ -1,0 +1,184 @@
+"""The JSON text of the three records every step writes, and the JSON encoder of records.
+
+A finished step writes a ``StepStarted`` and a ``StepSucceeded`` event and a
+checkpoint (``StepRecord``). Turning each into a dict and handing it to the JSON
+encoder cost more than everything else the step's storage does, so their text is
+written here directly: strings escaped by the json module's own C escaper, exact
+ints and finite floats by their ``repr`` (what the encoder writes too), and the
+checkpoint's output -- the only free-form field -- by the encoder. A builder
+returns None for a value it does not write itself (an ``int`` subclass such as
+``True`` in an int field, a str subclass, NaN), and the caller takes the
+converter's path, which writes or refuses it as always. Tests check, for random
+records and every event type, that the text equals the converter's JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""Compact, strict JSON (no NaN)."""
+
+_escape: Callable[[str], str] = json.encoder.encode_basestring
+_int = int.__repr__
+_float = float.__repr__
+_isfinite = math.isfinite
+
+
+def _json_dumps() -> Callable[[Any], str]:
+    """``_JSON.encode``, with the C encoder built once instead of on every call.
+
+    ``JSONEncoder.encode`` makes a new C encoder per call, about a third of the cost
+    of encoding a small record. The one built here has the same settings (compact,
+    ``ensure_ascii=False``, ``allow_nan=False``, circular references refused); its
+    ``markers`` dict is emptied after a failed call, as a fresh one would be.
+    Without the C accelerator, ``_JSON.encode`` itself is used.
+    """
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:
+        return _JSON.encode
+    markers: dict[int, Any] = {}
+    encoder = make(
+        markers,
+        _JSON.default,
+        _escape,
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def dumps(obj: Any) -> str:
+        try:
+            return "".join(encoder(obj, 0))
+        except BaseException:
+            markers.clear()
+            raise
+
+    return dumps
+
+
+dumps = _json_dumps()
+"""Compact strict JSON text of plain data, as ``_JSON.encode`` gives it (a test checks)."""
+
+
+def _opt_int(value: Any) -> str | None:
+    if value is None:
+        return "null"
+    return _int(value) if type(value) is int else None
+
+
+def _usage(usage: Any) -> str | None:
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    if type(prompt) is not int or type(completion) is not int:
+        return None
+    return f'{{"prompt_tokens":{_int(prompt)},"completion_tokens":{_int(completion)}}}'
+
+
+def step_started_text(event: Any) -> str | None:
+    """A ``StepStarted`` as the converter writes it, tagged ``step.started``; or None."""
+    run_id, at, step_id, attempt = event.run_id, event.at, event.step_id, event.attempt
+    item = _opt_int(event.item)
+    if (
+        type(run_id) is not str
+        or type(at) is not float
+        or not _isfinite(at)
+        or type(step_id) is not str
+        or type(attempt) is not int
+        or item is None
+    ):
+        return None
+    return (
+        f'{{"type":"step.started","run_id":{_escape(run_id)},"at":{_float(at)},'
+        f'"step_id":{_escape(step_id)},"attempt":{_int(attempt)},"item":{item}}}'
+    )
+
+
+def step_succeeded_text(event: Any) -> str | None:
+    """A ``StepSucceeded`` as the converter writes it, tagged ``step.succeeded``; or None."""
+    run_id, at, step_id, attempt = event.run_id, event.at, event.step_id, event.attempt
+    duration, cached = event.duration_s, event.cached
+    item = _opt_int(event.item)
+    usage = _usage(event.usage)
+    if (
+        type(run_id) is not str
+        or type(at) is not float
+        or not _isfinite(at)
+        or type(step_id) is not str
+        or type(attempt) is not int
+        or type(duration) is not float
+        or not _isfinite(duration)
+        or type(cached) is not bool
+        or item is None
+        or usage is None
+    ):
+        return None
+    return (
+        f'{{"type":"step.succeeded","run_id":{_escape(run_id)},"at":{_float(at)},'
+        f'"step_id":{_escape(step_id)},"attempt":{_int(attempt)},"duration_s":{_float(duration)},'
+        f'"usage":{usage},"item":{item},"cached":{"true" if cached else "false"}}}'
+    )
+
+
+def step_record_text(record: Any) -> str | None:
+    """A ``StepRecord`` as the converter writes it; or None.
+
+    The output goes through the encoder (a plain string is escaped directly), so
+    anything in it that is not JSON raises ``TypeError``/``ValueError`` as before.
+    """
+    run_id, step_id, status, executor = (
+        record.run_id,
+        record.step_id,
+        record.status,
+        record.executor,
+    )
+    started, finished, attempts, cached = (
+        record.started_at,
+        record.finished_at,
+        record.attempts,
+        record.cached,
+    )
+    item = _opt_int(record.item)
+    usage = _usage(record.usage)
+    error = record.error
+    if (
+        type(run_id) is not str
+        or type(step_id) is not str
+        or type(status) is not str
+        or not (executor is None or type(executor) is str)
+        or type(started) is not float
+        or not _isfinite(started)
+        or type(finished) is not float
+        or not _isfinite(finished)
+        or type(attempts) is not int
+        or type(cached) is not bool
+        or type(record.format) is not int
+        or item is None
+        or usage is None
+    ):
+        return None
+    if error is None:
+        error_text = "null"
+    else:
+        kind, message, retryable = error.type, error.message, error.retryable
+        if type(kind) is not str or type(message) is not str or type(retryable) is not bool:
+            return None
+        error_text = (
+            f'{{"type":{_escape(kind)},"message":{_escape(message)},'
+            f'"retryable":{"true" if retryable else "false"}}}'
+        )
+    output = record.output
+    output_text = _escape(output) if type(output) is str else dumps(output)
+    return (
+        f'{{"run_id":{_escape(run_id)},"step_id":{_escape(step_id)},"item":{item},'
+        f'"status":{_escape(status)},"output":{output_text},"error":{error_text},'
+        f'"usage":{usage},"executor":{"null" if executor is None else _escape(executor)},'
+        f'"attempts":{_int(attempts)},"started_at":{_float(started)},'
+        f'"finished_at":{_float(finished)},"cached":{"true" if cached else "false"},'
+        f'"format":{_int(record.format)}}}'
+    )
