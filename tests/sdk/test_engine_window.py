@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskloom.contracts import StorageUnavailable
 from taskloom.sdk._engine_window import CheckpointWindow
@@ -57,7 +60,11 @@ async def test_room_goes_to_waiters_first_come_first_served() -> None:
     tasks = [asyncio.create_task(window.add(writes.submit, i)) for i in (1, 2, 3)]
     await _turns()
     assert not window.try_add(writes.submit, "late")  # others wait: no overtaking
-    for index in range(3):
+    writes.settle(0)
+    # settled, and its callback has not run yet: the room is still the first waiter's
+    assert not window.try_add(writes.submit, "late")
+    await _turns()
+    for index in range(1, 3):
         writes.settle(index)
         await _turns()
     assert writes.args == [0, 1, 2, 3]
@@ -157,3 +164,68 @@ async def test_many_waiters_never_exceed_the_bound() -> None:
     await window.settle()
     assert peak == 3
     assert writes.args == list(range(50))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(1, 4),
+    tasks=st.integers(1, 12),
+    script=st.lists(st.sampled_from(["turn", "settle", "fail", "cancel"]), max_size=60),
+)
+def test_random_schedules_keep_the_bound_the_order_and_never_hang(
+    limit: int, tasks: int, script: list[str]
+) -> None:
+    """Tasks add in order; writes settle (or fail) oldest first; waiting tasks get
+    cancelled at random. At every submit at most ``limit`` writes are unsettled (a
+    cancelled waiter's write excepted), tasks that were not cancelled submit in the
+    order they came, and once every write settles, every task has finished."""
+
+    async def scenario() -> None:
+        window, writes = CheckpointWindow(limit), Writes()
+        over_bound: set[int] = set()
+        cancelled: set[int] = set()
+        unsettled = 0
+        peak = 0
+        settled = 0
+
+        def submit(arg: int) -> asyncio.Future[None]:
+            nonlocal unsettled, peak
+            unsettled += 1
+            if arg not in cancelled:
+                peak = max(peak, unsettled - len(over_bound))
+            else:
+                over_bound.add(arg)
+            return writes.submit(arg)
+
+        async def one(index: int) -> None:
+            with contextlib.suppress(StorageUnavailable):
+                await window.add(submit, index)
+
+        running = [asyncio.create_task(one(i)) for i in range(tasks)]
+        for step in script:
+            if step == "turn":
+                await asyncio.sleep(0)
+            elif step in ("settle", "fail") and settled < len(writes.futures):
+                error = StorageUnavailable("gone") if step == "fail" else None
+                writes.settle(settled, error)
+                unsettled -= 1
+                settled += 1
+            elif step == "cancel":
+                waiting = [i for i, t in enumerate(running) if not t.done() and i not in cancelled]
+                if waiting:
+                    cancelled.add(waiting[-1])
+                    running[waiting[-1]].cancel()
+        for _ in range(10 * tasks + 10):  # settle everything left, oldest first
+            await asyncio.sleep(0)
+            if settled < len(writes.futures):
+                writes.settle(settled)
+                unsettled -= 1
+                settled += 1
+        assert all(t.done() for t in running), "a task still waits with nothing unsettled"
+        await asyncio.gather(*running, return_exceptions=True)
+        assert peak <= limit
+        kept = [a for a in writes.args if a not in cancelled]
+        assert kept == sorted(kept)
+        window.abandon()
+
+    asyncio.run(scenario())

@@ -45,18 +45,28 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 class CheckpointWindow:
     """The unsettled checkpoint writes of one run, oldest first, at most ``limit`` of them.
 
-    Room is handed out first come, first served: a settled write gives its room to
-    the longest-waiting task of the run (a map worker), or frees it. ``try_add``
-    queues without suspending when there is room and nobody waits -- the case of
-    every step of a chain -- so the common checkpoint costs no coroutine.
+    The writes settle in the order they were queued, so the unsettled ones are the
+    tracked futures left after dropping the settled ones at the front: room is
+    ``limit`` minus those (and minus room already promised to a woken waiter).
+    ``try_add`` queues without suspending when there is room and nobody waits --
+    the case of every step of a chain -- and costs no callback per write. Tasks
+    that find the window full (map workers) wait in line; one callback on the
+    oldest unsettled write wakes them, first come, first served, as room appears.
+    The first failed write is kept and raised by every later ``add`` and by
+    ``settle`` (the run store refuses the run's later checkpoints anyway).
     """
 
-    __slots__ = ("_free", "_futures", "_waiters")
+    __slots__ = ("_armed", "_error", "_futures", "_limit", "_promised", "_waiters")
 
     def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         self._futures: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._free = max(1, limit)
+        self._limit = max(1, limit)
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._promised = 0
+        """Room given to woken waiters that have not queued their write yet."""
+        self._armed = False
+        """Whether a callback waits on the oldest unsettled write to wake the line."""
+        self._error: BaseException | None = None
 
     def __len__(self) -> int:
         return len(self._futures)
@@ -66,12 +76,12 @@ class CheckpointWindow:
 
         Raises the failure of an earlier write of the run, if one failed.
         """
-        self._prune()
-        # (room is free only while nobody live waits: a release serves waiters first)
-        if self._free <= 0 or self._waiters:
+        self._drop_settled()
+        if self._error is not None:
+            raise self._error
+        if self._waiters or len(self._futures) + self._promised >= self._limit:
             return False
-        self._free -= 1
-        self._queue(submit, arg)
+        self._futures.append(submit(arg))
         return True
 
     async def add(self, submit: Callable[[T], asyncio.Future[None]], arg: T) -> None:
@@ -80,37 +90,33 @@ class CheckpointWindow:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._arm()
         try:
             await waiter
         except asyncio.CancelledError:
-            # the run is being cancelled, but this step did finish: queue its checkpoint
-            # anyway so it is not lost -- in the room it was given, or over the bound
             if waiter.done() and not waiter.cancelled():
-                self._queue(submit, arg)
-            else:
-                self._futures.append(submit(arg))
+                self._promised -= 1  # room was promised: it is used right here
+            # the run is being cancelled, but this step did finish: queue its checkpoint
+            # anyway so it is not lost (over the bound if no room was promised)
+            self._futures.append(submit(arg))
+            self._arm()
             raise
+        self._promised -= 1
         try:
-            self._prune()  # a write may have failed while this one waited for room
+            if self._error is not None:
+                raise self._error
+            self._futures.append(submit(arg))
         except BaseException:
-            self._release()
+            self._wake()  # the promised room was not used: the next in line may have it
             raise
-        self._queue(submit, arg)
-
-    def _queue(self, submit: Callable[[T], asyncio.Future[None]], arg: T) -> None:
-        """Submit a write in room already taken; the room comes back when it settles."""
-        try:
-            future = submit(arg)
-        except BaseException:
-            self._release()
-            raise
-        future.add_done_callback(self._settled)
-        self._futures.append(future)
+        self._arm()  # the rest of the line waits for this write (or an older one) to settle
 
     async def settle(self) -> None:
         """Wait until every tracked write is durable; raise the first failure."""
         futures = self._futures
         try:
+            if self._error is not None:
+                raise self._error
             while futures:
                 await futures[0]
                 futures.popleft()
@@ -126,28 +132,44 @@ class CheckpointWindow:
                 future.add_done_callback(_retrieve)
         self._futures.clear()
 
-    def _settled(self, _future: asyncio.Future[None]) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        """Give one room to the first task still waiting for it, or free it."""
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-
-    def _prune(self) -> None:
+    def _drop_settled(self) -> None:
+        """Forget the settled writes at the front; keep the first failure among them."""
         futures = self._futures
         while futures and futures[0].done():
-            self._check(futures.popleft())
+            future = futures.popleft()
+            if future.cancelled():
+                continue  # a waiter was cancelled, not the write: it stays queued
+            error = future.exception()
+            if error is not None and self._error is None:
+                self._error = error
 
-    @staticmethod
-    def _check(future: asyncio.Future[None]) -> None:
-        if future.cancelled():
-            return  # a waiter was cancelled, not the write: it stays queued
-        error = future.exception()
-        if error is not None:
-            raise error
+    def _arm(self) -> None:
+        """Make sure the line is woken when room appears (now, if there is room)."""
+        if self._armed or not self._waiters:
+            return
+        self._drop_settled()
+        for future in self._futures:
+            if not future.done():
+                future.add_done_callback(self._on_settled)
+                self._armed = True
+                return
+        if len(self._futures) + self._promised < self._limit:
+            self._wake()  # nothing unsettled and room left: wake the line now
+        # else all room is promised: each woken waiter arms the line once it has queued
+
+    def _on_settled(self, _future: asyncio.Future[None]) -> None:
+        self._armed = False
+        self._wake()
+
+    def _wake(self) -> None:
+        """Promise the room there is to the first live waiters; re-arm for the rest."""
+        self._drop_settled()
+        waiters = self._waiters
+        while waiters and len(self._futures) + self._promised < self._limit:
+            waiter = waiters.popleft()
+            if not waiter.done():  # (a cancelled waiter has left the line)
+                waiter.set_result(None)
+                self._promised += 1
+        while waiters and waiters[0].done():
+            waiters.popleft()
+        self._arm()
