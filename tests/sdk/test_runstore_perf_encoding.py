@@ -21,7 +21,8 @@ from taskloom.contracts import (
 from taskloom.contracts.serde import converter
 from taskloom.contracts.testing.strategies import events as events_of_every_type
 from taskloom.contracts.testing.strategies import json_values
-from taskloom.sdk._runrecords import _EVENT_FAST, StepRecord, encode, encode_event
+from taskloom.sdk._runrecords import StepRecord
+from taskloom.sdk._runrecords_codec import _EVENT_FAST, encode, encode_event
 
 _json: st.SearchStrategy[Any] = json_values()
 

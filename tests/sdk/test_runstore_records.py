@@ -20,16 +20,18 @@ from taskloom.sdk._runrecords import (
     LeaseRecord,
     RunRecord,
     StepRecord,
-    decode,
-    decode_event_batch,
-    encode,
-    encode_event,
-    encode_event_batch,
     index_key,
     step_key,
     total_usage,
     usage_by_executor,
     usage_by_step,
+)
+from taskloom.sdk._runrecords_codec import (
+    decode,
+    decode_event_batch,
+    encode,
+    encode_event,
+    encode_event_batch,
 )
 
 _json: st.SearchStrategy[Any] = json_values()

@@ -60,12 +60,11 @@ from taskloom.sdk._runrecords import (
     RunStatus,
     StepRecord,
     Tombstone,
-    decode,
-    encode,
     index_entry,
     index_key,
     step_key,
 )
+from taskloom.sdk._runrecords_codec import decode, encode
 from taskloom.sdk._runstore_batch import GroupCommitWriter
 from taskloom.sdk._runstore_events import EventLog
 from taskloom.sdk._runstore_history import RunHistory

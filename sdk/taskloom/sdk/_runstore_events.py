@@ -24,12 +24,8 @@ from taskloom.contracts import (
     ValueTooLarge,
     check_name,
 )
-from taskloom.sdk._runrecords import (
-    decode_event_batch,
-    encode_event,
-    encode_event_batch,
-    events_stream,
-)
+from taskloom.sdk._runrecords import events_stream
+from taskloom.sdk._runrecords_codec import decode_event_batch, encode_event, encode_event_batch
 
 ENTRY_BYTES = 512 * 1024
 """Events of one run per stream entry, in JSON bytes, before a second entry is started."""

@@ -20,10 +20,10 @@ from taskloom.sdk._runrecords import (
     RunIndexEntry,
     RunRecord,
     RunStatus,
-    decode,
     index_key,
     inverted_time,
 )
+from taskloom.sdk._runrecords_codec import decode
 
 INDEX_PAGE = 500
 """Index entries read per ``scan`` call."""
