@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 
@@ -109,3 +110,43 @@ def test_a_request_with_a_seed_beyond_json_range_still_has_a_stable_cache_key() 
     other = CompletionRequest(messages=messages, seed=2**60 + 1)
     assert cache_key("e", big) == cache_key("e", big)
     assert cache_key("e", big) != cache_key("e", other)
+
+
+@pytest.mark.parametrize(
+    ("output", "path", "words"),
+    [
+        ({1: "x"}, "$.output", "is not text"),
+        ({"k": {1, 2}}, "$.output.k", "set is not JSON data"),
+        ({"k": [object()]}, "$.output.k[0]", "object is not JSON data"),
+    ],
+)
+async def test_a_pipeline_object_holding_what_json_cannot_is_a_pipeline_problem(
+    output: Any, path: str, words: str
+) -> None:
+    """A Pipeline built in Python skips the JSON pass: its digest step names the bad value."""
+    pipeline = attrs.evolve(
+        load_pipeline(
+            {"taskloom": "pipeline/v1", "name": "p", "steps": [{"id": "a", "prompt": "x"}]}
+        ),
+        output=output,
+    )
+    async with Engine(registry=_scripted()) as engine:
+        with pytest.raises(PipelineInvalid) as caught:
+            engine.validate(pipeline)
+    assert [(p.path, words in p.message) for p in caught.value.problems] == [(path, True)]
+
+
+def test_a_fallback_cache_key_never_matches_a_request_holding_the_same_texts() -> None:
+    """Numbers written as text for the key cannot collide with a request that has texts."""
+    from taskloom.contracts import ResponseFormat
+
+    messages: Any = (Message(role="user", content="x"),)
+    big = CompletionRequest(
+        messages=messages,
+        response_format=ResponseFormat(type="json", json_schema={"maximum": 2**53 + 1}),
+    )
+    text = CompletionRequest(
+        messages=messages,
+        response_format=ResponseFormat(type="json", json_schema={"maximum": str(2**53 + 1)}),
+    )
+    assert cache_key("e", big) != cache_key("e", text)

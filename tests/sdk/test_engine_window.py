@@ -229,3 +229,27 @@ def test_random_schedules_keep_the_bound_the_order_and_never_hang(
         window.abandon()
 
     asyncio.run(scenario())
+
+
+async def test_a_cancelled_waiter_whose_submit_raises_passes_its_room_on() -> None:
+    """Room promised to a waiter that is cancelled and then cannot queue (the store
+    refused the record) goes to the next in line instead of being lost."""
+    window, writes = CheckpointWindow(1), Writes()
+    assert window.try_add(writes.submit, "first")
+
+    def refuse(_arg: Any) -> asyncio.Future[None]:
+        raise ValueError("checkpoint too large")
+
+    refused = asyncio.create_task(window.add(refuse, "a"))
+    after = asyncio.create_task(window.add(writes.submit, "b"))
+    await _turns()
+    writes.settle(0)
+    await asyncio.sleep(0)  # the room is promised to "a" ...
+    refused.cancel()  # ... which is cancelled before it runs, then fails to queue
+    with pytest.raises(ValueError):
+        await refused
+    await _turns()
+    assert after.done()  # "b" got the room
+    assert writes.args == ["first", "b"]
+    writes.settle(1)
+    await window.settle()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_runstore_support import (
@@ -346,6 +348,41 @@ def test_store_survives_a_new_event_loop() -> None:
     asyncio.run(store.record_step(make_step("a")))
     asyncio.run(store.record_step(make_step("b")))
     assert set(asyncio.run(store.finished_steps("run1"))) == {("a", None), ("b", None)}
+
+
+def test_events_left_queued_by_one_event_loop_are_written_from_the_next() -> None:
+    """Events queued when a loop ended are written soon after more arrive on a new loop
+    (a sync facade calls asyncio.run again), without waiting for a flush."""
+    from taskloom.adapters.memory import MemoryStorage
+
+    class Slow(MemoryStorage):
+        slow = True
+
+        async def commit(self, ops: Any) -> Any:
+            if self.slow:
+                await asyncio.sleep(0.05)
+            return await super().commit(ops)
+
+    memory = Slow()
+    store = RunStore(memory)
+
+    async def first() -> None:
+        store.record_event(StepStarted(run_id="run1", at=1.0, step_id="a"))
+        await asyncio.sleep(0.01)  # the flusher is committing the first event
+        store.record_event(StepStarted(run_id="run1", at=2.0, step_id="a"))  # queued behind
+        # the loop ends here, as a sync facade's asyncio.run returns without a flush
+
+    async def second() -> int:
+        memory.slow = False
+        for i in range(3):
+            store.record_event(StepStarted(run_id="run1", at=3.0 + i, step_id="a"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        entries = await memory.read("run:run1:events")
+        return sum(len(json.loads(e.payload)["events"]) for e in entries)
+
+    asyncio.run(first())
+    assert asyncio.run(second()) >= 4  # the second loop's events and the one left queued
 
 
 async def test_events_of_one_batch_share_one_stream_entry(memory: StorageAdapter) -> None:

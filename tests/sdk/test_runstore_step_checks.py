@@ -54,3 +54,16 @@ def test_random_pairs_of_values_are_judged_as_the_validators_do(data: st.DataObj
     for name in data.draw(st.lists(st.sampled_from(sorted(_GOOD)), max_size=2)):
         fields[name] = data.draw(_VALUES)
     agrees(StepRecord, _STEP_CHECKS, fields)
+
+
+def test_a_status_whose_comparison_raises_is_refused_as_the_validator_refuses_it() -> None:
+    """An object whose == raises TypeError is a ValueError, as attrs' in_ validator says."""
+
+    class Odd:
+        def __eq__(self, other: object) -> bool:
+            raise TypeError("no comparing")
+
+        __hash__ = object.__hash__
+
+    with pytest.raises(ValueError):
+        StepRecord(**{**_GOOD, "status": Odd()})

@@ -47,20 +47,45 @@ def pipeline_forms(pipeline: Pipeline) -> tuple[str, dict[str, Any]]:
     data = serde.unstructure(pipeline)
     try:
         digest = pipeline_digest(data)
-    except rfc8785.CanonicalizationError:
-        raise PipelineInvalid(_numbers_out_of_range(data, "$")) from None
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        problems = _not_canonical(data, "$") or [
+            Problem(
+                path="$",
+                message=f"the pipeline is not JSON data ({exc})",
+                hint="use text, numbers, true/false, null, lists and objects",
+            )
+        ]
+        raise PipelineInvalid(problems) from None
     stored = compact_pipeline(pipeline, data)
     key = id(pipeline)
     _FORMS[key] = (weakref.ref(pipeline, lambda _r: _FORMS.pop(key, None)), digest, stored)
     return digest, stored
 
 
-def _numbers_out_of_range(data: Any, path: str) -> list[Problem]:
+def _not_canonical(data: Any, path: str) -> list[Problem]:
+    """Where ``data`` holds what canonical JSON cannot carry: numbers beyond its exact
+    range, NaN or infinities, object keys that are not text, values that are not JSON."""
     if isinstance(data, dict):
-        return [p for k, v in data.items() for p in _numbers_out_of_range(v, key_path(path, k))]
+        problems: list[Problem] = []
+        for key, value in data.items():
+            if not isinstance(key, str):
+                problems.append(
+                    Problem(
+                        path=path,
+                        message=f"the object key {key!r} is not text",
+                        hint="JSON object keys are strings: quote it",
+                    )
+                )
+                continue
+            problems += _not_canonical(value, key_path(path, key))
+        return problems
     if isinstance(data, list):
-        return [p for i, v in enumerate(data) for p in _numbers_out_of_range(v, f"{path}[{i}]")]
-    if isinstance(data, int) and not isinstance(data, bool) and abs(data) > _SAFE_INT:
+        return [p for i, v in enumerate(data) for p in _not_canonical(v, f"{path}[{i}]")]
+    if isinstance(data, bool) or data is None or isinstance(data, str):
+        return []
+    if isinstance(data, int):
+        if abs(data) <= _SAFE_INT:
+            return []
         return [
             Problem(
                 path=path,
@@ -68,9 +93,17 @@ def _numbers_out_of_range(data: Any, path: str) -> list[Problem]:
                 hint="write it as a string",
             )
         ]
-    if isinstance(data, float) and not math.isfinite(data):
+    if isinstance(data, float):
+        if math.isfinite(data):
+            return []
         return [Problem(path=path, message=f"{data} is not a JSON number", hint="use a number")]
-    return []
+    return [
+        Problem(
+            path=path,
+            message=f"a {type(data).__name__} is not JSON data",
+            hint="use text, numbers, true/false, null, lists and objects",
+        )
+    ]
 
 
 def compact_pipeline(pipeline: Pipeline, data: dict[str, Any] | None = None) -> dict[str, Any]:

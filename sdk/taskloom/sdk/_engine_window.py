@@ -94,11 +94,17 @@ class CheckpointWindow:
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
+            promised = waiter.done() and not waiter.cancelled()
+            if promised:
                 self._promised -= 1  # room was promised: it is used right here
             # the run is being cancelled, but this step did finish: queue its checkpoint
             # anyway so it is not lost (over the bound if no room was promised)
-            self._futures.append(submit(arg))
+            try:
+                self._futures.append(submit(arg))
+            except BaseException:
+                if promised:
+                    self._wake()  # the promised room was not used: pass it on
+                raise
             self._arm()
             raise
         self._promised -= 1

@@ -3,10 +3,11 @@
 Everything here is data that outlives the process that wrote it, so each stored
 record carries ``format`` and is JSON through :mod:`taskloom.contracts.serde`
 (never pickle: stored state must never be able to run code when read back;
-``_runrecords_codec`` writes and reads the bytes). Reading a record of another format, or one whose content does not match its
-type, raises :class:`~taskloom.contracts.DecodeError` naming the record's
-namespace and key, so that a resume stops with a message a person can act on
-instead of continuing from a silently defaulted state.
+``_runrecords_codec`` writes and reads the bytes). Reading a record of another
+format, or one whose content does not match its type, raises
+:class:`~taskloom.contracts.DecodeError` naming the record's namespace and key,
+so that a resume stops with a message a person can act on instead of continuing
+from a silently defaulted state.
 
 Storage layout (see ``notes/runstore_interface.md``):
 
@@ -165,6 +166,7 @@ class StepRecord:
             and type(self.step_id) is str
             and self.step_id
             and (item is None or (type(item) is int and item >= 0))
+            and type(self.status) is str
             and (self.status == "succeeded" or self.status == "failed")
             and (error is None or type(error) is ErrorInfo)
             and type(self.usage) is Usage

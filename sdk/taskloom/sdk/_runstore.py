@@ -90,8 +90,9 @@ def cache_key(executor_id: str, request: CompletionRequest) -> str:
         canonical = rfc8785.dumps(body)
     except rfc8785.CanonicalizationError:
         # a number canonical JSON cannot carry exactly (a seed beyond 2**53, NaN):
-        # key it by its text instead, so such a request still gets a stable key
-        canonical = rfc8785.dumps(_numbers_as_text(body))
+        # key it by its text instead, so such a request still gets a stable key; the
+        # marker keeps it from ever matching a request that holds those texts itself
+        canonical = rfc8785.dumps({"numbers_as_text": True, **_numbers_as_text(body)})
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -326,7 +327,7 @@ class RunStore:
         ``flush`` (and ``aclose``), never dropped silently.
         """
         self._check_open()
-        if self._events.add(event):
+        if self._events.add(event) or not self._writer.flushing_here():
             self._writer.notify()  # else a batch of the run's events is already due
 
     async def flush(self) -> None:

@@ -139,6 +139,17 @@ class GroupCommitWriter:
         self._queue.append(_Pending(ops, None))
         self._kick()
 
+    def flushing_here(self) -> bool:
+        """Whether the flusher runs on the current event loop (so a ``notify`` made
+        earlier on this loop will be acted on); False outside a loop."""
+        task = self._task
+        if task is None or task.done():
+            return False
+        try:
+            return self._loop is asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+
     def notify(self) -> None:
         """Say that ``collect`` has something: the flusher forms a batch soon."""
         self._check_open()
