@@ -25,6 +25,7 @@ faster. There is no target; the rows inform.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.metadata
 import operator
 import tempfile
@@ -160,7 +161,8 @@ async def _pair(
     repeats: int,
     warmups: tuple[Callable[[], Awaitable[float]], Callable[[], Awaitable[float]]],
 ) -> tuple[list[float], list[float]]:
-    """Interleaved samples after a warm-up of each side, alternating which side goes first.
+    """Interleaved samples after a warm-up of each side, alternating which side goes first,
+    each after a full garbage collection.
 
     The warm-ups are a smaller shape (code paths, imports, connections), so that
     the quick mode does not spend a full run on them.
@@ -169,13 +171,18 @@ async def _pair(
         await warmup()
     mine: list[float] = []
     peer: list[float] = []
+
+    async def sample(side: Callable[[], Awaitable[float]], into: list[float]) -> None:
+        gc.collect()  # the other side's garbage is not this sample's cost
+        into.append(await side())
+
     for rep in range(repeats):
         if rep % 2:
-            peer.append(await theirs())
-            mine.append(await ours())
+            await sample(theirs, peer)
+            await sample(ours, mine)
         else:
-            mine.append(await ours())
-            peer.append(await theirs())
+            await sample(ours, mine)
+            await sample(theirs, peer)
     return mine, peer
 
 
