@@ -193,28 +193,29 @@ async def _finish(
     started = spec.record.started_at if spec.record is not None else None
     duration = now - (started if started is not None else now)
     info = error_info(error, engine.redact) if error is not None else None
+    outcome: Event
     if status == "succeeded":
-        emit(RunSucceeded(run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage))
+        outcome = RunSucceeded(
+            run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage
+        )
     elif status == "failed":
         assert info is not None
-        emit(
-            RunFailed(
-                run_id=spec.run_id,
-                at=now,
-                error=info,
-                step_id=getattr(error, "step_id", None),
-                duration_s=duration,
-                usage=execution.usage,
-            )
+        outcome = RunFailed(
+            run_id=spec.run_id,
+            at=now,
+            error=info,
+            step_id=getattr(error, "step_id", None),
+            duration_s=duration,
+            usage=execution.usage,
         )
     else:
-        emit(
-            RunCancelledEvent(
-                run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage
-            )
+        outcome = RunCancelledEvent(
+            run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage
         )
     store = engine.runstore
-    if store is not None and spec.record is not None:
+    if store is None or spec.record is None:
+        emit(outcome)
+    else:
         spec.record = attrs.evolve(
             spec.record,
             status=status,
@@ -225,7 +226,17 @@ async def _finish(
             usage_by_executor=dict(execution.usage_by_executor),
             steps_done=len(spec.finished) + execution.steps_done,
         )
-        await store.update_run(spec.record)
+        # The outcome is announced once the run record says it: a success whose record
+        # cannot be written (a non-JSON output, a failing store) is never announced as
+        # one -- the run then fails, and that is announced. A failure or cancellation is
+        # announced even when its record cannot be written.
+        try:
+            await store.update_run(spec.record)
+        except BaseException:
+            if status != "succeeded":
+                emit(outcome)
+            raise
+        emit(outcome)
         await store.flush()
     return RunResult(
         run_id=spec.run_id,
