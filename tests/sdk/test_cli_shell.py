@@ -158,7 +158,8 @@ def _shell(workdir: Path, tmp_path: Path) -> Terminal:
 
 
 def test_ctrl_c_never_ends_the_shell(workdir: Path, tmp_path: Path) -> None:
-    """Ctrl-C at the prompt clears the line; Ctrl-C during a run cancels that run only."""
+    """Ctrl-C at the prompt clears the line; Ctrl-C during a run or a resume cancels that run
+    only, and says how to continue it."""
     import json
 
     (workdir / "taskloom.toml").write_text('[executors.slow]\ntype = "scripted"\nlatency_s = 0.2\n')
@@ -177,7 +178,13 @@ def test_ctrl_c_never_ends_the_shell(workdir: Path, tmp_path: Path) -> None:
         term.expect(r"interrupted")
         term.expect(r"taskloom>")
         term.send("runs --status cancelled --json\r")
-        term.expect(r'"status": "cancelled"')
+        listing = term.expect(r'"status": "cancelled"')
+        term.expect(r"taskloom>")
+        run_id = re.findall(r'"run_id": "([^"]+)"', listing)[-1]
+        term.send(f"resume {run_id}\r")  # Ctrl-C during a resume cancels it the same way
+        term.expect(r"resume [^:]*: [1-9]\d* done")
+        term.send("\x03")
+        term.expect(rf"interrupted; 'taskloom resume {run_id}' continues the run")
         term.expect(r"taskloom>")
         term.send("exit\r")
         assert term.close() == 0

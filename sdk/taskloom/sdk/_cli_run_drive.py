@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,26 +252,44 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         handle = engine.start(pipeline, inputs)
         await _audit(ctx, "run.start", handle.run_id, pipeline=str(pipeline.get("name", "")))
-        try:
-            result = await _drive(ctx, handle, title=str(pipeline.get("name", args.pipeline)))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            handle.cancel()
-            _print_failure(
-                ctx,
-                handle.run_id,
-                RunCancelled(f"interrupted; 'taskloom resume {handle.run_id}' continues the run"),
-            )
-            raise
-        except RunHeld:
+
+        async def held(_exc: RunHeld) -> int:
             return await _lost(ctx, handle.run_id)
-        except (StepFailed, RunCancelled) as exc:
-            await _audit(ctx, "run.finish", handle.run_id, status=_failed_status(exc))
-            return _print_failure(ctx, handle.run_id, exc)
-        await _audit(ctx, "run.finish", result.run_id, status=result.status)
-        return _print_result(ctx, result)
+
+        return await _to_the_end(ctx, handle, str(pipeline.get("name", args.pipeline)), held)
     finally:
         await engine.aclose()
         await host.aclose()
+
+
+async def _to_the_end(
+    ctx: CliContext,
+    handle: Any,
+    title: str,
+    held: Callable[[RunHeld], Awaitable[int]],
+) -> int:
+    """Drive a started or resumed run to its end and report it (exit code 0 or 1).
+
+    Ctrl-C cancels the run and says how to continue it; a lost lease is ``held``'s to
+    explain; a failed or cancelled run is audited and printed like a finished one.
+    """
+    try:
+        result = await _drive(ctx, handle, title=title)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        handle.cancel()
+        _print_failure(
+            ctx,
+            handle.run_id,
+            RunCancelled(f"interrupted; 'taskloom resume {handle.run_id}' continues the run"),
+        )
+        raise
+    except RunHeld as exc:
+        return await held(exc)
+    except (StepFailed, RunCancelled) as exc:
+        await _audit(ctx, "run.finish", handle.run_id, status=_failed_status(exc))
+        return _print_failure(ctx, handle.run_id, exc)
+    await _audit(ctx, "run.finish", result.run_id, status=result.status)
+    return _print_result(ctx, result)
 
 
 async def _was_cancelled(ctx: CliContext, run_id: str) -> bool:
@@ -298,17 +317,13 @@ async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         handle = engine.start_resume(args.run_id, pipeline)
         await _audit(ctx, "run.resume", args.run_id)
-        try:
-            result = await _drive(ctx, handle, title=f"resume {args.run_id[:12]}")
-        except RunHeld:
+
+        async def held(exc: RunHeld) -> int:
             if handle.run_id != args.run_id or not await _was_cancelled(ctx, args.run_id):
-                raise
+                raise exc
             return await _lost(ctx, args.run_id)
-        except (StepFailed, RunCancelled) as exc:
-            await _audit(ctx, "run.finish", handle.run_id, status=_failed_status(exc))
-            return _print_failure(ctx, handle.run_id, exc)
-        await _audit(ctx, "run.finish", result.run_id, status=result.status)
-        return _print_result(ctx, result)
+
+        return await _to_the_end(ctx, handle, f"resume {args.run_id[:12]}", held)
     finally:
         await engine.aclose()
         await host.aclose()
