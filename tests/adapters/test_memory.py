@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from taskloom.adapters import _memory_storage
 from taskloom.adapters.memory import MemorySecretStore, MemoryStorage
 from taskloom.contracts import SecretStore, StorageAdapter, UsageError
 from taskloom.contracts.testing import SecretStoreConformance, StorageConformance
@@ -126,3 +127,39 @@ class TestMemoryStorageThorough(TestMemoryStorage):
 
     max_examples = 120
     stateful_step_count = 50
+
+
+class TestMemoryStorageSortedList(TestMemoryStorage):
+    """The same suite with namespaces holding more than 2 keys in a SortedList (the path
+    large namespaces take), so both key structures are held to every invariant."""
+
+    @pytest.fixture(autouse=True)
+    def _sorted_list_early(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Switch to the SortedList after 2 keys instead of 4,096."""
+        monkeypatch.setattr(_memory_storage, "SORTED_LIST_AT", 2)
+
+
+def test_a_large_namespace_switches_to_a_sorted_list_and_keeps_its_order() -> None:
+    """Past SORTED_LIST_AT keys, puts, deletes and scans still see code point order."""
+    import asyncio
+    import random
+
+    async def scenario() -> None:
+        store = MemoryStorage()
+        keys = [
+            f"k{random.Random(i).random():.12f}" for i in range(_memory_storage.SORTED_LIST_AT + 50)
+        ]
+        for key in keys:
+            await store.put("ns", key, b"v")
+        assert type(store._data.namespaces["ns"].keys) is not list
+        for key in keys[::3]:
+            await store.delete("ns", key)
+        kept = sorted(set(keys) - set(keys[::3]))
+        scanned = [r.key for r in await store.scan("ns")]
+        assert scanned == kept
+        middle = kept[len(kept) // 2]
+        assert [r.key for r in await store.scan("ns", start_after=middle, limit=3)] == kept[
+            len(kept) // 2 + 1 : len(kept) // 2 + 4
+        ]
+
+    asyncio.run(scenario())
