@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +16,8 @@ from taskloom.contracts import (
     Event,
     Op,
     Put,
+    RunCancelled,
+    RunCancelledEvent,
     RunFailed,
     RunSucceeded,
     StorageUnavailable,
@@ -70,3 +75,79 @@ async def test_a_success_is_announced_and_stored_as_the_last_event() -> None:
         history = await engine.runstore.events(result.run_id)
         assert isinstance(history[-1][1], RunSucceeded)
         assert (await engine.runstore.load_run(result.run_id)).status == "succeeded"
+
+
+class Snapshot(MemoryStorage):
+    """Copies the store the moment the record saying "succeeded" is committed: what a
+    process dying right then leaves behind."""
+
+    taken: Any = None
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        result = await super().commit(ops)
+        says_succeeded = any(
+            isinstance(op, Put) and op.namespace == NS_RUNS and b'"succeeded"' in op.value
+            for op in ops
+        )
+        if self.taken is None and says_succeeded:
+            self.taken = copy.deepcopy(self._data)
+        return result
+
+
+async def test_the_outcome_event_is_committed_with_the_record_that_says_it() -> None:
+    """A crash right after the finished record is durable never leaves the history
+    without its RunSucceeded."""
+    storage = Snapshot()
+    _seen, result = await _run(storage)
+    crashed = MemoryStorage()
+    crashed._data = storage.taken
+    async with make_engine(storage=crashed)[0] as engine:
+        assert engine.runstore is not None
+        assert (await engine.runstore.load_run(result.run_id)).status == "succeeded"
+        history = await engine.runstore.events(result.run_id)
+        assert isinstance(history[-1][1], RunSucceeded)
+
+
+class SlowAfterSuccess(MemoryStorage):
+    """Holds the first commit after the "succeeded" record for a while."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.succeeded = False
+        self.holding = asyncio.Event()
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        if self.succeeded and not self.holding.is_set():
+            self.holding.set()
+            await asyncio.sleep(0.05)
+        result = await super().commit(ops)
+        if any(
+            isinstance(op, Put) and op.namespace == NS_RUNS and b'"succeeded"' in op.value
+            for op in ops
+        ):
+            self.succeeded = True
+        return result
+
+
+async def test_a_cancel_after_the_success_is_recorded_leaves_the_run_succeeded() -> None:
+    """Cancelling while the writes after the success are in flight neither rewrites the
+    record as cancelled nor adds a second outcome event."""
+    storage = SlowAfterSuccess()
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(seen.append, types=[RunSucceeded, RunFailed, RunCancelledEvent])
+    engine, _ = make_engine(storage=storage, bus=bus)
+    async with engine:
+        handle = engine.start(pipeline({"id": "a", "prompt": "hi"}))
+        await storage.holding.wait()
+        handle.cancel()
+        with contextlib.suppress(RunCancelled, asyncio.CancelledError):
+            await handle.result()
+        assert engine.runstore is not None
+        assert (await engine.runstore.load_run(handle.run_id)).status == "succeeded"
+        stored = [e for _n, e in await engine.runstore.events(handle.run_id)]
+        await bus.drain()
+    await bus.aclose()
+    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
+    assert [type(e) for e in stored if isinstance(e, outcomes)] == [RunSucceeded]
+    assert [type(e) for e in seen] == [RunSucceeded]

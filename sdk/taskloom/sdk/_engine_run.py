@@ -48,6 +48,8 @@ class RunSpec:
     finished: Mapping[tuple[str, int | None], Any]
     resumed: bool
     history: History | None
+    outcome_recorded: bool = False
+    """Set once the run record says how the run ended: nothing may change that after."""
 
 
 def _stored(event: Event) -> bool:
@@ -71,10 +73,14 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
     bus_emit = engine.bus.emit
     record_event = store.record_event if store is not None else None
 
-    def emit(event: Event) -> None:
+    def announce(event: Event) -> None:
+        """Hand ``event`` to the run's handle and the bus (storing it is separate)."""
         if history is not None:
             history.push(event)
         bus_emit(event)
+
+    def emit(event: Event) -> None:
+        announce(event)
         if record_event is not None and _stored(event):
             record_event(event)
 
@@ -119,23 +125,26 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
             if execution.window is not None:
                 await execution.window.settle()  # never "succeeded" before all are durable
             output = _output(spec.plan, execution)
-            result = await _finish(engine, spec, execution, "succeeded", output, None, emit)
+            result = await _finish(engine, spec, execution, "succeeded", output, None, announce)
     except asyncio.CancelledError:
-        if execution is not None:
-            await _finish(engine, spec, execution, "cancelled", None, None, emit)
+        # (a run whose record already says it succeeded stays succeeded: only the wait
+        # for its last events was cancelled)
+        if execution is not None and not spec.outcome_recorded:
+            await _finish(engine, spec, execution, "cancelled", None, None, announce)
         raise
     except RunHeld:
         raise
     except StepFailed as exc:
         if execution is not None:
-            await _finish(engine, spec, execution, "failed", None, exc, emit)
+            await _finish(engine, spec, execution, "failed", None, exc, announce)
         raise
     except Exception as exc:
         # A storage failure or a non-JSON output: record the failure if the store
-        # still works, then let the original error through.
-        if execution is not None:
+        # still works (unless the record already says how the run ended), then let the
+        # original error through.
+        if execution is not None and not spec.outcome_recorded:
             with contextlib.suppress(Exception):
-                await _finish(engine, spec, execution, "failed", None, exc, emit)
+                await _finish(engine, spec, execution, "failed", None, exc, announce)
         raise
     finally:
         if execution is not None and execution.window is not None:
@@ -187,7 +196,7 @@ async def _finish(
     status: str,
     output: Any,
     error: BaseException | None,
-    emit: Callable[[Event], None],
+    announce: Callable[[Event], None],
 ) -> RunResult:
     now = engine.clock()
     started = spec.record.started_at if spec.record is not None else None
@@ -214,7 +223,7 @@ async def _finish(
         )
     store = engine.runstore
     if store is None or spec.record is None:
-        emit(outcome)
+        announce(outcome)
     else:
         spec.record = attrs.evolve(
             spec.record,
@@ -226,17 +235,21 @@ async def _finish(
             usage_by_executor=dict(execution.usage_by_executor),
             steps_done=len(spec.finished) + execution.steps_done,
         )
-        # The outcome is announced once the run record says it: a success whose record
-        # cannot be written (a non-JSON output, a failing store) is never announced as
-        # one -- the run then fails, and that is announced. A failure or cancellation is
-        # announced even when its record cannot be written.
+        # The outcome event is queued first, so it is committed together with the
+        # record that says it (a crash never leaves a finished run without it), and
+        # announced once that commit succeeded: a success whose record cannot be
+        # written (a non-JSON output, a failing store) is never announced -- the run
+        # then fails, and that is announced. A failure or cancellation is announced
+        # even when its record cannot be written.
+        store.record_event(outcome)
         try:
             await store.update_run(spec.record)
         except BaseException:
             if status != "succeeded":
-                emit(outcome)
+                announce(outcome)
             raise
-        emit(outcome)
+        spec.outcome_recorded = True
+        announce(outcome)
         await store.flush()
     return RunResult(
         run_id=spec.run_id,
