@@ -10,7 +10,6 @@ walk rather than a sort of the whole namespace.
 from __future__ import annotations
 
 import bisect
-import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
@@ -91,7 +90,7 @@ class _Namespace:
                 if after
                 else bisect.bisect_left(keys, prefix)
             )
-            return itertools.islice(keys, start, None)
+            return (keys[index] for index in range(start, len(keys)))
         start = keys.bisect_right(start_after) if after else keys.bisect_left(prefix)
         return iter(keys.islice(start))
 
