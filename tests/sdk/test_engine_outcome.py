@@ -8,7 +8,8 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from engine_support import make_engine, pipeline
+import pytest
+from engine_support import FakeExecutor, make_engine, pipeline
 
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import (
@@ -21,6 +22,7 @@ from taskloom.contracts import (
     RunFailed,
     RunSucceeded,
     StorageUnavailable,
+    ValueTooLarge,
 )
 from taskloom.sdk import EventBus
 from taskloom.sdk._runrecords import NS_RUNS
@@ -63,6 +65,79 @@ async def test_a_success_whose_record_cannot_be_written_is_announced_as_a_failur
         assert engine.runstore is not None
         runs = await engine.runstore.list_runs()
         assert [r.status for r in runs] == ["failed"]
+        stored = [e for _n, e in await engine.runstore.events(runs[0].run_id)]
+    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
+    assert [type(e) for e in stored if isinstance(e, outcomes)] == [RunFailed]
+
+
+async def test_a_run_record_too_large_to_store_fails_the_run_without_a_stored_success() -> None:
+    """An output the run record cannot hold (each step's checkpoint fits) fails the run:
+    ValueTooLarge reaches the caller, and RunSucceeded is neither announced nor stored."""
+    big = FakeExecutor(reply=lambda _request: "x" * 2_500_000)
+    raw = pipeline(
+        {"id": "a", "prompt": "a"},
+        {"id": "b", "prompt": "b"},
+        output={"a": "{{steps.a.output}}", "b": "{{steps.b.output}}"},
+    )
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(seen.append, types=[RunSucceeded, RunFailed, RunCancelledEvent])
+    engine, _ = make_engine(big, bus=bus)
+    async with engine:
+        with pytest.raises(ValueTooLarge):
+            await engine.run(raw)
+        assert engine.runstore is not None
+        (run,) = await engine.runstore.list_runs()
+        stored = [e for _n, e in await engine.runstore.events(run.run_id)]
+        await bus.drain()
+    await bus.aclose()
+    assert run.status == "failed"
+    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
+    assert [type(e) for e in stored if isinstance(e, outcomes)] == [RunFailed]
+    assert [type(e) for e in seen] == [RunFailed]
+
+
+class SlowSuccessRecord(MemoryStorage):
+    """Holds the commit of the "succeeded" record for a while."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = asyncio.Event()
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        if any(
+            isinstance(op, Put) and op.namespace == NS_RUNS and b'"succeeded"' in op.value
+            for op in ops
+        ):
+            self.holding.set()
+            await asyncio.sleep(0.05)
+        return await super().commit(ops)
+
+
+async def test_a_cancel_while_the_success_is_being_recorded_leaves_one_outcome() -> None:
+    """Cancelling while the commit of the succeeded record is in flight: that commit
+    lands, the record stays succeeded, and exactly one outcome is stored and announced."""
+    storage = SlowSuccessRecord()
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(seen.append, types=[RunSucceeded, RunFailed, RunCancelledEvent])
+    engine, _ = make_engine(storage=storage, bus=bus)
+    async with engine:
+        handle = engine.start(pipeline({"id": "a", "prompt": "hi"}))
+        await storage.holding.wait()
+        handle.cancel()
+        with contextlib.suppress(RunCancelled, asyncio.CancelledError):
+            await handle.result()
+        assert engine.runstore is not None
+        assert (await engine.runstore.load_run(handle.run_id)).status == "succeeded"
+        stored = [e for _n, e in await engine.runstore.events(handle.run_id)]
+        from_handle = [e async for e in handle.events()]
+        await bus.drain()
+    await bus.aclose()
+    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
+    assert [type(e) for e in stored if isinstance(e, outcomes)] == [RunSucceeded]
+    assert [type(e) for e in from_handle if isinstance(e, outcomes)] == [RunSucceeded]
+    assert [type(e) for e in seen] == [RunSucceeded]
 
 
 async def test_a_success_is_announced_and_stored_as_the_last_event() -> None:

@@ -22,8 +22,10 @@ from taskloom.contracts import (
     ConflictError,
     DecodeError,
     ErrorInfo,
+    RunFailed,
     RunNotFound,
     RunStarted,
+    RunSucceeded,
     StepSkipped,
     StepStarted,
     StepSucceeded,
@@ -165,6 +167,46 @@ async def test_events_are_written_soon_without_a_flush(memory: StorageAdapter) -
             for _ in range(20):
                 await asyncio.sleep(0)
             assert len(await memory.read("run:run1:events")) == round_ + 1, round_
+
+
+async def test_a_finished_run_and_its_outcome_land_together_or_not_at_all(
+    memory: StorageAdapter,
+) -> None:
+    """queue_finish writes the record, the queued events and the outcome in one commit; if
+    it fails, the outcome is dropped, the queued events are kept, and numbering stays gapless."""
+    flaky = FlakyStorage(memory)
+    async with RunStore(flaky) as store:
+        await store.create_run(make_run())
+        store.record_event(StepStarted(run_id="run1", at=1.0, step_id="a"))
+        await store.flush()
+        store.record_event(StepSucceeded(run_id="run1", at=2.0, step_id="a"))
+        flaky.fail_commits = 1
+        write = await store.queue_finish(
+            make_run(status="succeeded"), RunSucceeded(run_id="run1", at=3.0)
+        )
+        with pytest.raises(StorageUnavailable):
+            await write
+        assert (await store.load_run("run1")).status == "running"
+        write = await store.queue_finish(
+            make_run(status="failed"),
+            RunFailed(run_id="run1", at=4.0, error=ErrorInfo(type="E", message="m")),
+        )
+        await write
+        numbered = [(n, type(e).__name__) for n, e in await store.events("run1")]
+        assert numbered == [(1, "StepStarted"), (2, "StepSucceeded"), (3, "RunFailed")]
+        assert (await store.load_run("run1")).status == "failed"
+
+
+async def test_a_run_record_refused_by_its_checks_queues_nothing(memory: StorageAdapter) -> None:
+    """A final record too large to store raises before anything of it is queued."""
+    async with RunStore(memory) as store:
+        await store.create_run(make_run())
+        store.record_event(StepStarted(run_id="run1", at=1.0, step_id="a"))
+        huge = make_run(status="succeeded", output="x" * (5 * 1024 * 1024))
+        with pytest.raises(ValueTooLarge):
+            await store.queue_finish(huge, RunSucceeded(run_id="run1", at=2.0))
+        await store.flush()
+        assert [type(e).__name__ for _n, e in await store.events("run1")] == ["StepStarted"]
 
 
 async def test_update_run_lands_after_queued_events(memory: StorageAdapter) -> None:

@@ -235,22 +235,34 @@ async def _finish(
             usage_by_executor=dict(execution.usage_by_executor),
             steps_done=len(spec.finished) + execution.steps_done,
         )
-        # The outcome event is queued first, so it is committed together with the
-        # record that says it (a crash never leaves a finished run without it), and
-        # announced once that commit succeeded: a success whose record cannot be
-        # written (a non-JSON output, a failing store) is never announced -- the run
-        # then fails, and that is announced. A failure or cancellation is announced
-        # even when its record cannot be written.
-        store.record_event(outcome)
+        # The outcome event is written in the same commit as the record that says it
+        # (a crash never leaves a finished run without it, and if the commit fails
+        # neither lands), and announced once that commit succeeded: a success whose
+        # record cannot be written (a non-JSON output, a failing store) is never
+        # announced -- the run then fails, and that is announced. A failure or
+        # cancellation is announced even when its record cannot be written.
+        write: asyncio.Future[None] | None = None
         try:
-            await store.update_run(spec.record)
+            write = await store.queue_finish(spec.record, outcome)
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if write is not None:
+                # the write goes ahead: learn whether it landed before the cancel goes on
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait([write])
+                if write.done() and not write.cancelled() and write.exception() is None:
+                    spec.outcome_recorded = True
+                    announce(outcome)
+                    raise
+            if status != "succeeded":
+                announce(outcome)
+            raise
         except BaseException:
             if status != "succeeded":
                 announce(outcome)
             raise
         spec.outcome_recorded = True
         announce(outcome)
-        await store.flush()
     return RunResult(
         run_id=spec.run_id,
         status=status,

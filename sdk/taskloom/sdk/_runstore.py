@@ -66,7 +66,7 @@ from taskloom.sdk._runrecords import (
 )
 from taskloom.sdk._runrecords_codec import decode, encode
 from taskloom.sdk._runstore_batch import GroupCommitWriter
-from taskloom.sdk._runstore_events import EventLog
+from taskloom.sdk._runstore_events import ENTRY_BYTES, EventLog
 from taskloom.sdk._runstore_history import RunHistory
 from taskloom.sdk._runstore_lease import LeaseKeeper, check_ttl, extended, held_error
 
@@ -239,6 +239,49 @@ class RunStore:
                 ),
             ]
         )
+
+    async def queue_finish(self, record: RunRecord, outcome: Event) -> asyncio.Future[None]:
+        """Queue a finished run's record and its outcome event as one commit; return the
+        future that resolves when it is durable (or holds why it failed).
+
+        Both are checked before anything is queued (a record too large or not JSON
+        raises here, and nothing of it is written). The outcome goes into the stream
+        entry that also holds the run's still-queued events, as part of the record's
+        own write: if that commit fails, neither lands and the outcome is not kept for
+        a retry (the queued events go back on the queue). The write goes ahead whether
+        or not anyone awaits the future; awaiting it is how a caller learns it landed.
+        """
+        self._check_open()
+        run_id = record.run_id
+        check_name(run_id, what="run id")
+        value = check_value(encode(record), what=f"run record {run_id}")
+        index_value = encode(index_entry(record))
+        text = self._events.encode(outcome)
+        if self._events.queued_size(run_id) + len(text) > ENTRY_BYTES:
+            await self.flush()  # a large backlog goes in entries of its own first
+        append, first, texts = await self._events.take_last(run_id, text)
+        try:
+            write = self._writer.submit(
+                [
+                    Put(namespace=NS_RUNS, key=run_id, value=value),
+                    Put(
+                        namespace=NS_RUNS_BY_TIME,
+                        key=index_key(run_id, record.created_at),
+                        value=index_value,
+                    ),
+                    append,
+                ]
+            )
+        except BaseException:
+            self._events.settle_last(run_id, first, texts, written=False)
+            raise
+
+        def settled(future: asyncio.Future[None]) -> None:
+            landed = not future.cancelled() and future.exception() is None
+            self._events.settle_last(run_id, first, texts, written=landed)
+
+        write.add_done_callback(settled)
+        return write
 
     # --- checkpoints ----------------------------------------------------------------
 

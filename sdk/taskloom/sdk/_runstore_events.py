@@ -57,14 +57,7 @@ class EventLog:
         True when the writer must be told: the run had nothing queued (so nobody
         asked for a batch of it yet), or its events are held back by an error.
         """
-        encoded = encode_event(event)
-        if len(encoded) > MAX_EVENT_BYTES:
-            raise ValueTooLarge(
-                f"a {type(event).__name__} event of run {event.run_id} is {len(encoded)} bytes "
-                f"of JSON; the limit is {MAX_EVENT_BYTES}: keep large data out of events",
-                size=len(encoded),
-                limit=MAX_EVENT_BYTES,
-            )
+        encoded = self.encode(event)
         queued = self._pending.get(event.run_id)
         if queued is None:
             # the stream name is checked once per run and batch, not once per event
@@ -74,6 +67,49 @@ class EventLog:
             return True
         queued.append(encoded)
         return event.run_id in self._errors
+
+    @staticmethod
+    def encode(event: Event) -> str:
+        """``event`` as JSON text; ``ValueTooLarge`` past MAX_EVENT_BYTES."""
+        encoded = encode_event(event)
+        if len(encoded) > MAX_EVENT_BYTES:
+            raise ValueTooLarge(
+                f"a {type(event).__name__} event of run {event.run_id} is {len(encoded)} bytes "
+                f"of JSON; the limit is {MAX_EVENT_BYTES}: keep large data out of events",
+                size=len(encoded),
+                limit=MAX_EVENT_BYTES,
+            )
+        return encoded
+
+    def queued_size(self, run_id: str) -> int:
+        """Bytes of JSON of the run's queued events."""
+        return sum(len(text) + 1 for text in self._pending.get(run_id, ()))
+
+    async def take_last(self, run_id: str, text: str) -> tuple[Append, int, list[str]]:
+        """The run's queued events and ``text`` (its last event) as one stream entry.
+
+        The queued events are taken off the queue; the caller writes the entry with
+        the run's final record and then calls ``settle_last``. Returns the append,
+        the number the entry's first event has, and the texts taken.
+        """
+        stream = events_stream(run_id)
+        check_name(stream, what="event stream")
+        first = self._next.get(run_id)
+        if first is None:
+            first = await self._count(stream) + 1
+        texts = [*self._pending.pop(run_id, []), text]
+        self._errors.pop(run_id, None)
+        return Append(stream=stream, payload=encode_event_batch(first, texts)), first, texts
+
+    def settle_last(self, run_id: str, first: int, texts: list[str], *, written: bool) -> None:
+        """After the final write: count the entry's events, or (not written) put the
+        queued ones back in front of anything queued since, without the last event."""
+        if written:
+            self._next[run_id] = first + len(texts)
+            return
+        back = texts[:-1] + self._pending.pop(run_id, [])
+        if back:
+            self._pending[run_id] = back
 
     def has_pending(self) -> bool:
         """Whether events are waiting for a batch."""
