@@ -8,6 +8,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pytest
 from engine_support import FakeExecutor, make_engine, pipeline
 
@@ -226,3 +227,59 @@ async def test_a_cancel_after_the_success_is_recorded_leaves_the_run_succeeded()
     outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
     assert [type(e) for e in stored if isinstance(e, outcomes)] == [RunSucceeded]
     assert [type(e) for e in seen] == [RunSucceeded]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "filesystem"])
+async def test_resuming_a_run_whose_event_count_is_unknown_numbers_every_event_once(
+    kind: str, tmp_path: Any
+) -> None:
+    """A run that crashed after its last checkpoint (record still running) resumes in a new
+    engine whose writer and final write both need the run's event count (reads that take
+    time, on a real adapter): it finishes, and no two stored events share a number."""
+    from taskloom.adapters.filesystem import FileStorage
+    from taskloom.adapters.sqlite import SQLiteStorage
+
+    for attempt in range(3):
+        storage: Any = (
+            await SQLiteStorage.open(tmp_path / f"runs{attempt}.db")
+            if kind == "sqlite"
+            else await FileStorage.open(tmp_path / f"runs{attempt}")
+        )
+        engine, _ = make_engine(storage=storage)
+        async with engine:
+            done = await engine.run(
+                pipeline({"id": "a", "prompt": "hi"}, {"id": "b", "prompt": "x"})
+            )
+            assert engine.runstore is not None
+            record = await engine.runstore.load_run(done.run_id)
+            crashed = attrs.evolve(record, status="running", finished_at=None, output=None)
+            await engine.runstore.update_run(crashed)
+        resumed_engine, _ = make_engine(storage=storage)
+        async with resumed_engine:
+            result = await asyncio.wait_for(resumed_engine.resume(done.run_id), 10)
+            assert result.status == "succeeded"
+            assert resumed_engine.runstore is not None
+            numbers = [n for n, _e in await resumed_engine.runstore.events(done.run_id)]
+        assert numbers == list(range(1, len(numbers) + 1))
+        await storage.aclose()
+
+
+async def test_a_repeated_cancel_while_the_success_is_recorded_still_leaves_one_outcome() -> None:
+    """Cancelling again while the engine waits for the success's commit does not let it
+    write a second final entry: the run stays succeeded with one outcome, numbered once."""
+    storage = SlowSuccessRecord()
+    engine, _ = make_engine(storage=storage)
+    async with engine:
+        handle = engine.start(pipeline({"id": "a", "prompt": "hi"}))
+        await storage.holding.wait()
+        handle.cancel()
+        await asyncio.sleep(0.01)
+        handle.cancel()
+        with contextlib.suppress(RunCancelled, asyncio.CancelledError):
+            await handle.result()
+        assert engine.runstore is not None
+        assert (await engine.runstore.load_run(handle.run_id)).status == "succeeded"
+        stored = await engine.runstore.events(handle.run_id)
+    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
+    assert [type(e) for _n, e in stored if isinstance(e, outcomes)] == [RunSucceeded]
+    assert [n for n, _e in stored] == list(range(1, len(stored) + 1))

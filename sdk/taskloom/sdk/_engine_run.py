@@ -247,9 +247,12 @@ async def _finish(
             await asyncio.shield(write)
         except asyncio.CancelledError:
             if write is not None:
-                # the write goes ahead: learn whether it landed before the cancel goes on
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait([write])
+                # the write goes ahead: learn whether it landed before the cancel goes
+                # on (however often the cancel is repeated: nothing else may be written
+                # for the run until it settles)
+                while not write.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([write])
                 if write.done() and not write.cancelled() and write.exception() is None:
                     spec.outcome_recorded = True
                     announce(outcome)

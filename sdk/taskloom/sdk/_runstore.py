@@ -258,7 +258,10 @@ class RunStore:
         index_value = encode(index_entry(record))
         text = self._events.encode(outcome)
         if self._events.queued_size(run_id) + len(text) > ENTRY_BYTES:
-            await self.flush()  # a large backlog goes in entries of its own first
+            await self._writer.flush()  # a large backlog goes in entries of its own first
+            error = self._events.error_of(run_id)
+            if error is not None:
+                raise error
         append, first, texts = await self._events.take_last(run_id, text)
         try:
             write = self._writer.submit(

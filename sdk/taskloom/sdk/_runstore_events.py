@@ -14,6 +14,8 @@ written events meanwhile.
 
 from __future__ import annotations
 
+import asyncio
+
 from taskloom.contracts import (
     Append,
     Event,
@@ -47,6 +49,8 @@ class EventLog:
         self._next: dict[str, int] = {}
         """The number the next event of a run gets."""
         self._errors: dict[str, TaskloomError] = {}
+        self._learning: dict[str, asyncio.Future[None]] = {}
+        """Runs whose event count is being read from storage, and who waits for it."""
         """Why a run's queued events could not be collected (its stream could not be read)."""
 
     # --- writing ----------------------------------------------------------------------
@@ -92,11 +96,9 @@ class EventLog:
         the run's final record and then calls ``settle_last``. Returns the append,
         the number the entry's first event has, and the texts taken.
         """
+        check_name(events_stream(run_id), what="event stream")
+        first = await self._known_next(run_id)
         stream = events_stream(run_id)
-        check_name(stream, what="event stream")
-        first = self._next.get(run_id)
-        if first is None:
-            first = await self._count(stream) + 1
         texts = [*self._pending.pop(run_id, []), text]
         self._errors.pop(run_id, None)
         return Append(stream=stream, payload=encode_event_batch(first, texts)), first, texts
@@ -141,15 +143,15 @@ class EventLog:
         ops: list[Op] = []
         for run_id in list(self._pending):
             stream = events_stream(run_id)
-            first = self._next.get(run_id)
-            if first is None:
-                try:
-                    first = await self._count(stream) + 1
-                except TaskloomError as exc:
-                    self._errors[run_id] = exc
-                    continue
+            try:
+                first = await self._known_next(run_id)
+            except TaskloomError as exc:
+                self._errors[run_id] = exc
+                continue
+            pending = self._pending.pop(run_id, None)
+            if pending is None:
+                continue  # taken while the count was read (by a run's final write)
             self._errors.pop(run_id, None)
-            pending = self._pending.pop(run_id)
             start = 0
             while start < len(pending):
                 size, end = 0, start
@@ -162,6 +164,33 @@ class EventLog:
                 start = end
             self._next[run_id] = first
         return ops
+
+    async def _known_next(self, run_id: str) -> int:
+        """The number the run's next event gets, read from storage at most once at a time.
+
+        The flusher and a run's final write may both need a resumed run's count; the
+        second waits for the first's read instead of reading (and numbering) again.
+        """
+        while run_id not in self._next:
+            learning = self._learning.get(run_id)
+            if learning is not None:
+                await asyncio.shield(learning)
+                continue
+            learning = self._learning[run_id] = asyncio.get_running_loop().create_future()
+            try:
+                count = await self._count(events_stream(run_id))
+            except BaseException as exc:
+                del self._learning[run_id]
+                if isinstance(exc, Exception):
+                    learning.set_exception(exc)
+                    learning.exception()  # (seen: each waiter gets it raised)
+                else:
+                    learning.cancel()
+                raise
+            del self._learning[run_id]
+            self._next.setdefault(run_id, count + 1)
+            learning.set_result(None)
+        return self._next[run_id]
 
     # --- reading ----------------------------------------------------------------------
 
