@@ -28,14 +28,27 @@ from taskloom.contracts import (
 from taskloom.sdk import EventBus
 from taskloom.sdk._runrecords import NS_RUNS
 
+OUTCOMES = (RunSucceeded, RunFailed, RunCancelledEvent)
+
+
+def _outcomes(events: Any) -> list[type]:
+    """The types of the outcome events among ``events``, in order."""
+    return [type(e) for e in events if isinstance(e, OUTCOMES)]
+
+
+def _says_succeeded(ops: Sequence[Op]) -> bool:
+    """Whether a commit writes a run record whose status is "succeeded"."""
+    return any(
+        isinstance(op, Put) and op.namespace == NS_RUNS and b'"succeeded"' in op.value for op in ops
+    )
+
 
 class NoSuccessRecords(MemoryStorage):
     """Refuses to write a run record that says "succeeded" (a store failing at the end)."""
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
-        for op in ops:
-            if isinstance(op, Put) and op.namespace == NS_RUNS and b'"succeeded"' in op.value:
-                raise StorageUnavailable("disk full")
+        if _says_succeeded(ops):
+            raise StorageUnavailable("disk full")
         return await super().commit(ops)
 
 
@@ -67,8 +80,7 @@ async def test_a_success_whose_record_cannot_be_written_is_announced_as_a_failur
         runs = await engine.runstore.list_runs()
         assert [r.status for r in runs] == ["failed"]
         stored = [e for _n, e in await engine.runstore.events(runs[0].run_id)]
-    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
-    assert [type(e) for e in stored if isinstance(e, outcomes)] == [RunFailed]
+    assert _outcomes(stored) == [RunFailed]
 
 
 async def test_a_run_record_too_large_to_store_fails_the_run_without_a_stored_success() -> None:
@@ -82,7 +94,7 @@ async def test_a_run_record_too_large_to_store_fails_the_run_without_a_stored_su
     )
     bus = EventBus()
     seen: list[Event] = []
-    bus.subscribe(seen.append, types=[RunSucceeded, RunFailed, RunCancelledEvent])
+    bus.subscribe(seen.append, types=list(OUTCOMES))
     engine, _ = make_engine(big, bus=bus)
     async with engine:
         with pytest.raises(ValueTooLarge):
@@ -93,51 +105,66 @@ async def test_a_run_record_too_large_to_store_fails_the_run_without_a_stored_su
         await bus.drain()
     await bus.aclose()
     assert run.status == "failed"
-    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
-    assert [type(e) for e in stored if isinstance(e, outcomes)] == [RunFailed]
+    assert _outcomes(stored) == [RunFailed]
     assert [type(e) for e in seen] == [RunFailed]
 
 
-class SlowSuccessRecord(MemoryStorage):
-    """Holds the commit of the "succeeded" record for a while."""
+class HoldsAroundSuccess(MemoryStorage):
+    """Holds a commit for a while: the one writing the "succeeded" record, or (``after``)
+    the first one after it; ``holding`` is set when it starts holding."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, after: bool = False) -> None:
         super().__init__()
+        self.after = after
+        self.succeeded = False
         self.holding = asyncio.Event()
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
-        if any(
-            isinstance(op, Put) and op.namespace == NS_RUNS and b'"succeeded"' in op.value
-            for op in ops
-        ):
+        now = self.succeeded if self.after else _says_succeeded(ops)
+        if now and not self.holding.is_set():
             self.holding.set()
             await asyncio.sleep(0.05)
-        return await super().commit(ops)
+        result = await super().commit(ops)
+        self.succeeded = self.succeeded or _says_succeeded(ops)
+        return result
+
+
+async def _cancel_while_held(
+    storage: HoldsAroundSuccess, *, cancels: int = 1
+) -> tuple[str, list[Event], list[Event], list[Event], list[int]]:
+    """Start a run, cancel it ``cancels`` times once the storage holds a commit; return
+    its stored status, stored events, the handle's events, the bus's outcome events and
+    the stored event numbers."""
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(seen.append, types=list(OUTCOMES))
+    engine, _ = make_engine(storage=storage, bus=bus)
+    async with engine:
+        handle = engine.start(pipeline({"id": "a", "prompt": "hi"}))
+        await storage.holding.wait()
+        for attempt in range(cancels):
+            if attempt:
+                await asyncio.sleep(0.01)
+            handle.cancel()
+        with contextlib.suppress(RunCancelled, asyncio.CancelledError):
+            await handle.result()
+        assert engine.runstore is not None
+        status = (await engine.runstore.load_run(handle.run_id)).status
+        numbered = await engine.runstore.events(handle.run_id)
+        from_handle = [e async for e in handle.events()]
+        await bus.drain()
+    await bus.aclose()
+    stored = [e for _n, e in numbered]
+    return status, stored, from_handle, seen, [n for n, _e in numbered]
 
 
 async def test_a_cancel_while_the_success_is_being_recorded_leaves_one_outcome() -> None:
     """Cancelling while the commit of the succeeded record is in flight: that commit
     lands, the record stays succeeded, and exactly one outcome is stored and announced."""
-    storage = SlowSuccessRecord()
-    bus = EventBus()
-    seen: list[Event] = []
-    bus.subscribe(seen.append, types=[RunSucceeded, RunFailed, RunCancelledEvent])
-    engine, _ = make_engine(storage=storage, bus=bus)
-    async with engine:
-        handle = engine.start(pipeline({"id": "a", "prompt": "hi"}))
-        await storage.holding.wait()
-        handle.cancel()
-        with contextlib.suppress(RunCancelled, asyncio.CancelledError):
-            await handle.result()
-        assert engine.runstore is not None
-        assert (await engine.runstore.load_run(handle.run_id)).status == "succeeded"
-        stored = [e for _n, e in await engine.runstore.events(handle.run_id)]
-        from_handle = [e async for e in handle.events()]
-        await bus.drain()
-    await bus.aclose()
-    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
-    assert [type(e) for e in stored if isinstance(e, outcomes)] == [RunSucceeded]
-    assert [type(e) for e in from_handle if isinstance(e, outcomes)] == [RunSucceeded]
+    status, stored, from_handle, seen, _numbers = await _cancel_while_held(HoldsAroundSuccess())
+    assert status == "succeeded"
+    assert _outcomes(stored) == [RunSucceeded]
+    assert _outcomes(from_handle) == [RunSucceeded]
     assert [type(e) for e in seen] == [RunSucceeded]
 
 
@@ -161,11 +188,7 @@ class Snapshot(MemoryStorage):
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
         result = await super().commit(ops)
-        says_succeeded = any(
-            isinstance(op, Put) and op.namespace == NS_RUNS and b'"succeeded"' in op.value
-            for op in ops
-        )
-        if self.taken is None and says_succeeded:
+        if self.taken is None and _says_succeeded(ops):
             self.taken = copy.deepcopy(self._data)
         return result
 
@@ -184,48 +207,13 @@ async def test_the_outcome_event_is_committed_with_the_record_that_says_it() -> 
         assert isinstance(history[-1][1], RunSucceeded)
 
 
-class SlowAfterSuccess(MemoryStorage):
-    """Holds the first commit after the "succeeded" record for a while."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.succeeded = False
-        self.holding = asyncio.Event()
-
-    async def commit(self, ops: Sequence[Op]) -> CommitResult:
-        if self.succeeded and not self.holding.is_set():
-            self.holding.set()
-            await asyncio.sleep(0.05)
-        result = await super().commit(ops)
-        if any(
-            isinstance(op, Put) and op.namespace == NS_RUNS and b'"succeeded"' in op.value
-            for op in ops
-        ):
-            self.succeeded = True
-        return result
-
-
 async def test_a_cancel_after_the_success_is_recorded_leaves_the_run_succeeded() -> None:
     """Cancelling while the writes after the success are in flight neither rewrites the
     record as cancelled nor adds a second outcome event."""
-    storage = SlowAfterSuccess()
-    bus = EventBus()
-    seen: list[Event] = []
-    bus.subscribe(seen.append, types=[RunSucceeded, RunFailed, RunCancelledEvent])
-    engine, _ = make_engine(storage=storage, bus=bus)
-    async with engine:
-        handle = engine.start(pipeline({"id": "a", "prompt": "hi"}))
-        await storage.holding.wait()
-        handle.cancel()
-        with contextlib.suppress(RunCancelled, asyncio.CancelledError):
-            await handle.result()
-        assert engine.runstore is not None
-        assert (await engine.runstore.load_run(handle.run_id)).status == "succeeded"
-        stored = [e for _n, e in await engine.runstore.events(handle.run_id)]
-        await bus.drain()
-    await bus.aclose()
-    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
-    assert [type(e) for e in stored if isinstance(e, outcomes)] == [RunSucceeded]
+    storage = HoldsAroundSuccess(after=True)
+    status, stored, _from_handle, seen, _numbers = await _cancel_while_held(storage)
+    assert status == "succeeded"
+    assert _outcomes(stored) == [RunSucceeded]
     assert [type(e) for e in seen] == [RunSucceeded]
 
 
@@ -267,19 +255,9 @@ async def test_resuming_a_run_whose_event_count_is_unknown_numbers_every_event_o
 async def test_a_repeated_cancel_while_the_success_is_recorded_still_leaves_one_outcome() -> None:
     """Cancelling again while the engine waits for the success's commit does not let it
     write a second final entry: the run stays succeeded with one outcome, numbered once."""
-    storage = SlowSuccessRecord()
-    engine, _ = make_engine(storage=storage)
-    async with engine:
-        handle = engine.start(pipeline({"id": "a", "prompt": "hi"}))
-        await storage.holding.wait()
-        handle.cancel()
-        await asyncio.sleep(0.01)
-        handle.cancel()
-        with contextlib.suppress(RunCancelled, asyncio.CancelledError):
-            await handle.result()
-        assert engine.runstore is not None
-        assert (await engine.runstore.load_run(handle.run_id)).status == "succeeded"
-        stored = await engine.runstore.events(handle.run_id)
-    outcomes = (RunSucceeded, RunFailed, RunCancelledEvent)
-    assert [type(e) for _n, e in stored if isinstance(e, outcomes)] == [RunSucceeded]
-    assert [n for n, _e in stored] == list(range(1, len(stored) + 1))
+    status, stored, _from_handle, _seen, numbers = await _cancel_while_held(
+        HoldsAroundSuccess(), cancels=2
+    )
+    assert status == "succeeded"
+    assert _outcomes(stored) == [RunSucceeded]
+    assert numbers == list(range(1, len(stored) + 1))

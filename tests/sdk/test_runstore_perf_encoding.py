@@ -130,7 +130,7 @@ def test_a_failed_encode_leaves_no_trace_for_the_next() -> None:
     from taskloom.sdk._runrecords_text import dumps
 
     class Tracked(list[Any]):
-        pass
+        """A list that can be weakly referenced."""
 
     bad = Tracked([{"b": {1}}])
     seen = weakref.ref(bad)
@@ -147,7 +147,7 @@ def test_a_failed_encode_leaves_no_trace_for_the_next() -> None:
 
 
 class _Text(str):
-    pass
+    """A str subclass: the converter's path writes it, not the text builders."""
 
 
 @pytest.mark.parametrize(

@@ -80,37 +80,40 @@ def _usage(usage: Any) -> str | None:
     return f'{{"prompt_tokens":{_int(prompt)},"completion_tokens":{_int(completion)}}}'
 
 
-def step_started_text(event: Any) -> str | None:
-    """A ``StepStarted`` as the converter writes it, tagged ``step.started``; or None."""
+def _step_event_head(tag: str, event: Any) -> str | None:
+    """The fields every step event starts with, up to ``attempt`` (no closing brace)."""
     run_id, at, step_id, attempt = event.run_id, event.at, event.step_id, event.attempt
-    item = _opt_int(event.item)
     if (
         type(run_id) is not str
         or type(at) is not float
         or not _isfinite(at)
         or type(step_id) is not str
         or type(attempt) is not int
-        or item is None
     ):
         return None
     return (
-        f'{{"type":"step.started","run_id":{_escape(run_id)},"at":{_float(at)},'
-        f'"step_id":{_escape(step_id)},"attempt":{_int(attempt)},"item":{item}}}'
+        f'{{"type":"{tag}","run_id":{_escape(run_id)},"at":{_float(at)},'
+        f'"step_id":{_escape(step_id)},"attempt":{_int(attempt)}'
     )
+
+
+def step_started_text(event: Any) -> str | None:
+    """A ``StepStarted`` as the converter writes it, tagged ``step.started``; or None."""
+    head = _step_event_head("step.started", event)
+    item = _opt_int(event.item)
+    if head is None or item is None:
+        return None
+    return f'{head},"item":{item}}}'
 
 
 def step_succeeded_text(event: Any) -> str | None:
     """A ``StepSucceeded`` as the converter writes it, tagged ``step.succeeded``; or None."""
-    run_id, at, step_id, attempt = event.run_id, event.at, event.step_id, event.attempt
+    head = _step_event_head("step.succeeded", event)
     duration, cached = event.duration_s, event.cached
     item = _opt_int(event.item)
     usage = _usage(event.usage)
     if (
-        type(run_id) is not str
-        or type(at) is not float
-        or not _isfinite(at)
-        or type(step_id) is not str
-        or type(attempt) is not int
+        head is None
         or type(duration) is not float
         or not _isfinite(duration)
         or type(cached) is not bool
@@ -119,9 +122,8 @@ def step_succeeded_text(event: Any) -> str | None:
     ):
         return None
     return (
-        f'{{"type":"step.succeeded","run_id":{_escape(run_id)},"at":{_float(at)},'
-        f'"step_id":{_escape(step_id)},"attempt":{_int(attempt)},"duration_s":{_float(duration)},'
-        f'"usage":{usage},"item":{item},"cached":{"true" if cached else "false"}}}'
+        f'{head},"duration_s":{_float(duration)},"usage":{usage},"item":{item},'
+        f'"cached":{"true" if cached else "false"}}}'
     )
 
 
