@@ -151,8 +151,12 @@ async def test_removing_the_default_leaves_no_default_until_the_next_registratio
     assert registry.default_id == "third"
 
 
-async def test_unregister_while_the_factory_runs_closes_what_it_built() -> None:
-    """An executor built for an id unregistered meanwhile is closed, and get() says unknown."""
+async def _getting_from_a_slow_factory(
+    executor_id: str,
+) -> tuple[asyncio.Event, list[Closable], ExecutorRegistry, asyncio.Task[Any]]:
+    """A registry whose ``executor_id`` comes from a factory that waits for the returned
+    gate, and a get() of it already waiting for that factory; ``built`` collects what the
+    factory makes."""
     gate = asyncio.Event()
     built: list[Closable] = []
 
@@ -162,9 +166,15 @@ async def test_unregister_while_the_factory_runs_closes_what_it_built() -> None:
         return built[-1]
 
     registry = ExecutorRegistry()
-    registry.register("slow", slow_factory)
-    getting = asyncio.create_task(registry.get("slow"))
+    registry.register(executor_id, slow_factory)
+    getting = asyncio.create_task(registry.get(executor_id))
     await asyncio.sleep(0)
+    return gate, built, registry, getting
+
+
+async def test_unregister_while_the_factory_runs_closes_what_it_built() -> None:
+    """An executor built for an id unregistered meanwhile is closed, and get() says unknown."""
+    gate, built, registry, getting = await _getting_from_a_slow_factory("slow")
     await registry.unregister("slow")
     gate.set()
     with pytest.raises(UnknownExecutor):
@@ -176,18 +186,7 @@ async def test_unregister_while_the_factory_runs_closes_what_it_built() -> None:
 async def test_get_racing_a_replacement_returns_the_new_executor() -> None:
     """If the id is unregistered and registered again while its old factory runs, get()
     returns the new executor and closes the old one."""
-    gate = asyncio.Event()
-    old: list[Closable] = []
-
-    async def slow_factory() -> Closable:
-        await gate.wait()
-        old.append(Closable())
-        return old[-1]
-
-    registry = ExecutorRegistry()
-    registry.register("x", slow_factory)
-    getting = asyncio.create_task(registry.get("x"))
-    await asyncio.sleep(0)
+    gate, old, registry, getting = await _getting_from_a_slow_factory("x")
     await registry.unregister("x")
     new = Closable()
     registry.register("x", new)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _sec_support import DEFAULT_FILES, NOW, DictStorage, keys, make_signed, trust_for, write_plugin
@@ -29,16 +30,23 @@ from taskloom.security._manifest import SDK_VERSION
 BAD_VERSIONS = ["1.0", "01.2.3", "1.2.3rc1", "1.2.3-beta", "1.2.3+x", " 1.2.3", "\u0661.2.3", ""]
 
 
+def _manifest(**changes: Any) -> PluginManifest:
+    """A small valid manifest with ``changes`` applied."""
+    fields: dict[str, Any] = {
+        "name": "demo",
+        "version": 1,
+        "entry_point": "plugin:setup",
+        "publisher": "x",
+        "files": (),
+        "issued_at": NOW,
+        "expires_at": NOW + 10,
+        **changes,
+    }
+    return PluginManifest(**fields)
+
+
 def _payload(min_sdk_version: object) -> bytes:
-    manifest = PluginManifest(
-        name="demo",
-        version=1,
-        entry_point="plugin:setup",
-        publisher="x",
-        files=(),
-        issued_at=NOW,
-        expires_at=NOW + 10,
-    )
+    manifest = _manifest()
     raw = json.loads(manifest_bytes(manifest))
     raw["min_sdk_version"] = min_sdk_version
     return json.dumps(raw).encode()
@@ -85,16 +93,7 @@ def test_building_refuses_a_malformed_min_sdk_version(tmp_path: Path, text: str)
 
 def test_signing_refuses_a_malformed_min_sdk_version() -> None:
     """sign_manifest will not sign a manifest with min_sdk_version '1.0'."""
-    manifest = PluginManifest(
-        name="demo",
-        version=1,
-        entry_point="a:b",
-        publisher="x",
-        files=(),
-        issued_at=NOW,
-        expires_at=NOW + 1,
-        min_sdk_version="1.0",
-    )
+    manifest = _manifest(entry_point="a:b", expires_at=NOW + 1, min_sdk_version="1.0")
     with pytest.raises(UsageError, match="min_sdk_version"):
         sign_manifest(manifest, keys(1))
 
