@@ -41,8 +41,8 @@ from taskloom.contracts import (
     Usage,
     serde,
 )
-from taskloom.sdk._runrecords import StepRecord
-from taskloom.sdk._runstore import RunStore
+from taskloom.sdk._runs.records import StepRecord
+from taskloom.sdk._runs.store import RunStore
 
 
 def _step(run_id: str, step_id: str, item: int | None) -> StepRecord:

@@ -173,8 +173,8 @@ async def runstore_per_step(steps: int) -> float:
     queued as the engine queues them by default (durability="async"), all durable at the end."""
     from taskloom.adapters.memory import MemoryStorage
     from taskloom.contracts import StepStarted, StepSucceeded, Usage
-    from taskloom.sdk._runrecords import StepRecord
-    from taskloom.sdk._runstore import RunStore
+    from taskloom.sdk._runs.records import StepRecord
+    from taskloom.sdk._runs.store import RunStore
 
     store = RunStore(MemoryStorage())
 

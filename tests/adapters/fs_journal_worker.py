@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from taskloom.adapters import _fs_core, _fs_io, _fs_journal
 from taskloom.adapters.filesystem import FileStorage
+from taskloom.adapters.filesystem import _core as _fs_core
+from taskloom.adapters.filesystem import _io as _fs_io
+from taskloom.adapters.filesystem import _journal as _fs_journal
 from taskloom.contracts import Append, Delete, Put
 
 

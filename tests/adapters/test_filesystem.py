@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from taskloom.adapters import _fs_core, _fs_journal, _fs_records, _fs_root, _fs_streams
-from taskloom.adapters._fs_journal import EntryChange, Intent, RecordChange
 from taskloom.adapters.filesystem import FileStorage
+from taskloom.adapters.filesystem import _core as _fs_core
+from taskloom.adapters.filesystem import _journal as _fs_journal
+from taskloom.adapters.filesystem import _records as _fs_records
+from taskloom.adapters.filesystem import _root as _fs_root
+from taskloom.adapters.filesystem import _streams as _fs_streams
+from taskloom.adapters.filesystem._journal import EntryChange, Intent, RecordChange
 from taskloom.contracts import (
     Append,
     Check,

@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskloom.adapters import _fs_journal, _fs_records, _fs_streams
-from taskloom.adapters._fs_journal import EntryChange, Intent, RecordChange
+from taskloom.adapters.filesystem import _journal as _fs_journal
+from taskloom.adapters.filesystem import _records as _fs_records
+from taskloom.adapters.filesystem import _streams as _fs_streams
+from taskloom.adapters.filesystem._journal import EntryChange, Intent, RecordChange
 from taskloom.contracts import StorageCorrupted
 
 PATH = Path("/store/records/x")

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskloom.adapters import _fs_names
-from taskloom.adapters._fs_core import MAX_RELATIVE_PATH, PATH_MAX, RECORDS
 from taskloom.adapters.filesystem import FileStorage
+from taskloom.adapters.filesystem import _names as _fs_names
+from taskloom.adapters.filesystem._core import MAX_RELATIVE_PATH, PATH_MAX, RECORDS
 from taskloom.contracts import MAX_KEY_BYTES
 
 TAGS = (_fs_names.NAMESPACE, _fs_names.KEY, _fs_names.STREAM)

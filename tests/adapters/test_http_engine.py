@@ -30,7 +30,7 @@ from taskloom.adapters.memory import MemorySecretStore
 from taskloom.adapters.openai import OpenAIExecutor
 from taskloom.contracts import Event, Secret, StepFailed, StepRetrying
 
-engine_module = pytest.importorskip("taskloom.sdk._engine")
+engine_module = pytest.importorskip("taskloom.sdk._engine.engine")
 registry_module = pytest.importorskip("taskloom.sdk._registry")
 Engine = engine_module.Engine
 ExecutorRegistry = registry_module.ExecutorRegistry

@@ -30,7 +30,7 @@ from katan_server import (
     stop_servers,
 )
 
-from taskloom.adapters._http_common import ShardedTransport
+from taskloom.adapters._http.common import ShardedTransport
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.openai import OpenAIExecutor
 from taskloom.contracts import (

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskloom.adapters import _http_common as common
+from taskloom.adapters._http import common
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.anthropic import from_config as anthropic_from_config
 from taskloom.adapters.memory import MemorySecretStore

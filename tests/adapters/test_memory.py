@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from taskloom.adapters import _memory_storage
 from taskloom.adapters.memory import MemorySecretStore, MemoryStorage
+from taskloom.adapters.memory import _storage as _memory_storage
 from taskloom.contracts import SecretStore, StorageAdapter, UsageError
 from taskloom.contracts.testing import SecretStoreConformance, StorageConformance
 

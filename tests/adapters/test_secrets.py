@@ -27,7 +27,6 @@ import pytest
 from keyring.backend import KeyringBackend
 from keyring.compat import properties
 
-from taskloom.adapters import _secrets_keyring
 from taskloom.adapters.secrets import (
     ChainSecretStore,
     EncryptedFileSecretStore,
@@ -35,6 +34,7 @@ from taskloom.adapters.secrets import (
     KeyringSecretStore,
     open_default_secret_store,
 )
+from taskloom.adapters.secrets import _keyring as _secrets_keyring
 from taskloom.contracts import (
     InvalidSecretName,
     ReadOnlySecretStore,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taskloom.adapters import _secrets_file
 from taskloom.adapters.secrets import EncryptedFileSecretStore
+from taskloom.adapters.secrets import _file as _secrets_file
 from taskloom.contracts import (
     Secret,
     SecretDecryptionFailed,

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskloom.adapters._sqlite_args import check_key, choose_victims, prefix_end
-from taskloom.adapters._sqlite_errors import CLASS_MAP, map_sqlite_errors, translate
-from taskloom.adapters._sqlite_schema import (
+from taskloom.adapters.sqlite import SQLiteStorage
+from taskloom.adapters.sqlite._args import check_key, choose_victims, prefix_end
+from taskloom.adapters.sqlite._errors import CLASS_MAP, map_sqlite_errors, translate
+from taskloom.adapters.sqlite._schema import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     open_writer_connection,
 )
-from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import taskloom.adapters._sqlite_writer as writer_module
+import taskloom.adapters.sqlite._writer as writer_module
 from taskloom.adapters.sqlite import SQLiteStorage
 from taskloom.contracts import (
     MAX_VALUE_BYTES,

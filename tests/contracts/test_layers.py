@@ -77,3 +77,65 @@ def test_no_taskloom_init_anywhere() -> None:
 def test_each_portion_ships_py_typed(portion: str) -> None:
     """Every portion marks itself typed for mypy users."""
     assert (ROOT / portion / "taskloom" / portion / "py.typed").is_file()
+
+
+# subpackage (or top-level private module) -> the others of its portion it may import
+SDK_ROOMS = {
+    "_pipeline": set(),
+    "_runs": {"_pipeline"},
+    "_registry": set(),
+    "_config": {"_registry"},
+    "_plugins": set(),
+    "_engine": {"_pipeline", "_runs", "_config", "_registry"},
+    "_sync": {"_engine"},
+    "_cli": {"_pipeline", "_runs", "_config", "_registry", "_plugins", "_engine", "_sync"},
+}
+ADAPTER_ROOMS = {
+    "_http": set(),
+    "openai": {"_http"},
+    "anthropic": {"_http"},
+    "sqlite": set(),
+    "filesystem": set(),
+    "memory": set(),
+    "secrets": set(),
+    "scripted": set(),
+}
+
+
+def _room_violations(base: Path, rooms: dict[str, set[str]]) -> list[str]:
+    portion = base.name
+    bad = []
+    for path in sorted(base.rglob("*.py")):
+        rel = path.relative_to(base).parts
+        room = rel[0].removesuffix(".py")
+        if room == "__init__":
+            continue  # the portion's face may import every room
+        assert room in rooms, f"{path} is in no room of the layering test"
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[:2] != ["taskloom", portion] or len(parts) < 3:
+                continue
+            target = parts[2]
+            if target != room and target not in rooms[room] and target != "__version__":
+                bad.append(f"{path.relative_to(base)} imports {name}")
+    return bad
+
+
+@pytest.mark.parametrize(("portion", "rooms"), [("sdk", SDK_ROOMS), ("adapters", ADAPTER_ROOMS)])
+def test_subpackages_import_one_way(portion: str, rooms: dict[str, set[str]]) -> None:
+    """Inside a portion, subpackages import each other only along the drawn arrows
+    (``_cli`` on top, ``_pipeline`` at the bottom; adapter groups never each other)."""
+    bad = _room_violations(ROOT / portion / "taskloom" / portion, rooms)
+    assert not bad, "imports against the subpackage arrows:\n" + "\n".join(bad)
+
+
+def test_room_check_catches_a_reverse_arrow(tmp_path: Path) -> None:
+    """The room check is not vacuous: a lower room importing a higher one is reported,
+    the allowed direction is not."""
+    base = tmp_path / "sdk"
+    (base / "_low").mkdir(parents=True)
+    (base / "_high").mkdir()
+    (base / "_low" / "a.py").write_text("from taskloom.sdk._high.b import y\n")
+    (base / "_high" / "b.py").write_text("from taskloom.sdk._low.a import x\n")
+    bad = _room_violations(base, {"_low": set(), "_high": {"_low"}})
+    assert bad == ["_low/a.py imports taskloom.sdk._high.b"]

@@ -90,7 +90,7 @@ def test_shell_completes_runs_and_survives_errors(workdir: Path, tmp_path: Path)
         COLUMNS="120",
         LINES="40",
     )
-    term = Terminal([sys.executable, "-m", "taskloom.sdk._cli", "shell"], workdir, env)
+    term = Terminal([sys.executable, "-m", "taskloom.sdk._cli.main", "shell"], workdir, env)
     try:
         term.expect(r"taskloom>")
         term.send("conf\t")
@@ -153,7 +153,7 @@ def _shell_env(tmp_path: Path) -> dict[str, str]:
 
 def _shell(workdir: Path, tmp_path: Path) -> Terminal:
     return Terminal(
-        [sys.executable, "-m", "taskloom.sdk._cli", "shell"], workdir, _shell_env(tmp_path)
+        [sys.executable, "-m", "taskloom.sdk._cli.main", "shell"], workdir, _shell_env(tmp_path)
     )
 
 
@@ -236,10 +236,10 @@ def test_completer_offers_commands_actions_files_run_ids_and_executors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without a terminal: each position completes from the right source."""
-    from taskloom.sdk._cli import build_parser
-    from taskloom.sdk._cli_config import load_config
-    from taskloom.sdk._cli_context import CliContext, Output
-    from taskloom.sdk._cli_shell import ShellCompleter
+    from taskloom.sdk._cli.context import CliContext, Output
+    from taskloom.sdk._cli.main import build_parser
+    from taskloom.sdk._cli.shell import ShellCompleter
+    from taskloom.sdk._config.toml import load_config
 
     monkeypatch.setenv("TASKLOOM_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

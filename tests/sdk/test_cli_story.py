@@ -35,7 +35,7 @@ class Cli:
 
     def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "taskloom.sdk._cli", *args],
+            [sys.executable, "-m", "taskloom.sdk._cli.main", *args],
             cwd=self.workdir,
             env=self.env,
             input=stdin,
@@ -200,7 +200,7 @@ def test_cancel_stops_a_run_in_another_process_and_resume_finishes_it(cli: Cli) 
     pipeline = {"taskloom": "pipeline/v1", "name": "long", "steps": steps}
     (cli.workdir / "long.json").write_text(json.dumps(pipeline))
     running = subprocess.Popen(
-        [sys.executable, "-m", "taskloom.sdk._cli", "run", "long.json", "--json"],
+        [sys.executable, "-m", "taskloom.sdk._cli.main", "run", "long.json", "--json"],
         cwd=cli.workdir,
         env=cli.env,
         stdout=subprocess.PIPE,

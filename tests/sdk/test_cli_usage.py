@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from taskloom.contracts import InvalidRequest, Secret
-from taskloom.sdk._cli import main
+from taskloom.sdk._cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -258,7 +258,7 @@ def _subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOOM_")}
     env["TASKLOOM_HOME"] = str(tmp_path / "home")
     return subprocess.run(
-        [sys.executable, "-m", "taskloom.sdk._cli", *args],
+        [sys.executable, "-m", "taskloom.sdk._cli.main", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -326,7 +326,7 @@ def test_ctrl_c_during_a_run_leaves_one_document_and_a_cancelled_run(tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOOM_")}
     env["TASKLOOM_HOME"] = str(tmp_path / "home")
     running = subprocess.Popen(
-        [sys.executable, "-m", "taskloom.sdk._cli", "run", "long.json", "--json"],
+        [sys.executable, "-m", "taskloom.sdk._cli.main", "run", "long.json", "--json"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

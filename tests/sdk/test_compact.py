@@ -14,7 +14,7 @@ from taskloom.adapters.scripted import ScriptedExecutor
 from taskloom.contracts import CompletionRequest, Message, Pipeline, PipelineInvalid, serde
 from taskloom.contracts.testing.strategies import pipelines
 from taskloom.sdk import Engine, ExecutorRegistry, cache_key, load_pipeline, pipeline_digest
-from taskloom.sdk._compact import compact_pipeline
+from taskloom.sdk._pipeline.compact import compact_pipeline
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

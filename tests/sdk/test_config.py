@@ -10,7 +10,7 @@ from engine_support import leftover_tasks, pipeline
 
 from taskloom.contracts import UsageError
 from taskloom.sdk import Engine
-from taskloom.sdk._config import make_storage
+from taskloom.sdk._config.build import make_storage
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -8,8 +8,8 @@ import pytest
 
 from taskloom.contracts import SecretStoreUnavailable, UsageError
 from taskloom.sdk import Engine
-from taskloom.sdk._cli_config import load_config
-from taskloom.sdk._cli_context import open_storage
+from taskloom.sdk._cli.context import open_storage
+from taskloom.sdk._config.toml import load_config
 
 CONFIG = """
 [storage]

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from test_runstore_support import storage_class
 
 from taskloom.contracts import RunSucceeded, StorageAdapter
-from taskloom.sdk._runrecords import total_usage
-from taskloom.sdk._runstore import RunStore
+from taskloom.sdk._runs.records import total_usage
+from taskloom.sdk._runs.store import RunStore
 
 WORKER = Path(__file__).resolve().parent / "durable_worker.py"
 KINDS = ("sqlite", "filesystem")

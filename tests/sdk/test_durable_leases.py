@@ -12,7 +12,7 @@ from test_runstore_support import storage_class
 
 from taskloom.contracts import RunCancelled, RunHeld, StorageAdapter
 from taskloom.sdk import Engine, ExecutorRegistry
-from taskloom.sdk._runstore import RunStore
+from taskloom.sdk._runs.store import RunStore
 
 KINDS = ("sqlite", "filesystem")
 

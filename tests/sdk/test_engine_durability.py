@@ -26,8 +26,8 @@ from taskloom.contracts import (
     UsageError,
 )
 from taskloom.sdk import Engine
-from taskloom.sdk._engine_window import DEFAULT_LIMIT
-from taskloom.sdk._runrecords import NS_RUNS, NS_STEPS
+from taskloom.sdk._engine.window import DEFAULT_LIMIT
+from taskloom.sdk._runs.records import NS_RUNS, NS_STEPS
 
 
 class _RecordingStorage(MemoryStorage):

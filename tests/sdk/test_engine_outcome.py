@@ -26,7 +26,7 @@ from taskloom.contracts import (
     ValueTooLarge,
 )
 from taskloom.sdk import EventBus
-from taskloom.sdk._runrecords import NS_RUNS
+from taskloom.sdk._runs.records import NS_RUNS
 
 OUTCOMES = (RunSucceeded, RunFailed, RunCancelledEvent)
 

@@ -30,8 +30,8 @@ from taskloom.contracts import (
     StorageUnavailable,
 )
 from taskloom.sdk import EventBus, ExecutorRegistry, ExecutorSettings
-from taskloom.sdk._runrecords import NS_STEPS
-from taskloom.sdk._template import to_text
+from taskloom.sdk._pipeline.template import to_text
+from taskloom.sdk._runs.records import NS_STEPS
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskloom.contracts import PipelineInvalid, StepStarted, StepSucceeded
-from taskloom.sdk._engine_steps import RunExecution
+from taskloom.sdk._engine.steps import RunExecution
 
 ITEMS = ["x", "y", "z", "w"]
 

@@ -261,7 +261,7 @@ async def test_resume_reruns_work_whose_needs_lost_their_checkpoint() -> None:
     """A store holding map items and a later step's checkpoint but not the checkpoint of the
     step they needed (a record deleted by hand): resume runs that step and everything built on
     it again instead of mixing old outputs with a new one."""
-    from taskloom.sdk._runrecords import NS_STEPS, step_key
+    from taskloom.sdk._runs.records import NS_STEPS, step_key
 
     storage = MemoryStorage()
     first = FakeExecutor()

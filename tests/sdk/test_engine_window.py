@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskloom.contracts import StorageUnavailable
-from taskloom.sdk._engine_window import CheckpointWindow
+from taskloom.sdk._engine.window import CheckpointWindow
 
 
 class Writes:

@@ -13,8 +13,8 @@ from test_plugin_host import Sink
 
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import PluginError
-from taskloom.sdk import _plugin_host
-from taskloom.sdk._plugin_host import CODE_DIR, ENVELOPE_NAME, PluginHost, discover
+from taskloom.sdk._plugins import host as _plugin_host
+from taskloom.sdk._plugins.host import CODE_DIR, ENVELOPE_NAME, PluginHost, discover
 from taskloom.security import (
     MAX_ENVELOPE_BYTES,
     InputTooLarge,

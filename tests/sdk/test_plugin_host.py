@@ -14,7 +14,7 @@ import pytest
 
 from taskloom.adapters.memory import MemorySecretStore, MemoryStorage
 from taskloom.contracts import Capabilities, CapabilityDenied, LLMExecutor, UsageError
-from taskloom.sdk._plugin_host import (
+from taskloom.sdk._plugins.host import (
     CODE_DIR,
     ENVELOPE_NAME,
     PluginHost,
@@ -338,7 +338,7 @@ async def test_pl3_storage_only_under_declared_namespaces(
 
 def test_pl4_check_url_admits_only_declared_hosts() -> None:
     """check_url passes declared hosts and refuses every other host."""
-    from taskloom.sdk._plugin_context import HostedPluginContext
+    from taskloom.sdk._plugins.context import HostedPluginContext
 
     ctx = HostedPluginContext(
         plugin_name="net",
@@ -668,8 +668,8 @@ async def test_a_failed_plugins_context_is_revoked(
     tmp_path: Path, key: PrivateKey, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A context kept by a plugin whose setup failed grants nothing any more."""
-    from taskloom.sdk import _plugin_host
-    from taskloom.sdk._plugin_context import HostedPluginContext
+    from taskloom.sdk._plugins import host as _plugin_host
+    from taskloom.sdk._plugins.context import HostedPluginContext
 
     captured: list[HostedPluginContext] = []
 

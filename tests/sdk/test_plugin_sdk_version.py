@@ -20,7 +20,7 @@ from taskloom.contracts import (
     PluginIncompatible,
     PluginManifest,
 )
-from taskloom.sdk._plugin_host import (
+from taskloom.sdk._plugins.host import (
     CODE_DIR,
     ENVELOPE_NAME,
     PluginHost,

@@ -24,7 +24,7 @@ from taskloom.contracts import (
     UsageError,
 )
 from taskloom.sdk import ExecutorRegistry, ExecutorSettings
-from taskloom.sdk._plugin_host import (
+from taskloom.sdk._plugins.host import (
     CODE_DIR,
     ENVELOPE_NAME,
     PluginHost,

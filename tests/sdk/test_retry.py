@@ -19,8 +19,8 @@ from taskloom.contracts import (
     RetryPolicy,
 )
 from taskloom.sdk import backoff_delay
-from taskloom.sdk._ratelimit import ExecutorLimits, TokenBucket
-from taskloom.sdk._retry import call_with_retries
+from taskloom.sdk._engine.ratelimit import ExecutorLimits, TokenBucket
+from taskloom.sdk._engine.retry import call_with_retries
 
 policies = st.builds(
     RetryPolicy,

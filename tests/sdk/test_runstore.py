@@ -35,8 +35,8 @@ from taskloom.contracts import (
     UsageError,
     ValueTooLarge,
 )
-from taskloom.sdk._runrecords import NS_RUNS, NS_STEPS, step_key
-from taskloom.sdk._runstore import RunStore
+from taskloom.sdk._runs.records import NS_RUNS, NS_STEPS, step_key
+from taskloom.sdk._runs.store import RunStore
 
 
 @pytest.fixture(params=STORAGE_KINDS)

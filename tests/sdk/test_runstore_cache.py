@@ -20,8 +20,8 @@ from taskloom.contracts import (
     UsageError,
 )
 from taskloom.contracts.serde import converter
-from taskloom.sdk._runrecords import NS_CACHE
-from taskloom.sdk._runstore import RunStore, cache_key, is_cacheable, pipeline_digest
+from taskloom.sdk._runs.records import NS_CACHE
+from taskloom.sdk._runs.store import RunStore, cache_key, is_cacheable, pipeline_digest
 
 
 def _request(**changes: object) -> CompletionRequest:

@@ -19,8 +19,8 @@ from test_runstore_support import (
 )
 
 from taskloom.contracts import RunHeld, RunNotFound, StepStarted, StorageAdapter, UsageError
-from taskloom.sdk._runrecords import NS_RUNS, NS_RUNS_BY_TIME, RUN_STATUSES
-from taskloom.sdk._runstore import RunStore
+from taskloom.sdk._runs.records import NS_RUNS, NS_RUNS_BY_TIME, RUN_STATUSES
+from taskloom.sdk._runs.store import RunStore
 
 T0 = 1_700_000_000.0
 DAY = 86_400.0

@@ -10,8 +10,8 @@ import pytest
 from test_runstore_support import STORAGE_KINDS, FakeClock, open_storage
 
 from taskloom.contracts import DecodeError, RunHeld, StorageAdapter, UsageError
-from taskloom.sdk._runrecords import NS_LEASES
-from taskloom.sdk._runstore import LeaseKeeper, RunStore
+from taskloom.sdk._runs.records import NS_LEASES
+from taskloom.sdk._runs.store import LeaseKeeper, RunStore
 
 
 @pytest.fixture(params=STORAGE_KINDS)

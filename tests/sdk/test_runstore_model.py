@@ -12,7 +12,7 @@ from test_runstore_support import make_step
 
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import StepStarted
-from taskloom.sdk._runstore import RunStore
+from taskloom.sdk._runs.store import RunStore
 
 _step_ids = st.sampled_from(["a", "b", "map"])
 _items = st.none() | st.integers(0, 3)

@@ -21,8 +21,8 @@ from taskloom.contracts import (
 from taskloom.contracts.serde import converter
 from taskloom.contracts.testing.strategies import events as events_of_every_type
 from taskloom.contracts.testing.strategies import json_values
-from taskloom.sdk._runrecords import StepRecord
-from taskloom.sdk._runrecords_codec import _EVENT_FAST, encode, encode_event
+from taskloom.sdk._runs.codec import _EVENT_FAST, encode, encode_event
+from taskloom.sdk._runs.records import StepRecord
 
 _json: st.SearchStrategy[Any] = json_values()
 
@@ -116,7 +116,7 @@ def _outcome(encode_fn: Any, value: Any) -> tuple[str, str]:
 
 @given(_anything)
 def test_the_reused_encoder_writes_and_refuses_exactly_what_a_fresh_one_does(value: Any) -> None:
-    from taskloom.sdk._runrecords_text import _JSON, dumps
+    from taskloom.sdk._runs.text import _JSON, dumps
 
     assert _outcome(dumps, value) == _outcome(_JSON.encode, value)
 
@@ -127,7 +127,7 @@ def test_a_failed_encode_leaves_no_trace_for_the_next() -> None:
     import gc
     import weakref
 
-    from taskloom.sdk._runrecords_text import dumps
+    from taskloom.sdk._runs.text import dumps
 
     class Tracked(list[Any]):
         """A list that can be weakly referenced."""

@@ -13,7 +13,14 @@ from test_runstore_support import make_run, make_step
 
 from taskloom.contracts import DecodeError, ErrorInfo, StepStarted, StepSucceeded, Usage
 from taskloom.contracts.testing.strategies import json_values
-from taskloom.sdk._runrecords import (
+from taskloom.sdk._runs.codec import (
+    decode,
+    decode_event_batch,
+    encode,
+    encode_event,
+    encode_event_batch,
+)
+from taskloom.sdk._runs.records import (
     RUN_STATUSES,
     CacheEntry,
     EventBatch,
@@ -25,13 +32,6 @@ from taskloom.sdk._runrecords import (
     total_usage,
     usage_by_executor,
     usage_by_step,
-)
-from taskloom.sdk._runrecords_codec import (
-    decode,
-    decode_event_batch,
-    encode,
-    encode_event,
-    encode_event_batch,
 )
 
 _json: st.SearchStrategy[Any] = json_values()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from taskloom.contracts import ErrorInfo, Usage
 from taskloom.contracts.testing.quick import CANDIDATES, agrees
-from taskloom.sdk._runrecords import _STEP_CHECKS, StepRecord
+from taskloom.sdk._runs.records import _STEP_CHECKS, StepRecord
 
 _GOOD: dict[str, Any] = {
     "run_id": "r",

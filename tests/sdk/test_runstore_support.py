@@ -20,7 +20,7 @@ from taskloom.contracts import (
     StreamEntry,
     Usage,
 )
-from taskloom.sdk._runrecords import RunRecord, RunStatus, StepRecord
+from taskloom.sdk._runs.records import RunRecord, RunStatus, StepRecord
 
 STORAGE_KINDS = ("memory", "sqlite", "filesystem")
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskloom.sdk._template import (
+from taskloom.sdk._pipeline.template import (
     Ref,
     Scope,
     TemplateRenderError,

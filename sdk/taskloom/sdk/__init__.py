@@ -10,16 +10,16 @@ cache); ``PluginHost`` verifies plugins and loads them from verified bytes.
 
 from __future__ import annotations
 
-from taskloom.sdk._engine import Engine
-from taskloom.sdk._events_bus import EventBus, Subscription
-from taskloom.sdk._handle import RunHandle, RunResult
-from taskloom.sdk._plugin_host import PluginHost, PluginReport, PluginSource, discover
+from taskloom.sdk._engine.bus import EventBus, Subscription
+from taskloom.sdk._engine.engine import Engine
+from taskloom.sdk._engine.handle import RunHandle, RunResult
+from taskloom.sdk._engine.retry import backoff_delay
+from taskloom.sdk._pipeline.validate import load_pipeline, validate_pipeline
+from taskloom.sdk._plugins.host import PluginHost, PluginReport, PluginSource, discover
 from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings, register_executor_type
-from taskloom.sdk._retry import backoff_delay
-from taskloom.sdk._runrecords import RunRecord, RunStatus, StepRecord
-from taskloom.sdk._runstore import RunStore, cache_key, pipeline_digest
+from taskloom.sdk._runs.records import RunRecord, RunStatus, StepRecord
+from taskloom.sdk._runs.store import RunStore, cache_key, pipeline_digest
 from taskloom.sdk._sync import SyncEngine
-from taskloom.sdk._validate import load_pipeline, validate_pipeline
 
 __version__ = "0.1.0"
 

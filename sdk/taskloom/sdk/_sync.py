@@ -15,8 +15,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from taskloom.contracts import UsageError
-from taskloom.sdk._engine import Engine, PipelineSource
-from taskloom.sdk._handle import RunResult
+from taskloom.sdk._engine.engine import Engine, PipelineSource
+from taskloom.sdk._engine.handle import RunResult
 
 T = TypeVar("T")
 

@@ -1,0 +1,408 @@
+"""What the HTTP executors share: the executor base class and its hooks.
+
+The OpenAI-compatible and the Anthropic executors differ only in how a request
+is written and how a reply is read. Everything else is written once:
+
+* ``HTTPExecutor`` (here) holds one ``httpx.AsyncClient`` per executor, the
+  timeouts, the size cap and the lifecycle; the protocol modules subclass it
+  and supply four hooks.
+* ``_http_errors`` maps statuses and httpx exceptions to typed errors;
+  ``_http_retry_after`` reads how long the provider asked us to wait;
+  ``_http_sse`` decodes server-sent events; ``_http_transport`` holds the
+  sharded pool, ``Deadline`` and the size cap; ``_http_json`` gives typed
+  access to replies; ``_http_settings`` reads a config table.
+
+This module re-exports their names, so ``taskloom.adapters._http.common``
+keeps offering everything it did before the split.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, ClassVar
+
+import httpx
+
+from taskloom.adapters._http.errors import (
+    HTTPX_ERRORS,
+    HTTPXBoundary,
+    Redactor,
+    error_details,
+    error_from_status,
+    error_from_stream_event,
+    quote,
+    translate_httpx,
+)
+from taskloom.adapters._http.jsonbody import (
+    decode_json,
+    expect_list,
+    expect_object,
+    opt_str,
+    require,
+    token_count,
+)
+from taskloom.adapters._http.reply import FinishReason, Parsed, StreamState
+from taskloom.adapters._http.retry_after import parse_retry_after
+from taskloom.adapters._http.settings import settings_to_kwargs
+from taskloom.adapters._http.sse import ServerSentEvent, SSEDecoder, iter_sse
+from taskloom.adapters._http.transport import (
+    MAX_RESPONSE_BYTES,
+    Deadline,
+    ShardedTransport,
+    plain_length,
+    pooled_transport,
+)
+from taskloom.contracts import (
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResult,
+    InvalidRequest,
+    MalformedResponse,
+    Secret,
+    UsageError,
+)
+
+__all__ = [
+    "HTTPX_ERRORS",
+    "MAX_RESPONSE_BYTES",
+    "Deadline",
+    "FinishReason",
+    "HTTPExecutor",
+    "HTTPXBoundary",
+    "Parsed",
+    "Redactor",
+    "SSEDecoder",
+    "ServerSentEvent",
+    "ShardedTransport",
+    "StreamState",
+    "check_secret",
+    "decode_json",
+    "error_details",
+    "error_from_status",
+    "error_from_stream_event",
+    "expect_list",
+    "expect_object",
+    "iter_sse",
+    "opt_str",
+    "parse_retry_after",
+    "pooled_transport",
+    "quote",
+    "require",
+    "settings_to_kwargs",
+    "token_count",
+    "translate_httpx",
+]
+
+_logger = logging.getLogger("taskloom.adapters.http")
+
+
+def check_secret(api_key: object, owner: str) -> Secret | None:
+    """``api_key`` if it is a Secret or None; a plain string is refused unseen."""
+    if api_key is None or isinstance(api_key, Secret):
+        return api_key
+    raise UsageError(
+        f"{owner}: api_key must be a taskloom Secret (or None), got {type(api_key).__name__}; "
+        "wrap it as Secret(value) in code, or give {'secret': NAME} in a config"
+    )
+
+
+def _positive(value: object, name: str, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UsageError(f"{owner}: {name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+class HTTPExecutor(abc.ABC):
+    """An LLM executor speaking JSON over HTTP with one pooled ``httpx.AsyncClient``.
+
+    Subclasses set ``provider`` and ``path`` and implement ``_headers``,
+    ``_payload``, ``_parse`` and ``_on_event``. Calls never retry on their own:
+    retrying is the engine's policy, and a typed error tells it whether to.
+    ``total_timeout_s`` bounds the wall time of a call from sending the request
+    to the last byte (for a stream, including time the consumer spends between
+    chunks); ``read_timeout_s`` bounds each wait for bytes.
+
+    The pool belongs to the event loop of the first call. Used from another
+    loop while that one is alive, calls raise UsageError; used again after it
+    closed (``asyncio.run`` called twice), the executor opens a new pool and
+    leaves the old loop's sockets, which can no longer be closed, to the
+    garbage collector. Prefer one executor per loop, closed with ``aclose()``.
+    """
+
+    provider: ClassVar[str] = "http"
+    path: ClassVar[str] = "/"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str | None = None,
+        api_key: Secret | None = None,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        total_timeout_s: float = 120.0,
+        max_connections: int = 100,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise UsageError(f"{owner}: base_url must start with http:// or https://")
+        if model is not None and not isinstance(model, str):
+            raise UsageError(f"{owner}: model must be a string or None")
+        self._api_key = check_secret(api_key, owner)
+        self._redactor = Redactor(self._api_key)
+        self._base_url = base_url.rstrip("/")
+        self._url = self._base_url + self.path
+        self._model = model
+        self._extra_headers = dict(headers or {})
+        for key, value in self._extra_headers.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise UsageError(f"{owner}: headers must map strings to strings")
+        self._connect_timeout_s = _positive(connect_timeout_s, "connect_timeout_s", owner)
+        self._read_timeout_s = _positive(read_timeout_s, "read_timeout_s", owner)
+        self._total_timeout_s = _positive(total_timeout_s, "total_timeout_s", owner)
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise UsageError(f"{owner}: max_connections must be an integer >= 1")
+        if max_connections < 1:
+            raise UsageError(f"{owner}: max_connections must be an integer >= 1")
+        self._max_connections = max_connections
+        self._max_bytes = int(_positive(max_response_bytes, "max_response_bytes", owner))
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self._base_url!r}, model={self._model!r})"
+
+    # -- hooks -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _headers(self) -> dict[str, str]:
+        """Protocol headers, including authentication."""
+
+    @abc.abstractmethod
+    def _payload(self, request: CompletionRequest, model: str, *, stream: bool) -> dict[str, Any]:
+        """The JSON body for ``request``."""
+
+    @abc.abstractmethod
+    def _parse(self, data: Any) -> Parsed:
+        """Decode a whole reply body (already JSON-decoded)."""
+
+    @abc.abstractmethod
+    def _on_event(self, event: ServerSentEvent, state: StreamState) -> str | None:
+        """Handle one stream event; return a text delta, or None; set ``state.done`` at the end."""
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"{type(self).__name__} is closed: create a new executor")
+
+    def _get_client(self) -> httpx.AsyncClient:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed():
+                raise UsageError(
+                    f"{type(self).__name__} is in use on another event loop; "
+                    "create one executor per event loop"
+                )
+            # the loop its connections belonged to is gone (asyncio.run called again)
+            self._client = None
+        if self._client is None:
+            self._loop = loop
+            headers = {"user-agent": "taskloom/0.1", **self._extra_headers, **self._headers()}
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(
+                    self._read_timeout_s,
+                    connect=self._connect_timeout_s,
+                    pool=self._total_timeout_s,
+                ),
+                transport=self._transport or pooled_transport(self._max_connections),
+                follow_redirects=False,
+                trust_env=self._transport is None,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Idempotent; later calls raise UsageError."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()
+
+    async def __aenter__(self) -> HTTPExecutor:
+        self._check_open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if getattr(self, "_client", None) is not None and not getattr(self, "_closed", True):
+            warnings.warn(
+                f"{type(self).__name__} was never closed: call aclose() or use 'async with'",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    # -- calls -------------------------------------------------------------------------
+
+    def _model_for(self, request: CompletionRequest) -> str:
+        model = request.model or self._model
+        if not model:
+            raise InvalidRequest(
+                f"{type(self).__name__}: no model given; set 'model' on the step or a "
+                "default model on the executor"
+            )
+        return model
+
+    def _translate(self) -> HTTPXBoundary:
+        return translate_httpx(
+            provider=self.provider, redactor=self._redactor, timeout_s=self._total_timeout_s
+        )
+
+    async def _send(self, request: CompletionRequest, *, stream: bool) -> httpx.Response:
+        """Send the request and return the open response after checking its status."""
+        client = self._get_client()
+        body = json.dumps(
+            self._payload(request, self._model_for(request), stream=stream),
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+        http_request = client.build_request(
+            "POST", self._url, content=body, headers={"content-type": "application/json"}
+        )
+        response = await client.send(http_request, stream=True)
+        if response.status_code // 100 != 2:
+            try:
+                error_body = await self._read_capped(response, for_error=True)
+            finally:
+                await response.aclose()
+            raise error_from_status(
+                response.status_code,
+                error_body,
+                response.headers,
+                provider=self.provider,
+                redactor=self._redactor,
+            )
+        return response
+
+    async def _read_capped(self, response: httpx.Response, *, for_error: bool = False) -> bytes:
+        """The body, refusing to read more than ``max_response_bytes``."""
+        limit = min(self._max_bytes, 64 * 1024) if for_error else self._max_bytes
+        length = plain_length(response.headers)
+        if length is not None and length <= limit:
+            return await response.aread()
+        if length is not None and not for_error:
+            raise MalformedResponse(
+                f"{self.provider}: the reply is {length} bytes, over the {limit}-byte limit "
+                "(max_response_bytes); the server is not answering like an LLM API"
+            )
+        parts: list[bytes] = []
+        size = 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > limit:
+                if for_error:
+                    parts.append(part[: limit - (size - len(part))])
+                    break
+                raise MalformedResponse(
+                    f"{self.provider}: the reply is over the {limit}-byte limit "
+                    "(max_response_bytes); the server is not answering like an LLM API"
+                )
+            parts.append(part)
+        return b"".join(parts)
+
+    async def complete(self, request: CompletionRequest, /) -> CompletionResult:
+        """One completion; failures are the typed errors of taskloom.contracts."""
+        self._check_open()
+        start = time.monotonic()
+        limit = Deadline(asyncio.get_running_loop().time() + self._total_timeout_s)
+        with self._translate(), limit:
+            response = await self._send(request, stream=False)
+            try:
+                body = await self._read_capped(response)
+            finally:
+                await response.aclose()
+        parsed = self._parse(decode_json(body, f"the {self.provider} reply"))
+        latency = time.monotonic() - start
+        _logger.debug("%s completion in %.3f s", self.provider, latency)
+        return CompletionResult(
+            text=parsed.text,
+            finish_reason=parsed.finish_reason,
+            usage=parsed.usage,
+            model=parsed.model,
+            latency_s=latency,
+        )
+
+    def stream(self, request: CompletionRequest, /) -> AsyncGenerator[CompletionChunk, None]:
+        """Stream a completion by server-sent events.
+
+        Text deltas are yielded as they arrive (index 0, 1, ...); one last chunk
+        with an empty delta carries the finish reason and the usage (EX2). A
+        stream that ends before the protocol's end marker raises
+        MalformedResponse. Closing the iterator, or cancelling the task that
+        reads it, closes the response and its connection.
+        """
+        self._check_open()
+        return self._stream(request)
+
+    async def _stream(self, request: CompletionRequest) -> AsyncGenerator[CompletionChunk, None]:
+        self._check_open()
+        deadline = asyncio.get_running_loop().time() + self._total_timeout_s
+        with self._translate():
+            with Deadline(deadline):
+                response = await self._send(request, stream=True)
+            try:
+                index = 0
+                content_type = response.headers.get("content-type", "")
+                if content_type.startswith("application/json"):
+                    # some servers answer a streamed request with one JSON reply
+                    with Deadline(deadline):
+                        body = await self._read_capped(response)
+                    parsed = self._parse(decode_json(body, f"the {self.provider} reply"))
+                    if parsed.text:
+                        yield CompletionChunk(delta=parsed.text, index=index)
+                        index += 1
+                    yield CompletionChunk(
+                        delta="",
+                        index=index,
+                        finish_reason=parsed.finish_reason,
+                        usage=parsed.usage,
+                    )
+                    return
+                state = StreamState()
+                events = iter_sse(response, deadline=deadline, max_bytes=self._max_bytes)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        delta = self._on_event(event, state)
+                        if delta:
+                            yield CompletionChunk(delta=delta, index=index)
+                            index += 1
+                        if state.done:
+                            break
+                if not state.done:
+                    raise MalformedResponse(
+                        f"{self.provider}: the stream was cut off before its end marker; "
+                        "the connection broke or the server stopped early: try again"
+                    )
+                yield CompletionChunk(
+                    delta="",
+                    index=index,
+                    finish_reason=state.finish_reason or "other",
+                    usage=state.usage,
+                )
+            finally:
+                await response.aclose()

@@ -1,0 +1,190 @@
+"""What every CLI command shares: the configuration, the output, and lazily opened resources."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from taskloom.contracts import Secret, SecretStore, StorageAdapter, UsageError
+from taskloom.sdk._config.toml import CliConfig
+
+
+class Output:
+    """Human output through rich, or one JSON document per command with ``--json``.
+
+    It also remembers the secret values a command read (``remember``), so that
+    error texts can be masked (``redact``) before they reach the terminal.
+    """
+
+    def __init__(
+        self, *, json_mode: bool, stream: TextIO | None = None, redactor: Any = None
+    ) -> None:
+        self.json_mode = json_mode
+        self.stream = stream or sys.stdout
+        self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.documents = 0
+        self._redactor = redactor
+
+    @property
+    def redactor(self) -> Any:
+        """The ``taskloom.security.Redactor`` of the secret values read so far."""
+        if self._redactor is None:
+            from taskloom.security import Redactor
+
+            self._redactor = Redactor()
+        return self._redactor
+
+    def remember(self, secret: Secret) -> None:
+        """Mask this secret's value in every error text from now on."""
+        self.redactor.add(secret)
+
+    def redact(self, text: str) -> str:
+        return text if self._redactor is None else str(self._redactor.redact(text))
+
+    def redact_data(self, value: Any) -> Any:
+        return value if self._redactor is None else self._redactor.redact_data(value)
+
+    def data(self, value: Any, human: Callable[[], None] | None = None) -> None:
+        """Print ``value`` as JSON in JSON mode, else call ``human`` (or pretty-print it)."""
+        if self.json_mode:
+            self.stream.write(json.dumps(value, ensure_ascii=False, default=str) + "\n")
+            self.stream.flush()
+            self.documents += 1
+        elif human is not None:
+            human()
+        elif isinstance(value, str):
+            self.console.print(value, markup=False)
+        else:
+            self.console.print_json(data=value, default=str)
+
+    def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+        table = Table(title=title, title_justify="left")
+        for index, column in enumerate(columns):
+            # the first column is an id people copy: never fold it
+            table.add_column(column, overflow="fold", no_wrap=index == 0)
+        for row in rows:
+            table.add_row(*["" if cell is None else str(cell) for cell in row])
+        self.console.print(table)
+
+    def note(self, text: str) -> None:
+        """A human remark on stderr (never mixed into JSON on stdout)."""
+        self.err.print(text, markup=False, highlight=False)
+
+
+class CliContext:
+    """Resources a command may need, opened on first use and closed at the end."""
+
+    def __init__(self, config: CliConfig, out: Output, *, debug: bool = False) -> None:
+        self.config = config
+        self.out = out
+        self.debug = debug
+        self._storage: StorageAdapter | None = None
+        self._secrets: SecretStore | None = None
+
+    async def storage(self) -> StorageAdapter:
+        if self._storage is None:
+            self._storage = await open_storage(self.config)
+        return self._storage
+
+    async def secrets(self) -> SecretStore:
+        if self._secrets is None:
+            from taskloom.adapters.secrets import (
+                EncryptedFileSecretStore,
+                EnvSecretStore,
+                open_default_secret_store,
+            )
+
+            kind = self.config.secrets_kind
+            if kind == "env":
+                self._secrets = EnvSecretStore()
+            else:
+                self.config.secrets_path.parent.mkdir(parents=True, exist_ok=True)
+                if kind == "file":
+                    self._secrets = EncryptedFileSecretStore.from_env(self.config.secrets_path)
+                else:
+                    self._secrets = await open_default_secret_store(path=self.config.secrets_path)
+        return self._secrets
+
+    def trust(self) -> Any:
+        """The trust store (an empty one if the file does not exist yet)."""
+        from taskloom.security import TrustStore
+
+        if self.config.trust_path.is_file():
+            return TrustStore.load(self.config.trust_path)
+        return TrustStore()
+
+    async def aclose(self) -> None:
+        if self._secrets is not None:
+            await self._secrets.aclose()
+            self._secrets = None
+        if self._storage is not None:
+            await self._storage.aclose()
+            self._storage = None
+
+
+async def open_storage(config: CliConfig) -> StorageAdapter:
+    """Open the configured store, creating its directory if needed."""
+    if config.storage_kind == "memory":
+        from taskloom.adapters.memory import MemoryStorage
+
+        return MemoryStorage()
+    config.storage_path.parent.mkdir(parents=True, exist_ok=True)
+    if config.storage_kind == "filesystem":
+        from taskloom.adapters.filesystem import FileStorage
+
+        return await FileStorage.open(config.storage_path, **config.storage_options)
+    from taskloom.adapters.sqlite import SQLiteStorage
+
+    return await SQLiteStorage.open(config.storage_path, **config.storage_options)
+
+
+def read_secret_value(prompt: str, *, stdin: TextIO | None = None) -> str:
+    """A value from a hidden prompt on a terminal, or the first line of stdin otherwise.
+
+    Never from the command line, where it would land in shell history and ``ps``.
+    """
+    stream = stdin or sys.stdin
+    value = getpass.getpass(prompt) if stream.isatty() else stream.readline().rstrip("\r\n")
+    if not value:
+        raise UsageError("no value given (type it at the prompt or pipe it on stdin)")
+    return value
+
+
+def passphrase(env_name: str, prompt: str, *, confirm: bool = False) -> str:
+    """A passphrase from ``env_name`` or a hidden prompt."""
+    value = os.environ.get(env_name)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise UsageError(f"set {env_name} or run in a terminal to be asked for the passphrase")
+    value = getpass.getpass(prompt)
+    if confirm and getpass.getpass("again: ") != value:
+        raise UsageError("the passphrases differ")
+    if not value:
+        raise UsageError("an empty passphrase is not allowed")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def resolve_path(value: str) -> Path:
+    return Path(value).expanduser()

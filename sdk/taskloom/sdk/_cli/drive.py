@@ -1,0 +1,345 @@
+"""CLI commands that build an engine and drive a pipeline: run, resume, validate.
+
+``build_engine`` wires the configured store, executors, secrets and verified
+plugins; ``run`` and ``resume`` show live progress from the run's events and
+print one result document, whatever way the run ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from taskloom.contracts import (
+    RunCancelled,
+    RunHeld,
+    Secret,
+    SecretStore,
+    StepFailed,
+    TaskloomError,
+    UsageError,
+    serde,
+)
+from taskloom.sdk._cli.context import CliContext
+from taskloom.sdk._cli.history import _audit, _runstore
+from taskloom.sdk._cli.progress import Progress
+
+
+class LazySecrets:
+    """The configured secret store, opened only when something asks for a secret.
+
+    A pipeline that needs no secret must run on a machine with no secret store.
+    """
+
+    def __init__(self, ctx: CliContext) -> None:
+        self._ctx = ctx
+
+    async def get(self, name: str, /) -> Secret:
+        secret = await (await self._ctx.secrets()).get(name)
+        self._ctx.out.remember(secret)  # masked in any error text from now on
+        return secret
+
+    async def set(self, name: str, value: str | Secret, /) -> None:
+        await (await self._ctx.secrets()).set(name, value)
+
+    async def delete(self, name: str, /) -> bool:
+        return await (await self._ctx.secrets()).delete(name)
+
+    async def names(self) -> list[str]:
+        return await (await self._ctx.secrets()).names()
+
+    async def aclose(self) -> None:
+        """The context closes the real store."""
+
+
+def _read_pipeline(path_text: str) -> dict[str, Any]:
+    path = Path(path_text)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"pipeline file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read pipeline {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a JSON object (a pipeline/v1 document)")
+    return data
+
+
+def _with_executor(pipeline: dict[str, Any], executor_id: str | None) -> dict[str, Any]:
+    """``--executor ID``: the executor of every step that names none (``defaults.executor``)."""
+    if executor_id is None:
+        return pipeline
+    defaults = pipeline.get("defaults", {})
+    if not isinstance(defaults, dict):
+        return pipeline  # validation reports the malformed defaults
+    return {**pipeline, "defaults": {**defaults, "executor": executor_id}}
+
+
+def parse_inputs(items: list[str] | None, pipeline: dict[str, Any]) -> dict[str, Any]:
+    """``-i key=value`` and ``-i key=@file``; values of non-string inputs are JSON."""
+    declared = pipeline.get("inputs") if isinstance(pipeline.get("inputs"), dict) else {}
+    inputs: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"input {item!r} must look like key=value or key=@file")
+        if raw.startswith("@"):
+            source = raw[1:]
+            if not source:
+                raise UsageError(f"input {key}: give a file after '@' ({key}=@FILE)")
+            try:
+                raw = Path(source).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"input {key}: cannot read {source}: {exc.strerror}") from exc
+            except UnicodeDecodeError:
+                raise UsageError(
+                    f"input {key}: {source} is not UTF-8 text; inputs are text or JSON"
+                ) from None
+        spec = declared.get(key) if isinstance(declared, dict) else None
+        kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
+        if kind == "string":
+            inputs[key] = raw
+            continue
+        try:
+            inputs[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise UsageError(
+                f"input {key} is declared {kind}: give it as JSON, got {raw[:60]!r}"
+            ) from None
+    return inputs
+
+
+async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
+    """An Engine over the configured store, executors and verified plugins."""
+    from taskloom.adapters.scripted import ScriptedExecutor
+    from taskloom.sdk._engine.engine import Engine
+    from taskloom.sdk._plugins.host import PluginHost, discover
+    from taskloom.sdk._registry import ExecutorRegistry
+    from taskloom.security import RollbackGuard
+
+    storage = await ctx.storage()
+    secrets: SecretStore = LazySecrets(ctx)
+    registry = ExecutorRegistry()
+    for executor_id, table in ctx.config.executors.items():
+        registry.register_config(executor_id, table, secrets=secrets)
+    if "scripted" not in registry:
+        registry.register("scripted", ScriptedExecutor(), default=not ctx.config.executors)
+    host = PluginHost(
+        storage=storage,
+        executors=registry,
+        trust=ctx.trust(),
+        rollback=RollbackGuard(storage),
+        secrets=secrets,
+        dev_mode=ctx.config.dev_mode,
+    )
+    try:
+        for report in await host.load(discover(ctx.config.plugin_dirs)):
+            if not report.loaded:
+                ctx.out.note(f"plugin {report.name} not loaded: {report.error}")
+            elif not report.verified:
+                ctx.out.note(f"plugin {report.name} loaded WITHOUT verification (development mode)")
+        engine = Engine(
+            storage=storage,
+            registry=registry,
+            secrets=secrets,
+            plugin_steps=host.steps,
+            max_concurrency=ctx.config.max_concurrency,
+            lease_ttl_s=ctx.config.lease_ttl_s,
+            durability=ctx.config.durability,
+            redactor=ctx.out.redactor,  # secrets read by executors or plugins never get stored
+        )
+    except BaseException:
+        await host.aclose()  # the shell goes on: plugins must not stay loaded
+        raise
+    try:
+        await engine.open()
+    except BaseException:
+        await engine.aclose()
+        await host.aclose()
+        raise
+    return engine, host
+
+
+async def _drive(ctx: CliContext, handle: Any, *, title: str) -> Any:
+    """Show live progress from the handle's events (not in --json mode); return the result.
+
+    The result is awaited, not the event stream's end: a run that fails before it
+    starts (an unknown run id to resume) may never close its stream.
+    """
+    show = not ctx.out.json_mode and sys.stderr.isatty()
+    progress = Progress(ctx.out.err, title=title, live=show)
+
+    async def follow() -> None:
+        async for event in handle.events():
+            progress.update(event)
+
+    with progress:
+        follower = asyncio.create_task(follow())
+        try:
+            return await handle.result()
+        finally:
+            await asyncio.sleep(0)  # let the follower take the events already emitted
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+
+def _result_data(ctx: CliContext, result: Any) -> dict[str, Any]:
+    data = {
+        "run_id": result.run_id,
+        "status": result.status,
+        "output": result.output,
+        "usage": serde.unstructure(result.usage),
+        "error": serde.unstructure(result.error) if result.error else None,
+    }
+    redacted: dict[str, Any] = ctx.out.redact_data(data)
+    return redacted
+
+
+def _failed_status(exc: TaskloomError) -> str:
+    return "cancelled" if isinstance(exc, RunCancelled) else "failed"
+
+
+def _print_failure(ctx: CliContext, run_id: str, exc: TaskloomError) -> int:
+    """A run that raised: one document with its id, so that 'show' and 'resume' can find it."""
+    message = ctx.out.redact(str(exc).strip() or type(exc).__name__)
+    status = _failed_status(exc)
+    ctx.out.data(
+        {
+            "run_id": run_id,
+            "status": status,
+            "output": None,
+            "error": {"type": type(exc).__name__, "message": message},
+        },
+        lambda: ctx.out.note(
+            f"run {run_id}: {status}: {type(exc).__name__}: {message.splitlines()[0]}\n"
+            f"  details: taskloom show {run_id}; continue: taskloom resume {run_id}"
+        ),
+    )
+    return 1
+
+
+def _print_result(ctx: CliContext, result: Any) -> int:
+    data = _result_data(ctx, result)
+
+    def human() -> None:
+        ctx.out.note(f"run {result.run_id}: {result.status} ({result.usage.total_tokens} tokens)")
+        if result.status == "succeeded":
+            output = result.output
+            ctx.out.console.print(
+                output
+                if isinstance(output, str)
+                else json.dumps(output, indent=2, ensure_ascii=False),
+                markup=False,
+            )
+        elif result.error is not None:
+            ctx.out.note(f"taskloom: error: {result.error.type}: {result.error.message}")
+
+    ctx.out.data(data, human)
+    return 0 if result.status == "succeeded" else 1
+
+
+async def run(args: argparse.Namespace, ctx: CliContext) -> int:
+    pipeline = _with_executor(_read_pipeline(args.pipeline), args.executor)
+    inputs = parse_inputs(args.input, pipeline)
+    engine, host = await build_engine(ctx)
+    try:
+        handle = engine.start(pipeline, inputs)
+        await _audit(ctx, "run.start", handle.run_id, pipeline=str(pipeline.get("name", "")))
+
+        async def held(_exc: RunHeld) -> int:
+            return await _lost(ctx, handle.run_id)
+
+        return await _to_the_end(ctx, handle, str(pipeline.get("name", args.pipeline)), held)
+    finally:
+        await engine.aclose()
+        await host.aclose()
+
+
+async def _to_the_end(
+    ctx: CliContext,
+    handle: Any,
+    title: str,
+    held: Callable[[RunHeld], Awaitable[int]],
+) -> int:
+    """Drive a started or resumed run to its end and report it (exit code 0 or 1).
+
+    Ctrl-C cancels the run and says how to continue it; a lost lease is ``held``'s to
+    explain; a failed or cancelled run is audited and printed like a finished one.
+    """
+    try:
+        result = await _drive(ctx, handle, title=title)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        handle.cancel()
+        _print_failure(
+            ctx,
+            handle.run_id,
+            RunCancelled(f"interrupted; 'taskloom resume {handle.run_id}' continues the run"),
+        )
+        raise
+    except RunHeld as exc:
+        return await held(exc)
+    except (StepFailed, RunCancelled) as exc:
+        await _audit(ctx, "run.finish", handle.run_id, status=_failed_status(exc))
+        return _print_failure(ctx, handle.run_id, exc)
+    await _audit(ctx, "run.finish", result.run_id, status=result.status)
+    return _print_result(ctx, result)
+
+
+async def _was_cancelled(ctx: CliContext, run_id: str) -> bool:
+    store = await _runstore(ctx)
+    try:
+        return bool((await store.load_run(run_id)).status == "cancelled")
+    finally:
+        await store.aclose()
+
+
+async def _lost(ctx: CliContext, run_id: str) -> int:
+    """The run's lease was taken away: by ``taskloom cancel``, or by another process."""
+    if await _was_cancelled(ctx, run_id):
+        ctx.out.data(
+            {"run_id": run_id, "status": "cancelled"},
+            lambda: ctx.out.note(f"run {run_id}: cancelled (by 'taskloom cancel')"),
+        )
+        return 1
+    raise RunHeld(f"run {run_id}: another process took the run over; this one stopped")
+
+
+async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
+    pipeline = _read_pipeline(args.pipeline) if args.pipeline else None
+    engine, host = await build_engine(ctx)
+    try:
+        handle = engine.start_resume(args.run_id, pipeline)
+        await _audit(ctx, "run.resume", args.run_id)
+
+        async def held(exc: RunHeld) -> int:
+            if handle.run_id != args.run_id or not await _was_cancelled(ctx, args.run_id):
+                raise exc
+            return await _lost(ctx, args.run_id)
+
+        return await _to_the_end(ctx, handle, f"resume {args.run_id[:12]}", held)
+    finally:
+        await engine.aclose()
+        await host.aclose()
+
+
+async def validate(args: argparse.Namespace, ctx: CliContext) -> int:
+    pipeline = _with_executor(_read_pipeline(args.pipeline), args.executor)
+    inputs = parse_inputs(args.input, pipeline) if args.input else None
+    engine, host = await build_engine(ctx)
+    try:
+        engine.validate(pipeline, inputs)
+    finally:
+        await engine.aclose()
+        await host.aclose()
+    ctx.out.data(
+        {"pipeline": args.pipeline, "valid": True},
+        lambda: ctx.out.console.print(f"{args.pipeline}: valid", markup=False),
+    )
+    return 0

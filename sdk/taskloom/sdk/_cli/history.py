@@ -1,0 +1,223 @@
+"""CLI commands that read and change stored runs: runs, show, events, cancel.
+
+They open the run store directly and never build an engine, so they work on a
+machine that has no executor or plugin configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from taskloom.contracts import (
+    Event,
+    RunCancelledEvent,
+    serde,
+)
+from taskloom.sdk._cli.context import CliContext
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+async def _audit(ctx: CliContext, action: str, subject: str, **details: Any) -> None:
+    from taskloom.sdk._cli.security import audit
+
+    await audit(ctx, action, subject, **details)
+
+
+async def _runstore(ctx: CliContext) -> Any:
+    from taskloom.sdk._runs.store import RunStore
+
+    return RunStore(await ctx.storage())
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+async def runs(args: argparse.Namespace, ctx: CliContext) -> int:
+    store = await _runstore(ctx)
+    try:
+        records = await store.list_runs(
+            status=args.status, pipeline=args.pipeline, limit=args.limit
+        )
+    finally:
+        await store.aclose()
+    rows = [
+        {
+            "run_id": r.run_id,
+            "pipeline": r.pipeline_name,
+            "status": r.status,
+            "created_at": r.created_at,
+            "finished_at": r.finished_at,
+            "tokens": r.usage.total_tokens,
+        }
+        for r in records
+    ]
+    ctx.out.data(
+        rows,
+        lambda: ctx.out.table(
+            "runs",
+            ["run id", "pipeline", "status", "created", "tokens"],
+            [
+                [r["run_id"], r["pipeline"], r["status"], _when(r["created_at"]), r["tokens"]]
+                for r in rows
+            ],
+        ),
+    )
+    return 0
+
+
+async def show(args: argparse.Namespace, ctx: CliContext) -> int:
+    store = await _runstore(ctx)
+    try:
+        record = await store.load_run(args.run_id)
+        steps = await store.finished_steps(args.run_id)
+        events = await store.events(args.run_id)
+    finally:
+        await store.aclose()
+    step_rows = [
+        {
+            "step": step_id if item is None else f"{step_id}[{item}]",
+            "status": s.status,
+            "attempts": s.attempts,
+            "duration_s": round(s.finished_at - s.started_at, 4),
+            "tokens": s.usage.total_tokens,
+            "cached": s.cached,
+            "output": s.output,
+        }
+        for (step_id, item), s in sorted(steps.items(), key=lambda kv: kv[1].finished_at)
+    ]
+    data = {
+        "run": serde.unstructure(record),
+        "steps": step_rows,
+        "events": len(events),
+    }
+
+    def human() -> None:
+        duration = (
+            f"{record.finished_at - record.started_at:.3f}s"
+            if record.finished_at and record.started_at
+            else "-"
+        )
+        ctx.out.console.print(
+            f"run {record.run_id}\n"
+            f"  pipeline: {record.pipeline_name} ({record.pipeline_digest[:12]})\n"
+            f"  status: {record.status}\n  created: {_when(record.created_at)}\n"
+            f"  duration: {duration}\n  tokens: {record.usage.prompt_tokens} prompt + "
+            f"{record.usage.completion_tokens} completion\n  events: {len(events)}",
+            markup=False,
+        )
+        if record.error is not None:
+            ctx.out.console.print(
+                f"  error: {record.error.type}: {record.error.message}", markup=False
+            )
+        ctx.out.table(
+            "steps",
+            ["step", "status", "attempts", "seconds", "tokens", "output"],
+            [
+                [
+                    r["step"],
+                    r["status"] + (" (cached)" if r["cached"] else ""),
+                    r["attempts"],
+                    r["duration_s"],
+                    r["tokens"],
+                    _short(r["output"]),
+                ]
+                for r in step_rows
+            ],
+        )
+        if record.status == "succeeded":
+            ctx.out.console.print("output: " + _short(record.output, 400), markup=False)
+
+    ctx.out.data(data, human)
+    return 0
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _event_line(seq: int, event: Event) -> str:
+    data = serde.unstructure(event, Event)
+    kind = data.pop("type")
+    at = _when(data.pop("at", None))
+    data.pop("run_id", None)
+    rest = " ".join(f"{k}={_short(v, 80)}" for k, v in data.items() if v not in (None, "", {}, []))
+    return f"{seq:>5} {at} {kind:<16} {rest}"
+
+
+async def events(args: argparse.Namespace, ctx: CliContext) -> int:
+    store = await _runstore(ctx)
+    try:
+        await store.load_run(args.run_id)
+        after = 0
+        collected: list[dict[str, Any]] = []  # --json without --follow: one array
+        while True:
+            batch = await store.events(args.run_id, after=after)
+            for seq, event in batch:
+                after = seq
+                if ctx.out.json_mode:
+                    document = {"seq": seq, **serde.unstructure(event, Event)}
+                    if args.follow:
+                        ctx.out.data(document)  # a stream: one document per line
+                    else:
+                        collected.append(document)
+                else:
+                    ctx.out.console.print(_event_line(seq, event), markup=False)
+            if not args.follow:
+                if ctx.out.json_mode:
+                    ctx.out.data(collected)
+                break
+            record = await store.load_run(args.run_id)
+            if record.status in TERMINAL and not batch:
+                break
+            await asyncio.sleep(args.interval)
+    finally:
+        await store.aclose()
+    return 0
+
+
+async def cancel(args: argparse.Namespace, ctx: CliContext) -> int:
+    store = await _runstore(ctx)
+    try:
+        record = await store.load_run(args.run_id)
+        if record.status in TERMINAL:
+            ctx.out.data(
+                {"run_id": record.run_id, "status": record.status, "cancelled": False},
+                lambda: ctx.out.note(
+                    f"run {record.run_id} already {record.status}; nothing to cancel"
+                ),
+            )
+            return 1
+        # The process running it (if any) finds its lease gone at its next renewal and stops.
+        lease = await store.revoke_lease(args.run_id)
+        now = time.time()
+        live = lease is not None and lease.expires_at > now
+        import attrs
+
+        await store.update_run(attrs.evolve(record, status="cancelled", finished_at=now))
+        store.record_event(RunCancelledEvent(run_id=record.run_id, at=now))
+        await store.flush()
+        holder = lease.holder if (live and lease is not None) else None
+        ctx.out.data(
+            {"run_id": record.run_id, "status": "cancelled", "was_running_in": holder},
+            lambda: ctx.out.note(
+                f"run {record.run_id} cancelled"
+                + (
+                    f"; {holder} stops at its next lease renewal"
+                    if holder
+                    else " (no live process held it)"
+                )
+                + "; 'taskloom resume' can continue it"
+            ),
+        )
+        await _audit(ctx, "run.cancel", record.run_id)
+    finally:
+        await store.aclose()
+    return 0

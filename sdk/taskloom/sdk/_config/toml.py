@@ -1,0 +1,281 @@
+"""Where the CLI's configuration comes from, and what it defaults to.
+
+Lookup order: ``--config PATH``; ``taskloom.toml`` in the working directory;
+``taskloom.toml`` in the user's config directory (platformdirs); built-in
+defaults. The defaults put an embedded SQLite store, the key directory and the
+encrypted secret file in the user's data directory, so ``taskloom run
+examples/hello.json`` works on a fresh machine with no server.
+
+Environment: ``TASKLOOM_HOME`` replaces both user directories (handy for tests
+and for keeping several setups apart).
+
+Configuration reference (every key optional)::
+
+    [storage]
+    kind = "sqlite"            # "sqlite", "filesystem" or "memory"
+    path = "runs.db"           # relative paths are relative to the config file
+    synchronous = "NORMAL"     # sqlite: "FULL" to fsync every commit; also busy_timeout_s
+    # filesystem: fsync = true, lock_timeout = 30
+
+    [engine]
+    max_concurrency = 64
+    lease_ttl_s = 30           # a crashed run can be resumed elsewhere after this
+    durability = "async"       # or "sync": each step waits until its checkpoint is durable
+
+    [executors.default]        # one table per executor id
+    type = "scripted"          # "scripted", "openai", "anthropic"
+    # ... settings of that type, e.g. base_url, model,
+    # api_key = { secret = "openai_api_key" }
+
+    [plugins]
+    dirs = ["plugins"]         # each child with a taskloom-plugin.json is a plugin
+    trust = "trust.json"       # the trust store (``taskloom trust add`` writes it)
+    dev_mode = false           # load unsigned plugins, with a warning each time
+
+    [secrets]
+    kind = "default"           # "default": environment, then keyring, then the file;
+                               # "env": TASKLOOM_SECRET_<NAME> only; "file": the file only
+    path = "secrets.bin"       # the encrypted file store (passphrase from
+                               # TASKLOOM_SECRETS_PASSPHRASE)
+
+    [keys]
+    dir = "keys"               # where ``taskloom keys generate`` puts key pairs
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import platformdirs
+
+from taskloom.contracts import MASK, UsageError
+
+CONFIG_NAME = "taskloom.toml"
+APP = "taskloom"
+
+DURABILITY_MODES = ("async", "sync")
+"""``Engine(durability=...)`` and ``[engine] durability``: "async" tracks checkpoints in
+the engine's window; "sync" makes each step wait until its checkpoint is durable."""
+
+
+def user_dirs() -> tuple[Path, Path]:
+    """(config dir, data dir) for this user, or both under ``$TASKLOOM_HOME``."""
+    home = os.environ.get("TASKLOOM_HOME")
+    if home:
+        return Path(home) / "config", Path(home) / "data"
+    return Path(platformdirs.user_config_dir(APP)), Path(platformdirs.user_data_dir(APP))
+
+
+@attrs.frozen(kw_only=True)
+class CliConfig:
+    """The resolved configuration: every path absolute, every default filled in."""
+
+    source: Path | None
+    storage_kind: str
+    storage_path: Path
+    storage_options: dict[str, Any]
+    secrets_kind: str
+    max_concurrency: int
+    lease_ttl_s: float
+    durability: str
+    executors: dict[str, dict[str, Any]]
+    plugin_dirs: tuple[Path, ...]
+    trust_path: Path
+    dev_mode: bool
+    secrets_path: Path
+    keys_dir: Path
+    data_dir: Path
+    history_path: Path
+
+    def as_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready data (``taskloom config show``)."""
+        return {
+            "source": str(self.source) if self.source else None,
+            "storage": {"kind": self.storage_kind, "path": str(self.storage_path)},
+            "engine": {
+                "max_concurrency": self.max_concurrency,
+                "lease_ttl_s": self.lease_ttl_s,
+                "durability": self.durability,
+            },
+            "executors": {name: _masked(table) for name, table in self.executors.items()},
+            "plugins": {
+                "dirs": [str(p) for p in self.plugin_dirs],
+                "trust": str(self.trust_path),
+                "dev_mode": self.dev_mode,
+            },
+            "secrets": {"kind": self.secrets_kind, "path": str(self.secrets_path)},
+            "keys": {"dir": str(self.keys_dir)},
+        }
+
+
+def find_config(explicit: str | None = None) -> Path | None:
+    """The config file to use, or None for built-in defaults."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UsageError(f"config file {path} does not exist")
+        return path
+    local = Path.cwd() / CONFIG_NAME
+    if local.is_file():
+        return local
+    user = user_dirs()[0] / CONFIG_NAME
+    if user.is_file():
+        return user
+    return None
+
+
+_KNOWN_KEYS: dict[str, frozenset[str] | None] = {
+    "storage": frozenset(
+        {"kind", "path", "synchronous", "busy_timeout_s", "readers", "fsync", "lock_timeout"}
+    ),
+    "engine": frozenset({"max_concurrency", "lease_ttl_s", "durability"}),
+    "executors": None,  # one table per executor id; its settings belong to the adapter
+    "plugins": frozenset({"dirs", "trust", "dev_mode"}),
+    "secrets": frozenset({"kind", "path"}),
+    "keys": frozenset({"dir"}),
+}
+_KNOWN = set(_KNOWN_KEYS)
+
+
+_STORAGE_OPTIONS = {
+    "sqlite": {"synchronous", "busy_timeout_s", "readers"},
+    "filesystem": {"fsync", "lock_timeout"},
+    "memory": set(),
+}
+SECRETS_KINDS = ("default", "env", "file")
+
+
+def _storage_options(kind: str, table: dict[str, Any], source: Path | None) -> dict[str, Any]:
+    """The adapter options of ``[storage]`` (the keys other than kind and path)."""
+    options = {k: v for k, v in table.items() if k not in ("kind", "path")}
+    wrong = sorted(set(options) - _STORAGE_OPTIONS.get(kind, set()))
+    if wrong:
+        raise UsageError(
+            f"{source}: [storage] option(s) {', '.join(wrong)} do not apply to kind {kind!r}"
+        )
+    return options
+
+
+def _secrets_kind(table: dict[str, Any], source: Path | None) -> str:
+    kind = table.get("kind", "default")
+    if kind not in SECRETS_KINDS:
+        raise UsageError(
+            f"{source}: [secrets] kind must be one of {', '.join(SECRETS_KINDS)}, got {kind!r}"
+        )
+    return str(kind)
+
+
+def _table(data: dict[str, Any], key: str, source: Path | None) -> dict[str, Any]:
+    """Section ``key``; a key it does not know is an error (a typo must not pass silently)."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise UsageError(f"{source}: [{key}] must be a table")
+    known = _KNOWN_KEYS[key]
+    unknown = sorted(set(value) - known) if known is not None else []
+    if unknown:
+        raise UsageError(
+            f"{source}: unknown key(s) {', '.join(unknown)} in [{key}]; known: "
+            f"{', '.join(sorted(known or ()))}"
+        )
+    return value
+
+
+_SECRET_SETTING = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|password|passwd)$")
+
+
+def _masked(settings: dict[str, Any]) -> dict[str, Any]:
+    """Executor settings for display: a literal credential never reaches the screen."""
+    return {
+        name: MASK if isinstance(value, str) and _SECRET_SETTING.search(name.lower()) else value
+        for name, value in settings.items()
+    }
+
+
+def load_config(explicit: str | None = None) -> CliConfig:
+    """Read and resolve the configuration; a bad file is a one-line UsageError."""
+    source = find_config(explicit)
+    data: dict[str, Any] = {}
+    if source is not None:
+        try:
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read config {source}: {exc}") from exc
+        unknown = sorted(set(data) - _KNOWN)
+        if unknown:
+            raise UsageError(f"{source}: unknown section(s) {unknown}; known: {sorted(_KNOWN)}")
+    config_dir, data_dir = user_dirs()
+    base = source.parent if source is not None else Path.cwd()
+
+    def path_of(value: object, default: Path) -> Path:
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"{source}: paths must be non-empty strings, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path)
+
+    storage = _table(data, "storage", source)
+    kind = storage.get("kind", "sqlite")
+    if kind not in ("sqlite", "filesystem", "memory"):
+        raise UsageError(
+            f"{source}: storage kind {kind!r} is not one of 'sqlite', 'filesystem', 'memory'"
+        )
+    default_store = data_dir / ("taskloom.db" if kind == "sqlite" else "store")
+    engine = _table(data, "engine", source)
+    max_concurrency = engine.get("max_concurrency", 64)
+    if (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or max_concurrency < 1
+    ):
+        raise UsageError(f"{source}: engine.max_concurrency must be a positive integer")
+    lease_ttl_s = engine.get("lease_ttl_s", 30.0)
+    if (
+        isinstance(lease_ttl_s, bool)
+        or not isinstance(lease_ttl_s, int | float)
+        or lease_ttl_s <= 0
+    ):
+        raise UsageError(f"{source}: engine.lease_ttl_s must be a positive number of seconds")
+    durability = engine.get("durability", "async")
+    if durability not in DURABILITY_MODES:
+        raise UsageError(
+            f'{source}: engine.durability must be "async" (the default) or "sync", '
+            f"not {durability!r}"
+        )
+    executors = _table(data, "executors", source)
+    for executor_id, settings in executors.items():
+        if not isinstance(settings, dict) or "type" not in settings:
+            raise UsageError(
+                f"{source}: [executors.{executor_id}] must be a table with a 'type' "
+                "(scripted, openai or anthropic)"
+            )
+    plugins = _table(data, "plugins", source)
+    dirs = plugins.get("dirs", [])
+    if not isinstance(dirs, list):
+        raise UsageError(f"{source}: plugins.dirs must be a list of paths")
+    dev_mode = plugins.get("dev_mode", False)
+    if not isinstance(dev_mode, bool):
+        raise UsageError(f"{source}: plugins.dev_mode must be true or false")
+    return CliConfig(
+        source=source,
+        storage_kind=kind,
+        storage_path=path_of(storage.get("path"), default_store),
+        storage_options=_storage_options(kind, storage, source),
+        secrets_kind=_secrets_kind(_table(data, "secrets", source), source),
+        max_concurrency=max_concurrency,
+        lease_ttl_s=float(lease_ttl_s),
+        durability=durability,
+        executors={str(k): dict(v) for k, v in executors.items()},
+        plugin_dirs=tuple(path_of(d, base) for d in dirs),
+        trust_path=path_of(plugins.get("trust"), config_dir / "trust.json"),
+        dev_mode=dev_mode,
+        secrets_path=path_of(_table(data, "secrets", source).get("path"), data_dir / "secrets.bin"),
+        keys_dir=path_of(_table(data, "keys", source).get("dir"), data_dir / "keys"),
+        data_dir=data_dir,
+        history_path=data_dir / "shell-history",
+    )

@@ -1,0 +1,363 @@
+"""The engine: validate a pipeline, run it durably, stream its events, resume it.
+
+``Engine`` composes a ``StorageAdapter`` (through a ``RunStore``), an
+``ExecutorRegistry``, plugin step functions, a ``SecretStore`` and an
+``EventBus``. ``run`` validates everything first (nothing runs on a bad
+pipeline), creates the run record, runs the steps (see ``_engine_steps`` for
+the scheduling rule) and records the outcome; ``start`` does the same in a task
+and returns a ``RunHandle``; ``resume`` continues a run from its checkpoints.
+
+Storage: by default a fresh ``MemoryStorage`` (runs are durable for the life of
+the engine); pass any ``StorageAdapter`` for real durability, or
+``storage=None`` to keep no state at all (no checkpoints, no resume, no cache).
+
+Injectables (``clock``, ``sleep``, ``random``) make retries and timings
+deterministic in tests; nothing else in the engine reads the time or sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random as _random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from taskloom.contracts import (
+    Pipeline,
+    PipelineChanged,
+    PipelineInvalid,
+    RetryPolicy,
+    SecretStore,
+    StepFunction,
+    StorageAdapter,
+    UsageError,
+    serde,
+)
+from taskloom.sdk._config.toml import DURABILITY_MODES
+from taskloom.sdk._engine.bus import EventBus
+from taskloom.sdk._engine.handle import History, RunHandle, RunResult
+from taskloom.sdk._engine.ratelimit import ExecutorLimits
+from taskloom.sdk._engine.run import RunSpec, drive
+from taskloom.sdk._pipeline.checks import resolve_inputs
+from taskloom.sdk._pipeline.compact import pipeline_forms
+from taskloom.sdk._pipeline.plan import Compiler, Plan
+from taskloom.sdk._pipeline.validate import validate_pipeline
+from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings
+from taskloom.sdk._runs.store import RunStore
+
+PipelineSource = Pipeline | Mapping[str, Any] | str | Path
+_PLAN_CACHE_SIZE = 64
+
+
+class Engine:
+    """Runs pipelines; use as ``async with Engine(...) as engine``."""
+
+    def __init__(
+        self,
+        *,
+        storage: StorageAdapter | str | None = "memory",
+        registry: ExecutorRegistry | None = None,
+        secrets: SecretStore | None = None,
+        plugin_steps: Mapping[str, StepFunction] | None = None,
+        bus: EventBus | None = None,
+        max_concurrency: int | None = None,
+        default_retry: RetryPolicy | None = None,
+        lease_ttl_s: float = 30.0,
+        durability: str = "async",
+        redactor: Any = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise UsageError("max_concurrency must be at least 1 (or None for no limit)")
+        if durability not in DURABILITY_MODES:
+            raise UsageError(
+                f"durability must be 'async' (checkpoints committed in order while the run "
+                f"goes on; the default) or 'sync' (each step waits for its checkpoint), "
+                f"not {durability!r}"
+            )
+        self.registry = registry if registry is not None else ExecutorRegistry()
+        self.secrets = secrets
+        self.plugin_steps: dict[str, StepFunction] = dict(plugin_steps or {})
+        self.bus = bus if bus is not None else EventBus()
+        self._owns_bus = bus is None
+        self.max_concurrency = max_concurrency
+        self.default_retry = default_retry or RetryPolicy()
+        self.lease_ttl_s = lease_ttl_s
+        self.durability = durability
+        """"async": a finished step's checkpoint is queued and the run goes on; checkpoints
+        are committed in order, at most a bounded number are pending, and a run reports
+        success only when all are durable. "sync": each step waits until its checkpoint
+        is durable before anything after it starts."""
+        self.redactor = redactor
+        """Masks known secret values in error texts (``taskloom.security.Redactor``, or any
+        object with ``redact(text) -> text``); None: texts are kept as they are."""
+        self.clock = clock
+        self.sleep = sleep
+        self.random = random
+        self.holder = f"engine-{uuid.uuid4().hex[:12]}"
+        self._storage_arg = storage
+        self.storage: StorageAdapter | None = None
+        self._owns_storage = False
+        self.runstore: Any = None
+        self.global_limit: asyncio.Semaphore | None = None
+        self._limits: dict[str, tuple[ExecutorSettings, ExecutorLimits]] = {}
+        self._plans: dict[int, tuple[Pipeline, Plan]] = {}
+        self._handles: set[RunHandle] = set()
+        self._opened = False
+        self._closed = False
+        self.owned_resources: list[Any] = []
+        """Extra objects (a secret store from a config file) closed with the engine."""
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open the storage and the run store (``async with`` does it; idempotent)."""
+        if self._closed:
+            raise UsageError("this engine is closed; create a new one")
+        if self._opened:
+            return
+        storage = self._storage_arg
+        if storage == "memory":
+            from taskloom.adapters.memory import MemoryStorage
+
+            storage = MemoryStorage()
+            self._owns_storage = True
+        elif isinstance(storage, str):
+            raise UsageError(f"storage must be a StorageAdapter, None or 'memory', not {storage!r}")
+        self.storage = storage
+        if storage is not None:
+            self.runstore = RunStore(storage, clock=self.clock)
+        if self.max_concurrency is not None:
+            self.global_limit = asyncio.Semaphore(self.max_concurrency)
+        self._opened = True
+
+    async def aclose(self) -> None:
+        """Cancel runs still going, flush and close what the engine owns (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        handles = list(self._handles)
+        for handle in handles:
+            handle.cancel()
+        if handles:
+            await asyncio.wait([h._task for h in handles])
+        try:
+            if self.runstore is not None:
+                await self.runstore.aclose()
+        finally:
+            await self.registry.aclose()
+            if self._owns_bus:
+                await self.bus.aclose()
+            if self._owns_storage and self.storage is not None:
+                await self.storage.aclose()
+            for resource in self.owned_resources:
+                await resource.aclose()
+
+    @classmethod
+    def from_config(cls, path: str | Path, **overrides: Any) -> Engine:
+        """Build an engine from ``taskloom.toml`` (see ``taskloom.sdk._config.build``)."""
+        from taskloom.sdk._config.build import engine_from_config
+
+        engine: Engine = engine_from_config(cls, path, **overrides)
+        return engine
+
+    # --- services for RunExecution ---------------------------------------------
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secret values the redactor knows masked."""
+        if self.redactor is None:
+            return text
+        redacted: str = self.redactor.redact(text)
+        return redacted
+
+    def limits(self, executor_id: str) -> ExecutorLimits:
+        """The concurrency and rate limits of one executor id (built on first use)."""
+        settings = self.registry.settings(executor_id)
+        cached = self._limits.get(executor_id)
+        if cached is not None and cached[0] is settings:
+            return cached[1]
+        # first use, or the id was unregistered and registered again with new settings
+        found = ExecutorLimits(
+            concurrency=settings.concurrency,
+            requests_per_minute=settings.requests_per_minute,
+            tokens_per_minute=settings.tokens_per_minute,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+        self._limits[executor_id] = (settings, found)
+        return found
+
+    def register_step(self, name: str, function: StepFunction) -> None:
+        """Make ``uses: <name>`` call ``function`` (plugin hosts call this)."""
+        self.plugin_steps[name] = function
+
+    # --- validation ------------------------------------------------------------
+
+    def validate(
+        self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None = None
+    ) -> Pipeline:
+        """Check ``pipeline`` (and ``inputs``) against this engine's executors and plugin
+        steps; return it structured. Raises PipelineInvalid listing every problem.
+
+        A ``Pipeline`` object is checked and compiled once per engine: running it
+        again reuses the result, so validate it ahead of time to keep that work off
+        the first run.
+        """
+        return self._prepare(pipeline, inputs).pipeline
+
+    def _prepare(self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None) -> Plan:
+        if isinstance(pipeline, Pipeline):
+            cached = self._plans.get(id(pipeline))
+            if cached is not None and cached[0] is pipeline:
+                if inputs is not None:
+                    problems = resolve_inputs(pipeline.inputs, inputs)[1]
+                    if problems:
+                        raise PipelineInvalid(problems)
+                return cached[1]
+        checked = validate_pipeline(
+            pipeline, registry=self.registry, plugin_steps=self.plugin_steps, inputs=inputs
+        )
+        compiler = Compiler(
+            checked,
+            default_executor=self.registry.default_id,
+            default_model=lambda eid: self.registry.settings(eid).default_model,
+            default_retry=self.default_retry,
+        )
+        plan = compiler.compile(*pipeline_forms(checked))
+        if isinstance(pipeline, Pipeline):
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[id(pipeline)] = (pipeline, plan)
+        return plan
+
+    def _spec(
+        self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None, history: History | None
+    ) -> RunSpec:
+        if self._closed:
+            raise UsageError("this engine is closed; create a new one")
+        given = dict(inputs or {})
+        plan = self._prepare(pipeline, given)
+        values, problems = resolve_inputs(plan.pipeline.inputs, given)
+        if problems:
+            raise PipelineInvalid(problems)
+        return RunSpec(
+            run_id=uuid.uuid4().hex,
+            plan=plan,
+            inputs=values,
+            record=None,
+            finished={},
+            resumed=False,
+            history=history,
+        )
+
+    # --- running -----------------------------------------------------------------
+
+    async def run(
+        self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None = None
+    ) -> RunResult:
+        """Validate and run ``pipeline``; return its result or raise StepFailed.
+
+        Cancelling the awaiting task cancels the run (recorded as cancelled).
+        """
+        spec = self._spec(pipeline, inputs, None)
+        await self.open()
+        return await drive(self, spec)
+
+    def start(self, pipeline: PipelineSource, inputs: Mapping[str, Any] | None = None) -> RunHandle:
+        """Validate ``pipeline`` now, then run it in a task; return its handle."""
+        spec = self._spec(pipeline, inputs, History())
+        return self._launch(spec, self._open_and_drive(spec))
+
+    async def _open_and_drive(self, spec: RunSpec) -> RunResult:
+        await self.open()
+        return await drive(self, spec)
+
+    def _launch(self, spec: RunSpec, coro: Awaitable[RunResult]) -> RunHandle:
+        assert spec.history is not None
+        task: asyncio.Task[RunResult] = asyncio.ensure_future(coro)
+        handle = RunHandle(spec.run_id, task, spec.history)
+        self._handles.add(handle)
+        task.add_done_callback(lambda _t: self._handles.discard(handle))
+        return handle
+
+    async def resume(self, run_id: str, pipeline: PipelineSource | None = None) -> RunResult:
+        """Continue run ``run_id`` from its checkpoints; a finished run returns its result.
+
+        Raises RunNotFound, PipelineChanged (``pipeline`` differs from the run's),
+        RunHeld (another process holds the run) or what the run itself raises.
+        """
+        spec = await self._resume_spec(run_id, pipeline, None)
+        if isinstance(spec, RunResult):
+            return spec
+        return await drive(self, spec)
+
+    def start_resume(self, run_id: str, pipeline: PipelineSource | None = None) -> RunHandle:
+        """Like :meth:`resume`, in a task; return a handle (the run id is known at once)."""
+        history = History()
+
+        async def go() -> RunResult:
+            try:
+                spec = await self._resume_spec(run_id, pipeline, history)
+            except BaseException:
+                history.close()  # iterators of handle.events() must end, not wait forever
+                raise
+            if isinstance(spec, RunResult):
+                history.close()
+                return spec
+            return await drive(self, spec)
+
+        placeholder = RunSpec(run_id, None, {}, None, {}, True, history)  # type: ignore[arg-type]
+        return self._launch(placeholder, go())
+
+    async def _resume_spec(
+        self, run_id: str, pipeline: PipelineSource | None, history: History | None
+    ) -> RunSpec | RunResult:
+        await self.open()
+        if self.runstore is None:
+            raise UsageError("this engine keeps no state (storage=None): nothing to resume")
+        record = await self.runstore.load_run(run_id)
+        if record.status == "succeeded":
+            finished = await self.runstore.finished_steps(run_id)
+            steps = {sid: r.output for (sid, item), r in finished.items() if item is None}
+            return RunResult(
+                run_id=run_id,
+                status="succeeded",
+                output=record.output,
+                usage=record.usage,
+                usage_by_executor=dict(record.usage_by_executor),
+                steps=steps,
+            )
+        if pipeline is None:
+            source: PipelineSource = serde.structure(record.pipeline, Pipeline)
+        else:
+            source = pipeline
+        plan = self._prepare(source, None)
+        if plan.digest != record.pipeline_digest:
+            raise PipelineChanged(
+                f"run {run_id} began with pipeline digest {record.pipeline_digest[:12]}..., "
+                f"this pipeline's is {plan.digest[:12]}...: resume with the original pipeline "
+                "(or omit it to use the stored copy), or start a new run"
+            )
+        return RunSpec(
+            run_id=run_id,
+            plan=plan,
+            inputs=dict(record.inputs),
+            record=record,
+            finished={},
+            resumed=True,
+            history=history,
+        )
+
+    # --- one run ----------------------------------------------------------------

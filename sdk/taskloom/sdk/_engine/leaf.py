@@ -1,0 +1,441 @@
+"""One leaf of a run (an LLM call or a plugin step): attempts, retries, events, checkpoint.
+
+Each attempt emits ``StepStarted``; a retryable failure emits ``StepRetrying`` and
+waits per the step's ``RetryPolicy`` (see ``_retry``); the outcome is
+``StepSucceeded`` or ``StepFailed``. A finished leaf is checkpointed through the
+run store: with ``durability="sync"`` before its caller goes on, so nothing
+that depends on it starts before it is durable; with ``"async"`` (the default)
+it is queued and the run goes on, in order and within a bound (see
+``_engine_window``). With ``on_error: continue`` a failure is checkpointed too
+(output ``null``) and the run goes on; otherwise it raises ``StepFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from taskloom.contracts import (
+    CacheHit,
+    ChunkStreamed,
+    CompletionChunk,
+    CompletionRequest,
+    ErrorInfo,
+    Event,
+    ExecutorTimeout,
+    MalformedResponse,
+    RetryableError,
+    SecretError,
+    SecurityError,
+    StepFailed,
+    StepFailedEvent,
+    StepRetrying,
+    StepStarted,
+    StepSucceeded,
+    StorageError,
+    Usage,
+)
+from taskloom.sdk._engine.calls import call_executor, error_info, parse_reply
+from taskloom.sdk._engine.ratelimit import ExecutorLimits
+from taskloom.sdk._engine.retry import call_with_retries
+from taskloom.sdk._engine.window import CheckpointWindow
+from taskloom.sdk._pipeline.plan import NodePlan, render_messages
+from taskloom.sdk._pipeline.template import Scope, TemplateRenderError
+from taskloom.sdk._runs.records import StepRecord
+from taskloom.sdk._runs.store import cache_key as make_key
+
+_ZERO = Usage()
+
+
+def _always() -> bool:
+    return True
+
+
+class _Attempt:
+    """What a leaf's attempts produced: the output, usage, and bookkeeping."""
+
+    __slots__ = ("attempts", "cached", "output", "usage")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.output: Any = None
+        self.usage = _ZERO
+        self.cached = False
+
+
+class LeafRunner:
+    """Runs leaves (LLM calls, plugin steps) of one run and keeps their accounting.
+
+    ``RunExecution`` (the scheduler) builds on it; a leaf needs only the run id,
+    the engine's services, the emit function and the token sums.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        services: Any,
+        emit: Callable[[Event], None],
+        item_starts_seen: Callable[[], bool] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.svc = services
+        self.emit = emit
+        # Whether anyone can see the StepStarted of a map item right now (a handle's
+        # history or a bus subscriber; item starts are never stored). When no one can,
+        # a 10,000-item map skips building 10,000 events that would go nowhere.
+        self.item_starts_seen = item_starts_seen or _always
+        # token sums per executor id as plain ints (None: steps without an executor);
+        # Usage objects are built once, at the end, not per step
+        self._tokens: dict[str | None, list[int]] = {}
+        self.steps_done = 0
+        self.failed_step: str | None = None
+        # durability="async": checkpoints queued and not yet durable (see _engine_window)
+        self.window = CheckpointWindow() if services.durability == "async" else None
+
+    def _account(self, usage: Usage, executor_id: str | None) -> None:
+        sums = self._tokens.get(executor_id)
+        if sums is None:
+            sums = self._tokens[executor_id] = [0, 0]
+        sums[0] += usage.prompt_tokens
+        sums[1] += usage.completion_tokens
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens of every step of the run so far (checkpointed ones included)."""
+        prompt = sum(s[0] for s in self._tokens.values())
+        completion = sum(s[1] for s in self._tokens.values())
+        return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+    @property
+    def usage_by_executor(self) -> dict[str, Usage]:
+        """Tokens per executor id."""
+        return {
+            eid: Usage(prompt_tokens=s[0], completion_tokens=s[1])
+            for eid, s in self._tokens.items()
+            if eid is not None
+        }
+
+    async def run_leaf(
+        self,
+        node: NodePlan,
+        scope: Scope,
+        *,
+        step_id: str,
+        item: int | None,
+        later: list[StepRecord] | None = None,
+    ) -> Any:
+        """Run an LLM call or plugin step with retries, checkpoint it, return its output.
+
+        With ``later``, a success's checkpoint record is appended there instead of
+        written: the caller (a map worker) must write it and wait until it is durable.
+        """
+        svc = self.svc
+        started = svc.clock()
+        state = _Attempt()
+        if node.kind == "llm":
+            try:
+                request = self._request(node, scope)
+            except TemplateRenderError as exc:
+                failure = StepFailed(str(exc), step_id=step_id, cause_type="TemplateRenderError")
+                return await self._leaf_failed(node, step_id, item, failure, 1, started)
+            executor_id = node.executor_id
+            attempt_fn = self._llm_attempts(node, request, state, step_id, item)
+        else:
+            try:
+                args = node.with_render(scope) if node.with_render is not None else {}
+            except TemplateRenderError as exc:
+                failure = StepFailed(str(exc), step_id=step_id, cause_type="TemplateRenderError")
+                return await self._leaf_failed(node, step_id, item, failure, 1, started)
+            executor_id = None
+            attempt_fn = self._plugin_attempts(node, args, state, step_id, item)
+
+        def on_retry(attempt: int, delay: float, exc: RetryableError) -> None:
+            self.emit(
+                StepRetrying(
+                    run_id=self.run_id,
+                    at=svc.clock(),
+                    step_id=step_id,
+                    attempt=attempt,
+                    delay_s=delay,
+                    error=error_info(exc, svc.redact),
+                    item=item,
+                )
+            )
+
+        deadline_at = started + node.deadline_s if node.deadline_s is not None else None
+        retries = call_with_retries(
+            attempt_fn,
+            policy=node.retry,
+            sleep=svc.sleep,
+            random=svc.random,
+            clock=svc.clock,
+            deadline_at=deadline_at,
+            on_retry=on_retry,
+        )
+        try:
+            if deadline_at is None:  # asyncio.timeout(None) still costs: skip it on the hot path
+                await retries
+            else:
+                async with asyncio.timeout(node.deadline_s):
+                    await retries
+        except TimeoutError:
+            late = ExecutorTimeout(
+                f"step {step_id!r} passed its deadline of {node.deadline_s} s; raise deadline_s "
+                "or make the step faster"
+            )
+            return await self._leaf_failed(
+                node, step_id, item, late, state.attempts, started, state.usage
+            )
+        except (StorageError, SecretError, SecurityError):
+            raise  # the store or the credentials failed, not the step: never hide that
+        except Exception as exc:  # every failure of user code or an executor is data here
+            return await self._leaf_failed(
+                node, step_id, item, exc, state.attempts, started, state.usage
+            )
+        self._account(state.usage, executor_id)
+        now = svc.clock()
+        self.emit(
+            StepSucceeded(
+                run_id=self.run_id,
+                at=now,
+                step_id=step_id,
+                attempt=state.attempts,
+                duration_s=now - started,
+                usage=state.usage,
+                item=item,
+                cached=state.cached,
+            )
+        )
+        await self._checkpoint(
+            step_id,
+            item,
+            state.output,
+            attempts=state.attempts,
+            usage=state.usage,
+            started=started,
+            executor_id=executor_id,
+            cached=state.cached,
+            finished=now,
+            later=later,
+        )
+        return state.output
+
+    def _started(self, step_id: str, attempt: int, item: int | None) -> None:
+        """Emit an attempt's StepStarted (a map item's only if anyone can see it)."""
+        if item is None or self.item_starts_seen():
+            self.emit(
+                StepStarted(
+                    run_id=self.run_id,
+                    at=self.svc.clock(),
+                    step_id=step_id,
+                    attempt=attempt,
+                    item=item,
+                )
+            )
+
+    def _request(self, node: NodePlan, scope: Scope) -> CompletionRequest:
+        fields: dict[str, Any] = node.request_fields
+        messages: Any = render_messages(node, scope)
+        return CompletionRequest(messages=messages, **fields)
+
+    def _llm_attempts(
+        self,
+        node: NodePlan,
+        request: CompletionRequest,
+        state: _Attempt,
+        step_id: str,
+        item: int | None,
+    ) -> Callable[[int], Awaitable[None]]:
+        svc = self.svc
+        executor_id = node.executor_id
+        assert executor_id is not None
+        cache_key: str | None = None
+        if (
+            node.cache
+            and svc.runstore is not None
+            # only deterministic requests (temperature 0 or a seed) unless the pipeline
+            # opts in: caching a sampled reply would freeze a random choice
+            and (node.cache_nondeterministic or request.deterministic)
+        ):
+            cache_key = make_key(executor_id, request)
+
+        async def attempt(number: int) -> None:
+            state.attempts = number
+            self._started(step_id, number, item)
+            if cache_key is not None and number == 1:
+                hit = await svc.runstore.cache_get(cache_key)
+                if hit is not None:
+                    try:
+                        state.output = parse_reply(node, hit)
+                    except MalformedResponse:
+                        pass  # a stale entry that no longer satisfies the schema: call again
+                    else:
+                        state.cached = True
+                        self.emit(
+                            CacheHit(
+                                run_id=self.run_id,
+                                at=svc.clock(),
+                                step_id=step_id,
+                                cache_key=cache_key,
+                                item=item,
+                            )
+                        )
+                        return
+            executor = svc.registry.peek(executor_id) or await svc.registry.get(executor_id)
+            limits: ExecutorLimits = svc.limits(executor_id)
+            if (
+                limits.plain
+                and not node.stream
+                and node.timeout_s is None
+                and (svc.global_limit is None)
+            ):
+                # nothing to wait for or time: the call itself (one coroutine frame less)
+                result = await executor.complete(request)
+            else:
+                on_chunk = self._chunk_emitter(step_id, item) if node.stream else None
+                result = await call_executor(
+                    node, executor, limits, request, svc.global_limit, on_chunk, step_id
+                )
+            state.usage = result.usage if state.usage is _ZERO else state.usage + result.usage
+            state.output = parse_reply(node, result)
+            if cache_key is not None:
+                await svc.runstore.cache_put(cache_key, result, ttl_s=node.cache_ttl_s)
+
+        return attempt
+
+    def _chunk_emitter(self, step_id: str, item: int | None) -> Callable[[CompletionChunk], None]:
+        def on_chunk(chunk: CompletionChunk) -> None:
+            self.emit(
+                ChunkStreamed(
+                    run_id=self.run_id,
+                    at=self.svc.clock(),
+                    step_id=step_id,
+                    delta=chunk.delta,
+                    index=chunk.index,
+                    item=item,
+                )
+            )
+
+        return on_chunk
+
+    def _plugin_attempts(
+        self, node: NodePlan, args: Any, state: _Attempt, step_id: str, item: int | None
+    ) -> Callable[[int], Awaitable[None]]:
+        svc = self.svc
+        function = svc.plugin_steps[node.uses]
+
+        async def attempt(number: int) -> None:
+            state.attempts = number
+            self._started(step_id, number, item)
+            gate = svc.global_limit
+            if gate is not None:
+                await gate.acquire()
+            try:
+                async with asyncio.timeout(node.timeout_s):
+                    state.output = await function(args)
+            except TimeoutError:
+                raise ExecutorTimeout(
+                    f"step {step_id!r}: no result within {node.timeout_s} s"
+                ) from None
+            finally:
+                if gate is not None:
+                    gate.release()
+
+        return attempt
+
+    async def _leaf_failed(
+        self,
+        node: NodePlan,
+        step_id: str,
+        item: int | None,
+        exc: BaseException,
+        attempts: int,
+        started: float,
+        usage: Usage = _ZERO,
+    ) -> Any:
+        """Record a failed leaf; with ``on_error: continue`` return None, else raise StepFailed.
+
+        Tokens spent by failed attempts (a reply that did not parse) still count.
+        """
+        info = error_info(exc, self.svc.redact)
+        keep_going = node.on_error == "continue"
+        executor_id = node.executor_id if node.kind == "llm" else None
+        self._account(usage, executor_id)
+        self.emit(
+            StepFailedEvent(
+                run_id=self.run_id,
+                at=self.svc.clock(),
+                step_id=step_id,
+                attempt=max(1, attempts),
+                error=info,
+                item=item,
+                continued=keep_going,
+            )
+        )
+        if keep_going:
+            await self._checkpoint(
+                step_id,
+                item,
+                None,
+                attempts=attempts,
+                usage=usage,
+                started=started,
+                executor_id=executor_id,
+                error=info,
+            )
+            return None
+        self.failed_step = step_id
+        where = f"step {step_id!r}" + (f" (item {item})" if item is not None else "")
+        if isinstance(exc, StepFailed):
+            raise exc
+        kind = "permanent" if not isinstance(exc, RetryableError) else "retryable"
+        raise StepFailed(
+            f"{where} failed after {max(1, attempts)} attempt(s) with a {kind} error: "
+            f"{info.type}: {info.message}",
+            step_id=step_id,
+            cause_type=info.type,
+        ) from exc
+
+    async def _checkpoint(
+        self,
+        step_id: str,
+        item: int | None,
+        output: Any,
+        *,
+        attempts: int,
+        usage: Usage,
+        started: float | None,
+        executor_id: str | None = None,
+        cached: bool = False,
+        error: ErrorInfo | None = None,
+        finished: float | None = None,
+        later: list[StepRecord] | None = None,
+    ) -> None:
+        self.steps_done += 1
+        store = self.svc.runstore
+        if store is None:
+            return
+        now = finished if finished is not None else self.svc.clock()
+        record = StepRecord(
+            run_id=self.run_id,
+            step_id=step_id,
+            item=item,
+            status="failed" if error is not None else "succeeded",
+            output=output,
+            error=error,
+            usage=usage,
+            executor=executor_id,
+            attempts=attempts,
+            started_at=started if started is not None else now,
+            finished_at=now,
+            cached=cached,
+        )
+        if later is not None:
+            later.append(record)
+        elif self.window is not None:
+            if not self.window.try_add(store.queue_step, record):
+                await self.window.add(store.queue_step, record)
+        else:
+            await store.record_step(record)

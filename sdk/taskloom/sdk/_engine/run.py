@@ -1,0 +1,277 @@
+"""Driving one run: lease, run record, steps, outcome, events.
+
+``drive`` is what ``Engine.run``, ``start`` and ``resume`` all end in. Under the
+run's lease (``RunHeld`` if another process holds it) it creates or reopens the
+run record, runs the steps (``_engine_steps``), renders the output, and records
+the outcome -- succeeded, failed (``StepFailed``, or any other error that stopped
+the run) or cancelled -- then flushes the events so the stored history is
+complete when the caller gets the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from taskloom.contracts import (
+    ChunkStreamed,
+    Event,
+    RunCancelledEvent,
+    RunFailed,
+    RunHeld,
+    RunStarted,
+    RunSucceeded,
+    StepFailed,
+    StepStarted,
+)
+from taskloom.sdk._engine.calls import error_info, first_error
+from taskloom.sdk._engine.handle import History, RunResult
+from taskloom.sdk._engine.lease import HeldLease
+from taskloom.sdk._engine.steps import RunExecution
+from taskloom.sdk._pipeline.plan import Plan
+from taskloom.sdk._pipeline.template import TemplateRenderError
+from taskloom.sdk._runs.records import RunRecord
+
+
+@attrs.define
+class RunSpec:
+    """Everything one run needs before it starts (or resumes)."""
+
+    run_id: str
+    plan: Plan
+    inputs: dict[str, Any]
+    record: Any  # RunRecord | None
+    finished: Mapping[tuple[str, int | None], Any]
+    resumed: bool
+    history: History | None
+    outcome_recorded: bool = False
+    """Set once the run record says how the run ended: nothing may change that after."""
+
+
+def _stored(event: Event) -> bool:
+    """Whether an event goes to the run's stored history (all go to the bus and handles).
+
+    Streamed chunks are live-only (the step's output is stored whole), and so is the
+    start of each *map item*: a map of 10,000 items would otherwise store 10,000
+    events that say nothing their finish events (time and duration) do not.
+    The start of every step, and every attempt, retry, finish and failure, is stored.
+    """
+    kind = type(event)
+    if kind is ChunkStreamed:
+        return False
+    return not (kind is StepStarted and event.item is not None)  # type: ignore[union-attr]
+
+
+async def drive(engine: Any, spec: RunSpec) -> RunResult:
+    """Run ``spec`` on ``engine``: lease, record, steps, outcome (see module docstring)."""
+    store = engine.runstore
+    history = spec.history
+    bus_emit = engine.bus.emit
+    record_event = store.record_event if store is not None else None
+
+    def announce(event: Event) -> None:
+        """Hand ``event`` to the run's handle and the bus (storing it is separate)."""
+        if history is not None:
+            history.push(event)
+        bus_emit(event)
+
+    def emit(event: Event) -> None:
+        announce(event)
+        if record_event is not None and _stored(event):
+            record_event(event)
+
+    bus_wants = engine.bus.wants
+
+    def item_starts_seen() -> bool:
+        return history is not None or bus_wants(StepStarted, spec.run_id)
+
+    started = engine.clock()
+    execution: RunExecution | None = None
+    lease: Any = contextlib.nullcontext()
+    if store is not None:
+        lease = HeldLease(store, spec.run_id, engine.holder, ttl_s=engine.lease_ttl_s)
+    try:
+        async with lease:
+            if store is not None:
+                await _begin(engine, spec, started)
+                if spec.resumed:
+                    spec.finished = await store.finished_steps(spec.run_id)
+            execution = RunExecution(
+                run_id=spec.run_id,
+                plan=spec.plan,
+                inputs=spec.inputs,
+                services=engine,
+                finished=spec.finished,
+                emit=emit,
+                item_starts_seen=item_starts_seen,
+            )
+            emit(
+                RunStarted(
+                    run_id=spec.run_id,
+                    at=started,
+                    pipeline=spec.plan.pipeline.name,
+                    pipeline_digest=spec.plan.digest,
+                    resumed=spec.resumed,
+                )
+            )
+            try:
+                await execution.run_graph()
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
+            if execution.window is not None:
+                await execution.window.settle()  # never "succeeded" before all are durable
+            output = _output(spec.plan, execution)
+            result = await _finish(engine, spec, execution, "succeeded", output, None, announce)
+    except asyncio.CancelledError:
+        # (a run whose record already says it succeeded stays succeeded: only the wait
+        # for its last events was cancelled)
+        if execution is not None and not spec.outcome_recorded:
+            await _finish(engine, spec, execution, "cancelled", None, None, announce)
+        raise
+    except RunHeld:
+        raise
+    except StepFailed as exc:
+        if execution is not None:
+            await _finish(engine, spec, execution, "failed", None, exc, announce)
+        raise
+    except Exception as exc:
+        # A storage failure or a non-JSON output: record the failure if the store
+        # still works (unless the record already says how the run ended), then let the
+        # original error through.
+        if execution is not None and not spec.outcome_recorded:
+            with contextlib.suppress(Exception):
+                await _finish(engine, spec, execution, "failed", None, exc, announce)
+        raise
+    finally:
+        if execution is not None and execution.window is not None:
+            execution.window.abandon()  # still queued, committed before the outcome
+        if store is not None:
+            store.mend_checkpoints(spec.run_id)
+        if history is not None:
+            history.close()
+    return result
+
+
+def _output(plan: Plan, execution: RunExecution) -> Any:
+    if plan.output is None:
+        return execution.outputs.get(plan.nodes[-1].id) if plan.nodes else None
+    try:
+        return plan.output(execution.scope)
+    except TemplateRenderError as exc:
+        raise StepFailed(
+            f"the pipeline's output could not be rendered: {exc}",
+            step_id="$output",
+            cause_type="TemplateRenderError",
+        ) from None
+
+
+async def _begin(engine: Any, spec: RunSpec, started: float) -> None:
+    store = engine.runstore
+    store.mend_checkpoints(spec.run_id)
+    if spec.record is None:
+        spec.record = RunRecord(
+            run_id=spec.run_id,
+            pipeline_name=spec.plan.pipeline.name,
+            pipeline_digest=spec.plan.digest,
+            pipeline=spec.plan.stored_pipeline,
+            inputs=spec.inputs,
+            status="running",
+            created_at=started,
+            started_at=started,
+        )
+        await store.create_run(spec.record)
+    else:
+        spec.record = attrs.evolve(spec.record, status="running", finished_at=None, error=None)
+        await store.update_run(spec.record)
+
+
+async def _finish(
+    engine: Any,
+    spec: RunSpec,
+    execution: RunExecution,
+    status: str,
+    output: Any,
+    error: BaseException | None,
+    announce: Callable[[Event], None],
+) -> RunResult:
+    now = engine.clock()
+    started = spec.record.started_at if spec.record is not None else None
+    duration = now - (started if started is not None else now)
+    info = error_info(error, engine.redact) if error is not None else None
+    outcome: Event
+    if status == "succeeded":
+        outcome = RunSucceeded(
+            run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage
+        )
+    elif status == "failed":
+        assert info is not None
+        outcome = RunFailed(
+            run_id=spec.run_id,
+            at=now,
+            error=info,
+            step_id=getattr(error, "step_id", None),
+            duration_s=duration,
+            usage=execution.usage,
+        )
+    else:
+        outcome = RunCancelledEvent(
+            run_id=spec.run_id, at=now, duration_s=duration, usage=execution.usage
+        )
+    store = engine.runstore
+    if store is None or spec.record is None:
+        announce(outcome)
+    else:
+        spec.record = attrs.evolve(
+            spec.record,
+            status=status,
+            finished_at=now,
+            output=output,
+            error=info,
+            usage=execution.usage,
+            usage_by_executor=dict(execution.usage_by_executor),
+            steps_done=len(spec.finished) + execution.steps_done,
+        )
+        # The outcome event is written in the same commit as the record that says it
+        # (a crash never leaves a finished run without it, and if the commit fails
+        # neither lands), and announced once that commit succeeded: a success whose
+        # record cannot be written (a non-JSON output, a failing store) is never
+        # announced -- the run then fails, and that is announced. A failure or
+        # cancellation is announced even when its record cannot be written.
+        write: asyncio.Future[None] | None = None
+        try:
+            write = await store.queue_finish(spec.record, outcome)
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if write is not None:
+                # the write goes ahead: learn whether it landed before the cancel goes
+                # on (however often the cancel is repeated: nothing else may be written
+                # for the run until it settles)
+                while not write.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([write])
+                if write.done() and not write.cancelled() and write.exception() is None:
+                    spec.outcome_recorded = True
+                    announce(outcome)
+                    raise
+            if status != "succeeded":
+                announce(outcome)
+            raise
+        except BaseException:
+            if status != "succeeded":
+                announce(outcome)
+            raise
+        spec.outcome_recorded = True
+        announce(outcome)
+    return RunResult(
+        run_id=spec.run_id,
+        status=status,
+        output=output,
+        usage=execution.usage,
+        usage_by_executor=dict(execution.usage_by_executor),
+        steps=dict(execution.outputs),
+        error=info,
+    )

@@ -1,0 +1,607 @@
+"""The durable run store: run records, step checkpoints, events, leases and the response cache.
+
+The engine writes through this class only, and only through the ``StorageAdapter``
+protocol, so every adapter (memory, SQLite, files, a third party's) gets durable
+runs for free. Three ideas carry the design:
+
+- **What changed, not snapshots.** A run record plus one small record per finished
+  step or map item; a checkpoint never rewrites the whole run state (the growth
+  LangGraph users complain about).
+- **Group commit.** ``record_step`` and ``record_event`` only queue operations; one
+  flusher writes everything queued in one ``commit`` (see ``_runstore_batch``), so
+  500 map items finishing together cost one storage round trip, not 500.
+- **Leases, not locks.** A run is advanced by one holder at a time; the lease has a
+  TTL by the store's (injectable) clock and is renewed while the run goes, so a
+  holder that died is taken over once its lease expires.
+
+The interface with the engine is ``notes/runstore_interface.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any
+
+import rfc8785
+
+from taskloom.contracts import (
+    CompletionRequest,
+    CompletionResult,
+    ConflictError,
+    Delete,
+    Event,
+    Put,
+    Record,
+    RunHeld,
+    RunNotFound,
+    StorageAdapter,
+    StorageError,
+    TaskloomError,
+    UsageError,
+    check_name,
+    check_value,
+)
+from taskloom.contracts.serde import converter
+from taskloom.sdk._pipeline.compact import pipeline_digest
+from taskloom.sdk._runs.batch import GroupCommitWriter
+from taskloom.sdk._runs.codec import decode, encode
+from taskloom.sdk._runs.events import ENTRY_BYTES, EventLog
+from taskloom.sdk._runs.history import RunHistory
+from taskloom.sdk._runs.lease import LeaseKeeper, check_ttl, extended, held_error
+from taskloom.sdk._runs.records import (
+    NS_CACHE,
+    NS_LEASES,
+    NS_RUNS,
+    NS_RUNS_BY_TIME,
+    NS_STEPS,
+    NS_TOMBSTONES,
+    CacheEntry,
+    LeaseRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    Tombstone,
+    index_entry,
+    index_key,
+    step_key,
+)
+
+__all__ = ["LeaseKeeper", "RunStore", "cache_key", "is_cacheable", "pipeline_digest"]
+
+SCAN_PAGE = 1000
+"""Records read per ``scan`` call when walking a run's steps."""
+
+_LEASE_RACE_RETRIES = 8
+
+
+def cache_key(executor_id: str, request: CompletionRequest) -> str:
+    """Digest of the executor id and the canonical request: equal requests share a reply.
+
+    RFC 8785 canonical JSON makes the digest independent of key order and float
+    spelling, so the key is stable across processes and taskloom versions that
+    keep the request's fields.
+    """
+    body = {"executor": executor_id, "request": converter.unstructure(request)}
+    try:
+        canonical = rfc8785.dumps(body)
+    except rfc8785.CanonicalizationError:
+        # a number canonical JSON cannot carry exactly (a seed beyond 2**53, NaN):
+        # key it by its text instead, so such a request still gets a stable key; the
+        # marker keeps it from ever matching a request that holds those texts itself
+        canonical = rfc8785.dumps({"numbers_as_text": True, **_numbers_as_text(body)})
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _numbers_as_text(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _numbers_as_text(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_numbers_as_text(v) for v in data]
+    if isinstance(data, int | float) and not isinstance(data, bool):
+        return repr(data)
+    return data
+
+
+def is_cacheable(request: CompletionRequest, *, nondeterministic: bool = False) -> bool:
+    """Whether a reply to ``request`` may be cached.
+
+    Only deterministic requests (temperature 0 or a seed) are, unless the pipeline
+    opts in with ``cache_nondeterministic``: caching a sampled reply would silently
+    turn a random choice into a fixed one.
+    """
+    return nondeterministic or request.deterministic
+
+
+class RunStore:
+    """Durable state of runs over any ``StorageAdapter``.
+
+    The store does not own the adapter: ``aclose`` writes what is queued and stops
+    the flusher but leaves the adapter open for whoever passed it in.
+    """
+
+    def __init__(self, storage: StorageAdapter, *, clock: Callable[[], float] = time.time) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._events = EventLog(storage)
+        self._writer = GroupCommitWriter(
+            storage, collect=self._events.collect, has_pending=self._events.has_pending
+        )
+        self._history = RunHistory(storage, clock=clock, delete_run=self.delete_run)
+        self._closed = False
+
+    @property
+    def storage(self) -> StorageAdapter:
+        """The adapter this store writes to."""
+        return self._storage
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock leases and retention are measured by."""
+        return self._clock
+
+    @property
+    def commits(self) -> int:
+        """How many batched commits the group-commit writer has made."""
+        return self._writer.commits
+
+    async def __aenter__(self) -> RunStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Write everything queued, then refuse further use. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._writer.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("the run store is closed; create a new RunStore to use it")
+
+    # --- run records --------------------------------------------------------------
+
+    async def create_run(self, record: RunRecord) -> None:
+        """Store a new run; ``ConflictError`` if a run with that id exists.
+
+        The run record and its time-index entry go in one commit. An id of a deleted
+        run is refused: its event stream still holds the old run's events.
+        """
+        self._check_open()
+        check_name(record.run_id, what="run id")
+        if await self._storage.get(NS_TOMBSTONES, record.run_id) is not None:
+            raise UsageError(
+                f"run id {record.run_id!r} belonged to a deleted run whose event stream "
+                "cannot be erased; use a new run id (uuid4().hex)"
+            )
+        value = check_value(encode(record), what=f"run record {record.run_id}")
+        await self._storage.commit(
+            [
+                Put(namespace=NS_RUNS, key=record.run_id, value=value, if_version=0),
+                Put(
+                    namespace=NS_RUNS_BY_TIME,
+                    key=index_key(record.run_id, record.created_at),
+                    value=encode(index_entry(record)),
+                ),
+            ]
+        )
+        self._events.new_run(record.run_id)
+
+    async def load_run(self, run_id: str) -> RunRecord:
+        """The run's record; ``RunNotFound`` if there is none, ``DecodeError`` naming it."""
+        self._check_open()
+        check_name(run_id, what="run id")
+        stored = await self._storage.get(NS_RUNS, run_id)
+        if stored is None:
+            raise RunNotFound(
+                f"no run {run_id!r} in this store; list runs with `taskloom runs` "
+                "(it may have been deleted by retention)"
+            )
+        return decode(stored.value, RunRecord, where=f"{NS_RUNS}/{run_id}")
+
+    async def update_run(self, record: RunRecord) -> None:
+        """Write the run's new status, timings, output or usage; durable on return.
+
+        It goes through the group-commit queue behind every step and event queued
+        before it, so once a run is marked finished its history is complete.
+        """
+        self._check_open()
+        check_name(record.run_id, what="run id")
+        value = check_value(encode(record), what=f"run record {record.run_id}")
+        await self._writer.submit(
+            [
+                Put(namespace=NS_RUNS, key=record.run_id, value=value),
+                Put(
+                    namespace=NS_RUNS_BY_TIME,
+                    key=index_key(record.run_id, record.created_at),
+                    value=encode(index_entry(record)),
+                ),
+            ]
+        )
+
+    async def queue_finish(self, record: RunRecord, outcome: Event) -> asyncio.Future[None]:
+        """Queue a finished run's record and its outcome event as one commit; return the
+        future that resolves when it is durable (or holds why it failed).
+
+        Both are checked before anything is queued (a record too large or not JSON
+        raises here, and nothing of it is written). The outcome goes into the stream
+        entry that also holds the run's still-queued events, as part of the record's
+        own write: if that commit fails, neither lands and the outcome is not kept for
+        a retry (the queued events go back on the queue). The write goes ahead whether
+        or not anyone awaits the future; awaiting it is how a caller learns it landed.
+        """
+        self._check_open()
+        run_id = record.run_id
+        check_name(run_id, what="run id")
+        value = check_value(encode(record), what=f"run record {run_id}")
+        index_value = encode(index_entry(record))
+        text = self._events.encode(outcome)
+        if self._events.queued_size(run_id) + len(text) > ENTRY_BYTES:
+            await self._writer.flush()  # a large backlog goes in entries of its own first
+            error = self._events.error_of(run_id)
+            if error is not None:
+                raise error
+        append, first, texts = await self._events.take_last(run_id, text)
+        try:
+            write = self._writer.submit(
+                [
+                    Put(namespace=NS_RUNS, key=run_id, value=value),
+                    Put(
+                        namespace=NS_RUNS_BY_TIME,
+                        key=index_key(run_id, record.created_at),
+                        value=index_value,
+                    ),
+                    append,
+                ]
+            )
+        except BaseException:
+            self._events.settle_last(run_id, first, texts, written=False)
+            raise
+
+        def settled(future: asyncio.Future[None]) -> None:
+            landed = not future.cancelled() and future.exception() is None
+            self._events.settle_last(run_id, first, texts, written=landed)
+
+        write.add_done_callback(settled)
+        return write
+
+    # --- checkpoints ----------------------------------------------------------------
+
+    async def record_step(self, record: StepRecord) -> None:
+        """Checkpoint one finished step or map item; returns when it is durable.
+
+        Concurrent calls share one commit. Size and key are checked here, before
+        queueing, so one bad record fails its own caller and not a whole batch.
+        """
+        await self.queue_step(record)
+
+    def queue_step(self, record: StepRecord) -> asyncio.Future[None]:
+        """Queue one checkpoint now; the future resolves when it is durable.
+
+        Writes are committed in the order they were queued (a later batch is never
+        committed before an earlier one), so once a checkpoint is durable, every
+        checkpoint queued before it is too. A bad record (too large, a bad key)
+        raises here, before anything is queued. Awaiting the future is optional for
+        durability -- the write is queued either way -- but it is how a failed
+        commit reaches the caller: the future then holds the storage error. After a
+        checkpoint of this run failed, this one fails too (see ``mend_checkpoints``).
+        """
+        self._check_open()
+        key = check_name(step_key(record.run_id, record.step_id, record.item), what="step key")
+        value = check_value(
+            encode(record), what=f"checkpoint of step {record.step_id!r} item {record.item}"
+        )
+        return self._writer.submit(
+            [Put(namespace=NS_STEPS, key=key, value=value)], chain=record.run_id
+        )
+
+    def mend_checkpoints(self, run_id: str) -> None:
+        """Let the run's checkpoints through again after an earlier failure.
+
+        Once a checkpoint of a run fails, later checkpoints of that run fail too
+        rather than being committed (so none is ever durable after a lost checkpoint
+        of a step it needs). The engine mends a run when it starts or resumes it,
+        and forgets the failure when the run's drive ends.
+        """
+        self._writer.mend(run_id)
+
+    def stop_checkpoints(self, run_id: str, error: TaskloomError) -> None:
+        """Refuse the run's queued and later checkpoints with ``error`` (its lease was lost:
+        another process runs it now) until the run starts again here."""
+        self._writer.break_chain(run_id, error)
+
+    async def finished_steps(self, run_id: str) -> dict[tuple[str, int | None], StepRecord]:
+        """Every checkpoint of the run, by (step id, map item or None).
+
+        A checkpoint that cannot be decoded raises ``DecodeError`` naming it: a
+        resume must never take a damaged record for "not done yet" and pay again.
+        """
+        self._check_open()
+        check_name(run_id, what="run id")
+        done: dict[tuple[str, int | None], StepRecord] = {}
+        async for stored in self._scan(NS_STEPS, f"{run_id}/"):
+            step = decode(stored.value, StepRecord, where=f"{NS_STEPS}/{stored.key}")
+            if step.run_id != run_id:
+                raise StorageError(
+                    f"checkpoint {NS_STEPS}/{stored.key} names run {step.run_id!r}, not "
+                    f"{run_id!r}; the store is inconsistent: delete the run and start again"
+                )
+            done[(step.step_id, step.item)] = step
+        return done
+
+    async def _scan(self, namespace: str, prefix: str) -> AsyncIterator[Record]:
+        start_after: str | None = None
+        while True:
+            page = await self._storage.scan(
+                namespace, prefix=prefix, start_after=start_after, limit=SCAN_PAGE
+            )
+            for stored in page:
+                yield stored
+            if len(page) < SCAN_PAGE:
+                return
+            start_after = page[-1].key
+
+    # --- events -------------------------------------------------------------------
+
+    def record_event(self, event: Event) -> None:
+        """Queue an event for the run's stream; the engine does not wait for it.
+
+        The events of a run recorded between two commits go into the next commit as
+        one stream entry (an :class:`EventBatch`), beside the checkpoints of that
+        batch. If the commit fails they are retried, and the failure is raised by
+        ``flush`` (and ``aclose``), never dropped silently.
+        """
+        self._check_open()
+        if self._events.add(event) or not self._writer.flushing_here():
+            self._writer.notify()  # else a batch of the run's events is already due
+
+    async def flush(self) -> None:
+        """Wait until every queued checkpoint and event is durable; raise what failed."""
+        self._check_open()
+        await self._writer.flush()
+        error = self._events.error_of()
+        if error is not None:
+            raise error
+
+    async def events(
+        self, run_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[tuple[int, Event]]:
+        """The run's events with their numbers (gapless from 1), oldest first.
+
+        Events still queued in this process are flushed first so the history is
+        complete. A deleted run (tombstoned) has no events, even though its stream
+        entries stay in an append-only store.
+        """
+        self._check_open()
+        check_name(run_id, what="run id")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise UsageError(f"after must be an int >= 0, got {after!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise UsageError(f"limit must be an int or None, got {limit!r}")
+        await self._writer.flush()
+        error = self._events.error_of(run_id)
+        if error is not None:
+            raise error  # this run's queued events cannot be written: its history is partial
+        if await self._storage.get(NS_TOMBSTONES, run_id) is not None:
+            return []
+        if limit is not None and limit <= 0:
+            return []
+        return await self._events.read(run_id, after=after, limit=limit)
+
+    # --- leases ---------------------------------------------------------------------
+
+    async def acquire_lease(self, run_id: str, holder: str, *, ttl_s: float = 30.0) -> None:
+        """Become the run's only holder for ``ttl_s``; ``RunHeld`` if another live holder is.
+
+        A lease whose holder is ``holder`` already is refreshed; an expired one is
+        taken over. The write is a compare-and-set on the lease's version, so of
+        two processes racing for a free run exactly one wins.
+        """
+        self._check_open()
+        check_ttl(ttl_s)
+        check_name(run_id, what="run id")
+        self._events.forget(run_id)  # another process may have written its events meanwhile
+        for _ in range(_LEASE_RACE_RETRIES):
+            stored = await self._storage.get(NS_LEASES, run_id)
+            now = self._clock()
+            version = 0
+            if stored is not None:
+                lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+                if lease.holder != holder and lease.expires_at > now:
+                    raise held_error(run_id, lease)
+                version = stored.version
+            new = LeaseRecord(run_id=run_id, holder=holder, acquired_at=now, expires_at=now + ttl_s)
+            try:
+                await self._storage.put(NS_LEASES, run_id, encode(new), if_version=version)
+            except ConflictError:
+                continue  # someone wrote the lease between our read and write: look again
+            return
+        raise RunHeld(
+            f"run {run_id!r}: the lease kept changing while acquiring it; another process "
+            "is competing for this run: try again later",
+        )
+
+    async def renew_lease(self, run_id: str, holder: str, *, ttl_s: float = 30.0) -> None:
+        """Extend ``holder``'s lease by ``ttl_s`` from now; ``RunHeld`` if it was lost."""
+        self._check_open()
+        check_ttl(ttl_s)
+        check_name(run_id, what="run id")
+        stored = await self._storage.get(NS_LEASES, run_id)
+        if stored is None:
+            raise RunHeld(
+                f"run {run_id!r}: the lease of {holder!r} is gone (released or the run was "
+                "deleted); stop working on the run",
+            )
+        lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+        if lease.holder != holder:
+            raise held_error(run_id, lease)
+        now = self._clock()
+        new = extended(lease, expires_at=now + ttl_s)
+        try:
+            await self._storage.put(NS_LEASES, run_id, encode(new), if_version=stored.version)
+        except ConflictError:
+            current = await self._storage.get(NS_LEASES, run_id)
+            if current is None:
+                raise RunHeld(f"run {run_id!r}: the lease of {holder!r} is gone") from None
+            raise held_error(
+                run_id, decode(current.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+            ) from None
+
+    async def release_lease(self, run_id: str, holder: str) -> None:
+        """Give the run up; a lease held by someone else is left alone."""
+        self._check_open()
+        check_name(run_id, what="run id")
+        stored = await self._storage.get(NS_LEASES, run_id)
+        if stored is None:
+            return
+        lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+        if lease.holder != holder:
+            return
+        try:
+            await self._storage.delete(NS_LEASES, run_id, if_version=stored.version)
+        except ConflictError:
+            return  # taken over meanwhile: it is no longer ours to release
+
+    async def revoke_lease(self, run_id: str) -> LeaseRecord | None:
+        """Take the run's lease away from whoever holds it; return the lease that was there.
+
+        Its holder finds the lease gone at its next renewal and stops (``RunHeld``):
+        this is how a run is cancelled from another process.
+        """
+        self._check_open()
+        check_name(run_id, what="run id")
+        stored = await self._storage.get(NS_LEASES, run_id)
+        if stored is None:
+            return None
+        lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+        try:
+            await self._storage.delete(NS_LEASES, run_id, if_version=stored.version)
+        except ConflictError:
+            return await self.revoke_lease(run_id)  # renewed meanwhile: take the new one
+        return lease
+
+    async def lease(self, run_id: str) -> LeaseRecord | None:
+        """The run's current lease, live or expired, or None."""
+        self._check_open()
+        stored = await self._storage.get(NS_LEASES, run_id)
+        if stored is None:
+            return None
+        return decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+
+    # --- response cache ---------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> CompletionResult | None:
+        """A cached reply, or None when absent or expired (the storage TTL)."""
+        self._check_open()
+        stored = await self._storage.get(NS_CACHE, check_name(key, what="cache key"))
+        if stored is None:
+            return None
+        return decode(stored.value, CacheEntry, where=f"{NS_CACHE}/{key}").result
+
+    async def cache_put(self, key: str, result: CompletionResult, *, ttl_s: float | None) -> None:
+        """Cache ``result`` under ``key`` for ``ttl_s`` seconds (None: until deleted)."""
+        self._check_open()
+        if ttl_s is not None:
+            check_ttl(ttl_s)
+        entry = CacheEntry(result=result, stored_at=self._clock())
+        await self._storage.put(
+            NS_CACHE, check_name(key, what="cache key"), encode(entry), ttl=ttl_s
+        )
+
+    # --- history and retention ------------------------------------------------------
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        pipeline: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Runs newest first, filtered by status, pipeline name and creation time.
+
+        The time index holds status and pipeline name, so a limited listing reads
+        only the run records it returns.
+        """
+        self._check_open()
+        return await self._history.list_runs(
+            status=status, pipeline=pipeline, since=since, until=until, limit=limit
+        )
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete the run record, its index entry, checkpoints and lease; True if it existed.
+
+        The run's event stream cannot be erased from an append-only store: a
+        tombstone hides it from ``events`` and keeps the id from being reused.
+        A run whose lease is live is refused with ``RunHeld``.
+        """
+        self._check_open()
+        check_name(run_id, what="run id")
+        lease_stored = await self._storage.get(NS_LEASES, run_id)
+        if lease_stored is not None:
+            lease = decode(lease_stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+            if lease.expires_at > self._clock():
+                raise held_error(run_id, lease)
+        await self._writer.flush()
+        stored = await self._storage.get(NS_RUNS, run_id)
+        existed = stored is not None
+        ops: list[Put | Delete] = []
+        if stored is not None:
+            ops.append(Delete(namespace=NS_RUNS, key=run_id, if_version=stored.version))
+            index = await self._history.index_key_of(run_id, stored.value)
+            if index is not None:
+                ops.append(Delete(namespace=NS_RUNS_BY_TIME, key=index))
+        tomb = Tombstone(run_id=run_id, deleted_at=self._clock())
+        ops.append(Put(namespace=NS_TOMBSTONES, key=run_id, value=encode(tomb)))
+        if lease_stored is not None:
+            ops.append(Delete(namespace=NS_LEASES, key=run_id))
+        # The record goes first and atomically with the tombstone: if the process dies
+        # while checkpoints are being deleted, calling delete_run again finishes the job.
+        await self._storage.commit(ops)
+        while True:
+            page = await self._storage.scan(NS_STEPS, prefix=f"{run_id}/", limit=SCAN_PAGE)
+            if not page:
+                break
+            existed = True
+            await self._storage.commit(
+                [Delete(namespace=NS_STEPS, key=stored_step.key) for stored_step in page]
+            )
+        return existed
+
+    async def prune(
+        self, *, older_than_s: float | None = None, keep_last: int | None = None
+    ) -> int:
+        """Apply a retention policy; return how many runs were deleted.
+
+        A run is deleted when it was created more than ``older_than_s`` ago, or when
+        it is not among the ``keep_last`` newest finished runs: each limit given
+        bounds the store. Runs still pending or running are kept unless they are
+        older than ``older_than_s`` with no live lease (a crashed run nobody resumed);
+        ``keep_last`` never removes them. Runs with a live lease are never deleted.
+        """
+        self._check_open()
+        if older_than_s is None and keep_last is None:
+            raise UsageError("prune needs older_than_s, keep_last or both")
+        if older_than_s is not None and (
+            isinstance(older_than_s, bool)
+            or not isinstance(older_than_s, int | float)
+            or older_than_s < 0
+        ):
+            raise UsageError(f"older_than_s must be a number >= 0, got {older_than_s!r}")
+        if keep_last is not None and (
+            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0
+        ):
+            raise UsageError(f"keep_last must be an int >= 0, got {keep_last!r}")
+        return await self._history.prune(older_than_s=older_than_s, keep_last=keep_last)
