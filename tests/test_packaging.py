@@ -27,3 +27,50 @@ def test_wheel_contains_only_the_taskloom_namespace(tmp_path: Path) -> None:
         assert f"taskloom/{portion}/__init__.py" in names
         assert f"taskloom/{portion}/py.typed" in names
     assert not [n for n in names if n.endswith(".pyc")]
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    requires = [line for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    core = [r for r in requires if "extra ==" not in r]
+    assert not [r for r in core if "rich" in r or "prompt" in r], core
+    assert any("rich" in r and "extra == 'cli'" in r for r in requires), requires
+
+
+_BLOCK_CLI_LIBS = "import sys; sys.modules['rich'] = None; sys.modules['prompt_toolkit'] = None; "
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCK_CLI_LIBS + code], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_sdk_imports_without_the_cli_extra() -> None:
+    """An application embedding taskloom runs a pipeline with neither rich nor
+    prompt_toolkit importable."""
+    done = _python(
+        "import asyncio, taskloom.sdk, taskloom.adapters.sqlite, taskloom.security\n"
+        "from taskloom.sdk import Engine\n"
+        "from taskloom.adapters.scripted import ScriptedExecutor\n"
+        "from taskloom.sdk import ExecutorRegistry\n"
+        "async def go():\n"
+        "    reg = ExecutorRegistry()\n"
+        "    reg.register('m', ScriptedExecutor())\n"
+        "    async with Engine(registry=reg) as e:\n"
+        "        r = await e.run({'taskloom': 'pipeline/v1', 'name': 'p',\n"
+        "                         'defaults': {'executor': 'm'},\n"
+        "                         'steps': [{'id': 'a', 'prompt': 'hi'}]})\n"
+        "        print(r.status)\n"
+        "asyncio.run(go())\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("succeeded")
+
+
+def test_the_command_without_the_cli_extra_says_how_to_get_it() -> None:
+    """``taskloom`` without rich/prompt_toolkit exits 2 with a one-line install hint, no
+    traceback."""
+    done = _python("from taskloom.sdk._cli import main; raise SystemExit(main(['runs']))")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "pip install 'taskloom[cli]'" in done.stderr
+    assert "rich, prompt_toolkit" in done.stderr
