@@ -7,6 +7,7 @@ what to do; context lives in keyword-only attributes.
 
     TaskloomError
     ├── UsageError                  the API was misused (use after close, bad argument)
+    ├── InternalError               taskloom itself failed (a bug); the run stays resumable
     ├── DecodeError                 data did not match a type (names the field path)
     ├── StorageError
     │   ├── ConflictError           a version check failed; nothing changed
@@ -56,6 +57,11 @@ class TaskloomError(Exception):
 
 class UsageError(TaskloomError):
     """The API was used wrongly: use after close, an argument out of range."""
+
+
+class InternalError(TaskloomError):
+    """taskloom's own code failed (a bug, not the step's): the run is marked failed,
+    the traceback is logged, and the run can be resumed once the cause is fixed."""
 
 
 class DecodeError(TaskloomError):

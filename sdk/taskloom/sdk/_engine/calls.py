@@ -25,6 +25,7 @@ from taskloom.contracts import (
     StepFailed,
     Usage,
 )
+from taskloom.sdk._engine.blame import mark_step_code
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
 from taskloom.sdk._pipeline.plan import NodePlan
 from taskloom.sdk._pipeline.replyschema import check, extract_json
@@ -90,11 +91,15 @@ async def call_executor(
                     call = stream_reply(executor, request, on_chunk)
                 else:
                     call = executor.complete(request)
-                if node.timeout_s is None:
-                    result = await call
-                else:
-                    async with asyncio.timeout(node.timeout_s):
+                try:
+                    if node.timeout_s is None:
                         result = await call
+                    else:
+                        async with asyncio.timeout(node.timeout_s):
+                            result = await call
+                except Exception as exc:
+                    mark_step_code(exc)
+                    raise
             except TimeoutError:
                 raise ExecutorTimeout(
                     f"step {step_id!r}: no reply within {node.timeout_s} s"

@@ -36,6 +36,7 @@ from taskloom.contracts import (
     StorageError,
     Usage,
 )
+from taskloom.sdk._engine.blame import internal_error, is_step_failure, mark_step_code
 from taskloom.sdk._engine.calls import call_executor, error_info, parse_reply
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
 from taskloom.sdk._engine.retry import call_with_retries
@@ -190,7 +191,12 @@ class LeafRunner:
             )
         except (StorageError, SecretError, SecurityError):
             raise  # the store or the credentials failed, not the step: never hide that
-        except Exception as exc:  # every failure of user code or an executor is data here
+        except Exception as exc:
+            if not is_step_failure(exc):  # the engine broke, not the step: fail the run
+                broken = internal_error(exc, run_id=self.run_id, step_id=step_id)
+                if broken is exc:
+                    raise
+                raise broken from exc
             return await self._leaf_failed(
                 node, step_id, item, exc, state.attempts, started, state.usage
             )
@@ -292,7 +298,11 @@ class LeafRunner:
                 and (svc.global_limit is None)
             ):
                 # nothing to wait for or time: the call itself (one coroutine frame less)
-                result = await executor.complete(request)
+                try:
+                    result = await executor.complete(request)
+                except Exception as exc:
+                    mark_step_code(exc)
+                    raise
             else:
                 on_chunk = self._chunk_emitter(step_id, item) if node.stream else None
                 result = await call_executor(
@@ -334,7 +344,11 @@ class LeafRunner:
                 await gate.acquire()
             try:
                 async with asyncio.timeout(node.timeout_s):
-                    state.output = await function(args)
+                    try:
+                        state.output = await function(args)
+                    except Exception as exc:
+                        mark_step_code(exc)
+                        raise
             except TimeoutError:
                 raise ExecutorTimeout(
                     f"step {step_id!r}: no result within {node.timeout_s} s"

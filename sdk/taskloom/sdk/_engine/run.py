@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ import attrs
 from taskloom.contracts import (
     ChunkStreamed,
     Event,
+    InternalError,
     RunCancelledEvent,
     RunFailed,
     RunHeld,
@@ -35,6 +37,8 @@ from taskloom.sdk._engine.steps import RunExecution
 from taskloom.sdk._pipeline.plan import Plan
 from taskloom.sdk._pipeline.template import TemplateRenderError
 from taskloom.sdk._runs.records import RunRecord
+
+_log = logging.getLogger("taskloom.engine")
 
 
 @attrs.define
@@ -139,6 +143,8 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
             await _finish(engine, spec, execution, "failed", None, exc, announce)
         raise
     except Exception as exc:
+        if isinstance(exc, InternalError):  # a bug of ours: keep the whole story
+            _log.error("run %s failed inside taskloom", spec.run_id, exc_info=exc)
         # A storage failure or a non-JSON output: record the failure if the store
         # still works (unless the record already says how the run ended), then let the
         # original error through.
