@@ -336,20 +336,68 @@ async def test_a_half_applied_journal_is_finished_on_open(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("cut", [0, 5, 20, -1])
-async def test_an_incomplete_journal_is_discarded(tmp_path: Path, cut: int) -> None:
-    """A journal cut short or damaged is dropped: none of its commit is applied."""
+async def test_a_damaged_journal_is_reported_not_discarded(tmp_path: Path, cut: int) -> None:
+    """A journal cut short or damaged refuses the store, naming the journal, which stays."""
     await _prepare(tmp_path)
     data = bytearray(_fs_journal.pack(_intent()))
     if cut == -1:
         data[-1] ^= 0x01
     else:
         del data[cut:]
-    (tmp_path / _fs_core.JOURNAL).write_bytes(bytes(data))
+    journal = tmp_path / _fs_core.JOURNAL
+    journal.write_bytes(bytes(data))
+    with pytest.raises(StorageCorrupted) as caught:
+        async with FileStorage(tmp_path, fsync=False):
+            pass
+    assert caught.value.path == str(journal)
+    assert "journal" in str(caught.value)
+    assert journal.read_bytes() == bytes(data)
+    journal.unlink()
     async with FileStorage(tmp_path, fsync=False) as storage:
         assert await storage.get("ns", "a") is None
         assert (await storage.get("ns", "gone")) is not None
         assert [e.seq for e in await storage.read("s")] == [1]
-    assert not (tmp_path / _fs_core.JOURNAL).exists()
+
+
+async def test_a_journal_damaged_while_open_is_reported_to_readers(tmp_path: Path) -> None:
+    """A store already open meets a damaged journal on its next read: StorageCorrupted."""
+    await _prepare(tmp_path)
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        (tmp_path / _fs_core.JOURNAL).write_bytes(_fs_journal.pack(_intent())[:-3])
+        with pytest.raises(StorageCorrupted):
+            await storage.get("ns", "a")
+        with pytest.raises(StorageCorrupted):
+            await storage.put("ns", "c", b"C")
+    assert (tmp_path / _fs_core.JOURNAL).exists()
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "second-last"])
+@pytest.mark.parametrize("part", ["header", "payload", "length"])
+async def test_a_damaged_entry_in_the_last_segment_is_corruption(
+    tmp_path: Path, where: str, part: str
+) -> None:
+    """A flipped bit before intact entries: reads and appends raise, naming the file; no loss."""
+    payloads = [b"entry-%d" % n for n in range(7)]
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        for payload in payloads:
+            await storage.append("s", payload)
+    segment = _segments(tmp_path, "s")[-1]
+    index = {"first": 0, "middle": 3, "second-last": 5}[where]
+    offset = len(_fs_streams.SEGMENT_MAGIC) + sum(
+        len(_fs_streams.pack_entry(n + 1, 0.0, p)) for n, p in enumerate(payloads[:index])
+    )
+    offset += {"header": 0, "length": 5, "payload": _fs_streams.ENTRY.size + 2}[part]
+    data = bytearray(segment.read_bytes())
+    data[offset] ^= 0x04
+    segment.write_bytes(bytes(data))
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        with pytest.raises(StorageCorrupted) as caught:
+            await storage.read("s")
+        assert caught.value.path == str(segment)
+        with pytest.raises(StorageCorrupted) as caught:
+            await storage.append("s", b"more")
+        assert caught.value.path == str(segment)
+    assert segment.read_bytes() == bytes(data)
 
 
 async def test_a_reader_rolls_a_crashed_writers_journal_forward(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from taskloom.adapters.filesystem import _journal as _fs_journal
 from taskloom.adapters.filesystem import _records as _fs_records
 from taskloom.adapters.filesystem import _streams as _fs_streams
+from taskloom.adapters.filesystem._io import Disk
 from taskloom.adapters.filesystem._journal import EntryChange, Intent, RecordChange
 from taskloom.contracts import StorageCorrupted
 
@@ -112,3 +113,24 @@ def test_a_damaged_last_entry_is_never_returned(
     entries = _fs_streams.read_entries(directory, "s", after=0, limit=None)
     assert [e.payload for e in entries] == payloads[:-1]
     assert [e.seq for e in entries] == list(range(1, len(payloads)))
+
+
+@given(payloads=st.lists(values, min_size=2, max_size=6), data=st.data())
+@settings(max_examples=200)
+def test_a_damaged_entry_before_the_last_is_never_mistaken_for_a_torn_tail(
+    tmp_path_factory: pytest.TempPathFactory, payloads: list[bytes], data: st.DataObject
+) -> None:
+    """Any bit flip in an entry that intact entries follow is StorageCorrupted, read or append."""
+    directory = tmp_path_factory.mktemp("stream")
+    packed = [_fs_streams.pack_entry(n + 1, 1.0, p) for n, p in enumerate(payloads)]
+    segment = bytearray(_fs_streams.SEGMENT_MAGIC + b"".join(packed))
+    end = len(segment) - len(packed[-1])
+    index = data.draw(st.integers(len(_fs_streams.SEGMENT_MAGIC), end - 1), label="index")
+    segment[index] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    path = directory / _fs_streams.segment_name(1)
+    path.write_bytes(bytes(segment))
+    with pytest.raises(StorageCorrupted):
+        _fs_streams.read_entries(directory, "s", after=0, limit=None)
+    with pytest.raises(StorageCorrupted):
+        _fs_streams.find_tail(directory, Disk(directory, fsync=False))
+    assert path.read_bytes() == bytes(segment)

@@ -404,12 +404,14 @@ class Store:
             )
 
     def recover(self) -> None:
-        """Roll a complete journal forward, or discard one that is incomplete or damaged.
+        """Roll a complete journal forward; refuse one that is damaged.
 
-        A journal only ever appears by an atomic rename after being fsynced, so
-        a damaged one means the disk lost data; its commit was never
-        acknowledged and nothing of it was applied before the journal was
-        durable, so discarding it leaves the commit not applied at all.
+        A journal only ever appears by an atomic rename after being fsynced,
+        so a damaged one means the disk lost data, and its commit may already
+        be partly applied (the writer applies right after the journal is
+        durable). Discarding it could leave that commit half done without a
+        word, so it is reported as ``StorageCorrupted`` and left in place for
+        the operator (``taskloom doctor`` names it too).
         """
         journal = self.root / JOURNAL
         try:
@@ -419,11 +421,15 @@ class Store:
         self._tails.clear()
         try:
             intent = _fs_journal.unpack(data)
-        except ValueError:
-            intent = None
-        if intent is not None:
-            self._apply(intent)
-            self.disk.flush()
+        except ValueError as exc:
+            raise StorageCorrupted(
+                f"commit journal {journal} is damaged ({exc}), so the commit it describes may "
+                "be half applied; nothing was changed: restore the store from a backup, or move "
+                "the journal out of the store to accept that commit as it stands",
+                path=str(journal),
+            ) from None
+        self._apply(intent)
+        self.disk.flush()
         self.disk.unlink(journal)
         self.disk.flush()
 

@@ -12,7 +12,11 @@ entry at the tail: readers stop at the first entry that is short, fails its
 checksum or has the wrong sequence number, so it is never returned, and the
 next writer truncates it before appending, so numbering stays gapless. A bad
 entry anywhere but the tail of the last segment cannot come from a crash and
-is reported as ``StorageCorrupted``. When the last segment reaches the size
+is reported as ``StorageCorrupted``: that includes a bad entry followed by an
+intact later one in the same segment (a crash only ever tears the end), so
+neither a reader nor a writer ever skips or truncates acknowledged entries.
+A damaged *last* entry with nothing valid after it cannot be told apart from a
+torn write; it is treated as one. When the last segment reaches the size
 limit the next entry starts a new segment, created whole by a rename.
 """
 
@@ -63,6 +67,8 @@ class _Parsed:
     valid_end: int
     next_seq: int
     torn: bool
+    damaged: bool = False
+    """An invalid entry is followed by a valid later one: damage, not a torn tail."""
 
 
 def list_segments(directory: Path) -> list[tuple[int, Path]]:
@@ -109,12 +115,46 @@ def _parse(
             or entry_seq != seq
             or zlib.crc32(view[offset + 4 : end]) != crc
         ):
-            return _Parsed(entries=entries, valid_end=offset, next_seq=seq, torn=True)
+            damaged = _intact_entry_after(data, offset, seq)
+            return _Parsed(
+                entries=entries, valid_end=offset, next_seq=seq, torn=True, damaged=damaged
+            )
         if keep and seq > after:
             entries.append((seq, appended_at, data[offset + ENTRY.size : end]))
         offset = end
         seq += 1
     return _Parsed(entries=entries, valid_end=offset, next_seq=seq, torn=False)
+
+
+_LOOKAHEAD = 256
+"""How many later sequence numbers are searched for after an invalid entry."""
+
+
+def _intact_entry_after(data: bytes, offset: int, seq: int) -> bool:
+    """True if a valid entry numbered after ``seq`` starts anywhere past ``offset``.
+
+    A torn write only ever leaves garbage at the very end, so an intact later
+    entry proves the invalid one at ``offset`` is damage. Candidates are found
+    by searching for the bytes of each following sequence number (in C, not a
+    Python loop over every position) and confirmed by their checksum.
+    """
+    view = memoryview(data)
+    size = len(data)
+    for later in range(seq + 1, seq + 1 + _LOOKAHEAD):
+        needle = struct.pack("<Q", later)
+        found = data.find(needle, offset + 9)
+        while found != -1:
+            start = found - 8
+            if start + ENTRY.size <= size:
+                crc, length, _, _ = ENTRY.unpack_from(data, start)
+                end = start + ENTRY.size + length
+                intact = length <= MAX_VALUE_BYTES and end <= size
+                if intact and zlib.crc32(view[start + 4 : end]) == crc:
+                    return True
+            found = data.find(needle, found + 1)
+        if (size - offset) // ENTRY.size < later - seq:
+            break
+    return False
 
 
 def _read_segment(path: Path) -> bytes:
@@ -151,6 +191,8 @@ def read_entries(
         last = index == len(segments) - 1
         want = None if limit is None else limit - len(found)
         parsed = _parse(_read_segment(path), first, after=after, limit=want)
+        if parsed.damaged:
+            raise _damaged(path, f"entry {parsed.next_seq} is invalid but later entries are intact")
         if parsed.torn and not last:
             raise _damaged(path, f"entry {parsed.next_seq} is invalid")
         if not last and want is not None and len(parsed.entries) >= want:
@@ -178,6 +220,9 @@ def find_tail(directory: Path, disk: Disk) -> Tail | None:
         return None
     first, path = segments[-1]
     parsed = _parse(_read_segment(path), first, keep=False)
+    if parsed.damaged:
+        # Truncating here would destroy the intact entries after the damage.
+        raise _damaged(path, f"entry {parsed.next_seq} is invalid but later entries are intact")
     if parsed.torn:
         fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
         try:
