@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 from hypothesis import Phase, settings
+from simple_storage import BufferedUntilClose, FlushesEveryFewWrites, JsonFileStorage
 
 from taskloom.adapters.memory import MemorySecretStore, MemoryStorage
 from taskloom.adapters.scripted import ScriptedExecutor
@@ -429,7 +430,42 @@ def storage_suite(wrapper: Callable[[MemoryStorage], StorageAdapter]) -> Storage
         def hypothesis_settings(self) -> settings:
             return _fast_settings(super().hypothesis_settings())
 
+        def _write_and_kill(self, location: Path, mode: str, extra_acks: int) -> Any:
+            pytest.skip("a MemoryStorage cannot outlive a killed process")
+
     return Suite()
+
+
+def file_storage_suite(cls: type[JsonFileStorage], factory: str) -> StorageConformance:
+    """A StorageConformance on ``cls`` (a JSON file store); ``factory`` names its opener
+    for the killed child process (``"simple_storage:open_..."``)."""
+
+    class Suite(StorageConformance):
+        durable = True
+        crash_factory = factory
+
+        def open_storage(self, location: Path) -> AbstractAsyncContextManager[StorageAdapter]:
+            return cls(location)
+
+        def hypothesis_settings(self) -> settings:
+            return _fast_settings(super().hypothesis_settings())
+
+    return Suite()
+
+
+BROKEN_DURABLE_STORAGE: dict[str, tuple[type[JsonFileStorage], str, str]] = {
+    "writes only on aclose": (
+        BufferedUntilClose,
+        "simple_storage:open_buffered_until_close",
+        "st11",
+    ),
+    "flushes every fourth write": (
+        FlushesEveryFewWrites,
+        "simple_storage:open_flushes_every_few_writes",
+        "st11",
+    ),
+}
+"""File-backed broken adapters that pass every reopen test and lose writes when killed."""
 
 
 # --- secret stores -------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from broken_adapters import (
+    BROKEN_DURABLE_STORAGE,
     BROKEN_EXECUTORS,
     BROKEN_SECRETS,
     BROKEN_STORAGE,
@@ -15,6 +16,7 @@ from broken_adapters import (
     WrappedStorage,
     codes_of,
     executor_suite,
+    file_storage_suite,
     run_tests,
     secrets_suite,
     storage_suite,
@@ -41,6 +43,19 @@ def test_storage_suite_catches(name: str, tmp_path: Path) -> None:
     """StorageConformance fails on each broken storage adapter, in a test naming its invariant."""
     wrapper, code = BROKEN_STORAGE[name]
     _assert_caught(run_tests(storage_suite(wrapper), tmp_path), code, name)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_DURABLE_STORAGE))
+def test_storage_suite_catches_lost_writes_in_a_killed_process(name: str, tmp_path: Path) -> None:
+    """Only the SIGKILL tests catch a file store that writes late, and they name ST11."""
+    cls, factory, code = BROKEN_DURABLE_STORAGE[name]
+    outcomes = run_tests(file_storage_suite(cls, factory), tmp_path)
+    failed = _failures(outcomes)
+    assert failed and all("sigkill" in n for n in failed), {
+        n: repr(e)[:200] for n, e in failed.items()
+    }
+    _assert_caught(outcomes, code, name)
+    assert any("ST11" in str(e) for e in failed.values()), failed
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN_SECRETS))

@@ -257,7 +257,9 @@ class StorageAdapter(Protocol):
     ST10 Invalid names raise ``InvalidKey`` and values over ``MAX_VALUE_BYTES``
          raise ``ValueTooLarge``; a failed call stores nothing.
     ST11 A write that returned is durable: a new adapter opened on the same
-         location sees it (for adapters that declare themselves durable).
+         location sees it, also when the process that wrote it was killed
+         (SIGKILL) right after the call returned, without ``aclose()`` (for
+         adapters that declare themselves durable).
     ST12 After ``aclose()`` every method raises ``UsageError``; ``aclose()`` is
          idempotent.
     """

@@ -3,11 +3,22 @@
 Needs the ``testing`` extra (pytest and hypothesis are imported only here).
 An adapter author subclasses one suite and supplies a factory::
 
+    from contextlib import asynccontextmanager
     from taskloom.contracts.testing import StorageConformance
 
     class TestMyStorage(StorageConformance):
-        def open_storage(self, location):
-            return MyStorage.open(location)
+        durable = True
+
+        @asynccontextmanager
+        async def open_storage(self, location):
+            store = await MyStorage.open(location)
+            try:
+                yield store
+            finally:
+                await store.aclose()
+
+``open_storage`` returns an async context manager (an adapter that is its own
+context manager may simply be returned: ``return MyStorage(location)``).
 
 Every test is named after the numbered invariant it checks (``test_st6_...``).
 Strategies for every contract data type are in

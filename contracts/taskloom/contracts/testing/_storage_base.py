@@ -114,9 +114,13 @@ class StorageSuiteBase:
 
     def _run(self, tmp_path: Path, body: Body) -> None:
         """Open the adapter at a fresh location under ``tmp_path`` and run ``body``."""
+        self._run_at(tmp_path / "store", body)
+
+    def _run_at(self, location: Path, body: Body) -> None:
+        """Open the adapter at ``location`` and run ``body``."""
 
         async def main() -> None:
-            async with self.open_storage(tmp_path / "store") as storage:
+            async with self.open_storage(location) as storage:
                 await body(storage)
 
         asyncio.run(main())
