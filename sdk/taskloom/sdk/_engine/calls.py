@@ -28,7 +28,7 @@ from taskloom.contracts import (
 from taskloom.sdk._engine.blame import mark_step_code
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
 from taskloom.sdk._pipeline.plan import NodePlan
-from taskloom.sdk._pipeline.replyschema import check, extract_json
+from taskloom.sdk._pipeline.replyschema import extract_json
 
 OnChunk = Callable[[CompletionChunk], None]
 
@@ -149,8 +149,8 @@ def parse_reply(node: NodePlan, result: CompletionResult) -> Any:
         value = extract_json(result.text)
     except ValueError as exc:
         raise MalformedResponse(f"step {node.id!r}: {exc}") from None
-    if node.json_schema is not None:
-        problems = check(value, node.json_schema)
+    if node.reply_schema is not None:
+        problems = node.reply_schema.problems(value)
         if problems:
             shown = "; ".join(problems[:5])
             raise MalformedResponse(

@@ -5,5 +5,6 @@ its JSON path; ``checks`` adds the semantic checks (references, cycles); ``plan`
 compiles the pipeline into the immutable plan the engine runs; ``compact`` keeps the
 short copy stored with each run; ``template`` resolves ``{{...}}`` references;
 ``replyschema`` checks replies against a step's JSON Schema. Imports
-``taskloom.contracts`` and the standard library only, never the rest of the sdk.
+``taskloom.contracts``, the standard library and ``jsonschema`` only, never the rest
+of the sdk.
 """

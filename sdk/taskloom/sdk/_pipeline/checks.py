@@ -21,6 +21,7 @@ from taskloom.contracts import (
     StepDefaults,
 )
 from taskloom.sdk._pipeline import graph as _graph
+from taskloom.sdk._pipeline.replyschema import schema_problems
 from taskloom.sdk._pipeline.template import Ref, TemplateSyntaxError, parse, refs
 
 _RESERVED_LOCALS = frozenset({"inputs", "steps", "index"})
@@ -219,6 +220,14 @@ class _Checker:
                 visible=visible,
                 local_names=local_names,
             )
+        schema = step.response_format.json_schema if step.response_format else None
+        if schema is not None:
+            for where, reason in schema_problems(schema):
+                self.add(
+                    f"{path}.response_format.json_schema{where}",
+                    f"not a valid JSON Schema (2020-12): {reason}",
+                    "fix the schema; Pydantic's model_json_schema() output is valid",
+                )
         executor = step.executor or self.defaults.executor or self.default_executor
         if executor is None:
             self.add(

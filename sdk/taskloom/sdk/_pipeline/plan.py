@@ -22,6 +22,7 @@ from taskloom.contracts import (
     Step,
 )
 from taskloom.sdk._pipeline import graph as _graph
+from taskloom.sdk._pipeline.replyschema import ReplySchema
 from taskloom.sdk._pipeline.template import Renderer, Scope, compile_json, compile_text, to_text
 
 NodeKind = Literal["llm", "plugin", "parallel", "map"]
@@ -43,11 +44,11 @@ class NodePlan:
         "deps",
         "executor_id",
         "id",
-        "json_schema",
         "kind",
         "map_render",
         "messages",
         "on_error",
+        "reply_schema",
         "request_fields",
         "response_format",
         "retry",
@@ -75,7 +76,7 @@ class NodePlan:
         self.request_fields: dict[str, Any] = {}
         self.response_format: ResponseFormat | None = None
         self.wants_json = False
-        self.json_schema: dict[str, Any] | None = None
+        self.reply_schema: ReplySchema | None = None
         self.stream = False
         self.cache = False
         self.cache_ttl_s: float | None = None
@@ -198,7 +199,8 @@ class Compiler:
         }
         node.response_format = step.response_format
         node.wants_json = step.response_format is not None and step.response_format.type == "json"
-        node.json_schema = step.response_format.json_schema if step.response_format else None
+        schema = step.response_format.json_schema if step.response_format else None
+        node.reply_schema = ReplySchema(schema) if node.wants_json and schema is not None else None
         node.stream = step.stream
         node.cache = step.cache if step.cache is not None else bool(d.cache)
         node.cache_ttl_s = d.cache_ttl_s

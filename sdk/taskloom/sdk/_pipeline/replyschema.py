@@ -1,37 +1,42 @@
-"""A small JSON Schema checker for LLM replies, and the JSON extraction before it.
+"""JSON Schema for LLM replies (the ``jsonschema`` library, Draft 2020-12), and JSON extraction.
 
 A step with ``response_format: {"type": "json", "json_schema": {...}}`` must get
-a reply that parses and satisfies the schema, or the attempt is retried. We check
-the keywords such schemas actually use (``type``, ``properties``, ``required``,
-``items``, ``enum``, ``const``, ``additionalProperties``, ``minItems``,
-``maxItems``, ``minLength``, ``maxLength``, ``minimum``, ``maximum``,
-``anyOf``); unknown keywords are ignored, as JSON Schema itself prescribes.
-The full ``jsonschema`` package is not a runtime dependency on purpose: the SDK
-stays small and the check stays fast.
+a reply that parses and satisfies the schema, or the attempt is retried. The
+schema is full JSON Schema 2020-12 as Pydantic's ``model_json_schema()`` and
+OpenAI's structured outputs write it: every keyword, ``$ref`` into ``$defs``,
+and ``format`` as an assertion for the formats ``jsonschema`` checks without
+extra packages (email, ipv4, ipv6, date, time, uuid, regex, ...). A schema is
+itself checked against the 2020-12 metaschema, and each of its references
+resolved, when the pipeline is validated (``schema_problems``), so a broken
+schema is a ``PipelineInvalid`` before anything runs, never a crash mid-run.
+References stay inside the schema: nothing is fetched from the network.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-_FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.S)
+import jsonschema
+import referencing
+import referencing.exceptions
+from referencing._core import Resolver
+from referencing.jsonschema import DRAFT202012
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,),
-    "array": (list,),
-    "string": (str,),
-    "boolean": (bool,),
-    "null": (type(None),),
-}
+_FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.S)
+_VALIDATOR = jsonschema.Draft202012Validator
+_FORMATS = _VALIDATOR.FORMAT_CHECKER
+_SHOWN = 160
+"""Longest rendering of a value inside a problem message (a reply can be huge)."""
 
 
 def extract_json(text: str) -> Any:
     """Parse a reply as JSON, stripping a Markdown code fence around it.
 
-    Raises ValueError with a short reason when the text is not JSON.
+    Raises ValueError with a short reason when the text is not JSON, including
+    JSON nested too deeply or holding an integer too long for Python to parse.
     """
     match = _FENCE.match(text)
     body = match.group(1) if match else text
@@ -41,103 +46,107 @@ def extract_json(text: str) -> Any:
         raise ValueError(
             f"the reply is not valid JSON ({exc.msg} at character {exc.pos})"
         ) from None
+    except RecursionError:
+        raise ValueError("the reply's JSON is nested too deeply to parse") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ValueError(f"the reply's JSON cannot be parsed ({_short(str(exc))})") from None
 
 
-def _type_ok(value: Any, expected: str) -> bool:
-    if expected == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    types = _TYPES.get(expected)
-    if types is None:
-        return True
-    if expected != "boolean" and isinstance(value, bool):
-        return False
-    return isinstance(value, types)
+class ReplySchema:
+    """A compiled JSON Schema; ``problems(value)`` lists a reply's violations.
+
+    Build it from a schema that ``schema_problems`` accepted (pipeline
+    validation does that before any plan is compiled).
+    """
+
+    __slots__ = ("_validator",)
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self._validator = _VALIDATOR(schema, format_checker=_FORMATS)
+
+    def problems(self, value: Any) -> list[str]:
+        """Every way ``value`` fails the schema, each as ``"<JSON path>: <reason>"``."""
+        try:
+            errors = sorted(self._validator.iter_errors(value), key=_error_order)
+        except RecursionError:
+            return ["$: the reply is nested too deeply to check against the schema"]
+        return [f"{error.json_path}: {_short(error.message)}" for error in errors]
 
 
-def check(value: Any, schema: Mapping[str, Any], path: str = "$") -> list[str]:
-    """Every way ``value`` fails ``schema``, each as ``"<path>: <reason>"``; empty if valid."""
-    errors: list[str] = []
-    _check(value, schema, path, errors)
-    return errors
+def check(value: Any, schema: Mapping[str, Any]) -> list[str]:
+    """Every way ``value`` fails ``schema``, each as ``"<JSON path>: <reason>"``; empty if valid."""
+    return ReplySchema(schema).problems(value)
 
 
-def _check(value: Any, schema: Mapping[str, Any], path: str, errors: list[str]) -> None:
-    if not isinstance(schema, Mapping):
+def schema_problems(schema: Any) -> list[tuple[str, str]]:
+    """What is wrong with ``schema`` as a 2020-12 JSON Schema: (path inside it, message) pairs.
+
+    Paths are relative to the schema (``""`` is the schema itself, ``".properties.a"``
+    one of its parts), so a caller can append them to where the schema sits.
+    """
+    meta = _VALIDATOR(_VALIDATOR.META_SCHEMA)
+    try:
+        errors = sorted(meta.iter_errors(schema), key=_error_order)
+        if errors:
+            return [(_relative(error.json_path), _short(error.message)) for error in errors]
+        return list(_unresolvable(schema))
+    except RecursionError:
+        return [("", "the schema is nested too deeply")]
+
+
+def _unresolvable(schema: Any) -> Iterator[tuple[str, str]]:
+    """Every ``$ref`` / ``$dynamicRef`` in ``schema`` that does not resolve inside it."""
+    root = referencing.Resource.from_contents(schema, default_specification=DRAFT202012)
+    base = root.id() or ""
+    registry: referencing.Registry[Any] = referencing.Registry().with_resources(
+        [("", root), (base, root)]
+    )
+    yield from _walk(schema, "", registry.crawl().resolver(base_uri=base), names=False)
+
+
+_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+"""Keywords whose value maps names (which may be any text) to subschemas."""
+_DATA = frozenset({"enum", "const", "default", "examples"})
+"""Keywords whose value is data, not a schema: a "$ref" key in it is no reference."""
+
+
+def _walk(
+    node: Any, path: str, resolver: Resolver[Any], *, names: bool
+) -> Iterator[tuple[str, str]]:
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _walk(item, f"{path}[{index}]", resolver, names=False)
         return
-    expected = schema.get("type")
-    if expected is not None:
-        options = expected if isinstance(expected, list) else [expected]
-        if not any(_type_ok(value, t) for t in options):
-            errors.append(f"{path}: expected {' or '.join(options)}, got {_json_type(value)}")
-            return
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{path}: {value!r} is not one of {schema['enum']!r}")
-    if "const" in schema and value != schema["const"]:
-        errors.append(f"{path}: expected {schema['const']!r}")
-    if "anyOf" in schema:
-        branches = [check(value, sub, path) for sub in schema["anyOf"]]
-        if all(branches):
-            errors.append(f"{path}: matches none of the anyOf alternatives")
-    if isinstance(value, dict):
-        _check_object(value, schema, path, errors)
-    elif isinstance(value, list):
-        _check_array(value, schema, path, errors)
-    elif isinstance(value, str):
-        if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append(f"{path}: shorter than {schema['minLength']} characters")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(f"{path}: longer than {schema['maxLength']} characters")
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{path}: less than the minimum {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{path}: more than the maximum {schema['maximum']}")
+    if not isinstance(node, dict):
+        return
+    if not names and isinstance(node.get("$id"), str) and path:
+        resource = referencing.Resource.from_contents(node, default_specification=DRAFT202012)
+        resolver = resolver.in_subresource(resource)
+    for keyword in () if names else ("$ref", "$dynamicRef"):
+        ref = node.get(keyword)
+        if isinstance(ref, str):
+            try:
+                resolver.lookup(ref)
+            except referencing.exceptions.Unresolvable:
+                yield (
+                    f"{path}.{keyword}",
+                    f"the reference {ref!r} does not resolve inside the schema "
+                    "(references to other documents are not fetched)",
+                )
+    for key, value in node.items():
+        if isinstance(key, str) and not names and key in _DATA:
+            continue
+        yield from _walk(value, f"{path}.{key}", resolver, names=not names and key in _NAMED)
 
 
-def _check_object(
-    value: dict[str, Any], schema: Mapping[str, Any], path: str, errors: list[str]
-) -> None:
-    properties = schema.get("properties") or {}
-    for name in schema.get("required") or ():
-        if name not in value:
-            errors.append(f"{path}: missing required property {name!r}")
-    extra = schema.get("additionalProperties", True)
-    for key, item in value.items():
-        sub = f"{path}.{key}"
-        if key in properties:
-            _check(item, properties[key], sub, errors)
-        elif extra is False:
-            errors.append(f"{path}: property {key!r} is not allowed")
-        elif isinstance(extra, Mapping):
-            _check(item, extra, sub, errors)
+def _relative(json_path: str) -> str:
+    """``$.a[0]`` (jsonschema's path from the schema's root) as ``.a[0]``."""
+    return json_path[1:] if json_path.startswith("$") else json_path
 
 
-def _check_array(value: list[Any], schema: Mapping[str, Any], path: str, errors: list[str]) -> None:
-    if "minItems" in schema and len(value) < schema["minItems"]:
-        errors.append(f"{path}: fewer than {schema['minItems']} items")
-    if "maxItems" in schema and len(value) > schema["maxItems"]:
-        errors.append(f"{path}: more than {schema['maxItems']} items")
-    items = schema.get("items")
-    if isinstance(items, Mapping):
-        for index, item in enumerate(value):
-            _check(item, items, f"{path}[{index}]", errors)
+def _error_order(error: jsonschema.ValidationError) -> tuple[str, str]:
+    return (error.json_path, error.message)
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+def _short(text: str) -> str:
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."

@@ -1,0 +1,137 @@
+"""Replies checked by full JSON Schema 2020-12 (jsonschema), and schemas checked at validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from engine_support import FakeExecutor, make_engine, pipeline
+
+from taskloom.contracts import PipelineInvalid, StepFailed
+from taskloom.sdk._pipeline.replyschema import ReplySchema, extract_json, schema_problems
+
+FAST = {"max_attempts": 2, "initial_delay_s": 0, "jitter": 0}
+
+# What Pydantic's model_json_schema() writes for a model with a nested model and a list.
+PYDANTIC_LIKE: dict[str, Any] = {
+    "$defs": {
+        "Item": {
+            "properties": {
+                "name": {"title": "Name", "type": "string", "minLength": 1},
+                "qty": {"title": "Qty", "type": "integer", "exclusiveMinimum": 0},
+            },
+            "required": ["name", "qty"],
+            "title": "Item",
+            "type": "object",
+            "additionalProperties": False,
+        }
+    },
+    "properties": {
+        "items": {"items": {"$ref": "#/$defs/Item"}, "title": "Items", "type": "array"},
+        "contact": {"type": "string", "format": "email"},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+    },
+    "required": ["items"],
+    "title": "Order",
+    "type": "object",
+}
+
+
+def _json_step(schema: Any) -> dict[str, Any]:
+    return {
+        "id": "a",
+        "prompt": "give json",
+        "response_format": {"type": "json", "json_schema": schema},
+        "retry": FAST,
+    }
+
+
+@pytest.mark.parametrize(
+    ("reply", "where"),
+    [
+        ({"items": [{"name": "x", "qty": 0}]}, "$.items[0].qty"),
+        ({"items": [{"name": "", "qty": 1}]}, "$.items[0].name"),
+        ({"items": [{"name": "x", "qty": 1, "extra": 1}]}, "$.items[0]"),
+        ({"items": [], "contact": "not-an-email"}, "$.contact"),
+        ({"items": [], "code": "abcd"}, "$.code"),
+    ],
+)
+def test_violations_behind_ref_format_and_pattern_are_reported_with_their_path(
+    reply: dict[str, Any], where: str
+) -> None:
+    """Keywords the old checker ignored ($ref, exclusiveMinimum, pattern, format) now count."""
+    problems = ReplySchema(PYDANTIC_LIKE).problems(reply)
+    assert problems, reply
+    assert any(p.startswith(f"{where}: ") for p in problems), problems
+
+
+def test_every_violation_is_listed() -> None:
+    """All violations of one reply are reported, not only the first."""
+    reply = {"items": [{"name": "", "qty": -1}, {"qty": "2"}], "contact": "nope"}
+    problems = ReplySchema(PYDANTIC_LIKE).problems(reply)
+    paths = {p.split(":")[0] for p in problems}
+    assert {"$.items[0].name", "$.items[0].qty", "$.items[1]", "$.items[1].qty", "$.contact"} <= (
+        paths
+    )
+
+
+def test_a_valid_reply_has_no_problems() -> None:
+    """A reply that satisfies the Pydantic-style schema passes."""
+    reply = {"items": [{"name": "x", "qty": 2}], "contact": "a@b.example", "code": "ABC"}
+    assert ReplySchema(PYDANTIC_LIKE).problems(reply) == []
+
+
+async def test_a_reply_violating_a_referenced_model_fails_the_step() -> None:
+    """A run whose replies break the $ref'd model fails with the violation's JSON path."""
+    engine, fake = make_engine(
+        FakeExecutor(reply=lambda _r: '{"items": [{"name": "bolt", "qty": 0}]}')
+    )
+    async with engine:
+        with pytest.raises(StepFailed, match=r"\$\.items\[0\]\.qty"):
+            await engine.run(pipeline(_json_step(PYDANTIC_LIKE)))
+    assert fake.calls["give json"] == 2
+
+
+@pytest.mark.parametrize(
+    ("schema", "where"),
+    [
+        ({"type": "objec"}, "$.steps[0].response_format.json_schema.type"),
+        ({"properties": {"a": {"minLength": -1}}}, ".json_schema.properties.a.minLength"),
+        ({"$ref": "#/$defs/Missing"}, "$.steps[0].response_format.json_schema.$ref"),
+        ({"$ref": "https://example.com/remote.json"}, ".json_schema.$ref"),
+        ({"required": "name"}, ".json_schema.required"),
+    ],
+)
+async def test_an_invalid_schema_is_refused_at_validation(schema: Any, where: str) -> None:
+    """A schema that is no 2020-12 schema, or whose $ref dangles, is PipelineInvalid with a path."""
+    engine, fake = make_engine()
+    async with engine:
+        with pytest.raises(PipelineInvalid) as caught:
+            engine.validate(pipeline(_json_step(schema)))
+    paths = [p.path for p in caught.value.problems]
+    assert any(p.endswith(where) for p in paths), paths
+    assert fake.calls == {}
+
+
+def test_a_schema_nested_too_deeply_is_a_problem_not_a_crash() -> None:
+    """A schema nested thousands of levels deep is reported, not a RecursionError."""
+    schema: dict[str, Any] = {}
+    for _ in range(5000):
+        schema = {"items": schema}
+    assert schema_problems(schema) == [("", "the schema is nested too deeply")]
+
+
+def test_refs_inside_enum_data_are_not_references() -> None:
+    """A "$ref" key inside enum/const data is data; a property named "enum" is a schema."""
+    assert schema_problems({"enum": [{"$ref": "#/nowhere"}], "const": {"$ref": "#/x"}}) == []
+    found = schema_problems({"properties": {"enum": {"$ref": "#/nowhere"}}})
+    assert [path for path, _ in found] == [".properties.enum.$ref"]
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000 + "]" * 100_000, "1" * 5000, '{"a": ' + "9" * 4500 + "}"]
+)
+def test_replies_too_deep_or_too_long_to_parse_are_value_errors(text: str) -> None:
+    """A pathological reply is a ValueError (retryable MalformedResponse), never a crash."""
+    with pytest.raises(ValueError, match="reply"):
+        extract_json(text)
