@@ -7,6 +7,13 @@ needs nothing else of taskloom. Conformance suites live in
 
 from __future__ import annotations
 
+from taskloom.contracts._claims import (
+    CLAIM_SCAN_PAGE,
+    ClaimedRecord,
+    ClaimingStorage,
+    ClaimOps,
+    claim_by_cas,
+)
 from taskloom.contracts._errors import (
     AuthenticationFailed,
     CapabilityDenied,
@@ -18,6 +25,7 @@ from taskloom.contracts._errors import (
     InvalidKey,
     InvalidRequest,
     InvalidSecretName,
+    LeaseLost,
     MalformedResponse,
     PermanentError,
     PipelineChanged,
@@ -27,6 +35,7 @@ from taskloom.contracts._errors import (
     PluginIncompatible,
     Problem,
     ProviderUnavailable,
+    QueueError,
     RateLimited,
     ReadOnlySecretStore,
     RetryableError,
@@ -42,8 +51,10 @@ from taskloom.contracts._errors import (
     StorageCorrupted,
     StorageError,
     StorageUnavailable,
+    SubmissionConflict,
     TaskloomError,
     UnknownExecutor,
+    UnknownQueue,
     UsageError,
     ValueTooLarge,
 )
@@ -125,6 +136,7 @@ from taskloom.contracts._storage import (
 )
 
 __all__ = [
+    "CLAIM_SCAN_PAGE",
     "EVENT_TYPES",
     "FINISH_REASONS",
     "MANIFEST_FORMAT",
@@ -139,6 +151,9 @@ __all__ = [
     "CapabilityDenied",
     "Check",
     "ChunkStreamed",
+    "ClaimOps",
+    "ClaimedRecord",
+    "ClaimingStorage",
     "CommitResult",
     "CompletionChunk",
     "CompletionRequest",
@@ -160,6 +175,7 @@ __all__ = [
     "JSONValue",
     "LLMExecutor",
     "LLMStep",
+    "LeaseLost",
     "MalformedResponse",
     "MapStep",
     "Message",
@@ -179,6 +195,7 @@ __all__ = [
     "Problem",
     "ProviderUnavailable",
     "Put",
+    "QueueError",
     "RateLimited",
     "ReadOnlySecretStore",
     "Record",
@@ -214,8 +231,10 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "StreamEntry",
+    "SubmissionConflict",
     "TaskloomError",
     "UnknownExecutor",
+    "UnknownQueue",
     "Usage",
     "UsageError",
     "ValueTooLarge",
@@ -227,4 +246,5 @@ __all__ = [
     "check_secret_name",
     "check_ttl",
     "check_value",
+    "claim_by_cas",
 ]

@@ -38,7 +38,11 @@ what to do; context lives in keyword-only attributes.
     │   ├── RunCancelled
     │   ├── RunNotFound
     │   ├── RunHeld                 another process holds the run's lease
+    │   │   └── LeaseLost           this process lost the lease of a run it was running
     │   └── PipelineChanged         resume with a pipeline that differs from the run's
+    ├── QueueError
+    │   ├── UnknownQueue            a submission or worker named a queue nobody defined
+    │   └── SubmissionConflict      an idempotency key or run id is taken by another run
     └── PluginError
         ├── CapabilityDenied        a plugin asked for what its manifest did not declare
         └── PluginIncompatible      a plugin needs a newer taskloom than the one running
@@ -288,8 +292,49 @@ class RunHeld(PipelineError):
         self.expires_at = expires_at
 
 
+class LeaseLost(RunHeld):
+    """This process lost the lease of a run it was running: another process has it now.
+
+    Raised by the run's next write (every write carries a version check on the lease
+    in the same commit, so none of a stale holder's writes land) and before its next
+    executor call. The run is not failed: its new holder goes on with it.
+    """
+
+
 class PipelineChanged(PipelineError):
     """The pipeline differs from the one the run began with; resume is refused."""
+
+
+# --- the run queue -------------------------------------------------------------
+
+
+class QueueError(TaskloomError):
+    """A submission to the run queue, or a worker's use of it, was refused."""
+
+
+class UnknownQueue(QueueError):
+    """No queue of that name is defined in this store; ``known`` lists those that are."""
+
+    def __init__(self, queue: str, known: Sequence[str]) -> None:
+        self.queue = queue
+        self.known = tuple(sorted(known))
+        listed = ", ".join(self.known)
+        super().__init__(
+            f"unknown queue {queue!r}; defined queues: {listed}. Define it first with "
+            "engine.define_queue(name, ...) or `taskloom queue --define NAME`"
+        )
+
+
+class SubmissionConflict(QueueError):
+    """The idempotency key or run id of a submission belongs to a different run.
+
+    A submission that repeats an earlier one (same key or id, same pipeline and
+    inputs) returns the earlier run; this is raised only when they differ.
+    """
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 # --- plugins ---------------------------------------------------------------

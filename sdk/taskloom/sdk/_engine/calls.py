@@ -10,7 +10,7 @@ in one place. ``error_info`` and ``first_error`` turn exceptions into data and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskloom.contracts import (
@@ -76,8 +76,13 @@ async def call_executor(
     gate: asyncio.Semaphore | None,
     on_chunk: OnChunk | None,
     step_id: str,
+    before: Callable[[], Awaitable[None]] | None = None,
 ) -> CompletionResult:
-    """One call, inside the global slot, the executor's slot, its rate limits and timeout."""
+    """One call, inside the global slot, the executor's slot, its rate limits and timeout.
+
+    ``before`` runs once every wait is over, right before the call starts (the run's
+    lease check: a process that lost the run must start no call).
+    """
     if gate is not None:
         await gate.acquire()
     try:
@@ -86,6 +91,8 @@ async def call_executor(
         try:
             if limits.active:
                 await limits.admit()
+            if before is not None:
+                await before()
             try:
                 if on_chunk is not None:
                     call = stream_reply(executor, request, on_chunk)

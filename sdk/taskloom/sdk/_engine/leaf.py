@@ -26,6 +26,7 @@ from taskloom.contracts import (
     ExecutorTimeout,
     MalformedResponse,
     RetryableError,
+    RunHeld,
     SecretError,
     SecurityError,
     StepFailed,
@@ -189,8 +190,8 @@ class LeafRunner:
             return await self._leaf_failed(
                 node, step_id, item, late, state.attempts, started, state.usage
             )
-        except (StorageError, SecretError, SecurityError):
-            raise  # the store or the credentials failed, not the step: never hide that
+        except (StorageError, SecretError, SecurityError, RunHeld):
+            raise  # the store, the credentials or the lease failed, not the step: never hide it
         except Exception as exc:
             if not is_step_failure(exc):  # the engine broke, not the step: fail the run
                 broken = internal_error(exc, run_id=self.run_id, step_id=step_id)
@@ -291,6 +292,7 @@ class LeafRunner:
                         return
             executor = svc.registry.peek(executor_id) or await svc.registry.get(executor_id)
             limits: ExecutorLimits = svc.limits(executor_id)
+            store = svc.runstore
             if (
                 limits.plain
                 and not node.stream
@@ -298,6 +300,8 @@ class LeafRunner:
                 and (svc.global_limit is None)
             ):
                 # nothing to wait for or time: the call itself (one coroutine frame less)
+                if store is not None and not store.check_lease(self.run_id):
+                    await store.ensure_lease(self.run_id)  # never call for a lost run
                 try:
                     result = await executor.complete(request)
                 except Exception as exc:
@@ -305,8 +309,16 @@ class LeafRunner:
                     raise
             else:
                 on_chunk = self._chunk_emitter(step_id, item) if node.stream else None
+                before = None
+                if store is not None:
+                    run_id = self.run_id
+
+                    async def before() -> None:
+                        if not store.check_lease(run_id):
+                            await store.ensure_lease(run_id)  # never call for a lost run
+
                 result = await call_executor(
-                    node, executor, limits, request, svc.global_limit, on_chunk, step_id
+                    node, executor, limits, request, svc.global_limit, on_chunk, step_id, before
                 )
             state.usage = result.usage if state.usage is _ZERO else state.usage + result.usage
             state.output = parse_reply(node, result)
@@ -343,6 +355,9 @@ class LeafRunner:
             if gate is not None:
                 await gate.acquire()
             try:
+                store = svc.runstore
+                if store is not None and not store.check_lease(self.run_id):
+                    await store.ensure_lease(self.run_id)  # never start work for a lost run
                 async with asyncio.timeout(node.timeout_s):
                     try:
                         state.output = await function(args)

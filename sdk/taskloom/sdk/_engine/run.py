@@ -37,6 +37,7 @@ from taskloom.sdk._engine.steps import RunExecution
 from taskloom.sdk._pipeline.plan import Plan
 from taskloom.sdk._pipeline.template import TemplateRenderError
 from taskloom.sdk._runs.records import RunRecord
+from taskloom.sdk._runs.store import RunStore
 
 _log = logging.getLogger("taskloom.engine")
 
@@ -132,13 +133,16 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
             result = await _finish(engine, spec, execution, "succeeded", output, None, announce)
     except asyncio.CancelledError:
         # (a run whose record already says it succeeded stays succeeded: only the wait
-        # for its last events was cancelled)
-        if execution is not None and not spec.outcome_recorded:
+        # for its last events was cancelled; a run whose lease was lost is another
+        # process's now: nothing of this one's is written)
+        lost = store.lost_lease(spec.run_id) if store is not None else None
+        if execution is not None and not spec.outcome_recorded and lost is None:
             await _finish(engine, spec, execution, "cancelled", None, None, announce)
         raise
     except RunHeld:
         raise
     except StepFailed as exc:
+        _raise_if_lost(store, spec.run_id)
         if execution is not None:
             await _finish(engine, spec, execution, "failed", None, exc, announce)
         raise
@@ -148,6 +152,7 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
         # A storage failure or a non-JSON output: record the failure if the store
         # still works (unless the record already says how the run ended), then let the
         # original error through.
+        _raise_if_lost(store, spec.run_id)
         if execution is not None and not spec.outcome_recorded:
             with contextlib.suppress(Exception):
                 await _finish(engine, spec, execution, "failed", None, exc, announce)
@@ -156,10 +161,18 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
         if execution is not None and execution.window is not None:
             execution.window.abandon()  # still queued, committed before the outcome
         if store is not None:
-            store.mend_checkpoints(spec.run_id)
+            store.end_run(spec.run_id)
         if history is not None:
             history.close()
     return result
+
+
+def _raise_if_lost(store: RunStore | None, run_id: str) -> None:
+    """A run that lost its lease exits with ``LeaseLost``, whatever else failed meanwhile
+    (its writes fail, so its steps may too): the run is not failed, another holder has it."""
+    lost = store.lost_lease(run_id) if store is not None else None
+    if lost is not None:
+        raise lost from None
 
 
 def _output(plan: Plan, execution: RunExecution) -> Any:

@@ -18,6 +18,11 @@ Two kinds of writes go in a batch:
   failed batch puts them back at the head of the queue and the flusher retries
   them with backoff. They are never dropped silently: the failure is raised by the
   next ``flush()`` and, if they still cannot be written, by ``aclose()``.
+
+Fencing: a run's writes carry a version check of its fence (see ``store``). When a
+batch fails a check, ``fenced`` names the runs whose lease was lost: their writes
+fail with ``LeaseLost`` (or, unwaited, are dropped) and everything else in the batch
+is queued again at the head, so one stale run never fails another run's writes.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from taskloom.contracts import (
+    ConflictError,
     Op,
     StorageAdapter,
     StorageError,
@@ -49,14 +55,27 @@ RETRY_DELAYS_S: tuple[float, ...] = (0.02, 0.1, 0.5, 1.0)
 class _Pending:
     """Operations queued together, who (if anyone) waits for them, and their chain."""
 
-    __slots__ = ("chain", "future", "ops")
+    __slots__ = ("chain", "future", "ops", "run")
 
     def __init__(
-        self, ops: Sequence[Op], future: asyncio.Future[None] | None, chain: str | None = None
+        self,
+        ops: Sequence[Op],
+        future: asyncio.Future[None] | None,
+        chain: str | None = None,
+        run: str | None = None,
     ) -> None:
         self.ops = ops
         self.future = future
         self.chain = chain
+        self.run = run if run is not None else chain
+        """The run whose lease fences these operations, if one does."""
+
+
+Fenced = Callable[[Sequence[Op]], Awaitable[dict[str, TaskloomError]]]
+"""Given a batch that failed a version check: the runs whose lease was lost, and why."""
+
+Unfenced = Callable[[Sequence[Op], frozenset[str]], list[Op]]
+"""Given unwaited operations of many runs: those that do not belong to the lost runs."""
 
 
 class GroupCommitWriter:
@@ -70,8 +89,12 @@ class GroupCommitWriter:
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
         collect: Callable[[], Awaitable[list[Op]]] | None = None,
         has_pending: Callable[[], bool] | None = None,
+        fenced: Fenced | None = None,
+        unfenced: Unfenced | None = None,
     ) -> None:
         self._storage = storage
+        self._fenced = fenced
+        self._unfenced = unfenced
         self._collect = collect
         self._has_pending = has_pending or (lambda: False)
         self._max_batch_ops = max(1, max_batch_ops)
@@ -90,7 +113,9 @@ class GroupCommitWriter:
 
     # --- producers ----------------------------------------------------------------
 
-    def submit(self, ops: Sequence[Op], *, chain: str | None = None) -> asyncio.Future[None]:
+    def submit(
+        self, ops: Sequence[Op], *, chain: str | None = None, run: str | None = None
+    ) -> asyncio.Future[None]:
         """Queue ``ops``; the returned future resolves when they are durable.
 
         Writes of one ``chain`` (a run's checkpoints) are all-or-stop: once one of them
@@ -108,7 +133,7 @@ class GroupCommitWriter:
             if broken is not None:
                 future.set_exception(broken)
                 return future
-        self._queue.append(_Pending(ops, future, chain))
+        self._queue.append(_Pending(ops, future, chain, run))
         self._kick()
         return future
 
@@ -269,7 +294,10 @@ class GroupCommitWriter:
                     self._queue.extendleft(reversed(batch))
                     raise
                 except Exception as exc:  # every failure reaches a waiter or a later flush
-                    await self._failed(batch, self._translate(exc))
+                    error = self._translate(exc)
+                    if isinstance(error, ConflictError) and await self._drop_lost(batch, ops):
+                        continue  # the rest of the batch goes again, without the lost runs
+                    await self._failed(batch, error)
                     continue
                 if ops:
                     self.commits += 1
@@ -278,6 +306,37 @@ class GroupCommitWriter:
                 for pending in batch:
                     if pending.future is not None and not pending.future.done():
                         pending.future.set_result(None)
+
+    async def _drop_lost(self, batch: list[_Pending], ops: Sequence[Op]) -> bool:
+        """After a failed check: fail the writes of runs whose lease was lost, queue the
+        others again at the head; False if no run lost its lease (a real conflict)."""
+        if self._fenced is None:
+            return False
+        try:
+            lost = await self._fenced(ops)
+        except TaskloomError:
+            return False  # cannot tell: the batch fails as it is
+        if not lost:
+            return False
+        names = frozenset(lost)
+        kept: list[_Pending] = []
+        for pending in batch:
+            if pending.run is not None and pending.run in lost:
+                if pending.future is not None and not pending.future.done():
+                    pending.future.set_exception(lost[pending.run])
+                continue
+            if pending.future is None and self._unfenced is not None:
+                rest = self._unfenced(pending.ops, names)
+                if rest:
+                    kept.append(_Pending(rest, None))
+                continue
+            kept.append(pending)
+        for run, error in lost.items():
+            self._broken[run] = error
+        self._queue.extendleft(reversed(kept))
+        if self._broken:
+            self._fail_broken()
+        return True
 
     async def _failed(self, batch: list[_Pending], error: TaskloomError) -> None:
         """Fail the batch's waiters; put its unwaited writes back and back off before retrying."""

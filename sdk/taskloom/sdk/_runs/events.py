@@ -15,9 +15,11 @@ written events meanwhile.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from taskloom.contracts import (
     Append,
+    Check,
     Event,
     Op,
     StorageAdapter,
@@ -42,8 +44,12 @@ READ_PAGE = 1000
 class EventLog:
     """Queued events per run, handed to the group-commit writer as appends."""
 
-    def __init__(self, storage: StorageAdapter) -> None:
+    def __init__(
+        self, storage: StorageAdapter, *, fence: Callable[[str], Check | None] | None = None
+    ) -> None:
         self._storage = storage
+        self._fence = fence
+        """The version check that fences a run's writes (None: the run is not fenced)."""
         self._pending: dict[str, list[str]] = {}
         """Encoded events per run, waiting for the next batch."""
         self._next: dict[str, int] = {}
@@ -126,6 +132,18 @@ class EventLog:
         if run_id not in self._pending:
             self._next.pop(run_id, None)
 
+    def drop(self, run_id: str) -> None:
+        """The run's lease was lost: drop its queued events and what was known of it."""
+        self._pending.pop(run_id, None)
+        self._next.pop(run_id, None)
+        self._errors.pop(run_id, None)
+
+    def release(self, run_id: str) -> None:
+        """The run's drive ended here: keep nothing of it unless events are still queued."""
+        if run_id not in self._pending and run_id not in self._learning:
+            self._next.pop(run_id, None)
+            self._errors.pop(run_id, None)
+
     def error_of(self, run_id: str | None = None) -> TaskloomError | None:
         """Why queued events (of ``run_id``, or of any run) cannot be written, if so."""
         for failed, error in self._errors.items():
@@ -162,6 +180,10 @@ class EventLog:
                 ops.append(Append(stream=stream, payload=encode_event_batch(first, chunk)))
                 first += len(chunk)
                 start = end
+            if self._fence is not None:
+                check = self._fence(run_id)
+                if check is not None:
+                    ops.append(check)
             self._next[run_id] = first
         return ops
 

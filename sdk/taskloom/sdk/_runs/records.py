@@ -18,6 +18,9 @@ Storage layout (see ``notes/runstore_interface.md``):
 - ``leases`` / ``run_id`` -> :class:`LeaseRecord`
 - ``cache`` / ``key`` -> :class:`CacheEntry` (with a storage TTL)
 - ``deleted_runs`` / ``run_id`` -> :class:`Tombstone`
+- ``fences`` / ``run_id`` -> :class:`Fence`: rewritten only when a holder acquires the
+  run, so every write of the run carries a check of its version (renewals of the
+  lease do not move it): a holder that lost the run can never write again
 - stream ``run:{run_id}:events`` -> :class:`EventBatch` per entry: the events one group
   commit wrote for the run, numbered from ``first`` (event numbers are gapless from 1)
 """
@@ -42,8 +45,15 @@ _v = attrs.validators
 RECORD_FORMAT = 1
 """The format every record below is written with; reading another one is refused."""
 
-RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
-RUN_STATUSES: tuple[str, ...] = ("pending", "running", "succeeded", "failed", "cancelled")
+RunStatus = Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"]
+RUN_STATUSES: tuple[str, ...] = (
+    "pending",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
 FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 StepStatus = Literal["succeeded", "failed"]
 
@@ -53,6 +63,7 @@ NS_STEPS = "steps"
 NS_LEASES = "leases"
 NS_CACHE = "cache"
 NS_TOMBSTONES = "deleted_runs"
+NS_FENCES = "fences"
 
 _TIME_SPAN_US = 10**16
 """Inverted-time origin for index keys: microsecond epoch times stay below 2**53 and this."""
@@ -202,6 +213,16 @@ class LeaseRecord:
     holder: str = attrs.field(validator=_nonempty_str)
     acquired_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     expires_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
+
+
+@attrs.frozen(kw_only=True)
+class Fence:
+    """Who last acquired a run; its record version is the run's fencing token."""
+
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    holder: str = attrs.field(validator=_nonempty_str)
+    acquired_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
 
 

@@ -13,6 +13,12 @@ runs for free. Three ideas carry the design:
 - **Leases, not locks.** A run is advanced by one holder at a time; the lease has a
   TTL by the store's (injectable) clock and is renewed while the run goes, so a
   holder that died is taken over once its lease expires.
+- **Fencing.** Acquiring a lease also rewrites the run's fence record; every write
+  the holder then makes for the run (checkpoints, events, record, outcome) carries a
+  version check of that fence in the same commit. A holder that stalled past its
+  TTL and was taken over can never write again: its next write fails with
+  ``LeaseLost``, and ``check_lease`` (called before every executor call) refuses
+  once the lease may have expired and a renewal finds it taken.
 
 The interface with the engine is ``notes/runstore_interface.md``.
 """
@@ -22,18 +28,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import rfc8785
 
 from taskloom.contracts import (
+    Append,
+    Check,
     CompletionRequest,
     CompletionResult,
     ConflictError,
     Delete,
     Event,
+    LeaseLost,
+    Op,
     Put,
     Record,
     RunHeld,
@@ -54,17 +64,20 @@ from taskloom.sdk._runs.history import RunHistory
 from taskloom.sdk._runs.lease import LeaseKeeper, check_ttl, extended, held_error
 from taskloom.sdk._runs.records import (
     NS_CACHE,
+    NS_FENCES,
     NS_LEASES,
     NS_RUNS,
     NS_RUNS_BY_TIME,
     NS_STEPS,
     NS_TOMBSTONES,
     CacheEntry,
+    Fence,
     LeaseRecord,
     RunRecord,
     RunStatus,
     StepRecord,
     Tombstone,
+    events_stream,
     index_entry,
     index_key,
     step_key,
@@ -76,6 +89,23 @@ SCAN_PAGE = 1000
 """Records read per ``scan`` call when walking a run's steps."""
 
 _LEASE_RACE_RETRIES = 8
+
+LEASE_MARGIN_S = 1.0
+"""Before an executor call, a lease that expires within this (or a tenth of its TTL,
+if less) is renewed first: past its expiry another process may have the run."""
+
+
+class _Held:
+    """A lease this store acquired: holder, TTL, the fence check, the known expiry."""
+
+    __slots__ = ("check", "expires_at", "holder", "margin", "ttl")
+
+    def __init__(self, holder: str, ttl: float, check: Check, expires_at: float) -> None:
+        self.holder = holder
+        self.ttl = ttl
+        self.check = check
+        self.expires_at = expires_at
+        self.margin = min(LEASE_MARGIN_S, ttl / 10)
 
 
 def cache_key(executor_id: str, request: CompletionRequest) -> str:
@@ -126,9 +156,18 @@ class RunStore:
     def __init__(self, storage: StorageAdapter, *, clock: Callable[[], float] = time.time) -> None:
         self._storage = storage
         self._clock = clock
-        self._events = EventLog(storage)
+        self._held: dict[str, _Held] = {}
+        """Runs whose lease this store acquired (and has not released)."""
+        self._lost: dict[str, LeaseLost] = {}
+        """Runs whose lease was lost while held here: their writes are refused."""
+        self._renewing: dict[str, asyncio.Future[None]] = {}
+        self._events = EventLog(storage, fence=self._fence_check)
         self._writer = GroupCommitWriter(
-            storage, collect=self._events.collect, has_pending=self._events.has_pending
+            storage,
+            collect=self._events.collect,
+            has_pending=self._events.has_pending,
+            fenced=self._fenced,
+            unfenced=self._unfenced,
         )
         self._history = RunHistory(storage, clock=clock, delete_run=self.delete_run)
         self._closed = False
@@ -186,16 +225,23 @@ class RunStore:
                 "cannot be erased; use a new run id (uuid4().hex)"
             )
         value = check_value(encode(record), what=f"run record {record.run_id}")
-        await self._storage.commit(
-            [
-                Put(namespace=NS_RUNS, key=record.run_id, value=value, if_version=0),
-                Put(
-                    namespace=NS_RUNS_BY_TIME,
-                    key=index_key(record.run_id, record.created_at),
-                    value=encode(index_entry(record)),
-                ),
-            ]
-        )
+        self._refuse_lost(record.run_id)
+        ops: list[Op] = [
+            Put(namespace=NS_RUNS, key=record.run_id, value=value, if_version=0),
+            Put(
+                namespace=NS_RUNS_BY_TIME,
+                key=index_key(record.run_id, record.created_at),
+                value=encode(index_entry(record)),
+            ),
+        ]
+        check = self._fence_check(record.run_id)
+        if check is not None:
+            ops.append(check)
+        try:
+            await self._storage.commit(ops)
+        except ConflictError:
+            await self._raise_if_lost(record.run_id)
+            raise
         self._events.new_run(record.run_id)
 
     async def load_run(self, run_id: str) -> RunRecord:
@@ -219,16 +265,19 @@ class RunStore:
         self._check_open()
         check_name(record.run_id, what="run id")
         value = check_value(encode(record), what=f"run record {record.run_id}")
-        await self._writer.submit(
-            [
-                Put(namespace=NS_RUNS, key=record.run_id, value=value),
-                Put(
-                    namespace=NS_RUNS_BY_TIME,
-                    key=index_key(record.run_id, record.created_at),
-                    value=encode(index_entry(record)),
-                ),
-            ]
-        )
+        self._refuse_lost(record.run_id)
+        ops: list[Op] = [
+            Put(namespace=NS_RUNS, key=record.run_id, value=value),
+            Put(
+                namespace=NS_RUNS_BY_TIME,
+                key=index_key(record.run_id, record.created_at),
+                value=encode(index_entry(record)),
+            ),
+        ]
+        check = self._fence_check(record.run_id)
+        if check is not None:
+            ops.append(check)
+        await self._writer.submit(ops, run=record.run_id)
 
     async def queue_finish(self, record: RunRecord, outcome: Event) -> asyncio.Future[None]:
         """Queue a finished run's record and its outcome event as one commit; return the
@@ -247,24 +296,27 @@ class RunStore:
         value = check_value(encode(record), what=f"run record {run_id}")
         index_value = encode(index_entry(record))
         text = self._events.encode(outcome)
+        self._refuse_lost(run_id)
         if self._events.queued_size(run_id) + len(text) > ENTRY_BYTES:
             await self._writer.flush()  # a large backlog goes in entries of its own first
             error = self._events.error_of(run_id)
             if error is not None:
                 raise error
         append, first, texts = await self._events.take_last(run_id, text)
+        ops: list[Op] = [
+            Put(namespace=NS_RUNS, key=run_id, value=value),
+            Put(
+                namespace=NS_RUNS_BY_TIME,
+                key=index_key(run_id, record.created_at),
+                value=index_value,
+            ),
+            append,
+        ]
+        check = self._fence_check(run_id)
+        if check is not None:
+            ops.append(check)
         try:
-            write = self._writer.submit(
-                [
-                    Put(namespace=NS_RUNS, key=run_id, value=value),
-                    Put(
-                        namespace=NS_RUNS_BY_TIME,
-                        key=index_key(run_id, record.created_at),
-                        value=index_value,
-                    ),
-                    append,
-                ]
-            )
+            write = self._writer.submit(ops, run=run_id)
         except BaseException:
             self._events.settle_last(run_id, first, texts, written=False)
             raise
@@ -302,8 +354,10 @@ class RunStore:
         value = check_value(
             encode(record), what=f"checkpoint of step {record.step_id!r} item {record.item}"
         )
+        held = self._held.get(record.run_id)
+        put = Put(namespace=NS_STEPS, key=key, value=value)
         return self._writer.submit(
-            [Put(namespace=NS_STEPS, key=key, value=value)], chain=record.run_id
+            [put] if held is None else [put, held.check], chain=record.run_id
         )
 
     def mend_checkpoints(self, run_id: str) -> None:
@@ -363,6 +417,8 @@ class RunStore:
         ``flush`` (and ``aclose``), never dropped silently.
         """
         self._check_open()
+        if self._lost and event.run_id in self._lost:
+            return  # the run is another process's now: nothing of this one's may land
         if self._events.add(event) or not self._writer.flushing_here():
             self._writer.notify()  # else a batch of the run's events is already due
 
@@ -405,8 +461,10 @@ class RunStore:
         """Become the run's only holder for ``ttl_s``; ``RunHeld`` if another live holder is.
 
         A lease whose holder is ``holder`` already is refreshed; an expired one is
-        taken over. The write is a compare-and-set on the lease's version, so of
-        two processes racing for a free run exactly one wins.
+        taken over. The lease and the run's fence are written in one commit with
+        compare-and-set on both versions, so of two processes racing for a free run
+        exactly one wins, and the loser's (or a former holder's) writes of the run
+        fail from then on (``LeaseLost``).
         """
         self._check_open()
         check_ttl(ttl_s)
@@ -414,6 +472,7 @@ class RunStore:
         self._events.forget(run_id)  # another process may have written its events meanwhile
         for _ in range(_LEASE_RACE_RETRIES):
             stored = await self._storage.get(NS_LEASES, run_id)
+            fence = await self._storage.get(NS_FENCES, run_id)
             now = self._clock()
             version = 0
             if stored is not None:
@@ -422,30 +481,79 @@ class RunStore:
                     raise held_error(run_id, lease)
                 version = stored.version
             new = LeaseRecord(run_id=run_id, holder=holder, acquired_at=now, expires_at=now + ttl_s)
+            mark = Fence(run_id=run_id, holder=holder, acquired_at=now)
             try:
-                await self._storage.put(NS_LEASES, run_id, encode(new), if_version=version)
+                result = await self._storage.commit(
+                    [
+                        Put(namespace=NS_LEASES, key=run_id, value=encode(new), if_version=version),
+                        Put(
+                            namespace=NS_FENCES,
+                            key=run_id,
+                            value=encode(mark),
+                            if_version=0 if fence is None else fence.version,
+                        ),
+                    ]
+                )
             except ConflictError:
                 continue  # someone wrote the lease between our read and write: look again
+            self._hold(run_id, holder, ttl_s, result.records[1].version, now + ttl_s)
             return
         raise RunHeld(
             f"run {run_id!r}: the lease kept changing while acquiring it; another process "
             "is competing for this run: try again later",
         )
 
+    def _hold(self, run_id: str, holder: str, ttl_s: float, fence: int, expires: float) -> None:
+        check = Check(namespace=NS_FENCES, key=run_id, version=fence)
+        self._held[run_id] = _Held(holder, ttl_s, check, expires)
+        self._lost.pop(run_id, None)
+        self._writer.mend(run_id)
+
     async def renew_lease(self, run_id: str, holder: str, *, ttl_s: float = 30.0) -> None:
-        """Extend ``holder``'s lease by ``ttl_s`` from now; ``RunHeld`` if it was lost."""
+        """Extend ``holder``'s lease by ``ttl_s`` from now; ``RunHeld`` if it was lost
+        (``LeaseLost`` when this store held it: its writes of the run fail from then on).
+
+        Renewals of one run from this store are coalesced: callers that ask while one
+        is in flight wait for it (so a stalled process waking up with many calls due
+        reads the lease once, not once per call).
+        """
         self._check_open()
         check_ttl(ttl_s)
         check_name(run_id, what="run id")
+        lost = self._lost.get(run_id)
+        if lost is not None:
+            raise lost
+        running = self._renewing.get(run_id)
+        if running is not None:
+            await asyncio.shield(running)
+            return
+        future = self._renewing[run_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self._renew(run_id, holder, ttl_s)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()  # seen: each waiter has it raised
+            else:
+                future.cancel()
+            raise
+        else:
+            future.set_result(None)
+        finally:
+            del self._renewing[run_id]
+
+    async def _renew(self, run_id: str, holder: str, ttl_s: float) -> None:
         stored = await self._storage.get(NS_LEASES, run_id)
         if stored is None:
-            raise RunHeld(
-                f"run {run_id!r}: the lease of {holder!r} is gone (released or the run was "
-                "deleted); stop working on the run",
+            raise self._mark_lost(
+                run_id,
+                holder,
+                f"run {run_id!r}: the lease of {holder!r} is gone (released, revoked or the "
+                "run was deleted); stop working on the run",
             )
         lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
         if lease.holder != holder:
-            raise held_error(run_id, lease)
+            raise self._mark_lost(run_id, holder, str(held_error(run_id, lease)), lease)
         now = self._clock()
         new = extended(lease, expires_at=now + ttl_s)
         try:
@@ -453,15 +561,141 @@ class RunStore:
         except ConflictError:
             current = await self._storage.get(NS_LEASES, run_id)
             if current is None:
-                raise RunHeld(f"run {run_id!r}: the lease of {holder!r} is gone") from None
-            raise held_error(
-                run_id, decode(current.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
-            ) from None
+                raise self._mark_lost(
+                    run_id, holder, f"run {run_id!r}: the lease of {holder!r} is gone"
+                ) from None
+            taken = decode(current.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+            raise self._mark_lost(run_id, holder, str(held_error(run_id, taken)), taken) from None
+        held = self._held.get(run_id)
+        if held is not None and held.holder == holder:
+            held.expires_at = now + ttl_s
+
+    def _mark_lost(
+        self, run_id: str, holder: str, message: str, lease: LeaseRecord | None = None
+    ) -> RunHeld:
+        """The error for a lease ``holder`` no longer has; if this store held it, the run's
+        writes are refused from now on and its queued events dropped."""
+        held = self._held.get(run_id)
+        if held is None or held.holder != holder:
+            if lease is None:
+                return RunHeld(message)
+            return held_error(run_id, lease)
+        error = LeaseLost(
+            f"{message} (this process lost the run's lease: another process runs it now, "
+            "so nothing more of this one's is written)",
+            holder=lease.holder if lease is not None else "",
+            expires_at=lease.expires_at if lease is not None else 0.0,
+        )
+        self._lose(run_id, error)
+        return error
+
+    def _lose(self, run_id: str, error: LeaseLost) -> None:
+        self._held.pop(run_id, None)
+        self._lost[run_id] = error
+        self._events.drop(run_id)
+        self._writer.break_chain(run_id, error)
+
+    def check_lease(self, run_id: str) -> bool:
+        """Whether a write or call for the run may go ahead without asking storage first.
+
+        Raises ``LeaseLost`` if the run's lease was lost here. True when the run holds
+        no lease here (nothing to fence) or its lease is known to be ours for longer
+        than the margin; False when it must be renewed first (``ensure_lease``).
+        """
+        if self._lost:
+            lost = self._lost.get(run_id)
+            if lost is not None:
+                raise lost
+        held = self._held.get(run_id)
+        return held is None or self._clock() < held.expires_at - held.margin
+
+    async def ensure_lease(self, run_id: str) -> None:
+        """Before starting an executor call: make sure this process still holds the run.
+
+        If the lease may have expired (this process stalled), it is renewed first; a
+        renewal that finds it taken raises ``LeaseLost`` and no call is started.
+        """
+        if self.check_lease(run_id):
+            return
+        held = self._held.get(run_id)
+        if held is None:
+            return
+        await self.renew_lease(run_id, held.holder, ttl_s=held.ttl)
+
+    def lost_lease(self, run_id: str) -> LeaseLost | None:
+        """Why this store may no longer write the run (its lease was lost here), or None."""
+        return self._lost.get(run_id)
+
+    def _fence_check(self, run_id: str) -> Check | None:
+        held = self._held.get(run_id)
+        return held.check if held is not None else None
+
+    def _refuse_lost(self, run_id: str) -> None:
+        if self._lost:
+            lost = self._lost.get(run_id)
+            if lost is not None:
+                raise lost
+
+    async def _raise_if_lost(self, run_id: str) -> None:
+        """After a conflict on a direct commit: raise ``LeaseLost`` if the fence moved."""
+        lost = await self._fenced([check] if (check := self._fence_check(run_id)) else [])
+        if run_id in lost:
+            raise lost[run_id]
+
+    async def _fenced(self, ops: Sequence[Op]) -> dict[str, TaskloomError]:
+        """The runs of ``ops`` whose fence moved (their lease is another's now)."""
+        lost: dict[str, TaskloomError] = {}
+        seen: set[str] = set()
+        for op in ops:
+            if type(op) is not Check or op.namespace != NS_FENCES or op.key in seen:
+                continue
+            seen.add(op.key)
+            current = await self._storage.get(NS_FENCES, op.key)
+            if current is not None and current.version == op.version:
+                continue
+            holder = ""
+            if current is not None:
+                holder = decode(current.value, Fence, where=f"{NS_FENCES}/{op.key}").holder
+            error = LeaseLost(
+                f"run {op.key!r} was taken over by {holder or 'another process'}: this "
+                "process lost its lease, and its writes of the run are refused",
+                holder=holder,
+            )
+            self._lose(op.key, error)
+            lost[op.key] = error
+        return lost
+
+    @staticmethod
+    def _unfenced(ops: Sequence[Op], lost: frozenset[str]) -> list[Op]:
+        streams = {events_stream(run_id) for run_id in lost}
+        kept: list[Op] = []
+        for op in ops:
+            kind = type(op)
+            if kind is Append and op.stream in streams:  # type: ignore[union-attr]
+                continue
+            if kind is Check and op.namespace == NS_FENCES and op.key in lost:  # type: ignore[union-attr]
+                continue
+            kept.append(op)
+        return kept
+
+    def end_run(self, run_id: str) -> None:
+        """The run's drive in this process ended: release what was kept of it.
+
+        A long-lived process (a worker) runs millions of runs; nothing per run may
+        stay behind once it ends here.
+        """
+        self._held.pop(run_id, None)
+        self._lost.pop(run_id, None)
+        self._writer.mend(run_id)
+        self._events.release(run_id)
 
     async def release_lease(self, run_id: str, holder: str) -> None:
         """Give the run up; a lease held by someone else is left alone."""
         self._check_open()
         check_name(run_id, what="run id")
+        held = self._held.get(run_id)
+        if held is not None and held.holder == holder:
+            del self._held[run_id]
         stored = await self._storage.get(NS_LEASES, run_id)
         if stored is None:
             return
@@ -567,6 +801,8 @@ class RunStore:
         ops.append(Put(namespace=NS_TOMBSTONES, key=run_id, value=encode(tomb)))
         if lease_stored is not None:
             ops.append(Delete(namespace=NS_LEASES, key=run_id))
+        if await self._storage.get(NS_FENCES, run_id) is not None:
+            ops.append(Delete(namespace=NS_FENCES, key=run_id))
         # The record goes first and atomically with the tombstone: if the process dies
         # while checkpoints are being deleted, calling delete_run again finishes the job.
         await self._storage.commit(ops)

@@ -1,0 +1,171 @@
+"""Fencing: a process that lost a run's lease writes nothing more of it and calls nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from taskloom.adapters.memory import MemoryStorage
+from taskloom.contracts import (
+    CompletionRequest,
+    CompletionResult,
+    LeaseLost,
+    RunStarted,
+    StepSucceeded,
+)
+from taskloom.sdk import Engine, ExecutorRegistry
+from taskloom.sdk._runs.records import NS_STEPS, RunRecord, StepRecord
+from taskloom.sdk._runs.store import RunStore
+
+
+class Clock:
+    """A clock both stores share, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _step(run_id: str, step_id: str) -> StepRecord:
+    return StepRecord(run_id=run_id, step_id=step_id, output="x", started_at=1.0, finished_at=2.0)
+
+
+def _record(run_id: str) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        pipeline_name="p",
+        pipeline_digest="d",
+        pipeline={},
+        inputs={},
+        status="running",
+        created_at=1.0,
+    )
+
+
+async def _taken_over() -> tuple[MemoryStorage, RunStore, RunStore, Clock]:
+    storage = MemoryStorage()
+    clock = Clock()
+    stale, fresh = RunStore(storage, clock=clock), RunStore(storage, clock=clock)
+    await stale.acquire_lease("r1", "stale", ttl_s=10)
+    await stale.create_run(_record("r1"))
+    clock.now += 11  # the stale holder froze past its TTL
+    await fresh.acquire_lease("r1", "fresh", ttl_s=10)
+    return storage, stale, fresh, clock
+
+
+async def test_stale_checkpoint_is_refused_with_lease_lost() -> None:
+    """A checkpoint of the holder that was taken over fails with LeaseLost and is not stored."""
+    storage, stale, fresh, _clock = await _taken_over()
+    with pytest.raises(LeaseLost):
+        await stale.record_step(_step("r1", "a"))
+    assert await storage.get(NS_STEPS, "r1/a/-") is None
+    await fresh.record_step(_step("r1", "b"))  # the new holder writes as usual
+    assert await storage.get(NS_STEPS, "r1/b/-") is not None
+    with pytest.raises(LeaseLost):  # and every later write of the stale holder fails at once
+        await stale.update_run(_record("r1"))
+
+
+async def test_stale_events_never_land_and_numbers_stay_gapless() -> None:
+    """Events queued by the stale holder are dropped; the new holder's are numbered 1, 2, ..."""
+    _storage, stale, fresh, clock = await _taken_over()
+    started = RunStarted(run_id="r1", at=clock(), pipeline="p", pipeline_digest="d")
+    stale.record_event(started)
+    fresh.record_event(started)
+    await fresh.flush()
+    await stale.flush()  # the stale holder's batch fails its check and is dropped, not raised
+    stale.record_event(started)  # after the loss is known, nothing is even queued
+    await stale.flush()
+    numbers = [n for n, _e in await fresh.events("r1")]
+    assert numbers == [1]
+
+
+async def test_stale_write_does_not_fail_another_runs_writes() -> None:
+    """One batch holds a lost run's checkpoint and a live run's: only the lost one fails."""
+    storage, stale, _fresh, _clock = await _taken_over()
+    await stale.acquire_lease("r2", "stale", ttl_s=1000)
+    lost = stale.queue_step(_step("r1", "a"))
+    kept = stale.queue_step(_step("r2", "a"))
+    with pytest.raises(LeaseLost):
+        await lost
+    await kept
+    assert await storage.get(NS_STEPS, "r2/a/-") is not None
+    assert await storage.get(NS_STEPS, "r1/a/-") is None
+
+
+async def test_ensure_lease_refuses_after_a_stall() -> None:
+    """Past its lease's expiry a holder asks storage before a call and learns it lost."""
+    _storage, stale, _fresh, _clock = await _taken_over()
+    assert not stale.check_lease("r1")  # the known lease has expired: must look first
+    with pytest.raises(LeaseLost):
+        await stale.ensure_lease("r1")
+    with pytest.raises(LeaseLost):  # known from now on, without asking storage
+        stale.check_lease("r1")
+
+
+async def test_ensure_lease_renews_a_lease_nobody_took() -> None:
+    """A holder that stalled past its TTL but was not taken over renews and goes on."""
+    storage = MemoryStorage()
+    clock = Clock()
+    store = RunStore(storage, clock=clock)
+    await store.acquire_lease("r1", "me", ttl_s=10)
+    clock.now += 30
+    await store.ensure_lease("r1")
+    assert store.check_lease("r1")
+
+
+class GatedExecutor:
+    """Counts calls; every call waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.gate = asyncio.Event()
+
+    async def complete(self, request: CompletionRequest, /) -> CompletionResult:
+        self.calls += 1
+        await self.gate.wait()
+        return CompletionResult(text=f"re:{request.messages[-1].content}")
+
+    async def stream(self, request: CompletionRequest, /) -> Any:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_engine_that_lost_its_lease_starts_no_call_and_writes_nothing() -> None:
+    """A run taken over mid-step: the stale engine's in-flight reply is not stored, it
+    starts no further call and exits with LeaseLost instead of recording an outcome."""
+    storage = MemoryStorage()
+    clock = Clock()
+    executor = GatedExecutor()
+    registry = ExecutorRegistry()
+    registry.register("gated", executor)
+    pipe = {
+        "taskloom": "pipeline/v1",
+        "name": "two",
+        "steps": [
+            {"id": "a", "prompt": "one", "executor": "gated", "model": "m"},
+            {"id": "b", "prompt": "two", "executor": "gated", "model": "m"},
+        ],
+    }
+    seen: list[Any] = []
+    async with Engine(storage=storage, registry=registry, clock=clock, lease_ttl_s=10) as engine:
+        engine.bus.subscribe(seen.append)
+        handle = engine.start(pipe)
+        while executor.calls < 1:
+            await asyncio.sleep(0)
+        clock.now += 11  # stalled past the TTL: another process takes the run over
+        other = RunStore(storage, clock=clock)
+        await other.acquire_lease(handle.run_id, "other", ttl_s=10)
+        executor.gate.set()
+        with pytest.raises(LeaseLost):
+            await handle.result()
+        assert executor.calls == 1  # step b was never called
+    assert await storage.get(NS_STEPS, f"{handle.run_id}/a/-") is None
+    record = await other.load_run(handle.run_id)
+    assert record.status == "running"  # no outcome of the stale engine landed
+    assert not [e for e in await other.events(handle.run_id) if isinstance(e[1], StepSucceeded)]
