@@ -208,6 +208,8 @@ class Redactor:
         infos: rebuilt with ``attrs.evolve``, so validators run again); a ``Secret``
         becomes ``MASK``; any other value is returned as it is.
         """
+        if self._compiled is None:
+            return obj  # nothing known yet: nothing to mask, and no copy to make
         return self._walk(obj)
 
     def _walk(self, obj: Any) -> Any:

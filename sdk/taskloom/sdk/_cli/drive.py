@@ -231,7 +231,7 @@ def _print_result(ctx: CliContext, result: Any) -> int:
     def human() -> None:
         ctx.out.note(f"run {result.run_id}: {result.status} ({result.usage.total_tokens} tokens)")
         if result.status == "succeeded":
-            output = result.output
+            output = data["output"]  # masked, like the --json document
             ctx.out.console.print(
                 output
                 if isinstance(output, str)
@@ -239,7 +239,8 @@ def _print_result(ctx: CliContext, result: Any) -> int:
                 markup=False,
             )
         elif result.error is not None:
-            ctx.out.note(f"taskloom: error: {result.error.type}: {result.error.message}")
+            error = data["error"]
+            ctx.out.note(f"taskloom: error: {error['type']}: {error['message']}")
 
     ctx.out.data(data, human)
     return 0 if result.status == "succeeded" else 1

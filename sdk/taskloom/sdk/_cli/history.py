@@ -91,11 +91,12 @@ async def show(args: argparse.Namespace, ctx: CliContext) -> int:
         }
         for (step_id, item), s in sorted(steps.items(), key=lambda kv: kv[1].finished_at)
     ]
-    data = {
-        "run": serde.unstructure(record),
-        "steps": step_rows,
-        "events": len(events),
-    }
+    # Masked with the secret values this process read (the shell keeps them between
+    # commands): what the engine stored is masked already, this covers older records.
+    data: dict[str, Any] = ctx.out.redact_data(
+        {"run": serde.unstructure(record), "steps": step_rows, "events": len(events)}
+    )
+    run_data: dict[str, Any] = data["run"]
 
     def human() -> None:
         duration = (
@@ -111,10 +112,9 @@ async def show(args: argparse.Namespace, ctx: CliContext) -> int:
             f"{record.usage.completion_tokens} completion\n  events: {len(events)}",
             markup=False,
         )
-        if record.error is not None:
-            ctx.out.console.print(
-                f"  error: {record.error.type}: {record.error.message}", markup=False
-            )
+        if run_data.get("error") is not None:
+            error = run_data["error"]
+            ctx.out.console.print(f"  error: {error['type']}: {error['message']}", markup=False)
         ctx.out.table(
             "steps",
             ["step", "status", "attempts", "seconds", "tokens", "output"],
@@ -127,11 +127,11 @@ async def show(args: argparse.Namespace, ctx: CliContext) -> int:
                     r["tokens"],
                     _short(r["output"]),
                 ]
-                for r in step_rows
+                for r in data["steps"]
             ],
         )
         if record.status == "succeeded":
-            ctx.out.console.print("output: " + _short(record.output, 400), markup=False)
+            ctx.out.console.print("output: " + _short(run_data["output"], 400), markup=False)
 
     ctx.out.data(data, human)
     return 0

@@ -182,6 +182,19 @@ class Engine:
         redacted: str = self.redactor.redact(text)
         return redacted
 
+    def mask(self, value: Any) -> Any:
+        """``value`` (a step output, a reply to cache, a run output) with every secret value
+        the redactor knows masked in its strings: what a step returns is checkpointed,
+        cached and printed, so a provider that echoes its key or a plugin that returns a
+        secret it read must never put the value there."""
+        redactor = self.redactor
+        if redactor is None or value is None:
+            return value
+        walk = getattr(redactor, "redact_data", None)
+        if walk is None:  # a text-only redactor: strings only
+            return self.redact(value) if isinstance(value, str) else value
+        return walk(value)
+
     def limits(self, executor_id: str) -> ExecutorLimits:
         """The concurrency and rate limits of one executor id (built on first use)."""
         settings = self.registry.settings(executor_id)

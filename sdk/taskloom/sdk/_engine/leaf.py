@@ -202,6 +202,7 @@ class LeafRunner:
                 node, step_id, item, exc, state.attempts, started, state.usage
             )
         self._account(state.usage, executor_id)
+        state.output = svc.mask(state.output)  # before it is checkpointed, used or shown
         now = svc.clock()
         self.emit(
             StepSucceeded(
@@ -323,7 +324,7 @@ class LeafRunner:
             state.usage = result.usage if state.usage is _ZERO else state.usage + result.usage
             state.output = parse_reply(node, result)
             if cache_key is not None:
-                await svc.runstore.cache_put(cache_key, result, ttl_s=node.cache_ttl_s)
+                await svc.runstore.cache_put(cache_key, svc.mask(result), ttl_s=node.cache_ttl_s)
 
         return attempt
 

@@ -129,7 +129,7 @@ async def drive(engine: Any, spec: RunSpec) -> RunResult:
                 raise first_error(group) from None
             if execution.window is not None:
                 await execution.window.settle()  # never "succeeded" before all are durable
-            output = _output(spec.plan, execution)
+            output = engine.mask(_output(spec.plan, execution))
             result = await _finish(engine, spec, execution, "succeeded", output, None, announce)
     except asyncio.CancelledError:
         # (a run whose record already says it succeeded stays succeeded: only the wait
