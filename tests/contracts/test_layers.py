@@ -95,6 +95,7 @@ ADAPTER_ROOMS = {
     "openai": {"_http"},
     "anthropic": {"_http"},
     "sqlite": set(),
+    "postgres": set(),
     "filesystem": set(),
     "memory": set(),
     "secrets": set(),

@@ -14,6 +14,9 @@ what to do; context lives in keyword-only attributes.
     │   ├── InvalidKey              a key, namespace or stream name is not allowed
     │   ├── ValueTooLarge           a value is over the documented limit
     │   ├── StorageUnavailable      the store cannot be reached or written now
+    │   │   ├── StorageFull         the disk (or quota) under the store is full
+    │   │   ├── StorageReadOnly     the store accepts reads only (a standby, a read-only mount)
+    │   │   └── StoragePermissionDenied  the store refused this user (login, grants, file mode)
     │   └── StorageCorrupted        the location holds something that is not ours
     ├── ExecutorError
     │   ├── RetryableError          worth another attempt
@@ -117,6 +120,18 @@ class ValueTooLarge(StorageError):
 
 class StorageUnavailable(StorageError):
     """The store cannot be reached or written now (busy, read-only, disk full)."""
+
+
+class StorageFull(StorageUnavailable):
+    """The disk or quota under the store is full; data written before is intact."""
+
+
+class StorageReadOnly(StorageUnavailable):
+    """The store accepts reads only now (a hot standby, a read-only mount or setting)."""
+
+
+class StoragePermissionDenied(StorageUnavailable):
+    """The store refused this user: a login, a grant or a file permission is missing."""
 
 
 class StorageCorrupted(StorageError):

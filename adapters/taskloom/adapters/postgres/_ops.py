@@ -1,0 +1,242 @@
+"""The write operations, as coroutines the writer runs inside a batch transaction.
+
+Each takes the batch's cursor, the store's statements and a tuple of already
+validated arguments. A conditional write is one statement whose WHERE carries
+the version check (PostgreSQL re-checks it on the newest row after waiting for
+a concurrent writer), so a version mismatch writes nothing and needs no
+savepoint; only ``commit`` runs under one. Timestamps come from the caller's
+clock, read when the call was made, so an injected clock governs TTLs here as
+in every adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from taskloom.adapters.postgres._schema import Statements
+from taskloom.contracts import (
+    Append,
+    Check,
+    CommitResult,
+    ConflictError,
+    Delete,
+    Op,
+    Put,
+    Record,
+    StreamEntry,
+)
+
+__all__ = [
+    "Cursor",
+    "JobFn",
+    "append_job",
+    "commit_job",
+    "delete_job",
+    "delete_versions_job",
+    "purge_job",
+    "put_job",
+    "upsert_job",
+    "upsert_many",
+]
+
+Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
+JobFn = Callable[[Cursor, Statements, tuple[Any, ...]], Awaitable[Any]]
+"""A unit of work the writer runs inside the batch's transaction."""
+
+
+async def _current_version(
+    cur: Cursor, sql: Statements, namespace: str, key: str, now: float
+) -> int:
+    """The key's live version, 0 if missing or expired (ST5); the row stays locked."""
+    await cur.execute(sql.select_version, (namespace, key))
+    row = await cur.fetchone()
+    if row is None or (row[1] is not None and row[1] <= now):
+        return 0
+    return int(row[0])
+
+
+def conflict(namespace: str, key: str, expected: int, actual: int) -> ConflictError:
+    """The error of a failed version check, saying what was expected and what was found."""
+    wanted = "to be missing" if expected == 0 else f"at version {expected}"
+    found = "it is missing" if actual == 0 else f"it is at version {actual}"
+    return ConflictError(
+        f"expected {namespace!r}/{key!r} {wanted}, but {found}: "
+        "read it again and retry with the current version",
+        namespace=namespace,
+        key=key,
+        expected=expected,
+        actual=actual,
+    )
+
+
+async def _check(
+    cur: Cursor, sql: Statements, namespace: str, key: str, expected: int, now: float
+) -> None:
+    actual = await _current_version(cur, sql, namespace, key, now)
+    if actual != expected:
+        raise conflict(namespace, key, expected, actual)
+
+
+async def _put(
+    cur: Cursor,
+    sql: Statements,
+    namespace: str,
+    key: str,
+    value: bytes,
+    if_version: int | None,
+    now: float,
+    expires_at: float | None,
+) -> Record:
+    if if_version is None:
+        await cur.execute(sql.upsert, (namespace, key, value, now, expires_at))
+    elif if_version == 0:
+        await cur.execute(sql.insert_if_missing, (namespace, key, value, now, expires_at))
+    else:
+        await cur.execute(
+            sql.update_if_version, (value, now, expires_at, namespace, key, if_version, now)
+        )
+    row = await cur.fetchone()
+    if row is None:
+        actual = await _current_version(cur, sql, namespace, key, now)
+        raise conflict(namespace, key, if_version or 0, actual)
+    return Record(
+        namespace=namespace,
+        key=key,
+        value=value,
+        version=int(row[0]),
+        updated_at=now,
+        expires_at=expires_at,
+    )
+
+
+async def _delete(
+    cur: Cursor, sql: Statements, namespace: str, key: str, if_version: int | None, now: float
+) -> bool:
+    if if_version:
+        await cur.execute(sql.delete_if_version, (namespace, key, if_version, now))
+        if await cur.fetchone() is None:
+            actual = await _current_version(cur, sql, namespace, key, now)
+            raise conflict(namespace, key, if_version, actual)
+        return True
+    if if_version == 0:
+        await _check(cur, sql, namespace, key, 0, now)
+    await cur.execute(sql.delete, (namespace, key))
+    row = await cur.fetchone()
+    return row is not None and (row[0] is None or row[0] > now)
+
+
+async def _append(
+    cur: Cursor, sql: Statements, stream: str, payload: bytes, now: float
+) -> StreamEntry:
+    await cur.execute(sql.append, (stream, payload, now))
+    row = await cur.fetchone()
+    assert row is not None  # an INSERT ... SELECT of one row always returns it
+    return StreamEntry(stream=stream, seq=int(row[0]), payload=payload, appended_at=now)
+
+
+async def put_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> Record:
+    """``put``: args (namespace, key, value, if_version, now, expires_at)."""
+    return await _put(cur, sql, *args)
+
+
+async def upsert_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> Record:
+    """``put`` without if_version: args as for put_job; runs of them go to ``upsert_many``."""
+    return await _put(cur, sql, *args)
+
+
+async def upsert_many(cur: Cursor, sql: Statements, batch: list[tuple[Any, ...]]) -> list[Record]:
+    """Plain puts of one batch as few multi-row upserts (``unnest`` of arrays).
+
+    One statement for a whole run of puts instead of one round trip each: this is
+    what makes group commit pay on a network. A statement never holds the same
+    key twice (a repeat starts the next one), so each returned row names its put
+    and repeated puts of a key get increasing versions in call order.
+    """
+    results: list[Record] = []
+    start = 0
+    total = len(batch)
+    while start < total:
+        seen: set[tuple[str, str]] = set()
+        end = start
+        while end < total:
+            name = (batch[end][0], batch[end][1])
+            if name in seen:
+                break
+            seen.add(name)
+            end += 1
+        chunk = batch[start:end]
+        await cur.execute(
+            sql.upsert_many,
+            (
+                [a[0] for a in chunk],
+                [a[1] for a in chunk],
+                [a[2] for a in chunk],
+                [a[4] for a in chunk],
+                [a[5] for a in chunk],
+            ),
+        )
+        versions = {(row[0], row[1]): int(row[2]) for row in await cur.fetchall()}
+        results += [
+            Record(
+                namespace=namespace,
+                key=key,
+                value=value,
+                version=versions[(namespace, key)],
+                updated_at=now,
+                expires_at=expires_at,
+            )
+            for namespace, key, value, _, now, expires_at in chunk
+        ]
+        start = end
+    return results
+
+
+async def delete_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> bool:
+    """``delete``: args (namespace, key, if_version, now)."""
+    return await _delete(cur, sql, *args)
+
+
+async def append_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> StreamEntry:
+    """``append``: args (stream, payload, now)."""
+    return await _append(cur, sql, *args)
+
+
+async def commit_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> CommitResult:
+    """``commit``: args (ops, now); runs under a savepoint, so a conflict undoes it all."""
+    ops: tuple[Op, ...] = args[0]
+    now: float = args[1]
+    records: list[Record] = []
+    entries: list[StreamEntry] = []
+    deleted: list[bool] = []
+    for op in ops:
+        if isinstance(op, Put):
+            expires_at = None if op.ttl is None else now + op.ttl
+            records.append(
+                await _put(cur, sql, op.namespace, op.key, op.value, op.if_version, now, expires_at)
+            )
+        elif isinstance(op, Delete):
+            deleted.append(await _delete(cur, sql, op.namespace, op.key, op.if_version, now))
+        elif isinstance(op, Append):
+            entries.append(await _append(cur, sql, op.stream, op.payload, now))
+        elif isinstance(op, Check):
+            await _check(cur, sql, op.namespace, op.key, op.version, now)
+    return CommitResult(records=tuple(records), entries=tuple(entries), deleted=tuple(deleted))
+
+
+async def purge_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> int:
+    """Delete up to ``limit`` expired records: args (now, limit); returns how many."""
+    await cur.execute(sql.purge, args)
+    return max(cur.rowcount, 0)
+
+
+async def delete_versions_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> int:
+    """Delete records still at the version seen: args (namespace, [(key, version)])."""
+    namespace: str = args[0]
+    pairs: list[tuple[str, int]] = args[1]
+    await cur.execute(
+        sql.delete_versions, ([k for k, _ in pairs], [v for _, v in pairs], namespace)
+    )
+    return max(cur.rowcount, 0)

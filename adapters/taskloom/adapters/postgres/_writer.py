@@ -1,0 +1,240 @@
+"""Group commit on PostgreSQL: every write queued while a transaction is in flight
+goes into the next one.
+
+One writer task per adapter takes everything queued when it wakes and runs it
+in one SERIALIZABLE transaction on one pooled connection: plain puts of the
+batch as one multi-row statement, the rest one statement each. A hundred tasks
+that write at once pay for one round trip of BEGIN, a few statements and one
+COMMIT (one WAL flush), not a hundred.
+
+Each member of a batch gets its own outcome: a version check that fails raises
+``ConflictError`` before its member writes anything (a ``commit`` runs inside a
+SAVEPOINT and rolls back to it), so one member's conflict never fails the
+others. What PostgreSQL itself refuses is handled by the transaction as a whole:
+
+- a serialization failure or a deadlock (another host wrote the same rows) runs
+  the whole batch again, with a short jittered pause, up to ``retries`` times;
+- a connection lost before COMMIT was sent runs it again on a fresh connection;
+  one lost while COMMIT was in flight cannot tell whether it committed, so its
+  members get ``StorageUnavailable`` saying so, rather than a second copy;
+- any other failure tied to one member re-runs the members one by one, and a
+  failure of the server itself (unreachable, full, read-only) fails them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+from taskloom.adapters.postgres._dsn import Dsn
+from taskloom.adapters.postgres._errors import is_lost_connection, is_retryable, translate
+from taskloom.adapters.postgres._ops import JobFn, upsert_job, upsert_many
+from taskloom.adapters.postgres._schema import Statements
+from taskloom.contracts import (
+    StorageCorrupted,
+    StorageUnavailable,
+    TaskloomError,
+    UsageError,
+)
+
+__all__ = ["MAX_BATCH", "Writer"]
+
+Job = tuple[JobFn, tuple[Any, ...], "asyncio.Future[Any]", bool]
+"""(function, arguments, future of its outcome, whether it needs a savepoint)."""
+
+MAX_BATCH = 1000
+"""Most jobs in one transaction; more wait for the next one."""
+
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
+
+
+class _CommitUnknown(Exception):
+    """The connection was lost while COMMIT was in flight."""
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    for future, ok, value in outcomes:
+        if future.done():
+            continue  # the caller was cancelled; the write may still have happened
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
+    """End the open transaction, if the connection still has one to end."""
+    if conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except psycopg.Error:
+        return  # the pool discards a connection it cannot reset
+
+
+class Writer:
+    """Runs queued write jobs in batch transactions; see the module docstring."""
+
+    def __init__(
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        sql: Statements,
+        dsn: Dsn,
+        *,
+        pool_timeout_s: float,
+        retries: int,
+    ) -> None:
+        self._pool = pool
+        self._sql = sql
+        self._dsn = dsn
+        self._pool_timeout_s = pool_timeout_s
+        self._retries = retries
+        self._pending: list[Job] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.transactions = 0
+        """Write transactions committed so far (benchmarks read it to see batching)."""
+        self.retried = 0
+        """Transactions run again after a serialization failure, deadlock or lost connection."""
+
+    def submit(self, fn: JobFn, args: tuple[Any, ...], *, savepoint: bool = False) -> Any:
+        """Queue ``fn(cursor, statements, args)``; return the future of its outcome."""
+        if self._stopping:
+            raise UsageError("PostgresStorage is closed; open a new one to use it")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, args, future, savepoint))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"taskloom-postgres-writer:{self._dsn.describe()}"
+            )
+        self._wake.set()
+        return future
+
+    async def stop(self) -> None:
+        """Commit everything queued, then stop the writer task."""
+        self._stopping = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                try:
+                    outcomes = await self._commit(batch)
+                except BaseException as exc:
+                    # Cancelled (the loop is going away) or a bug: no caller waits forever.
+                    error = (
+                        exc
+                        if isinstance(exc, TaskloomError)
+                        else StorageUnavailable(
+                            f"the PostgreSQL writer stopped ({type(exc).__name__})"
+                        )
+                    )
+                    _deliver([(job[2], False, error) for job in batch + self._pending])
+                    self._pending.clear()
+                    raise
+                _deliver(outcomes)
+            if self._stopping:
+                return
+
+    async def _commit(self, batch: list[Job]) -> list[_Outcome]:
+        """Run ``batch`` in one transaction, retrying what PostgreSQL asks to retry."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(batch)
+            except _CommitUnknown as unknown:
+                cause = unknown.__cause__ or unknown
+                unknown_error = StorageUnavailable(
+                    f"the connection to PostgreSQL at {self._dsn.describe()} was lost while "
+                    f"committing ({self._dsn.scrub(str(cause))}); the write may or may not "
+                    "have been stored: read it back before retrying"
+                )
+                unknown_error.__cause__ = cause
+                return [(job[2], False, unknown_error) for job in batch]
+            except (psycopg.Error, OSError) as exc:
+                # A pool that timed out has waited long enough already: no second wait.
+                again = is_retryable(exc) or (
+                    is_lost_connection(exc) and not isinstance(exc, psycopg_pool.PoolTimeout)
+                )
+                if again and attempt <= self._retries:
+                    self.retried += 1
+                    await asyncio.sleep(min(0.002 * 2**attempt, 0.2) * random.random())
+                    continue
+                error = translate(exc, self._dsn)
+                error.__cause__ = exc
+                if len(batch) == 1 or isinstance(error, StorageUnavailable | StorageCorrupted):
+                    return [(job[2], False, error) for job in batch]
+                outcomes: list[_Outcome] = []
+                for job in batch:  # tied to one member: find it by running them alone
+                    outcomes += await self._commit([job])
+                return outcomes
+
+    async def _attempt(self, batch: list[Job]) -> list[_Outcome]:
+        sql = self._sql
+        alone = len(batch) == 1
+        async with self._pool.connection(timeout=self._pool_timeout_s) as conn:
+            cur: psycopg.AsyncCursor[Any] = conn.cursor()
+            await cur.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            undo_all = False
+            outcomes: list[_Outcome] = []
+            try:
+                index = 0
+                while index < len(batch):
+                    fn, args, future, savepoint = batch[index]
+                    if fn is upsert_job:
+                        end = index + 1
+                        while end < len(batch) and batch[end][0] is upsert_job:
+                            end += 1
+                        if end - index > 1:
+                            run = batch[index:end]
+                            values = await upsert_many(cur, sql, [job[1] for job in run])
+                            outcomes += [
+                                (job[2], True, value)
+                                for job, value in zip(run, values, strict=True)
+                            ]
+                            index = end
+                            continue
+                    index += 1
+                    savepoint = savepoint and not alone
+                    if savepoint:
+                        await cur.execute("SAVEPOINT member")
+                    try:
+                        value = await fn(cur, sql, args)
+                    except TaskloomError as exc:
+                        if savepoint:
+                            await cur.execute("ROLLBACK TO SAVEPOINT member")
+                            await cur.execute("RELEASE SAVEPOINT member")
+                        else:
+                            undo_all = alone
+                        outcomes.append((future, False, exc))
+                        continue
+                    if savepoint:
+                        await cur.execute("RELEASE SAVEPOINT member")
+                    outcomes.append((future, True, value))
+            except BaseException:
+                await _rollback(conn)
+                raise
+            if undo_all:
+                await _rollback(conn)
+                return outcomes
+            try:
+                await cur.execute("COMMIT")
+            except psycopg.Error as exc:
+                if conn.broken or is_lost_connection(exc):
+                    raise _CommitUnknown() from exc
+                raise
+            self.transactions += 1
+            return outcomes
