@@ -52,7 +52,9 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     ``TASKLOOM_TEST_POSTGRES_DSN`` if set; otherwise a throwaway cluster started
     here (``tests/pg_cluster.py``) when PostgreSQL's binaries exist; otherwise the
-    test is skipped, or fails when ``TASKLOOM_REQUIRE_POSTGRES`` is set.
+    test is skipped, or fails when ``TASKLOOM_REQUIRE_POSTGRES`` is set. A cluster
+    started here is exported in ``TASKLOOM_TEST_POSTGRES_DSN`` while it runs, so that
+    child processes of the tests (crash tests, workers) reach it too.
     """
     given = os.environ.get("TASKLOOM_TEST_POSTGRES_DSN")
     if given:
@@ -68,7 +70,10 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip(message)
     directory = Path(tempfile.mkdtemp(prefix="taskloom-pg-"))
     try:
-        yield pg_cluster.start(directory)
+        dsn = pg_cluster.start(directory)
+        os.environ["TASKLOOM_TEST_POSTGRES_DSN"] = dsn
+        yield dsn
     finally:
+        os.environ.pop("TASKLOOM_TEST_POSTGRES_DSN", None)
         pg_cluster.stop(directory)
         shutil.rmtree(directory, ignore_errors=True)

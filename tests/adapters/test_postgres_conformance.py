@@ -4,6 +4,7 @@ across reopening; each location is a PostgreSQL schema of its own."""
 from __future__ import annotations
 
 import hashlib
+import os
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -25,12 +26,16 @@ class TestPostgresStorage(StorageConformance):
     durable = True
     max_examples = 25
     stateful_step_count = 30
-    dsn = ""
 
     @pytest.fixture(autouse=True)
     def _server(self, postgres_dsn: str) -> None:
         """Every test of the suite talks to the session's PostgreSQL server."""
-        self.dsn = postgres_dsn
+
+    @property
+    def dsn(self) -> str:
+        """The server's DSN, as the session fixture exported it (the crash tests' child
+        process builds this class without any fixture and finds it the same way)."""
+        return os.environ.get("TASKLOOM_TEST_POSTGRES_DSN", "")
 
     def open_storage(self, location: Path) -> AbstractAsyncContextManager[StorageAdapter]:
         return PostgresStorage(self.dsn, schema=schema_for(location), min_size=1, max_size=4)
