@@ -195,10 +195,12 @@ async def run_job(
     registry.register(EXECUTOR_ID, executor)
     durability = job.get("durability", "async")
     async with Engine(
-        storage=storage, registry=registry, lease_ttl_s=lease_ttl_s, durability=durability
+        storage=storage,
+        registry=registry,
+        lease_ttl_s=lease_ttl_s,
+        durability=durability,
+        holder=holder or None,
     ) as engine:
-        if holder:
-            engine.holder = holder
         run_id = run_id_file.read_text().strip() if run_id_file.exists() else ""
         while True:
             try:

@@ -23,7 +23,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from taskloom.contracts import (
     Pipeline,
@@ -55,6 +56,38 @@ _PLAN_CACHE_SIZE = 64
 class Engine:
     """Runs pipelines; use as ``async with Engine(...) as engine``."""
 
+    # Set once by the constructor (or by ``open``): changing one afterwards would
+    # silently do nothing (the limits, the run store and the bus are built from them).
+    _READ_ONLY = frozenset(
+        {
+            "registry",
+            "secrets",
+            "plugin_steps",
+            "bus",
+            "max_concurrency",
+            "default_retry",
+            "lease_ttl_s",
+            "durability",
+            "redactor",
+            "clock",
+            "sleep",
+            "random",
+            "holder",
+            "storage",
+            "runstore",
+            "global_limit",
+            "owned_resources",
+        }
+    )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._READ_ONLY and name in self.__dict__:
+            raise AttributeError(
+                f"Engine.{name} is read-only once the engine is built: pass it to "
+                f"Engine(...) (or set it in taskloom.toml) and build a new engine"
+            )
+        object.__setattr__(self, name, value)
+
     def __init__(
         self,
         *,
@@ -71,6 +104,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
+        holder: str | None = None,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise UsageError("max_concurrency must be at least 1 (or None for no limit)")
@@ -80,37 +114,40 @@ class Engine:
                 f"goes on; the default) or 'sync' (each step waits for its checkpoint), "
                 f"not {durability!r}"
             )
-        self.registry = registry if registry is not None else ExecutorRegistry()
-        self.secrets = secrets
-        self.plugin_steps: dict[str, StepFunction] = dict(plugin_steps or {})
-        self.bus = bus if bus is not None else EventBus()
+        self.registry: Final = registry if registry is not None else ExecutorRegistry()
+        self.secrets: Final = secrets
+        self._plugin_steps: dict[str, StepFunction] = dict(plugin_steps or {})
+        self.plugin_steps: Final[Mapping[str, StepFunction]] = MappingProxyType(self._plugin_steps)
+        """Plugin step functions by ``uses`` name (read-only; ``register_step`` adds)."""
+        self.bus: Final = bus if bus is not None else EventBus()
         self._owns_bus = bus is None
-        self.max_concurrency = max_concurrency
-        self.default_retry = default_retry or RetryPolicy()
-        self.lease_ttl_s = lease_ttl_s
-        self.durability = durability
+        self.max_concurrency: Final = max_concurrency
+        self.default_retry: Final = default_retry or RetryPolicy()
+        self.lease_ttl_s: Final = lease_ttl_s
+        self.durability: Final = durability
         """"async": a finished step's checkpoint is queued and the run goes on; checkpoints
         are committed in order, at most a bounded number are pending, and a run reports
         success only when all are durable. "sync": each step waits until its checkpoint
         is durable before anything after it starts."""
-        self.redactor = redactor
+        self.redactor: Final = redactor
         """Masks known secret values in error texts (``taskloom.security.Redactor``, or any
         object with ``redact(text) -> text``); None: texts are kept as they are."""
-        self.clock = clock
-        self.sleep = sleep
-        self.random = random
-        self.holder = f"engine-{uuid.uuid4().hex[:12]}"
+        self.clock: Final = clock
+        self.sleep: Final = sleep
+        self.random: Final = random
+        self.holder: Final = holder or f"engine-{uuid.uuid4().hex[:12]}"
+        """Who this engine is when it holds a run's lease (unique per engine by default)."""
         self._storage_arg = storage
         self.storage: StorageAdapter | None = None
         self._owns_storage = False
-        self.runstore: Any = None
+        self.runstore: RunStore | None = None
         self.global_limit: asyncio.Semaphore | None = None
         self._limits: dict[str, tuple[ExecutorSettings, ExecutorLimits]] = {}
         self._plans: dict[int, tuple[Pipeline, Plan]] = {}
         self._handles: set[RunHandle] = set()
         self._opened = False
         self._closed = False
-        self.owned_resources: list[Any] = []
+        self.owned_resources: Final[list[Any]] = []
         """Extra objects (a secret store from a config file) closed with the engine."""
 
     # --- lifecycle -----------------------------------------------------------
@@ -136,11 +173,11 @@ class Engine:
             self._owns_storage = True
         elif isinstance(storage, str):
             raise UsageError(f"storage must be a StorageAdapter, None or 'memory', not {storage!r}")
-        self.storage = storage
+        self.__dict__["storage"] = storage
         if storage is not None:
-            self.runstore = RunStore(storage, clock=self.clock)
+            self.__dict__["runstore"] = RunStore(storage, clock=self.clock)
         if self.max_concurrency is not None:
-            self.global_limit = asyncio.Semaphore(self.max_concurrency)
+            self.__dict__["global_limit"] = asyncio.Semaphore(self.max_concurrency)
         self._opened = True
 
     async def aclose(self) -> None:
@@ -214,7 +251,7 @@ class Engine:
 
     def register_step(self, name: str, function: StepFunction) -> None:
         """Make ``uses: <name>`` call ``function`` (plugin hosts call this)."""
-        self.plugin_steps[name] = function
+        self._plugin_steps[name] = function
 
     # --- validation ------------------------------------------------------------
 

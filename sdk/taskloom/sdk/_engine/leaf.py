@@ -41,6 +41,7 @@ from taskloom.sdk._engine.blame import internal_error, is_step_failure, mark_ste
 from taskloom.sdk._engine.calls import call_executor, error_info, parse_reply
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
 from taskloom.sdk._engine.retry import call_with_retries
+from taskloom.sdk._engine.services import RunServices
 from taskloom.sdk._engine.window import CheckpointWindow
 from taskloom.sdk._pipeline.plan import NodePlan, render_messages
 from taskloom.sdk._pipeline.template import Scope, TemplateRenderError
@@ -77,7 +78,7 @@ class LeafRunner:
         self,
         *,
         run_id: str,
-        services: Any,
+        services: RunServices,
         emit: Callable[[Event], None],
         item_starts_seen: Callable[[], bool] | None = None,
     ) -> None:
@@ -260,9 +261,10 @@ class LeafRunner:
         executor_id = node.executor_id
         assert executor_id is not None
         cache_key: str | None = None
+        runstore = svc.runstore
         if (
             node.cache
-            and svc.runstore is not None
+            and runstore is not None
             # only deterministic requests (temperature 0 or a seed) unless the pipeline
             # opts in: caching a sampled reply would freeze a random choice
             and (node.cache_nondeterministic or request.deterministic)
@@ -272,8 +274,8 @@ class LeafRunner:
         async def attempt(number: int) -> None:
             state.attempts = number
             self._started(step_id, number, item)
-            if cache_key is not None and number == 1:
-                hit = await svc.runstore.cache_get(cache_key)
+            if cache_key is not None and runstore is not None and number == 1:
+                hit = await runstore.cache_get(cache_key)
                 if hit is not None:
                     try:
                         state.output = parse_reply(node, hit)
@@ -323,8 +325,8 @@ class LeafRunner:
                 )
             state.usage = result.usage if state.usage is _ZERO else state.usage + result.usage
             state.output = parse_reply(node, result)
-            if cache_key is not None:
-                await svc.runstore.cache_put(cache_key, svc.mask(result), ttl_s=node.cache_ttl_s)
+            if cache_key is not None and runstore is not None:
+                await runstore.cache_put(cache_key, svc.mask(result), ttl_s=node.cache_ttl_s)
 
         return attempt
 

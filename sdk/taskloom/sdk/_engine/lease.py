@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from taskloom.contracts import RunHeld, StorageError
+from taskloom.sdk._runs.store import RunStore
 
 logger = logging.getLogger("taskloom.engine")
 
@@ -25,7 +26,7 @@ logger = logging.getLogger("taskloom.engine")
 class HeldLease:
     """``async with HeldLease(store, run_id, holder, ttl_s=...)``: hold the run while inside."""
 
-    def __init__(self, store: Any, run_id: str, holder: str, *, ttl_s: float) -> None:
+    def __init__(self, store: RunStore, run_id: str, holder: str, *, ttl_s: float) -> None:
         self._store = store
         self._run_id = run_id
         self._holder = holder

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -40,6 +40,9 @@ from taskloom.sdk._runs.records import RunRecord
 from taskloom.sdk._runs.store import RunStore
 
 _log = logging.getLogger("taskloom.engine")
+
+if TYPE_CHECKING:
+    from taskloom.sdk._engine.engine import Engine
 
 
 @attrs.define
@@ -71,7 +74,7 @@ def _stored(event: Event) -> bool:
     return not (kind is StepStarted and event.item is not None)  # type: ignore[union-attr]
 
 
-async def drive(engine: Any, spec: RunSpec) -> RunResult:
+async def drive(engine: Engine, spec: RunSpec) -> RunResult:
     """Run ``spec`` on ``engine``: lease, record, steps, outcome (see module docstring)."""
     store = engine.runstore
     history = spec.history
@@ -188,8 +191,9 @@ def _output(plan: Plan, execution: RunExecution) -> Any:
         ) from None
 
 
-async def _begin(engine: Any, spec: RunSpec, started: float) -> None:
+async def _begin(engine: Engine, spec: RunSpec, started: float) -> None:
     store = engine.runstore
+    assert store is not None  # only runs of an engine with storage begin a record
     store.mend_checkpoints(spec.run_id)
     if spec.record is None:
         spec.record = RunRecord(
@@ -209,7 +213,7 @@ async def _begin(engine: Any, spec: RunSpec, started: float) -> None:
 
 
 async def _finish(
-    engine: Any,
+    engine: Engine,
     spec: RunSpec,
     execution: RunExecution,
     status: str,

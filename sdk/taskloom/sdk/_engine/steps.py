@@ -22,6 +22,7 @@ from typing import Any
 from taskloom.contracts import Event, StepFailed, StepSkipped
 from taskloom.sdk._engine.calls import first_error
 from taskloom.sdk._engine.leaf import _ZERO, LeafRunner
+from taskloom.sdk._engine.services import RunServices
 from taskloom.sdk._engine.window import CheckpointWindow
 from taskloom.sdk._pipeline.plan import NodePlan, Plan
 from taskloom.sdk._pipeline.template import Scope, TemplateRenderError
@@ -80,7 +81,7 @@ class RunExecution(LeafRunner):
         run_id: str,
         plan: Plan,
         inputs: Mapping[str, Any],
-        services: Any,
+        services: RunServices,
         finished: Mapping[tuple[str, int | None], Any],
         emit: Callable[[Event], None],
         item_starts_seen: Callable[[], bool] | None = None,
@@ -238,7 +239,8 @@ class RunExecution(LeafRunner):
                     results[index] = await self.run_leaf(
                         body, local, step_id=node.id, item=index, later=later
                     )
-                    if later:
+                    if later:  # only a run with a store defers a checkpoint
+                        assert store is not None
                         await writes.add(store.queue_step, later[0])
                 await writes.settle()
             finally:
