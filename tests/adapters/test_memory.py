@@ -18,6 +18,7 @@ class TestMemoryStorage(StorageConformance):
     """A fresh MemoryStorage per location; reopening hands out ``reopen()`` copies."""
 
     durable = True
+    survives_kill = False  # reopening is simulated in this process; a killed one loses all
 
     def setup_method(self) -> None:
         self.stores: dict[Path, MemoryStorage] = {}

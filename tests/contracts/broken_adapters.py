@@ -409,6 +409,7 @@ def storage_suite(wrapper: Callable[[MemoryStorage], StorageAdapter]) -> Storage
 
     class Suite(StorageConformance):
         durable = True
+        survives_kill = False  # a MemoryStorage cannot outlive a killed process
 
         def __init__(self) -> None:
             self.stores: dict[Path, MemoryStorage] = {}
@@ -429,9 +430,6 @@ def storage_suite(wrapper: Callable[[MemoryStorage], StorageAdapter]) -> Storage
 
         def hypothesis_settings(self) -> settings:
             return _fast_settings(super().hypothesis_settings())
-
-        def _write_and_kill(self, location: Path, mode: str, extra_acks: int) -> Any:
-            pytest.skip("a MemoryStorage cannot outlive a killed process")
 
     return Suite()
 

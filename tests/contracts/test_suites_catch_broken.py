@@ -3,6 +3,9 @@ test named after the invariant it breaks, while the working adapters pass."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,6 +39,11 @@ def _assert_caught(outcomes: Mapping[str, BaseException | None], code: str, what
     assert naming, f"{what} was caught only by {sorted(failed)}, none of which names {code.upper()}"
     examples = [name for name in naming if not name.endswith("_against_model")]
     assert examples, f"only the state machine caught {what}; no {code} example test did"
+    for name in naming:
+        text = str(failed[name])
+        assert text.startswith(code.upper()) or f" {code.upper()}" in text.splitlines()[0], (
+            f"the failure of {name} against {what} does not name {code.upper()}: {text[:300]!r}"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN_STORAGE))
@@ -91,6 +99,28 @@ def test_storage_state_machine_catches(name: str, code: str, tmp_path: Path) -> 
     assert code in codes_of(machine)
     with pytest.raises(AssertionError):
         getattr(suite, machine)(tmp_path)
+
+
+def test_the_suites_asserts_are_rewritten_by_pytest() -> None:
+    """The suites' modules are assert-rewritten, so a bare ``assert a == b`` shows a and b."""
+    import taskloom.contracts.testing as testing
+
+    for info in pkgutil.iter_modules(testing.__path__):
+        module = importlib.import_module(f"{testing.__name__}.{info.name}")
+        if "assert " in inspect.getsource(module):
+            assert "@py_builtins" in vars(module), f"{module.__name__} is not assert-rewritten"
+
+
+def test_a_failure_shows_the_values_compared(tmp_path: Path) -> None:
+    """A failing example test reports the invariant, the test and both values compared."""
+    wrapper, _ = BROKEN_STORAGE["scan out of order"]
+    suite = storage_suite(wrapper)
+    with pytest.raises(AssertionError) as caught:
+        suite.test_st6_start_after_and_limit(tmp_path)
+    text = str(caught.value)
+    first = text.splitlines()[0]
+    assert first.startswith("ST6 (") and "test_st6_start_after_and_limit" in first, first
+    assert "['e', 'd', 'c']" in text and "['c', 'd', 'e']" in text, text
 
 
 def test_the_harness_passes_working_adapters(tmp_path: Path) -> None:

@@ -27,10 +27,22 @@ Strategies for every contract data type are in
 
 from __future__ import annotations
 
-from taskloom.contracts.testing import strategies as strategies
-from taskloom.contracts.testing._executor_suite import ExecutorConformance
-from taskloom.contracts.testing._secrets_suite import SecretStoreConformance
-from taskloom.contracts.testing._storage_suite import StorageConformance, StorageModel
+import pkgutil
+
+import pytest
+
+# Before the suites are imported: pytest rewrites their asserts, so that a failure
+# shows the values compared instead of a bare AssertionError. (Each submodule is
+# named: this package itself is already being imported and cannot be rewritten.)
+pytest.register_assert_rewrite(*(f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__)))
+
+from taskloom.contracts.testing import strategies as strategies  # noqa: E402
+from taskloom.contracts.testing._executor_suite import ExecutorConformance  # noqa: E402
+from taskloom.contracts.testing._secrets_suite import SecretStoreConformance  # noqa: E402
+from taskloom.contracts.testing._storage_suite import (  # noqa: E402
+    StorageConformance,
+    StorageModel,
+)
 
 __all__ = [
     "ExecutorConformance",

@@ -43,6 +43,7 @@ from taskloom.contracts import (
     Usage,
     UsageError,
 )
+from taskloom.contracts.testing._naming import current_test, naming_invariant
 
 __all__ = ["ExecutorConformance"]
 
@@ -150,7 +151,8 @@ class ExecutorConformance:
         async def bounded() -> None:
             await asyncio.wait_for(main(), self.timeout_s)
 
-        asyncio.run(bounded())
+        with naming_invariant(LLMExecutor, current_test()):
+            asyncio.run(bounded())
 
     def _check_failure(self, failure: str) -> None:
         if failure in self.unsupported_failures:

@@ -49,6 +49,7 @@ from taskloom.contracts import (
     UsageError,
     serde,
 )
+from taskloom.contracts.testing._naming import current_test, naming_invariant
 
 __all__ = ["SecretStoreConformance"]
 
@@ -197,7 +198,8 @@ class SecretStoreConformance:
             async with self.open_store(tmp_path / "secrets", initial) as store:
                 await body(store)
 
-        asyncio.run(main())
+        with naming_invariant(SecretStore, current_test()):
+            asyncio.run(main())
 
     def _need_writable(self) -> None:
         if not self.writable:
@@ -213,7 +215,8 @@ class SecretStoreConformance:
             (_SecretMachine,),
             {"suite": self, "location": tmp_path / "secrets"},
         )
-        run_state_machine_as_test(machine, settings=self.hypothesis_settings())
+        with naming_invariant(SecretStore, current_test()):
+            run_state_machine_as_test(machine, settings=self.hypothesis_settings())
 
     # SS1 -----------------------------------------------------------------------------
 
@@ -401,7 +404,8 @@ class SecretStoreConformance:
                 assert (await store.get("kept")).reveal() == "value-1"
                 assert (await store.get("replaced")).reveal() == "new"
 
-        asyncio.run(main())
+        with naming_invariant(SecretStore, current_test()):
+            asyncio.run(main())
 
     # SS8 -----------------------------------------------------------------------------
 

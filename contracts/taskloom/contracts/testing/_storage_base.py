@@ -22,6 +22,7 @@ from taskloom.contracts import (
     MAX_KEY_BYTES,
     StorageAdapter,
 )
+from taskloom.contracts.testing._naming import current_test, naming_invariant
 
 Body = Callable[[StorageAdapter], Awaitable[None]]
 
@@ -123,7 +124,8 @@ class StorageSuiteBase:
             async with self.open_storage(location) as storage:
                 await body(storage)
 
-        asyncio.run(main())
+        with naming_invariant(StorageAdapter, current_test()):
+            asyncio.run(main())
 
     def _run_twice(self, tmp_path: Path, first: Body, second: Body) -> None:
         """Run ``first`` on the adapter, close it, reopen the location and run ``second``."""
@@ -136,4 +138,5 @@ class StorageSuiteBase:
             async with self.open_storage(tmp_path / "store") as storage:
                 await second(storage)
 
-        asyncio.run(main())
+        with naming_invariant(StorageAdapter, current_test()):
+            asyncio.run(main())

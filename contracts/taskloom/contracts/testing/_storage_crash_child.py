@@ -1,8 +1,8 @@
 """The writing process of the SIGKILL durability tests (ST11); run by ``_storage_crash_suite``.
 
-``python -m taskloom.contracts.testing._storage_crash_child FACTORY LOCATION MODE``
-opens the adapter that ``FACTORY`` names at ``LOCATION``, runs ``SCRIPT`` and
-prints one acknowledgement line per write *after* the write returned, then
+``main([FACTORY, LOCATION, MODE])`` (run as ``python -c``) opens the adapter
+that ``FACTORY`` names at ``LOCATION``, runs ``script`` and prints one
+acknowledgement line per write *after* the write returned, then
 either idles (``MODE`` ``idle``) or keeps writing new keys and stream entries
 (``MODE`` ``busy``) until the test kills it with SIGKILL. Every acknowledged
 write must be there when the test reopens the location.
@@ -171,7 +171,3 @@ async def _main(opener: Opener, location: Path, mode: str) -> None:
 def main(argv: list[str]) -> None:
     factory, location, mode = json.loads(argv[0]), Path(argv[1]), argv[2]
     asyncio.run(_main(resolve(factory), location, mode))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -34,7 +34,10 @@ from taskloom.contracts import Record, StorageAdapter, StreamEntry
 from taskloom.contracts.testing._storage_base import StorageSuiteBase
 from taskloom.contracts.testing._storage_crash_child import ACK, entry_of, record_of
 
-_CHILD = "taskloom.contracts.testing._storage_crash_child"
+_CHILD = (
+    "import sys; from taskloom.contracts.testing._storage_crash_child import main; "
+    "main(sys.argv[1:])"
+)
 
 
 class _Acknowledged:
@@ -73,6 +76,10 @@ class CrashTests(StorageSuiteBase):
     crash_timeout_s: ClassVar[float] = 60.0
     """How long the child may take to open the adapter and make its writes."""
 
+    survives_kill: ClassVar[bool | None] = None
+    """None (the default): as ``durable``. False only for a test double whose "reopening"
+    is simulated inside one process (an in-memory store handing out copies)."""
+
     def _factory(self) -> dict[str, Any]:
         if self.crash_factory is not None:
             module, sep, attr = self.crash_factory.partition(":")
@@ -100,10 +107,12 @@ class CrashTests(StorageSuiteBase):
         script (and ``extra_acks`` more writes); return everything it acknowledged."""
         if not self.durable:
             pytest.skip("the adapter declares durable = False")
+        if self.survives_kill is False:
+            pytest.skip("the adapter declares survives_kill = False (reopening is simulated)")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, "-m", _CHILD, json.dumps(self._factory()), str(location), mode]
+        command = [sys.executable, "-c", _CHILD, json.dumps(self._factory()), str(location), mode]
         acknowledged = _Acknowledged()
         with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errors:
             child = subprocess.Popen(

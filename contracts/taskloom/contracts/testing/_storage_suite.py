@@ -44,6 +44,8 @@ from pathlib import Path
 
 from hypothesis.stateful import run_state_machine_as_test
 
+from taskloom.contracts import StorageAdapter
+from taskloom.contracts.testing._naming import current_test, naming_invariant
 from taskloom.contracts.testing._storage_batch_suite import StreamAndCommitTests
 from taskloom.contracts.testing._storage_crash_suite import CrashTests
 from taskloom.contracts.testing._storage_input_suite import InputTests
@@ -84,4 +86,5 @@ class StorageConformance(
             (_StorageMachine,),
             {"suite": self, "locations": staticmethod(locations)},
         )
-        run_state_machine_as_test(machine, settings=self.hypothesis_settings())
+        with naming_invariant(StorageAdapter, current_test()):
+            run_state_machine_as_test(machine, settings=self.hypothesis_settings())
