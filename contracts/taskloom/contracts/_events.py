@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from taskloom.contracts._llm import Usage
-from taskloom.contracts._quick import explain
+from taskloom.contracts._quick import covers, explain
 
 _v = attrs.validators
 
@@ -101,6 +101,9 @@ class StepStarted:
             explain(self, _STEP_STARTED_CHECKS)
 
 
+covers(StepStarted, _STEP_STARTED_CHECKS)
+
+
 @attrs.frozen(kw_only=True)
 class StepRetrying:
     run_id: str = attrs.field(validator=_v.instance_of(str))
@@ -148,6 +151,9 @@ class StepSucceeded:
             and type(self.cached) is bool
         ):
             explain(self, _STEP_SUCCEEDED_CHECKS)
+
+
+covers(StepSucceeded, _STEP_SUCCEEDED_CHECKS)
 
 
 @attrs.frozen(kw_only=True)

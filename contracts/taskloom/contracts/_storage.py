@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from taskloom.contracts._errors import InvalidKey, UsageError, ValueTooLarge
-from taskloom.contracts._quick import explain
+from taskloom.contracts._quick import covers, explain
 
 MAX_KEY_BYTES = 1024
 """Largest key, namespace or stream name, in UTF-8 bytes."""
@@ -147,6 +147,9 @@ class Record:
             explain(self, _RECORD_CHECKS)
 
 
+covers(Record, _RECORD_CHECKS)
+
+
 @attrs.frozen(kw_only=True)
 class StreamEntry:
     """One entry of an append-only stream; ``seq`` starts at 1 and has no gaps."""
@@ -186,6 +189,9 @@ class Put:
             and (ttl is None or type(ttl) is float)
         ):
             explain(self, _PUT_CHECKS)
+
+
+covers(Put, _PUT_CHECKS)
 
 
 @attrs.frozen(kw_only=True)

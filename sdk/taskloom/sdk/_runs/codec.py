@@ -96,8 +96,27 @@ _STEP_FIELDS = (
     "cached",
     "format",
 )
-_STEP_FAST = tuple(a.name for a in attrs.fields(StepRecord)) == _STEP_FIELDS
-"""Whether ``step_record_text`` knows every StepRecord field (else the converter does it all)."""
+
+
+def _written_by_hand(cls: type[Any], names: tuple[str, ...], builder: str) -> bool:
+    """True; or ``TypeError`` at import when ``builder`` no longer writes every field.
+
+    The hand-written text must hold exactly the fields of the class, in order: a field
+    added to the class would otherwise be dropped from stored records without a
+    word (or, with a silent fallback, the fast path would switch itself off).
+    """
+    fields = tuple(a.name for a in attrs.fields(cls))
+    if fields != names:
+        raise TypeError(
+            f"taskloom.sdk._runs.text.{builder} writes {cls.__name__} with the fields "
+            f"{list(names)} but the class has {list(fields)}: write the new fields there "
+            "(and in its field tuple in taskloom.sdk._runs.codec)"
+        )
+    return True
+
+
+_STEP_FAST = _written_by_hand(StepRecord, _STEP_FIELDS, "step_record_text")
+"""Always True: ``step_record_text`` writes every StepRecord field (checked at import)."""
 
 
 _unstructure_usage = converter.get_unstructure_hook(Usage)
@@ -122,8 +141,13 @@ converter's JSON); used only while their tags and fields are exactly these."""
 _EVENT_FAST: dict[type[Any], Any] = {
     kind: build
     for kind, (tag, names, build) in _FAST_EVENTS.items()
-    if EVENT_TYPES.get(tag) is kind and tuple(a.name for a in attrs.fields(kind)) == names
+    if _written_by_hand(kind, names, build.__name__)
 }
+for _kind, (_tag, _names, _build) in _FAST_EVENTS.items():
+    if EVENT_TYPES.get(_tag) is not _kind:
+        raise TypeError(
+            f"{_build.__name__} tags its text {_tag!r}, which is not {_kind.__name__}'s tag"
+        )
 
 
 def _event_dict(event: Event) -> Any:

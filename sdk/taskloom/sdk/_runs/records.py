@@ -38,7 +38,7 @@ from taskloom.contracts import (
     Event,
     Usage,
 )
-from taskloom.contracts._quick import explain
+from taskloom.contracts._quick import covers, explain
 
 _v = attrs.validators
 
@@ -131,6 +131,7 @@ _STEP_CHECKS: dict[str, Any] = {
     "step_id": _nonempty_str,
     "item": _v.optional([_v.instance_of(int), _v.ge(0)]),
     "status": _v.in_(("succeeded", "failed")),
+    "output": None,  # any JSON value: the encoder refuses what is not JSON
     "error": _v.optional(_v.instance_of(ErrorInfo)),
     "usage": _v.instance_of(Usage),
     "executor": _v.optional(_v.instance_of(str)),
@@ -192,6 +193,9 @@ class StepRecord:
         ):
             return
         explain(self, _STEP_CHECKS)  # raise what the failing field's validator says
+
+
+covers(StepRecord, _STEP_CHECKS)
 
 
 @attrs.frozen(kw_only=True)
