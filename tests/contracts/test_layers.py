@@ -86,9 +86,21 @@ SDK_ROOMS = {
     "_registry": set(),
     "_config": {"_registry"},
     "_plugins": set(),
-    "_engine": {"_pipeline", "_runs", "_config", "_registry"},
+    "_queue": {"_pipeline", "_runs"},
+    "_engine": {"_pipeline", "_runs", "_config", "_registry", "_queue"},
+    "_workers": {"_pipeline", "_runs", "_config", "_registry", "_queue", "_engine"},
     "_sync": {"_engine"},
-    "_cli": {"_pipeline", "_runs", "_config", "_registry", "_plugins", "_engine", "_sync"},
+    "_cli": {
+        "_pipeline",
+        "_runs",
+        "_config",
+        "_registry",
+        "_plugins",
+        "_engine",
+        "_sync",
+        "_queue",
+        "_workers",
+    },
 }
 ADAPTER_ROOMS = {
     "_http": set(),

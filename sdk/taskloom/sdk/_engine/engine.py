@@ -46,6 +46,8 @@ from taskloom.sdk._pipeline.checks import resolve_inputs
 from taskloom.sdk._pipeline.compact import pipeline_forms
 from taskloom.sdk._pipeline.plan import Compiler, Plan
 from taskloom.sdk._pipeline.validate import validate_pipeline
+from taskloom.sdk._queue.records import DEFAULT_QUEUE, QueueDefinition
+from taskloom.sdk._queue.submit import QueueStats, define_queue, queue_stats, submit_run
 from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings
 from taskloom.sdk._runs.store import RunStore
 
@@ -149,6 +151,9 @@ class Engine:
         self._closed = False
         self.owned_resources: Final[list[Any]] = []
         """Extra objects (a secret store from a config file) closed with the engine."""
+        self.submitted = asyncio.Event()
+        """Set by each ``submit``: workers of this engine (this process) wake up at once
+        instead of waiting for their next poll."""
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -406,8 +411,88 @@ class Engine:
             inputs=dict(record.inputs),
             record=record,
             finished={},
-            resumed=True,
+            resumed=record.started_at is not None,  # a queued run starts for the first time
             history=history,
         )
+
+    # --- the run queue -------------------------------------------------------------
+
+    async def submit(
+        self,
+        pipeline: PipelineSource,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+    ) -> str:
+        """Store a queued run of ``pipeline`` and return its id at once; workers run it.
+
+        The pipeline and inputs are validated first: a bad one raises
+        ``PipelineInvalid`` and nothing is queued. ``queue`` must be defined
+        (``define_queue``; ``"default"`` always is) or ``UnknownQueue`` is raised.
+        Higher ``priority`` runs first (ints within +-1,000,000), then oldest first.
+
+        Idempotent: a submission with the ``idempotency_key`` or ``run_id`` of an
+        earlier one returns that run's id and stores nothing new, however many are
+        made at once from however many processes; if the earlier run has another
+        pipeline or other inputs, ``SubmissionConflict`` is raised instead.
+        A worker (``taskloom.sdk.Worker`` or ``taskloom worker``) on the same store
+        claims and runs it; follow it with ``events`` or ``resume``.
+        """
+        if self._closed:
+            raise UsageError("this engine is closed; create a new one")
+        given = dict(inputs or {})
+        plan = self._prepare(pipeline, given)
+        values, problems = resolve_inputs(plan.pipeline.inputs, given)
+        if problems:
+            raise PipelineInvalid(problems)
+        store = await self._queue_store()
+        run = await submit_run(
+            store,
+            plan,
+            values,
+            run_id=run_id,
+            idempotency_key=idempotency_key,
+            queue=queue,
+            priority=priority,
+        )
+        self.submitted.set()
+        return run
+
+    async def define_queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        starts_per_minute: float | None = None,
+        max_claims: int | None = None,
+    ) -> QueueDefinition:
+        """Define (or redefine) a queue in the store, for every worker and submitter.
+
+        ``concurrency``: at most this many of its runs are claimed at once across all
+        workers; ``starts_per_minute``: runs start at most this often, evenly spaced;
+        ``max_claims``: a run claimed this often without finishing is failed as a
+        poison run (default 5). None leaves a limit off.
+        """
+        return await define_queue(
+            await self._queue_store(),
+            name,
+            concurrency=concurrency,
+            starts_per_minute=starts_per_minute,
+            max_claims=max_claims,
+        )
+
+    async def queues(self) -> list[QueueStats]:
+        """Every queue's depth, oldest waiting submission and running count."""
+        return await queue_stats(await self._queue_store())
+
+    async def _queue_store(self) -> RunStore:
+        await self.open()
+        if self.runstore is None:
+            raise UsageError("this engine keeps no state (storage=None): it has no run queue")
+        store: RunStore = self.runstore
+        return store
 
     # --- one run ----------------------------------------------------------------

@@ -208,7 +208,13 @@ async def _begin(engine: Engine, spec: RunSpec, started: float) -> None:
         )
         await store.create_run(spec.record)
     else:
-        spec.record = attrs.evolve(spec.record, status="running", finished_at=None, error=None)
+        spec.record = attrs.evolve(
+            spec.record,
+            status="running",
+            started_at=spec.record.started_at if spec.record.started_at is not None else started,
+            finished_at=None,
+            error=None,
+        )
         await store.update_run(spec.record)
 
 

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from taskloom.contracts import (
     ConflictError,
+    LeaseLost,
     Op,
     StorageAdapter,
     StorageError,
@@ -151,6 +152,11 @@ class GroupCommitWriter:
         kept: collections.deque[_Pending] = collections.deque()
         for pending in self._queue:
             chain_error = self._broken.get(pending.chain) if pending.chain else None
+            if chain_error is None and pending.run is not None:
+                # a run's own record writes fail too once its lease is lost (not when only a
+                # checkpoint failed: the run then records that it failed)
+                lost = self._broken.get(pending.run)
+                chain_error = lost if isinstance(lost, LeaseLost) else None
             if chain_error is None:
                 kept.append(pending)
             elif pending.future is not None and not pending.future.done():

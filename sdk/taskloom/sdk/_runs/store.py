@@ -622,6 +622,18 @@ class RunStore:
             return
         await self.renew_lease(run_id, held.holder, ttl_s=held.ttl)
 
+    def abandon_run(self, run_id: str) -> None:
+        """Stop writing the run from here (a worker gives it back): its queued writes are
+        dropped and later ones refused with ``LeaseLost``, as if the lease were lost."""
+        if run_id in self._held or run_id not in self._lost:
+            self._lose(
+                run_id,
+                LeaseLost(
+                    f"run {run_id!r} was given back to its queue by this process; another "
+                    "worker resumes it"
+                ),
+            )
+
     def lost_lease(self, run_id: str) -> LeaseLost | None:
         """Why this store may no longer write the run (its lease was lost here), or None."""
         return self._lost.get(run_id)

@@ -1,0 +1,236 @@
+"""The run queue: idempotent submission, bad submissions refused, limits, claims, poison."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from engine_support import FakeExecutor
+
+from taskloom.adapters.memory import MemoryStorage
+from taskloom.contracts import (
+    ClaimingStorage,
+    PipelineInvalid,
+    StorageAdapter,
+    SubmissionConflict,
+    UnknownQueue,
+    UsageError,
+)
+from taskloom.sdk import Engine, ExecutorRegistry, Worker
+from taskloom.sdk._queue.claim import claim_expired, claim_queued
+from taskloom.sdk._queue.records import NS_QUEUE, NS_TICKETS, QueueDefinition
+from taskloom.sdk._runs.records import NS_RUNS
+
+
+def _pipe(name: str = "p") -> dict[str, Any]:
+    return {
+        "taskloom": "pipeline/v1",
+        "name": name,
+        "inputs": {"x": {"type": "string"}},
+        "steps": [{"id": "a", "prompt": "hi {{inputs.x}}", "executor": "fake", "model": "m"}],
+    }
+
+
+def _engine(storage: StorageAdapter | None = None, **kw: Any) -> Engine:
+    registry = ExecutorRegistry()
+    registry.register("fake", FakeExecutor())
+    return Engine(
+        storage=storage if storage is not None else MemoryStorage(), registry=registry, **kw
+    )
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Engine]:
+    async with _engine() as opened:
+        yield opened
+
+
+async def _wait_status(engine: Engine, run_ids: list[str], status: str) -> None:
+    for _ in range(400):
+        records = [await engine.runstore.load_run(r) for r in run_ids]
+        if all(r.status == status for r in records):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError([r.status for r in records])
+
+
+async def test_submit_returns_at_once_with_a_queued_run(engine: Engine) -> None:
+    """submit stores the run as queued, with an entry in the queue, and runs nothing."""
+    run_id = await engine.submit(_pipe(), {"x": "1"})
+    record = await engine.runstore.load_run(run_id)
+    assert record.status == "queued" and record.started_at is None
+    assert len(await engine.storage.scan(NS_QUEUE)) == 1
+    assert (await engine.queues())[0].depth == 1
+
+
+async def test_200_concurrent_submissions_with_one_key_give_one_run(engine: Engine) -> None:
+    """However many submissions race with one idempotency key, one run is stored."""
+    ids = await asyncio.gather(
+        *(engine.submit(_pipe(), {"x": "1"}, idempotency_key="k") for _ in range(200))
+    )
+    assert len(set(ids)) == 1
+    assert len(await engine.storage.scan(NS_RUNS)) == 1
+    assert len(await engine.storage.scan(NS_QUEUE)) == 1
+
+
+async def test_caller_given_run_id_is_idempotent(engine: Engine) -> None:
+    """A run id given twice returns the same run and queues it once."""
+    first = await engine.submit(_pipe(), {"x": "1"}, run_id="r1")
+    again = await engine.submit(_pipe(), {"x": "1"}, run_id="r1")
+    assert first == again == "r1"
+    assert len(await engine.storage.scan(NS_QUEUE)) == 1
+
+
+async def test_run_id_of_another_pipeline_is_refused(engine: Engine) -> None:
+    """A run id already used by another pipeline raises SubmissionConflict; nothing is added."""
+    await engine.submit(_pipe("one"), {"x": "1"}, run_id="r1")
+    with pytest.raises(SubmissionConflict, match="pipeline 'one'"):
+        await engine.submit(_pipe("two"), {"x": "1"}, run_id="r1")
+    with pytest.raises(SubmissionConflict, match="other inputs"):
+        await engine.submit(_pipe("one"), {"x": "2"}, idempotency_key=None, run_id="r1")
+    assert len(await engine.storage.scan(NS_QUEUE)) == 1
+
+
+async def test_idempotency_key_with_other_inputs_is_refused(engine: Engine) -> None:
+    """The same key with other inputs is a conflict, not a silent second run or a reuse."""
+    await engine.submit(_pipe(), {"x": "1"}, idempotency_key="k")
+    with pytest.raises(SubmissionConflict):
+        await engine.submit(_pipe(), {"x": "2"}, idempotency_key="k")
+
+
+async def test_unknown_queue_and_invalid_inputs_queue_nothing(engine: Engine) -> None:
+    """An unknown queue, invalid inputs or a bad priority are refused before anything is stored."""
+    with pytest.raises(UnknownQueue, match="define_queue"):
+        await engine.submit(_pipe(), {"x": "1"}, queue="nope")
+    with pytest.raises(PipelineInvalid):
+        await engine.submit(_pipe(), {"x": 5})
+    with pytest.raises(PipelineInvalid):
+        await engine.submit(_pipe(), {})
+    with pytest.raises(UsageError, match="priority"):
+        await engine.submit(_pipe(), {"x": "1"}, priority=10**9)
+    with pytest.raises(UsageError, match="queue name"):
+        await engine.submit(_pipe(), {"x": "1"}, queue="a/b")
+    assert await engine.storage.scan(NS_RUNS) == []
+    assert await engine.storage.scan(NS_QUEUE) == []
+
+
+async def test_worker_runs_submitted_runs(engine: Engine) -> None:
+    """A worker claims queued runs and runs them to success, with gapless events."""
+    ids = [await engine.submit(_pipe(), {"x": str(i)}) for i in range(6)]
+    async with Worker(engine, concurrency=3) as worker:
+        await _wait_status(engine, ids, "succeeded")
+    assert worker.stats.succeeded == 6
+    assert (await engine.runstore.load_run(ids[2])).output == "m|hi 2"
+    numbers = [n for n, _e in await engine.runstore.events(ids[0])]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert (await engine.queues())[0].depth == 0
+
+
+async def test_priority_then_age_decides_the_order(engine: Engine) -> None:
+    """Higher priority is claimed first, then the oldest submission."""
+    low = await engine.submit(_pipe(), {"x": "low"}, priority=-1)
+    first = await engine.submit(_pipe(), {"x": "1"})
+    high = await engine.submit(_pipe(), {"x": "high"}, priority=5)
+    second = await engine.submit(_pipe(), {"x": "2"})
+    definition = QueueDefinition(name="default")
+    order = []
+    for _ in range(4):
+        claim = await claim_queued(engine.runstore, "w", definition, ttl_s=30)
+        assert claim is not None
+        order.append(claim.run_id)
+    assert order == [high, first, second, low]
+
+
+async def test_queue_concurrency_holds_across_workers(engine: Engine) -> None:
+    """A queue with concurrency 2 never has more than 2 claimed runs, whoever claims."""
+    definition = await engine.define_queue("two", concurrency=2)
+    for i in range(4):
+        await engine.submit(_pipe(), {"x": str(i)}, queue="two")
+    a = await claim_queued(engine.runstore, "worker-a", definition, ttl_s=30)
+    b = await claim_queued(engine.runstore, "worker-b", definition, ttl_s=30)
+    c = await claim_queued(engine.runstore, "worker-c", definition, ttl_s=30)
+    assert a is not None and b is not None and c is None
+    stats = {s.name: s for s in await engine.queues()}
+    assert stats["two"].running == 2 and stats["two"].depth == 2
+
+
+async def test_rate_limited_queue_spaces_its_starts() -> None:
+    """A queue with starts_per_minute=60 starts one run, then none until a second passed."""
+    now = [1000.0]
+    async with _engine(clock=lambda: now[0]) as engine:
+        definition = await engine.define_queue("slow", starts_per_minute=60)
+        for i in range(3):
+            await engine.submit(_pipe(), {"x": str(i)}, queue="slow")
+        assert await claim_queued(engine.runstore, "w", definition, ttl_s=30) is not None
+        assert await claim_queued(engine.runstore, "w", definition, ttl_s=30) is None
+        now[0] += 1.0
+        assert await claim_queued(engine.runstore, "w", definition, ttl_s=30) is not None
+
+
+async def test_crashed_runs_lease_is_claimed_again_and_counted() -> None:
+    """A claimed run whose holder vanished is claimed again once its lease expired."""
+    now = [1000.0]
+    async with _engine(clock=lambda: now[0]) as engine:
+        run_id = await engine.submit(_pipe(), {"x": "1"})
+        first = await claim_queued(
+            engine.runstore, "dead", QueueDefinition(name="default"), ttl_s=5
+        )
+        assert first is not None and first.claims == 1
+        assert await claim_expired(engine.runstore, "w", ["default"], ttl_s=5) is None
+        now[0] += 6
+        again = await claim_expired(engine.runstore, "w", ["default"], ttl_s=5)
+        assert again is not None and again.run_id == run_id and again.claims == 2
+        assert again.recovered
+
+
+async def test_poison_run_is_failed_after_max_claims() -> None:
+    """A run claimed more than max_claims times without finishing is failed with the reason."""
+    now = [1000.0]
+    async with _engine(clock=lambda: now[0], lease_ttl_s=5) as engine:
+        await engine.define_queue("q", max_claims=2)
+        run_id = await engine.submit(_pipe(), {"x": "1"}, queue="q")
+        definition = QueueDefinition(name="q", max_claims=2)
+        assert await claim_queued(engine.runstore, "dead-1", definition, ttl_s=5) is not None
+        now[0] += 6
+        assert await claim_expired(engine.runstore, "dead-2", ["q"], ttl_s=5) is not None
+        now[0] += 6
+        async with Worker(engine, queues=["q"]):
+            await _wait_status(engine, [run_id], "failed")
+        record = await engine.runstore.load_run(run_id)
+        assert record.error is not None and record.error.type == "PoisonRun"
+        assert "claimed 2 times" in record.error.message
+
+
+async def test_worker_refuses_unknown_queue(engine: Engine) -> None:
+    """A worker for a queue nobody defined fails at start with UnknownQueue."""
+    with pytest.raises(UnknownQueue):
+        async with Worker(engine, queues=["ghost"]):
+            pass
+
+
+async def test_shutdown_puts_unfinished_runs_back(engine: Engine) -> None:
+    """A worker shut down with no grace gives its runs back: queued again, then run by another."""
+    pipe = _pipe()
+    pipe["steps"][0]["executor"] = "slowfake"
+    engine.registry.register("slowfake", FakeExecutor(delay=5.0))
+    run_id = await engine.submit(pipe, {"x": "1"})
+    worker = Worker(engine)
+    await worker.__aenter__()
+    for _ in range(200):
+        if worker.active:
+            break
+        await asyncio.sleep(0.01)
+    await worker.shutdown(grace_s=0)
+    record = await engine.runstore.load_run(run_id)
+    assert record.status == "queued"
+    assert worker.stats.requeued == 1
+    assert await engine.runstore.lease(run_id) is None
+    ticket = await engine.storage.get(NS_TICKETS, run_id)
+    assert ticket is not None
+
+
+def test_memory_storage_uses_the_generic_claim_path() -> None:
+    """The memory adapter has no native claim: the CAS path serves it."""
+    assert not isinstance(MemoryStorage(), ClaimingStorage)
