@@ -6,11 +6,11 @@ is written and how a reply is read. Everything else is written once:
 * ``HTTPExecutor`` (here) holds one ``httpx.AsyncClient`` per executor, the
   timeouts, the size cap and the lifecycle; the protocol modules subclass it
   and supply four hooks.
-* ``_http_errors`` maps statuses and httpx exceptions to typed errors;
-  ``_http_retry_after`` reads how long the provider asked us to wait;
-  ``_http_sse`` decodes server-sent events; ``_http_transport`` holds the
-  sharded pool, ``Deadline`` and the size cap; ``_http_json`` gives typed
-  access to replies; ``_http_settings`` reads a config table.
+* ``taskloom.adapters._http.errors`` maps statuses and httpx exceptions to typed errors;
+  ``taskloom.adapters._http.retry_after`` reads how long the provider asked us to wait;
+  ``taskloom.adapters._http.sse`` decodes server-sent events; ``taskloom.adapters._http.transport`` holds the
+  sharded pool, ``Deadline`` and the size cap; ``taskloom.adapters._http.jsonbody`` gives typed
+  access to replies; ``taskloom.adapters._http.settings`` reads a config table.
 
 This module re-exports their names, so ``taskloom.adapters._http.common``
 keeps offering everything it did before the split.

@@ -1,7 +1,7 @@
 """``SQLiteStorage``: the embedded, durable StorageAdapter on one SQLite file.
 
 Writes go through a single writer that commits every write queued at the moment
-it runs in one transaction (group commit, see ``_sqlite_writer``): small batches
+it runs in one transaction (group commit, see ``taskloom.adapters.sqlite._writer``): small batches
 on the event loop itself, without a thread hop, larger ones on its own thread;
 reads go in parallel on aiosqlite connections, one round trip each. The database
 runs in WAL mode so that readers never wait for the writer, and write
@@ -80,7 +80,7 @@ _PURGE_CHUNK = 1000
 _BYTES_PER_OP_BITS = 14
 """Every 16 KiB of data written counts as one more operation towards the writer's
 inline limit, so a batch of large values is committed on the writer thread instead
-of holding up the event loop (see ``_sqlite_writer``)."""
+of holding up the event loop (see ``taskloom.adapters.sqlite._writer``)."""
 
 
 def _weight(ops: Sequence[Op]) -> int:

@@ -1,7 +1,7 @@
 """CLI commands about runs: run, resume, runs, show, events, cancel, validate.
 
 This module registers them; the commands that drive a pipeline live in
-``_cli_run_drive`` and those that read stored runs in ``_cli_run_history``.
+``taskloom.sdk._cli.drive`` and those that read stored runs in ``taskloom.sdk._cli.history``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``Engine`` composes a ``StorageAdapter`` (through a ``RunStore``), an
 ``ExecutorRegistry``, plugin step functions, a ``SecretStore`` and an
 ``EventBus``. ``run`` validates everything first (nothing runs on a bad
-pipeline), creates the run record, runs the steps (see ``_engine_steps`` for
+pipeline), creates the run record, runs the steps (see ``taskloom.sdk._engine.steps`` for
 the scheduling rule) and records the outcome; ``start`` does the same in a task
 and returns a ``RunHandle``; ``resume`` continues a run from its checkpoints.
 

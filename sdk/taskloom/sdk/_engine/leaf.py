@@ -1,12 +1,12 @@
 """One leaf of a run (an LLM call or a plugin step): attempts, retries, events, checkpoint.
 
 Each attempt emits ``StepStarted``; a retryable failure emits ``StepRetrying`` and
-waits per the step's ``RetryPolicy`` (see ``_retry``); the outcome is
+waits per the step's ``RetryPolicy`` (see ``taskloom.sdk._engine.retry``); the outcome is
 ``StepSucceeded`` or ``StepFailed``. A finished leaf is checkpointed through the
 run store: with ``durability="sync"`` before its caller goes on, so nothing
 that depends on it starts before it is durable; with ``"async"`` (the default)
 it is queued and the run goes on, in order and within a bound (see
-``_engine_window``). With ``on_error: continue`` a failure is checkpointed too
+``taskloom.sdk._engine.window``). With ``on_error: continue`` a failure is checkpointed too
 (output ``null``) and the run goes on; otherwise it raises ``StepFailed``.
 """
 

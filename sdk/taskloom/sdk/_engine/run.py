@@ -2,7 +2,7 @@
 
 ``drive`` is what ``Engine.run``, ``start`` and ``resume`` all end in. Under the
 run's lease (``RunHeld`` if another process holds it) it creates or reopens the
-run record, runs the steps (``_engine_steps``), renders the output, and records
+run record, runs the steps (``taskloom.sdk._engine.steps``), renders the output, and records
 the outcome -- succeeded, failed (``StepFailed``, or any other error that stopped
 the run) or cancelled -- then flushes the events so the stored history is
 complete when the caller gets the result.

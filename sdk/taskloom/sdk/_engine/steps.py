@@ -10,7 +10,7 @@ cancellation stops all in-flight work and leaves no task behind.
 A map runs ``concurrency`` workers that take the next unfinished item in turn
 (10,000 items cost ``concurrency`` tasks, not 10,000). On resume, checkpointed
 steps, group children and map items are restored instead of run (see
-``_engine_leaf`` for leaves: attempts, retries, events and checkpoints).
+``taskloom.sdk._engine.leaf`` for leaves: attempts, retries, events and checkpoints).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ alone stops at the first), then structures each piece (defaults, each input,
 each step) separately so that one bad step does not hide the problems of the
 next. The *semantic* pass checks what types cannot: duplicate ids, ``needs``
 naming unknown steps, cycles, references to steps that are not certain to have
-finished (see ``_graph``), bad templates, unknown executors and plugin steps,
+finished (see ``taskloom.sdk._pipeline.graph``), bad templates, unknown executors and plugin steps,
 and the inputs given. Each problem carries a JSON path and a hint.
 """
 

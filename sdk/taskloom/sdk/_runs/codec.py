@@ -1,7 +1,7 @@
 """Records to and from stored bytes: compact JSON through the one converter.
 
 ``encode`` writes any run-store record (the checkpoint of a step by hand, see
-``_runrecords_text``); ``encode_event`` one event as text, and
+``taskloom.sdk._runs.text``); ``encode_event`` one event as text, and
 ``encode_event_batch`` a stream entry of encoded events; ``decode`` reads a
 record back, refusing another format or content that does not match its type
 with a ``DecodeError`` naming the record.
@@ -172,7 +172,7 @@ def encode_event(event: Event) -> str:
 
     Encoding happens when the event is recorded, so an event that is not JSON data
     fails its emitter at once instead of a later batch. The two events of every
-    step are written directly (``_runrecords_text``) when their values allow.
+    step are written directly (``taskloom.sdk._runs.text``) when their values allow.
     """
     fast = _EVENT_FAST.get(type(event))
     if fast is not None:

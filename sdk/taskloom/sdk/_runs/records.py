@@ -3,7 +3,7 @@
 Everything here is data that outlives the process that wrote it, so each stored
 record carries ``format`` and is JSON through :mod:`taskloom.contracts.serde`
 (never pickle: stored state must never be able to run code when read back;
-``_runrecords_codec`` writes and reads the bytes). Reading a record of another
+``taskloom.sdk._runs.codec`` writes and reads the bytes). Reading a record of another
 format, or one whose content does not match its type, raises
 :class:`~taskloom.contracts.DecodeError` naming the record's namespace and key,
 so that a resume stops with a message a person can act on instead of continuing

@@ -8,7 +8,7 @@ runs for free. Three ideas carry the design:
   step or map item; a checkpoint never rewrites the whole run state (the growth
   LangGraph users complain about).
 - **Group commit.** ``record_step`` and ``record_event`` only queue operations; one
-  flusher writes everything queued in one ``commit`` (see ``_runstore_batch``), so
+  flusher writes everything queued in one ``commit`` (see ``taskloom.sdk._runs.batch``), so
   500 map items finishing together cost one storage round trip, not 500.
 - **Leases, not locks.** A run is advanced by one holder at a time; the lease has a
   TTL by the store's (injectable) clock and is renewed while the run goes, so a
