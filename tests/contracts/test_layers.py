@@ -137,7 +137,7 @@ def _room_violations(base: Path, rooms: dict[str, set[str]]) -> list[str]:
 @pytest.mark.parametrize(("portion", "rooms"), [("sdk", SDK_ROOMS), ("adapters", ADAPTER_ROOMS)])
 def test_subpackages_import_one_way(portion: str, rooms: dict[str, set[str]]) -> None:
     """Inside a portion, subpackages import each other only along the drawn arrows
-    (``taskloom.sdk._cli.main`` on top, ``_pipeline`` at the bottom; adapter groups never each other)."""
+    (``_cli`` on top, ``_pipeline`` at the bottom; adapter groups never each other)."""
     bad = _room_violations(ROOT / portion / "taskloom" / portion, rooms)
     assert not bad, "imports against the subpackage arrows:\n" + "\n".join(bad)
 

@@ -6,13 +6,13 @@ is written and how a reply is read. Everything else is written once:
 * ``HTTPExecutor`` (here) holds one ``httpx.AsyncClient`` per executor, the
   timeouts, the size cap and the lifecycle; the protocol modules subclass it
   and supply four hooks.
-* ``taskloom.adapters._http.errors`` maps statuses and httpx exceptions to typed errors;
-  ``taskloom.adapters._http.retry_after`` reads how long the provider asked us to wait;
-  ``taskloom.adapters._http.sse`` decodes server-sent events; ``taskloom.adapters._http.transport`` holds the
-  sharded pool, ``Deadline`` and the size cap; ``taskloom.adapters._http.jsonbody`` gives typed
-  access to replies; ``taskloom.adapters._http.settings`` reads a config table.
+* ``errors`` maps statuses and httpx exceptions to typed errors;
+  ``retry_after`` reads how long the provider asked us to wait;
+  ``sse`` decodes server-sent events; ``transport`` holds the
+  sharded pool, ``Deadline`` and the size cap; ``jsonbody`` gives typed
+  access to replies; ``settings`` reads a config table.
 
-This module re-exports their names, so ``taskloom.adapters._http.common``
+This module re-exports their names, so ``common``
 keeps offering everything it did before the split.
 """
 

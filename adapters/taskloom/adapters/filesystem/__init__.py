@@ -9,7 +9,7 @@ case-insensitive filesystems. POSIX only: it relies on ``fcntl.flock``.
     async with FileStorage("/var/lib/myapp/taskloom") as storage:
         await storage.put("runs", "r1", b"{}")
 
-See ``FileStorage`` for the guarantees and ``taskloom.adapters.filesystem._core`` for the layout on disk.
+See ``FileStorage`` for the guarantees and ``_core`` for the layout on disk.
 """
 
 from __future__ import annotations

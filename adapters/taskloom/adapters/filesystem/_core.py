@@ -1,6 +1,6 @@
 """The synchronous heart of FileStorage: the root's layout, locking, reads and applying writes.
 
-Everything here blocks and runs in worker threads (``taskloom.adapters.filesystem._storage`` owns the
+Everything here blocks and runs in worker threads (``_storage`` owns the
 threads and the asyncio side). Writers hold the exclusive ``flock`` for a whole
 batch of operations; readers hold it shared, so a reader never sees a commit
 half applied and versions are always read under the lock that protects the
@@ -8,7 +8,7 @@ write that follows (compare-and-set is correct across processes).
 
 Layout of a root directory::
 
-    taskloom-store.json   marker: {"format": "taskloom-filesystem", "version": 1} (``taskloom.adapters.filesystem._root``)
+    taskloom-store.json   marker: {"format": "taskloom-filesystem", "version": 1} (``_root``)
     taskloom.lock         the flock target (never holds data)
     taskloom.gate         the gate that keeps readers from starving writers (``SharedLock``)
     journal               present only while a multi-file commit is being applied

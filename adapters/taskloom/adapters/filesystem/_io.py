@@ -40,15 +40,6 @@ _HINTS: dict[int, str] = {
 }
 
 
-@contextlib.contextmanager
-def translate_os_errors(root: Path) -> Iterator[None]:
-    """Turn any ``OSError`` raised inside into ``StorageUnavailable`` saying what to do."""
-    try:
-        yield
-    except OSError as exc:
-        raise unavailable(root, exc) from exc
-
-
 def unavailable(root: Path, exc: OSError) -> StorageUnavailable:
     """Build the ``StorageUnavailable`` for ``exc`` (which happened under ``root``).
 
@@ -275,10 +266,6 @@ class Disk:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
-
-    def mark_dirty(self, directory: Path) -> None:
-        """Note that ``directory``'s entries changed and must be fsynced at ``flush``."""
-        self._dirty.add(directory)
 
     def sync_file(self, fd: int) -> None:
         """fsync an open file if this store is durable."""

@@ -1,8 +1,8 @@
-"""FileStorage: the asyncio face of the file store in ``taskloom.adapters.filesystem._core``.
+"""FileStorage: the asyncio face of the file store in ``_core``.
 
 Blocking file I/O never runs on the event loop. Writes go to one dedicated
 writer thread through a queue: whatever queued up while the previous batch ran
-becomes the next batch, planned in order (``taskloom.adapters.filesystem._batch``) and applied under one
+becomes the next batch, planned in order (``_batch``) and applied under one
 exclusive lock with parallel file fsyncs and one fsync per changed directory,
 so many concurrent writers share the cost of making their writes durable.
 Reads run in the default thread pool in parallel, each under the shared lock.

@@ -15,7 +15,7 @@ import sqlite3
 import time
 
 from taskloom.adapters.sqlite._errors import translate
-from taskloom.contracts import StorageCorrupted, StorageUnavailable
+from taskloom.contracts import StorageCorrupted
 
 __all__ = [
     "APPEND",
@@ -282,8 +282,3 @@ def open_writer_connection(
 def reader_init_statements(synchronous: str) -> tuple[str, ...]:
     """Pragmas for a read connection: it must never write, even by mistake."""
     return ("PRAGMA query_only = 1", f"PRAGMA synchronous = {synchronous}")
-
-
-def check_unavailable(path: str) -> StorageUnavailable:
-    """The error for a database whose writer stopped (it failed to open or was closed)."""
-    return StorageUnavailable(f"the writer of the database at {path} is not running; reopen it")

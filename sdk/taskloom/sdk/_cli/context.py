@@ -8,7 +8,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -184,7 +183,3 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-def resolve_path(value: str) -> Path:
-    return Path(value).expanduser()

@@ -4,6 +4,6 @@
 run from its plan, ``steps`` and ``leaf`` execute step kinds, ``calls`` makes one LLM
 call with its limits, ``retry`` and ``ratelimit`` pace them, ``window`` bounds pending
 checkpoints, ``lease`` renews the run lease, ``bus`` fans events out to subscribers,
-``handle`` is what a caller holds. May import ``_pipeline``, ``_runs``, ``taskloom.sdk._config.build``,
-``_registry`` and the lower portions; never ``taskloom.sdk._cli.main``.
+``handle`` is what a caller holds. May import ``_pipeline``, ``_runs``, ``_config``,
+``_registry`` and the lower portions; never ``_cli``.
 """

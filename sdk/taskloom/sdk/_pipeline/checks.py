@@ -1,6 +1,6 @@
 """The semantic checks of a pipeline and the checking of the inputs given to a run.
 
-Called by ``taskloom.sdk._pipeline.validate`` after structuring. ``steps`` may hold raw dicts where a
+Called by ``validate`` after structuring. ``steps`` may hold raw dicts where a
 step failed to structure: their ids still count (so a reference to them is not
 reported twice) but their insides are not checked again.
 """
