@@ -227,6 +227,9 @@ def test_cancel_stops_a_run_in_another_process_and_resume_finishes_it(cli: Cli) 
     shown = cli.json("show", run_id)
     assert shown["run"]["status"] == "cancelled"
     assert len(shown["steps"]) < 40
+    kinds = [e["type"] for e in cli.json("events", run_id)]
+    outcomes = [k for k in kinds if k in ("run.succeeded", "run.failed", "run.cancelled")]
+    assert outcomes == ["run.cancelled"] and kinds[-1] == "run.cancelled"  # one, and last
     resumed = cli.json("resume", run_id)
     assert resumed["status"] == "succeeded"
     assert len(cli.json("show", run_id)["steps"]) == 40

@@ -12,11 +12,7 @@ import json
 import time
 from typing import Any
 
-from taskloom.contracts import (
-    Event,
-    RunCancelledEvent,
-    serde,
-)
+from taskloom.contracts import Event, serde
 from taskloom.sdk._cli.context import CliContext
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -184,40 +180,35 @@ async def events(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 async def cancel(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Stop a run wherever it runs, and return once nobody holds it (see ``_runs.cancel``)."""
+    from taskloom.sdk._runs.cancel import cancel_run
+
     store = await _runstore(ctx)
     try:
-        record = await store.load_run(args.run_id)
-        if record.status in TERMINAL:
-            ctx.out.data(
-                {"run_id": record.run_id, "status": record.status, "cancelled": False},
-                lambda: ctx.out.note(
-                    f"run {record.run_id} already {record.status}; nothing to cancel"
-                ),
-            )
-            return 1
-        # The process running it (if any) finds its lease gone at its next renewal and stops.
-        lease = await store.revoke_lease(args.run_id)
-        now = time.time()
-        live = lease is not None and lease.expires_at > now
-        import attrs
-
-        await store.update_run(attrs.evolve(record, status="cancelled", finished_at=now))
-        store.record_event(RunCancelledEvent(run_id=record.run_id, at=now))
-        await store.flush()
-        holder = lease.holder if (live and lease is not None) else None
-        ctx.out.data(
-            {"run_id": record.run_id, "status": "cancelled", "was_running_in": holder},
-            lambda: ctx.out.note(
-                f"run {record.run_id} cancelled"
-                + (
-                    f"; {holder} stops at its next lease renewal"
-                    if holder
-                    else " (no live process held it)"
-                )
-                + "; 'taskloom resume' can continue it"
-            ),
-        )
-        await _audit(ctx, "run.cancel", record.run_id)
+        outcome = await cancel_run(store, args.run_id)
     finally:
         await store.aclose()
+    record = outcome.record
+    run_id = record.run_id
+    if not outcome.cancelled:
+        late = outcome.stopped_holder is not None
+        ctx.out.data(
+            {"run_id": run_id, "status": record.status, "cancelled": False},
+            lambda: ctx.out.note(
+                f"run {run_id} {record.status} before the cancel reached it; nothing to cancel"
+                if late
+                else f"run {run_id} already {record.status}; nothing to cancel"
+            ),
+        )
+        return 1
+    holder = outcome.stopped_holder
+    ctx.out.data(
+        {"run_id": run_id, "status": "cancelled", "cancelled": True, "was_running_in": holder},
+        lambda: ctx.out.note(
+            f"run {run_id} cancelled"
+            + (f" ({holder} stopped it)" if holder else " (no running process held it)")
+            + f"; `taskloom resume {run_id}` continues it"
+        ),
+    )
+    await _audit(ctx, "run.cancel", run_id)
     return 0

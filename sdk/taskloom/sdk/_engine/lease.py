@@ -8,6 +8,11 @@ process stalled past the TTL and another one took the run over), the task that
 holds the lease is cancelled and the ``async with`` raises ``RunHeld``: two
 processes must never advance one run. A renewal that fails on a storage error is
 retried at the next tick; the lease stays ours until it expires.
+
+A renewal that finds a cancel request on the lease (``RunStore.request_cancel``,
+from ``taskloom cancel`` in any process) sets ``cancel_requested`` and cancels the
+holding task the same way: the run records itself cancelled, then the lease is
+released. So a cancel reaches a running run within one renewal interval (ttl/3).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class HeldLease:
         self._task: asyncio.Task[None] | None = None
         self._owner: asyncio.Task[Any] | None = None
         self.lost: RunHeld | None = None
+        self.cancel_requested = False
+        """Set once the lease carried a cancel request: the run must end cancelled."""
 
     async def __aenter__(self) -> HeldLease:
         await self._store.acquire_lease(self._run_id, self._holder, ttl_s=self._ttl)
@@ -69,7 +76,7 @@ class HeldLease:
         while True:
             await asyncio.sleep(self._ttl / 3)
             try:
-                await self._store.renew_lease(self._run_id, self._holder, ttl_s=self._ttl)
+                lease = await self._store.renew_lease(self._run_id, self._holder, ttl_s=self._ttl)
             except RunHeld as exc:
                 self.lost = exc
                 # another process runs it now: this one's pending checkpoints must not land
@@ -79,3 +86,20 @@ class HeldLease:
                 return
             except StorageError:
                 logger.warning("renewing the lease of run %s failed; retrying", self._run_id)
+                continue
+            if lease.cancel_requested_at is not None:
+                self._cancel()  # (renewals go on: the lease is ours until the outcome is written)
+
+    async def cancel_requested_now(self) -> bool:
+        """Look at the lease now (before a run records success): was a cancel requested?"""
+        if not self.cancel_requested:
+            lease = await self._store.lease(self._run_id)
+            if lease is not None and lease.holder == self._holder:
+                self.cancel_requested = lease.cancel_requested_at is not None
+        return self.cancel_requested
+
+    def _cancel(self) -> None:
+        if not self.cancel_requested:
+            self.cancel_requested = True
+            if self._owner is not None:
+                self._owner.cancel()

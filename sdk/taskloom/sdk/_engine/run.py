@@ -22,6 +22,7 @@ from taskloom.contracts import (
     ChunkStreamed,
     Event,
     InternalError,
+    RunCancelled,
     RunCancelledEvent,
     RunFailed,
     RunHeld,
@@ -37,7 +38,6 @@ from taskloom.sdk._engine.steps import RunExecution
 from taskloom.sdk._pipeline.plan import Plan
 from taskloom.sdk._pipeline.template import TemplateRenderError
 from taskloom.sdk._runs.records import RunRecord
-from taskloom.sdk._runs.store import RunStore
 
 _log = logging.getLogger("taskloom.engine")
 
@@ -99,66 +99,57 @@ async def drive(engine: Engine, spec: RunSpec) -> RunResult:
 
     started = engine.clock()
     execution: RunExecution | None = None
-    lease: Any = contextlib.nullcontext()
+    held: HeldLease | None = None
     if store is not None:
-        lease = HeldLease(store, spec.run_id, engine.holder, ttl_s=engine.lease_ttl_s)
+        held = HeldLease(store, spec.run_id, engine.holder, ttl_s=engine.lease_ttl_s)
     try:
-        async with lease:
-            if store is not None:
-                await _begin(engine, spec, started)
-                if spec.resumed:
-                    spec.finished = await store.finished_steps(spec.run_id)
-            execution = RunExecution(
-                run_id=spec.run_id,
-                plan=spec.plan,
-                inputs=spec.inputs,
-                services=engine,
-                finished=spec.finished,
-                emit=emit,
-                item_starts_seen=item_starts_seen,
-            )
-            emit(
-                RunStarted(
-                    run_id=spec.run_id,
-                    at=started,
-                    pipeline=spec.plan.pipeline.name,
-                    pipeline_digest=spec.plan.digest,
-                    resumed=spec.resumed,
-                )
-            )
+        async with held if held is not None else contextlib.nullcontext():
             try:
-                await execution.run_graph()
-            except BaseExceptionGroup as group:
-                raise first_error(group) from None
-            if execution.window is not None:
-                await execution.window.settle()  # never "succeeded" before all are durable
-            output = engine.mask(_output(spec.plan, execution))
-            result = await _finish(engine, spec, execution, "succeeded", output, None, announce)
+                if store is not None:
+                    await _begin(engine, spec, started)
+                    if spec.resumed:
+                        spec.finished = await store.finished_steps(spec.run_id)
+                execution = RunExecution(
+                    run_id=spec.run_id,
+                    plan=spec.plan,
+                    inputs=spec.inputs,
+                    services=engine,
+                    finished=spec.finished,
+                    emit=emit,
+                    item_starts_seen=item_starts_seen,
+                )
+                emit(
+                    RunStarted(
+                        run_id=spec.run_id,
+                        at=started,
+                        pipeline=spec.plan.pipeline.name,
+                        pipeline_digest=spec.plan.digest,
+                        resumed=spec.resumed,
+                    )
+                )
+                try:
+                    await execution.run_graph()
+                except BaseExceptionGroup as group:
+                    raise first_error(group) from None
+                if execution.window is not None:
+                    await execution.window.settle()  # never "succeeded" before all are durable
+                output = engine.mask(_output(spec.plan, execution))
+                if held is not None and await held.cancel_requested_now():
+                    # cancelled from another process after its last renewal: never succeeded
+                    await _finish(engine, spec, execution, "cancelled", None, None, announce)
+                    raise _cancelled(spec.run_id)
+                result = await _finish(engine, spec, execution, "succeeded", output, None, announce)
+            except BaseException as exc:
+                # The outcome is written while the lease is still ours: a canceller waiting
+                # for the run sees the record before the lease goes.
+                if execution is not None:
+                    await _record_end(engine, spec, execution, exc, announce)
+                raise
     except asyncio.CancelledError:
-        # (a run whose record already says it succeeded stays succeeded: only the wait
-        # for its last events was cancelled; a run whose lease was lost is another
-        # process's now: nothing of this one's is written)
-        lost = store.lost_lease(spec.run_id) if store is not None else None
-        if execution is not None and not spec.outcome_recorded and lost is None:
-            await _finish(engine, spec, execution, "cancelled", None, None, announce)
-        raise
-    except RunHeld:
-        raise
-    except StepFailed as exc:
-        _raise_if_lost(store, spec.run_id)
-        if execution is not None:
-            await _finish(engine, spec, execution, "failed", None, exc, announce)
-        raise
-    except Exception as exc:
-        if isinstance(exc, InternalError):  # a bug of ours: keep the whole story
-            _log.error("run %s failed inside taskloom", spec.run_id, exc_info=exc)
-        # A storage failure or a non-JSON output: record the failure if the store
-        # still works (unless the record already says how the run ended), then let the
-        # original error through.
-        _raise_if_lost(store, spec.run_id)
-        if execution is not None and not spec.outcome_recorded:
-            with contextlib.suppress(Exception):
-                await _finish(engine, spec, execution, "failed", None, exc, announce)
+        task = asyncio.current_task()
+        # (uncancel() == 0: only the cancel request cancelled us, nobody else did)
+        if held is not None and held.cancel_requested and task is not None and task.uncancel() == 0:
+            raise _cancelled(spec.run_id) from None
         raise
     finally:
         if execution is not None and execution.window is not None:
@@ -170,12 +161,47 @@ async def drive(engine: Engine, spec: RunSpec) -> RunResult:
     return result
 
 
-def _raise_if_lost(store: RunStore | None, run_id: str) -> None:
-    """A run that lost its lease exits with ``LeaseLost``, whatever else failed meanwhile
-    (its writes fail, so its steps may too): the run is not failed, another holder has it."""
-    lost = store.lost_lease(run_id) if store is not None else None
+def _cancelled(run_id: str) -> RunCancelled:
+    return RunCancelled(
+        f"run {run_id} was cancelled from another process (taskloom cancel); what finished "
+        f"is kept: `taskloom resume {run_id}` continues it"
+    )
+
+
+async def _record_end(
+    engine: Engine,
+    spec: RunSpec,
+    execution: RunExecution,
+    exc: BaseException,
+    announce: Callable[[Event], None],
+) -> None:
+    """Record how a run that raised ``exc`` ended, unless its record already says so.
+
+    A run whose lease was lost is another process's now: nothing of this one's is
+    written, and it exits with ``LeaseLost`` whatever else failed meanwhile (its
+    writes fail, so its steps may too).
+    """
+    if isinstance(exc, InternalError):  # a bug of ours: keep the whole story
+        _log.error("run %s failed inside taskloom", spec.run_id, exc_info=exc)
+    store = engine.runstore
+    lost = store.lost_lease(spec.run_id) if store is not None else None
+    if isinstance(exc, RunHeld) or (lost is not None and isinstance(exc, asyncio.CancelledError)):
+        return
     if lost is not None:
         raise lost from None
+    if spec.outcome_recorded:
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        # (a run whose record already says it succeeded stays succeeded: only the wait
+        # for its last events was cancelled)
+        await _finish(engine, spec, execution, "cancelled", None, None, announce)
+    elif isinstance(exc, StepFailed):
+        await _finish(engine, spec, execution, "failed", None, exc, announce)
+    elif isinstance(exc, Exception):
+        # A storage failure or a non-JSON output: record the failure if the store still
+        # works, then let the original error through.
+        with contextlib.suppress(Exception):
+            await _finish(engine, spec, execution, "failed", None, exc, announce)
 
 
 def _output(plan: Plan, execution: RunExecution) -> Any:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from taskloom.contracts import RunHeld, StorageError, UsageError
 from taskloom.sdk._runs.records import LeaseRecord
@@ -29,24 +32,31 @@ def check_ttl(ttl_s: object) -> None:
         raise UsageError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
 
 
-def held_error(run_id: str, lease: LeaseRecord) -> RunHeld:
+def when(ts: float, *, now: float | None = None) -> str:
+    """``ts`` (epoch seconds) as local wall-clock time a person can read, with how far off."""
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts)).strip()
+    delta = ts - now
+    if abs(delta) < 1:
+        return f"{stamp} (now)"
+    return f"{stamp} (in {delta:.0f} s)" if delta > 0 else f"{stamp} ({-delta:.0f} s ago)"
+
+
+def held_error(run_id: str, lease: LeaseRecord, *, now: float | None = None) -> RunHeld:
     """The error for a run that ``lease``'s holder has."""
     return RunHeld(
-        f"run {run_id!r} is held by {lease.holder!r} until {lease.expires_at:.3f} "
-        "(epoch seconds); wait for it to finish or for the lease to expire, then resume",
+        f"run {run_id!r} is held by {lease.holder!r} until {when(lease.expires_at, now=now)}; "
+        f"wait for it to finish, or stop it: `taskloom cancel {run_id}` stops it within one "
+        f"lease renewal (and takes the run over if that process is gone), and "
+        f"`taskloom resume {run_id}` then continues it at once",
         holder=lease.holder,
         expires_at=lease.expires_at,
     )
 
 
 def extended(lease: LeaseRecord, *, expires_at: float) -> LeaseRecord:
-    """A copy of ``lease`` with a new expiry."""
-    return LeaseRecord(
-        run_id=lease.run_id,
-        holder=lease.holder,
-        acquired_at=lease.acquired_at,
-        expires_at=expires_at,
-    )
+    """A copy of ``lease`` with a new expiry (a cancel request on it stays)."""
+    return attrs.evolve(lease, expires_at=expires_at)
 
 
 class LeaseKeeper:

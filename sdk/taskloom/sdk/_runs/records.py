@@ -217,6 +217,11 @@ class LeaseRecord:
     holder: str = attrs.field(validator=_nonempty_str)
     acquired_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     expires_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    cancel_requested_at: float | None = attrs.field(
+        default=None, converter=_opt_float, validator=_opt_float_v
+    )
+    """Set by ``RunStore.request_cancel`` (another process asked the run to stop): the
+    holder sees it at its next renewal, records the run cancelled and releases."""
     format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
 
 

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+import attrs
 import rfc8785
 
 from taskloom.contracts import (
@@ -160,7 +161,7 @@ class RunStore:
         """Runs whose lease this store acquired (and has not released)."""
         self._lost: dict[str, LeaseLost] = {}
         """Runs whose lease was lost while held here: their writes are refused."""
-        self._renewing: dict[str, asyncio.Future[None]] = {}
+        self._renewing: dict[str, asyncio.Future[LeaseRecord]] = {}
         self._events = EventLog(storage, fence=self._fence_check)
         self._writer = GroupCommitWriter(
             storage,
@@ -478,7 +479,7 @@ class RunStore:
             if stored is not None:
                 lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
                 if lease.holder != holder and lease.expires_at > now:
-                    raise held_error(run_id, lease)
+                    raise held_error(run_id, lease, now=now)
                 version = stored.version
             new = LeaseRecord(run_id=run_id, holder=holder, acquired_at=now, expires_at=now + ttl_s)
             mark = Fence(run_id=run_id, holder=holder, acquired_at=now)
@@ -509,9 +510,11 @@ class RunStore:
         self._lost.pop(run_id, None)
         self._writer.mend(run_id)
 
-    async def renew_lease(self, run_id: str, holder: str, *, ttl_s: float = 30.0) -> None:
-        """Extend ``holder``'s lease by ``ttl_s`` from now; ``RunHeld`` if it was lost
-        (``LeaseLost`` when this store held it: its writes of the run fail from then on).
+    async def renew_lease(self, run_id: str, holder: str, *, ttl_s: float = 30.0) -> LeaseRecord:
+        """Extend ``holder``'s lease by ``ttl_s`` from now and return it; ``RunHeld`` if it
+        was lost (``LeaseLost`` when this store held it: its writes of the run fail from
+        then on). A returned lease with ``cancel_requested_at`` set means: stop the run
+        (``request_cancel``).
 
         Renewals of one run from this store are coalesced: callers that ask while one
         is in flight wait for it (so a stalled process waking up with many calls due
@@ -525,11 +528,10 @@ class RunStore:
             raise lost
         running = self._renewing.get(run_id)
         if running is not None:
-            await asyncio.shield(running)
-            return
+            return await asyncio.shield(running)
         future = self._renewing[run_id] = asyncio.get_running_loop().create_future()
         try:
-            await self._renew(run_id, holder, ttl_s)
+            renewed = await self._renew(run_id, holder, ttl_s)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 future.set_exception(exc)
@@ -538,11 +540,12 @@ class RunStore:
                 future.cancel()
             raise
         else:
-            future.set_result(None)
+            future.set_result(renewed)
         finally:
             del self._renewing[run_id]
+        return renewed
 
-    async def _renew(self, run_id: str, holder: str, ttl_s: float) -> None:
+    async def _renew(self, run_id: str, holder: str, ttl_s: float) -> LeaseRecord:
         stored = await self._storage.get(NS_LEASES, run_id)
         if stored is None:
             raise self._mark_lost(
@@ -565,10 +568,13 @@ class RunStore:
                     run_id, holder, f"run {run_id!r}: the lease of {holder!r} is gone"
                 ) from None
             taken = decode(current.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+            if taken.holder == holder:  # a cancel request landed between our read and write
+                return await self._renew(run_id, holder, ttl_s)
             raise self._mark_lost(run_id, holder, str(held_error(run_id, taken)), taken) from None
         held = self._held.get(run_id)
         if held is not None and held.holder == holder:
             held.expires_at = now + ttl_s
+        return new
 
     def _mark_lost(
         self, run_id: str, holder: str, message: str, lease: LeaseRecord | None = None
@@ -719,11 +725,13 @@ class RunStore:
         except ConflictError:
             return  # taken over meanwhile: it is no longer ours to release
 
-    async def revoke_lease(self, run_id: str) -> LeaseRecord | None:
-        """Take the run's lease away from whoever holds it; return the lease that was there.
+    async def revoke_lease(self, run_id: str, *, holder: str | None = None) -> LeaseRecord | None:
+        """Take the run's lease away (only from ``holder``, if given); return the lease
+        that was there, or None if there was none (or another holder has it).
 
-        Its holder finds the lease gone at its next renewal and stops (``RunHeld``):
-        this is how a run is cancelled from another process.
+        Its holder finds the lease gone at its next renewal and stops (``RunHeld``)
+        without recording an outcome: this is a takeover. To stop a run so that it
+        records itself cancelled, use ``request_cancel``.
         """
         self._check_open()
         check_name(run_id, what="run id")
@@ -731,11 +739,49 @@ class RunStore:
         if stored is None:
             return None
         lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+        if holder is not None and lease.holder != holder:
+            return None
         try:
             await self._storage.delete(NS_LEASES, run_id, if_version=stored.version)
         except ConflictError:
-            return await self.revoke_lease(run_id)  # renewed meanwhile: take the new one
+            # renewed meanwhile: take the new one
+            return await self.revoke_lease(run_id, holder=holder)
         return lease
+
+    async def request_cancel(self, run_id: str) -> LeaseRecord | None:
+        """Ask the run's live holder to stop; return its lease, or None if none is live.
+
+        The request is a mark on the lease record (``cancel_requested_at``, written
+        with a compare-and-set; the run's fence is left alone), so it reaches the
+        holder with its next renewal -- within a third of its lease TTL -- wherever
+        that process runs. The holder then starts no new step, cancels those in
+        flight, records the run cancelled (one outcome event) and releases the lease.
+        ``taskloom.sdk._runs.cancel`` builds the whole cancel on this, including runs
+        nobody holds.
+        """
+        self._check_open()
+        check_name(run_id, what="run id")
+        for _ in range(_LEASE_RACE_RETRIES):
+            stored = await self._storage.get(NS_LEASES, run_id)
+            if stored is None:
+                return None
+            lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
+            now = self._clock()
+            if lease.expires_at <= now:
+                return None
+            if lease.cancel_requested_at is not None:
+                return lease
+            marked = attrs.evolve(lease, cancel_requested_at=now)
+            try:
+                await self._storage.put(
+                    NS_LEASES, run_id, encode(marked), if_version=stored.version
+                )
+            except ConflictError:
+                continue  # renewed or taken meanwhile: mark the new one
+            return marked
+        raise RunHeld(
+            f"run {run_id!r}: the lease kept changing while asking its holder to stop; try again",
+        )
 
     async def lease(self, run_id: str) -> LeaseRecord | None:
         """The run's current lease, live or expired, or None."""
@@ -798,8 +844,9 @@ class RunStore:
         lease_stored = await self._storage.get(NS_LEASES, run_id)
         if lease_stored is not None:
             lease = decode(lease_stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
-            if lease.expires_at > self._clock():
-                raise held_error(run_id, lease)
+            now = self._clock()
+            if lease.expires_at > now:
+                raise held_error(run_id, lease, now=now)
         await self._writer.flush()
         stored = await self._storage.get(NS_RUNS, run_id)
         existed = stored is not None
