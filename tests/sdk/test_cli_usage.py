@@ -392,3 +392,18 @@ def test_a_printing_plugin_cannot_corrupt_json_output(
     assert "hello from the plugin" in listed.err
     ran = cli("run", "pipeline.json", "-i", "text=a b b", "--json")
     assert ran.code == 0 and ran.document()["status"] == "succeeded"
+
+
+def test_show_marks_a_truncated_step(cli: Any) -> None:
+    """`taskloom show` gives each step's finish reason and marks a cut-off reply truncated."""
+    Path("taskloom.toml").write_text(
+        '[executors.cut]\ntype = "scripted"\nfinish_reason = "length"\n'
+    )
+    done = cli("run", "hello.json", "--json")
+    assert done.code == 0, done.err
+    run_id = done.document()["run_id"]
+    shown = cli("show", run_id, "--json").document()
+    assert {s["finish_reason"] for s in shown["steps"]} == {"length"}
+    assert all(s["truncated"] for s in shown["steps"])
+    human = cli("show", run_id)
+    assert "truncated" in human.out and "length" in human.out

@@ -103,7 +103,9 @@ async def test_config_types_resolve_from_registry_then_process_then_module(
     assert registry.settings("y").requests_per_minute == 60.0
     await registry.get("x")
     await registry.get("y")
-    assert seen == [({"mode": "echo"}, "S"), ({}, None)]
+    assert [options for options, _ in seen] == [{"mode": "echo"}, {}]
+    # the factory reads secrets through the registry's recording view of the store
+    assert seen[0][1]._store == "S" and seen[1][1] is None
     with pytest.raises(UsageError, match="unknown executor type 'nope'"):
         registry.register_config("z", {"type": "nope"})
     with pytest.raises(UsageError, match="needs a 'type'"):

@@ -26,7 +26,11 @@ what to do; context lives in keyword-only attributes.
     │   │   └── MalformedResponse   the reply was not what the protocol promises
     │   └── PermanentError          retrying cannot help
     │       ├── InvalidRequest      the provider refused the request itself
-    │       └── AuthenticationFailed
+    │       ├── AuthenticationFailed
+    │       ├── QuotaExceeded       the account is out of quota or credit (429 insufficient_quota)
+    │       ├── RetryForbidden      the provider said not to retry (x-should-retry: false)
+    │       ├── Refused             the model declined to answer (carries its refusal text)
+    │       └── ReplyTruncated      the reply was cut off (max_tokens) where a whole one is needed
     ├── SecretError
     │   ├── SecretNotFound
     │   ├── InvalidSecretName
@@ -156,9 +160,16 @@ class ExecutorError(TaskloomError):
 
 
 class RetryableError(ExecutorError):
-    """A failure that another attempt may cure."""
+    """A failure that another attempt may cure; ``retry_after`` is how long the provider
+    asked us to wait first (seconds), if it said."""
 
     retryable = True
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
 
 
 class RateLimited(RetryableError):
@@ -167,8 +178,7 @@ class RateLimited(RetryableError):
     def __init__(
         self, message: str, *, retry_after: float | None = None, status: int | None = 429
     ) -> None:
-        super().__init__(message, status=status)
-        self.retry_after = retry_after
+        super().__init__(message, status=status, retry_after=retry_after)
 
 
 class ExecutorTimeout(RetryableError):
@@ -199,6 +209,32 @@ class InvalidRequest(PermanentError):
 
 class AuthenticationFailed(PermanentError):
     """The credentials were refused (401, 403): check the API key's secret."""
+
+
+class QuotaExceeded(PermanentError):
+    """The account has no quota or credit left (429 ``insufficient_quota``): waiting
+    does not help, adding credit or raising the quota does."""
+
+
+class RetryForbidden(PermanentError):
+    """The provider marked this failure as not worth retrying (``x-should-retry: false``)."""
+
+
+class Refused(PermanentError):
+    """The model declined to answer; ``refusal`` holds what it said instead."""
+
+    def __init__(self, message: str, *, refusal: str = "", status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.refusal = refusal
+
+
+class ReplyTruncated(PermanentError):
+    """The reply was cut off (``finish_reason`` ``length``: ``max_tokens`` or the context
+    window) where the step needs a whole one; raise ``max_tokens`` or shorten the task."""
+
+    def __init__(self, message: str, *, finish_reason: str = "length") -> None:
+        super().__init__(message)
+        self.finish_reason = finish_reason
 
 
 # --- secrets ---------------------------------------------------------------

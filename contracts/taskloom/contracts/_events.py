@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from taskloom.contracts._llm import Usage
+from taskloom.contracts._llm import FINISH_REASONS, FinishReason, Usage
 from taskloom.contracts._quick import covers, explain
 
 _v = attrs.validators
@@ -124,6 +124,7 @@ _STEP_SUCCEEDED_CHECKS = {
     "usage": _v.instance_of(Usage),
     "item": _opt_int,
     "cached": _v.instance_of(bool),
+    "finish_reason": _v.optional(_v.in_(FINISH_REASONS)),
 }
 
 
@@ -137,9 +138,16 @@ class StepSucceeded:
     usage: Usage = attrs.field(factory=Usage)
     item: int | None = None
     cached: bool = False
+    finish_reason: FinishReason | None = None
+    """Why an LLM step's reply ended (``length``: it was cut off); None for plugin steps."""
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the step's output is a reply cut off by ``max_tokens``."""
+        return self.finish_reason == "length"
 
     def __attrs_post_init__(self) -> None:  # one test per event, see _quick
-        item = self.item
+        item, finish = self.item, self.finish_reason
         if not (
             type(self.run_id) is str
             and type(self.at) is float
@@ -149,6 +157,7 @@ class StepSucceeded:
             and type(self.usage) is Usage
             and (item is None or type(item) is int)
             and type(self.cached) is bool
+            and (finish is None or finish in FINISH_REASONS)
         ):
             explain(self, _STEP_SUCCEEDED_CHECKS)
 

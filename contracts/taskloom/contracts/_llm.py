@@ -10,15 +10,22 @@ import attrs
 _v = attrs.validators
 
 Role = Literal["system", "user", "assistant", "tool"]
-FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error", "other"]
+FinishReason = Literal[
+    "stop", "length", "content_filter", "tool_calls", "refusal", "error", "other"
+]
 FINISH_REASONS: tuple[str, ...] = (
     "stop",
     "length",
     "content_filter",
     "tool_calls",
+    "refusal",
     "error",
     "other",
 )
+"""Why a reply ended, normalized over providers: ``stop`` (it was complete), ``length``
+(cut off by ``max_tokens`` or the context window: the text is truncated),
+``content_filter`` (cut by the provider's filter), ``tool_calls``, ``refusal`` (the
+model declined), ``error``, ``other`` (a reason taskloom does not know)."""
 
 
 def _opt_float(value: object) -> object:
@@ -34,6 +41,8 @@ class Message:
     role: Role = attrs.field(validator=_v.in_(("system", "user", "assistant", "tool")))
     content: str = attrs.field(validator=_v.instance_of(str))
     name: str | None = attrs.field(default=None, validator=_v.optional(_v.instance_of(str)))
+    tool_call_id: str | None = attrs.field(default=None, validator=_v.optional(_v.instance_of(str)))
+    """For a ``tool`` message: the id of the tool call it answers (OpenAI requires it)."""
 
 
 @attrs.frozen(kw_only=True)

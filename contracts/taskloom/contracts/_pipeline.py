@@ -31,6 +31,7 @@ STEP_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 InputType = Literal["string", "number", "integer", "boolean", "object", "array"]
 INPUT_TYPES: tuple[str, ...] = ("string", "number", "integer", "boolean", "object", "array")
 OnError = Literal["fail", "continue"]
+OnTruncated = Literal["fail", "continue"]
 
 
 def _float(value: object) -> object:
@@ -72,7 +73,9 @@ class RetryPolicy:
     Attempt ``n`` (from 1) that fails waits ``min(max_delay_s, initial_delay_s *
     multiplier**(n-1))`` scaled by a random factor in ``[1 - jitter, 1]``; a
     provider's ``retry_after`` wins when it is longer. ``max_attempts`` counts
-    the first attempt.
+    the first attempt. A provider that asks for a wait longer than
+    ``max_retry_wait_s`` (a ``Retry-After: 86400``) fails the step at once with
+    ``RateLimited`` naming the wait, instead of sleeping through it.
     """
 
     max_attempts: int = attrs.field(default=3, validator=[_v.instance_of(int), _v.ge(1)])
@@ -87,6 +90,9 @@ class RetryPolicy:
     )
     jitter: float = attrs.field(
         default=0.2, converter=_float, validator=[_v.instance_of(float), _v.ge(0.0), _v.le(1.0)]
+    )
+    max_retry_wait_s: float = attrs.field(
+        default=120.0, converter=_float, validator=[_v.instance_of(float), _v.ge(0.0)]
     )
 
 
@@ -144,6 +150,14 @@ class LLMStep:
     )
     on_error: OnError | None = attrs.field(default=None, validator=_opt_on_error)
     cache: bool | None = attrs.field(default=None, validator=_opt_bool)
+    extract_json: bool = attrs.field(default=False, validator=_v.instance_of(bool))
+    """JSON steps: accept a reply with prose around its one JSON value (else it must be
+    JSON alone, a Markdown code fence allowed)."""
+    on_truncated: OnTruncated = attrs.field(
+        default="continue", validator=_v.in_(("fail", "continue"))
+    )
+    """Text steps: a reply cut off by ``max_tokens`` succeeds marked truncated
+    (``continue``) or fails with ``ReplyTruncated`` (``fail``). A JSON step always fails."""
 
 
 @attrs.frozen(kw_only=True)

@@ -26,6 +26,12 @@ executor's config table without ``type`` and without the engine's own keys
 ``tokens_per_minute``); secrets are referenced as ``{"secret": "name"}`` and
 resolved by the factory through ``secrets``, never stored in the table.
 
+Secrets it resolved
+-------------------
+Every ``Secret`` a config-built executor reads through ``secrets`` is remembered
+(``resolved_secrets``) and handed to each ``watch_secrets`` callback, so that the
+engine masks those values in every error text and event, whoever embeds it.
+
 Removing an executor
 --------------------
 ``await registry.unregister(executor_id)`` forgets the id: its instance, its
@@ -45,7 +51,7 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from taskloom.contracts import LLMExecutor, SecretStore, UnknownExecutor, UsageError
+from taskloom.contracts import LLMExecutor, Secret, SecretStore, UnknownExecutor, UsageError
 
 _v = attrs.validators
 
@@ -122,6 +128,36 @@ async def _call(factory: Callable[..., Any], *args: Any) -> LLMExecutor:
     return made  # type: ignore[no-any-return]
 
 
+class _Recording:
+    """A SecretStore seen through by the registry: each secret read is reported."""
+
+    __slots__ = ("_registry", "_store")
+
+    def __init__(self, store: SecretStore, registry: ExecutorRegistry) -> None:
+        self._store = store
+        self._registry = registry
+
+    async def get(self, name: str, /) -> Secret:
+        secret = await self._store.get(name)
+        self._registry.saw_secret(secret)
+        return secret
+
+    async def set(self, name: str, value: str | Secret, /) -> None:
+        await self._store.set(name, value)
+
+    async def delete(self, name: str, /) -> bool:
+        return await self._store.delete(name)
+
+    async def names(self) -> list[str]:
+        return await self._store.names()
+
+    async def aclose(self) -> None:
+        """The store belongs to whoever passed it in: closing this view leaves it open."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 class ExecutorRegistry:
     """Executor ids to executors (instances or lazy factories) and their settings."""
 
@@ -129,6 +165,27 @@ class ExecutorRegistry:
         self._entries: dict[str, _Entry] = {}
         self._types: dict[str, TypeFactory] = {}
         self._default: str | None = None
+        self._secrets: list[Secret] = []
+        self._watchers: list[Callable[[Secret], object]] = []
+
+    @property
+    def resolved_secrets(self) -> tuple[Secret, ...]:
+        """The secrets config-built executors read so far (for redaction, never shown)."""
+        return tuple(self._secrets)
+
+    def saw_secret(self, secret: Secret) -> None:
+        """Remember a secret an executor resolved and tell every watcher."""
+        if not isinstance(secret, Secret):
+            return
+        self._secrets.append(secret)
+        for watch in self._watchers:
+            watch(secret)
+
+    def watch_secrets(self, callback: Callable[[Secret], object]) -> None:
+        """Call ``callback`` with each secret resolved, those already resolved first."""
+        self._watchers.append(callback)
+        for secret in self._secrets:
+            callback(secret)
 
     def register(
         self,
@@ -216,7 +273,8 @@ class ExecutorRegistry:
         except (TypeError, ValueError) as exc:
             raise UsageError(f"executor {executor_id!r}: invalid settings: {exc}") from exc
         options = {k: v for k, v in table.items() if k != "type" and k not in SETTINGS_KEYS}
-        self.register(executor_id, lambda: _call(factory, options, secrets), settings=settings)
+        seen = _Recording(secrets, self) if secrets is not None else None
+        self.register(executor_id, lambda: _call(factory, options, seen), settings=settings)
 
     def ids(self) -> list[str]:
         """The registered executor ids, sorted."""

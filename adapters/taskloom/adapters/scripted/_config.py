@@ -8,7 +8,15 @@ from typing import Any
 from taskloom.adapters.scripted._executor import ScriptedExecutor
 from taskloom.contracts import SecretStore, UsageError
 
-_OPTIONS = {"replies", "latency_s", "chunk_size", "chunk_delay_s", "model", "cycle"}
+_OPTIONS = {
+    "replies",
+    "latency_s",
+    "chunk_size",
+    "chunk_delay_s",
+    "model",
+    "cycle",
+    "finish_reason",
+}
 
 
 def from_config(

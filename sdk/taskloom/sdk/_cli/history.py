@@ -83,6 +83,8 @@ async def show(args: argparse.Namespace, ctx: CliContext) -> int:
             "duration_s": round(s.finished_at - s.started_at, 4),
             "tokens": s.usage.total_tokens,
             "cached": s.cached,
+            "finish_reason": s.finish_reason,
+            "truncated": s.truncated,
             "output": s.output,
         }
         for (step_id, item), s in sorted(steps.items(), key=lambda kv: kv[1].finished_at)
@@ -113,14 +115,17 @@ async def show(args: argparse.Namespace, ctx: CliContext) -> int:
             ctx.out.console.print(f"  error: {error['type']}: {error['message']}", markup=False)
         ctx.out.table(
             "steps",
-            ["step", "status", "attempts", "seconds", "tokens", "output"],
+            ["step", "status", "attempts", "seconds", "tokens", "finish", "output"],
             [
                 [
                     r["step"],
-                    r["status"] + (" (cached)" if r["cached"] else ""),
+                    r["status"]
+                    + (" (cached)" if r["cached"] else "")
+                    + (" (truncated)" if r["truncated"] else ""),
                     r["attempts"],
                     r["duration_s"],
                     r["tokens"],
+                    r["finish_reason"] or "-",
                     _short(r["output"]),
                 ]
                 for r in data["steps"]

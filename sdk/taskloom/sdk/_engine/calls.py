@@ -10,6 +10,7 @@ in one place. ``error_info`` and ``first_error`` turn exceptions into data and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from taskloom.contracts import (
     ExecutorTimeout,
     LLMExecutor,
     MalformedResponse,
+    Refused,
+    ReplyTruncated,
     RetryableError,
     StepFailed,
     Usage,
@@ -37,14 +40,46 @@ def error_info(exc: BaseException, redact: Callable[[str], str] | None = None) -
     """An exception as data for events and records, its text passed through ``redact``.
 
     Error texts leave the process (events, stored records, the CLI), so known
-    secret values are masked here, once, before anything can see them.
+    secret values are masked here, once, before anything can see them; the
+    exception itself and its causes are scrubbed too (``scrub_exception``), so
+    that a traceback printed later, with or without its frames' locals, holds
+    no key either.
     """
     message = str(exc) or type(exc).__name__
+    if redact is not None:
+        scrub_exception(exc, redact)
     return ErrorInfo(
         type=type(exc).__name__,
         message=redact(message) if redact is not None else message,
         retryable=isinstance(exc, RetryableError),
     )
+
+
+_MAX_CHAIN = 32
+
+
+def scrub_exception(exc: BaseException, redact: Callable[[str], str]) -> None:
+    """Mask secret values in the text arguments of ``exc`` and of its causes, in place.
+
+    ``str(exc)`` and ``repr(exc)`` (which a traceback with captured locals shows)
+    derive from ``args`` for every exception that does not override them.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < _MAX_CHAIN:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        args = current.args
+        scrubbed = tuple(redact(a) if isinstance(a, str) else a for a in args)
+        if scrubbed != args:
+            # an exception type that refuses new args is left as it is
+            with contextlib.suppress(AttributeError, TypeError):
+                current.args = scrubbed
+        for inner in (current.__cause__, current.__context__):
+            if inner is not None:
+                todo.append(inner)
 
 
 def first_error(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -148,12 +183,29 @@ def parse_reply(node: NodePlan, result: CompletionResult) -> Any:
     """The step's output: the text, or the parsed JSON checked against the step's schema.
 
     A reply that is not JSON or does not satisfy the schema is ``MalformedResponse``,
-    a retryable error: another attempt may well produce a valid reply.
+    a retryable error: another attempt may well produce a valid reply. A refusal is
+    ``Refused`` and a reply cut off by ``max_tokens`` where a whole one is needed (a
+    JSON step, or a text step with ``on_truncated: fail``) is ``ReplyTruncated``: both
+    permanent, since the same request gets the same answer.
     """
+    finish = result.finish_reason
+    if finish == "refusal":
+        shown = result.text.strip()[:200] or "(no text)"
+        raise Refused(
+            f"step {node.id!r}: the model refused to answer: {shown}; rephrase the prompt",
+            refusal=result.text,
+        )
+    if finish == "length" and (node.wants_json or node.on_truncated == "fail"):
+        what = "its JSON reply" if node.wants_json else "its reply (on_truncated: fail)"
+        raise ReplyTruncated(
+            f"step {node.id!r}: {what} was cut off by max_tokens or the context window "
+            f"after {result.usage.completion_tokens} completion tokens; raise max_tokens "
+            "or ask for a shorter reply"
+        )
     if not node.wants_json:
         return result.text
     try:
-        value = extract_json(result.text)
+        value = extract_json(result.text, embedded=node.extract_json)
     except ValueError as exc:
         raise MalformedResponse(f"step {node.id!r}: {exc}") from None
     if node.reply_schema is not None:

@@ -24,13 +24,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from taskloom.contracts import (
     Pipeline,
     PipelineChanged,
     PipelineInvalid,
     RetryPolicy,
+    Secret,
     SecretStore,
     StepFunction,
     StorageAdapter,
@@ -50,6 +51,9 @@ from taskloom.sdk._queue.records import DEFAULT_QUEUE, QueueDefinition
 from taskloom.sdk._queue.submit import QueueStats, define_queue, queue_stats, submit_run
 from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings
 from taskloom.sdk._runs.store import RunStore
+
+if TYPE_CHECKING:
+    from taskloom.security import Redactor
 
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
 _PLAN_CACHE_SIZE = 64
@@ -132,8 +136,14 @@ class Engine:
         success only when all are durable. "sync": each step waits until its checkpoint
         is durable before anything after it starts."""
         self.redactor: Final = redactor
-        """Masks known secret values in error texts (``taskloom.security.Redactor``, or any
-        object with ``redact(text) -> text``); None: texts are kept as they are."""
+        """Masks more secret values in error texts (``taskloom.security.Redactor``, or any
+        object with ``redact(text) -> text``), beside the engine's own ``secret_redactor``."""
+        self.secret_redactor: Redactor | None = None
+        """Always on: every secret value the engine resolved (executors built from config
+        read their keys through the registry, which reports each one here), and the
+        encodings of each, are masked in every error text, event and stored record.
+        Built at the first secret (importing ``taskloom.security`` costs)."""
+        self.registry.watch_secrets(self.remember_secret)
         self.clock: Final = clock
         self.sleep: Final = sleep
         self.random: Final = random
@@ -217,25 +227,39 @@ class Engine:
 
     # --- services for RunExecution ---------------------------------------------
 
+    def remember_secret(self, secret: Secret | str) -> None:
+        """Mask ``secret``'s value (and its encodings) in every error text from now on."""
+        if self.secret_redactor is None:
+            from taskloom.security import Redactor
+
+            self.secret_redactor = Redactor()
+        self.secret_redactor.add(secret)
+
     def redact(self, text: str) -> str:
-        """``text`` with the secret values the redactor knows masked."""
-        if self.redactor is None:
-            return text
-        redacted: str = self.redactor.redact(text)
-        return redacted
+        """``text`` with the secret values the engine resolved, and the redactor's, masked."""
+        if self.redactor is not None:
+            text = self.redactor.redact(text)
+        if self.secret_redactor is not None:
+            text = self.secret_redactor.redact(text)
+        return text
 
     def mask(self, value: Any) -> Any:
         """``value`` (a step output, a reply to cache, a run output) with every secret value
         the redactor knows masked in its strings: what a step returns is checkpointed,
         cached and printed, so a provider that echoes its key or a plugin that returns a
         secret it read must never put the value there."""
-        redactor = self.redactor
-        if redactor is None or value is None:
+        if value is None:
             return value
-        walk = getattr(redactor, "redact_data", None)
-        if walk is None:  # a text-only redactor: strings only
-            return self.redact(value) if isinstance(value, str) else value
-        return walk(value)
+        redactor = self.redactor
+        if redactor is not None:
+            walk = getattr(redactor, "redact_data", None)
+            if walk is None:  # a text-only redactor: strings only
+                value = redactor.redact(value) if isinstance(value, str) else value
+            else:
+                value = walk(value)
+        if self.secret_redactor is not None:  # the secrets the engine itself resolved
+            value = self.secret_redactor.redact_data(value)
+        return value
 
     def limits(self, executor_id: str) -> ExecutorLimits:
         """The concurrency and rate limits of one executor id (built on first use)."""

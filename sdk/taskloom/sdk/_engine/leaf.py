@@ -25,6 +25,8 @@ from taskloom.contracts import (
     Event,
     ExecutorTimeout,
     MalformedResponse,
+    Refused,
+    ReplyTruncated,
     RetryableError,
     RunHeld,
     SecretError,
@@ -38,6 +40,7 @@ from taskloom.contracts import (
     Usage,
 )
 from taskloom.sdk._engine.blame import internal_error, is_step_failure, mark_step_code
+from taskloom.contracts._llm import FinishReason
 from taskloom.sdk._engine.calls import call_executor, error_info, parse_reply
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
 from taskloom.sdk._engine.retry import call_with_retries
@@ -58,13 +61,14 @@ def _always() -> bool:
 class _Attempt:
     """What a leaf's attempts produced: the output, usage, and bookkeeping."""
 
-    __slots__ = ("attempts", "cached", "output", "usage")
+    __slots__ = ("attempts", "cached", "finish_reason", "output", "usage")
 
     def __init__(self) -> None:
         self.attempts = 0
         self.output: Any = None
         self.usage = _ZERO
         self.cached = False
+        self.finish_reason: FinishReason | None = None
 
 
 class LeafRunner:
@@ -215,6 +219,7 @@ class LeafRunner:
                 usage=state.usage,
                 item=item,
                 cached=state.cached,
+                finish_reason=state.finish_reason,
             )
         )
         await self._checkpoint(
@@ -228,6 +233,7 @@ class LeafRunner:
             cached=state.cached,
             finished=now,
             later=later,
+            finish_reason=state.finish_reason,
         )
         return state.output
 
@@ -279,10 +285,11 @@ class LeafRunner:
                 if hit is not None:
                     try:
                         state.output = parse_reply(node, hit)
-                    except MalformedResponse:
-                        pass  # a stale entry that no longer satisfies the schema: call again
+                    except (MalformedResponse, ReplyTruncated, Refused):
+                        pass  # a stale entry that no longer satisfies the step: call again
                     else:
                         state.cached = True
+                        state.finish_reason = hit.finish_reason
                         self.emit(
                             CacheHit(
                                 run_id=self.run_id,
@@ -325,6 +332,7 @@ class LeafRunner:
                 )
             state.usage = result.usage if state.usage is _ZERO else state.usage + result.usage
             state.output = parse_reply(node, result)
+            state.finish_reason = result.finish_reason
             if cache_key is not None and runstore is not None:
                 await runstore.cache_put(cache_key, svc.mask(result), ttl_s=node.cache_ttl_s)
 
@@ -444,6 +452,7 @@ class LeafRunner:
         error: ErrorInfo | None = None,
         finished: float | None = None,
         later: list[StepRecord] | None = None,
+        finish_reason: FinishReason | None = None,
     ) -> None:
         self.steps_done += 1
         store = self.svc.runstore
@@ -463,6 +472,7 @@ class LeafRunner:
             started_at=started if started is not None else now,
             finished_at=now,
             cached=cached,
+            finish_reason=finish_reason,
         )
         if later is not None:
             later.append(record)

@@ -7,8 +7,11 @@ it exactly; :func:`call_with_retries` runs it with an injected ``sleep``,
 Rules: only ``RetryableError`` is retried (``PermanentError`` and every other
 exception fail at once); attempt ``n`` that failed waits
 ``min(max_delay_s, initial_delay_s * multiplier**(n-1)) * (1 - jitter * r)`` with
-``r`` uniform in [0, 1); a ``RateLimited`` error's ``retry_after`` wins when it is
-longer; no retry starts once it could not begin before the step's deadline.
+``r`` uniform in [0, 1); the provider's ``retry_after`` (a 429's, or a 503's
+``Retry-After``) wins when it is longer; no retry starts once it could not begin
+before the step's deadline. A provider wait longer than ``max_retry_wait_s`` fails
+at once (a ``Retry-After: 86400`` must not hold a step for a day): ``RateLimited``
+(or ``ProviderUnavailable`` for an outage) naming the wait.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from taskloom.contracts import RateLimited, RetryableError, RetryPolicy
+from taskloom.contracts import ProviderUnavailable, RateLimited, RetryableError, RetryPolicy
 
 T = TypeVar("T")
 
@@ -30,9 +33,25 @@ def backoff_delay(policy: RetryPolicy, attempt: int, error: BaseException, rand:
     """Seconds to wait after failed attempt ``attempt`` (from 1) before the next one."""
     base = min(policy.max_delay_s, policy.initial_delay_s * policy.multiplier ** (attempt - 1))
     delay = base * (1.0 - policy.jitter * rand)
-    if isinstance(error, RateLimited) and error.retry_after is not None:
-        delay = max(delay, float(error.retry_after))
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        delay = max(delay, float(retry_after))
     return max(0.0, delay)
+
+
+def too_long_a_wait(policy: RetryPolicy, error: RetryableError) -> RetryableError | None:
+    """The error to fail with at once when the provider asked for a wait over the limit."""
+    wait = getattr(error, "retry_after", None)
+    if not isinstance(wait, int | float) or wait <= policy.max_retry_wait_s:
+        return None
+    message = (
+        f"{error} (the provider asked to wait {wait:g} s before retrying, longer than "
+        f"max_retry_wait_s={policy.max_retry_wait_s:g}; retry later or raise "
+        "retry.max_retry_wait_s)"
+    )
+    if isinstance(error, RateLimited):
+        return RateLimited(message, retry_after=wait, status=error.status)
+    return ProviderUnavailable(message, retry_after=wait, status=error.status)
 
 
 async def call_with_retries(
@@ -57,6 +76,9 @@ async def call_with_retries(
         except RetryableError as exc:
             if attempt >= policy.max_attempts:
                 raise
+            too_long = too_long_a_wait(policy, exc)
+            if too_long is not None:
+                raise too_long from exc
             delay = backoff_delay(policy, attempt, exc, random())
             if deadline_at is not None and clock() + delay >= deadline_at:
                 raise

@@ -43,12 +43,14 @@ class NodePlan:
         "dependents",
         "deps",
         "executor_id",
+        "extract_json",
         "id",
         "kind",
         "map_render",
         "messages",
         "on_error",
         "reply_schema",
+        "on_truncated",
         "request_fields",
         "response_format",
         "retry",
@@ -72,11 +74,13 @@ class NodePlan:
         self.timeout_s: float | None = None
         self.deadline_s: float | None = None
         self.executor_id: str | None = None
-        self.messages: list[tuple[str, Renderer, str | None]] = []
+        self.messages: list[tuple[str, Renderer, str | None, str | None]] = []
         self.request_fields: dict[str, Any] = {}
         self.response_format: ResponseFormat | None = None
         self.wants_json = False
         self.reply_schema: ReplySchema | None = None
+        self.extract_json = False
+        self.on_truncated = "continue"
         self.stream = False
         self.cache = False
         self.cache_ttl_s: float | None = None
@@ -182,12 +186,12 @@ class Compiler:
         assert executor_id is not None, "validation guarantees an executor"
         node.executor_id = executor_id
         if step.system is not None:
-            node.messages.append(("system", compile_text(step.system), None))
+            node.messages.append(("system", compile_text(step.system), None, None))
         if step.messages is not None:
-            for message in step.messages:
-                node.messages.append((message.role, compile_text(message.content), message.name))
+            for m in step.messages:
+                node.messages.append((m.role, compile_text(m.content), m.name, m.tool_call_id))
         if step.prompt is not None:
-            node.messages.append(("user", compile_text(step.prompt), None))
+            node.messages.append(("user", compile_text(step.prompt), None, None))
         node.request_fields = {
             "model": step.model or d.model or self.default_model(executor_id),
             "temperature": step.temperature if step.temperature is not None else d.temperature,
@@ -201,6 +205,8 @@ class Compiler:
         node.wants_json = step.response_format is not None and step.response_format.type == "json"
         schema = step.response_format.json_schema if step.response_format else None
         node.reply_schema = ReplySchema(schema) if node.wants_json and schema is not None else None
+        node.extract_json = step.extract_json
+        node.on_truncated = step.on_truncated
         node.stream = step.stream
         node.cache = step.cache if step.cache is not None else bool(d.cache)
         node.cache_ttl_s = d.cache_ttl_s
@@ -210,10 +216,12 @@ class Compiler:
 def render_messages(node: NodePlan, scope: Scope) -> tuple[Message, ...]:
     """The request's messages for one call (templates rendered as text)."""
     out = []
-    for role, render, name in node.messages:
+    for role, render, name, tool_call_id in node.messages:
         value = render(scope)
         text = value if isinstance(value, str) else _text(value)
-        out.append(Message(role=role, content=text, name=name))  # type: ignore[arg-type]
+        out.append(
+            Message(role=role, content=text, name=name, tool_call_id=tool_call_id)  # type: ignore[arg-type]
+        )
     return tuple(out)
 
 

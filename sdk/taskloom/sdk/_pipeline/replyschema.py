@@ -32,24 +32,58 @@ _SHOWN = 160
 """Longest rendering of a value inside a problem message (a reply can be huge)."""
 
 
-def extract_json(text: str) -> Any:
+_OPENERS = re.compile(r"[{\[]")
+_MAX_EMBEDDED_TRIES = 64
+"""How many ``{``/``[`` positions an embedded search tries before giving up (each try
+is one parse, so a long reply full of brackets cannot cost a parse per character)."""
+
+
+def extract_json(text: str, *, embedded: bool = False) -> Any:
     """Parse a reply as JSON, stripping a Markdown code fence around it.
 
-    Raises ValueError with a short reason when the text is not JSON, including
-    JSON nested too deeply or holding an integer too long for Python to parse.
+    With ``embedded`` (a step's ``extract_json: true``), a reply with prose around one
+    JSON object or array ("Here it is: {...} Hope this helps") gives that value: the
+    first ``{`` or ``[`` where a whole JSON value parses. Raises ValueError with a short
+    reason when the text is not JSON, including JSON nested too deeply or holding an
+    integer too long for Python to parse.
     """
     match = _FENCE.match(text)
     body = match.group(1) if match else text
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:
+        if embedded:
+            found = _embedded_json(text)
+            if found is not _MISSING:
+                return found
+            raise ValueError(
+                "the reply holds no JSON object or array, even with the prose around it "
+                "ignored (extract_json: true)"
+            ) from None
         raise ValueError(
-            f"the reply is not valid JSON ({exc.msg} at character {exc.pos})"
+            f"the reply is not valid JSON ({exc.msg} at character {exc.pos}); if the model "
+            "writes prose around the JSON, set extract_json: true on the step"
         ) from None
     except RecursionError:
         raise ValueError("the reply's JSON is nested too deeply to parse") from None
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits
         raise ValueError(f"the reply's JSON cannot be parsed ({_short(str(exc))})") from None
+
+
+_MISSING = object()
+
+
+def _embedded_json(text: str) -> Any:
+    decoder = json.JSONDecoder()
+    for tries, opener in enumerate(_OPENERS.finditer(text)):
+        if tries >= _MAX_EMBEDDED_TRIES:
+            break
+        try:
+            value, _end = decoder.raw_decode(text, opener.start())
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+            continue
+        return value
+    return _MISSING
 
 
 class ReplySchema:

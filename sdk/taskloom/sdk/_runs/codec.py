@@ -94,6 +94,7 @@ _STEP_FIELDS = (
     "started_at",
     "finished_at",
     "cached",
+    "finish_reason",
     "format",
 )
 
@@ -132,7 +133,17 @@ _FAST_EVENTS: dict[type[Any], tuple[str, tuple[str, ...], Any]] = {
     ),
     StepSucceeded: (
         "step.succeeded",
-        ("run_id", "at", "step_id", "attempt", "duration_s", "usage", "item", "cached"),
+        (
+            "run_id",
+            "at",
+            "step_id",
+            "attempt",
+            "duration_s",
+            "usage",
+            "item",
+            "cached",
+            "finish_reason",
+        ),
         step_succeeded_text,
     ),
 }

@@ -33,11 +33,13 @@ from typing import Any, Literal
 import attrs
 
 from taskloom.contracts import (
+    FINISH_REASONS,
     CompletionResult,
     ErrorInfo,
     Event,
     Usage,
 )
+from taskloom.contracts._llm import FinishReason
 from taskloom.contracts._quick import covers, explain
 
 _v = attrs.validators
@@ -139,6 +141,7 @@ _STEP_CHECKS: dict[str, Any] = {
     "started_at": _v.instance_of(float),
     "finished_at": _v.instance_of(float),
     "cached": _v.instance_of(bool),
+    "finish_reason": _v.optional(_v.in_(FINISH_REASONS)),
     "format": _v.and_(*_format),
 }
 """StepRecord's field validators, run by ``__attrs_post_init__`` when its quick check fails."""
@@ -168,10 +171,18 @@ class StepRecord:
     started_at: float = attrs.field(converter=_float)
     finished_at: float = attrs.field(converter=_float)
     cached: bool = False
+    finish_reason: FinishReason | None = None
+    """Why an LLM step's reply ended; ``length`` marks a truncated text output."""
     format: int = RECORD_FORMAT
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the output is a reply cut off by ``max_tokens`` or the context window."""
+        return self.finish_reason == "length"
 
     def __attrs_post_init__(self) -> None:
         item, executor, error, attempts = self.item, self.executor, self.error, self.attempts
+        finish = self.finish_reason
         if (
             type(self.run_id) is str
             and self.run_id
@@ -188,6 +199,7 @@ class StepRecord:
             and type(self.started_at) is float
             and type(self.finished_at) is float
             and type(self.cached) is bool
+            and (finish is None or finish in FINISH_REASONS)
             and type(self.format) is int
             and self.format >= 1
         ):

@@ -121,9 +121,13 @@ def step_succeeded_text(event: Any) -> str | None:
         or usage is None
     ):
         return None
+    finish = event.finish_reason
+    if not (finish is None or type(finish) is str):
+        return None
     return (
         f'{head},"duration_s":{_float(duration)},"usage":{usage},"item":{item},'
-        f'"cached":{"true" if cached else "false"}}}'
+        f'"cached":{"true" if cached else "false"},'
+        f'"finish_reason":{"null" if finish is None else _escape(finish)}}}'
     )
 
 
@@ -174,6 +178,9 @@ def step_record_text(record: Any) -> str | None:
             f'{{"type":{_escape(kind)},"message":{_escape(message)},'
             f'"retryable":{"true" if retryable else "false"}}}'
         )
+    finish = record.finish_reason
+    if not (finish is None or type(finish) is str):
+        return None
     output = record.output
     output_text = _escape(output) if type(output) is str else dumps(output)
     return (
@@ -182,5 +189,6 @@ def step_record_text(record: Any) -> str | None:
         f'"usage":{usage},"executor":{"null" if executor is None else _escape(executor)},'
         f'"attempts":{_int(attempts)},"started_at":{_float(started)},'
         f'"finished_at":{_float(finished)},"cached":{"true" if cached else "false"},'
+        f'"finish_reason":{"null" if finish is None else _escape(finish)},'
         f'"format":{_int(record.format)}}}'
     )
