@@ -39,8 +39,8 @@ from taskloom.contracts import (
     StorageError,
     Usage,
 )
-from taskloom.sdk._engine.blame import internal_error, is_step_failure, mark_step_code
 from taskloom.contracts._llm import FinishReason
+from taskloom.sdk._engine.blame import internal_error, is_step_failure, mark_step_code
 from taskloom.sdk._engine.calls import call_executor, error_info, parse_reply
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
 from taskloom.sdk._engine.retry import call_with_retries
