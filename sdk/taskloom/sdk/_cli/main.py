@@ -27,7 +27,9 @@ from taskloom.contracts import (
     PipelineInvalid,
     RunNotFound,
     SecretNotFound,
+    SubmissionConflict,
     TaskloomError,
+    UnknownQueue,
     UsageError,
 )
 from taskloom.sdk import __version__
@@ -70,6 +72,8 @@ USAGE_ERRORS = (
     RunNotFound,
     SecretNotFound,
     InvalidSecretName,
+    UnknownQueue,
+    SubmissionConflict,
 )
 """Errors that mean the command line named something wrong: exit code 2."""
 
@@ -96,6 +100,7 @@ def _missing_action(command: argparse.ArgumentParser, actions: Any) -> Handler:
 
 def build_parser() -> Parser:
     """The whole command tree (the shell uses the same one)."""
+    from taskloom.sdk._cli import queue as _cli_queue
     from taskloom.sdk._cli import runs as _cli_runs
     from taskloom.sdk._cli import secrets as _cli_secrets
     from taskloom.sdk._cli import security as _cli_security
@@ -131,6 +136,7 @@ def build_parser() -> Parser:
         return command
 
     _cli_runs.register(add)
+    _cli_queue.register(add)
     _cli_security.register(add, group, add_to)
     _cli_secrets.register(group, add_to)
     _cli_shell.register(add)

@@ -32,7 +32,7 @@ def register(add: Callable[..., Any]) -> None:
     cmd.add_argument("run_id")
     cmd.add_argument("--pipeline", help="the pipeline file (default: the one stored with the run)")
     cmd = add("runs", "list runs, newest first", runs)
-    cmd.add_argument("--status", choices=["pending", "running", *TERMINAL])
+    cmd.add_argument("--status", choices=["pending", "queued", "running", *TERMINAL])
     cmd.add_argument("--pipeline", help="only runs of this pipeline name")
     cmd.add_argument("--limit", type=positive_int, default=20, help="at most this many runs")
     cmd = add("show", "show one run: steps, outputs, usage, timings", show)

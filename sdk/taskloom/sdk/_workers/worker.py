@@ -116,6 +116,10 @@ class Worker:
         """How many runs this worker is running now."""
         return len(self._running)
 
+    async def wait_stopped(self) -> None:
+        """Return once ``stop()`` was called (by a signal handler, say)."""
+        await self._stopping.wait()
+
     def stop(self) -> None:
         """Stop claiming (safe from a signal handler); ``shutdown`` finishes the rest."""
         self._stopping.set()
