@@ -74,3 +74,20 @@ def test_the_command_without_the_cli_extra_says_how_to_get_it() -> None:
     assert done.stderr.count("\n") == 1, done.stderr
     assert "pip install 'taskloom[cli]'" in done.stderr
     assert "rich, prompt_toolkit" in done.stderr
+
+
+def test_wheel_ships_the_run_viewer(tmp_path: Path) -> None:
+    """The /ui page's files are in the wheel (no build step, no CDN at run time)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("taskloom-*.whl")
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    for name in ("index.html", "viewer.js", "viewer.css"):
+        assert f"taskloom/sdk/server/_ui/{name}" in names
+    page = archive.read("taskloom/sdk/server/_ui/index.html").decode()
+    script = archive.read("taskloom/sdk/server/_ui/viewer.js").decode()
+    assert "http://" not in page + script and "https://" not in page + script  # nothing remote

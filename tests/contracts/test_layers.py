@@ -90,6 +90,7 @@ SDK_ROOMS = {
     "_engine": {"_pipeline", "_runs", "_config", "_registry", "_queue"},
     "_workers": {"_pipeline", "_runs", "_config", "_registry", "_queue", "_engine"},
     "_sync": {"_engine"},
+    "server": {"_engine", "_runs", "_pipeline", "_config", "_registry"},
     "_cli": {
         "_pipeline",
         "_runs",
@@ -100,6 +101,7 @@ SDK_ROOMS = {
         "_sync",
         "_queue",
         "_workers",
+        "server",
     },
 }
 ADAPTER_ROOMS = {

@@ -104,6 +104,7 @@ def build_parser() -> Parser:
     from taskloom.sdk._cli import runs as _cli_runs
     from taskloom.sdk._cli import secrets as _cli_secrets
     from taskloom.sdk._cli import security as _cli_security
+    from taskloom.sdk._cli import server as _cli_server
     from taskloom.sdk._cli import shell as _cli_shell
 
     parser = Parser(
@@ -140,6 +141,7 @@ def build_parser() -> Parser:
     _cli_security.register(add, group, add_to)
     _cli_secrets.register(group, add_to)
     _cli_shell.register(add)
+    _cli_server.register(add, group, add_to)
 
     bench = add("bench", "run the benchmark suite (from a taskloom checkout)", _bench)
     bench.add_argument("--quick", action="store_true", help="the short mode (under 2 minutes)")

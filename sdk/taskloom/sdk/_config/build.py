@@ -43,9 +43,9 @@ STORAGE_KINDS: dict[str, tuple[str, str] | None] = {
     "filesystem": ("taskloom.adapters.filesystem", "FileStorage"),
     "none": None,
 }
-_SECTIONS = ("engine", "storage", "secrets", "executors", "plugins", "keys")
-"""``plugins`` and ``keys`` belong to the CLI (``taskloom.sdk._config.toml``); an
-engine built from the same file ignores them."""
+_SECTIONS = ("engine", "storage", "secrets", "executors", "plugins", "keys", "server")
+"""``plugins`` and ``keys`` belong to the CLI (``taskloom.sdk._config.toml``) and
+``server`` to ``taskloom.sdk.server``; an engine built from the same file ignores them."""
 _ENGINE_KEYS = ("max_concurrency", "lease_ttl_s", "durability")
 
 

@@ -40,6 +40,11 @@ Configuration reference (every key optional)::
 
     [keys]
     dir = "keys"               # where ``taskloom keys generate`` puts key pairs
+
+    [server]                   # ``taskloom serve`` (see taskloom.sdk.server._settings)
+    pipelines = ["pipelines"]  # directories of NAME.json pipelines, submittable by name
+    max_body_bytes = 1048576
+    cors_origins = []          # browser origins allowed to call the API (none: CORS off)
 """
 
 from __future__ import annotations
@@ -91,6 +96,10 @@ class CliConfig:
     keys_dir: Path
     data_dir: Path
     history_path: Path
+    server: dict[str, Any] = attrs.field(factory=dict)
+    """The ``[server]`` table as written (``taskloom serve`` checks and resolves it)."""
+    base_dir: Path = attrs.field(factory=Path.cwd)
+    """Where relative paths of the file are resolved from (its directory)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The configuration as JSON-ready data (``taskloom config show``)."""
@@ -110,6 +119,7 @@ class CliConfig:
             },
             "secrets": {"kind": self.secrets_kind, "path": str(self.secrets_path)},
             "keys": {"dir": str(self.keys_dir)},
+            "server": dict(self.server),
         }
 
 
@@ -138,6 +148,7 @@ _KNOWN_KEYS: dict[str, frozenset[str] | None] = {
     "plugins": frozenset({"dirs", "trust", "dev_mode"}),
     "secrets": frozenset({"kind", "path"}),
     "keys": frozenset({"dir"}),
+    "server": None,  # checked by taskloom.sdk.server's settings when a server starts
 }
 _KNOWN = set(_KNOWN_KEYS)
 
@@ -278,4 +289,6 @@ def load_config(explicit: str | None = None) -> CliConfig:
         keys_dir=path_of(_table(data, "keys", source).get("dir"), data_dir / "keys"),
         data_dir=data_dir,
         history_path=data_dir / "shell-history",
+        server=dict(_table(data, "server", source)),
+        base_dir=base,
     )
