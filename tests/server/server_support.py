@@ -36,11 +36,15 @@ def hello_pipeline(*, name: str = "hello", steps: int = 2) -> dict[str, Any]:
     }
 
 
-def make_engine(*, latency_s: float = 0.0, storage: Any = None) -> Engine:
+def make_engine(*, latency_s: float = 0.0, storage: Any = None, redactor: Any = None) -> Engine:
     """An engine over memory storage with the scripted executor (echo replies)."""
     registry = ExecutorRegistry()
     registry.register("scripted", ScriptedExecutor(latency_s=latency_s))
-    return Engine(storage=storage if storage is not None else MemoryStorage(), registry=registry)
+    return Engine(
+        storage=storage if storage is not None else MemoryStorage(),
+        registry=registry,
+        redactor=redactor,
+    )
 
 
 @contextlib.asynccontextmanager

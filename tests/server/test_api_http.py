@@ -248,8 +248,7 @@ async def test_secrets_are_masked_in_every_response() -> None:
     from taskloom.security import Redactor
 
     secret = "sk-live-0123456789abcdef"
-    engine = make_engine()
-    engine.redactor = Redactor([secret])
+    engine = make_engine(redactor=Redactor([secret]))
     async with served_app(engine) as s:
         run = await s.submit(inputs={"who": secret})
         detail = await s.finished(run["run_id"])

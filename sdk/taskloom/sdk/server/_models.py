@@ -11,8 +11,10 @@ from typing import Any, Literal
 import attrs
 
 from taskloom.contracts import ErrorInfo, InputSpec, Usage
+from taskloom.sdk._runs.records import RunStatus
 
-RunStatusName = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+RunStatusName = RunStatus
+"""A run's status, as the run store records it."""
 
 
 @attrs.frozen(kw_only=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from taskloom.sdk._runs.records import RUN_STATUSES
 from taskloom.sdk.server import _models as m
 from taskloom.sdk.server._tokens import Scope
 
@@ -90,10 +91,7 @@ OPERATIONS: tuple[Operation, ...] = (
         parameters=(
             _query(
                 "status",
-                {
-                    "type": "string",
-                    "enum": ["pending", "running", "succeeded", "failed", "cancelled"],
-                },
+                {"type": "string", "enum": list(RUN_STATUSES)},
                 "only runs with this status",
             ),
             _query("pipeline", {"type": "string"}, "only runs of this pipeline name"),
