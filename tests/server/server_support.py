@@ -36,7 +36,13 @@ def hello_pipeline(*, name: str = "hello", steps: int = 2) -> dict[str, Any]:
     }
 
 
-def make_engine(*, latency_s: float = 0.0, storage: Any = None, redactor: Any = None) -> Engine:
+def make_engine(
+    *,
+    latency_s: float = 0.0,
+    storage: Any = None,
+    redactor: Any = None,
+    lease_ttl_s: float = 30.0,
+) -> Engine:
     """An engine over memory storage with the scripted executor (echo replies)."""
     registry = ExecutorRegistry()
     registry.register("scripted", ScriptedExecutor(latency_s=latency_s))
@@ -44,6 +50,7 @@ def make_engine(*, latency_s: float = 0.0, storage: Any = None, redactor: Any = 
         storage=storage if storage is not None else MemoryStorage(),
         registry=registry,
         redactor=redactor,
+        lease_ttl_s=lease_ttl_s,
     )
 
 
@@ -128,18 +135,26 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def served_app(
-    engine: Engine | None = None, *, settings: Any = None
+    engine: Engine | None = None, *, settings: Any = None, workers: int = 16
 ) -> AsyncIterator[Served]:
-    """An engine behind create_app behind uvicorn, one token per scope, an httpx client."""
+    """An engine behind create_app behind uvicorn, with an in-process worker running up
+    to ``workers`` runs (none if 0), one token per scope, an httpx client."""
     import httpx
 
+    from taskloom.sdk import Worker
     from taskloom.sdk.server import create_app
 
     engine = engine if engine is not None else make_engine()
     app = create_app(engine, settings=settings)
-    async with engine, serving(app) as base:
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(engine)
+        if workers:
+            await stack.enter_async_context(
+                Worker(engine, concurrency=workers, poll_s=0.05, grace_s=0)
+            )
+        base = await stack.enter_async_context(serving(app))
         api = app.state.taskloom
         await api.ready()
         tokens = await tokens_for(api.tokens)
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            yield Served(client, tokens, api, engine)
+        client = await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=30))
+        yield Served(client, tokens, api, engine)

@@ -315,8 +315,8 @@ async def test_listing_filters_and_pages_with_a_cursor(served: Served) -> None:
 
 
 async def test_same_idempotency_key_under_200_concurrent_submissions() -> None:
-    """200 concurrent POSTs with one Idempotency-Key start one run and all answer with
-    its id; the same key with another body is a 409."""
+    """200 concurrent POSTs with one Idempotency-Key queue one run and all answer with
+    its id; the same key with another body is a 409 SubmissionConflict."""
     async with served_app() as s:
         headers = {**s.auth("submit"), "idempotency-key": "order-42"}
         body = {"pipeline": hello_pipeline(), "inputs": {"who": "Ada"}}
@@ -334,13 +334,14 @@ async def test_same_idempotency_key_under_200_concurrent_submissions() -> None:
         other = await s.client.post(
             "/api/tasks", json={**body, "inputs": {"who": "Bo"}}, headers=headers
         )
-        assert other.status_code == 409 and other.json()["error"] == "ConflictError"
+        assert other.status_code == 409 and other.json()["error"] == "SubmissionConflict"
 
 
 async def test_cancel_and_resume_over_http() -> None:
     """Cancel a running run over HTTP (202, recorded cancelled, a second cancel is 409),
     then resume it (202): it ends succeeded with the right output."""
-    async with served_app(make_engine(latency_s=0.05)) as s:
+    engine = make_engine(latency_s=0.05, lease_ttl_s=0.6)
+    async with served_app(engine, settings=ServerSettings(cancel_wait_s=10)) as s:
         run = await s.submit(hello_pipeline(steps=8))
         run_id = run["run_id"]
 

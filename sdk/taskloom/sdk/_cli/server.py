@@ -208,10 +208,21 @@ async def serve(args: argparse.Namespace, ctx: CliContext) -> int:
         )
         server = uvicorn.Server(config)
         ctx.out.note(
-            f"taskloom API on http://{args.host}:{args.port}/api/tasks, viewer on /ui "
-            f"({args.workers} run(s) at once in this process; Ctrl-C stops)"
+            f"taskloom API on http://{args.host}:{args.port}/api/tasks, viewer on /ui; "
+            + (
+                f"up to {args.workers} run(s) at once in this process"
+                if args.workers
+                else "no runs in this process (start `taskloom worker` processes)"
+            )
+            + "; Ctrl-C stops"
         )
-        await server.serve()
+        if args.workers:
+            from taskloom.sdk._workers.worker import Worker
+
+            async with Worker(engine, concurrency=args.workers):
+                await server.serve()
+        else:
+            await server.serve()
     finally:
         await engine.aclose()
         await host.aclose()

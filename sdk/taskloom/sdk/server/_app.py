@@ -95,7 +95,7 @@ class TaskloomApi:
         self.settings = settings
         self._tokens = tokens
         self._tokens_given = tokens is not None
-        self.control = RunControl(engine)
+        self.control = RunControl(engine, cancel_wait_s=settings.cancel_wait_s)
         self.catalog = PipelineCatalog(settings.pipeline_dirs)
         self._hub: EventHub | None = None
         self._openapi: dict[str, Any] | None = None
@@ -214,7 +214,7 @@ class TaskloomApi:
         return self.json(
             m.TaskSubmitted(
                 run_id=done.run_id,
-                status=done.status,  # type: ignore[arg-type]
+                status=done.status,
                 url=url,
                 events_url=f"{url}/events",
             ),
@@ -357,15 +357,13 @@ class TaskloomApi:
 
     async def cancel_task(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
-        record = await self.control.cancel(run_id)
-        return self.json(
-            m.TaskAction(
-                run_id=run_id,
-                status=record.status,
-                detail=f"run {run_id} is {record.status}; POST .../resume continues it",
-            ),
-            202,
+        record, stopped = await self.control.cancel(run_id)
+        detail = (
+            f"run {run_id} is cancelled; POST .../resume continues it"
+            if stopped
+            else f"cancel of run {run_id} requested; its holder stops at its next lease renewal"
         )
+        return self.json(m.TaskAction(run_id=run_id, status=record.status, detail=detail), 202)
 
     async def resume_task(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]

@@ -25,8 +25,10 @@ from taskloom.contracts import (
     RunHeld,
     RunNotFound,
     StorageUnavailable,
+    SubmissionConflict,
     TaskloomError,
     UnknownExecutor,
+    UnknownQueue,
     UsageError,
     ValueTooLarge,
 )
@@ -36,6 +38,8 @@ PROBLEM_JSON = "application/problem+json"
 _STATUS: tuple[tuple[type[TaskloomError], int], ...] = (
     (PipelineInvalid, 422),
     (UnknownExecutor, 422),
+    (UnknownQueue, 422),
+    (SubmissionConflict, 409),
     (RunNotFound, 404),
     (RunHeld, 409),
     (PipelineChanged, 409),

@@ -1,44 +1,39 @@
 """What the API does to runs: submit, cancel, resume, delete, without HTTP in sight.
 
-``RunControl`` is the one place that starts or stops runs for the API. Submission is
-``submit``: until the engine has a durable queue, it starts the run in this process
-(``engine.start``) and waits until its record is stored, so the run can be read back
-the moment the response arrives; an idempotency key maps to the run it started (kept
-in this process, checked and set without an await in between, so concurrent
-submissions with one key start one run).
+``RunControl`` is the one place that starts or stops runs for the API. Submission
+goes through the engine's durable queue (``Engine.submit``: validated first,
+idempotent by key, run by whichever worker claims it: ``taskloom serve --workers N``
+runs workers in the server's process, ``taskloom worker`` elsewhere). Cancel works
+wherever the run is (``taskloom.sdk._runs.cancel``): the request waits a bounded
+time for the holder to stop and answers either way. Resume continues a run in this
+process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import rfc8785
 
 from taskloom.contracts import (
-    ConflictError,
     DecodeError,
     PipelineChanged,
-    PipelineInvalid,
-    Problem,
-    RunCancelledEvent,
     RunHeld,
     RunNotFound,
-    TaskloomError,
     UsageError,
 )
 from taskloom.sdk._engine.engine import Engine
 from taskloom.sdk._engine.handle import RunHandle
-from taskloom.sdk._runs.records import FINISHED_STATUSES, RunRecord
+from taskloom.sdk._runs.cancel import cancel_run
+from taskloom.sdk._runs.records import FINISHED_STATUSES, RunRecord, RunStatus
 from taskloom.sdk._runs.store import RunStore
 
-CANCEL_WAIT_S = 10.0
-"""How long a cancel of a run in this process waits for the run to record it."""
+CANCEL_WAIT_S = 15.0
+"""How long a cancel request waits for the run's holder to record it (it sees the
+request at its next lease renewal: a third of the engine's lease TTL)."""
 
 
 @attrs.frozen
@@ -46,18 +41,17 @@ class Submitted:
     """A run the API submitted (or found by its idempotency key)."""
 
     run_id: str
-    status: str
-    created: bool
+    status: RunStatus
 
 
 class RunControl:
-    """Starts, cancels, resumes and deletes runs of one engine for the API."""
+    """Submits, cancels, resumes and deletes runs of one engine for the API."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, cancel_wait_s: float = CANCEL_WAIT_S) -> None:
         self.engine = engine
+        self.cancel_wait_s = cancel_wait_s
         self._handles: dict[str, RunHandle] = {}
-        self._keys: dict[str, tuple[str, str, asyncio.Future[None]]] = {}
-        """Idempotency key -> (request digest, run id, resolved once the record exists)."""
+        self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def runstore(self) -> RunStore:
@@ -67,11 +61,10 @@ class RunControl:
                 "this engine keeps no state (storage=None): the API needs a store to "
                 "keep runs in; build the engine with a StorageAdapter"
             )
-        assert isinstance(store, RunStore)
         return store
 
     def local(self, run_id: str) -> RunHandle | None:
-        """The handle of a run this process is executing, if any."""
+        """The handle of a run this API resumed in this process and that still runs."""
         handle = self._handles.get(run_id)
         if handle is not None and handle.done():
             self._handles.pop(run_id, None)
@@ -79,24 +72,31 @@ class RunControl:
         return handle
 
     def _track(self, handle: RunHandle) -> asyncio.Future[None]:
-        """Keep ``handle`` while it runs; the future resolves once its record is stored."""
+        """Keep ``handle`` while it runs; the future resolves once its run has started
+        (its record says running) or ended before that."""
         self._handles[handle.run_id] = handle
-        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def watch() -> None:
             try:
                 async for _event in handle.events():
-                    break  # RunStarted: emitted after the run record was created
+                    break  # RunStarted: emitted once the record says running
             finally:
-                if not stored.done():
-                    stored.set_result(None)
+                if not started.done():
+                    started.set_result(None)
             with contextlib.suppress(BaseException):
                 await handle.result()
             if self._handles.get(handle.run_id) is handle:
                 del self._handles[handle.run_id]
 
-        asyncio.get_running_loop().create_task(watch(), name=f"taskloom-api-{handle.run_id}")
-        return stored
+        self._spawn(watch(), f"taskloom-api-{handle.run_id}")
+        return started
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def submit(
         self,
@@ -107,71 +107,48 @@ class RunControl:
         queue: str,
         priority: int,
     ) -> Submitted:
-        """Validate and start a run (see the module docstring); PipelineInvalid if bad."""
+        """Queue a run (``Engine.submit``); PipelineInvalid, UnknownQueue or
+        SubmissionConflict when refused, and then nothing is queued."""
         await self.engine.open()
-        if queue != "default":
-            raise PipelineInvalid(
-                [
-                    Problem(
-                        path="$.queue",
-                        message=f"unknown queue {queue!r}",
-                        hint="this server runs submissions in process: use the queue 'default'",
-                    )
-                ]
-            )
-        digest = _request_digest(pipeline, inputs, queue, priority)
-        if idempotency_key is not None:
-            known = self._keys.get(idempotency_key)
-            if known is not None:
-                return await self._same_key(idempotency_key, digest, known)
-        handle = self.engine.start(dict(pipeline), dict(inputs))
-        stored = self._track(handle)
-        if idempotency_key is not None:
-            self._keys[idempotency_key] = (digest, handle.run_id, stored)
-        await asyncio.shield(stored)
-        return Submitted(handle.run_id, await self._status(handle.run_id), True)
+        run_id = await self.engine.submit(
+            dict(pipeline),
+            dict(inputs),
+            idempotency_key=idempotency_key,
+            queue=queue,
+            priority=priority,
+        )
+        return Submitted(run_id, await self._status(run_id))
 
-    async def _same_key(
-        self, key: str, digest: str, known: tuple[str, str, asyncio.Future[None]]
-    ) -> Submitted:
-        known_digest, run_id, stored = known
-        if known_digest != digest:
-            raise ConflictError(
-                f"Idempotency-Key {key!r} was used for a different submission (run "
-                f"{run_id}); use a new key for a new run"
-            )
-        await asyncio.shield(stored)
-        return Submitted(run_id, await self._status(run_id), False)
+    async def _status(self, run_id: str) -> RunStatus:
+        return (await self.runstore.load_run(run_id)).status
 
-    async def _status(self, run_id: str) -> str:
-        try:
-            record = await self.runstore.load_run(run_id)
-        except TaskloomError:
-            return "pending"
-        return record.status
+    async def cancel(self, run_id: str) -> tuple[RunRecord, bool]:
+        """Cancel the run wherever it runs; return its record and whether it has stopped.
 
-    async def cancel(self, run_id: str) -> RunRecord:
-        """Cancel the run; return its record afterwards. UsageError if it had finished."""
+        Waits up to ``cancel_wait_s`` for the holder to record the cancel (it sees the
+        request at its next lease renewal); past that the cancel goes on in the
+        background and the record as it stands is returned. A run that had already
+        finished is a 409 (``_Finished``).
+        """
         store = self.runstore
         record = await store.load_run(run_id)
+        if record.status in FINISHED_STATUSES:
+            raise _Finished(f"run {run_id} already {record.status}; nothing to cancel")
         handle = self.local(run_id)
         if handle is not None:
             handle.cancel()
-            with contextlib.suppress(BaseException):
-                async with asyncio.timeout(CANCEL_WAIT_S):
-                    await handle.result()
-            return await store.load_run(run_id)
-        if record.status in FINISHED_STATUSES:
-            raise _Finished(f"run {run_id} already {record.status}; nothing to cancel")
-        # Another process runs it (or nobody does): it finds its lease gone at its next
-        # renewal and stops; the record says cancelled from now on.
-        await store.revoke_lease(run_id)
-        now = time.time()
-        record = attrs.evolve(record, status="cancelled", finished_at=now)
-        await store.update_run(record)
-        store.record_event(RunCancelledEvent(run_id=run_id, at=now))
-        await store.flush()
-        return record
+        task = self._spawn(cancel_run(store, run_id), f"taskloom-api-cancel-{run_id}")
+        try:
+            async with asyncio.timeout(self.cancel_wait_s):
+                outcome = await asyncio.shield(task)
+        except TimeoutError:
+            return await store.load_run(run_id), False
+        if not outcome.cancelled:
+            raise _Finished(
+                f"run {run_id} {outcome.record.status} before the cancel reached it; "
+                "nothing to cancel"
+            )
+        return outcome.record, True
 
     async def resume(self, run_id: str) -> RunRecord:
         """Continue the run in this process; RunHeld if it is running somewhere."""
@@ -214,27 +191,17 @@ class RunControl:
         await store.delete_run(run_id)
 
     async def aclose(self) -> None:
-        """Forget what was tracked (the engine cancels its own runs when it closes)."""
+        """Stop the background cancels and forget what was tracked (the engine cancels
+        its own runs when it closes)."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         self._handles.clear()
-        self._keys.clear()
 
 
 class _Finished(UsageError):
     """A cancel or resume of a run whose outcome rules it out (HTTP 409)."""
 
     http_status = 409
-
-
-def _request_digest(
-    pipeline: Mapping[str, Any], inputs: Mapping[str, Any], queue: str, priority: int
-) -> str:
-    body: Any = {
-        "pipeline": dict(pipeline),
-        "inputs": dict(inputs),
-        "queue": queue,
-        "priority": priority,
-    }
-    try:
-        return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
-    except (rfc8785.CanonicalizationError, TypeError, ValueError):
-        return hashlib.sha256(repr(body).encode()).hexdigest()

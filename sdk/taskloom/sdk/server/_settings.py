@@ -52,6 +52,9 @@ class ServerSettings:
     poll_interval_s: float = attrs.field(default=0.5, validator=_positive)
     sse_ping_s: float = attrs.field(default=15.0, validator=_positive)
     """Seconds between keep-alive comments on an idle event stream."""
+    cancel_wait_s: float = attrs.field(default=15.0, validator=_positive)
+    """How long ``POST .../cancel`` waits for the run's holder to stop it before it
+    answers (the cancel goes on either way)."""
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], *, base: Path, source: object) -> ServerSettings:
