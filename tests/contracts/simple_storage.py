@@ -162,6 +162,7 @@ class JsonFileStorage:
         if_version: int | None = None,
         ttl: float | None = None,
     ) -> Record:
+        check_value(value)  # before Put(), whose own type check raises TypeError
         return (
             await self.commit(
                 [Put(namespace=namespace, key=key, value=value, if_version=if_version, ttl=ttl)]
@@ -194,6 +195,7 @@ class JsonFileStorage:
         return found if limit is None else found[:limit]
 
     async def append(self, stream: str, payload: bytes) -> StreamEntry:
+        check_value(payload, what="payload")
         return (await self.commit([Append(stream=stream, payload=payload)])).entries[0]
 
     async def read(

@@ -99,12 +99,14 @@ class SecretStore(Protocol):
     SS1 ``get`` after ``set`` returns a ``Secret`` whose ``reveal()`` is the value
         set; a second ``set`` replaces it.
     SS2 ``get`` of a missing name raises ``SecretNotFound`` naming it.
-    SS3 ``names()`` returns exactly the names set and not deleted, sorted.
+    SS3 ``names()`` returns exactly the names set and not deleted, sorted, in a
+        list that is the caller's (changing it changes nothing stored).
     SS4 ``delete`` returns True if the name existed and False otherwise; after
         it ``get`` raises ``SecretNotFound``.
     SS5 Names outside ``[A-Za-z0-9_.-]{1,128}`` raise ``InvalidSecretName``.
-    SS6 No value appears in the store's ``repr``, in any error it raises, or
-        in a ``Secret``'s repr, str, format or serialized form.
+    SS6 No value appears in the store's ``repr``, in any error it raises, in
+        any log record it emits, or in a ``Secret``'s repr, str, format or
+        serialized form.
     SS7 A value set is durable: a new store on the same location returns it
         (for stores that declare themselves durable).
     SS8 After ``aclose()`` calls raise ``UsageError``; ``aclose()`` is idempotent.

@@ -3,6 +3,13 @@
 ``StorageAdapter`` is structural: an adapter never inherits from taskloom. Its
 invariants, numbered, are what ``taskloom.contracts.testing.StorageConformance``
 checks one by one (each test is named after the invariant it checks).
+
+An adapter checks its arguments with the helpers here, before it touches its
+backend: ``check_name`` (names: ``InvalidKey``), ``check_value`` (bytes within
+``MAX_VALUE_BYTES``: ``ValueTooLarge``), ``check_ttl``, ``check_if_version`` and
+``check_scan``/``check_read`` (the paging arguments: ``UsageError``). Each returns
+the value it accepted, so every adapter refuses exactly the same inputs with the
+same errors (ST10).
 """
 
 from __future__ import annotations
@@ -226,7 +233,10 @@ Op = Put | Delete | Append | Check
 
 @attrs.frozen(kw_only=True)
 class CommitResult:
-    """What a ``commit`` did: the records its puts wrote and the entries its appends made."""
+    """What a ``commit`` did, in batch order: ``records`` has one Record per Put (the
+    record as written), ``entries`` one StreamEntry per Append, and ``deleted`` one
+    bool per Delete (True if the key existed, as ``delete`` returns). Checks add nothing.
+    """
 
     records: tuple[Record, ...] = ()
     entries: tuple[StreamEntry, ...] = ()
@@ -251,17 +261,24 @@ class StorageAdapter(Protocol):
          counts as missing for version checks.
     ST6  ``scan`` returns records in key order (Unicode code points), only those
          starting with ``prefix`` and strictly after ``start_after``, at most
-         ``limit``; paging with ``start_after`` visits every record exactly once.
+         ``limit`` (0: none; expired records do not count); paging with
+         ``start_after`` visits every record exactly once. The list returned is the
+         caller's: changing it changes nothing stored.
     ST7  Namespaces are isolated: no operation in one namespace sees or changes
          another; streams are isolated from each other and from records.
     ST8  ``append`` returns sequence numbers that start at 1 and grow by 1 per
          stream with no gaps or reuse; ``read`` returns entries in order, only
-         those after ``after``, at most ``limit``.
+         those after ``after``, at most ``limit``, in a list that is the caller's.
     ST9  ``commit`` is all or nothing: if any check or operation fails nothing is
          applied (``ConflictError`` for a version mismatch); otherwise all apply, in
-         order, and the result lists the records written and the entries appended.
+         order (a Check sees the puts and deletes before it in the batch), and the
+         result lists the records written, the entries appended and, for each
+         Delete, whether its key existed. Concurrent calls are atomic: each behaves
+         as if it ran alone, before or after the others.
     ST10 Invalid names raise ``InvalidKey`` and values over ``MAX_VALUE_BYTES``
-         raise ``ValueTooLarge``; a failed call stores nothing.
+         raise ``ValueTooLarge``; other invalid arguments (a negative ``limit``,
+         ``after`` or ``if_version``, a TTL that is not a positive number, a value
+         that is not bytes) raise ``UsageError``; a failed call stores nothing.
     ST11 A write that returned is durable: a new adapter opened on the same
          location sees it, also when the process that wrote it was killed
          (SIGKILL) right after the call returned, without ``aclose()`` (for

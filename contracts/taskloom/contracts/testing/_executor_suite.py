@@ -61,8 +61,19 @@ _RETRYABLE = {"rate_limited", "timeout", "unavailable"}
 Body = Callable[[LLMExecutor], Awaitable[None]]
 
 
+MAX_CHUNKS = 100_000
+"""More chunks than any reply in the suite has: a stream that goes on is broken."""
+
+
 async def _collect(executor: LLMExecutor, request: CompletionRequest) -> list[CompletionChunk]:
-    return [chunk async for chunk in executor.stream(request)]
+    """Every chunk of a stream; fails (instead of looping forever) past ``MAX_CHUNKS``."""
+    chunks: list[CompletionChunk] = []
+    async for chunk in executor.stream(request):
+        chunks.append(chunk)
+        assert len(chunks) <= MAX_CHUNKS, (
+            f"stream yielded more than {MAX_CHUNKS} chunks for a short reply: it never ends"
+        )
+    return chunks
 
 
 def _check_result(result: object, what: str) -> CompletionResult:
@@ -221,6 +232,25 @@ class ExecutorConformance:
             whole = _check_result(await executor.complete(request), "complete")
             chunks = _check_chunks(await _collect(executor, request), "stream")
             assert "".join(c.delta for c in chunks) == whole.text
+
+        self._run(body, self.open_executor)
+
+    def test_ex2_non_ascii_text_streams_intact(self) -> None:
+        """Accents, CJK, emoji and combining marks stream as the same text ``complete`` gives."""
+        if not self.deterministic:
+            pytest.skip("the executor declares deterministic = False")
+
+        async def body(executor: LLMExecutor) -> None:
+            text = "Grüße, 日本語のテキスト, emoji 🎉👩\u200d💻 and e\u0301 — ünïcødé ✓"
+            request = self.make_request(text)
+            whole = _check_result(await executor.complete(request), "complete")
+            assert "\ufffd" not in whole.text, f"complete mangled the text: {whole.text!r}"
+            chunks = _check_chunks(await _collect(executor, request), "stream")
+            joined = "".join(c.delta for c in chunks)
+            assert joined == whole.text, (
+                f"stream of a non-ASCII reply joined to {joined!r}; complete returned "
+                f"{whole.text!r}"
+            )
 
         self._run(body, self.open_executor)
 

@@ -18,6 +18,7 @@ wherever that store reads from. Each test is named after the invariant of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import pickle
@@ -89,7 +90,7 @@ class _SecretMachine(RuleBasedStateMachine):
 
     def run(self, awaitable: Awaitable[Any]) -> Any:
         async def wrapped() -> Any:
-            return await awaitable
+            return await asyncio.wait_for(awaitable, self.suite.timeout_s)
 
         return self.runner.run(wrapped())
 
@@ -166,6 +167,9 @@ class SecretStoreConformance:
     writable: ClassVar[bool] = True
     max_examples: ClassVar[int] = 25
     stateful_step_count: ClassVar[int] = 20
+    timeout_s: ClassVar[float] = 60.0
+    """Upper bound for one test's calls (a state machine step's), so that a store that
+    never answers fails the test (TimeoutError) instead of hanging it."""
 
     def open_store(
         self, location: Path, initial: Mapping[str, str] | None = None
@@ -196,7 +200,7 @@ class SecretStoreConformance:
     def _run(self, tmp_path: Path, body: Body, initial: Mapping[str, str] | None = None) -> None:
         async def main() -> None:
             async with self.open_store(tmp_path / "secrets", initial) as store:
-                await body(store)
+                await asyncio.wait_for(body(store), self.timeout_s)
 
         with naming_invariant(SecretStore, current_test()):
             asyncio.run(main())
@@ -233,6 +237,26 @@ class SecretStoreConformance:
             await store.set("other", "")
             assert (await store.get("other")).reveal() == ""
             assert (await store.get("api_key")).reveal() == "second"
+
+        self._run(tmp_path, body)
+
+    def test_ss1_any_text_round_trips_and_names_are_case_sensitive(self, tmp_path: Path) -> None:
+        """Non-ASCII, whitespace and newlines come back exactly; API_KEY and api_key differ."""
+        self._need_writable()
+        values = {
+            "api_key": " ünï\u00e7ødé ✓ 日本 🎉 ",
+            "API_KEY": "line1\nline2\t",
+            "e": "e\u0301",
+        }
+
+        async def body(store: SecretStore) -> None:
+            for name, value in values.items():
+                await store.set(name, value)
+            for name, value in values.items():
+                got = (await store.get(name)).reveal()
+                assert got == value, (
+                    f"get({name!r}) revealed {got!r} after set({name!r}, {value!r})"
+                )
 
         self._run(tmp_path, body)
 
@@ -287,6 +311,18 @@ class SecretStoreConformance:
         self._run(tmp_path, body)
 
     # SS4 -----------------------------------------------------------------------------
+
+    def test_ss3_the_returned_list_is_the_callers(self, tmp_path: Path) -> None:
+        """Clearing or extending the list ``names()`` returned changes nothing stored."""
+
+        async def body(store: SecretStore) -> None:
+            listed = await store.names()
+            listed.clear()
+            listed.append("intruder")
+            again = await store.names()
+            assert again == ["a", "b"], f"after changing a returned list, names() is {again}"
+
+        self._run(tmp_path, body, {"a": "1", "b": "2"})
 
     def test_ss4_delete_reports_and_removes(self, tmp_path: Path) -> None:
         """``delete`` returns True then False, and ``get`` raises SecretNotFound after it."""
@@ -383,6 +419,42 @@ class SecretStoreConformance:
                 assert SENTINEL not in text, f"a secret value leaked into {text!r}"
 
         self._run(tmp_path, body, {"api_key": SENTINEL})
+
+    def test_ss6_the_store_never_logs_values(self, tmp_path: Path) -> None:
+        """No log record (any logger, any level) emitted while the store works holds a value."""
+
+        class Collect(logging.Handler):
+            def __init__(self) -> None:
+                super().__init__(logging.DEBUG)
+                self.texts: list[str] = []
+
+            def emit(self, record: logging.LogRecord) -> None:
+                self.texts.append(f"{record.getMessage()} {record.args!r} {record.__dict__!r}")
+
+        async def body(store: SecretStore) -> None:
+            await store.get("api_key")
+            await store.names()
+            if self.writable:
+                await store.set("other", SENTINEL)
+                await store.set("again", Secret(SENTINEL))
+                await store.get("other")
+                await store.delete("other")
+            for name in ("missing", "bad name"):
+                with contextlib.suppress(SecretError):
+                    await store.get(name)
+
+        collect = Collect()
+        root = logging.getLogger()
+        level = root.level
+        root.addHandler(collect)
+        root.setLevel(logging.DEBUG)
+        try:
+            self._run(tmp_path, body, {"api_key": SENTINEL})
+        finally:
+            root.removeHandler(collect)
+            root.setLevel(level)
+        for text in collect.texts:
+            assert SENTINEL not in text, f"SS6: a secret value was logged: {text[:300]!r}"
 
     # SS7 -----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -25,6 +25,7 @@ from taskloom.contracts import (
 from taskloom.contracts.testing._naming import current_test, naming_invariant
 
 Body = Callable[[StorageAdapter], Awaitable[None]]
+T = TypeVar("T")
 
 EXPIRY_TOLERANCE_S = 1e-3
 """How far ``expires_at`` may be from ``updated_at + ttl`` (float rounding, clock reads)."""
@@ -88,6 +89,9 @@ class StorageSuiteBase:
     durable: ClassVar[bool] = True
     max_examples: ClassVar[int] = 40
     stateful_step_count: ClassVar[int] = 30
+    timeout_s: ClassVar[float] = 60.0
+    """Upper bound for one example test (or one state machine step), so that an adapter
+    that never answers (a lock never released) fails the test instead of hanging it."""
 
     def open_storage(self, location: Path) -> AbstractAsyncContextManager[StorageAdapter]:
         """An async context manager yielding the adapter stored at ``location``.
@@ -113,6 +117,16 @@ class StorageSuiteBase:
 
     # helpers -----------------------------------------------------------------------
 
+    async def bounded(self, awaitable: Awaitable[T], what: str) -> T:
+        """``await awaitable``, failing after ``timeout_s`` instead of hanging."""
+        try:
+            return await asyncio.wait_for(awaitable, self.timeout_s)
+        except TimeoutError:
+            raise AssertionError(
+                f"{what} did not finish within timeout_s={self.timeout_s} s: a call to the "
+                "adapter never returned (a lock or connection never released?)"
+            ) from None
+
     def _run(self, tmp_path: Path, body: Body) -> None:
         """Open the adapter at a fresh location under ``tmp_path`` and run ``body``."""
         self._run_at(tmp_path / "store", body)
@@ -122,7 +136,7 @@ class StorageSuiteBase:
 
         async def main() -> None:
             async with self.open_storage(location) as storage:
-                await body(storage)
+                await self.bounded(body(storage), "the test")
 
         with naming_invariant(StorageAdapter, current_test()):
             asyncio.run(main())
@@ -134,9 +148,9 @@ class StorageSuiteBase:
 
         async def main() -> None:
             async with self.open_storage(tmp_path / "store") as storage:
-                await first(storage)
+                await self.bounded(first(storage), "the writes before reopening")
             async with self.open_storage(tmp_path / "store") as storage:
-                await second(storage)
+                await self.bounded(second(storage), "the reads after reopening")
 
         with naming_invariant(StorageAdapter, current_test()):
             asyncio.run(main())

@@ -62,6 +62,23 @@ class StreamAndCommitTests(StorageSuiteBase):
 
         self._run(tmp_path, body)
 
+    def test_st8_limit_zero_and_the_returned_list(self, tmp_path: Path) -> None:
+        """``read(limit=0)`` returns nothing; changing a list ``read`` returned changes nothing."""
+
+        async def body(s: StorageAdapter) -> None:
+            entries = [await s.append("s", b"1"), await s.append("s", b"2")]
+            got = await s.read("s", limit=0)
+            assert got == [], f"read('s', limit=0) returned {got!r}; expected []"
+            page = await s.read("s")
+            page.clear()
+            again = await s.read("s")
+            assert again == entries, f"after clearing a returned list, read('s') is {again!r}"
+            again.pop()
+            last = await s.read("s")
+            assert last == entries, f"after changing a returned list, read('s') is {last!r}"
+
+        self._run(tmp_path, body)
+
     def test_st8_concurrent_appends_are_gapless(self, tmp_path: Path) -> None:
         """Many concurrent appends get distinct numbers 1..n, and ``read`` matches them."""
 
@@ -121,6 +138,62 @@ class StreamAndCommitTests(StorageSuiteBase):
             assert await s.get("other", "k") == result.records[2]
             assert await s.get("ns", "gone") is None
             assert await s.read("s") == list(result.entries)
+
+        self._run(tmp_path, body)
+
+    def test_st9_ops_on_one_key_apply_in_order(self, tmp_path: Path) -> None:
+        """Puts, deletes and checks of one key in one batch apply in batch order."""
+
+        async def body(s: StorageAdapter) -> None:
+            await s.put("ns", "k", b"old")
+            await s.put("ns", "k", b"old2")
+            result = await s.commit(
+                [
+                    Delete(namespace="ns", key="k", if_version=2),
+                    Check(namespace="ns", key="k", version=0),
+                    Put(namespace="ns", key="k", value=b"new", if_version=0),
+                    Check(namespace="ns", key="k", version=1),
+                    Put(namespace="ns", key="k", value=b"newer", if_version=1),
+                ]
+            )
+            got = [(r.value, r.version) for r in result.records]
+            assert got == [(b"new", 1), (b"newer", 2)], (
+                f"commit([delete k, check k@0, put k, check k@1, put k]) wrote {got}; "
+                "expected [(b'new', 1), (b'newer', 2)]: deletes, puts and checks apply in order"
+            )
+            assert result.deleted == (True,), f"deleted is {result.deleted}, expected (True,)"
+            stored = await s.get("ns", "k")
+            assert stored == result.records[-1], f"get('ns', 'k') is {stored!r} after the commit"
+
+            result = await s.commit(
+                [
+                    Put(namespace="ns", key="p", value=b"p"),
+                    Delete(namespace="ns", key="p"),
+                    Check(namespace="ns", key="p", version=0),
+                    Delete(namespace="ns", key="p"),
+                ]
+            )
+            assert result.deleted == (True, False), (
+                f"commit([put p, delete p, check p@0, delete p]) reported deleted="
+                f"{result.deleted}; expected (True, False)"
+            )
+            assert await s.get("ns", "p") is None, "a key put then deleted in one batch is back"
+
+        self._run(tmp_path, body)
+
+    def test_st9_a_check_sees_the_batch_so_far(self, tmp_path: Path) -> None:
+        """A Check after a put of its key in the same batch sees the new version, not the old."""
+
+        async def body(s: StorageAdapter) -> None:
+            with pytest.raises(ConflictError):
+                await s.commit(
+                    [
+                        Put(namespace="ns", key="k", value=b"1"),
+                        Check(namespace="ns", key="k", version=0),
+                    ]
+                )
+                pytest.fail("commit([put k, check k@0]) passed: the check saw the old version")
+            assert await s.get("ns", "k") is None, "a failed commit left its put behind"
 
         self._run(tmp_path, body)
 

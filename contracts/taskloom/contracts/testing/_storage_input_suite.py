@@ -6,6 +6,7 @@ tests that run their own event loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from taskloom.contracts import (
     InvalidKey,
     Put,
     StorageAdapter,
+    UsageError,
     ValueTooLarge,
 )
 from taskloom.contracts.testing._storage_base import (
@@ -61,6 +63,42 @@ class InputTests(StorageSuiteBase):
                         pytest.fail(f"call #{number} accepted the name {name[:20]!r}")
             assert await s.get("ns", "k") is None
             assert await s.scan("ns") == []
+
+        self._run(tmp_path, body)
+
+    def test_st10_invalid_arguments_raise_usage_error(self, tmp_path: Path) -> None:
+        """Negative limits, TTLs that are not positive, non-bytes values raise UsageError."""
+
+        async def body(s: StorageAdapter) -> None:
+            kept = await s.put("ns", "k", b"v")
+            await s.append("s", b"p")
+            calls: dict[str, Callable[[], Awaitable[Any]]] = {
+                "scan('ns', limit=-1)": lambda: s.scan("ns", limit=-1),
+                "read('s', limit=-1)": lambda: s.read("s", limit=-1),
+                "read('s', after=-1)": lambda: s.read("s", after=-1),
+                "put('ns', 'k', b'x', ttl=0)": lambda: s.put("ns", "k", b"x", ttl=0),
+                "put('ns', 'k', b'x', ttl=-5)": lambda: s.put("ns", "k", b"x", ttl=-5),
+                "put('ns', 'k', b'x', ttl=nan)": lambda: s.put("ns", "k", b"x", ttl=math.nan),
+                "put('ns', 'k', b'x', if_version=-1)": lambda: s.put(
+                    "ns", "k", b"x", if_version=-1
+                ),
+                "put('ns', 'k', 'text')": lambda: s.put("ns", "k", "text"),  # type: ignore[arg-type]
+                "append('s', 'text')": lambda: s.append("s", "text"),  # type: ignore[arg-type]
+            }
+            for shown, call in calls.items():
+                try:
+                    result = await call()
+                except UsageError:
+                    continue
+                except Exception as exc:
+                    raise AssertionError(
+                        f"{shown} raised {type(exc).__name__}: {exc}; expected UsageError"
+                    ) from exc
+                raise AssertionError(f"{shown} returned {result!r}; expected UsageError")
+            got = await s.get("ns", "k")
+            assert got == kept, f"after the refused calls get('ns', 'k') is {got!r}"
+            entries = [e.payload for e in await s.read("s")]
+            assert entries == [b"p"], f"after the refused calls read('s') is {entries}"
 
         self._run(tmp_path, body)
 

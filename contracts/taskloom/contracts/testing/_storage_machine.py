@@ -26,8 +26,11 @@ from hypothesis.stateful import (
 )
 
 from taskloom.contracts import (
+    Append,
+    Check,
     CommitResult,
     ConflictError,
+    Delete,
     InvalidKey,
     Op,
     Put,
@@ -119,6 +122,14 @@ def _agree_on_failure(got: Any, want: Any, what: str) -> bool:
 
 
 _op_lists = st.lists(tst.ops(), max_size=4)
+_TOUCHES = st.lists(
+    st.sampled_from(
+        ["put", "put_if", "delete", "delete_if", "check", "check", "check_stale", "append"]
+    ),
+    min_size=2,
+    max_size=6,
+)
+"""How a batch touches one key, in order (``_StorageMachine._one_key_batch``)."""
 
 
 class _StorageMachine(RuleBasedStateMachine):
@@ -137,7 +148,7 @@ class _StorageMachine(RuleBasedStateMachine):
 
     def run(self, awaitable: Awaitable[Any]) -> Any:
         async def wrapped() -> Any:
-            return await awaitable
+            return await self.suite.bounded(awaitable, "a state machine step")
 
         return self.runner.run(wrapped())
 
@@ -155,9 +166,12 @@ class _StorageMachine(RuleBasedStateMachine):
         assert self.storage is not None
         return self.storage
 
-    @initialize()
-    def start(self) -> None:
+    @initialize(namespace=tst.namespaces(), key=tst.keys(), touches=_TOUCHES)
+    def start(self, namespace: str, key: str, touches: list[str]) -> None:
+        """Open the adapter; every example begins with a batch touching one key repeatedly
+        (put then delete, delete then put, a check after a put), so that none misses one."""
         self.open()
+        self._commit(self._one_key_batch(namespace, key, ["put", *touches]))
 
     def teardown(self) -> None:
         try:
@@ -248,6 +262,36 @@ class _StorageMachine(RuleBasedStateMachine):
 
     @rule(ops=_op_lists)
     def commit(self, ops: list[Op]) -> None:
+        self._commit(ops)
+
+    @rule(namespace=tst.namespaces(), key=tst.keys(), touches=_TOUCHES)
+    def commit_touching_one_key(self, namespace: str, key: str, touches: list[str]) -> None:
+        """A batch that puts, deletes and checks one key several times, in order."""
+        self._commit(self._one_key_batch(namespace, key, touches))
+
+    def _one_key_batch(self, namespace: str, key: str, touches: list[str]) -> list[Op]:
+        """The ops ``touches`` names, with the versions the key will be at by then."""
+        version = self.model.version(namespace, key, now=time.time())
+        ops: list[Op] = []
+        for n, touch in enumerate(touches):
+            if touch in ("put", "put_if"):
+                if_version = version if touch == "put_if" else None
+                ops.append(
+                    Put(namespace=namespace, key=key, value=b"%d" % n, if_version=if_version)
+                )
+                version += 1
+            elif touch in ("delete", "delete_if"):
+                if_version = version if touch == "delete_if" else None
+                ops.append(Delete(namespace=namespace, key=key, if_version=if_version))
+                version = 0
+            elif touch in ("check", "check_stale"):
+                wrong = 1 if touch == "check_stale" else 0
+                ops.append(Check(namespace=namespace, key=key, version=version + wrong))
+            else:
+                ops.append(Append(stream=namespace, payload=b"%d" % n))
+        return ops
+
+    def _commit(self, ops: list[Op]) -> None:
         got = self.run(_outcome(self.s.commit(ops)))
         now = got.records[0].updated_at if isinstance(got, CommitResult) and got.records else 0.0
         now = now or time.time()

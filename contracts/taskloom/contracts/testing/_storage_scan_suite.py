@@ -7,6 +7,7 @@ tests that run their own event loop.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from taskloom.contracts import (
@@ -19,6 +20,32 @@ from taskloom.contracts.testing._storage_base import (
     ORDERED_KEYS,
     StorageSuiteBase,
 )
+
+
+async def page_through(s: StorageAdapter, namespace: str, page_size: int, total: int) -> list[str]:
+    """Every key ``scan`` pages of ``page_size`` visit, failing (never looping forever) when
+    a page repeats or goes backwards or the pages do not end after ``total`` records."""
+    seen: list[str] = []
+    last: str | None = None
+    for _ in range(total // page_size + 2):
+        page = await s.scan(namespace, start_after=last, limit=page_size)
+        keys = [r.key for r in page]
+        assert len(page) <= page_size, (
+            f"scan({namespace!r}, start_after={last!r}, limit={page_size}) returned "
+            f"{len(page)} records: {keys}"
+        )
+        if not page:
+            return seen
+        assert last is None or keys[0] > last, (
+            f"scan({namespace!r}, start_after={last!r}, limit={page_size}) returned {keys}: "
+            f"start_after is exclusive, so the page must start after {last!r}"
+        )
+        seen.extend(keys)
+        last = keys[-1]
+    raise AssertionError(
+        f"paging {namespace!r} by {page_size} did not end after {total} records "
+        f"({total // page_size + 2} pages); seen so far: {seen[:20]}"
+    )
 
 
 class ScanTests(StorageSuiteBase):
@@ -90,16 +117,63 @@ class ScanTests(StorageSuiteBase):
             for key in reversed(keys):
                 await s.put("ns", key, b"")
             for page_size in (1, 3, 7, 100):
-                seen: list[str] = []
-                last: str | None = None
-                while True:
-                    page = await s.scan("ns", start_after=last, limit=page_size)
-                    assert len(page) <= page_size
-                    if not page:
-                        break
-                    seen.extend(r.key for r in page)
-                    last = page[-1].key
-                assert seen == keys, f"paging by {page_size} saw {seen}"
+                seen = await page_through(s, "ns", page_size, len(keys))
+                assert seen == keys, f"paging by {page_size} saw {seen}, expected {keys}"
+
+        self._run(tmp_path, body)
+
+    def test_st5_st6_expired_records_do_not_count_against_limit(self, tmp_path: Path) -> None:
+        """Expired records are skipped before ``limit`` applies: pages are full of live ones."""
+
+        async def body(s: StorageAdapter) -> None:
+            live: list[str] = []
+            for n in range(12):
+                key = f"k{n:02d}"
+                if n < 5 or n % 2:
+                    await s.put("ns", key, b"", ttl=0.05)
+                else:
+                    await s.put("ns", key, b"")
+                    live.append(key)
+            await asyncio.sleep(0.3)
+            first = [r.key for r in await s.scan("ns", limit=2)]
+            assert first == live[:2], (
+                f"scan('ns', limit=2) returned {first} with the first five keys expired; "
+                f"expected {live[:2]}: expired records must not use up the limit"
+            )
+            after = [r.key for r in await s.scan("ns", start_after="k00", limit=1)]
+            assert after == live[:1], (
+                f"scan('ns', start_after='k00', limit=1) returned {after}; expected {live[:1]}"
+            )
+            for page_size in (1, 2, 5):
+                seen = await page_through(s, "ns", page_size, len(live))
+                assert seen == live, f"paging by {page_size} saw {seen}, expected {live}"
+
+        self._run(tmp_path, body)
+
+    def test_st6_limit_zero_returns_nothing(self, tmp_path: Path) -> None:
+        """``limit=0`` is a page of no records, not "no limit"."""
+
+        async def body(s: StorageAdapter) -> None:
+            await s.put("ns", "a", b"")
+            got = await s.scan("ns", limit=0)
+            assert got == [], f"scan('ns', limit=0) returned {got!r}; expected []"
+
+        self._run(tmp_path, body)
+
+    def test_st6_the_returned_list_is_the_callers(self, tmp_path: Path) -> None:
+        """Clearing or extending the list ``scan`` returned changes nothing stored."""
+
+        async def body(s: StorageAdapter) -> None:
+            a = await s.put("ns", "a", b"1")
+            b = await s.put("ns", "b", b"2")
+            page = await s.scan("ns")
+            page.clear()
+            again = await s.scan("ns")
+            assert again == [a, b], f"after clearing a returned list, scan('ns') is {again!r}"
+            again.append(a)
+            again.reverse()
+            last = await s.scan("ns")
+            assert last == [a, b], f"after changing a returned list, scan('ns') is {last!r}"
 
         self._run(tmp_path, body)
 
