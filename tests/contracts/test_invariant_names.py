@@ -81,15 +81,15 @@ TESTED = {code for name in TESTS for code in _codes(name)}
 
 def test_protocols_state_numbered_invariants() -> None:
     """The contracts define the expected invariant families, numbered from 1 without gaps."""
-    assert {"st", "ss", "ex", "ev", "pl"} <= FAMILIES
+    assert {"st", "ss", "sd", "ex", "ev", "pl"} <= FAMILIES
     for family in FAMILIES:
         numbers = sorted(int(c[len(family) :]) for c in INVARIANTS if _family(c) == family)
         assert numbers == list(range(1, len(numbers) + 1)), f"{family}: {numbers}"
 
 
 def test_every_adapter_invariant_has_a_test() -> None:
-    """Each ST, SS and EX invariant is checked by a test named after it."""
-    wanted = {c for c in INVARIANTS if _family(c) in {"st", "ss", "ex"}}
+    """Each ST, SS, SD and EX invariant is checked by a test named after it."""
+    wanted = {c for c in INVARIANTS if _family(c) in {"st", "ss", "sd", "ex"}}
     missing = sorted(wanted - TESTED)
     assert not missing, f"invariants without a test: {missing}"
 

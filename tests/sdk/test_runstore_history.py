@@ -19,7 +19,13 @@ from test_runstore_support import (
 )
 
 from taskloom.contracts import RunHeld, RunNotFound, StepStarted, StorageAdapter, UsageError
-from taskloom.sdk._runs.records import NS_RUNS, NS_RUNS_BY_TIME, RUN_STATUSES
+from taskloom.sdk._runs.records import (
+    NS_RUNS,
+    NS_RUNS_BY_TIME,
+    NS_TOMBSTONES,
+    RUN_STATUSES,
+    events_stream,
+)
 from taskloom.sdk._runs.store import RunStore
 
 T0 = 1_700_000_000.0
@@ -124,11 +130,32 @@ async def test_delete_run_removes_everything(storage: StorageAdapter) -> None:
         assert await store.delete_run("never") is False
 
 
-async def test_deleted_run_id_cannot_be_reused(storage: StorageAdapter) -> None:
-    """Creating a run with a deleted run's id raises UsageError (its stream is not erasable)."""
+async def test_a_deleted_run_id_starts_afresh_once_its_stream_is_dropped(
+    storage: StorageAdapter,
+) -> None:
+    """Deleting drops the events and the tombstone: a new run with that id has a clean history."""
     async with RunStore(storage) as store:
         await store.create_run(make_run("r1"))
+        store.record_event(StepStarted(run_id="r1", at=1.0, step_id="old"))
+        await store.flush()
         await store.delete_run("r1")
+        assert await storage.scan(NS_TOMBSTONES) == []
+        assert await storage.read(events_stream("r1")) == []
+        await store.create_run(make_run("r1"))
+        store.record_event(StepStarted(run_id="r1", at=2.0, step_id="new"))
+        await store.flush()
+        assert [(n, e.step_id) for n, e in await store.events("r1")] == [(1, "new")]  # type: ignore[attr-defined]
+
+
+async def test_a_deleted_run_id_cannot_be_reused_where_streams_stay(tmp_path: Path) -> None:
+    """On a store that cannot drop streams the tombstone stays and the id is refused."""
+    async with (
+        open_storage("memory", tmp_path) as memory,
+        RunStore(CountingStorage(memory)) as store,
+    ):
+        await store.create_run(make_run("r1"))
+        await store.delete_run("r1")
+        assert [r.key for r in await memory.scan(NS_TOMBSTONES)] == ["r1"]
         with pytest.raises(UsageError, match="deleted"):
             await store.create_run(make_run("r1"))
 

@@ -319,3 +319,22 @@ class StorageAdapter(Protocol):
     async def commit(self, ops: Sequence[Op]) -> CommitResult: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class StreamDropping(Protocol):
+    """An optional capability of a ``StorageAdapter``: remove a whole stream.
+
+    Streams are append-only, so without this a deleted run's events would hold
+    their space for ever. The run store uses it when the adapter offers it
+    (``isinstance(storage, StreamDropping)``) and keeps a tombstone otherwise.
+
+    Invariants:
+
+    SD1  After ``drop_stream(s)`` returned, ``read(s)`` returns nothing and the
+         next ``append`` to ``s`` gets sequence number 1 (durably, like ST11).
+    SD2  ``drop_stream`` returns True if the stream had entries, else False;
+         other streams and all records are unchanged.
+    """
+
+    async def drop_stream(self, stream: str) -> bool: ...

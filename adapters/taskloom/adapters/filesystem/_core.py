@@ -20,7 +20,9 @@ Layout of a root directory::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -37,6 +39,7 @@ from taskloom.adapters.filesystem._streams import (
     Tail,
     append_entries,
     find_tail,
+    list_segments,
     read_entries,
     tail_still_valid,
 )
@@ -132,11 +135,18 @@ class Store:
         self.disk.close()
 
     def _clear_tmp(self) -> None:
-        """Remove temporary files of writers that crashed (only ever under the exclusive lock)."""
+        """Remove what writers that crashed left in ``tmp/`` (only under the exclusive lock).
+
+        That is temporary files, and stream directories moved there to be dropped.
+        """
         tmp = self.root / TMP
         for name in os.listdir(tmp):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                os.unlink(tmp / name)
+            path = tmp / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
     # --- locking -----------------------------------------------------------------
 
@@ -350,6 +360,47 @@ class Store:
         tail = self._tail(stream)
         return tail.last_seq if tail is not None else 0
 
+    def drop_stream(self, stream: str) -> bool:
+        """Remove the stream's segments and directory; True if it had any (exclusive lock).
+
+        The directory is first renamed into ``tmp/`` (atomic, durable after the
+        flush), so a crash leaves either the whole stream or none of it; whatever
+        is left in ``tmp/`` is removed at the next open.
+        """
+        if self._lock is None:
+            raise UsageError("file storage is closed")
+        with self._lock.held(exclusive=True):
+            self.recover()
+            self._tails.pop(stream, None)
+            directory = self.stream_dir(stream)
+            if not directory.is_dir():
+                return False
+            had_entries = bool(list_segments(directory))
+            doomed = self.disk.tmp_path()
+            os.rename(directory, doomed)
+            self.disk.mark_dirty(directory.parent)
+            self._remove_empty_parents(directory, stop=self.root / STREAMS)
+            self.disk.flush()
+            shutil.rmtree(doomed)
+        return had_entries
+
+    def _remove_empty_parents(self, path: Path, *, stop: Path) -> None:
+        """Remove the now empty directories above ``path`` up to (not including) ``stop``.
+
+        Deleted keys and dropped streams would otherwise leave their directories
+        behind, each holding a block of disk for ever.
+        """
+        directory = path.parent
+        while directory != stop and stop in directory.parents:
+            try:
+                os.rmdir(directory)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                    return
+                raise
+            self.disk.mark_dirty(directory.parent)
+            directory = directory.parent
+
     def apply_batch(self, batch: Batch) -> None:
         """Apply a planned batch durably; through the journal if a commit in it needs one."""
         intent = batch.intent()
@@ -372,14 +423,18 @@ class Store:
     def _apply(self, intent: Intent) -> None:
         """Apply an intent; idempotent, so a journal can be rolled forward any number of times."""
         writes: list[tuple[Path, bytes]] = []
+        removed: list[Path] = []
         for change in intent.records:
             path = self.record_path(change.namespace, change.key)
             if change.data is None:
-                self.disk.unlink(path)
+                if self.disk.unlink(path):
+                    removed.append(path)
             else:
                 self.disk.ensure_dir(path.parent)
                 writes.append((path, change.data))
         self.disk.replace_many(writes)
+        for path in removed:  # after the writes: one of them may go into the same directory
+            self._remove_empty_parents(path, stop=self.root / RECORDS)
         by_stream: dict[str, list[EntryChange]] = {}
         for entry in intent.entries:
             by_stream.setdefault(entry.stream, []).append(entry)

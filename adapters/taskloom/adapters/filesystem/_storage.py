@@ -369,6 +369,18 @@ class FileStorage:
         store = self._store
         return await self._read(lambda: store.read(stream, after=after, limit=count))
 
+    async def drop_stream(self, stream: str) -> bool:
+        """Remove ``stream``'s entries and files; the next append is 1 (``StreamDropping``).
+
+        Runs on the writer thread, in order with the queued writes before it.
+        """
+        self._check_usable()
+        check_name(stream, what="stream")
+        await self._ensure_open()
+        await self._write(_nothing)  # what was queued before goes first
+        store = self._store
+        return await self._run(self._writer, lambda: store.drop_stream(stream))
+
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
         """Apply ``ops`` all or nothing (see ST9); journaled when more than one file changes."""
         self._check_usable()

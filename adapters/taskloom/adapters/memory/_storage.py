@@ -266,6 +266,12 @@ class MemoryStorage:
         chosen = entries[after:]
         return chosen if count is None else chosen[:count]
 
+    async def drop_stream(self, stream: str) -> bool:
+        """Remove every entry of ``stream``; its next append is 1 again (``StreamDropping``)."""
+        self._check_open()
+        check_name(stream, what="stream")
+        return bool(self._data.streams.pop(stream, None))
+
     # --- batches ---------------------------------------------------------------
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:

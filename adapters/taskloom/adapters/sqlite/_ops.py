@@ -18,6 +18,7 @@ from taskloom.adapters.sqlite._schema import (
     APPEND,
     DELETE,
     DELETE_IF_VERSION,
+    DROP_STREAM,
     PURGE_EXPIRED,
     SELECT_VERSION,
     UPSERT,
@@ -41,6 +42,7 @@ __all__ = [
     "commit_job",
     "delete_job",
     "delete_versions_job",
+    "drop_stream_job",
     "entry",
     "purge_job",
     "put_job",
@@ -290,6 +292,12 @@ def delete_versions_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> int:
     namespace: str = args[0]
     cursor.executemany(DELETE_IF_VERSION, [(namespace, key, version) for key, version in args[1]])
     return cursor.rowcount
+
+
+def drop_stream_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> bool:
+    """Delete every entry of a stream: args (stream,); True if it had any."""
+    cursor.execute(DROP_STREAM, args)
+    return cursor.rowcount > 0
 
 
 def vacuum_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> int:

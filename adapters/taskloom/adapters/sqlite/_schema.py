@@ -21,6 +21,7 @@ __all__ = [
     "APPEND",
     "APPLICATION_ID",
     "DELETE",
+    "DROP_STREAM",
     "GET",
     "MIGRATIONS",
     "PURGE_EXPIRED",
@@ -101,6 +102,7 @@ def upsert_rows(count: int) -> str:
 
 
 DELETE = "DELETE FROM records WHERE namespace = ? AND key = ? RETURNING expires_at"
+DROP_STREAM = "DELETE FROM streams WHERE stream = ?"
 DELETE_IF_VERSION = "DELETE FROM records WHERE namespace = ? AND key = ? AND version = ?"
 APPEND = """INSERT INTO streams (stream, seq, payload, appended_at)
 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3 FROM streams WHERE stream = ?1

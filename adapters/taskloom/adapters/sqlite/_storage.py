@@ -34,6 +34,7 @@ from taskloom.adapters.sqlite._ops import (
     commit_job,
     delete_job,
     delete_versions_job,
+    drop_stream_job,
     entry,
     purge_job,
     put_job,
@@ -461,6 +462,16 @@ class SQLiteStorage:
             delete_versions_job, (namespace, [(key, version) for key, version, _ in victims])
         )
         return deleted
+
+    async def drop_stream(self, stream: str) -> bool:
+        """Remove every entry of ``stream``; its next append is 1 again (``StreamDropping``).
+
+        The rows' pages go to the free list; ``vacuum`` gives them back to the file system.
+        """
+        check_key(stream, "stream")
+        writer = await self._writer_for_call()
+        dropped: bool = await writer.submit(drop_stream_job, (stream,))
+        return dropped
 
     async def vacuum(self, *, pages: int | None = None) -> int:
         """Give free pages back to the file system, at most ``pages`` (None: all).

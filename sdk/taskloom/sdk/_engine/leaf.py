@@ -334,7 +334,9 @@ class LeafRunner:
             state.output = parse_reply(node, result)
             state.finish_reason = result.finish_reason
             if cache_key is not None and runstore is not None:
-                await runstore.cache_put(cache_key, svc.mask(result), ttl_s=node.cache_ttl_s)
+                await runstore.cache_put(
+                    cache_key, svc.mask(result), ttl_s=node.cache_ttl_s, run_id=self.run_id
+                )
 
         return attempt
 

@@ -66,6 +66,8 @@ NS_LEASES = "leases"
 NS_CACHE = "cache"
 NS_TOMBSTONES = "deleted_runs"
 NS_FENCES = "fences"
+NS_CACHE_OWNERS = "cache_by_run"
+"""``<run id>/<cache key>``: the cache entries a run wrote, so deleting the run removes them."""
 
 _TIME_SPAN_US = 10**16
 """Inverted-time origin for index keys: microsecond epoch times stay below 2**53 and this."""
@@ -258,10 +260,13 @@ class CacheEntry:
 
 @attrs.frozen(kw_only=True)
 class Tombstone:
-    """Marks a deleted run: its event stream cannot be erased from an append-only store.
+    """Marks a deleted run whose event stream is not (yet) erased.
 
     Reading the events of a tombstoned run returns nothing, and its id cannot be
-    used again (the old stream entries would mix with the new run's).
+    used again (the old stream entries would mix with the new run's). On a store
+    that can drop streams (``StreamDropping``) the tombstone only lives while the
+    deletion is under way: it goes with the stream, and ``prune`` finishes any
+    deletion a crash interrupted.
     """
 
     run_id: str = attrs.field(validator=_v.instance_of(str))

@@ -51,6 +51,7 @@ from taskloom.contracts import (
     RunNotFound,
     StorageAdapter,
     StorageError,
+    StreamDropping,
     TaskloomError,
     UsageError,
     check_name,
@@ -65,6 +66,7 @@ from taskloom.sdk._runs.history import RunHistory
 from taskloom.sdk._runs.lease import LeaseKeeper, check_ttl, extended, held_error
 from taskloom.sdk._runs.records import (
     NS_CACHE,
+    NS_CACHE_OWNERS,
     NS_FENCES,
     NS_LEASES,
     NS_RUNS,
@@ -801,15 +803,36 @@ class RunStore:
             return None
         return decode(stored.value, CacheEntry, where=f"{NS_CACHE}/{key}").result
 
-    async def cache_put(self, key: str, result: CompletionResult, *, ttl_s: float | None) -> None:
-        """Cache ``result`` under ``key`` for ``ttl_s`` seconds (None: until deleted)."""
+    async def cache_put(
+        self,
+        key: str,
+        result: CompletionResult,
+        *,
+        ttl_s: float | None,
+        run_id: str | None = None,
+    ) -> None:
+        """Cache ``result`` under ``key`` for ``ttl_s`` seconds (None: until deleted).
+
+        With ``run_id`` the entry belongs to that run: deleting or pruning the run
+        removes it (an entry another run wrote again later goes too; that run
+        merely misses the cache next time).
+        """
         self._check_open()
         if ttl_s is not None:
             check_ttl(ttl_s)
         entry = CacheEntry(result=result, stored_at=self._clock())
-        await self._storage.put(
-            NS_CACHE, check_name(key, what="cache key"), encode(entry), ttl=ttl_s
-        )
+        ops = [
+            Put(
+                namespace=NS_CACHE,
+                key=check_name(key, what="cache key"),
+                value=encode(entry),
+                ttl=ttl_s,
+            )
+        ]
+        if run_id is not None:
+            owner = check_name(f"{run_id}/{key}", what="cache owner key")
+            ops.append(Put(namespace=NS_CACHE_OWNERS, key=owner, value=b"", ttl=ttl_s))
+        await self._storage.commit(ops)
 
     # --- history and retention ------------------------------------------------------
 
@@ -833,11 +856,13 @@ class RunStore:
         )
 
     async def delete_run(self, run_id: str) -> bool:
-        """Delete the run record, its index entry, checkpoints and lease; True if it existed.
+        """Delete everything of the run; True if anything of it existed.
 
-        The run's event stream cannot be erased from an append-only store: a
-        tombstone hides it from ``events`` and keeps the id from being reused.
-        A run whose lease is live is refused with ``RunHeld``.
+        That is its record, index entry, lease, checkpoints, the cache entries it
+        wrote and, when the storage can drop streams (``StreamDropping``), its
+        event stream. A store that cannot keeps a tombstone instead, which hides
+        the stream from ``events`` and keeps the id from being reused. A run
+        whose lease is live is refused with ``RunHeld``.
         """
         self._check_open()
         check_name(run_id, what="run id")
@@ -863,8 +888,13 @@ class RunStore:
         if await self._storage.get(NS_FENCES, run_id) is not None:
             ops.append(Delete(namespace=NS_FENCES, key=run_id))
         # The record goes first and atomically with the tombstone: if the process dies
-        # while checkpoints are being deleted, calling delete_run again finishes the job.
+        # while the rest is being deleted, delete_run or prune finishes the job.
         await self._storage.commit(ops)
+        return await self._finish_delete(run_id) or existed
+
+    async def _finish_delete(self, run_id: str) -> bool:
+        """Delete a tombstoned run's checkpoints, cache entries, events; True if any existed."""
+        existed = False
         while True:
             page = await self._storage.scan(NS_STEPS, prefix=f"{run_id}/", limit=SCAN_PAGE)
             if not page:
@@ -873,7 +903,33 @@ class RunStore:
             await self._storage.commit(
                 [Delete(namespace=NS_STEPS, key=stored_step.key) for stored_step in page]
             )
+        prefix = f"{run_id}/"
+        while True:
+            owned = await self._storage.scan(NS_CACHE_OWNERS, prefix=prefix, limit=SCAN_PAGE)
+            if not owned:
+                break
+            ops: list[Put | Delete] = []
+            for owner in owned:
+                ops.append(Delete(namespace=NS_CACHE, key=owner.key[len(prefix) :]))
+                ops.append(Delete(namespace=NS_CACHE_OWNERS, key=owner.key))
+            await self._storage.commit(ops)
+        if isinstance(self._storage, StreamDropping):
+            self._events.forget(run_id)
+            if await self._storage.drop_stream(events_stream(run_id)):
+                existed = True
+            await self._storage.delete(NS_TOMBSTONES, run_id)
         return existed
+
+    async def _finish_interrupted_deletes(self) -> None:
+        """Finish every deletion a crash interrupted (only stores that drop streams keep none)."""
+        if not isinstance(self._storage, StreamDropping):
+            return
+        while True:
+            page = await self._storage.scan(NS_TOMBSTONES, limit=SCAN_PAGE)
+            if not page:
+                return
+            for tomb in page:
+                await self._finish_delete(tomb.key)
 
     async def prune(
         self, *, older_than_s: float | None = None, keep_last: int | None = None
@@ -899,4 +955,6 @@ class RunStore:
             isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0
         ):
             raise UsageError(f"keep_last must be an int >= 0, got {keep_last!r}")
-        return await self._history.prune(older_than_s=older_than_s, keep_last=keep_last)
+        deleted = await self._history.prune(older_than_s=older_than_s, keep_last=keep_last)
+        await self._finish_interrupted_deletes()
+        return deleted
