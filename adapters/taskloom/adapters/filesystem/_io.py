@@ -79,7 +79,7 @@ def _fsync_dir_if_present(path: Path) -> None:
 
 def write_new_file(path: Path, data: bytes, *, fsync: bool) -> None:
     """Create ``path`` (which must not exist), write ``data`` and optionally fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
     try:
         write_all(fd, data)
         if fsync:
@@ -119,7 +119,7 @@ class FileLock:
     def __init__(self, path: Path, *, timeout: float) -> None:
         self._path = path
         self._timeout = timeout
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
 
     def acquire(self, *, exclusive: bool) -> None:
         """Take the lock (shared or exclusive), waiting at most the timeout."""
@@ -191,7 +191,7 @@ class Disk:
             return
         self.ensure_dir(path.parent)
         with contextlib.suppress(FileExistsError):
-            os.mkdir(path)
+            os.mkdir(path, 0o700)
         self._dirty.add(path.parent)
 
     def replace(self, target: Path, data: bytes) -> None:
@@ -228,7 +228,7 @@ class Disk:
         try:
             for target, data in items:
                 tmp = self.tmp_path()
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
                 opened.append((fd, tmp, target))
                 write_all(fd, data)
             if self.fsync:
@@ -266,6 +266,10 @@ class Disk:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+
+    def mark_dirty(self, directory: Path) -> None:
+        """Note that ``directory``'s entries changed (a rename or rmdir in it): fsync at flush."""
+        self._dirty.add(directory)
 
     def sync_file(self, fd: int) -> None:
         """fsync an open file if this store is durable."""
