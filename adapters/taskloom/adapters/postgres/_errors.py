@@ -41,8 +41,26 @@ _READ_ONLY_STATES = frozenset({"25006"})
 _GONE_STATES = frozenset({"57P01", "57P02", "57P03", "57P05"})  # shutdowns, cannot connect now
 
 
+_CONNECT_FAILURES = (
+    # libpq reports a refused login without a SQLSTATE: recognise its words.
+    ("password authentication failed", "28P01"),
+    ("no pg_hba.conf entry", "28000"),
+    ('role "', "28000"),  # role "x" does not exist
+    ('database "', "3D000"),  # database "x" does not exist
+    ("too many clients", "53300"),
+    ("the database system is starting up", "57P03"),
+    ("the database system is shutting down", "57P03"),
+)
+
+
 def _state(exc: BaseException) -> str:
-    return str(getattr(exc, "sqlstate", None) or "")
+    state = str(getattr(exc, "sqlstate", None) or "")
+    if not state and isinstance(exc, psycopg.OperationalError):
+        text = str(exc)
+        for words, implied in _CONNECT_FAILURES:
+            if words in text:
+                return implied
+    return state
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -74,10 +74,24 @@ def conflict(namespace: str, key: str, expected: int, actual: int) -> ConflictEr
 
 async def _check(
     cur: Cursor, sql: Statements, namespace: str, key: str, expected: int, now: float
-) -> None:
+) -> bool:
+    """Raise ConflictError unless the key is at ``expected``; True if a placeholder was left.
+
+    Checking that a key is missing must hold until COMMIT, but there is no row to
+    lock: so an invisible placeholder row (version 0, expired since 1970) is
+    inserted in its place. A concurrent writer of that key waits for this
+    transaction, as it would for a row lock; the caller deletes the placeholder
+    before committing (a later Put of the same key in the batch overwrites it,
+    starting at version 1, since it counts as expired).
+    """
+    if expected == 0:
+        await cur.execute(sql.reserve, (namespace, key))
+        if await cur.fetchone() is not None:
+            return True
     actual = await _current_version(cur, sql, namespace, key, now)
     if actual != expected:
         raise conflict(namespace, key, expected, actual)
+    return False
 
 
 async def _put(
@@ -211,6 +225,7 @@ async def commit_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> Com
     records: list[Record] = []
     entries: list[StreamEntry] = []
     deleted: list[bool] = []
+    reserved: list[tuple[str, str]] = []
     for op in ops:
         if isinstance(op, Put):
             expires_at = None if op.ttl is None else now + op.ttl
@@ -221,8 +236,12 @@ async def commit_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> Com
             deleted.append(await _delete(cur, sql, op.namespace, op.key, op.if_version, now))
         elif isinstance(op, Append):
             entries.append(await _append(cur, sql, op.stream, op.payload, now))
-        elif isinstance(op, Check):
-            await _check(cur, sql, op.namespace, op.key, op.version, now)
+        elif isinstance(op, Check) and await _check(
+            cur, sql, op.namespace, op.key, op.version, now
+        ):
+            reserved.append((op.namespace, op.key))
+    for namespace, key in reserved:
+        await cur.execute(sql.unreserve, (namespace, key))
     return CommitResult(records=tuple(records), entries=tuple(entries), deleted=tuple(deleted))
 
 

@@ -130,6 +130,11 @@ _SCAN_META_HEAD = (
     "SELECT key, version, updated_at FROM {s}.records "
     f"WHERE namespace = %s AND key >= %s AND key > %s AND {_LIVE}"
 )
+_RESERVE = (
+    "INSERT INTO {s}.records (namespace, key, value, version, updated_at, expires_at) "
+    "VALUES (%s, %s, '', 0, 0, 0) ON CONFLICT (namespace, key) DO NOTHING RETURNING version"
+)
+_UNRESERVE = "DELETE FROM {s}.records WHERE namespace = %s AND key = %s AND version = 0"
 _PURGE = (
     "DELETE FROM {s}.records WHERE ctid IN (SELECT ctid FROM {s}.records "
     "WHERE expires_at IS NOT NULL AND expires_at <= %s LIMIT %s)"
@@ -156,6 +161,8 @@ class Statements:
     scan_meta: str
     scan_meta_bounded: str
     purge: str
+    reserve: str
+    unreserve: str
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -180,6 +187,8 @@ class Statements:
             scan_meta=_SCAN_META_HEAD.format(s=s) + plain,
             scan_meta_bounded=_SCAN_META_HEAD.format(s=s) + bounded,
             purge=_PURGE.format(s=s),
+            reserve=_RESERVE.format(s=s),
+            unreserve=_UNRESERVE.format(s=s),
         )
 
 

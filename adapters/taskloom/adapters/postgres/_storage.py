@@ -34,7 +34,7 @@ from taskloom.adapters.postgres._ops import (
     upsert_job,
 )
 from taskloom.adapters.postgres._schema import SCHEMA_VERSION, Statements, prepare
-from taskloom.adapters.postgres._writer import Writer
+from taskloom.adapters.postgres._writer import Writer, check_pool
 from taskloom.contracts import (
     MAX_KEY_BYTES,
     Append,
@@ -395,12 +395,14 @@ class PostgresStorage:
                     rows: list[tuple[Any, ...]] = await cur.fetchall()
                     return rows
             except (psycopg.Error, OSError) as exc:
-                # A pooled connection the server dropped meanwhile: once more on a fresh one.
+                # A pooled connection the server dropped meanwhile (a restart, a failover
+                # drops them all): replace the dead ones, then once more.
                 if (
                     attempt == 0
                     and is_lost_connection(exc)
                     and not isinstance(exc, psycopg_pool.PoolTimeout)
                 ):
+                    await check_pool(pool)
                     continue
                 raise translate(exc, dsn) from exc
         raise AssertionError("unreachable")

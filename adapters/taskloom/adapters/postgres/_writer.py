@@ -2,10 +2,17 @@
 goes into the next one.
 
 One writer task per adapter takes everything queued when it wakes and runs it
-in one SERIALIZABLE transaction on one pooled connection: plain puts of the
+in one READ COMMITTED transaction on one pooled connection: plain puts of the
 batch as one multi-row statement, the rest one statement each. A hundred tasks
 that write at once pay for one round trip of BEGIN, a few statements and one
 COMMIT (one WAL flush), not a hundred.
+
+READ COMMITTED is enough, and scales across hosts where SERIALIZABLE would not
+(its predicate locks coarsen on large batches, and hosts would abort each
+other's): every conditional write is one statement whose WHERE PostgreSQL
+re-checks on the newest row after waiting for a concurrent writer; a ``Check``
+locks its row FOR SHARE, or reserves a missing key, until COMMIT; a stream's
+head row serializes its appends, so numbers stay gapless.
 
 Each member of a batch gets its own outcome: a version check that fails raises
 ``ConflictError`` before its member writes anything (a ``commit`` runs inside a
@@ -41,7 +48,7 @@ from taskloom.contracts import (
     UsageError,
 )
 
-__all__ = ["MAX_BATCH", "Writer"]
+__all__ = ["MAX_BATCH", "Writer", "check_pool"]
 
 Job = tuple[JobFn, tuple[Any, ...], "asyncio.Future[Any]", bool]
 """(function, arguments, future of its outcome, whether it needs a savepoint)."""
@@ -74,6 +81,14 @@ async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute("ROLLBACK")
     except psycopg.Error:
         return  # the pool discards a connection it cannot reset
+
+
+async def check_pool(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+    """Drop the pool's idle connections that the server closed (they are reopened)."""
+    try:
+        await pool.check()
+    except (psycopg.Error, OSError):
+        return  # the next attempt reports what is wrong
 
 
 class Writer:
@@ -171,6 +186,8 @@ class Writer:
                 )
                 if again and attempt <= self._retries:
                     self.retried += 1
+                    if is_lost_connection(exc):
+                        await check_pool(self._pool)
                     await asyncio.sleep(min(0.002 * 2**attempt, 0.2) * random.random())
                     continue
                 error = translate(exc, self._dsn)
@@ -187,7 +204,7 @@ class Writer:
         alone = len(batch) == 1
         async with self._pool.connection(timeout=self._pool_timeout_s) as conn:
             cur: psycopg.AsyncCursor[Any] = conn.cursor()
-            await cur.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            await cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
             undo_all = False
             outcomes: list[_Outcome] = []
             try:

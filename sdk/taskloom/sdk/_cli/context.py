@@ -92,7 +92,10 @@ class CliContext:
 
     async def storage(self) -> StorageAdapter:
         if self._storage is None:
-            self._storage = await open_storage(self.config)
+            dsn = self.config.storage_options.get("dsn")
+            needs_secrets = self.config.storage_kind == "postgres" and isinstance(dsn, dict)
+            secrets = await self.secrets() if needs_secrets else None
+            self._storage = await open_storage(self.config, secrets)
         return self._storage
 
     async def secrets(self) -> SecretStore:
@@ -131,8 +134,19 @@ class CliContext:
             self._storage = None
 
 
-async def open_storage(config: CliConfig) -> StorageAdapter:
-    """Open the configured store, creating its directory if needed."""
+async def open_storage(config: CliConfig, secrets: SecretStore | None = None) -> StorageAdapter:
+    """Open the configured store, creating its directory if needed.
+
+    ``secrets`` resolves a PostgreSQL DSN given as ``{ secret = "name" }``.
+    """
+    if config.storage_kind == "postgres":
+        from taskloom.sdk._config.postgres import make_postgres_storage
+
+        storage = make_postgres_storage(
+            dict(config.storage_options), secrets, where=str(config.source or "config")
+        )
+        await storage.__aenter__()
+        return storage  # type: ignore[no-any-return]
     if config.storage_kind == "memory":
         from taskloom.adapters.memory import MemoryStorage
 

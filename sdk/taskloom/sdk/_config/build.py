@@ -7,8 +7,9 @@ lease_ttl_s = 30
 durability = "async"        # or "sync": each step waits until its checkpoint is durable
 
 [storage]
-kind = "sqlite"             # "memory" (default), "sqlite", "filesystem" or "none"
+kind = "sqlite"             # "memory" (default), "sqlite", "filesystem", "postgres" or "none"
 path = "runs.db"            # relative paths are relative to this file
+# kind = "postgres" takes no path: dsn = { secret = "pg_dsn" } or TASKLOOM_POSTGRES_DSN
 # any other key is passed to the adapter's constructor (synchronous = "FULL", fsync = false)
 
 [secrets]
@@ -35,12 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from taskloom.contracts import TaskloomError, UsageError
+from taskloom.sdk._config.postgres import make_postgres_storage
 from taskloom.sdk._registry import ExecutorRegistry
 
 STORAGE_KINDS: dict[str, tuple[str, str] | None] = {
     "memory": ("taskloom.adapters.memory", "MemoryStorage"),
     "sqlite": ("taskloom.adapters.sqlite", "SQLiteStorage"),
     "filesystem": ("taskloom.adapters.filesystem", "FileStorage"),
+    "postgres": ("taskloom.adapters.postgres", "PostgresStorage"),
     "none": None,
 }
 _SECTIONS = ("engine", "storage", "secrets", "executors", "plugins", "keys", "server")
@@ -67,12 +70,17 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_storage(table: dict[str, Any], base: Path) -> Any:
-    """The storage adapter a ``[storage]`` table describes (not opened yet)."""
+def make_storage(table: dict[str, Any], base: Path, secrets: Any = None) -> Any:
+    """The storage adapter a ``[storage]`` table describes (not opened yet).
+
+    ``secrets`` resolves a PostgreSQL DSN given as ``{ secret = "name" }``.
+    """
     options = dict(table)
     kind = options.pop("kind", "memory")
     if kind not in STORAGE_KINDS:
         raise UsageError(f"unknown storage kind {kind!r}; known kinds: {', '.join(STORAGE_KINDS)}")
+    if kind == "postgres":
+        return make_postgres_storage(options, secrets, where=f"config in {base}")
     target = STORAGE_KINDS[kind]
     if target is None:
         if options:
@@ -174,7 +182,7 @@ def engine_from_config(engine_cls: Any, path: str | Path, **overrides: Any) -> A
         kwargs["registry"] = registry
     storage_given = "storage" in overrides
     if not storage_given:
-        kwargs["storage"] = make_storage(dict(data.get("storage", {})), file.parent)
+        kwargs["storage"] = make_storage(dict(data.get("storage", {})), file.parent, secrets)
     kwargs.update(overrides)
     engine = engine_cls(**kwargs)
     if not storage_given and kwargs["storage"] is not None:

@@ -12,7 +12,8 @@ and for keeping several setups apart).
 Configuration reference (every key optional)::
 
     [storage]
-    kind = "sqlite"            # "sqlite", "filesystem" or "memory"
+    kind = "sqlite"            # "sqlite", "filesystem", "memory" or "postgres"
+                               # (postgres: dsn = { secret = "pg_dsn" } or TASKLOOM_POSTGRES_DSN)
     path = "runs.db"           # relative paths are relative to the config file
     synchronous = "NORMAL"     # sqlite: "FULL" to fsync every commit; also busy_timeout_s
     # filesystem: fsync = true, lock_timeout = 30
@@ -59,6 +60,7 @@ import attrs
 import platformdirs
 
 from taskloom.contracts import MASK, UsageError
+from taskloom.sdk._config.postgres import POSTGRES_OPTIONS
 
 CONFIG_NAME = "taskloom.toml"
 APP = "taskloom"
@@ -142,6 +144,7 @@ def find_config(explicit: str | None = None) -> Path | None:
 _KNOWN_KEYS: dict[str, frozenset[str] | None] = {
     "storage": frozenset(
         {"kind", "path", "synchronous", "busy_timeout_s", "readers", "fsync", "lock_timeout"}
+        | POSTGRES_OPTIONS
     ),
     "engine": frozenset({"max_concurrency", "lease_ttl_s", "durability"}),
     "executors": None,  # one table per executor id; its settings belong to the adapter
@@ -157,6 +160,7 @@ _STORAGE_OPTIONS = {
     "sqlite": {"synchronous", "busy_timeout_s", "readers"},
     "filesystem": {"fsync", "lock_timeout"},
     "memory": set(),
+    "postgres": set(POSTGRES_OPTIONS),
 }
 SECRETS_KINDS = ("default", "env", "file")
 
@@ -232,9 +236,15 @@ def load_config(explicit: str | None = None) -> CliConfig:
 
     storage = _table(data, "storage", source)
     kind = storage.get("kind", "sqlite")
-    if kind not in ("sqlite", "filesystem", "memory"):
+    if kind not in ("sqlite", "filesystem", "memory", "postgres"):
         raise UsageError(
-            f"{source}: storage kind {kind!r} is not one of 'sqlite', 'filesystem', 'memory'"
+            f"{source}: storage kind {kind!r} is not one of 'sqlite', 'filesystem', 'memory', "
+            "'postgres'"
+        )
+    if kind == "postgres" and "path" in storage:
+        raise UsageError(
+            f"{source}: storage kind 'postgres' takes no path: give dsn = {{ secret = "
+            '"pg_dsn" } or set TASKLOOM_POSTGRES_DSN'
         )
     default_store = data_dir / ("taskloom.db" if kind == "sqlite" else "store")
     engine = _table(data, "engine", source)
