@@ -17,11 +17,19 @@ ENVIRON = {
 
 
 async def test_names_map_to_upper_case_variables() -> None:
-    """openai_api_key reads TASKLOOM_SECRET_OPENAI_API_KEY; '.' and '-' read as '_'."""
+    """openai_api_key reads TASKLOOM_SECRET_OPENAI_API_KEY."""
     store = EnvSecretStore(environ=ENVIRON)
     assert (await store.get("openai_api_key")).reveal() == "sk-openai-value"
-    assert (await store.get("OPENAI_API_KEY")).reveal() == "sk-openai-value"
-    assert (await store.get("a.b-c")).reveal() == "abc-value"
+    assert (await store.get("a_b_c")).reveal() == "abc-value"
+
+
+async def test_spellings_that_read_one_variable_are_refused() -> None:
+    """OPENAI-API-KEY, openai.api.key and OPENAI_API_KEY are not openai_api_key: refused."""
+    store = EnvSecretStore(environ=ENVIRON)
+    for name in ("OPENAI-API-KEY", "OPENAI_API_KEY", "openai-api-key", "openai.api_key"):
+        with pytest.raises(InvalidSecretName) as info:
+            await store.get(name)
+        assert "'openai_api_key'" in str(info.value) and "sk-openai" not in str(info.value)
 
 
 async def test_names_lists_set_variables_lower_cased() -> None:
@@ -77,3 +85,22 @@ def test_the_prefix_must_be_non_empty() -> None:
     """An empty prefix would expose the whole environment: refused."""
     with pytest.raises(UsageError):
         EnvSecretStore("")
+
+
+async def test_a_chain_skips_the_env_store_for_a_spelling_it_refuses() -> None:
+    """In a chain, a name the env store cannot hold falls through to the next store."""
+    from taskloom.adapters.secrets import ChainSecretStore
+    from taskloom.contracts import Secret
+
+    class _Holds:
+        async def get(self, name: str, /) -> Secret:
+            if name != "OPENAI-API-KEY":
+                raise SecretNotFound(f"no {name}", name=name)
+            return Secret("from-the-file")
+
+        async def aclose(self) -> None:
+            return None
+
+    chain = ChainSecretStore([EnvSecretStore(environ=ENVIRON), _Holds()])  # type: ignore[list-item]
+    assert (await chain.get("OPENAI-API-KEY")).reveal() == "from-the-file"
+    assert (await chain.get("openai_api_key")).reveal() == "sk-openai-value"

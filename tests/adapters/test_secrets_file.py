@@ -243,3 +243,15 @@ def test_repr_shows_the_path_only(tmp_path: Path) -> None:
     """The repr names the file and never the passphrase."""
     store = _store(tmp_path / "s.bin")
     assert repr(store) == f"EncryptedFileSecretStore(path={str(tmp_path / 's.bin')!r})"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644])
+async def test_a_file_other_users_can_read_or_write_is_refused(tmp_path: Path, mode: int) -> None:
+    """A secret file readable or writable by group or others is refused before it is read."""
+    path = tmp_path / "s.bin"
+    await _written(path)
+    path.chmod(mode)
+    with pytest.raises(SecretStoreUnavailable, match="chmod 600"):
+        await _store(path).names()
+    path.chmod(0o600)
+    assert await _store(path).names() is not None

@@ -126,7 +126,7 @@ paths = st.lists(
 @settings(max_examples=100)
 @given(
     name=names,
-    version=st.integers(0, 2**31),
+    version=st.integers(1, 2**31),
     files=st.lists(
         st.builds(
             FileEntry,
@@ -137,8 +137,12 @@ paths = st.lists(
         max_size=8,
         unique_by=lambda e: e.path.casefold(),
     ),
-    hosts=st.lists(st.text(max_size=10), max_size=3),
-    description=st.text(max_size=40),
+    hosts=st.lists(
+        st.from_regex(r"(\*\.)?[a-z][a-z0-9]{0,8}(\.[a-z]{2,5})?", fullmatch=True), max_size=3
+    ),
+    description=st.text(
+        st.characters(blacklist_categories=("Cc", "Cf", "Zl", "Zp", "Cs")), max_size=40
+    ),
 )
 def test_manifests_round_trip_through_their_signed_bytes(
     name: str,

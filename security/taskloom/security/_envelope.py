@@ -93,8 +93,11 @@ def _unb64(text: object, field: str) -> bytes:
 
 def sign_envelope(payload_type: str, payload: bytes, keys: Sequence[PrivateKey]) -> bytes:
     """Sign ``payload`` as ``payload_type`` with every key of ``keys``; the envelope bytes."""
-    if not keys:
-        raise UsageError("sign with at least one private key")
+    if isinstance(keys, PrivateKey) or not keys:
+        raise UsageError("sign with a list of at least one private key")
+    for key in keys:
+        if not isinstance(key, PrivateKey):
+            raise UsageError(f"signing keys must be PrivateKey objects, got {type(key).__name__}")
     message = pae(payload_type, payload)
     signatures = tuple(Signature(keyid=k.key_id, sig=k.sign(message)) for k in keys)
     return Envelope(payload_type=payload_type, payload=payload, signatures=signatures).to_bytes()

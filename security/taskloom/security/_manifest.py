@@ -12,6 +12,7 @@ import hashlib
 import operator
 import os
 import re
+import unicodedata
 from collections import deque
 from collections.abc import Sequence
 from itertools import repeat
@@ -27,6 +28,7 @@ from taskloom.contracts import (
     UsageError,
 )
 from taskloom.contracts.serde import unstructure
+from taskloom.security._capabilities import capability_problems, unprintable
 from taskloom.security._envelope import sign_envelope
 from taskloom.security._errors import MalformedInput, MalformedManifest, UnsafeFile
 from taskloom.security._files import (
@@ -148,13 +150,18 @@ def check_file_list(files: Sequence[FileEntry]) -> None:
     seen: dict[str, str] = {}
     for entry in files:
         check_relative_path(entry.path)
-        folded = entry.path.casefold()
+        # NFC first: macOS stores names decomposed (NFD), so 'é' typed two ways is one file
+        folded = unicodedata.normalize("NFC", entry.path).casefold()
         other = seen.get(folded)
         if other is not None:
-            what = "twice" if other == entry.path else f"and {other!r}, differing only in case"
+            what = (
+                "twice"
+                if other == entry.path
+                else f"and {other!r}, differing only in case or Unicode normalization"
+            )
             raise UnsafeFile(
-                f"the manifest lists {entry.path!r} {what}; on a case-insensitive disk they are "
-                "one file: rename one of them and sign again"
+                f"the manifest lists {entry.path!r} {what}; on a case-insensitive or "
+                "normalizing disk they are one file: rename one of them and sign again"
             )
         seen[folded] = entry.path
         if entry.size > MAX_FILE_BYTES:
@@ -171,14 +178,51 @@ def _check_min_sdk_version(text: object) -> None:
 
 
 def manifest_bytes(manifest: PluginManifest) -> bytes:
-    """The canonical bytes (RFC 8785) that are signed for ``manifest``."""
-    return bytes(rfc8785.dumps(unstructure(manifest, PluginManifest)))
+    """The canonical bytes (RFC 8785) that are signed for ``manifest``.
+
+    ``MalformedManifest`` if a value has no canonical form (an integer beyond
+    +-(2**53 - 1), which no verifier would read back exactly).
+    """
+    try:
+        return bytes(rfc8785.dumps(unstructure(manifest, PluginManifest)))
+    except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
+        raise MalformedManifest(
+            f"the manifest cannot be signed: {exc}; integers must be within +-(2**53 - 1)"
+        ) from exc
+
+
+def content_problems(manifest: PluginManifest) -> list[str]:
+    """What signing refuses and verification refuses again, beyond the field types:
+    version 0, unprintable publisher text, capability strings outside the rules."""
+    problems: list[str] = []
+    if manifest.version < 1:
+        problems.append(f"version must be at least 1, got {manifest.version}")
+    for field in ("publisher", "description"):
+        char = unprintable(getattr(manifest, field))
+        if char is not None:
+            problems.append(
+                f"{field} holds the control or format character {char!r}, which a terminal "
+                "would act on instead of printing"
+            )
+    problems.extend(f"capabilities.{p}" for p in capability_problems(manifest.capabilities))
+    return problems
 
 
 def sign_manifest(manifest: PluginManifest, keys: Sequence[PrivateKey]) -> bytes:
-    """The signed envelope of ``manifest``, one signature per key of ``keys``."""
+    """The signed envelope of ``manifest``, one signature per key of ``keys``.
+
+    Raises ``MalformedManifest`` (or ``UnsafeFile``) for what every verifier would
+    refuse, never another library's error.
+    """
+    if not isinstance(manifest, PluginManifest):
+        raise UsageError(f"sign_manifest takes a PluginManifest, got {type(manifest).__name__}")
     check_file_list(manifest.files)
     _check_min_sdk_version(manifest.min_sdk_version)
+    problems = content_problems(manifest)
+    if problems:
+        raise MalformedManifest(
+            f"the manifest of {manifest.name!r} cannot be signed: {'; '.join(problems)}"
+        )
     return sign_envelope(MANIFEST_PAYLOAD_TYPE, manifest_bytes(manifest), keys)
 
 
@@ -327,6 +371,9 @@ def structure_manifest(raw: object) -> PluginManifest:
     # Same shortcut as for the entries: every element is a FileEntry built above,
     # which is all the ``files`` validator would check, one call per file.
     _set(manifest, "files", tuple(entries))
+    problems = content_problems(manifest)
+    if problems:
+        _refuse("; ".join(problems))
     return manifest
 
 

@@ -259,6 +259,9 @@ class TrustStore:
     ) -> TrustStore:
         """Parse trust store bytes (see ``load``)."""
         if root_key is not None:
+            if not isinstance(root_key, PublicKey):
+                raise UsageError(f"root_key must be a PublicKey, got {type(root_key).__name__}")
+            check_public_key(root_key)  # a weak root key would accept a forged trust store
             try:
                 envelope = parse_envelope(data, max_bytes=MAX_TRUST_STORE_BYTES)
             except MalformedEnvelope as exc:

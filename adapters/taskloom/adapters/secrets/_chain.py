@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from taskloom.adapters.secrets._common import StoreLifecycle
 from taskloom.contracts import (
+    InvalidSecretName,
     ReadOnlySecretStore,
     Secret,
     SecretNotFound,
@@ -61,7 +62,9 @@ class ChainSecretStore(StoreLifecycle):
         for store in self._stores:
             try:
                 return await store.get(name)
-            except SecretNotFound:
+            except (SecretNotFound, InvalidSecretName):
+                # InvalidSecretName here: a name valid in general that this store cannot
+                # hold (the environment store takes one spelling per variable)
                 continue
         raise SecretNotFound(
             f"secret {name!r} not found in any of {len(self._stores)} store(s): "

@@ -2,11 +2,16 @@
 
 Name mapping (both ways, documented because users type the variable names by hand):
 
-* secret ``name`` → variable ``prefix + name.upper()`` with ``.`` and ``-`` turned into
-  ``_``, because shells cannot export names holding them: ``openai_api_key`` and
-  ``openai-api-key`` both read ``TASKLOOM_SECRET_OPENAI_API_KEY``;
+* secret ``name`` → variable ``prefix + name.upper()``: ``openai_api_key`` reads
+  ``TASKLOOM_SECRET_OPENAI_API_KEY``;
 * variable → name: the part after the prefix, lower-cased; ``names()`` lists those that
   are valid secret names.
+
+One spelling per variable: shells cannot export names holding ``.`` or ``-`` and
+variables are upper case, so ``OPENAI-API-KEY``, ``openai.api.key`` and
+``openai_api_key`` would all read one variable and be treated as one secret -- a grant
+of one name would hand out another. Only the canonical spelling (``a-z 0-9 _``) is
+accepted; any other is refused with ``InvalidSecretName`` naming the spelling to use.
 
 An empty variable counts as unset: CI systems (GitHub Actions among them) expand a
 missing secret to the empty string, and a blank API key is never what was meant.
@@ -31,9 +36,19 @@ DEFAULT_PREFIX = "TASKLOOM_SECRET_"
 
 
 def env_var_name(name: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The environment variable that holds secret ``name`` (see the module docstring)."""
+    """The environment variable that holds secret ``name`` (see the module docstring).
+
+    ``InvalidSecretName`` unless ``name`` is the one spelling of its variable.
+    """
     check_secret_name(name)
-    return prefix + name.upper().replace(".", "_").replace("-", "_")
+    canonical = name.lower().replace(".", "_").replace("-", "_")
+    if name != canonical:
+        raise InvalidSecretName(
+            f"secret name {name!r} is not accepted by the environment store: names that "
+            f"differ only in case, '.', '-' or '_' read the same variable, so only one "
+            f"spelling is accepted; use {canonical!r} (variable {prefix}{canonical.upper()})"
+        )
+    return prefix + canonical.upper()
 
 
 class EnvSecretStore(StoreLifecycle):
@@ -70,6 +85,10 @@ class EnvSecretStore(StoreLifecycle):
         """The environment variable this store reads for secret ``name``."""
         return env_var_name(name, self._prefix)
 
+    def _variable_of(self, name: str) -> str:
+        """The variable a name's canonical spelling reads (for messages; never refuses)."""
+        return self._prefix + name.upper().replace(".", "_").replace("-", "_")
+
     def _env(self) -> Mapping[str, str]:
         return os.environ if self._environ is None else self._environ
 
@@ -91,7 +110,7 @@ class EnvSecretStore(StoreLifecycle):
         check_secret_name(name)
         raise ReadOnlySecretStore(
             f"cannot set secret {name!r}: the environment store is read-only; "
-            f"export {env_var_name(name, self._prefix)} before starting the process instead"
+            f"export {self._variable_of(name)} before starting the process instead"
         )
 
     async def delete(self, name: str, /) -> bool:
@@ -100,7 +119,7 @@ class EnvSecretStore(StoreLifecycle):
         check_secret_name(name)
         raise ReadOnlySecretStore(
             f"cannot delete secret {name!r}: the environment store is read-only; "
-            f"unset {env_var_name(name, self._prefix)} before starting the process instead"
+            f"unset {self._variable_of(name)} before starting the process instead"
         )
 
     async def names(self) -> list[str]:

@@ -189,9 +189,25 @@ class EncryptedFileSecretStore(StoreLifecycle):
     def _load(self) -> tuple[dict[str, str], tuple[bytes, int] | None]:
         """The map in the file and the file's (salt, log2_n); empty and None if no file."""
         try:
-            blob = self._path.read_bytes()
+            fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return {}, None
+        except OSError as exc:
+            raise SecretStoreUnavailable(
+                f"cannot read secret file {str(self._path)!r} ({exc.strerror or exc}): "
+                "check that it exists and is readable by this user"
+            ) from exc
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if mode & 0o077:
+                    # Encrypted, but a copy is all an offline passphrase guesser needs.
+                    raise SecretStoreUnavailable(
+                        f"secret file {str(self._path)!r} is readable or writable by other "
+                        f"users (mode {mode & 0o777:o}): run 'chmod 600 {self._path}'; "
+                        "nothing was read"
+                    )
+                blob = handle.read()
         except OSError as exc:
             raise SecretStoreUnavailable(
                 f"cannot read secret file {str(self._path)!r} ({exc.strerror or exc}): "

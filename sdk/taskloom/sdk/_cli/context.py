@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -15,6 +16,37 @@ from rich.table import Table
 
 from taskloom.contracts import Secret, SecretStore, StorageAdapter, UsageError
 from taskloom.sdk._config.toml import CliConfig
+
+# C0 and C1 controls but newline and tab, DEL, and the invisible format characters that
+# reorder or hide text (bidi overrides and isolates, zero-width marks, line separators).
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean(text: str) -> str:
+    """``text`` with terminal escapes and text-reordering characters shown as ``\\x1b``-style
+    escapes: a plugin directory or publisher name must print as what it is, never move
+    the cursor, retitle the window or turn the rest of the line around."""
+    return _UNSAFE.sub(_escape, text)
+
+
+class _CleanConsole(Console):
+    """A rich Console whose ``print`` cleans every string it is given (see ``clean``)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(clean(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+def _json_text(value: Any) -> str:
+    # json.dumps escapes C0 controls already; C1 and format characters it leaves raw
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
 
 
 class Output:
@@ -29,8 +61,8 @@ class Output:
     ) -> None:
         self.json_mode = json_mode
         self.stream = stream or sys.stdout
-        self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
-        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.console = _CleanConsole(file=self.stream, highlight=False, soft_wrap=True)
+        self.err = _CleanConsole(file=sys.stderr, highlight=False, soft_wrap=True)
         self.documents = 0
         self._redactor = redactor
 
@@ -56,7 +88,7 @@ class Output:
     def data(self, value: Any, human: Callable[[], None] | None = None) -> None:
         """Print ``value`` as JSON in JSON mode, else call ``human`` (or pretty-print it)."""
         if self.json_mode:
-            self.stream.write(json.dumps(value, ensure_ascii=False, default=str) + "\n")
+            self.stream.write(_json_text(value) + "\n")
             self.stream.flush()
             self.documents += 1
         elif human is not None:
@@ -64,15 +96,15 @@ class Output:
         elif isinstance(value, str):
             self.console.print(value, markup=False)
         else:
-            self.console.print_json(data=value, default=str)
+            self.console.print_json(_json_text(value))
 
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
-        table = Table(title=title, title_justify="left")
+        table = Table(title=clean(title), title_justify="left")
         for index, column in enumerate(columns):
             # the first column is an id people copy: never fold it
             table.add_column(column, overflow="fold", no_wrap=index == 0)
         for row in rows:
-            table.add_row(*["" if cell is None else str(cell) for cell in row])
+            table.add_row(*["" if cell is None else clean(str(cell)) for cell in row])
         self.console.print(table)
 
     def note(self, text: str) -> None:

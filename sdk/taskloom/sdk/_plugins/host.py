@@ -42,6 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from taskloom.contracts import (
+    CapabilityDenied,
     LLMExecutor,
     Plugin,
     PluginError,
@@ -87,6 +88,23 @@ class RemovableExecutorSink(ExecutorSink, Protocol):
     def peek(self, executor_id: str, /) -> LLMExecutor | None: ...
 
     async def unregister(self, executor_id: str, /) -> None: ...
+
+
+def _dev_mode_may_skip(exc: BaseException) -> bool:
+    """Whether development mode may load a plugin that failed verification with ``exc``.
+
+    Only a *missing* trust decision is skipped: no envelope or no trust store
+    (``PluginError``), or signatures by keys the trust store does not list for it
+    (``ThresholdNotMet``, ``KeyNotInScope``). Everything that says a signed plugin is
+    wrong -- a revoked key, a bad signature, changed or extra files, a rollback, a
+    reused version, an expired or malformed manifest, a taskloom too old -- is
+    refused in development mode too.
+    """
+    from taskloom.security import KeyNotInScope, ThresholdNotMet
+
+    if isinstance(exc, PluginIncompatible | CapabilityDenied):
+        return False
+    return isinstance(exc, PluginError | ThresholdNotMet | KeyNotInScope)
 
 
 class UnsignedPluginWarning(UserWarning):
@@ -434,12 +452,7 @@ class PluginHost:
                 manifest, files, signers = await self.verify(source)
                 verified = True
             except (SecurityError, PluginError) as exc:
-                # A revoked key is explicit distrust, not a missing signature: development
-                # mode never overrides it.
-                from taskloom.security import KeyRevoked
-
-                # Nor does it make a plugin run on a taskloom older than it needs.
-                if not self._dev_mode or isinstance(exc, KeyRevoked | PluginIncompatible):
+                if not self._dev_mode or not _dev_mode_may_skip(exc):
                     raise
                 manifest, files = self._read_unverified(source)
                 self.check_sdk_version(manifest)
