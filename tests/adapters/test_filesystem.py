@@ -644,3 +644,50 @@ def test_bad_settings_are_refused(tmp_path: Path, kwargs: dict[str, object]) -> 
     """Nonsense settings raise UsageError at construction."""
     with pytest.raises(UsageError):
         FileStorage(tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+# --- a damaged layout and private files ------------------------------------------------
+
+
+@pytest.mark.parametrize("sub", [_fs_core.RECORDS, _fs_core.STREAMS])
+async def test_a_store_missing_records_or_streams_is_refused(tmp_path: Path, sub: str) -> None:
+    """A marked store whose records/ (or streams/) vanished is StorageCorrupted, not empty."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        await storage.put("ns", "k", b"v")
+        await storage.append("s", b"e")
+    import shutil
+
+    shutil.rmtree(tmp_path / sub)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(StorageCorrupted) as caught:
+        await FileStorage.open(tmp_path, fsync=False)
+    assert caught.value.path == str(tmp_path / sub)
+    assert "missing" in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+async def test_a_creation_interrupted_before_the_marker_is_finished(tmp_path: Path) -> None:
+    """Empty records/, streams/ and tmp/ without a marker (a crashed first open) are ours."""
+    for sub in (_fs_core.RECORDS, _fs_core.STREAMS, _fs_core.TMP):
+        (tmp_path / sub).mkdir()
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        await storage.put("ns", "k", b"v")
+    assert (tmp_path / _fs_root.MARKER).exists()
+
+
+async def test_store_files_and_directories_are_private(tmp_path: Path) -> None:
+    """Every file the store creates is 0600 and every directory 0700."""
+    import stat
+
+    root = tmp_path / "store"
+    async with FileStorage(root, fsync=False) as storage:
+        await storage.put("ns", "k" * 300, b"v")
+        await storage.append("s", b"e")
+        await storage.commit(
+            [Put(namespace="ns", key="a", value=b"1"), Append(stream="t", payload=b"x")]
+        )
+    paths = [root, *root.rglob("*")]
+    assert len(paths) > 8
+    for path in paths:
+        want = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == want, path

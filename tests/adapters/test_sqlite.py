@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import sqlite3
+import stat
 import warnings
 from pathlib import Path
 
@@ -449,12 +450,42 @@ async def test_directory_at_location_is_refused(tmp_path: Path) -> None:
     assert caught.value.path == str(tmp_path)
 
 
-async def test_empty_file_becomes_a_database(tmp_path: Path) -> None:
-    """A zero-byte file (touched in advance) is taken as a new database."""
+async def test_an_empty_file_is_refused_as_corrupted(tmp_path: Path) -> None:
+    """A zero-byte file is no taskloom database (ours are created whole): StorageCorrupted."""
     db = tmp_path / "empty.db"
     db.touch()
-    async with SQLiteStorage(db) as store:
-        assert (await store.put("ns", "k", b"v")).version == 1
+    with pytest.raises(StorageCorrupted) as caught:
+        await SQLiteStorage.open(db)
+    assert caught.value.path == str(db)
+    assert "empty" in str(caught.value)
+    assert db.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+async def test_a_new_database_is_created_whole_and_private(tmp_path: Path) -> None:
+    """A new database and its directory are private to the user; no temp file is left."""
+    db = tmp_path / "new" / "store.db"
+    async with SQLiteStorage(db, purge_interval_s=None) as store:
+        await store.put("ns", "k", b"v")
+        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            if path.exists():
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+    assert sorted(p.name for p in db.parent.iterdir() if not p.name.startswith("store.db-")) == [
+        "store.db"
+    ]
+
+
+async def test_two_openers_of_a_new_path_share_one_database(tmp_path: Path) -> None:
+    """Opening a new path twice at once creates one database both use."""
+    db = tmp_path / "race.db"
+    first, second = await asyncio.gather(SQLiteStorage.open(db), SQLiteStorage.open(db))
+    try:
+        await first.put("ns", "k", b"one")
+        assert (await second.get("ns", "k")).value == b"one"  # type: ignore[union-attr]
+    finally:
+        await first.aclose()
+        await second.aclose()
 
 
 async def test_tables_dropped_behind_our_back_is_corrupted(tmp_path: Path) -> None:

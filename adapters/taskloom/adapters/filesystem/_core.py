@@ -108,9 +108,15 @@ class Store:
         lock = self._new_lock()
         try:
             with lock.held(exclusive=True):
-                _fs_root.mark(root, self.disk)
-                for sub in (RECORDS, STREAMS, TMP):
-                    self.disk.ensure_dir(root / sub)
+                if (root / _fs_root.MARKER).exists():
+                    self._check_layout()
+                else:
+                    # The directories first: a marked store always has them, so one
+                    # that lacks them later has lost data and is refused.
+                    for sub in (RECORDS, STREAMS):
+                        self.disk.ensure_dir(root / sub)
+                    _fs_root.mark(root, self.disk)
+                self.disk.ensure_dir(root / TMP)
                 self._clear_tmp()
                 self.recover()
                 self.disk.flush()
@@ -118,6 +124,19 @@ class Store:
             lock.close()
             raise
         self._lock = lock
+
+    def _check_layout(self) -> None:
+        """Refuse a marked store whose ``records/`` or ``streams/`` is gone (or no directory)."""
+        for sub in (RECORDS, STREAMS):
+            path = self.root / sub
+            if not path.is_dir():
+                what = "is missing" if not os.path.lexists(path) else "is not a directory"
+                raise StorageCorrupted(
+                    f"file store at {self.root} is damaged: {path} {what}, so every "
+                    f"{'record' if sub == RECORDS else 'stream'} it held is gone; nothing was "
+                    "changed: restore the directory from a backup, or choose a new location",
+                    path=str(path),
+                )
 
     def _new_lock(self) -> SharedLock:
         return SharedLock(self.root / GATE, self.root / LOCK, timeout=self._lock_timeout)

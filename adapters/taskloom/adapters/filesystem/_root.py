@@ -26,6 +26,12 @@ GATE = "taskloom.gate"
 
 _OURS_BEFORE_MARKER = frozenset({LOCK, GATE, MARKER_TMP})
 """What a root may hold before its marker exists: another opener may be creating it."""
+_OUR_DIRS = frozenset({"records", "streams", "tmp"})
+"""Directories an opener creates before the marker (allowed while they are empty)."""
+
+
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not os.listdir(path)
 
 
 def check(root: Path) -> None:
@@ -34,7 +40,11 @@ def check(root: Path) -> None:
     if marker.exists():
         check_marker(root)
         return
-    extra = set(os.listdir(root)) - _OURS_BEFORE_MARKER
+    extra = {
+        name
+        for name in set(os.listdir(root)) - _OURS_BEFORE_MARKER
+        if not (name in _OUR_DIRS and _empty_dir(root / name))
+    }
     if extra:
         shown = ", ".join(sorted(extra)[:5])
         raise StorageCorrupted(

@@ -9,6 +9,7 @@ path can never damage someone else's data.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
@@ -143,7 +144,13 @@ def _foreign(path: str, what: str) -> StorageCorrupted:
 
 
 def _check_file(path: str) -> None:
-    """Refuse a directory or a file that does not start with SQLite's header; read only."""
+    """Refuse a directory, an empty file or one without SQLite's header; read only.
+
+    taskloom creates a database whole (``_create``), so an empty file at the path
+    was truncated or made by something else. The one exception is a database
+    whose writes all still sit in its WAL (an empty main file beside a non-empty
+    ``-wal``): SQLite recovers that itself.
+    """
     try:
         if os.path.isdir(path):
             raise _foreign(path, "is a directory, not a taskloom database")
@@ -151,10 +158,56 @@ def _check_file(path: str) -> None:
             return
         with open(path, "rb") as handle:
             head = handle.read(len(_SQLITE_MAGIC))
+        wal = f"{path}-wal"
+        wal_has_data = os.path.exists(wal) and os.path.getsize(wal) > 0
     except OSError as exc:
         raise translate(exc, path) from exc
+    if not head and not wal_has_data:
+        raise StorageCorrupted(
+            f"database file {path} is empty (0 bytes): taskloom never leaves an empty "
+            "database, so it was truncated or created by something else; nothing was "
+            "changed: restore it from a backup, or remove it to start a new store "
+            "('taskloom doctor --repair' removes an empty file)",
+            path=path,
+        )
     if head and head != _SQLITE_MAGIC:
         raise _foreign(path, "is not a SQLite database (its first bytes are not SQLite's header)")
+
+
+def _create(path: str, *, target_version: int) -> None:
+    """Create a new database at ``path`` whole: built aside, then linked into place.
+
+    The file is private to the user (0600; SQLite gives its ``-wal`` and ``-shm``
+    the same mode). Linking never replaces a database another process created
+    meanwhile: then that one is used. A crash leaves no file at ``path``, or a
+    complete one, never an empty one.
+    """
+    tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.new"
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            prepare(conn, tmp, target_version=target_version)
+            conn.execute("PRAGMA journal_mode = DELETE")  # fold the WAL into the file
+        finally:
+            conn.close()
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another process was first: use theirs
+            os.link(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    finally:
+        for leftover in (tmp, f"{tmp}-journal", f"{tmp}-wal", f"{tmp}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _inspect(conn: sqlite3.Connection, path: str) -> int | None:
@@ -260,11 +313,13 @@ def open_writer_connection(
     try:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
-            os.makedirs(parent, exist_ok=True)
+            os.makedirs(parent, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise translate(exc, path) from exc
     conn: sqlite3.Connection | None = None
     try:
+        if not os.path.exists(path):
+            _create(path, target_version=target_version)
         conn = sqlite3.connect(
             path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )

@@ -142,7 +142,7 @@ class CliContext:
             if kind == "env":
                 self._secrets = EnvSecretStore()
             else:
-                self.config.secrets_path.parent.mkdir(parents=True, exist_ok=True)
+                self.config.secrets_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 if kind == "file":
                     self._secrets = EncryptedFileSecretStore.from_env(self.config.secrets_path)
                 else:
@@ -183,7 +183,7 @@ async def open_storage(config: CliConfig, secrets: SecretStore | None = None) ->
         from taskloom.adapters.memory import MemoryStorage
 
         return MemoryStorage()
-    config.storage_path.parent.mkdir(parents=True, exist_ok=True)
+    config.storage_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if config.storage_kind == "filesystem":
         from taskloom.adapters.filesystem import FileStorage
 
