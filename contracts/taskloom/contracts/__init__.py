@@ -12,6 +12,7 @@ from taskloom.contracts._claims import (
     ClaimedRecord,
     ClaimingStorage,
     ClaimOps,
+    WakeableStorage,
     claim_by_cas,
 )
 from taskloom.contracts._errors import (
@@ -254,6 +255,7 @@ __all__ = [
     "Usage",
     "UsageError",
     "ValueTooLarge",
+    "WakeableStorage",
     "check_if_version",
     "check_limit",
     "check_name",

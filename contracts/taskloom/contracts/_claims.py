@@ -61,6 +61,20 @@ class ClaimingStorage(Protocol):
     ) -> list[ClaimedRecord]: ...
 
 
+@runtime_checkable
+class WakeableStorage(Protocol):
+    """A storage adapter that can tell a waiting worker that a namespace was written.
+
+    WK1 ``wait_for_change(namespace, timeout=t)`` returns True soon after a write of
+        a record in ``namespace`` by any process (one the adapter announces: the
+        PostgreSQL adapter's ``notify_namespaces``), also one made since the previous
+        call returned; otherwise False after about ``t`` seconds. It is only a hint:
+        False never means nothing changed, so callers keep polling as the fallback.
+    """
+
+    async def wait_for_change(self, namespace: str, *, timeout: float) -> bool: ...
+
+
 def check_claim_limit(limit: object) -> int:
     """Return ``limit`` if it is an int >= 1; else ``UsageError``."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:

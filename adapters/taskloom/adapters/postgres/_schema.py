@@ -130,6 +130,11 @@ _SCAN_META_HEAD = (
     "SELECT key, version, updated_at FROM {s}.records "
     f"WHERE namespace = %s AND key >= %s AND key > %s AND {_LIVE}"
 )
+_CLAIM_NEXT = (
+    "SELECT key, value, version, updated_at, expires_at FROM {s}.records "
+    f"WHERE namespace = %s AND key >= %s AND key > %s AND {_LIVE}"
+)
+_CLAIM_TAIL = " ORDER BY key LIMIT 1 FOR UPDATE SKIP LOCKED"
 _RESERVE = (
     "INSERT INTO {s}.records (namespace, key, value, version, updated_at, expires_at) "
     "VALUES (%s, %s, '', 0, 0, 0) ON CONFLICT (namespace, key) DO NOTHING RETURNING version"
@@ -163,6 +168,8 @@ class Statements:
     purge: str
     reserve: str
     unreserve: str
+    claim_next: str
+    claim_next_bounded: str
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -189,6 +196,8 @@ class Statements:
             purge=_PURGE.format(s=s),
             reserve=_RESERVE.format(s=s),
             unreserve=_UNRESERVE.format(s=s),
+            claim_next=_CLAIM_NEXT.format(s=s) + _CLAIM_TAIL,
+            claim_next_bounded=_CLAIM_NEXT.format(s=s) + " AND key < %s" + _CLAIM_TAIL,
         )
 
 

@@ -15,15 +15,17 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 import psycopg
 import psycopg_pool
 
+from taskloom.adapters.postgres._claim import claim_one
 from taskloom.adapters.postgres._dsn import Dsn
 from taskloom.adapters.postgres._errors import is_lost_connection, map_pg_errors, translate
+from taskloom.adapters.postgres._listen import Listener, channel_for
 from taskloom.adapters.postgres._ops import (
     append_job,
     commit_job,
@@ -39,6 +41,8 @@ from taskloom.contracts import (
     MAX_KEY_BYTES,
     Append,
     Check,
+    ClaimedRecord,
+    ClaimOps,
     CommitResult,
     Delete,
     Op,
@@ -161,6 +165,12 @@ class PostgresStorage:
     carry. Serialization failures, deadlocks and a connection lost before
     COMMIT are retried inside, up to ``retries`` times.
 
+    It claims natively (``claim``: ``FOR UPDATE SKIP LOCKED``) and wakes idle
+    workers on other hosts (``wait_for_change``): a transaction that puts records
+    in one of ``notify_namespaces`` (the run queue) sends one NOTIFY per such
+    namespace; one connection per store LISTENs, except with ``pgbouncer=True``
+    (PgBouncer in transaction mode cannot carry LISTEN), where waits just poll.
+
     Open with ``await PostgresStorage.open(dsn)`` or ``async with
     PostgresStorage(dsn) as storage``; a method called first also opens it. The
     adapter belongs to the event loop that opened it.
@@ -181,6 +191,7 @@ class PostgresStorage:
         retries: int = 8,
         purge_interval_s: float | None = 60.0,
         application_name: str = "taskloom",
+        notify_namespaces: Iterable[str] = ("queue",),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sql = Statements.for_schema(schema)
@@ -207,6 +218,13 @@ class PostgresStorage:
         if not isinstance(application_name, str) or len(application_name) > 63:
             raise UsageError("application_name must be text of at most 63 characters")
         self._application_name = application_name
+        if isinstance(notify_namespaces, str):
+            raise UsageError("notify_namespaces must be a collection of namespaces, not one text")
+        watched = frozenset(notify_namespaces)
+        for name in watched:
+            check_name(name, what="namespace")
+        self._notify = (channel_for(schema), watched)
+        self._listener: Listener | None = None
         self._clock = clock
         self._dsn_fetch: Callable[[], Awaitable[str | Secret]] | None = None
         self._dsn: Dsn | None = None
@@ -328,8 +346,15 @@ class PostgresStorage:
             raise
         self._pool = pool
         self._writer = Writer(
-            pool, self._sql, dsn, pool_timeout_s=self._pool_timeout_s, retries=self._retries
+            pool,
+            self._sql,
+            dsn,
+            pool_timeout_s=self._pool_timeout_s,
+            retries=self._retries,
+            notify=self._notify,
         )
+        if not self._pgbouncer:
+            self._listener = Listener(dsn, self._notify[0], kwargs)
         if self._purge_interval_s is not None:
             self._purger = asyncio.get_running_loop().create_task(
                 self._purge_forever(self._purge_interval_s), name=f"taskloom-purge:{dsn.describe()}"
@@ -352,7 +377,10 @@ class PostgresStorage:
             self._purger = None
         writer, self._writer = self._writer, None
         pool, self._pool = self._pool, None
+        listener, self._listener = self._listener, None
         try:
+            if listener is not None:
+                await listener.aclose()
             if writer is not None:
                 await writer.stop()
         finally:
@@ -540,6 +568,73 @@ class PostgresStorage:
             commit_job, (checked, float(self._clock())), savepoint=True
         )
         return result
+
+    # --- the queue's capabilities ----------------------------------------------------
+
+    async def claim(
+        self, namespace: str, *, prefix: str = "", limit: int = 1, ops_for: ClaimOps
+    ) -> list[ClaimedRecord]:
+        """Claim up to ``limit`` records of ``namespace`` under ``prefix`` (CL1-CL5).
+
+        One transaction per record: the first live record no other claimer holds
+        is locked (``FOR UPDATE SKIP LOCKED``), deleted at its version, and
+        ``ops_for(record)``'s operations applied with it, all or nothing.
+        """
+        _check_key(namespace, "namespace")
+        if not isinstance(prefix, str):
+            raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise UsageError(f"limit must be an int >= 1, got {limit!r}")
+        if not callable(ops_for):
+            raise UsageError("ops_for must be a function of a Record returning operations")
+        await self._writer_for_call()
+        pool, dsn = self._pool, self._dsn
+        assert pool is not None and dsn is not None
+        claimed: list[ClaimedRecord] = []
+        if "\x00" in prefix:
+            return claimed  # no key holds NUL
+        high = _prefix_end(prefix)
+        after = ""
+        while len(claimed) < limit:
+            if self._closed:
+                raise self._usage_closed()
+            key, got = await claim_one(
+                pool,
+                self._sql,
+                dsn,
+                namespace=namespace,
+                low=prefix,
+                after=after,
+                high=high,
+                ops_for=ops_for,
+                check_ops=_check_ops,
+                notify=self._notify,
+                now=float(self._clock()),
+                pool_timeout_s=self._pool_timeout_s,
+                retries=self._retries,
+            )
+            if key is None:
+                break
+            after = key
+            if got is not None:
+                claimed.append(got)
+        return claimed
+
+    async def wait_for_change(self, namespace: str, *, timeout: float) -> bool:
+        """True soon after a record of ``namespace`` (one of ``notify_namespaces``) was
+        put by any host since the last True; else False after ``timeout`` seconds (WK1).
+
+        Only a hint: keep polling as well. With ``pgbouncer=True``, or while the
+        listening connection is down, it waits the timeout out and returns False.
+        """
+        _check_key(namespace, "namespace")
+        seconds = _positive("timeout", timeout, upper=1e9)
+        await self._writer_for_call()
+        listener = self._listener
+        if listener is None or namespace not in self._notify[1]:
+            await asyncio.sleep(seconds)
+            return False
+        return await listener.wait(namespace, seconds)
 
     # --- retention -------------------------------------------------------------------
 

@@ -39,16 +39,24 @@ import psycopg_pool
 
 from taskloom.adapters.postgres._dsn import Dsn
 from taskloom.adapters.postgres._errors import is_lost_connection, is_retryable, translate
-from taskloom.adapters.postgres._ops import JobFn, upsert_job, upsert_many
+from taskloom.adapters.postgres._listen import NOTIFY
+from taskloom.adapters.postgres._ops import (
+    JobFn,
+    commit_job,
+    put_job,
+    upsert_job,
+    upsert_many,
+)
 from taskloom.adapters.postgres._schema import Statements
 from taskloom.contracts import (
+    Put,
     StorageCorrupted,
     StorageUnavailable,
     TaskloomError,
     UsageError,
 )
 
-__all__ = ["MAX_BATCH", "Writer", "check_pool"]
+__all__ = ["MAX_BATCH", "Writer", "check_pool", "rollback"]
 
 Job = tuple[JobFn, tuple[Any, ...], "asyncio.Future[Any]", bool]
 """(function, arguments, future of its outcome, whether it needs a savepoint)."""
@@ -73,7 +81,7 @@ def _deliver(outcomes: list[_Outcome]) -> None:
             future.set_exception(value)
 
 
-async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
+async def rollback(conn: psycopg.AsyncConnection[Any]) -> None:
     """End the open transaction, if the connection still has one to end."""
     if conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         return
@@ -102,8 +110,10 @@ class Writer:
         *,
         pool_timeout_s: float,
         retries: int,
+        notify: tuple[str, frozenset[str]] = ("", frozenset()),
     ) -> None:
         self._pool = pool
+        self._notify = notify
         self._sql = sql
         self._dsn = dsn
         self._pool_timeout_s = pool_timeout_s
@@ -199,6 +209,19 @@ class Writer:
                     outcomes += await self._commit([job])
                 return outcomes
 
+    def _announced(self, batch: list[Job]) -> list[str]:
+        """The watched namespaces this batch puts records in: one NOTIFY each."""
+        watched = self._notify[1]
+        if not watched:
+            return []
+        written: set[str] = set()
+        for fn, args, _, _ in batch:
+            if fn is upsert_job or fn is put_job:
+                written.add(args[0])
+            elif fn is commit_job:
+                written.update(op.namespace for op in args[0] if isinstance(op, Put))
+        return sorted(written & watched)
+
     async def _attempt(self, batch: list[Job]) -> list[_Outcome]:
         sql = self._sql
         alone = len(batch) == 1
@@ -242,12 +265,15 @@ class Writer:
                         await cur.execute("RELEASE SAVEPOINT member")
                     outcomes.append((future, True, value))
             except BaseException:
-                await _rollback(conn)
+                await rollback(conn)
                 raise
             if undo_all:
-                await _rollback(conn)
+                await rollback(conn)
                 return outcomes
+            wake = self._announced(batch)
             try:
+                if wake:
+                    await cur.execute(NOTIFY, (self._notify[0], wake))
                 await cur.execute("COMMIT")
             except psycopg.Error as exc:
                 if conn.broken or is_lost_connection(exc):
