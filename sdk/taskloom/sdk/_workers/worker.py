@@ -10,7 +10,14 @@ from collections.abc import Sequence
 
 import attrs
 
-from taskloom.contracts import RunHeld, StepFailed, StorageError, TaskloomError, UsageError
+from taskloom.contracts import (
+    RunHeld,
+    StepFailed,
+    StorageError,
+    TaskloomError,
+    UsageError,
+    WakeableStorage,
+)
 from taskloom.sdk._engine.engine import Engine
 from taskloom.sdk._queue.claim import (
     Claim,
@@ -20,7 +27,7 @@ from taskloom.sdk._queue.claim import (
     release_slot,
     requeue,
 )
-from taskloom.sdk._queue.records import DEFAULT_QUEUE, QueueDefinition
+from taskloom.sdk._queue.records import DEFAULT_QUEUE, NS_QUEUE, QueueDefinition
 from taskloom.sdk._queue.submit import check_queue_name, queue_definition
 from taskloom.sdk._runs.store import RunStore
 
@@ -46,6 +53,15 @@ class WorkerStats:
     poisoned: int = 0
     storage_errors: int = 0
     last_error: str | None = None
+
+
+async def _announced(storage: WakeableStorage, timeout: float) -> bool:
+    """Whether the store announced a submission within ``timeout``; a failure is a no
+    (the worker polls anyway, and its next claim reports a store that is down)."""
+    try:
+        return await storage.wait_for_change(NS_QUEUE, timeout=timeout)
+    except (TaskloomError, OSError):
+        return False
 
 
 class Worker:
@@ -182,6 +198,10 @@ class Worker:
                 asyncio.ensure_future(self._wake.wait()),
                 asyncio.ensure_future(submitted.wait()),
             ]
+            storage = self.engine.storage
+            if isinstance(storage, WakeableStorage):
+                # Submissions by other processes and hosts (PostgreSQL: LISTEN/NOTIFY).
+                waits.append(asyncio.ensure_future(_announced(storage, self.poll_s)))
             try:
                 await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
             finally:
