@@ -193,7 +193,7 @@ async def test_records_requests_and_concurrency() -> None:
         results = await asyncio.gather(*(executor.complete(r) for r in requests))
         assert [r.text for r in results] == ["m0", "m1", "m2", "m3"]
         assert executor.calls == 4
-        assert executor.requests == requests
+        assert list(executor.requests) == requests
         assert executor.max_in_flight == 4
         assert executor.in_flight == 0
         assert all(r.latency_s > 0 for r in results)
@@ -256,3 +256,19 @@ async def test_a_repeated_error_does_not_grow_its_traceback() -> None:
                 depth, tb = depth + 1, tb.tb_next
             depths.append(depth)
     assert len(set(depths)) == 1
+
+
+async def test_keeps_only_the_latest_requests() -> None:
+    """By default only the latest 100 requests are kept: a long-lived process stays flat."""
+    async with ScriptedExecutor() as executor:
+        for n in range(250):
+            await executor.complete(_request(f"m{n}"))
+        assert executor.calls == 250
+        assert len(executor.requests) == 100
+        assert executor.requests[-1] == _request("m249")
+    async with ScriptedExecutor(keep_requests=None) as everything:
+        for n in range(150):
+            await everything.complete(_request(f"m{n}"))
+        assert len(everything.requests) == 150
+    with pytest.raises(UsageError):
+        ScriptedExecutor(keep_requests=-1)

@@ -37,7 +37,7 @@ def digest(prompt: str) -> str:
 
 
 def map_pipeline(items: int, *, concurrency: int = 3) -> dict[str, Any]:
-    """A run of ``items`` map items, then one final step over all their outputs."""
+    """A run of one map over ``items`` items; a call's tag is ``item=<index>:<item>``."""
     return {
         "taskloom": "pipeline/v1",
         "name": "queued-map",
@@ -48,7 +48,7 @@ def map_pipeline(items: int, *, concurrency: int = 3) -> dict[str, Any]:
                 "id": "m",
                 "map": "{{inputs.items}}",
                 "concurrency": concurrency,
-                "step": {"id": "body", "prompt": "item={{index}} | {{item}}"},
+                "step": {"id": "body", "prompt": "item={{index}}:{{item}} | reply"},
             },
         ],
         "output": {"items": "{{steps.m.output}}"},

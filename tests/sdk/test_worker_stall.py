@@ -185,10 +185,10 @@ def one_trial(kind: str, root: Path) -> bool:
             assert starts(calls, a.pid) == a_started, "the stale worker started calls after waking"
         assert record.status == "succeeded", record.error
         assert numbers == list(range(1, len(numbers) + 1)), "event numbers not unique and gapless"
-        for tag, output in outputs.items():
+        for key, output in outputs.items():
             made, _, pid = str(output).partition("@")
-            index = int(tag.split("=")[1])
-            assert made == digest(f"{tag} | x{index}"), (tag, output)
+            tag = f"{key}:x{key.split('=')[1]}"
+            assert made == digest(f"{tag} | reply"), (tag, output)
             if int(pid) == a.pid:
                 assert tag in a_done_before, f"{tag}: A's reply finished after its wake landed"
         assert len(record.output["items"]) == ITEMS

@@ -2,13 +2,16 @@
 
 Deterministic by construction: replies come from a list, a mapping or a function,
 usage is counted in whitespace-separated words, and failures are injected from a
-schedule. It records every request it was given and how many were in flight at
-once, so tests of retries, caches and concurrency limits can assert on it.
+schedule. It records the latest requests it was given (``keep_requests``, 100 by
+default: a long-lived worker must not keep every request it ever served) and how
+many were in flight at once, so tests of retries, caches and concurrency limits can
+assert on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import itertools
 import json
@@ -85,6 +88,9 @@ class ScriptedExecutor:
     and raises ``ExecutorTimeout``, as a client with a deadline would.
     Streams split the reply into pieces of ``chunk_size`` characters, sleeping
     ``chunk_delay_s`` between them; the last chunk carries finish reason and usage.
+
+    ``requests`` holds the latest ``keep_requests`` requests (None: all of them,
+    for a test that needs the whole log; memory then grows with every call).
     """
 
     def __init__(
@@ -101,7 +107,14 @@ class ScriptedExecutor:
         error: ExecutorError | None = None,
         model: str = "scripted",
         finish_reason: str = "stop",
+        keep_requests: int | None = 100,
     ) -> None:
+        if keep_requests is not None and (
+            isinstance(keep_requests, bool)
+            or not isinstance(keep_requests, int)
+            or keep_requests < 0
+        ):
+            raise UsageError(f"keep_requests must be an int >= 0 or None, got {keep_requests!r}")
         if chunk_size < 1:
             raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
         if latency_s < 0 or chunk_delay_s < 0:
@@ -133,8 +146,10 @@ class ScriptedExecutor:
         self._closed = False
         self.calls = 0
         """How many calls were made (a stream counts once its iteration starts)."""
-        self.requests: list[CompletionRequest] = []
-        """Every request, in the order the calls were made."""
+        self.requests: collections.deque[CompletionRequest] = collections.deque(
+            maxlen=keep_requests
+        )
+        """The latest ``keep_requests`` requests, in the order the calls were made."""
         self.in_flight = 0
         """Calls running now."""
         self.max_in_flight = 0
