@@ -2,9 +2,8 @@
 random worker SIGKILLed every few seconds and restarted.
 
 Every run must end succeeded with the right output, no map item may execute in two
-live workers at once, and every run's event history must be gapless. The issue asks
-for 500 runs; on a shared 2-core machine the default here is
-TASKLOOM_KILL_LOOP_RUNS=500 (the full size: about 45 s here).
+live workers at once, and every run's event history must be gapless. 500 runs by
+default (TASKLOOM_KILL_LOOP_RUNS sets another count): about 45 s on a 2-core machine.
 """
 
 from __future__ import annotations
