@@ -87,6 +87,8 @@ def make(protocol: str, server: KatanServer, **kwargs: Any) -> OpenAIExecutor | 
     """An executor for ``server`` speaking ``protocol``, with a key katan accepts."""
     if protocol == "openai":
         kwargs.setdefault("api_key", Secret(OPENAI_KEY))
+        # llm-katan reads only max_tokens, as older compatible servers do
+        kwargs.setdefault("max_tokens_field", "max_tokens")
         return OpenAIExecutor(base_url=server.openai_url, model="katan-model", **kwargs)
     kwargs.setdefault("api_key", Secret(ANTHROPIC_KEY))
     return AnthropicExecutor(base_url=server.anthropic_url, model="katan-model", **kwargs)

@@ -48,14 +48,17 @@ from taskloom.adapters._http.jsonbody import (
     require,
     token_count,
 )
+from taskloom.adapters._http.keys import check_secret, key_problem
 from taskloom.adapters._http.reply import FinishReason, Parsed, StreamState
 from taskloom.adapters._http.retry_after import parse_retry_after
 from taskloom.adapters._http.settings import settings_to_kwargs
 from taskloom.adapters._http.sse import ServerSentEvent, SSEDecoder, iter_sse
 from taskloom.adapters._http.transport import (
+    ACCEPT_ENCODING,
     MAX_RESPONSE_BYTES,
     Deadline,
     ShardedTransport,
+    iter_decoded,
     plain_length,
     pooled_transport,
 )
@@ -65,6 +68,7 @@ from taskloom.contracts import (
     CompletionResult,
     InvalidRequest,
     MalformedResponse,
+    Refused,
     Secret,
     UsageError,
 )
@@ -103,16 +107,6 @@ __all__ = [
 _logger = logging.getLogger("taskloom.adapters.http")
 
 
-def check_secret(api_key: object, owner: str) -> Secret | None:
-    """``api_key`` if it is a Secret or None; a plain string is refused unseen."""
-    if api_key is None or isinstance(api_key, Secret):
-        return api_key
-    raise UsageError(
-        f"{owner}: api_key must be a taskloom Secret (or None), got {type(api_key).__name__}; "
-        "wrap it as Secret(value) in code, or give {'secret': NAME} in a config"
-    )
-
-
 def _positive(value: object, name: str, owner: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise UsageError(f"{owner}: {name} must be a positive number, got {value!r}")
@@ -138,6 +132,8 @@ class HTTPExecutor(abc.ABC):
 
     provider: ClassVar[str] = "http"
     path: ClassVar[str] = "/"
+    finish_ends_stream: ClassVar[bool] = False
+    """Whether a stream that ends after its finish reason is complete without an end marker."""
 
     def __init__(
         self,
@@ -167,6 +163,12 @@ class HTTPExecutor(abc.ABC):
         for key, value in self._extra_headers.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise UsageError(f"{owner}: headers must map strings to strings")
+            if key_problem(key) is not None or (value and key_problem(value) is not None):
+                raise UsageError(
+                    f"{owner}: header {key if key.isascii() and key.isprintable() else '?'!r}"
+                    " has a name or value an HTTP header cannot carry (non-ASCII, a control "
+                    "character, or spaces at its ends)"
+                )
         self._connect_timeout_s = _positive(connect_timeout_s, "connect_timeout_s", owner)
         self._read_timeout_s = _positive(read_timeout_s, "read_timeout_s", owner)
         self._total_timeout_s = _positive(total_timeout_s, "total_timeout_s", owner)
@@ -221,7 +223,12 @@ class HTTPExecutor(abc.ABC):
             self._client = None
         if self._client is None:
             self._loop = loop
-            headers = {"user-agent": "taskloom/0.1", **self._extra_headers, **self._headers()}
+            headers = {
+                "user-agent": "taskloom/0.1",
+                "accept-encoding": ACCEPT_ENCODING,
+                **self._extra_headers,
+                **self._headers(),
+            }
             self._client = httpx.AsyncClient(
                 headers=headers,
                 timeout=httpx.Timeout(
@@ -268,6 +275,14 @@ class HTTPExecutor(abc.ABC):
             )
         return model
 
+    def _refused(self, refusal: str) -> Refused:
+        shown = quote(refusal, self._redactor) or "(no text)"
+        return Refused(
+            f"{self.provider}: the model refused to answer: {shown}; rephrase the prompt "
+            "(retrying the same request gets the same refusal)",
+            refusal=self._redactor.scrub(refusal),
+        )
+
     def _translate(self) -> HTTPXBoundary:
         return translate_httpx(
             provider=self.provider, redactor=self._redactor, timeout_s=self._total_timeout_s
@@ -312,17 +327,19 @@ class HTTPExecutor(abc.ABC):
             )
         parts: list[bytes] = []
         size = 0
-        async for part in response.aiter_bytes():
-            size += len(part)
-            if size > limit:
-                if for_error:
-                    parts.append(part[: limit - (size - len(part))])
-                    break
-                raise MalformedResponse(
-                    f"{self.provider}: the reply is over the {limit}-byte limit "
-                    "(max_response_bytes); the server is not answering like an LLM API"
-                )
-            parts.append(part)
+        chunks = iter_decoded(response)
+        async with contextlib.aclosing(chunks):
+            async for part in chunks:
+                size += len(part)
+                if size > limit:
+                    if for_error:
+                        parts.append(part[: limit - (size - len(part))])
+                        break
+                    raise MalformedResponse(
+                        f"{self.provider}: the reply is over the {limit}-byte limit "
+                        "(max_response_bytes); the server is not answering like an LLM API"
+                    )
+                parts.append(part)
         return b"".join(parts)
 
     async def complete(self, request: CompletionRequest, /) -> CompletionResult:
@@ -337,6 +354,8 @@ class HTTPExecutor(abc.ABC):
             finally:
                 await response.aclose()
         parsed = self._parse(decode_json(body, f"the {self.provider} reply"))
+        if parsed.refusal is not None:
+            raise self._refused(parsed.refusal)
         latency = time.monotonic() - start
         _logger.debug("%s completion in %.3f s", self.provider, latency)
         return CompletionResult(
@@ -373,6 +392,8 @@ class HTTPExecutor(abc.ABC):
                     with Deadline(deadline):
                         body = await self._read_capped(response)
                     parsed = self._parse(decode_json(body, f"the {self.provider} reply"))
+                    if parsed.refusal is not None:
+                        raise self._refused(parsed.refusal)
                     if parsed.text:
                         yield CompletionChunk(delta=parsed.text, index=index)
                         index += 1
@@ -384,20 +405,26 @@ class HTTPExecutor(abc.ABC):
                     )
                     return
                 state = StreamState()
+                said: list[str] = []  # the text so far: a refusal may come at the end
                 events = iter_sse(response, deadline=deadline, max_bytes=self._max_bytes)
                 async with contextlib.aclosing(events):
                     async for event in events:
                         delta = self._on_event(event, state)
                         if delta:
+                            said.append(delta)
                             yield CompletionChunk(delta=delta, index=index)
                             index += 1
                         if state.done:
                             break
+                if not state.done and self.finish_ends_stream and state.finish_reason:
+                    state.done = True  # complete, only the [DONE] marker is missing
                 if not state.done:
                     raise MalformedResponse(
                         f"{self.provider}: the stream was cut off before its end marker; "
                         "the connection broke or the server stopped early: try again"
                     )
+                if state.refusal is not None:
+                    raise self._refused("".join(state.refusal) or "".join(said))
                 yield CompletionChunk(
                     delta="",
                     index=index,

@@ -9,14 +9,21 @@ the manner of httpx's own ``map_httpcore_exceptions``.
 
 No secret ever appears in a message built here: every text that came from the
 provider passes through ``Redactor.scrub`` first, because providers (and test
-servers) sometimes quote the key they refused.
+servers) sometimes quote the key they refused; whole texts are scrubbed before
+they are cut to length, and a cut that ends in the start of a key masks that
+start too.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, NoReturn
+from urllib.parse import quote as url_quote
+from urllib.parse import quote_plus
 
 import httpx
 
@@ -29,7 +36,10 @@ from taskloom.contracts import (
     InvalidRequest,
     MalformedResponse,
     ProviderUnavailable,
+    QuotaExceeded,
     RateLimited,
+    RetryableError,
+    RetryForbidden,
     Secret,
 )
 
@@ -39,27 +49,60 @@ _MAX_QUOTED_CHARS = 400
 # --- secrets ------------------------------------------------------------------
 
 
-class Redactor:
-    """Replaces the executor's secret values in any text that could reach a caller."""
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+_MIN_PARTIAL = 4
+"""Shortest start of a key that ``Redactor.scrub_cut`` masks at the end of a cut text."""
 
-    __slots__ = ("_values",)
+
+def _forms(value: str) -> list[str]:
+    """The value and the encodings a server or an exception may echo it in: base64
+    (standard and URL-safe, padded or not) and percent-encoding, longest first."""
+    raw = value.encode("utf-8")
+    found = {value}
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        text = encode(raw).decode("ascii")
+        found.update((text, text.rstrip("=")))
+    for quoted in (url_quote(value, safe=""), url_quote(value), quote_plus(value)):
+        found.update((quoted, _PERCENT.sub(lambda m: m.group(0).lower(), quoted)))
+    return sorted((f for f in found if len(f) >= _MIN_PARTIAL), key=len, reverse=True)
+
+
+class Redactor:
+    """Replaces the executor's secret values in any text that could reach a caller.
+
+    It knows each value and its base64 and percent-encoded forms (a Basic auth
+    header, a URL that quoted the key). ``taskloom.security.Redactor`` does the
+    same with more encodings for the engine; the adapters cannot import it.
+    """
+
+    __slots__ = ("_forms", "_values")
 
     def __init__(self, *secrets: Secret | None) -> None:
         self._values = tuple(s.reveal() for s in secrets if s is not None and len(s) > 0)
+        self._forms = tuple(form for value in self._values for form in _forms(value))
 
     def scrub(self, text: str) -> str:
-        """``text`` with every secret value replaced by the mask."""
+        """``text`` with every secret value, plain or encoded, replaced by the mask."""
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, MASK)
+        return text
+
+    def scrub_cut(self, text: str) -> str:
+        """``scrub``, and a start of a value left at the end of ``text`` by a cut masked too."""
+        text = self.scrub(text)
         for value in self._values:
-            if value in text:
-                text = text.replace(value, MASK)
+            for size in range(min(len(value) - 1, len(text)), _MIN_PARTIAL - 1, -1):
+                if text.endswith(value[:size]):
+                    return text[:-size] + MASK
         return text
 
 
 def quote(text: str, redactor: Redactor) -> str:
-    """A provider's text, scrubbed of secrets and shortened, for use inside a message."""
+    """A provider's text, scrubbed of secrets and then shortened, for use inside a message."""
     text = redactor.scrub(text.strip())
     if len(text) > _MAX_QUOTED_CHARS:
-        text = text[:_MAX_QUOTED_CHARS] + "..."
+        text = redactor.scrub_cut(text[:_MAX_QUOTED_CHARS]) + "..."
     return text
 
 
@@ -81,12 +124,14 @@ _AUTH_STATUSES = frozenset({401, 403})
 def error_details(body: bytes) -> tuple[str, str]:
     """``(kind, message)`` from an error body in OpenAI's, Anthropic's or FastAPI's shape.
 
-    Never raises: a body that is not JSON gives its first bytes as the message.
+    Never raises: a body that is not JSON gives its text as the message (whole: it is
+    cut to length by ``quote`` only after secrets were masked, so a key straddling
+    the cut cannot leak its first characters).
     """
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
-        return "", body[:_MAX_QUOTED_CHARS].decode("utf-8", "replace")
+        return "", body.decode("utf-8", "replace")
     kind, message = "", ""
     if isinstance(data, dict):
         error = data.get("error", data)
@@ -100,7 +145,7 @@ def error_details(body: bytes) -> tuple[str, str]:
         if not message and "detail" in data:
             message = data["detail"]
     if not isinstance(message, str):
-        message = json.dumps(message)[:_MAX_QUOTED_CHARS]
+        message = json.dumps(message)
     return kind, message
 
 
@@ -112,11 +157,44 @@ def error_from_status(
     provider: str,
     redactor: Redactor,
 ) -> ExecutorError:
-    """The typed error for a reply with a non-2xx ``status``."""
+    """The typed error for a reply with a non-2xx ``status``.
+
+    ``x-should-retry: false`` (OpenAI's and Anthropic's servers send it) turns what
+    would be retryable into ``RetryForbidden``; 429 ``insufficient_quota`` is
+    ``QuotaExceeded`` (no wait refills an empty account); the wait the provider
+    asked for (``Retry-After`` and the reset headers) rides on every retryable
+    error, a 503's and a 529's included.
+    """
+    error = _error_for_status(status, body, headers, provider=provider, redactor=redactor)
+    if isinstance(error, RetryableError):
+        if headers.get("x-should-retry", "").strip().lower() == "false":
+            return RetryForbidden(
+                f"{error} (the provider said not to retry this request: x-should-retry: false)",
+                status=status,
+            )
+        if error.retry_after is None:
+            error.retry_after = parse_retry_after(headers)
+    return error
+
+
+def _error_for_status(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    provider: str,
+    redactor: Redactor,
+) -> ExecutorError:
     kind, message = error_details(body)
     said = quote(message, redactor)
     said_part = f": {said}" if said else ""
     where = f"{provider} answered HTTP {status}"
+    if status == 429 and "insufficient_quota" in kind:
+        return QuotaExceeded(
+            f"{where} (out of quota){said_part}. The account has no quota or credit left: "
+            "add credit or raise the quota; retrying does not help",
+            status=status,
+        )
     if status == 429:
         retry_after = parse_retry_after(headers)
         wait = f"; retry after {retry_after:g} s" if retry_after is not None else ""
@@ -134,8 +212,12 @@ def error_from_status(
     if status in _TIMEOUT_STATUSES:
         return ExecutorTimeout(f"{where} (timed out){said_part}; try again", status=status)
     if status in _RETRYABLE_STATUSES or 500 <= status <= 599:
+        retry_after = parse_retry_after(headers)
+        wait = f"; retry after {retry_after:g} s" if retry_after is not None else ""
         return ProviderUnavailable(
-            f"{where} (provider unavailable){said_part}; try again later", status=status
+            f"{where} (provider unavailable){said_part}{wait}; try again later",
+            status=status,
+            retry_after=retry_after,
         )
     if 300 <= status <= 399:
         location = quote(headers.get("location", "?"), redactor)
@@ -169,6 +251,7 @@ def error_from_stream_event(
     elif isinstance(error, str):
         message = error
     statuses = {
+        "insufficient_quota": 429,
         "rate_limit": 429,
         "overloaded": 529,
         "authentication": 401,
@@ -217,12 +300,33 @@ HTTPX_ERRORS: tuple[tuple[type[Exception], type[ExecutorError], str], ...] = (
 """Every httpx exception class and the typed error it becomes."""
 
 
+def _scrub_chain(exc: BaseException, redactor: Redactor) -> None:
+    """Mask secrets in ``exc`` and its causes and drop their frames, in place.
+
+    httpx and h11 quote a header value they refuse, and their frames hold the
+    request's headers in locals: a traceback printed with ``capture_locals``
+    would show the key. The messages (masked) stay, the library frames go.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        args = current.args
+        scrubbed = tuple(redactor.scrub(a) if isinstance(a, str) else a for a in args)
+        if scrubbed != args:
+            with contextlib.suppress(AttributeError, TypeError):
+                current.args = scrubbed
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+
+
 def _raise_translated(exc: BaseException, *, provider: str, redactor: Redactor) -> NoReturn:
     for cls, target, text in HTTPX_ERRORS:
         if isinstance(exc, cls):
             detail = quote(str(exc), redactor)
             detail_part = f" ({type(exc).__name__}: {detail})" if detail else ""
             status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+            _scrub_chain(exc, redactor)
             raise target(f"{provider}: {text}{detail_part}", status=status) from exc
     raise exc
 

@@ -6,20 +6,21 @@ contract's CompletionResult and CompletionChunk.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from taskloom.contracts import Usage
+from taskloom.contracts._llm import FinishReason
 
-FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error", "other"]
+__all__ = ["FinishReason", "Parsed", "StreamState"]
 
 
 class StreamState:
     """What a protocol's event handler learned so far about a streamed reply."""
 
-    __slots__ = ("done", "finish_reason", "model", "usage")
+    __slots__ = ("done", "finish_reason", "model", "refusal", "usage")
 
     def __init__(self) -> None:
         self.done = False
+        self.refusal: list[str] | None = None
+        """The pieces of a refusal the model streamed instead of an answer."""
         self.finish_reason: FinishReason | None = None
         self.usage: Usage | None = None
         self.model: str | None = None
@@ -28,11 +29,19 @@ class StreamState:
 class Parsed:
     """A decoded non-streamed reply, before latency is attached."""
 
-    __slots__ = ("finish_reason", "model", "text", "usage")
+    __slots__ = ("finish_reason", "model", "refusal", "text", "usage")
 
     def __init__(
-        self, *, text: str, finish_reason: FinishReason, usage: Usage, model: str | None
+        self,
+        *,
+        text: str,
+        finish_reason: FinishReason,
+        usage: Usage,
+        model: str | None,
+        refusal: str | None = None,
     ) -> None:
+        self.refusal = refusal
+        """What the model said instead of answering, when it refused; None otherwise."""
         self.text = text
         self.finish_reason = finish_reason
         self.usage = usage

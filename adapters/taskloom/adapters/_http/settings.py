@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from taskloom.adapters._http.keys import check_secret
 from taskloom.contracts import SecretRef, SecretStore, UsageError
 
 _COMMON_SETTINGS = frozenset(
@@ -82,5 +83,7 @@ async def settings_to_kwargs(
         )
     if secrets is None:
         raise UsageError(f"{where}: api_key refers to secret {name!r} but no SecretStore was given")
-    kwargs["api_key"] = await secrets.get(name)
+    secret = await secrets.get(name)
+    check_secret(secret, where, name=name)  # a key a header cannot carry: name the secret
+    kwargs["api_key"] = secret
     return kwargs

@@ -10,12 +10,13 @@ that is too large before reading it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import httpx
 
-from taskloom.contracts import UsageError
+from taskloom.contracts import MalformedResponse, UsageError
 
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 """Largest reply body (and largest single SSE line or event) an executor reads."""
@@ -161,3 +162,68 @@ def plain_length(headers: httpx.Headers) -> int | None:
         elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
             return None
     return length
+
+
+ACCEPT_ENCODING = "gzip, deflate"
+"""What the executors accept: the encodings ``iter_decoded`` decompresses itself."""
+
+_STEP = 64 * 1024
+"""Most bytes one decompression step may produce: a gzip bomb grows memory by this
+much at a time, and reading stops as soon as the caller's cap is passed."""
+
+
+def _decompressor(encoding: str) -> Any:
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 16)
+    return zlib.decompressobj()  # deflate: zlib-wrapped; raw deflate is tried on error
+
+
+async def iter_decoded(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The body of ``response``, decompressed in steps of at most 64 KiB.
+
+    httpx decompresses each received chunk whole, so a few kilobytes of gzip can
+    become gigabytes in memory before a size cap is checked. Here gzip and
+    deflate are decompressed with ``max_length``, so a caller that stops at its
+    cap holds at most the cap plus one step. Other encodings (a server ignoring
+    ``Accept-Encoding``) fall back to httpx's decoders.
+    """
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if response.is_stream_consumed:  # the body was read already (a mock): it is in memory
+        async for part in response.aiter_bytes():
+            yield part
+        return
+    if encoding in ("", "identity"):
+        async for part in response.aiter_raw():
+            yield part
+        return
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        async for part in response.aiter_bytes():
+            yield part
+        return
+    decoder = _decompressor(encoding)
+    first = True
+    try:
+        async for raw in response.aiter_raw():
+            if first and encoding == "deflate":
+                try:
+                    out = decoder.decompress(raw, _STEP)
+                except zlib.error:  # raw deflate without the zlib wrapper, as some send
+                    decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+                    out = decoder.decompress(raw, _STEP)
+            else:
+                out = decoder.decompress(raw, _STEP)
+            first = False
+            if out:
+                yield out
+            while decoder.unconsumed_tail:
+                out = decoder.decompress(decoder.unconsumed_tail, _STEP)
+                if out:
+                    yield out
+        rest = decoder.flush()
+    except zlib.error as exc:
+        raise MalformedResponse(
+            f"the reply's {encoding} encoding is broken ({exc}); the server sent damaged "
+            "data: try again"
+        ) from None
+    if rest:
+        yield rest

@@ -7,9 +7,16 @@ What differs from the chat-completions shape, and how taskloom's request maps:
   carries no tool-use id to build a ``tool_result`` block from;
 * ``max_tokens`` is required by the API: the request's, else the executor's
   ``default_max_tokens`` (1024);
-* there is no native JSON mode: a JSON response format appends an instruction
-  (with the schema, if any) to ``system``. The reply is not checked here;
+* a JSON response format with a schema uses the API's structured outputs when
+  the executor is told the server has them (``structured_output="native"``:
+  ``output_config.format``; ``"beta"``: ``output_format`` with the
+  ``structured-outputs-2025-11-13`` beta header); otherwise, and for JSON
+  without a schema, an instruction (with the schema) is appended to ``system``;
+* ``temperature`` and ``top_p`` are never sent together (current models refuse
+  the pair): when a request has both, ``temperature`` is sent;
 * there is no ``seed``: it is not sent;
+* a ``refusal`` stop reason is ``Refused`` carrying whatever text came;
+* text that arrives inside ``content_block_start`` is kept, as deltas are;
 * prompt tokens are ``input_tokens`` plus the cache-creation and cache-read
   tokens, so that usage counts every token the provider billed as input.
 """
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -51,6 +58,9 @@ from taskloom.contracts import (
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2023-06-01"
+STRUCTURED_OUTPUTS_BETA = "structured-outputs-2025-11-13"
+StructuredOutput = Literal["prompt", "native", "beta"]
+STRUCTURED_OUTPUTS: tuple[str, ...] = ("prompt", "native", "beta")
 JSON_INSTRUCTION = (
     "Reply with one JSON value only: no prose before or after it and no Markdown code fences."
 )
@@ -61,7 +71,7 @@ _FINISH: dict[str, FinishReason] = {
     "max_tokens": "length",
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
-    "refusal": "content_filter",
+    "refusal": "refusal",
 }
 
 
@@ -112,6 +122,7 @@ class AnthropicExecutor(HTTPExecutor):
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         default_max_tokens: int = 1024,
         anthropic_version: str = DEFAULT_VERSION,
+        structured_output: StructuredOutput = "prompt",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
@@ -134,11 +145,21 @@ class AnthropicExecutor(HTTPExecutor):
             raise UsageError("AnthropicExecutor: default_max_tokens must be an integer >= 1")
         if not isinstance(anthropic_version, str) or not anthropic_version:
             raise UsageError("AnthropicExecutor: anthropic_version must be a non-empty string")
+        if structured_output not in STRUCTURED_OUTPUTS:
+            raise UsageError(
+                "AnthropicExecutor: structured_output must be 'prompt' (an instruction in the "
+                "system prompt: any server), 'native' (output_config.format) or 'beta' "
+                f"(output_format with the {STRUCTURED_OUTPUTS_BETA} header), "
+                f"not {structured_output!r}"
+            )
         self._default_max_tokens = default_max_tokens
         self._version = anthropic_version
+        self._structured = structured_output
 
     def _headers(self) -> dict[str, str]:
         headers = {"anthropic-version": self._version}
+        if self._structured == "beta":
+            headers["anthropic-beta"] = STRUCTURED_OUTPUTS_BETA
         if self._api_key is not None:
             headers["x-api-key"] = self._api_key.reveal()
         return headers
@@ -156,8 +177,12 @@ class AnthropicExecutor(HTTPExecutor):
                 "add a prompt to the step"
             )
         fmt = request.response_format
+        native: dict[str, Any] | None = None
         if fmt is not None and fmt.type == "json":
-            system.append(json_instruction(fmt))
+            if fmt.json_schema is not None and self._structured != "prompt":
+                native = {"type": "json_schema", "schema": fmt.json_schema}
+            else:
+                system.append(json_instruction(fmt))
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": request.max_tokens or self._default_max_tokens,
@@ -165,9 +190,13 @@ class AnthropicExecutor(HTTPExecutor):
         }
         if system:
             body["system"] = "\n\n".join(system)
+        if native is not None and self._structured == "native":
+            body["output_config"] = {"format": native}
+        elif native is not None:
+            body["output_format"] = native
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        if request.top_p is not None:
+        elif request.top_p is not None:  # never both: current models refuse the pair
             body["top_p"] = request.top_p
         if request.stop:
             body["stop_sequences"] = list(request.stop)
@@ -197,11 +226,13 @@ class AnthropicExecutor(HTTPExecutor):
                 completion_tokens=token_count(fields.get("output_tokens"), "$.usage.output_tokens"),
             )
         finish = _finish(require(reply, "stop_reason", "$"), "$.stop_reason")
+        text = "".join(texts)
         return Parsed(
-            text="".join(texts),
+            text=text,
             finish_reason=finish or "other",
             usage=usage,
             model=opt_str(reply.get("model"), "$.model"),
+            refusal=text if finish == "refusal" else None,
         )
 
     def _on_event(self, event: ServerSentEvent, state: StreamState) -> str | None:
@@ -213,6 +244,11 @@ class AnthropicExecutor(HTTPExecutor):
             delta = expect_object(require(payload, "delta", "event"), "event.delta")
             if delta.get("type") == "text_delta":
                 return opt_str(require(delta, "text", "event.delta"), "event.delta.text")
+            return None
+        if kind == "content_block_start":
+            block = expect_object(payload.get("content_block") or {}, "event.content_block")
+            if block.get("type") == "text":
+                return opt_str(block.get("text"), "event.content_block.text")
             return None
         if kind == "message_start":
             message = expect_object(require(payload, "message", "event"), "event.message")
@@ -229,6 +265,8 @@ class AnthropicExecutor(HTTPExecutor):
             finish = _finish(delta.get("stop_reason"), "event.delta.stop_reason")
             if finish is not None:
                 state.finish_reason = finish
+            if finish == "refusal" and state.refusal is None:
+                state.refusal = []
             usage = expect_object(payload.get("usage") or {}, "event.usage")
             self._update_usage(state, usage)
         elif kind == "message_stop":
@@ -254,7 +292,7 @@ class AnthropicExecutor(HTTPExecutor):
         state.usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
 
 
-_SETTINGS = frozenset({"default_max_tokens", "anthropic_version", "base_url"})
+_SETTINGS = frozenset({"default_max_tokens", "anthropic_version", "base_url", "structured_output"})
 
 
 async def from_config(
