@@ -407,3 +407,92 @@ def test_show_marks_a_truncated_step(cli: Any) -> None:
     assert all(s["truncated"] for s in shown["steps"])
     human = cli("show", run_id)
     assert "truncated" in human.out and "length" in human.out
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_sigterm_during_a_run_cancels_it_releases_the_lease_and_says_how_to_resume(
+    tmp_path: Path, json_mode: bool
+) -> None:
+    """SIGTERM is handled like Ctrl-C: the run is recorded cancelled, its lease released (a
+    resume right after works, with no 'held until'), and the resume command is printed."""
+    import signal
+    import time
+
+    (tmp_path / "taskloom.toml").write_text(
+        '[executors.slow]\ntype = "scripted"\nlatency_s = 0.05\n'
+    )
+    steps = [{"id": f"s{i}", "prompt": f"step {i}"} for i in range(200)]  # 10 s
+    (tmp_path / "long.json").write_text(
+        json.dumps({"taskloom": "pipeline/v1", "name": "long", "steps": steps})
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOOM_")}
+    env["TASKLOOM_HOME"] = str(tmp_path / "home")
+    extra = ["--json"] if json_mode else []
+    running = subprocess.Popen(
+        [sys.executable, "-m", "taskloom.sdk._cli.main", "run", "long.json", *extra],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_id = None
+        deadline = time.monotonic() + 60
+        while run_id is None and time.monotonic() < deadline:
+            listed = _subprocess(tmp_path, "runs", "--json")
+            if listed.returncode == 0 and json.loads(listed.stdout):
+                run_id = json.loads(listed.stdout)[0]["run_id"]
+            else:
+                time.sleep(0.1)
+        assert run_id is not None
+        running.send_signal(signal.SIGTERM)
+        out, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 143, err
+    assert f"taskloom resume {run_id}" in (out + err)
+    assert "Traceback" not in err
+    if json_mode:
+        assert json.loads(out)["status"] == "cancelled"
+    shown = _subprocess(tmp_path, "show", run_id, "--json")
+    assert json.loads(shown.stdout)["run"]["status"] == "cancelled"
+    if not json_mode:
+        return
+    resumed = _subprocess(tmp_path, "resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "succeeded"
+
+
+def test_a_failing_audit_write_leaves_no_unretrieved_task_exception(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit write fails while the run fails on its own: one error line, and no
+    'Task exception was never retrieved' for the run's task afterwards."""
+    import asyncio
+    import gc
+    import logging
+
+    import taskloom.security as security
+    from taskloom.adapters.scripted import ScriptedExecutor
+    from taskloom.contracts import StorageUnavailable
+
+    async def failing_append(self: Any, **_fields: Any) -> None:
+        await asyncio.sleep(0.2)  # the run fails meanwhile
+        raise StorageUnavailable("the audit log's disk is gone")
+
+    original_init = ScriptedExecutor.__init__
+
+    def failing_executor(self: ScriptedExecutor, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(fail_first=100, error=InvalidRequest("refused"))
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(security.AuditLog, "append", failing_append)
+    monkeypatch.setattr(ScriptedExecutor, "__init__", failing_executor)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        done = cli("run", "hello.json")
+        gc.collect()
+    assert done.code == 1
+    assert "audit log's disk is gone" in done.error_line()
+    assert "never retrieved" not in caplog.text + done.err

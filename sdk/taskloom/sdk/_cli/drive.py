@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -252,12 +253,13 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
     engine, host = await build_engine(ctx)
     try:
         handle = engine.start(pipeline, inputs)
-        await _audit(ctx, "run.start", handle.run_id, pipeline=str(pipeline.get("name", "")))
+        audited = _audit(ctx, "run.start", handle.run_id, pipeline=str(pipeline.get("name", "")))
 
         async def held(_exc: RunHeld) -> int:
             return await _lost(ctx, handle.run_id)
 
-        return await _to_the_end(ctx, handle, str(pipeline.get("name", args.pipeline)), held)
+        title = str(pipeline.get("name", args.pipeline))
+        return await _to_the_end(ctx, handle, title, held, first=audited)
     finally:
         await engine.aclose()
         await host.aclose()
@@ -268,13 +270,18 @@ async def _to_the_end(
     handle: Any,
     title: str,
     held: Callable[[RunHeld], Awaitable[int]],
+    *,
+    first: Awaitable[None],
 ) -> int:
-    """Drive a started or resumed run to its end and report it (exit code 0 or 1).
+    """Await ``first`` (the audit entry), then drive a started or resumed run to its end
+    and report it (exit code 0 or 1).
 
-    Ctrl-C cancels the run and says how to continue it; a lost lease is ``held``'s to
-    explain; a failed or cancelled run is audited and printed like a finished one.
+    Ctrl-C or SIGTERM, from the moment the run was started, cancels the run and says how
+    to continue it; a lost lease is ``held``'s to explain; a failed or cancelled run is
+    audited and printed like a finished one.
     """
     try:
+        await first
         result = await _drive(ctx, handle, title=title)
     except (KeyboardInterrupt, asyncio.CancelledError):
         handle.cancel()
@@ -289,6 +296,13 @@ async def _to_the_end(
     except (StepFailed, RunCancelled) as exc:
         await _audit(ctx, "run.finish", handle.run_id, status=_failed_status(exc))
         return _print_failure(ctx, handle.run_id, exc)
+    except Exception:
+        # (the audit write failed, say): stop the run and take its outcome, so that no
+        # "Task exception was never retrieved" follows the one-line error
+        handle.cancel()
+        with contextlib.suppress(Exception):
+            await handle.result()
+        raise
     await _audit(ctx, "run.finish", result.run_id, status=result.status)
     return _print_result(ctx, result)
 
@@ -317,14 +331,14 @@ async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
     engine, host = await build_engine(ctx)
     try:
         handle = engine.start_resume(args.run_id, pipeline)
-        await _audit(ctx, "run.resume", args.run_id)
+        audited = _audit(ctx, "run.resume", args.run_id)
 
         async def held(exc: RunHeld) -> int:
             if handle.run_id != args.run_id or not await _was_cancelled(ctx, args.run_id):
                 raise exc
             return await _lost(ctx, args.run_id)
 
-        return await _to_the_end(ctx, handle, f"resume {args.run_id[:12]}", held)
+        return await _to_the_end(ctx, handle, f"resume {args.run_id[:12]}", held, first=audited)
     finally:
         await engine.aclose()
         await host.aclose()

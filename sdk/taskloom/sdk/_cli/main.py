@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -224,17 +225,52 @@ async def dispatch(args: argparse.Namespace, ctx: CliContext) -> int:
     return await handler(args, ctx)
 
 
+class _Terminated(Exception):
+    """SIGTERM stopped the command (after it cancelled its run like Ctrl-C does)."""
+
+
+@contextlib.contextmanager
+def _sigterm_cancels_this_task() -> Iterator[list[bool]]:
+    """While inside, SIGTERM cancels the current task as Ctrl-C does ``asyncio.run``'s:
+    a run in progress is recorded cancelled, its lease released and the resume command
+    printed. Yields a list that holds True once SIGTERM came."""
+    came: list[bool] = []
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm() -> None:
+        came.append(True)
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
+        yield came
+        return
+    try:
+        yield came
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 async def run_command(args: argparse.Namespace, out: Output) -> int:
     config = load_config(getattr(args, "config", None))
     ctx = CliContext(config, out, debug=args.debug)
     # With --json, stdout belongs to the one document (Output holds the real stream):
     # anything else printing there -- a plugin's print(), a library -- goes to stderr.
     quiet = contextlib.redirect_stdout(sys.stderr) if out.json_mode else contextlib.nullcontext()
-    try:
-        with quiet:
-            return await dispatch(args, ctx)
-    finally:
-        await ctx.aclose()
+    with _sigterm_cancels_this_task() as terminated:
+        try:
+            with quiet:
+                return await dispatch(args, ctx)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if terminated and task is not None and task.uncancel() == 0:
+                raise _Terminated from None
+            raise
+        finally:
+            await ctx.aclose()
 
 
 def report_error(exc: BaseException, *, debug: bool, out: Output | None = None) -> int:
@@ -314,6 +350,11 @@ def _main(argv: list[str], out: Output, debug: bool) -> int:
             out.data({"error": {"type": "Interrupted", "message": "interrupted (Ctrl-C)"}})
         sys.stderr.write("taskloom: interrupted\n")
         return 130
+    except _Terminated:
+        if out.json_mode and not out.documents:
+            out.data({"error": {"type": "Terminated", "message": "terminated (SIGTERM)"}})
+        sys.stderr.write("taskloom: terminated (SIGTERM)\n")
+        return 128 + signal.SIGTERM
     except Exception as exc:
         return report_error(exc, debug=debug, out=out)
 
