@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import uvicorn
@@ -158,3 +163,56 @@ async def served_app(
         tokens = await tokens_for(api.tokens)
         client = await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=30))
         yield Served(client, tokens, api, engine)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, timeout_s: float = 30.0) -> Iterator[str]:
+    """Run `taskloom serve ARGS` in a subprocess (working directory and TASKLOOM_HOME as
+    the caller set them); yield its base URL once /healthz answers; SIGINT at the end."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from taskloom.sdk._cli.main import main; raise SystemExit(main())",
+            "serve",
+            "--port",
+            str(port),
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError(f"taskloom serve exited: {process.stderr.read()!r}")  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise RuntimeError("taskloom serve did not answer /healthz in time")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.send_signal(2)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -425,3 +425,32 @@ async def test_runs_started_elsewhere_in_the_engine_are_listed(served: Served) -
     await wait_until(lambda: True)
     listed = (await s.client.get("/api/tasks", headers=s.auth("read"))).json()
     assert result.run_id in [task["run_id"] for task in listed["tasks"]]
+
+
+def test_every_reference_in_the_openapi_document_resolves() -> None:
+    """Each $ref of /openapi.json names a schema in components (the document is whole),
+    and each schema is valid JSON Schema 2020-12."""
+    import jsonschema
+
+    from taskloom.sdk.server import openapi_document
+
+    doc = openapi_document(version="test")
+    schemas = doc["components"]["schemas"]
+    refs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas, ref
+    for schema in schemas.values():
+        jsonschema.Draft202012Validator.check_schema(schema)

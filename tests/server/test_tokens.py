@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from server_support import hello_pipeline
+from server_support import hello_pipeline, serve_process
 
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import UsageError
@@ -160,47 +157,14 @@ def test_serve_refuses_a_public_address_without_a_token(
     assert "refusing to listen on 0.0.0.0" in err and "tokens create" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_taskloom_serve_end_to_end(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`taskloom serve` (a real process) answers /healthz, runs a submitted pipeline in
     its in-process worker with a token made by `taskloom tokens create`, and stops on
     SIGINT."""
     _code, out, _ = _cli(capsys, "tokens", "create", "--scope", "submit", "--json")
     token = json.loads(out)["token"]
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from taskloom.sdk._cli.main import main; raise SystemExit(main())",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with serve_process("--workers", "2") as base:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.1)
         headers = {"authorization": f"Bearer {token}"}
         submitted = httpx.post(
             f"{base}/api/tasks", json={"pipeline": hello_pipeline()}, headers=headers, timeout=10
@@ -216,10 +180,3 @@ def test_taskloom_serve_end_to_end(home: Path, capsys: pytest.CaptureFixture[str
             time.sleep(0.1)
         assert detail["status"] == "succeeded", detail
         assert httpx.get(f"{base}/api/tasks", timeout=10).status_code == 401
-    finally:
-        process.send_signal(2)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from taskloom.contracts import EVENT_TYPES
 from taskloom.sdk._runs.records import RUN_STATUSES
 from taskloom.sdk.server import _models as m
 from taskloom.sdk.server._tokens import Scope
@@ -34,6 +35,10 @@ class Operation:
     """(status, attrs class) for JSON bodies; a media type string for other bodies."""
     errors: tuple[int, ...] = ()
     parameters: tuple[dict[str, Any], ...] = ()
+    links: tuple[str, ...] = ()
+    """Operations that take the ``run_id`` this one's success body returns."""
+    example: dict[str, Any] | None = None
+    """An example request body."""
 
 
 _RUN_ID = {
@@ -121,6 +126,8 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="Submit a run; the same Idempotency-Key returns the same run",
         request=m.SubmitRequest,
         responses=((202, m.TaskSubmitted),),
+        links=("get_task", "task_events", "cancel_task", "resume_task", "delete_task"),
+        example={"pipeline": "hello", "inputs": {"name": "Ada"}},
         errors=(400, 409, 413, 415, 422),
         parameters=(
             {
@@ -265,18 +272,52 @@ def class_schema(cls: type[Any], found: dict[str, type[Any]]) -> dict[str, Any]:
 
 def _components(roots: list[type[Any]]) -> dict[str, Any]:
     found: dict[str, type[Any]] = {cls.__name__: cls for cls in roots}
-    schemas: dict[str, Any] = {}
-    while len(schemas) < len(found):
-        for name, cls in list(found.items()):
-            if name not in schemas:
-                schemas[name] = class_schema(cls, found)
+    schemas: dict[str, Any] = _event_schemas(found)
+    while missing := [name for name in found if name not in schemas]:
+        for name in missing:
+            schemas[name] = class_schema(found[name], found)
     return dict(sorted(schemas.items()))
+
+
+def _event_schemas(found: dict[str, type[Any]]) -> dict[str, Any]:
+    """One schema per event type (tagged by ``type``), and ``Event``: any of them."""
+    schemas: dict[str, Any] = {}
+    for tag, cls in EVENT_TYPES.items():
+        schema = class_schema(cls, found)
+        schema["properties"] = {"type": {"const": tag}, **schema["properties"]}
+        schema["required"] = ["type", *schema.get("required", [])]
+        schemas[cls.__name__] = schema
+    schemas["Event"] = {
+        "description": "Any event of a run, told apart by its 'type'.",
+        "oneOf": [_ref(cls) for cls in EVENT_TYPES.values()],
+    }
+    return schemas
+
+
+_SSE_EVENT = {
+    "type": "object",
+    "description": (
+        "One Server-Sent Event: 'event' is the event's type, 'id' its gapless number "
+        "(absent on live-only step.chunk events), 'data' the event as JSON."
+    ),
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": sorted(EVENT_TYPES)},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/Event"},
+        },
+        "retry": {"type": "integer"},
+    },
+}
 
 
 def _content(body: type[Any] | str) -> dict[str, Any]:
     if isinstance(body, str):
         if body == "text/event-stream":
-            return {body: {"schema": {"type": "string"}}}
+            return {body: {"schema": _SSE_EVENT}}
         return {body: {"schema": {"type": "object"}}}
     return {"application/json": {"schema": _ref(body)}}
 
@@ -306,6 +347,14 @@ def openapi_document(*, version: str) -> dict[str, Any]:
             entry: dict[str, Any] = {"description": op.summary}
             if body != "":
                 entry["content"] = _content(body)
+            if op.links and 200 <= status < 300:
+                entry["links"] = {
+                    target: {
+                        "operationId": target,
+                        "parameters": {"run_id": "$response.body#/run_id"},
+                    }
+                    for target in op.links
+                }
             if not isinstance(body, str):
                 roots.append(body)
             responses[str(status)] = entry
@@ -322,10 +371,10 @@ def openapi_document(*, version: str) -> dict[str, Any]:
         }
         if op.request is not None:
             roots.append(op.request)
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": _ref(op.request)}},
-            }
+            media: dict[str, Any] = {"schema": _ref(op.request)}
+            if op.example is not None:
+                media["example"] = op.example
+            operation["requestBody"] = {"required": True, "content": {"application/json": media}}
         if op.scope is not None:
             operation["security"] = [{"bearer": []}]
             operation["description"] = f"Needs a token of scope {op.scope!r} or above."
