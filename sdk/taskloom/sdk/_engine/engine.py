@@ -83,6 +83,7 @@ class Engine:
             "runstore",
             "global_limit",
             "owned_resources",
+            "submitted",
         }
     )
 
@@ -137,8 +138,9 @@ class Engine:
         is durable before anything after it starts."""
         self.redactor: Final = redactor
         """Masks more secret values in error texts (``taskloom.security.Redactor``, or any
-        object with ``redact(text) -> text``), beside the engine's own ``secret_redactor``."""
-        self.secret_redactor: Redactor | None = None
+        object with ``redact(text) -> text``), beside the engine's own redactor of the
+        secrets it resolved."""
+        self._secret_redactor: Redactor | None = None
         """Always on: every secret value the engine resolved (executors built from config
         read their keys through the registry, which reports each one here), and the
         encodings of each, are masked in every error text, event and stored record.
@@ -161,7 +163,8 @@ class Engine:
         self._closed = False
         self.owned_resources: Final[list[Any]] = []
         """Extra objects (a secret store from a config file) closed with the engine."""
-        self.submitted = asyncio.Event()
+        self.submitted: Final = asyncio.Event()
+        """Set when this engine stores a queued run (wakes an in-process worker at once)."""
         """Set by each ``submit``: workers of this engine (this process) wake up at once
         instead of waiting for their next poll."""
 
@@ -229,18 +232,18 @@ class Engine:
 
     def remember_secret(self, secret: Secret | str) -> None:
         """Mask ``secret``'s value (and its encodings) in every error text from now on."""
-        if self.secret_redactor is None:
+        if self._secret_redactor is None:
             from taskloom.security import Redactor
 
-            self.secret_redactor = Redactor()
-        self.secret_redactor.add(secret)
+            self._secret_redactor = Redactor()
+        self._secret_redactor.add(secret)
 
     def redact(self, text: str) -> str:
         """``text`` with the secret values the engine resolved, and the redactor's, masked."""
         if self.redactor is not None:
             text = self.redactor.redact(text)
-        if self.secret_redactor is not None:
-            text = self.secret_redactor.redact(text)
+        if self._secret_redactor is not None:
+            text = self._secret_redactor.redact(text)
         return text
 
     def mask(self, value: Any) -> Any:
@@ -257,8 +260,8 @@ class Engine:
                 value = redactor.redact(value) if isinstance(value, str) else value
             else:
                 value = walk(value)
-        if self.secret_redactor is not None:  # the secrets the engine itself resolved
-            value = self.secret_redactor.redact_data(value)
+        if self._secret_redactor is not None:  # the secrets the engine itself resolved
+            value = self._secret_redactor.redact_data(value)
         return value
 
     def limits(self, executor_id: str) -> ExecutorLimits:
