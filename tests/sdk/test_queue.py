@@ -14,6 +14,7 @@ from taskloom.contracts import (
     ClaimingStorage,
     PipelineInvalid,
     StorageAdapter,
+    StorageUnavailable,
     SubmissionConflict,
     UnknownQueue,
     UsageError,
@@ -234,3 +235,79 @@ async def test_shutdown_puts_unfinished_runs_back(engine: Engine) -> None:
 def test_memory_storage_uses_the_generic_claim_path() -> None:
     """The memory adapter has no native claim: the CAS path serves it."""
     assert not isinstance(MemoryStorage(), ClaimingStorage)
+
+
+async def test_deleted_queued_run_is_dropped_and_its_key_freed(engine: Engine) -> None:
+    """A queued run deleted from another process is dropped by the worker that reaches it
+    (no failure, nothing left), and its idempotency key submits a new run."""
+    doomed = await engine.submit(_pipe(), {"x": "1"}, idempotency_key="k")
+    assert await engine.runstore.delete_run(doomed)
+    async with Worker(engine) as worker:
+        for _ in range(200):
+            if not (await engine.queues())[0].depth:
+                break
+            await asyncio.sleep(0.01)
+    assert worker.stats.failed == 0
+    assert await engine.storage.get(NS_TICKETS, doomed) is None
+    assert await engine.runstore.lease(doomed) is None
+    fresh = await engine.submit(_pipe(), {"x": "1"}, idempotency_key="k")
+    assert fresh != doomed
+    assert (await engine.runstore.load_run(fresh)).status == "queued"
+
+
+async def test_cancelled_queued_run_is_not_run(engine: Engine) -> None:
+    """A run cancelled while queued stays cancelled: the worker that claims it lets it go."""
+    from taskloom.sdk._runs.cancel import cancel_run
+
+    run_id = await engine.submit(_pipe(), {"x": "1"})
+    outcome = await cancel_run(engine.runstore, run_id)
+    assert outcome.cancelled
+    async with Worker(engine) as worker:
+        for _ in range(200):
+            if not (await engine.queues())[0].depth:
+                break
+            await asyncio.sleep(0.01)
+    assert (await engine.runstore.load_run(run_id)).status == "cancelled"
+    assert worker.stats.succeeded == 0
+    assert await engine.runstore.lease(run_id) is None
+
+
+class FlakyStorage:
+    """MemoryStorage that fails every call with StorageUnavailable while ``down``."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStorage()
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down and name != "aclose":
+                raise StorageUnavailable("the store went away (test)")
+            return await method(*args, **kwargs)
+
+        return call
+
+
+async def test_worker_backs_off_while_storage_is_gone_and_comes_back() -> None:
+    """A worker whose storage disappears stops claiming, reports it, retries with backoff,
+    and runs submissions once the storage is back."""
+    storage = FlakyStorage()
+    async with (
+        _engine(storage) as engine,  # type: ignore[arg-type]
+        Worker(engine, poll_s=0.02) as worker,
+    ):
+        storage.down = True
+        for _ in range(300):
+            if worker.stats.storage_errors >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.stats.storage_errors >= 2
+        assert "went away" in (worker.stats.last_error or "")
+        errors = worker.stats.storage_errors
+        await asyncio.sleep(0.2)
+        assert worker.stats.storage_errors <= errors + 1  # backing off, not spinning
+        storage.down = False
+        run_id = await engine.submit(_pipe(), {"x": "1"})
+        await _wait_status(engine, [run_id], "succeeded")

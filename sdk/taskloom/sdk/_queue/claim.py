@@ -284,6 +284,15 @@ async def release_slot(store: RunStore, claim: Claim) -> None:
         await storage.delete(NS_SLOTS, claim.slot, if_version=stored.version)
 
 
+async def drop_claim(store: RunStore, claim: Claim, holder: str) -> None:
+    """Forget a claimed run that was deleted while queued: its lease, ticket and slot."""
+    await store.release_lease(claim.run_id, holder)
+    store.end_run(claim.run_id)
+    await release_slot(store, claim)
+    with contextlib.suppress(ConflictError):
+        await store.storage.delete(NS_TICKETS, claim.run_id)
+
+
 async def requeue(store: RunStore, claim: Claim, holder: str) -> bool:
     """Put a claimed run back on its queue (a worker shutting down gives it up).
 

@@ -149,7 +149,7 @@ async def submit_run(
     storage = store.storage
     new_id = run_id if run_id is not None else uuid.uuid4().hex
     for _ in range(_SUBMIT_RETRIES):
-        existing = await _existing(store, plan, inputs, run_id, idempotency_key)
+        existing, marker_version = await _existing(store, plan, inputs, run_id, idempotency_key)
         if existing is not None:
             return existing
         if await storage.get(NS_TOMBSTONES, new_id) is not None:
@@ -201,7 +201,7 @@ async def submit_run(
                     namespace=NS_IDEMPOTENCY,
                     key=idempotency_key,
                     value=encode(marker),
-                    if_version=0,
+                    if_version=marker_version,
                 )
             )
         try:
@@ -221,31 +221,36 @@ async def _existing(
     inputs: Mapping[str, Any],
     run_id: str | None,
     idempotency_key: str | None,
-) -> str | None:
-    """The id of the run this submission repeats, or None; ``SubmissionConflict`` if the
-    key or id belongs to a run of another pipeline or other inputs."""
+) -> tuple[str | None, int]:
+    """The id of the run this submission repeats (or None), and the version the key's
+    marker is at (0: none; a marker whose run was deleted frees the key again).
+    ``SubmissionConflict`` if the key or id belongs to a run of another pipeline or
+    other inputs."""
     storage = store.storage
+    marker_version = 0
     if idempotency_key is not None:
         stored = await storage.get(NS_IDEMPOTENCY, idempotency_key)
         if stored is not None:
             marker = decode(
                 stored.value, IdempotencyEntry, where=f"{NS_IDEMPOTENCY}/{idempotency_key}"
             )
-            if run_id is not None and marker.run_id != run_id:
-                raise SubmissionConflict(
-                    f"idempotency key {idempotency_key!r} submitted run {marker.run_id!r}, "
-                    f"not {run_id!r}: use a new key for a new run",
-                    run_id=marker.run_id,
-                )
             found = await storage.get(NS_RUNS, marker.run_id)
-            if found is not None:
+            if found is None:
+                marker_version = stored.version  # its run was deleted: the key is free again
+            else:
+                if run_id is not None and marker.run_id != run_id:
+                    raise SubmissionConflict(
+                        f"idempotency key {idempotency_key!r} submitted run "
+                        f"{marker.run_id!r}, not {run_id!r}: use a new key for a new run",
+                        run_id=marker.run_id,
+                    )
                 _same(
                     decode(found.value, RunRecord, where=f"{NS_RUNS}/{marker.run_id}"),
                     plan,
                     inputs,
                     f"idempotency key {idempotency_key!r}",
                 )
-            return marker.run_id
+                return marker.run_id, stored.version
     if run_id is not None:
         found = await storage.get(NS_RUNS, run_id)
         if found is not None:
@@ -255,8 +260,8 @@ async def _existing(
                 inputs,
                 f"run id {run_id!r}",
             )
-            return run_id
-    return None
+            return run_id, marker_version
+    return None, marker_version
 
 
 def _same(record: RunRecord, plan: Plan, inputs: Mapping[str, Any], what: str) -> None:

@@ -12,6 +12,7 @@ import attrs
 
 from taskloom.contracts import (
     RunHeld,
+    RunNotFound,
     StepFailed,
     StorageError,
     TaskloomError,
@@ -23,6 +24,7 @@ from taskloom.sdk._queue.claim import (
     Claim,
     claim_expired,
     claim_queued,
+    drop_claim,
     fail_poison,
     release_slot,
     requeue,
@@ -116,6 +118,7 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._next_recovery = 0.0
         self._failures = 0
+        self._checked = False
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -177,7 +180,8 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and run until ``stop()``; storage failures are retried with backoff."""
-        await self._check_queues()
+        if not self._checked:
+            await self._check_queues()
         submitted = self.engine.submitted
         while not self._stopping.is_set():
             if len(self._running) < self.concurrency:
@@ -213,6 +217,7 @@ class Worker:
         store = self._store()
         for name in self.queues:
             await queue_definition(store, name)  # UnknownQueue at start, not on every poll
+        self._checked = True
 
     def _store(self) -> RunStore:
         store = self.engine.runstore
@@ -280,7 +285,11 @@ class Worker:
                 )
                 self.stats.poisoned += 1
                 return
-            record = await store.load_run(claim.run_id)
+            try:
+                record = await store.load_run(claim.run_id)
+            except RunNotFound:  # deleted while queued: drop what the claim wrote
+                await drop_claim(store, claim, holder)
+                return
             if record.status in ("succeeded", "failed", "cancelled"):
                 await store.release_lease(claim.run_id, holder)
                 return  # cancelled while queued, or ended before its lease was given back
