@@ -311,3 +311,21 @@ async def test_worker_backs_off_while_storage_is_gone_and_comes_back() -> None:
         storage.down = False
         run_id = await engine.submit(_pipe(), {"x": "1"})
         await _wait_status(engine, [run_id], "succeeded")
+
+
+async def test_engine_recovers_its_own_crashed_runs_at_start() -> None:
+    """Engine(holder=..., recover=True) resumes, at open, the unfinished runs whose lease
+    names its holder (its previous life crashed holding them), and no other run."""
+    storage = MemoryStorage()
+    async with _engine(storage) as first:
+        mine = await first.submit(_pipe(), {"x": "mine"})
+        theirs = await first.submit(_pipe(), {"x": "theirs"})
+        await first.runstore.acquire_lease(mine, "app-1", ttl_s=30)  # then "crashed"
+        await first.runstore.acquire_lease(theirs, "app-2", ttl_s=30)
+    async with _engine(storage, holder="app-1", recover=True) as again:
+        assert [h.run_id for h in again.recovered] == [mine]
+        result = await again.recovered[0].result()
+        assert result.status == "succeeded" and result.output == "m|hi mine"
+        assert (await again.runstore.load_run(theirs)).status == "queued"
+    with pytest.raises(UsageError, match="holder"):
+        Engine(recover=True)

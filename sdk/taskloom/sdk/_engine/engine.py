@@ -36,6 +36,7 @@ from taskloom.contracts import (
     StepFunction,
     StorageAdapter,
     UsageError,
+    check_name,
     serde,
 )
 from taskloom.sdk._config.toml import DURABILITY_MODES
@@ -84,6 +85,7 @@ class Engine:
             "global_limit",
             "owned_resources",
             "submitted",
+            "recover",
         }
     )
 
@@ -112,9 +114,18 @@ class Engine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
         holder: str | None = None,
+        recover: bool = False,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise UsageError("max_concurrency must be at least 1 (or None for no limit)")
+        if recover and not holder:
+            raise UsageError(
+                "recover=True resumes the runs this engine's holder name held when its "
+                "process crashed: give the engine a stable holder= name (one per process, "
+                "the same after a restart); workers (taskloom worker) recover any crashed run"
+            )
+        if holder is not None:
+            check_name(holder, what="holder name")
         if durability not in DURABILITY_MODES:
             raise UsageError(
                 f"durability must be 'async' (checkpoints committed in order while the run "
@@ -165,8 +176,10 @@ class Engine:
         """Extra objects (a secret store from a config file) closed with the engine."""
         self.submitted: Final = asyncio.Event()
         """Set when this engine stores a queued run (wakes an in-process worker at once)."""
-        """Set by each ``submit``: workers of this engine (this process) wake up at once
-        instead of waiting for their next poll."""
+        self.recover: Final = recover
+        self.recovered: list[RunHandle] = []
+        """With ``recover=True``: the runs ``open`` found crashed under this engine's holder
+        name and resumed, one handle each."""
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -197,6 +210,16 @@ class Engine:
         if self.max_concurrency is not None:
             self.__dict__["global_limit"] = asyncio.Semaphore(self.max_concurrency)
         self._opened = True
+        if self.recover and self.runstore is not None:
+            await self._recover_own()
+
+    async def _recover_own(self) -> None:
+        """Resume every unfinished run whose lease names this engine's holder: this
+        process (the same holder name, restarted) held it when it crashed."""
+        store = self.runstore
+        assert store is not None
+        for run_id in await store.runs_held_by(self.holder):
+            self.recovered.append(self.start_resume(run_id))
 
     async def aclose(self) -> None:
         """Cancel runs still going, flush and close what the engine owns (idempotent)."""

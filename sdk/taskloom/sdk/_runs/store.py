@@ -65,6 +65,7 @@ from taskloom.sdk._runs.events import ENTRY_BYTES, EventLog
 from taskloom.sdk._runs.history import RunHistory
 from taskloom.sdk._runs.lease import LeaseKeeper, check_ttl, extended, held_error
 from taskloom.sdk._runs.records import (
+    FINISHED_STATUSES,
     NS_CACHE,
     NS_CACHE_OWNERS,
     NS_FENCES,
@@ -784,6 +785,27 @@ class RunStore:
         raise RunHeld(
             f"run {run_id!r}: the lease kept changing while asking its holder to stop; try again",
         )
+
+    async def runs_held_by(self, holder: str) -> list[str]:
+        """Ids of the unfinished runs whose lease (live or expired) names ``holder``."""
+        self._check_open()
+        found: list[str] = []
+        start_after: str | None = None
+        while True:
+            page = await self._storage.scan(NS_LEASES, start_after=start_after, limit=SCAN_PAGE)
+            for stored in page:
+                lease = decode(stored.value, LeaseRecord, where=f"{NS_LEASES}/{stored.key}")
+                if lease.holder != holder:
+                    continue
+                run = await self._storage.get(NS_RUNS, stored.key)
+                if run is None:
+                    continue
+                status = decode(run.value, RunRecord, where=f"{NS_RUNS}/{stored.key}").status
+                if status not in FINISHED_STATUSES:
+                    found.append(stored.key)
+            if len(page) < SCAN_PAGE:
+                return found
+            start_after = page[-1].key
 
     async def lease(self, run_id: str) -> LeaseRecord | None:
         """The run's current lease, live or expired, or None."""
