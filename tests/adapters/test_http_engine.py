@@ -29,11 +29,7 @@ from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.memory import MemorySecretStore
 from taskloom.adapters.openai import OpenAIExecutor
 from taskloom.contracts import Event, Secret, StepFailed, StepRetrying
-
-engine_module = pytest.importorskip("taskloom.sdk._engine.engine")
-registry_module = pytest.importorskip("taskloom.sdk._registry")
-Engine = engine_module.Engine
-ExecutorRegistry = registry_module.ExecutorRegistry
+from taskloom.sdk import Engine, ExecutorRegistry
 
 pytestmark = [
     pytest.mark.integration,

@@ -154,3 +154,14 @@ def test_room_check_catches_a_reverse_arrow(tmp_path: Path) -> None:
     (base / "_high" / "b.py").write_text("from taskloom.sdk._low.a import x\n")
     bad = _room_violations(base, {"_low": set(), "_high": {"_low"}})
     assert bad == ["_low/a.py imports taskloom.sdk._high.b"]
+
+
+def test_no_test_turns_an_import_error_of_ours_into_a_skip() -> None:
+    """A broken taskloom module must fail the tests that import it: no test module skips
+    on an import error of a taskloom module (``importorskip``, ``except ImportError``)."""
+    bad = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if 'importorskip("taskloom' in text or "importorskip('taskloom" in text:
+            bad.append(f"{path.relative_to(ROOT)}: importorskip of a taskloom module")
+    assert not bad, "\n".join(bad)

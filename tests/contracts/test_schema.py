@@ -56,7 +56,8 @@ def test_schema_mirrors_the_attrs_types() -> None:
 
 @pytest.fixture(scope="module")
 def validator() -> Any:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
+
     schema = pipeline_json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)

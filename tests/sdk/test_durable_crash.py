@@ -40,10 +40,6 @@ KINDS = ("sqlite", "filesystem")
 Key = tuple[str, int | None]
 
 
-def _available(kind: str) -> bool:
-    return storage_class(kind) is not None
-
-
 def _parse_call(line: str) -> Key:
     step, item = line.split()
     assert step.startswith("step=") and item.startswith("item=")
@@ -80,7 +76,6 @@ def reference_output(job: dict[str, Any]) -> Any:
 
 async def _open(kind: str, location: str) -> StorageAdapter:
     cls = storage_class(kind)
-    assert cls is not None
     storage: StorageAdapter = cls(location)
     return storage
 
@@ -245,8 +240,6 @@ def test_sigkill_and_resume_never_repeats_checkpointed_work(
 ) -> None:
     """10 SIGKILLs at random moments, in either durability mode: uninterrupted output, no
     checkpointed call repeated."""
-    if not _available(kind):
-        pytest.skip(f"{kind} storage is not importable yet")
     job = build_job(seq=3, par=3, items=64, concurrency=6, seed="crash")
     job["durability"] = durability
     rng = random.Random(f"crash-{kind}-{durability}")
@@ -259,8 +252,6 @@ def test_sigkill_and_resume_never_repeats_checkpointed_work(
 @pytest.mark.parametrize("kind", KINDS)
 def test_many_sigkills_on_a_bigger_run(kind: str, tmp_path: Path) -> None:
     """40 SIGKILLs on a run with 200 map items: still the same output, still no repeats."""
-    if not _available(kind):
-        pytest.skip(f"{kind} storage is not importable yet")
     job = build_job(seq=4, par=4, items=200, concurrency=16, seed="slow")
     run = crash_and_resume(kind, tmp_path, job, kills=40, rng=random.Random(f"slow-{kind}"))
     check_crash_run(kind, job, run)
@@ -283,7 +274,7 @@ _jobs = st.builds(
 )
 @given(
     job=_jobs,
-    kind=st.sampled_from([k for k in KINDS if _available(k)] or ["sqlite"]),
+    kind=st.sampled_from(KINDS),
     kills=st.integers(1, 4),
     seed=st.integers(0, 2**32 - 1),
 )
@@ -291,8 +282,6 @@ def test_random_pipelines_and_kill_points(
     job: dict[str, Any], kind: str, kills: int, seed: int
 ) -> None:
     """Random pipelines killed at random points resume to the uninterrupted output, no repeats."""
-    if not _available(kind):
-        pytest.skip(f"{kind} storage is not importable yet")
     with tempfile.TemporaryDirectory(prefix="taskloom-crash-") as workdir:
         run = crash_and_resume(kind, Path(workdir), job, kills=kills, rng=random.Random(seed))
         check_crash_run(kind, job, run)

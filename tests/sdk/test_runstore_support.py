@@ -25,18 +25,15 @@ from taskloom.sdk._runs.records import RunRecord, RunStatus, StepRecord
 STORAGE_KINDS = ("memory", "sqlite", "filesystem")
 
 
-def storage_class(kind: str) -> type[Any] | None:
-    """The adapter class for ``kind``, or None while its module is not importable yet."""
+def storage_class(kind: str) -> type[Any]:
+    """The adapter class for ``kind``; an import error fails the test (never a skip)."""
     module_name, class_name = {
         "memory": ("taskloom.adapters.memory", "MemoryStorage"),
         "sqlite": ("taskloom.adapters.sqlite", "SQLiteStorage"),
         "filesystem": ("taskloom.adapters.filesystem", "FileStorage"),
     }[kind]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    return getattr(module, class_name, None)
+    cls: type[Any] = getattr(importlib.import_module(module_name), class_name)
+    return cls
 
 
 @contextlib.asynccontextmanager

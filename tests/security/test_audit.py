@@ -289,7 +289,7 @@ def test_a_consistent_rewrite_of_the_chain_is_caught_by_the_head() -> None:
 
 def test_the_log_runs_on_the_memory_adapter() -> None:
     """AuditLog works over taskloom's own MemoryStorage, head stored and checked."""
-    memory = pytest.importorskip("taskloom.adapters.memory")
+    from taskloom.adapters import memory
 
     async def go() -> AuditReport:
         log = AuditLog(memory.MemoryStorage(), stream="ops")
