@@ -691,3 +691,26 @@ async def test_store_files_and_directories_are_private(tmp_path: Path) -> None:
     for path in paths:
         want = 0o700 if path.is_dir() else 0o600
         assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+async def test_verify_repairs_only_what_loses_nothing(tmp_path: Path) -> None:
+    """verify reports a torn tail, leftovers and a damaged segment; repair fixes the first two."""
+    async with FileStorage(tmp_path, fsync=False) as storage:
+        for n in range(3):
+            await storage.append("torn", b"t%d" % n)
+            await storage.append("bad", b"b%d" % n)
+        assert await storage.verify() == []
+        _tear(_segments(tmp_path, "torn")[-1], "half-entry")
+        bad = _segments(tmp_path, "bad")[-1]
+        data = bytearray(bad.read_bytes())
+        data[len(_fs_streams.SEGMENT_MAGIC) + 30] ^= 0x01  # inside the first entry
+        bad.write_bytes(bytes(data))
+        _store(tmp_path).record_path("empty-namespace", "k").parent.mkdir(parents=True)
+        found = await storage.verify()
+        assert {f.where for f in found} >= {str(_segments(tmp_path, "torn")[-1]), str(bad)}
+        assert not any(f.repaired for f in found)
+        repaired = await storage.verify(repair=True)
+        assert [f.where for f in repaired if not f.repaired] == [str(bad)]
+        assert bad.read_bytes() == bytes(data)
+        assert [f.where for f in await storage.verify()] == [str(bad)]
+        assert [e.payload for e in await storage.read("torn")] == [b"t0", b"t1", b"t2"]

@@ -338,3 +338,26 @@ class StreamDropping(Protocol):
     """
 
     async def drop_stream(self, stream: str) -> bool: ...
+
+
+@attrs.frozen(kw_only=True)
+class StorageFinding:
+    """One problem a store's self-check found: where, what (and what to do), and whether
+    the check repaired it (only ever without losing data)."""
+
+    where: str = attrs.field(validator=_v.instance_of(str))
+    problem: str = attrs.field(validator=_v.instance_of(str))
+    repaired: bool = attrs.field(default=False, validator=_v.instance_of(bool))
+
+
+@runtime_checkable
+class SelfChecking(Protocol):
+    """An optional capability of a ``StorageAdapter``: verify its own files.
+
+    ``verify`` reports every problem it finds (damaged files, failed checksums,
+    leftovers of crashes). With ``repair=True`` it also repairs what it can
+    repair without losing acknowledged data, and marks those findings repaired;
+    anything else it only reports. ``taskloom doctor`` calls it.
+    """
+
+    async def verify(self, *, repair: bool = False) -> list[StorageFinding]: ...

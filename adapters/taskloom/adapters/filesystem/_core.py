@@ -39,6 +39,7 @@ from taskloom.adapters.filesystem._streams import (
     Tail,
     append_entries,
     find_tail,
+    inspect_stream,
     list_segments,
     read_entries,
     tail_still_valid,
@@ -46,6 +47,7 @@ from taskloom.adapters.filesystem._streams import (
 from taskloom.contracts import (
     Record,
     StorageCorrupted,
+    StorageFinding,
     StreamEntry,
     UsageError,
 )
@@ -124,6 +126,87 @@ class Store:
             lock.close()
             raise
         self._lock = lock
+
+    def verify(self, *, repair: bool) -> list[StorageFinding]:
+        """Check every file of the store (``SelfChecking``), under the exclusive lock.
+
+        Repaired (when asked): a complete journal rolled forward, a torn stream
+        tail truncated, temporary files and empty directories removed. Damaged
+        records, segments or journals are only reported.
+        """
+        if self._lock is None:
+            raise UsageError("file storage is closed")
+        found: list[StorageFinding] = []
+
+        def add(where: Path, problem: str, repaired: bool = False) -> None:
+            found.append(StorageFinding(where=str(where), problem=problem, repaired=repaired))
+
+        with self._lock.held(exclusive=True):
+            journal = self.root / JOURNAL
+            if journal.exists():
+                try:
+                    if repair:
+                        self.recover()
+                    else:
+                        _fs_journal.unpack(journal.read_bytes())
+                    add(journal, "a commit interrupted by a crash (rolled forward)", repair)
+                except (StorageCorrupted, ValueError) as exc:
+                    add(journal, f"the commit journal is damaged ({exc}): restore from a backup")
+            try:
+                namespaces = self._namespaces()
+            except StorageCorrupted as exc:
+                add(Path(exc.path or self.root / RECORDS), str(exc))
+                namespaces = []
+            for _, directory in namespaces:
+                try:
+                    keys = self._keys(directory)
+                except StorageCorrupted as exc:
+                    add(Path(exc.path or directory), str(exc))
+                    continue
+                for _, path in keys:
+                    try:
+                        _fs_records.read(path)
+                    except StorageCorrupted as exc:
+                        add(path, str(exc))
+            for directory in self._stream_dirs():
+                for path, problem, fixable in inspect_stream(directory):
+                    if fixable and repair:
+                        self._tails.clear()
+                        find_tail(directory, self.disk)
+                    add(path, problem, fixable and repair)
+            leftovers = os.listdir(self.root / TMP)
+            if leftovers:
+                if repair:
+                    self._clear_tmp()
+                add(self.root / TMP, f"{len(leftovers)} temporary file(s) left by a crash", repair)
+            empty = self._empty_dirs()
+            if empty:
+                if repair:
+                    for directory in empty:
+                        with contextlib.suppress(OSError):
+                            os.rmdir(directory)
+                            self.disk.mark_dirty(directory.parent)
+                add(self.root, f"{len(empty)} empty director(y/ies) left behind", repair)
+            self.disk.flush()
+        return found
+
+    def _stream_dirs(self) -> list[Path]:
+        """Every directory under ``streams/`` that holds files (a stream's segments)."""
+        out: list[Path] = []
+        for directory, _, files in os.walk(self.root / STREAMS):
+            if files:
+                out.append(Path(directory))
+        return sorted(out)
+
+    def _empty_dirs(self) -> list[Path]:
+        """Empty directories below ``records/`` and ``streams/``, deepest first."""
+        out: list[Path] = []
+        for sub in (RECORDS, STREAMS):
+            for directory, dirs, files in os.walk(self.root / sub, topdown=False):
+                path = Path(directory)
+                if path != self.root / sub and not files and all((path / d) in out for d in dirs):
+                    out.append(path)
+        return out
 
     def _check_layout(self) -> None:
         """Refuse a marked store whose ``records/`` or ``streams/`` is gone (or no directory)."""

@@ -34,6 +34,7 @@ from taskloom.contracts import (
     Op,
     Put,
     Record,
+    StorageFinding,
     StreamEntry,
     UsageError,
     check_if_version,
@@ -368,6 +369,18 @@ class FileStorage:
         count = check_read(after, limit)
         store = self._store
         return await self._read(lambda: store.read(stream, after=after, limit=count))
+
+    async def verify(self, *, repair: bool = False) -> list[StorageFinding]:
+        """Check every record and segment checksum and the store's leftovers (``SelfChecking``).
+
+        ``repair`` fixes only what loses nothing: a pending journal, a torn tail,
+        temporary files and empty directories.
+        """
+        self._check_usable()
+        await self._ensure_open()
+        await self._write(_nothing)
+        store = self._store
+        return await self._run(self._writer, lambda: store.verify(repair=bool(repair)))
 
     async def drop_stream(self, stream: str) -> bool:
         """Remove ``stream``'s entries and files; the next append is 1 (``StreamDropping``).

@@ -218,6 +218,37 @@ def read_entries(
     return found
 
 
+def inspect_stream(directory: Path) -> list[tuple[Path, str, bool]]:
+    """Every problem of one stream's segments: (file, what is wrong, repairable).
+
+    Only a torn tail of the last segment is repairable (truncating it loses no
+    acknowledged entry; the next append does the same).
+    """
+    try:
+        segments = list_segments(directory)
+    except StorageCorrupted as exc:
+        return [(Path(exc.path or directory), str(exc), False)]
+    found: list[tuple[Path, str, bool]] = []
+    if segments and segments[0][0] != 1:
+        found.append((segments[0][1], "the stream's first segment is missing", False))
+    for index, (first, path) in enumerate(segments):
+        last = index == len(segments) - 1
+        try:
+            parsed = _parse(_read_segment(path), first, keep=False)
+        except StorageCorrupted as exc:
+            found.append((path, str(exc), False))
+            continue
+        if parsed.damaged or (parsed.torn and not last):
+            found.append((path, f"entry {parsed.next_seq} is damaged; later data is intact", False))
+        elif parsed.torn:
+            found.append((path, f"a torn write after entry {parsed.next_seq - 1}", True))
+        if not last and not parsed.torn and parsed.next_seq != segments[index + 1][0]:
+            found.append(
+                (path, f"it ends at {parsed.next_seq - 1}; the next segment starts later", False)
+            )
+    return found
+
+
 def _entries(stream: str, raw: Iterable[tuple[int, float, bytes]]) -> list[StreamEntry]:
     return [StreamEntry(stream=stream, seq=s, payload=p, appended_at=t) for s, t, p in raw]
 

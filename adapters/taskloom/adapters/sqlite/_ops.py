@@ -44,6 +44,7 @@ __all__ = [
     "delete_versions_job",
     "drop_stream_job",
     "entry",
+    "integrity_job",
     "purge_job",
     "put_job",
     "record",
@@ -298,6 +299,32 @@ def drop_stream_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> bool:
     """Delete every entry of a stream: args (stream,); True if it had any."""
     cursor.execute(DROP_STREAM, args)
     return cursor.rowcount > 0
+
+
+_INDEX_ONLY = ("missing from index", "wrong # of entries in index", "non-unique entry in index")
+"""integrity_check messages about an index alone: REINDEX rebuilds it from the table."""
+
+
+def integrity_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> tuple[list[str], bool]:
+    """``PRAGMA integrity_check``: args (repair,); returns (problems left, whether repaired).
+
+    With ``repair`` and only index problems found, the indexes are rebuilt from
+    their tables (nothing is lost) and the check runs again.
+    """
+    repair: bool = args[0]
+    problems = _integrity(cursor)
+    if repair and problems and all(any(m in p for m in _INDEX_ONLY) for p in problems):
+        cursor.execute("REINDEX")
+        return _integrity(cursor), True
+    return problems, False
+
+
+def _integrity(cursor: sqlite3.Cursor) -> list[str]:
+    try:
+        rows = cursor.execute("PRAGMA integrity_check").fetchall()
+    except sqlite3.DatabaseError as exc:  # too damaged for the check to walk it
+        return [str(exc)]
+    return [str(row[0]) for row in rows if str(row[0]) != "ok"]
 
 
 def vacuum_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> int:

@@ -36,6 +36,7 @@ from taskloom.adapters.sqlite._ops import (
     delete_versions_job,
     drop_stream_job,
     entry,
+    integrity_job,
     purge_job,
     put_job,
     record,
@@ -62,6 +63,7 @@ from taskloom.contracts import (
     Put,
     Record,
     StorageError,
+    StorageFinding,
     StreamEntry,
     UsageError,
     check_if_version,
@@ -462,6 +464,34 @@ class SQLiteStorage:
             delete_versions_job, (namespace, [(key, version) for key, version, _ in victims])
         )
         return deleted
+
+    async def verify(self, *, repair: bool = False) -> list[StorageFinding]:
+        """``PRAGMA integrity_check`` (``SelfChecking``); ``repair`` rebuilds damaged indexes.
+
+        Damage to the tables themselves is only reported: restore the file from a
+        backup (SQLite's ``.recover`` can salvage rows, but not without loss).
+        """
+        writer = await self._writer_for_call()
+        left, reindexed = await writer.submit(integrity_job, (bool(repair),))
+        findings = (
+            [
+                StorageFinding(
+                    where=self._path,
+                    problem="an index did not match its table; REINDEX rebuilt it from the table",
+                    repaired=True,
+                )
+            ]
+            if reindexed
+            else []
+        )
+        findings += [
+            StorageFinding(
+                where=self._path,
+                problem=f"integrity_check: {message}: restore the database from a backup",
+            )
+            for message in left
+        ]
+        return findings
 
     async def drop_stream(self, stream: str) -> bool:
         """Remove every entry of ``stream``; its next append is 1 again (``StreamDropping``).

@@ -35,35 +35,55 @@ def _when(ts: float | None) -> str:
 
 
 async def runs(args: argparse.Namespace, ctx: CliContext) -> int:
+    from taskloom.sdk._runs.history import DamagedRun
+
     store = await _runstore(ctx)
     try:
-        records = await store.list_runs(
+        entries = await store.list_entries(
             status=args.status, pipeline=args.pipeline, limit=args.limit
         )
     finally:
         await store.aclose()
-    rows = [
-        {
-            "run_id": r.run_id,
-            "pipeline": r.pipeline_name,
-            "status": r.status,
-            "created_at": r.created_at,
-            "finished_at": r.finished_at,
-            "tokens": r.usage.total_tokens,
-        }
-        for r in records
-    ]
-    ctx.out.data(
-        rows,
-        lambda: ctx.out.table(
+    rows: list[dict[str, Any]] = []
+    damaged: list[str] = []
+    for r in entries:
+        if isinstance(r, DamagedRun):
+            damaged.append(r.run_id)
+            rows.append({"run_id": r.run_id, "status": "damaged", "error": str(r.error)})
+            continue
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "pipeline": r.pipeline_name,
+                "status": r.status,
+                "created_at": r.created_at,
+                "finished_at": r.finished_at,
+                "tokens": r.usage.total_tokens,
+            }
+        )
+
+    def human() -> None:
+        ctx.out.table(
             "runs",
             ["run id", "pipeline", "status", "created", "tokens"],
             [
-                [r["run_id"], r["pipeline"], r["status"], _when(r["created_at"]), r["tokens"]]
+                [
+                    r["run_id"],
+                    r.get("pipeline", "?"),
+                    r["status"],
+                    _when(r.get("created_at")),
+                    r.get("tokens", ""),
+                ]
                 for r in rows
             ],
-        ),
-    )
+        )
+        for run_id in damaged:
+            ctx.out.note(
+                f"run {run_id}: its stored record is damaged (does not decode); "
+                f"`taskloom delete {run_id}` removes it, `taskloom doctor` checks the store"
+            )
+
+    ctx.out.data(rows, human)
     return 0
 
 

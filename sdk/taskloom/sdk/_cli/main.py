@@ -101,6 +101,7 @@ def _missing_action(command: argparse.ArgumentParser, actions: Any) -> Handler:
 
 def build_parser() -> Parser:
     """The whole command tree (the shell uses the same one)."""
+    from taskloom.sdk._cli import maintenance as _cli_maintenance
     from taskloom.sdk._cli import queue as _cli_queue
     from taskloom.sdk._cli import runs as _cli_runs
     from taskloom.sdk._cli import secrets as _cli_secrets
@@ -138,6 +139,7 @@ def build_parser() -> Parser:
         return command
 
     _cli_runs.register(add)
+    _cli_maintenance.register(add)
     _cli_queue.register(add)
     _cli_security.register(add, group, add_to)
     _cli_secrets.register(group, add_to)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import attrs
+
 from taskloom.contracts import DecodeError, Record, RunHeld, StorageAdapter, UsageError
 from taskloom.sdk._runs.codec import decode
 from taskloom.sdk._runs.records import (
@@ -27,6 +29,18 @@ from taskloom.sdk._runs.records import (
 
 INDEX_PAGE = 500
 """Index entries read per ``scan`` call."""
+
+
+@attrs.frozen(kw_only=True)
+class DamagedRun:
+    """A run whose stored record (or index entry) does not decode: its id and why.
+
+    ``taskloom runs`` lists it as damaged instead of failing for the whole store;
+    ``RunStore.delete_run`` removes it.
+    """
+
+    run_id: str
+    error: DecodeError
 
 
 class RunHistory:
@@ -63,7 +77,34 @@ class RunHistory:
         until: float | None,
         limit: int | None,
     ) -> list[RunRecord]:
-        """Matching runs, newest first; see ``RunStore.list_runs``."""
+        """Matching runs, newest first; see ``RunStore.list_runs``.
+
+        A run whose record (or index entry) does not decode raises its DecodeError.
+        """
+        found = await self.entries(
+            status=status, pipeline=pipeline, since=since, until=until, limit=limit
+        )
+        runs: list[RunRecord] = []
+        for item in found:
+            if isinstance(item, DamagedRun):
+                raise item.error
+            runs.append(item)
+        return runs
+
+    async def entries(
+        self,
+        *,
+        status: RunStatus | None,
+        pipeline: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int | None,
+    ) -> list[RunRecord | DamagedRun]:
+        """Like ``list_runs``, with runs that do not decode as ``DamagedRun`` in their place.
+
+        A damaged index entry cannot say its status or pipeline, so it is listed
+        only when neither filter is given.
+        """
         if status is not None and status not in RUN_STATUSES:
             raise UsageError(f"status must be one of {list(RUN_STATUSES)}, got {status!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
@@ -73,20 +114,28 @@ class RunHistory:
         # Keys of runs created after ``until`` sort before this one (newer is smaller).
         start_after = f"{inverted_time(until):017d}" if until is not None else None
         oldest = inverted_time(since) if since is not None else None
-        found: list[RunRecord] = []
+        found: list[RunRecord | DamagedRun] = []
         async for stored in self._index(start_after):
             inverted, _, run_id = stored.key.partition("/")
             if oldest is not None and int(inverted) > oldest:
                 break  # everything from here on was created before ``since``
-            entry = decode(stored.value, RunIndexEntry, where=f"{NS_RUNS_BY_TIME}/{stored.key}")
-            if status is not None and entry.status != status:
-                continue
-            if pipeline is not None and entry.pipeline_name != pipeline:
-                continue
-            record = await self._storage.get(NS_RUNS, run_id)
-            if record is None:
-                continue  # deleted between the index read and this one
-            found.append(decode(record.value, RunRecord, where=f"{NS_RUNS}/{run_id}"))
+            try:
+                entry = decode(stored.value, RunIndexEntry, where=f"{NS_RUNS_BY_TIME}/{stored.key}")
+            except DecodeError as exc:
+                if status is None and pipeline is None:
+                    found.append(DamagedRun(run_id=run_id, error=exc))
+            else:
+                if status is not None and entry.status != status:
+                    continue
+                if pipeline is not None and entry.pipeline_name != pipeline:
+                    continue
+                record = await self._storage.get(NS_RUNS, run_id)
+                if record is None:
+                    continue  # deleted between the index read and this one
+                try:
+                    found.append(decode(record.value, RunRecord, where=f"{NS_RUNS}/{run_id}"))
+                except DecodeError as exc:
+                    found.append(DamagedRun(run_id=run_id, error=exc))
             if limit is not None and len(found) >= limit:
                 break
         return found
@@ -123,7 +172,10 @@ class RunHistory:
         finished_seen = 0
         victims: list[str] = []
         async for stored in self._index():
-            entry = decode(stored.value, RunIndexEntry, where=f"{NS_RUNS_BY_TIME}/{stored.key}")
+            try:
+                entry = decode(stored.value, RunIndexEntry, where=f"{NS_RUNS_BY_TIME}/{stored.key}")
+            except DecodeError:
+                continue  # its age is unknown: kept, and listed as damaged by ``runs``
             too_old = cutoff is not None and entry.created_at < cutoff
             if entry.status in FINISHED_STATUSES:
                 finished_seen += 1

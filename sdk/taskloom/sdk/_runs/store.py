@@ -62,7 +62,7 @@ from taskloom.sdk._pipeline.compact import pipeline_digest
 from taskloom.sdk._runs.batch import GroupCommitWriter
 from taskloom.sdk._runs.codec import decode, encode
 from taskloom.sdk._runs.events import ENTRY_BYTES, EventLog
-from taskloom.sdk._runs.history import RunHistory
+from taskloom.sdk._runs.history import DamagedRun, RunHistory
 from taskloom.sdk._runs.lease import LeaseKeeper, check_ttl, extended, held_error
 from taskloom.sdk._runs.records import (
     FINISHED_STATUSES,
@@ -877,6 +877,24 @@ class RunStore:
             status=status, pipeline=pipeline, since=since, until=until, limit=limit
         )
 
+    async def list_entries(
+        self,
+        *,
+        status: RunStatus | None = None,
+        pipeline: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord | DamagedRun]:
+        """Like ``list_runs``, but a run whose record does not decode is a ``DamagedRun``.
+
+        ``list_runs`` raises for such a run; this lets a listing go on and name it.
+        """
+        self._check_open()
+        return await self._history.entries(
+            status=status, pipeline=pipeline, since=since, until=until, limit=limit
+        )
+
     async def delete_run(self, run_id: str) -> bool:
         """Delete everything of the run; True if anything of it existed.
 
@@ -900,9 +918,11 @@ class RunStore:
         ops: list[Put | Delete] = []
         if stored is not None:
             ops.append(Delete(namespace=NS_RUNS, key=run_id, if_version=stored.version))
-            index = await self._history.index_key_of(run_id, stored.value)
-            if index is not None:
-                ops.append(Delete(namespace=NS_RUNS_BY_TIME, key=index))
+        # Without a record (or with one that does not decode) the index is searched.
+        index = await self._history.index_key_of(run_id, stored.value if stored else b"")
+        if index is not None:
+            existed = True
+            ops.append(Delete(namespace=NS_RUNS_BY_TIME, key=index))
         tomb = Tombstone(run_id=run_id, deleted_at=self._clock())
         ops.append(Put(namespace=NS_TOMBSTONES, key=run_id, value=encode(tomb)))
         if lease_stored is not None:
@@ -912,10 +932,14 @@ class RunStore:
         # The record goes first and atomically with the tombstone: if the process dies
         # while the rest is being deleted, delete_run or prune finishes the job.
         await self._storage.commit(ops)
-        return await self._finish_delete(run_id) or existed
+        return await self.finish_delete(run_id) or existed
 
-    async def _finish_delete(self, run_id: str) -> bool:
-        """Delete a tombstoned run's checkpoints, cache entries, events; True if any existed."""
+    async def finish_delete(self, run_id: str) -> bool:
+        """Delete what a run left besides its record (checkpoints, cache entries, events).
+
+        ``delete_run`` calls it after removing the record; ``prune`` and ``taskloom
+        doctor --repair`` call it for a deletion a crash interrupted. True if any existed.
+        """
         existed = False
         while True:
             page = await self._storage.scan(NS_STEPS, prefix=f"{run_id}/", limit=SCAN_PAGE)
@@ -951,7 +975,7 @@ class RunStore:
             if not page:
                 return
             for tomb in page:
-                await self._finish_delete(tomb.key)
+                await self.finish_delete(tomb.key)
 
     async def prune(
         self, *, older_than_s: float | None = None, keep_last: int | None = None
