@@ -2,10 +2,11 @@
 
     python -m benchmarks [--quick] [--group NAME ...] [--output DIR]
 
-Groups: storage, engine, durable, security, executors, scaling, peer (all by
-default). Each group runs in its own process. The exit status is 1 only when a
-group crashed (missing, raised, died or hung): a figure that misses its target
-is reported, never a failure, so CI can run ``--quick`` on noisy machines.
+Groups: storage, engine, durable, security, executors, scaling, peer, postgres
+(all by default; postgres needs a server, see ``bench_postgres``). Each group
+runs in its own process. The exit status is 1 only when a group crashed
+(missing, raised, died or hung): a figure that misses its target is reported,
+never a failure, so CI can run ``--quick`` on noisy machines.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ GROUPS: dict[str, str] = {
     "executors": "benchmarks.bench_executors",
     "scaling": "benchmarks.bench_scaling",
     "peer": "benchmarks._peer_langgraph",
+    "postgres": "benchmarks.bench_postgres",
 }
 """Group name to module, in the order the suite runs them."""
 

@@ -9,6 +9,7 @@ import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import psycopg.errors
@@ -412,3 +413,27 @@ async def test_must_not_exist_checks_hold_until_commit(postgres_dsn: str) -> Non
         keys = {r.key for r in await one.scan("ns")}
         assert all(r.version == 1 for r in await one.scan("ns"))
         assert len(keys) >= 8
+
+
+async def test_one_statement_batches_skip_begin_and_commit(storage: PostgresStorage) -> None:
+    """A lone put, or plain puts of distinct keys, commit as one autocommit statement; a
+    commit of several operations still runs in a transaction."""
+    writer = storage._writer
+    assert writer is not None
+    original = writer._attempt_one_statement
+    fast: list[int] = []
+
+    async def spy(batch: list[Any]) -> Any:
+        fast.append(len(batch))
+        return await original(batch)
+
+    writer._attempt_one_statement = spy  # type: ignore[method-assign]
+    await storage.put("ns", "a", b"1")
+    await asyncio.gather(*(storage.put("ns", f"k{i}", b"v") for i in range(20)))
+    assert fast == [1, 20]
+    await storage.commit(
+        [Put(namespace="ns", key="a", value=b"2"), Put(namespace="ns", key="b", value=b"")]
+    )
+    await asyncio.gather(storage.put("ns", "same", b"1"), storage.put("ns", "same", b"2"))
+    assert fast == [1, 20]
+    assert (await storage.get("ns", "same")).version == 2  # type: ignore[union-attr]

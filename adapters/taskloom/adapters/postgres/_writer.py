@@ -42,7 +42,11 @@ from taskloom.adapters.postgres._errors import is_lost_connection, is_retryable,
 from taskloom.adapters.postgres._listen import NOTIFY
 from taskloom.adapters.postgres._ops import (
     JobFn,
+    append_job,
     commit_job,
+    delete_job,
+    delete_versions_job,
+    purge_job,
     put_job,
     upsert_job,
     upsert_many,
@@ -65,6 +69,15 @@ MAX_BATCH = 1000
 """Most jobs in one transaction; more wait for the next one."""
 
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
+
+SINGLE_STATEMENT_JOBS = frozenset(
+    {upsert_job, put_job, append_job, delete_job, purge_job, delete_versions_job}
+)
+"""Jobs that write with one statement (a conflict's follow-up SELECT only reads);
+``delete_job`` with ``if_version=0`` is not one of them (it reserves the key first)."""
+
+_CLOSED_FIRST = frozenset({"57P01", "57P02", "57P03"})
+"""The server closed the connection before reading what was sent (shutdown, terminated)."""
 
 
 class _CommitUnknown(Exception):
@@ -222,7 +235,57 @@ class Writer:
                 written.update(op.namespace for op in args[0] if isinstance(op, Put))
         return sorted(written & watched)
 
+    def _one_statement(self, batch: list[Job]) -> bool:
+        """Whether ``batch`` is one statement: then it commits alone, without BEGIN/COMMIT.
+
+        A lone single-statement job, or plain puts of distinct keys (one multi-row
+        upsert), that announce nothing: one round trip instead of three.
+        """
+        if self._announced(batch):
+            return False
+        if len(batch) == 1:
+            fn, args = batch[0][0], batch[0][1]
+            return fn in SINGLE_STATEMENT_JOBS and not (fn is delete_job and args[2] == 0)
+        seen: set[tuple[str, str]] = set()
+        for fn, args, _, _ in batch:
+            if fn is not upsert_job or (args[0], args[1]) in seen:
+                return False
+            seen.add((args[0], args[1]))
+        return True
+
+    async def _attempt_one_statement(self, batch: list[Job]) -> list[_Outcome]:
+        """Run a one-statement batch in autocommit: the statement is the transaction.
+
+        A connection lost while it ran leaves its outcome unknown, as a lost COMMIT
+        does; one the server had already closed (it says so first: shutdown,
+        terminated) never ran it, and the batch is retried.
+        """
+        async with self._pool.connection(timeout=self._pool_timeout_s) as conn:
+            cur: psycopg.AsyncCursor[Any] = conn.cursor()
+            try:
+                if len(batch) == 1:
+                    fn, args, future, _ = batch[0]
+                    try:
+                        value = await fn(cur, self._sql, args)
+                    except TaskloomError as exc:
+                        return [(future, False, exc)]
+                    outcomes: list[_Outcome] = [(future, True, value)]
+                else:
+                    values = await upsert_many(cur, self._sql, [job[1] for job in batch])
+                    outcomes = [
+                        (job[2], True, value) for job, value in zip(batch, values, strict=True)
+                    ]
+            except psycopg.Error as exc:
+                closed_first = str(getattr(exc, "sqlstate", "") or "") in _CLOSED_FIRST
+                if (conn.broken or is_lost_connection(exc)) and not closed_first:
+                    raise _CommitUnknown() from exc
+                raise
+            self.transactions += 1
+            return outcomes
+
     async def _attempt(self, batch: list[Job]) -> list[_Outcome]:
+        if self._one_statement(batch):
+            return await self._attempt_one_statement(batch)
         sql = self._sql
         alone = len(batch) == 1
         async with self._pool.connection(timeout=self._pool_timeout_s) as conn:
