@@ -44,7 +44,10 @@
   }
 
   function when(ts) {
-    return ts ? new Date(ts * 1000).toLocaleString() : "";
+    if (!ts) return "";
+    const date = new Date(ts * 1000);
+    const today = date.toDateString() === new Date().toDateString();
+    return today ? date.toLocaleTimeString() : date.toLocaleString();
   }
 
   function seconds(value) {
@@ -123,6 +126,8 @@
     const status = $("#run-status");
     status.className = "badge s-" + task.status;
     status.textContent = task.status;
+    const row = document.querySelector('#runs tbody tr[data-run-id="' + CSS.escape(runId) + '"]');
+    if (row && row.children[2]) row.children[2].replaceChildren(badge(task.status));
     const facts = $("#run-facts");
     facts.replaceChildren();
     fact(facts, "pipeline", task.pipeline);
