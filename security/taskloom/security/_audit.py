@@ -15,6 +15,17 @@ point at the entry it covers, since nothing else remembers the old hashes.
 Appends are serialized through a head record (namespace ``audit.chain``)
 written in the same atomic ``commit`` as the entry, with a version check, so
 two writers -- in one process or several -- can never fork the chain.
+``verify`` checks the stream against that chain head too: entries missing
+from the end, or written past it, are reported even without a signed head.
+
+A *torn tail* -- the last entry missing (its head was written) or unreadable,
+as a write cut short by a crash leaves it -- is reported as ``torn``, apart
+from tampering. Someone who can write the storage can produce the same, so
+only a signed head kept elsewhere (an *anchor*) proves nothing else changed.
+``repair`` appends an ``audit.repair`` entry that links back to the last
+intact entry and says how many entries after it it leaves out of the chain
+(stream entries are never deleted): the log verifies again, appends work
+again, and the repair itself is on record.
 """
 
 from __future__ import annotations
@@ -48,6 +59,9 @@ AUDIT_FORMAT = "taskloom.audit/v1"
 HEAD_PAYLOAD_TYPE = "application/vnd.taskloom.audit-head+json"
 GENESIS = "0" * 64
 """The ``prev`` of the first entry."""
+
+REPAIR_ACTION = "audit.repair"
+"""The action of the entry ``AuditLog.repair`` writes."""
 
 CHAIN_NAMESPACE = "audit.chain"
 HEADS_NAMESPACE = "audit.heads"
@@ -156,8 +170,10 @@ class AuditReport:
     ``ok`` is True when nothing is wrong. Otherwise ``first_bad`` is the
     sequence number of the first entry found bad and ``kind`` says how:
     ``changed``, ``removed``, ``reordered``, ``inserted``, ``truncated`` (entries
-    up to the signed head are missing), or ``head`` (the head's signature or
-    stream does not check out; ``first_bad`` is then None).
+    up to the signed or chain head are missing), ``torn`` (only the last entry
+    is missing or unreadable, as a write cut short leaves it: ``repair`` fixes
+    it), or ``head`` (the head's signature, key or stream does not check out;
+    ``first_bad`` is then None).
     """
 
     ok: bool
@@ -207,15 +223,35 @@ def _bad(n: int, seq: int, kind: str, message: str) -> AuditReport:
     return AuditReport(ok=False, entries=n, first_bad=seq, kind=kind, message=message)
 
 
+def _repairs(links: Sequence[_Link]) -> tuple[dict[int, int], set[int]]:
+    """Repair entries: {position: position it links back to}, and the positions they
+    leave out of the chain. A repair counts only when it stands at its own position
+    and says exactly how many entries it leaves out."""
+    links_back: dict[int, int] = {}
+    left_out: set[int] = set()
+    for j, link in enumerate(links, 1):
+        body = link.body
+        if body is None or body.action != REPAIR_ACTION or body.seq != j:
+            continue
+        kept, skipped = body.details.get("kept"), body.details.get("skipped")
+        if type(kept) is int and type(skipped) is int and 0 <= kept < j and skipped == j - 1 - kept:
+            links_back[j] = kept
+            left_out.update(range(kept + 1, j))
+    return links_back, left_out
+
+
 def _walk(links: Sequence[_Link], head: SignedHead | None) -> AuditReport | None:
     """Find the first bad entry; None if the chain holds. Positions are 1-based."""
     n = len(links)
+    links_back, left_out = _repairs(links)
 
     def hash_at(j: int) -> str:
         return GENESIS if j == 0 else links[j - 1].hash
 
     def vouched(j: int) -> bool | None:
         """Does what follows entry ``j`` (the next entry or the head) confirm its hash?"""
+        if j + 1 in left_out or j + 1 in links_back:
+            return None
         if j < n:
             nxt = links[j].body
             return nxt is not None and nxt.prev == links[j - 1].hash
@@ -224,10 +260,12 @@ def _walk(links: Sequence[_Link], head: SignedHead | None) -> AuditReport | None
         return None
 
     for j in range(1, n + 1):
+        if j in left_out:
+            continue  # left out of the chain by a later repair entry (which says so)
         body = links[j - 1].body
         if body is None:
             return _bad(n, j, "changed", f"entry {j} is not a readable audit entry")
-        linked = body.prev == hash_at(j - 1)
+        linked = body.prev == hash_at(links_back.get(j, j - 1))
         if body.seq == j and linked:
             continue
         if body.seq == j:
@@ -266,6 +304,62 @@ def _walk(links: Sequence[_Link], head: SignedHead | None) -> AuditReport | None
         if head.seq >= 1 and head.hash != links[head.seq - 1].hash:
             return _bad(n, head.seq, "changed", f"entry {head.seq} differs from the signed head")
     return None
+
+
+def _against_tip(links: Sequence[_Link], tip_seq: int, tip_hash: str) -> AuditReport | None:
+    """Compare the stream with the chain head record that every append moves."""
+    n = len(links)
+    if tip_seq == n:
+        if n and tip_hash != links[-1].hash:
+            return _bad(n, n, "changed", f"entry {n} differs from the chain head: rewritten")
+        return None
+    if tip_seq > n:
+        kind = "torn" if tip_seq == n + 1 else "truncated"
+        what = (
+            f"entry {n + 1}, the last one written, is missing: a write cut short by a crash "
+            "(or someone removed it)"
+            if kind == "torn"
+            else f"the chain head counts {tip_seq} entries but only {n} remain: entries "
+            f"{n + 1} to {tip_seq} were removed"
+        )
+        return _bad(n, n + 1, kind, what)
+    return _bad(
+        n,
+        tip_seq + 1,
+        "inserted",
+        f"entries {tip_seq + 1} to {n} were written past the chain head, not through the log",
+    )
+
+
+_REPAIR_HINT = "; `taskloom audit repair` keeps the intact entries before it and records the repair"
+
+
+def _as_torn(report: AuditReport, links: Sequence[_Link], tip_seq: int | None) -> AuditReport:
+    """Name a damaged *last* entry (or one missing after the chain head) a torn tail."""
+    n = len(links)
+    unreadable_last = (
+        report.kind == "changed"
+        and report.first_bad == n
+        and n > 0
+        and links[-1].body is None
+        and (tip_seq is None or tip_seq in (n - 1, n))
+    )
+    lost_last = report.kind == "truncated" and report.first_bad == n + 1 and tip_seq == n + 1
+    if unreadable_last:
+        report = attrs.evolve(
+            report,
+            kind="torn",
+            message=f"entry {n}, the last one, is unreadable: a write cut short leaves this "
+            "(tampering can look the same; an anchor made earlier tells them apart)",
+        )
+    elif lost_last:
+        report = attrs.evolve(
+            report,
+            kind="torn",
+            message=f"entry {n + 1}, the last one written, is missing: a write cut short by "
+            "a crash (or someone removed it)",
+        )
+    return attrs.evolve(report, message=report.message + _REPAIR_HINT)
 
 
 class AuditLog:
@@ -308,6 +402,22 @@ class AuditLog:
             ) from exc
         return seq, digest, record.version
 
+    async def _checked_tip(self) -> tuple[int, str, int]:
+        """The chain head, refused (before anything is written) when the stream does not
+        end where it says: a lost or smuggled entry must be repaired, not built upon."""
+        seq, digest, version = await self._tip()
+        tail = await self._storage.read(self._stream, after=max(0, seq - 1), limit=2)
+        expected = 1 if seq else 0
+        if len(tail) != expected or (
+            seq and (tail[0].seq != seq or hashlib.sha256(tail[0].payload).hexdigest() != digest)
+        ):
+            raise SecurityError(
+                f"audit stream {self._stream!r} does not end where its chain head says "
+                f"(entry {seq}): nothing was written; run `taskloom audit verify` to see why, "
+                "then `taskloom audit repair`"
+            )
+        return seq, digest, version
+
     async def append(
         self,
         *,
@@ -324,7 +434,7 @@ class AuditLog:
         async with self._lock:
             for _ in range(32):
                 if self._cached_tip is None:
-                    self._cached_tip = await self._tip()
+                    self._cached_tip = await self._checked_tip()
                 seq, prev, version = self._cached_tip
                 time_us = int(self._clock() * 1_000_000)
                 body: dict[str, Any] = {
@@ -364,8 +474,9 @@ class AuditLog:
                 self._cached_tip = (seq + 1, digest, result.records[0].version)
                 if result.entries[0].seq != seq + 1:
                     raise SecurityError(
-                        f"audit stream {self._stream!r} holds entries its chain head does not "
-                        "know: the log was tampered with; run `taskloom audit verify`"
+                        f"audit stream {self._stream!r} does not match its chain head (it "
+                        f"holds entry {result.entries[0].seq} where {seq + 1} belongs): run "
+                        "`taskloom audit verify` to see why, then `taskloom audit repair`"
                     )
                 return AuditEntry(
                     seq=seq + 1,
@@ -463,6 +574,16 @@ class AuditLog:
         payloads = list(entries) if entries is not None else await self._payloads()
         links = [_Link(hashlib.sha256(p).hexdigest(), _parse(p)) for p in payloads]
         n = len(links)
+        tip_seq: int | None = None
+        tip_hash = GENESIS
+        if entries is None:  # the stream itself: its chain head record must agree
+            tip_seq, tip_hash, _ = await self._tip()
+        if public_key is not None:
+            if not isinstance(public_key, PublicKey):
+                raise UsageError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
+            from taskloom.security._trust import check_public_key
+
+            check_public_key(public_key)  # a weak key would accept a forged head
         if head is None:
             head = await self.stored_head()
         checked = False
@@ -485,6 +606,91 @@ class AuditLog:
                     )
                 checked = True
         report = _walk(links, head)
+        if report is None and tip_seq is not None:
+            report = _against_tip(links, tip_seq, tip_hash)
         if report is not None:
-            return attrs.evolve(report, head_checked=checked)
+            return attrs.evolve(_as_torn(report, links, tip_seq), head_checked=checked)
         return AuditReport(ok=True, entries=n, head_checked=checked)
+
+    async def repair(self, *, actor: str, reason: str = "") -> AuditEntry | None:
+        """Make the log verifiable again after damage; None if nothing is wrong.
+
+        Keeps the intact prefix (every entry before the first bad one) and appends an
+        ``audit.repair`` entry that links to its last entry and records how many
+        entries after it are left out of the chain, what ``verify`` found, and the
+        chain head before the repair. Entries already in the stream are never
+        deleted. A signed head or anchor made before still shows what was lost.
+        """
+        if not isinstance(actor, str) or not isinstance(reason, str):
+            raise UsageError("audit repair: actor and reason must be text")
+        async with self._lock:
+            self._cached_tip = None
+            payloads = await self._payloads()
+            links = [_Link(hashlib.sha256(p).hexdigest(), _parse(p)) for p in payloads]
+            n = len(links)
+            try:
+                tip_seq, tip_hash, version = await self._tip()
+            except StorageCorrupted:
+                record = await self._storage.get(CHAIN_NAMESPACE, self._stream)
+                tip_seq, tip_hash, version = -1, "", record.version if record else 0
+            report = _walk(links, None)
+            if report is None and tip_seq >= 0:
+                report = _against_tip(links, tip_seq, tip_hash)
+            elif report is None:
+                report = _bad(n, n + 1, "changed", "the chain head record is damaged")
+            if report is None:
+                return None
+            first_bad = report.first_bad if report.first_bad is not None else n + 1
+            kept = max(0, min(first_bad - 1, n))
+            report = _as_torn(report, links, tip_seq if tip_seq >= 0 else None)
+            details: dict[str, Any] = {
+                "kept": kept,
+                "skipped": n - kept,
+                "found": report.kind,
+                "message": report.message[:500],
+                "chain_head_was": {"seq": tip_seq, "hash": tip_hash},
+            }
+            if reason:
+                details["reason"] = reason[:500]
+            prev = GENESIS if kept == 0 else links[kept - 1].hash
+            time_us = int(self._clock() * 1_000_000)
+            body: dict[str, Any] = {
+                "format": AUDIT_FORMAT,
+                "seq": n + 1,
+                "time_us": time_us,
+                "actor": actor,
+                "action": REPAIR_ACTION,
+                "subject": self._stream,
+                "details": details,
+                "prev": prev,
+            }
+            payload = bytes(rfc8785.dumps(body))
+            digest = hashlib.sha256(payload).hexdigest()
+            head_value = b'{"hash":"%s","seq":%d}' % (digest.encode("ascii"), n + 1)
+            result = await self._storage.commit(
+                [
+                    Put(
+                        namespace=CHAIN_NAMESPACE,
+                        key=self._stream,
+                        value=head_value,
+                        if_version=version,
+                    ),
+                    Append(stream=self._stream, payload=payload),
+                ]
+            )
+            if result.entries[0].seq != n + 1:
+                raise SecurityError(
+                    f"audit stream {self._stream!r} changed while it was being repaired "
+                    "(another writer?): run `taskloom audit verify` and repair again"
+                )
+            self._cached_tip = (n + 1, digest, result.records[0].version)
+            return AuditEntry(
+                seq=n + 1,
+                time=time_us / 1_000_000,
+                actor=actor,
+                action=REPAIR_ACTION,
+                subject=self._stream,
+                details=details,
+                prev=prev,
+                hash=digest,
+            )

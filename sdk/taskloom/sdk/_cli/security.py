@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from taskloom.contracts import Capabilities, UsageError
-from taskloom.sdk._cli.context import CliContext, passphrase, positive_int
+from taskloom.sdk._cli.context import CliContext, passphrase
 from taskloom.sdk._plugins.host import CODE_DIR, ENVELOPE_NAME, PluginHost, PluginSource, discover
 
 KEY_PASSPHRASE_ENV = "TASKLOOM_KEY_PASSPHRASE"
@@ -397,70 +397,6 @@ async def plugins_verify(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0 if all(r["ok"] for r in results) else 1
 
 
-# --- audit -------------------------------------------------------------------
-
-
-async def audit_verify(args: argparse.Namespace, ctx: CliContext) -> int:
-    from taskloom.security import AuditLog
-
-    log = AuditLog(await ctx.storage(), AUDIT_STREAM)
-    report = await log.verify()
-    data = {
-        "ok": report.ok,
-        "entries": report.entries,
-        "first_bad": report.first_bad,
-        "kind": report.kind,
-        "message": report.message,
-        "head_checked": report.head_checked,
-    }
-    ctx.out.data(
-        data,
-        lambda: ctx.out.console.print(
-            f"audit log OK: {report.entries} entries, chain intact"
-            if report.ok
-            else f"audit log BROKEN at entry {report.first_bad} ({report.kind}): {report.message}",
-            markup=False,
-        ),
-    )
-    return 0 if report.ok else 1
-
-
-async def audit_show(args: argparse.Namespace, ctx: CliContext) -> int:
-    from taskloom.security import AuditLog
-
-    log = AuditLog(await ctx.storage(), AUDIT_STREAM)
-    entries = (await log.entries())[-args.limit :]
-    rows: list[dict[str, Any]] = [
-        {
-            "seq": e.seq,
-            "time": e.time,
-            "actor": e.actor,
-            "action": e.action,
-            "subject": e.subject,
-            "details": e.details,
-        }
-        for e in entries
-    ]
-    ctx.out.data(
-        rows,
-        lambda: ctx.out.table(
-            "audit log",
-            ["seq", "time", "actor", "action", "subject"],
-            [
-                [
-                    r["seq"],
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])),
-                    r["actor"],
-                    r["action"],
-                    r["subject"],
-                ]
-                for r in rows
-            ],
-        ),
-    )
-    return 0
-
-
 def register(
     add: Callable[..., Any], group: Callable[..., Any], add_to: Callable[..., Any]
 ) -> None:
@@ -502,7 +438,6 @@ def register(
     add_to(plugins, "list", "load the configured plugins and show what each provides", plugins_list)
     add_to(plugins, "verify", "verify every configured plugin without loading it", plugins_verify)
 
-    audit_cmd = group("audit", "the tamper-evident audit log")
-    add_to(audit_cmd, "verify", "check the audit log's hash chain", audit_verify)
-    cmd = add_to(audit_cmd, "show", "show the latest audit entries", audit_show)
-    cmd.add_argument("--limit", type=positive_int, default=50, help="at most this many entries")
+    from taskloom.sdk._cli import audit as _cli_audit
+
+    _cli_audit.register(group, add_to)
