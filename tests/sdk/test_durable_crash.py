@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from test_runstore_support import storage_class
 
 from taskloom.contracts import RunSucceeded, StorageAdapter
+from taskloom.sdk._engine.window import DEFAULT_LIMIT
 from taskloom.sdk._runs.records import total_usage
 from taskloom.sdk._runs.store import RunStore
 
@@ -193,9 +194,41 @@ def crash_and_resume(
     return CrashRun(attempts=attempts, result=result, run_id=result["run_id"], location=location)
 
 
+def rerun_bound(job: dict[str, Any]) -> int:
+    """The most calls one crash may re-run (README, "The re-run bound"): with
+    durability="sync" only those in flight (the widest concurrency in the job), with
+    "async" the run's checkpoint window, whatever the concurrency."""
+    if job.get("durability", "async") == "async":
+        return DEFAULT_LIMIT
+    widths = [1]
+    for step in job["pipeline"]["steps"]:
+        if "parallel" in step:
+            widths.append(len(step["parallel"]))
+        elif "map" in step:
+            widths.append(min(step.get("concurrency", 1), len(job["inputs"]["items"])))
+    return max(widths)
+
+
+def rerun_per_kill(run: CrashRun) -> list[int]:
+    """For each killed attempt: how many of the calls it completed had no durable checkpoint
+    when it died (each of them runs again)."""
+    lost: list[int] = []
+    for attempt, after in zip(run.attempts, run.attempts[1:], strict=False):
+        if attempt.killed:
+            lost.append(len(set(attempt.calls) - after.checkpointed_before))
+    return lost
+
+
 def check_crash_run(kind: str, job: dict[str, Any], run: CrashRun) -> None:
-    """The final output is the uninterrupted one and no checkpointed work ran again."""
+    """The final output is the uninterrupted one, no checkpointed work ran again, and no kill
+    re-ran more than the stated bound."""
     assert run.result["status"] == "succeeded"
+    bound = rerun_bound(job)
+    lost = rerun_per_kill(run)
+    assert max(lost, default=0) <= bound, (
+        f"a kill lost {max(lost)} finished calls (bound {bound}, durability "
+        f"{job.get('durability', 'async')}); per kill: {lost}"
+    )
     assert run.result["output"] == reference_output(job)
     leaves = expected_calls(job)
     counts: Counter[Key] = Counter()
@@ -245,6 +278,25 @@ def test_sigkill_and_resume_never_repeats_checkpointed_work(
     rng = random.Random(f"crash-{kind}-{durability}")
     run = crash_and_resume(kind, tmp_path, job, kills=10, rng=rng)
     assert sum(a.killed for a in run.attempts) >= 8, "most attempts must really be killed"
+    check_crash_run(kind, job, run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durability", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_fifty_sigkills_per_storage_kind_hold_the_rerun_bound(
+    kind: str, durability: str, tmp_path: Path
+) -> None:
+    """25 SIGKILLs per durability mode, 50 per storage kind, at random moments of a run with
+    a wide map: every kill re-runs at most the stated bound of real executor calls (sync:
+    only those in flight; async: the 256-slot window), counted across processes."""
+    if not _available(kind):
+        pytest.skip(f"{kind} storage is not importable yet")
+    job = build_job(seq=2, par=4, items=300, concurrency=24, seed=f"bound-{durability}")
+    job["durability"] = durability
+    rng = random.Random(f"bound-{kind}-{durability}")
+    run = crash_and_resume(kind, tmp_path, job, kills=25, rng=rng)
+    assert sum(a.killed for a in run.attempts) >= 22, "most attempts must really be killed"
     check_crash_run(kind, job, run)
 
 

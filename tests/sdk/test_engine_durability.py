@@ -135,8 +135,8 @@ async def test_sync_durability_waits_for_each_checkpoint_before_the_next_step() 
 
 
 async def test_unsettled_checkpoints_are_bounded() -> None:
-    """A chain whose commits are stuck stops with DEFAULT_LIMIT unsettled checkpoints (the
-    next step's call has run; its checkpoint waits for room)."""
+    """A chain whose commits are stuck stops with DEFAULT_LIMIT unsettled checkpoints, and the
+    next step waits for room before its call: a crash then re-runs at most DEFAULT_LIMIT."""
     storage = _RecordingStorage()
     storage.gate = asyncio.Event()
     engine, fake = make_engine(storage=storage)
@@ -146,14 +146,15 @@ async def test_unsettled_checkpoints_are_bounded() -> None:
         calls_while_gated = fake.total_calls
         storage.gate.set()
         result = await handle.result()
-    assert calls_while_gated == DEFAULT_LIMIT + 1
+    assert calls_while_gated == DEFAULT_LIMIT
     assert result.status == "succeeded"
     assert fake.total_calls == DEFAULT_LIMIT * 3
 
 
 async def test_map_workers_share_the_bound_of_unsettled_checkpoints() -> None:
-    """Many map workers at once queue no more than the window's bound of checkpoints, and all
-    go on once commits resume."""
+    """Many map workers share the window: calls in flight plus finished items not yet durable
+    never exceed its bound (a worker takes its slot before its call, not after), so a crash
+    re-runs at most DEFAULT_LIMIT items, not DEFAULT_LIMIT plus the map's concurrency."""
     storage = _RecordingStorage()
     storage.gate = asyncio.Event()
     engine, fake = make_engine(storage=storage)
@@ -174,11 +175,36 @@ async def test_map_workers_share_the_bound_of_unsettled_checkpoints() -> None:
         storage.gate.set()
         result = await handle.result()
         finished = await engine.runstore.finished_steps(result.run_id)
-    assert calls_while_gated == items  # every worker's call was already in flight
+    assert calls_while_gated == DEFAULT_LIMIT  # the other workers wait for room first
     assert 0 < queued_while_gated <= DEFAULT_LIMIT  # but only a window's worth was queued
     assert result.status == "succeeded"
     assert len([key for key in finished if key[1] is not None]) == items
     assert await leftover_tasks() == []
+
+
+async def test_sync_map_workers_wait_for_each_items_checkpoint() -> None:
+    """With durability="sync" a map worker calls for its next item only after the last one's
+    checkpoint is durable: while commits are stuck, at most one item per worker has run,
+    so a crash re-runs only the items in flight, never a finished one."""
+    storage = _RecordingStorage()
+    storage.gate = asyncio.Event()
+    engine, fake = make_engine(storage=storage, durability="sync")
+    body = {
+        "id": "m",
+        "map": "{{inputs.items}}",
+        "concurrency": 4,
+        "step": {"id": "b", "prompt": "x{{item}}"},
+    }
+    async with engine:
+        handle = engine.start(
+            pipeline(body, inputs={"items": {"type": "array"}}), {"items": list(range(40))}
+        )
+        await _turns(200)
+        calls_while_gated = fake.total_calls
+        storage.gate.set()
+        result = await handle.result()
+    assert calls_while_gated == 4
+    assert result.status == "succeeded" and fake.total_calls == 40
 
 
 @pytest.mark.parametrize("durability", ["sync", "async"])

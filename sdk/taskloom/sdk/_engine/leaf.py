@@ -58,6 +58,15 @@ def _always() -> bool:
     return True
 
 
+class _Slot:
+    """A leaf's slot in the run's checkpoint window: held until its checkpoint fills it."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = True
+
+
 class _Attempt:
     """What a leaf's attempts produced: the output, usage, and bookkeeping."""
 
@@ -125,19 +134,29 @@ class LeafRunner:
         }
 
     async def run_leaf(
-        self,
-        node: NodePlan,
-        scope: Scope,
-        *,
-        step_id: str,
-        item: int | None,
-        later: list[StepRecord] | None = None,
+        self, node: NodePlan, scope: Scope, *, step_id: str, item: int | None
     ) -> Any:
         """Run an LLM call or plugin step with retries, checkpoint it, return its output.
 
-        With ``later``, a success's checkpoint record is appended there instead of
-        written: the caller (a map worker) must write it and wait until it is durable.
+        With ``durability="async"`` the leaf first takes a slot of the run's checkpoint
+        window (waiting for room), so the window bounds the leaves in flight and the
+        finished ones not yet durable together: what a crash can make run again.
         """
+        window = self.window
+        if window is None or self.svc.runstore is None:
+            return await self._run_leaf(node, scope, step_id=step_id, item=item, slot=None)
+        if not window.try_reserve():
+            await window.reserve()
+        slot = _Slot()
+        try:
+            return await self._run_leaf(node, scope, step_id=step_id, item=item, slot=slot)
+        finally:
+            if slot.held:  # the leaf ended without a checkpoint (it failed, or was cancelled)
+                window.release()
+
+    async def _run_leaf(
+        self, node: NodePlan, scope: Scope, *, step_id: str, item: int | None, slot: _Slot | None
+    ) -> Any:
         svc = self.svc
         started = svc.clock()
         state = _Attempt()
@@ -146,7 +165,7 @@ class LeafRunner:
                 request = self._request(node, scope)
             except TemplateRenderError as exc:
                 failure = StepFailed(str(exc), step_id=step_id, cause_type="TemplateRenderError")
-                return await self._leaf_failed(node, step_id, item, failure, 1, started)
+                return await self._leaf_failed(node, step_id, item, failure, 1, started, slot=slot)
             executor_id = node.executor_id
             attempt_fn = self._llm_attempts(node, request, state, step_id, item)
         else:
@@ -154,7 +173,7 @@ class LeafRunner:
                 args = node.with_render(scope) if node.with_render is not None else {}
             except TemplateRenderError as exc:
                 failure = StepFailed(str(exc), step_id=step_id, cause_type="TemplateRenderError")
-                return await self._leaf_failed(node, step_id, item, failure, 1, started)
+                return await self._leaf_failed(node, step_id, item, failure, 1, started, slot=slot)
             executor_id = None
             attempt_fn = self._plugin_attempts(node, args, state, step_id, item)
 
@@ -193,7 +212,7 @@ class LeafRunner:
                 "or make the step faster"
             )
             return await self._leaf_failed(
-                node, step_id, item, late, state.attempts, started, state.usage
+                node, step_id, item, late, state.attempts, started, state.usage, slot=slot
             )
         except (StorageError, SecretError, SecurityError, RunHeld):
             raise  # the store, the credentials or the lease failed, not the step: never hide it
@@ -204,7 +223,7 @@ class LeafRunner:
                     raise
                 raise broken from exc
             return await self._leaf_failed(
-                node, step_id, item, exc, state.attempts, started, state.usage
+                node, step_id, item, exc, state.attempts, started, state.usage, slot=slot
             )
         self._account(state.usage, executor_id)
         state.output = svc.mask(state.output)  # before it is checkpointed, used or shown
@@ -232,7 +251,7 @@ class LeafRunner:
             executor_id=executor_id,
             cached=state.cached,
             finished=now,
-            later=later,
+            slot=slot,
             finish_reason=state.finish_reason,
         )
         return state.output
@@ -396,6 +415,8 @@ class LeafRunner:
         attempts: int,
         started: float,
         usage: Usage = _ZERO,
+        *,
+        slot: _Slot | None = None,
     ) -> Any:
         """Record a failed leaf; with ``on_error: continue`` return None, else raise StepFailed.
 
@@ -426,6 +447,7 @@ class LeafRunner:
                 started=started,
                 executor_id=executor_id,
                 error=info,
+                slot=slot,
             )
             return None
         self.failed_step = step_id
@@ -453,7 +475,7 @@ class LeafRunner:
         cached: bool = False,
         error: ErrorInfo | None = None,
         finished: float | None = None,
-        later: list[StepRecord] | None = None,
+        slot: _Slot | None = None,
         finish_reason: FinishReason | None = None,
     ) -> None:
         self.steps_done += 1
@@ -476,8 +498,9 @@ class LeafRunner:
             cached=cached,
             finish_reason=finish_reason,
         )
-        if later is not None:
-            later.append(record)
+        if slot is not None and self.window is not None:
+            slot.held = False
+            self.window.add_reserved(store.queue_step, record)
         elif self.window is not None:
             if not self.window.try_add(store.queue_step, record):
                 await self.window.add(store.queue_step, record)

@@ -23,10 +23,8 @@ from taskloom.contracts import Event, StepFailed, StepSkipped
 from taskloom.sdk._engine.calls import first_error
 from taskloom.sdk._engine.leaf import _ZERO, LeafRunner
 from taskloom.sdk._engine.services import RunServices
-from taskloom.sdk._engine.window import CheckpointWindow
 from taskloom.sdk._pipeline.plan import NodePlan, Plan
 from taskloom.sdk._pipeline.template import Scope, TemplateRenderError
-from taskloom.sdk._runs.records import StepRecord
 
 _CONTINUED: Any = object()
 """Returned by a map that failed as a whole under ``on_error: continue`` (already recorded)."""
@@ -219,43 +217,22 @@ class RunExecution(LeafRunner):
                 todo.append(index)
         as_name = node.as_name
         pending = iter(todo)
-        store = self.svc.runstore
 
         async def worker() -> None:
             for index in pending:
                 local = scope.child({as_name: items[index], "index": index})
                 results[index] = await self.run_leaf(body, local, step_id=node.id, item=index)
 
-        async def pipelined() -> None:
-            # durability="sync": a worker with more items to take does not wait for an
-            # item's checkpoint before calling for the next one; it waits for it after
-            # its next call, before queueing that one's (one write in flight per
-            # worker). The map -- and so the run -- ends only when every write is durable.
-            writes = CheckpointWindow(1)
-            try:
-                for index in pending:
-                    local = scope.child({as_name: items[index], "index": index})
-                    later: list[StepRecord] = []
-                    results[index] = await self.run_leaf(
-                        body, local, step_id=node.id, item=index, later=later
-                    )
-                    if later:  # only a run with a store defers a checkpoint
-                        assert store is not None
-                        await writes.add(store.queue_step, later[0])
-                await writes.settle()
-            finally:
-                writes.abandon()
-
         workers = min(node.concurrency, len(todo))
         if workers == 1:
             await worker()
         elif workers > 1:
-            # with durability="async" every leaf queues its checkpoint on the run's window
-            deferred = store is not None and self.window is None and workers < len(todo)
+            # each worker waits for its item's checkpoint (durability="sync") or takes a
+            # slot of the run's window before its call ("async"): see _engine.window
             try:
                 async with asyncio.TaskGroup() as tg:
                     for _ in range(workers):
-                        tg.create_task(pipelined() if deferred else worker())
+                        tg.create_task(worker())
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
         return results

@@ -9,10 +9,15 @@ paying a commit and two event-loop hops each. What keeps this safe:
   checkpoint is durable, every checkpoint queued before it -- in particular those
   of the steps it depends on -- is durable too. A resume never finds a step's
   checkpoint without the checkpoints of its needs.
-- A bound: at most ``limit`` checkpoints of a run are unsettled at any moment;
-  a step that finds the window full waits for room before it queues its own. A crash
-  re-runs at most that many finished steps (at least once, as with
-  ``durability="sync"``, where a crash during a commit re-runs that step).
+- A bound: a leaf takes a slot of the window (``try_reserve`` / ``reserve``)
+  *before* it calls its executor, and its checkpoint fills that slot
+  (``add_reserved``); so at most ``limit`` leaves of a run are in flight or
+  finished with their checkpoint not yet durable, and a crash re-runs at most
+  ``limit`` steps or map items of a run, in flight or finished (at least once, as
+  with ``durability="sync"``, where a crash re-runs only the steps in flight: those
+  whose checkpoint was not durable yet). Reserving before the call matters: a map
+  worker that waited for room only after its call returned held a finished item
+  the window did not count (the bound was ``limit`` plus the map's concurrency).
 - Failures are not lost: a failed commit is raised by the next checkpoint of the
   run that notices it, and at the latest by ``settle``, which the run awaits
   before it reports success. The run store refuses every later checkpoint of a
@@ -113,6 +118,57 @@ class CheckpointWindow:
             self._wake()  # the promised room was not used: the next in line may have it
             raise
         self._arm()  # the rest of the line waits for this write (or an older one) to settle
+
+    def try_reserve(self) -> bool:
+        """Take a slot for a leaf about to run, if there is room and nobody waits; else False.
+
+        Raises the failure of an earlier write of the run, if one failed.
+        """
+        self._drop_settled()
+        if self._error is not None:
+            raise self._error
+        if self._waiters or len(self._futures) + self._promised >= self._limit:
+            return False
+        self._promised += 1
+        return True
+
+    async def reserve(self) -> None:
+        """Take a slot for a leaf about to run, waiting for room (first come, first served).
+
+        The leaf fills the slot with ``add_reserved`` or gives it back with ``release``.
+        """
+        if self.try_reserve():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._arm()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # room was promised to us: pass it on
+            raise
+        if self._error is not None:
+            self.release()
+            raise self._error
+
+    def add_reserved(self, submit: Callable[[T], asyncio.Future[None]], arg: T) -> None:
+        """Queue ``submit(arg)`` in a slot taken with ``reserve``; raise a failed earlier write."""
+        self._promised -= 1
+        try:
+            self._drop_settled()
+            if self._error is not None:
+                raise self._error
+            self._futures.append(submit(arg))
+        except BaseException:
+            self._wake()  # the slot was not used: the next in line may have it
+            raise
+        self._arm()
+
+    def release(self) -> None:
+        """Give back a slot taken with ``reserve`` that no checkpoint will fill."""
+        self._promised -= 1
+        self._wake()
 
     async def settle(self) -> None:
         """Wait until every tracked write is durable; raise the first failure."""
