@@ -137,3 +137,46 @@ def test_the_checks_can_fail() -> None:
     }
     doc = "Invariants:\n\n    ST1  one thing\n         continued\n    ST2  another\n"
     assert INVARIANT_LINE.findall(doc) == [("ST", "1"), ("ST", "2")]
+
+
+def test_every_event_class_and_protocol_method_has_a_docstring() -> None:
+    """Each event type and each method of each public Protocol says what it does."""
+    import ast
+    import inspect
+    from typing import Protocol
+
+    from taskloom.contracts._events import EVENT_TYPES
+
+    missing = [
+        c.__name__ for c in EVENT_TYPES.values() if "__doc__" not in vars(c) or not c.__doc__
+    ]
+    for name in contracts.__all__:
+        obj = getattr(contracts, name)
+        if not (
+            inspect.isclass(obj) and Protocol in getattr(obj, "__mro__", ()) and obj is not Protocol
+        ):
+            continue
+        tree = ast.parse(inspect.getsource(obj))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not ast.get_docstring(
+                node
+            ):
+                missing.append(f"{name}.{node.name}")
+    assert not missing, f"no docstring: {missing}"
+
+
+def test_events_and_exceptions_never_share_a_name() -> None:
+    """The naming rule: an event whose name an exception has takes the suffix Event."""
+    from taskloom.contracts._events import EVENT_TYPES
+
+    exceptions = {
+        n
+        for n in contracts.__all__
+        if isinstance(getattr(contracts, n), type)
+        and issubclass(getattr(contracts, n), BaseException)
+    }
+    events = {c.__name__ for c in EVENT_TYPES.values()}
+    assert not events & exceptions
+    for event in events:
+        if event.endswith("Event"):
+            assert event.removesuffix("Event") in exceptions, event

@@ -58,7 +58,8 @@ class ClaimingStorage(Protocol):
 
     async def claim(
         self, namespace: str, *, prefix: str = "", limit: int = 1, ops_for: ClaimOps
-    ) -> list[ClaimedRecord]: ...
+    ) -> list[ClaimedRecord]:
+        """Claim up to ``limit`` records under ``prefix`` atomically (CL1-CL5)."""
 
 
 @runtime_checkable
@@ -72,7 +73,8 @@ class WakeableStorage(Protocol):
         False never means nothing changed, so callers keep polling as the fallback.
     """
 
-    async def wait_for_change(self, namespace: str, *, timeout: float) -> bool: ...
+    async def wait_for_change(self, namespace: str, *, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a write in ``namespace`` (WK1); only a hint."""
 
 
 def check_claim_limit(limit: object) -> int:

@@ -4,6 +4,10 @@ Every event carries ``run_id`` and ``at`` (epoch seconds). Step events carry
 ``step_id`` and, inside a ``map``, the ``item`` index. The converter tags each
 event with ``type`` from ``EVENT_TYPES`` (an explicit, stable tag: renaming a
 class never breaks stored events).
+
+Naming: an event is named for what happened (``StepSucceeded``); where an exception
+has the same name (``StepFailed``, ``RunCancelled`` are exceptions callers catch),
+the event takes the suffix ``Event`` (``StepFailedEvent``, ``RunCancelledEvent``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class ErrorInfo:
 
 @attrs.frozen(kw_only=True)
 class RunStarted:
+    """A run began, or resumed (``resumed``), under the pipeline digest it records."""
+
     run_id: str = attrs.field(validator=_v.instance_of(str))
     at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     pipeline: str = attrs.field(default="", validator=_v.instance_of(str))
@@ -48,6 +54,8 @@ class RunStarted:
 
 @attrs.frozen(kw_only=True)
 class RunSucceeded:
+    """A run finished with its output; stored in the commit of the record that says so."""
+
     run_id: str = attrs.field(validator=_v.instance_of(str))
     at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     duration_s: float = attrs.field(default=0.0, converter=_float, validator=_v.instance_of(float))
@@ -56,6 +64,8 @@ class RunSucceeded:
 
 @attrs.frozen(kw_only=True)
 class RunFailed:
+    """A run stopped on an error (``step_id`` names the step, if one failed)."""
+
     run_id: str = attrs.field(validator=_v.instance_of(str))
     at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     error: ErrorInfo = attrs.field(validator=_v.instance_of(ErrorInfo))
@@ -66,6 +76,8 @@ class RunFailed:
 
 @attrs.frozen(kw_only=True)
 class RunCancelledEvent:
+    """A run was cancelled; what finished is kept and it can be resumed."""
+
     run_id: str = attrs.field(validator=_v.instance_of(str))
     at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     duration_s: float = attrs.field(default=0.0, converter=_float, validator=_v.instance_of(float))
@@ -83,6 +95,8 @@ _STEP_STARTED_CHECKS = {
 
 @attrs.frozen(kw_only=True)
 class StepStarted:
+    """An attempt of a step (or of one map ``item``) began."""
+
     run_id: str
     at: float = attrs.field(converter=_float)
     step_id: str
@@ -106,6 +120,8 @@ covers(StepStarted, _STEP_STARTED_CHECKS)
 
 @attrs.frozen(kw_only=True)
 class StepRetrying:
+    """An attempt failed with a retryable error; the next starts after ``delay_s``."""
+
     run_id: str = attrs.field(validator=_v.instance_of(str))
     at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     step_id: str = attrs.field(validator=_v.instance_of(str))
@@ -130,6 +146,8 @@ _STEP_SUCCEEDED_CHECKS = {
 
 @attrs.frozen(kw_only=True)
 class StepSucceeded:
+    """A step (or map item) finished; ``usage`` counts its tokens, ``cached`` a cache hit."""
+
     run_id: str
     at: float = attrs.field(converter=_float)
     step_id: str
@@ -167,6 +185,8 @@ covers(StepSucceeded, _STEP_SUCCEEDED_CHECKS)
 
 @attrs.frozen(kw_only=True)
 class StepFailedEvent:
+    """A step failed; ``continued`` when its ``on_error: continue`` let the run go on."""
+
     run_id: str = attrs.field(validator=_v.instance_of(str))
     at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     step_id: str = attrs.field(validator=_v.instance_of(str))
@@ -178,6 +198,8 @@ class StepFailedEvent:
 
 @attrs.frozen(kw_only=True)
 class StepSkipped:
+    """A step was not run (finished before a resume, or its condition said so)."""
+
     run_id: str = attrs.field(validator=_v.instance_of(str))
     at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     step_id: str = attrs.field(validator=_v.instance_of(str))
@@ -187,6 +209,8 @@ class StepSkipped:
 
 @attrs.frozen(kw_only=True)
 class ChunkStreamed:
+    """A piece of a streamed reply (live only: never stored)."""
+
     run_id: str = attrs.field(validator=_v.instance_of(str))
     at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     step_id: str = attrs.field(validator=_v.instance_of(str))
@@ -197,6 +221,8 @@ class ChunkStreamed:
 
 @attrs.frozen(kw_only=True)
 class CacheHit:
+    """A step's reply came from the response cache instead of a call."""
+
     run_id: str = attrs.field(validator=_v.instance_of(str))
     at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
     step_id: str = attrs.field(validator=_v.instance_of(str))
@@ -246,4 +272,5 @@ class EventSink(Protocol):
     EV2 A sink receives the events of one run in the order they were emitted.
     """
 
-    def emit(self, event: Event, /) -> None: ...
+    def emit(self, event: Event, /) -> None:
+        """Take one event; return at once and never raise into the run (EV1, EV2)."""

@@ -151,8 +151,11 @@ class LLMExecutor(Protocol):
     EX6 After ``aclose()`` calls raise ``UsageError``; ``aclose()`` is idempotent.
     """
 
-    async def complete(self, request: CompletionRequest, /) -> CompletionResult: ...
+    async def complete(self, request: CompletionRequest, /) -> CompletionResult:
+        """Send ``request`` and return the whole reply, or raise a typed ``ExecutorError``."""
 
-    def stream(self, request: CompletionRequest, /) -> AsyncIterator[CompletionChunk]: ...
+    def stream(self, request: CompletionRequest, /) -> AsyncIterator[CompletionChunk]:
+        """Send ``request`` and yield the reply in chunks; the last carries the finish reason."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release connections and other resources (idempotent)."""

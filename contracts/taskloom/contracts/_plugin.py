@@ -102,21 +102,28 @@ class PluginContext(Protocol):
     """
 
     @property
-    def plugin_name(self) -> str: ...
+    def plugin_name(self) -> str:
+        """The verified name of the plugin this context belongs to."""
 
     @property
-    def capabilities(self) -> Capabilities: ...
+    def capabilities(self) -> Capabilities:
+        """What the plugin's manifest was granted (immutable)."""
 
     @property
-    def storage(self) -> StorageAdapter: ...
+    def storage(self) -> StorageAdapter:
+        """Storage scoped to the namespaces the manifest declared (PL1)."""
 
-    def register_executor(self, executor_id: str, executor: LLMExecutor, /) -> None: ...
+    def register_executor(self, executor_id: str, executor: LLMExecutor, /) -> None:
+        """Register an executor under a declared executor id (PL2)."""
 
-    def register_step(self, step_id: str, function: StepFunction, /) -> None: ...
+    def register_step(self, step_id: str, function: StepFunction, /) -> None:
+        """Register a step function, named ``<plugin>.<step_id>`` (PL3)."""
 
-    async def secret(self, name: str, /) -> Secret: ...
+    async def secret(self, name: str, /) -> Secret:
+        """One secret the manifest declared; any other name is ``CapabilityDenied``."""
 
-    def check_url(self, url: str, /) -> None: ...
+    def check_url(self, url: str, /) -> None:
+        """Raise ``CapabilityDenied`` unless ``url``'s host was declared (PL4)."""
 
 
 @runtime_checkable
@@ -131,6 +138,8 @@ class Plugin(Protocol):
     PL6 A plugin whose ``setup`` raises is reported and unloaded; the others load.
     """
 
-    async def setup(self, context: PluginContext, /) -> None: ...
+    async def setup(self, context: PluginContext, /) -> None:
+        """Called once after verification, with the plugin's scoped context (PL5)."""
 
-    async def teardown(self) -> None: ...
+    async def teardown(self) -> None:
+        """Called once at shutdown, in reverse order of setup (PL5)."""

@@ -114,12 +114,17 @@ class SecretStore(Protocol):
         ``delete`` and changes nothing.
     """
 
-    async def get(self, name: str, /) -> Secret: ...
+    async def get(self, name: str, /) -> Secret:
+        """The secret ``name``, masked in every representation; ``SecretNotFound`` if absent."""
 
-    async def set(self, name: str, value: str | Secret, /) -> None: ...
+    async def set(self, name: str, value: str | Secret, /) -> None:
+        """Store ``value`` under ``name``; ``ReadOnlySecretStore`` for a read-only store."""
 
-    async def delete(self, name: str, /) -> bool: ...
+    async def delete(self, name: str, /) -> bool:
+        """Remove ``name``; deleting a missing name is a no-op."""
 
-    async def names(self) -> list[str]: ...
+    async def names(self) -> list[str]:
+        """The names stored, sorted; never their values."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release what the store holds (idempotent)."""

@@ -287,7 +287,8 @@ class StorageAdapter(Protocol):
          idempotent.
     """
 
-    async def get(self, namespace: str, key: str) -> Record | None: ...
+    async def get(self, namespace: str, key: str) -> Record | None:
+        """The record at ``namespace``/``key``, or None (ST1)."""
 
     async def put(
         self,
@@ -297,9 +298,11 @@ class StorageAdapter(Protocol):
         *,
         if_version: int | None = None,
         ttl: float | None = None,
-    ) -> Record: ...
+    ) -> Record:
+        """Write a record, checking ``if_version`` (0: must not exist); return it (ST2, ST3)."""
 
-    async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool: ...
+    async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
+        """Delete a record, checking ``if_version``; True if one was deleted (ST4)."""
 
     async def scan(
         self,
@@ -308,17 +311,22 @@ class StorageAdapter(Protocol):
         prefix: str = "",
         start_after: str | None = None,
         limit: int | None = None,
-    ) -> list[Record]: ...
+    ) -> list[Record]:
+        """Live records of ``namespace`` by key, after ``start_after``, at most ``limit``."""
 
-    async def append(self, stream: str, payload: bytes) -> StreamEntry: ...
+    async def append(self, stream: str, payload: bytes) -> StreamEntry:
+        """Append to ``stream``; sequence numbers start at 1 and have no gaps."""
 
     async def read(
         self, stream: str, *, after: int = 0, limit: int | None = None
-    ) -> list[StreamEntry]: ...
+    ) -> list[StreamEntry]:
+        """Entries of ``stream`` with ``seq > after``, in order, at most ``limit``."""
 
-    async def commit(self, ops: Sequence[Op]) -> CommitResult: ...
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        """Apply every op atomically, all or nothing; a failed check raises ``ConflictError``."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Flush and release the location (idempotent); later calls raise ``UsageError``."""
 
 
 @runtime_checkable
@@ -337,7 +345,8 @@ class StreamDropping(Protocol):
          other streams and all records are unchanged.
     """
 
-    async def drop_stream(self, stream: str) -> bool: ...
+    async def drop_stream(self, stream: str) -> bool:
+        """Remove a whole stream and its entries; dropping a missing stream is a no-op."""
 
 
 @attrs.frozen(kw_only=True)
@@ -360,4 +369,5 @@ class SelfChecking(Protocol):
     anything else it only reports. ``taskloom doctor`` calls it.
     """
 
-    async def verify(self, *, repair: bool = False) -> list[StorageFinding]: ...
+    async def verify(self, *, repair: bool = False) -> list[StorageFinding]:
+        """Report (and with ``repair=True`` repair without loss) problems of the store."""
