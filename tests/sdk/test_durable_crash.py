@@ -290,8 +290,6 @@ def test_fifty_sigkills_per_storage_kind_hold_the_rerun_bound(
     """25 SIGKILLs per durability mode, 50 per storage kind, at random moments of a run with
     a wide map: every kill re-runs at most the stated bound of real executor calls (sync:
     only those in flight; async: the 256-slot window), counted across processes."""
-    if not _available(kind):
-        pytest.skip(f"{kind} storage is not importable yet")
     job = build_job(seq=2, par=4, items=300, concurrency=24, seed=f"bound-{durability}")
     job["durability"] = durability
     rng = random.Random(f"bound-{kind}-{durability}")
