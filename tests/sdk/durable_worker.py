@@ -161,6 +161,11 @@ async def open_storage(kind: str, location: str) -> StorageAdapter:
         from taskloom.adapters.memory import MemoryStorage
 
         return MemoryStorage()
+    if kind == "postgres":
+        from test_runstore_support import postgres_storage
+
+        pg: StorageAdapter = postgres_storage(location)
+        return pg
     raise SystemExit(f"unknown storage kind {kind!r}")
 
 
@@ -223,7 +228,9 @@ async def run_job(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--kind", required=True, choices=["sqlite", "filesystem", "memory"])
+    parser.add_argument(
+        "--kind", required=True, choices=["sqlite", "filesystem", "memory", "postgres"]
+    )
     parser.add_argument("--store", required=True)
     parser.add_argument("--job", required=True, type=Path)
     parser.add_argument("--calls", required=True)

@@ -281,6 +281,16 @@ def test_sigkill_and_resume_never_repeats_checkpointed_work(
     check_crash_run(kind, job, run)
 
 
+@pytest.mark.usefixtures("postgres_dsn")
+def test_sigkill_and_resume_on_postgres(tmp_path: Path) -> None:
+    """The same 10 SIGKILLs with worker processes sharing one PostgreSQL store: uninterrupted
+    output, no checkpointed call repeated."""
+    job = build_job(seq=3, par=3, items=64, concurrency=6, seed="crash")
+    run = crash_and_resume("postgres", tmp_path, job, kills=10, rng=random.Random("crash-pg"))
+    assert sum(a.killed for a in run.attempts) >= 8, "most attempts must really be killed"
+    check_crash_run("postgres", job, run)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("durability", ["sync", "async"])
 @pytest.mark.parametrize("kind", KINDS)

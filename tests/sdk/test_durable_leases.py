@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from durable_worker import EXECUTOR_ID, CountingExecutor, build_job
 from test_runstore_support import storage_class
 
-from taskloom.contracts import RunCancelled, RunHeld, StorageAdapter
+from taskloom.contracts import RunCancelled, RunHeld, RunNotFound, StorageAdapter
 from taskloom.sdk import Engine, ExecutorRegistry
 from taskloom.sdk._runs.store import RunStore
 
@@ -23,8 +24,10 @@ def _engine(storage: StorageAdapter, *, latency: float, ttl: float = 5.0) -> Eng
     return Engine(storage=storage, registry=registry, lease_ttl_s=ttl)
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=(*KINDS, "postgres"))
 async def location(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_dsn")  # the server, and its DSN exported
     yield f"{request.param}:{tmp_path / 'store'}"
 
 
@@ -46,6 +49,13 @@ async def _interrupted_run(location: str) -> tuple[str, object]:
     async with _engine(storage, latency=0.01) as engine:
         handle = engine.start(job["pipeline"], job["inputs"])
         await asyncio.sleep(0.05)
+        # "After some work": a store that opens slower (a server) gets the time it needs.
+        assert engine.runstore is not None
+        for _ in range(500):
+            with contextlib.suppress(RunNotFound):
+                if await engine.runstore.finished_steps(handle.run_id):
+                    break
+            await asyncio.sleep(0.01)
         handle.cancel()
         with pytest.raises(RunCancelled):
             await handle.result()

@@ -6,7 +6,9 @@ Not a test module of its own (it holds no tests); the run store tests import it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,21 @@ from taskloom.sdk._runs.records import RunRecord, RunStatus, StepRecord
 STORAGE_KINDS = ("memory", "sqlite", "filesystem")
 
 
-def storage_class(kind: str) -> type[Any]:
-    """The adapter class for ``kind``; an import error fails the test (never a skip)."""
+def postgres_storage(location: str | Path, **kwargs: Any) -> Any:
+    """A PostgresStorage for a test ``location``: a schema of its own on the test server
+    (``TASKLOOM_TEST_POSTGRES_DSN``, exported by the ``postgres_dsn`` fixture)."""
+    from taskloom.adapters.postgres import PostgresStorage
+
+    schema = "tl_rs_" + hashlib.sha256(str(location).encode()).hexdigest()[:20]
+    dsn = os.environ["TASKLOOM_TEST_POSTGRES_DSN"]
+    return PostgresStorage(dsn, schema=schema, min_size=0, max_size=4, **kwargs)
+
+
+def storage_class(kind: str) -> Callable[..., Any]:
+    """The adapter class for ``kind`` (for "postgres" a factory of one location argument,
+    as the classes take); an import error fails the test (never a skip)."""
+    if kind == "postgres":
+        return postgres_storage
     module_name, class_name = {
         "memory": ("taskloom.adapters.memory", "MemoryStorage"),
         "sqlite": ("taskloom.adapters.sqlite", "SQLiteStorage"),
