@@ -39,6 +39,7 @@ GROUPS: dict[str, str] = {
     "security": "benchmarks.bench_security",
     "executors": "benchmarks.bench_executors",
     "scaling": "benchmarks.bench_scaling",
+    "queue": "benchmarks.bench_queue",
     "peer": "benchmarks._peer_langgraph",
     "postgres": "benchmarks.bench_postgres",
 }

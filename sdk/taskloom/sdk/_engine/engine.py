@@ -51,6 +51,7 @@ from taskloom.sdk._pipeline.validate import validate_pipeline
 from taskloom.sdk._queue.records import DEFAULT_QUEUE, QueueDefinition
 from taskloom.sdk._queue.submit import QueueStats, define_queue, queue_stats, submit_run
 from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings
+from taskloom.sdk._runs.records import RunRecord
 from taskloom.sdk._runs.store import RunStore
 
 if TYPE_CHECKING:
@@ -169,6 +170,9 @@ class Engine:
         self.global_limit: asyncio.Semaphore | None = None
         self._limits: dict[str, tuple[ExecutorSettings, ExecutorLimits]] = {}
         self._plans: dict[int, tuple[Pipeline, Plan]] = {}
+        self._stored_plans: dict[str, Plan] = {}
+        """Plans of stored pipelines by digest: a worker resuming thousands of runs of one
+        pipeline checks and compiles it once, not once per run."""
         self._handles: set[RunHandle] = set()
         self._opened = False
         self._closed = False
@@ -426,13 +430,26 @@ class Engine:
         placeholder = RunSpec(run_id, None, {}, None, {}, True, history)  # type: ignore[arg-type]
         return self._launch(placeholder, go())
 
+    async def _resume_loaded(self, record: RunRecord) -> RunResult:
+        """Resume a run whose record the caller just read under its lease (a worker that
+        claimed it): ``resume`` without reading the record again."""
+        spec = await self._resume_spec(record.run_id, None, None, record)
+        if isinstance(spec, RunResult):
+            return spec
+        return await drive(self, spec)
+
     async def _resume_spec(
-        self, run_id: str, pipeline: PipelineSource | None, history: History | None
+        self,
+        run_id: str,
+        pipeline: PipelineSource | None,
+        history: History | None,
+        record: RunRecord | None = None,
     ) -> RunSpec | RunResult:
         await self.open()
         if self.runstore is None:
             raise UsageError("this engine keeps no state (storage=None): nothing to resume")
-        record = await self.runstore.load_run(run_id)
+        if record is None:
+            record = await self.runstore.load_run(run_id)
         if record.status == "succeeded":
             finished = await self.runstore.finished_steps(run_id)
             steps = {sid: r.output for (sid, item), r in finished.items() if item is None}
@@ -444,11 +461,7 @@ class Engine:
                 usage_by_executor=dict(record.usage_by_executor),
                 steps=steps,
             )
-        if pipeline is None:
-            source: PipelineSource = serde.structure(record.pipeline, Pipeline)
-        else:
-            source = pipeline
-        plan = self._prepare(source, None)
+        plan = self._stored_plan(record) if pipeline is None else self._prepare(pipeline, None)
         if plan.digest != record.pipeline_digest:
             raise PipelineChanged(
                 f"run {run_id} began with pipeline digest {record.pipeline_digest[:12]}..., "
@@ -464,6 +477,18 @@ class Engine:
             resumed=record.started_at is not None,  # a queued run starts for the first time
             history=history,
         )
+
+    def _stored_plan(self, record: RunRecord) -> Plan:
+        """The plan of the pipeline stored with ``record`` (compiled once per digest)."""
+        plan = self._stored_plans.get(record.pipeline_digest)
+        if plan is not None:
+            return plan
+        plan = self._prepare(serde.structure(record.pipeline, Pipeline), None)
+        if plan.digest == record.pipeline_digest:
+            if len(self._stored_plans) >= _PLAN_CACHE_SIZE:
+                self._stored_plans.pop(next(iter(self._stored_plans)))
+            self._stored_plans[plan.digest] = plan
+        return plan
 
     # --- the run queue -------------------------------------------------------------
 

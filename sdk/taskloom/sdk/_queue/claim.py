@@ -126,13 +126,27 @@ async def claim_queued(
         except TaskloomError as exc:
             logger.warning("queue entry %s is damaged and skipped: %s", record.key, exc)
             return None
-        lease = LeaseRecord(
-            run_id=entry.run_id, holder=holder, acquired_at=now, expires_at=now + ttl_s
+        run_id = entry.run_id
+        lease = LeaseRecord(run_id=run_id, holder=holder, acquired_at=now, expires_at=now + ttl_s)
+        key, version = slot if slot is not None else (f"{name}/~{run_id}", 0)
+        ticket = QueueTicket(
+            run_id=run_id,
+            queue=name,
+            priority=entry.priority,
+            submitted_at=entry.submitted_at,
+            claims=entry.claims + 1,
+            slot=_index(key),
+            holder=holder,
+            idempotency_key=entry.idempotency_key,
         )
-        key, version = slot if slot is not None else (f"{name}/~{entry.run_id}", 0)
-        mark = QueueSlot(run_id=entry.run_id, holder=holder, claimed_at=now)
+        mark = QueueSlot(run_id=run_id, holder=holder, claimed_at=now)
+        fence = Fence(run_id=run_id, holder=holder, acquired_at=now)
+        # One commit makes the run this holder's: the lease (nobody may hold it), the
+        # fence (so a former holder's writes in flight fail), the ticket, the slot.
         return [
-            Put(namespace=NS_LEASES, key=entry.run_id, value=encode(lease), if_version=0),
+            Put(namespace=NS_LEASES, key=run_id, value=encode(lease), if_version=0),
+            Put(namespace=NS_FENCES, key=run_id, value=encode(fence)),
+            Put(namespace=NS_TICKETS, key=run_id, value=encode(ticket)),
             Put(namespace=NS_SLOTS, key=key, value=encode(mark), if_version=version),
             *extra,
         ]
@@ -145,10 +159,20 @@ async def claim_queued(
         got = await claim_by_cas(storage, NS_QUEUE, prefix=f"{name}/", limit=1, ops_for=ops_for)
     if not got:
         return None
-    entry = decode(got[0].record.value, QueueEntry, where=f"{NS_QUEUE}/{got[0].record.key}")
+    claimed = got[0]
+    entry = decode(claimed.record.value, QueueEntry, where=f"{NS_QUEUE}/{claimed.record.key}")
     key = slot[0] if slot is not None else f"{name}/~{entry.run_id}"
-    claims = await _count_claim(store, entry.run_id, name, holder, key, entry.priority)
-    return Claim(run_id=entry.run_id, queue=name, slot=key, claims=claims, recovered=False)
+    fence_record = next(
+        (r for r in claimed.result.records if r.namespace == NS_FENCES and r.key == entry.run_id),
+        None,
+    )
+    if fence_record is not None:
+        store.adopt_lease(
+            entry.run_id, holder, ttl_s=ttl_s, fence=fence_record.version, expires_at=now + ttl_s
+        )
+    return Claim(
+        run_id=entry.run_id, queue=name, slot=key, claims=entry.claims + 1, recovered=False
+    )
 
 
 async def _free_slot(store: RunStore, queue: QueueDefinition) -> tuple[str, int] | None:
@@ -274,6 +298,9 @@ async def release_slot(store: RunStore, claim: Claim) -> None:
     if claim.slot is None:
         return
     storage = store.storage
+    if claim.slot.endswith(f"/~{claim.run_id}"):
+        await storage.delete(NS_SLOTS, claim.slot)  # named after the run: only it has it
+        return
     stored = await storage.get(NS_SLOTS, claim.slot)
     if stored is None:
         return
@@ -329,6 +356,8 @@ async def requeue(store: RunStore, claim: Claim, holder: str) -> bool:
             queue=ticket.queue,
             priority=ticket.priority,
             submitted_at=ticket.submitted_at,
+            claims=ticket.claims,
+            idempotency_key=ticket.idempotency_key,
         )
         ops: list[Op] = [
             Put(

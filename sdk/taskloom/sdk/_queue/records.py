@@ -84,12 +84,18 @@ class QueueDefinition:
 
 @attrs.frozen(kw_only=True)
 class QueueEntry:
-    """A queued run waiting to be claimed."""
+    """A queued run waiting to be claimed, with what its claim writes to its ticket (so a
+    claim is one commit: no read of the ticket first)."""
 
     run_id: str = attrs.field(validator=_v.instance_of(str))
     queue: str = attrs.field(validator=_v.instance_of(str))
     priority: int = attrs.field(validator=_v.instance_of(int))
     submitted_at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    claims: int = attrs.field(default=0, validator=[_v.instance_of(int), _v.ge(0)])
+    """How often the run was claimed before it was (re)queued."""
+    idempotency_key: str | None = attrs.field(
+        default=None, validator=_v.optional(_v.instance_of(str))
+    )
     format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
 
 

@@ -152,7 +152,7 @@ async def submit_run(
         existing, marker_version = await _existing(store, plan, inputs, run_id, idempotency_key)
         if existing is not None:
             return existing
-        if await storage.get(NS_TOMBSTONES, new_id) is not None:
+        if run_id is not None and await storage.get(NS_TOMBSTONES, new_id) is not None:
             raise UsageError(
                 f"run id {new_id!r} belonged to a deleted run whose event stream cannot be "
                 "erased; use a new run id (uuid4().hex)"
@@ -167,7 +167,13 @@ async def submit_run(
             status="queued",
             created_at=now,
         )
-        entry = QueueEntry(run_id=new_id, queue=queue, priority=priority, submitted_at=now)
+        entry = QueueEntry(
+            run_id=new_id,
+            queue=queue,
+            priority=priority,
+            submitted_at=now,
+            idempotency_key=idempotency_key,
+        )
         ticket = QueueTicket(
             run_id=new_id,
             queue=queue,

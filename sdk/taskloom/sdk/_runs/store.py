@@ -165,6 +165,8 @@ class RunStore:
         self._lost: dict[str, LeaseLost] = {}
         """Runs whose lease was lost while held here: their writes are refused."""
         self._renewing: dict[str, asyncio.Future[LeaseRecord]] = {}
+        self._adopted: set[str] = set()
+        """Runs whose lease and fence a claim just wrote (``adopt_lease``)."""
         self._events = EventLog(storage, fence=self._fence_check)
         self._writer = GroupCommitWriter(
             storage,
@@ -473,6 +475,11 @@ class RunStore:
         self._check_open()
         check_ttl(ttl_s)
         check_name(run_id, what="run id")
+        if self._adopted and run_id in self._adopted:
+            self._adopted.discard(run_id)
+            held = self._held.get(run_id)
+            if held is not None and held.holder == holder and self.check_lease(run_id):
+                return  # just claimed with its fence (``adopt_lease``): nothing to write
         self._events.forget(run_id)  # another process may have written its events meanwhile
         for _ in range(_LEASE_RACE_RETRIES):
             stored = await self._storage.get(NS_LEASES, run_id)
@@ -506,6 +513,24 @@ class RunStore:
             f"run {run_id!r}: the lease kept changing while acquiring it; another process "
             "is competing for this run: try again later",
         )
+
+    def adopt_lease(
+        self, run_id: str, holder: str, *, ttl_s: float, fence: int, expires_at: float
+    ) -> None:
+        """Hold a lease that ``holder`` wrote together with the run's fence (at version
+        ``fence``) in a commit of its own -- a run queue's claim -- so the next
+        ``acquire_lease`` by ``holder`` writes nothing and fencing starts at once."""
+        self._check_open()
+        check_ttl(ttl_s)
+        self._events.forget(run_id)  # another process may have written its events meanwhile
+        self._hold(run_id, holder, ttl_s, fence, expires_at)
+        self._adopted.add(run_id)
+
+    def never_started(self, run_id: str) -> None:
+        """The caller holds the run's lease and read its record saying it never started:
+        its event stream is empty, so its first event is number 1 (no read to learn it)."""
+        if run_id in self._held:
+            self._events.new_run(run_id)
 
     def _hold(self, run_id: str, holder: str, ttl_s: float, fence: int, expires: float) -> None:
         check = Check(namespace=NS_FENCES, key=run_id, version=fence)
@@ -707,6 +732,7 @@ class RunStore:
         """
         self._held.pop(run_id, None)
         self._lost.pop(run_id, None)
+        self._adopted.discard(run_id)
         self._writer.mend(run_id)
         self._events.release(run_id)
 

@@ -38,6 +38,9 @@ logger = logging.getLogger("taskloom.worker")
 BACKOFF_S: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Waits after consecutive storage failures while claiming (the last one repeats)."""
 
+DEFINITION_TTL_S = 1.0
+"""How long a worker uses a queue definition it read before reading it again."""
+
 
 @attrs.define
 class WorkerStats:
@@ -119,6 +122,7 @@ class Worker:
         self._next_recovery = 0.0
         self._failures = 0
         self._checked = False
+        self._definitions: dict[str, tuple[float, QueueDefinition]] = {}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -251,11 +255,22 @@ class Worker:
             if claim is not None:
                 return claim
         for name in self.queues:
-            definition: QueueDefinition = await queue_definition(store, name)
+            definition = await self._definition(name)
             claim = await claim_queued(store, holder, definition, ttl_s=ttl)
             if claim is not None:
                 return claim
         return None
+
+    async def _definition(self, name: str) -> QueueDefinition:
+        """Queue ``name``'s definition, read again at most once a second (a redefinition
+        reaches running workers within that)."""
+        cached = self._definitions.get(name)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        definition = await queue_definition(self._store(), name)
+        self._definitions[name] = (now + DEFINITION_TTL_S, definition)
+        return definition
 
     def _start(self, claim: Claim) -> None:
         self.stats.claimed += 1
@@ -273,7 +288,7 @@ class Worker:
         store = self._store()
         holder = self.engine.holder
         try:
-            definition = await queue_definition(store, claim.queue)
+            definition = await self._definition(claim.queue)
             max_claims = definition.max_claims
         except TaskloomError:
             max_claims = QueueDefinition(name=DEFAULT_QUEUE).max_claims
@@ -293,7 +308,9 @@ class Worker:
             if record.status in ("succeeded", "failed", "cancelled"):
                 await store.release_lease(claim.run_id, holder)
                 return  # cancelled while queued, or ended before its lease was given back
-            result = await self.engine.resume(claim.run_id)
+            if record.started_at is None:
+                store.never_started(claim.run_id)  # read under our lease: no events yet
+            result = await self.engine._resume_loaded(record)
             if result.status == "succeeded":
                 self.stats.succeeded += 1
         except StepFailed:
