@@ -329,3 +329,49 @@ async def test_engine_recovers_its_own_crashed_runs_at_start() -> None:
         assert (await again.runstore.load_run(theirs)).status == "queued"
     with pytest.raises(UsageError, match="holder"):
         Engine(recover=True)
+
+
+async def test_queue_limit_holds_end_to_end_across_three_workers() -> None:
+    """Three workers (each up to 3 runs at once) on a queue with concurrency 2: never more
+    than 2 of its runs call at once, and all of them succeed."""
+    storage = MemoryStorage()
+    executor = FakeExecutor(delay=0.02)
+    engines = []
+    for _ in range(3):
+        registry = ExecutorRegistry()
+        registry.register("fake", executor)
+        engines.append(Engine(storage=storage, registry=registry))
+    for engine in engines:
+        await engine.open()
+    try:
+        await engines[0].define_queue("pair", concurrency=2)
+        ids = [await engines[0].submit(_pipe(), {"x": str(i)}, queue="pair") for i in range(12)]
+        workers = [Worker(e, queues=["pair"], concurrency=3, poll_s=0.01) for e in engines]
+        for worker in workers:
+            await worker.__aenter__()
+        try:
+            await _wait_status(engines[0], ids, "succeeded")
+        finally:
+            for worker in workers:
+                await worker.shutdown()
+        assert executor.max_in_flight <= 2
+        assert sum(w.stats.succeeded for w in workers) == 12
+    finally:
+        for engine in engines:
+            await engine.aclose()
+
+
+async def test_a_queued_run_resumed_by_hand_is_not_run_again(engine: Engine) -> None:
+    """`resume` of a queued run runs it at once; a worker that reaches its queue entry later
+    finds it finished and leaves it alone."""
+    run_id = await engine.submit(_pipe(), {"x": "1"})
+    result = await engine.resume(run_id)
+    assert result.status == "succeeded" and result.output == "m|hi 1"
+    async with Worker(engine) as worker:
+        for _ in range(200):
+            if not (await engine.queues())[0].depth:
+                break
+            await asyncio.sleep(0.01)
+    assert worker.stats.succeeded == 0 and worker.stats.failed == 0
+    assert (await engine.queues())[0].depth == 0
+    assert await engine.runstore.lease(run_id) is None
