@@ -55,6 +55,7 @@ from taskloom.sdk._runs.records import RunRecord
 from taskloom.sdk._runs.store import RunStore
 
 if TYPE_CHECKING:
+    from taskloom.sdk._telemetry.tracing import Telemetry
     from taskloom.security import Redactor
 
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
@@ -85,6 +86,7 @@ class Engine:
             "runstore",
             "global_limit",
             "owned_resources",
+            "telemetry",
             "submitted",
             "recover",
         }
@@ -116,6 +118,7 @@ class Engine:
         random: Callable[[], float] = _random.random,
         holder: str | None = None,
         recover: bool = False,
+        telemetry: bool | Telemetry = False,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise UsageError("max_concurrency must be at least 1 (or None for no limit)")
@@ -163,6 +166,15 @@ class Engine:
         self.random: Final = random
         self.holder: Final = holder or f"engine-{uuid.uuid4().hex[:12]}"
         """Who this engine is when it holds a run's lease (unique per engine by default)."""
+        if telemetry is True:
+            from taskloom.sdk._telemetry.tracing import Telemetry as _Telemetry
+
+            telemetry = _Telemetry()
+        self.telemetry: Final[Telemetry | None] = telemetry or None
+        """OpenTelemetry spans and metrics of runs, steps and calls (the ``otel`` extra);
+        None when disabled, which costs one ``is None`` test per step."""
+        if self.telemetry is not None:
+            self.telemetry.bind(self.redact)
         self._storage_arg = storage
         self.storage: StorageAdapter | None = None
         self._owns_storage = False

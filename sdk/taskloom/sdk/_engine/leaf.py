@@ -136,6 +136,17 @@ class LeafRunner:
     async def run_leaf(
         self, node: NodePlan, scope: Scope, *, step_id: str, item: int | None
     ) -> Any:
+        """Run one leaf (see ``_run_leaf``), inside its span when telemetry is on."""
+        telemetry = self.svc.telemetry
+        if telemetry is None:
+            return await self._windowed_leaf(node, scope, step_id=step_id, item=item)
+        return await telemetry.trace_step(
+            step_id, item, self._windowed_leaf(node, scope, step_id=step_id, item=item)
+        )
+
+    async def _windowed_leaf(
+        self, node: NodePlan, scope: Scope, *, step_id: str, item: int | None
+    ) -> Any:
         """Run an LLM call or plugin step with retries, checkpoint it, return its output.
 
         With ``durability="async"`` the leaf first takes a slot of the run's checkpoint
@@ -320,6 +331,8 @@ class LeafRunner:
                         )
                         return
             executor = svc.registry.peek(executor_id) or await svc.registry.get(executor_id)
+            if svc.telemetry is not None:
+                executor = svc.telemetry.traced(executor, executor_id)
             limits: ExecutorLimits = svc.limits(executor_id)
             store = svc.runstore
             if (

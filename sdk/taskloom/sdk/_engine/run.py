@@ -76,6 +76,20 @@ def _stored(event: Event) -> bool:
 
 async def drive(engine: Engine, spec: RunSpec) -> RunResult:
     """Run ``spec`` on ``engine``: lease, record, steps, outcome (see module docstring)."""
+    telemetry = engine.telemetry
+    if telemetry is None:
+        return await _drive(engine, spec)
+    result: RunResult = await telemetry.trace_run(
+        engine.storage,
+        run_id=spec.run_id,
+        pipeline=spec.plan.pipeline.name,
+        resumed=spec.resumed,
+        body=_drive(engine, spec),
+    )
+    return result
+
+
+async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
     store = engine.runstore
     history = spec.history
     bus_emit = engine.bus.emit

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskloom.contracts import StepFunction
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
 from taskloom.sdk._registry import ExecutorRegistry
 from taskloom.sdk._runs.store import RunStore
+
+if TYPE_CHECKING:
+    from taskloom.sdk._telemetry.tracing import Telemetry
 
 
 class RunServices(Protocol):
@@ -52,6 +55,10 @@ class RunServices(Protocol):
     @property
     def random(self) -> Callable[[], float]:
         """Jitter source for retries (injectable for tests)."""
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        """Spans and metrics, or None when telemetry is off."""
 
     def redact(self, text: str) -> str:
         """``text`` with every known secret value masked."""
