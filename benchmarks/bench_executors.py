@@ -10,9 +10,16 @@ prints them and writes ``benchmarks/results/bench_executors.json``):
   a total timeout, a result object), so this is the price of that work.
 - ``1000 calls, concurrency 100, 50 ms server``: wall time of 1,000 ``complete()``
   calls, 100 at a time, against a server that answers after 50 ms, beside the
-  ideal 0.5 s (10 waves of 50 ms). The wall time of raw httpx with one pool of
-  100 connections is printed beside it: httpcore's pool scans all its
-  connections on every request event, which the executor avoids by sharding.
+  ideal 0.5 s (10 waves of 50 ms; target <= 1.25x). Its ``CPU per call`` row
+  sets the process CPU per call at concurrency 100 beside a sequential call's
+  (target <= 1.3x). Raw httpx with one pool of 100 connections and the official
+  ``openai`` SDK (``AsyncOpenAI``, no retries; when installed: the ``bench``
+  extra) make the same 1,000 calls in the same run, for comparison: httpcore's
+  pool scans all its connections on every request event, which the executor
+  avoids by sharding its pool into shards of 4.
+- ``SSE: one 16 MiB event refused``: CPU seconds for the stream decoder to
+  refuse one event over the 16 MiB cap, fed in 4 KiB pieces (it was quadratic:
+  16.8 s; target well under a second).
 
 The server is a tiny asyncio HTTP/1.1 server (keep-alive, fixed JSON replies)
 started in a child process of this module (``--serve``), so that its work
@@ -30,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +45,11 @@ import httpx
 
 from benchmarks import _timing
 from benchmarks._timing import make_row, median_spread, timed
+from taskloom.adapters._http.sse import SSEDecoder
+from taskloom.adapters._http.transport import MAX_RESPONSE_BYTES
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.openai import OpenAIExecutor
-from taskloom.contracts import CompletionRequest, Message, Secret
+from taskloom.contracts import CompletionRequest, MalformedResponse, Message, Secret
 
 OPENAI_REPLY = json.dumps(
     {
@@ -156,7 +166,9 @@ _row = functools.partial(make_row, "executors", digits=3)
 
 def _executor(protocol: str, url: str) -> OpenAIExecutor | AnthropicExecutor:
     if protocol == "openai":
-        return OpenAIExecutor(base_url=f"{url}/v1", api_key=Secret("sk-bench"))
+        return OpenAIExecutor(
+            base_url=f"{url}/v1", api_key=Secret("sk-bench"), max_tokens_field="max_tokens"
+        )
     return AnthropicExecutor(base_url=url, api_key=Secret("ak-bench"))
 
 
@@ -223,53 +235,163 @@ async def _overhead(protocol: str, url: str, calls: int, repeats: int) -> dict[s
     )
 
 
-async def _fan_out(url: str, calls: int, concurrency: int, repeats: int) -> dict[str, Any]:
-    """Wall time of ``calls`` executor calls, ``concurrency`` at a time, beside the ideal."""
+class _Wave:
+    """Wall and CPU seconds of ``calls`` calls of ``call``, ``concurrency`` at a time."""
+
+    def __init__(self, wall: float, cpu: float, calls: int) -> None:
+        self.wall = wall
+        self.cpu_per_call_us = cpu / calls * 1e6
+
+
+async def _wave(call: Callable[[], Awaitable[object]], calls: int, concurrency: int) -> _Wave:
+    remaining = iter(range(calls))
+
+    async def worker() -> None:
+        for _ in remaining:
+            await call()
+
+    cpu = time.process_time()
+    wall = await timed(lambda: asyncio.gather(*(worker() for _ in range(concurrency))))
+    return _Wave(wall, time.process_time() - cpu, calls)
+
+
+def _openai_sdk(url: str, concurrency: int) -> tuple[Any, Callable[[], Awaitable[object]]] | None:
+    """The official ``openai`` SDK's async client and one call, or None if not installed."""
+    try:
+        import openai
+    except ImportError:
+        return None
+    client = openai.AsyncOpenAI(
+        base_url=f"{url}/v1", api_key="sk-bench", max_retries=0, timeout=120.0
+    )
+
+    async def call() -> None:
+        reply = await client.chat.completions.create(**OPENAI_BODY)
+        assert reply.choices[0].message.content
+
+    return client, call
+
+
+async def _fan_out(url: str, calls: int, concurrency: int, repeats: int) -> list[dict[str, Any]]:
+    """Fan-out rows: the executor's wall beside the ideal, its CPU per call beside a
+    sequential call's, and raw httpx and the official ``openai`` SDK in the same run."""
     ideal = calls / concurrency * 0.05
-
-    async def executor_wave(executor: OpenAIExecutor) -> float:
-        remaining = iter(range(calls))
-
-        async def worker() -> None:
-            for _ in remaining:
-                await executor.complete(REQUEST)
-
-        return await timed(lambda: asyncio.gather(*(worker() for _ in range(concurrency))))
-
-    async def raw_wave(client: httpx.AsyncClient, endpoint: str) -> float:
-        remaining = iter(range(calls))
-
-        async def worker() -> None:
-            for _ in remaining:
-                (await client.post(endpoint, json=OPENAI_BODY)).json()
-
-        return await timed(lambda: asyncio.gather(*(worker() for _ in range(concurrency))))
-
     executor = OpenAIExecutor(
-        base_url=f"{url}/v1", api_key=Secret("sk-bench"), max_connections=concurrency
+        base_url=f"{url}/v1",
+        api_key=Secret("sk-bench"),
+        max_connections=concurrency,
+        max_tokens_field="max_tokens",
     )
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     client = httpx.AsyncClient(limits=limits, headers={"authorization": "Bearer sk-bench"})
     endpoint = f"{url}/v1/chat/completions"
+    sdk = _openai_sdk(url, concurrency)
+
+    async def ours() -> None:
+        assert (await executor.complete(REQUEST)).text
+
+    async def raw() -> None:
+        (await client.post(endpoint, json=OPENAI_BODY)).json()
+
     try:
-        await executor_wave(executor)  # warm-up: opens the pool's connections
-        walls = [await executor_wave(executor) for _ in range(repeats)]
-        # raw httpx (one unsharded pool) is slow here: measured once, for the record
-        raw_walls = [await raw_wave(client, endpoint)]
+        await _wave(ours, calls, concurrency)  # warm-up: opens the pool's connections
+        waves = [await _wave(ours, calls, concurrency) for _ in range(repeats)]
+        sequential = [await _wave(ours, 50, 1) for _ in range(repeats)]
+        # raw httpx (one unsharded pool) and the SDK are measured once, for the record
+        await _wave(raw, calls, concurrency)
+        raw_wave = await _wave(raw, calls, concurrency)
+        sdk_wave = None
+        if sdk is not None:
+            await _wave(sdk[1], calls, concurrency)
+            sdk_wave = await _wave(sdk[1], calls, concurrency)
     finally:
         await client.aclose()
         await executor.aclose()
-    wall, spread = median_spread(walls)
-    raw_wall, _ = median_spread(raw_walls)
-    print(f"  (fan-out: raw httpx wall {raw_wall:.3f} s for the same {calls} calls)")
+        if sdk is not None:
+            await sdk[0].close()
+    wall, spread = median_spread([w.wall for w in waves])
+    cpu_fan, cpu_spread = median_spread([w.cpu_per_call_us for w in waves])
+    cpu_one, _ = median_spread([w.cpu_per_call_us for w in sequential])
+    title = f"{calls} calls, concurrency {concurrency}, 50 ms server"
+    rows = [
+        _row(
+            title,
+            wall,
+            "s wall",
+            ideal,
+            "s ideal",
+            target="<= 1.25x ideal",
+            holds=wall / ideal <= 1.25,
+            spread=spread,
+        ),
+        _row(
+            f"{title}: CPU per call",
+            cpu_fan,
+            "us/call at concurrency 100",
+            cpu_one,
+            "us/call sequential",
+            target="<= 1.3x sequential",
+            holds=cpu_fan / cpu_one <= 1.3,
+            spread=cpu_spread,
+        ),
+        _row(
+            f"{title}: raw httpx, one pool",
+            raw_wave.wall,
+            "s wall",
+            ideal,
+            "s ideal",
+            spread=None,
+        ),
+    ]
+    print(
+        f"  (fan-out: raw httpx {raw_wave.wall:.3f} s wall, "
+        f"{raw_wave.cpu_per_call_us:.0f} us CPU/call)"
+    )
+    if sdk_wave is not None:
+        print(
+            f"  (fan-out: openai SDK {sdk_wave.wall:.3f} s wall, "
+            f"{sdk_wave.cpu_per_call_us:.0f} us CPU/call)"
+        )
+        rows.append(
+            _row(
+                f"{title}: official openai SDK",
+                sdk_wave.wall,
+                "s wall",
+                ideal,
+                "s ideal",
+                spread=None,
+            )
+        )
+    else:
+        print("  (fan-out: the openai SDK is not installed: pip install 'taskloom[bench]')")
+    return rows
+
+
+def _sse_big_event() -> dict[str, Any]:
+    """CPU seconds to refuse one 16 MiB server-sent event fed in 4 KiB pieces."""
+    piece = b"x" * 4096
+    times: list[float] = []
+    for _ in range(3):
+        decoder = SSEDecoder(max_bytes=MAX_RESPONSE_BYTES)
+        start = time.process_time()
+        try:
+            decoder.feed(b"data: ")
+            for _ in range(MAX_RESPONSE_BYTES // len(piece) + 2):
+                decoder.feed(piece)
+        except MalformedResponse:
+            pass
+        else:
+            raise AssertionError("the decoder did not refuse a 16 MiB event")
+        times.append(time.process_time() - start)
+    value, spread = median_spread(times)
     return _row(
-        f"{calls} calls, concurrency {concurrency}, 50 ms server",
-        wall,
-        "s wall",
-        ideal,
-        "s ideal",
-        target="<= 1.5x ideal",
-        holds=wall / ideal <= 1.5,
+        "SSE: one 16 MiB event refused",
+        value,
+        "s CPU",
+        1.0,
+        "s (target)",
+        target="well under 1 s",
+        holds=value < 0.5,
         spread=spread,
     )
 
@@ -286,9 +408,10 @@ async def _bench(quick: bool) -> list[dict[str, Any]]:
         fast.close()
     slow = Server(0.05)
     try:
-        rows.append(await _fan_out(slow.url, 1000, 100, 2 if quick else 5))
+        rows.extend(await _fan_out(slow.url, 1000, 100, 2 if quick else 5))
     finally:
         slow.close()
+    rows.append(_sse_big_event())
     return rows
 
 

@@ -1224,13 +1224,20 @@ async def test_sharded_pool_sends_each_request_to_the_least_busy_shard() -> None
 
 
 def test_pool_shapes() -> None:
-    """Up to 16 connections is one httpcore pool; 100 are 7 shards holding 100 in all."""
-    small = common.pooled_transport(16)
+    """Up to 4 connections is one httpcore pool; 100 are 25 shards of 4 holding 100 in all.
+
+    Shards of 4 keep httpcore's per-event scan of idle connections (each asking
+    anyio for its socket's attributes) from doubling a call's CPU at concurrency 100.
+    """
+    small = common.pooled_transport(4)
     assert isinstance(small, httpx.AsyncHTTPTransport)
     big = common.pooled_transport(100)
-    assert isinstance(big, common.ShardedTransport) and len(big.busy) == 7
+    assert isinstance(big, common.ShardedTransport) and len(big.busy) == 25
     shards: Any = big._shards
     assert sum(s._pool._max_connections for s in shards) == 100
+    assert max(s._pool._max_connections for s in shards) <= 4
+    odd: Any = common.pooled_transport(17)
+    assert sorted(s._pool._max_connections for s in odd._shards) == [3, 3, 3, 4, 4]
     with pytest.raises(UsageError):
         common.ShardedTransport([])
 

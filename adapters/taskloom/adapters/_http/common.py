@@ -157,7 +157,10 @@ class HTTPExecutor(abc.ABC):
         self._api_key = check_secret(api_key, owner)
         self._redactor = Redactor(self._api_key)
         self._base_url = base_url.rstrip("/")
-        self._url = self._base_url + self.path
+        try:  # parsed once: httpx parses a text URL again on every request
+            self._url = httpx.URL(self._base_url + self.path)
+        except httpx.InvalidURL as exc:
+            raise UsageError(f"{owner}: base_url is not a valid URL ({exc})") from None
         self._model = model
         self._extra_headers = dict(headers or {})
         for key, value in self._extra_headers.items():

@@ -99,9 +99,17 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     instead of 0.5 s). Shards of at most ``SHARD_SIZE`` connections keep each
     scan small, while the executor still holds one client and one pool of
     ``max_connections`` reused connections.
+
+    Why 4: the scan asks every idle connection whether it expired, and each
+    asks anyio for its socket's extra attributes (a dict built per call); with
+    shards of 16, a third of the CPU of 1,000 calls at concurrency 100 went
+    there, and a call cost twice its sequential CPU. With 4 it is under an
+    eighth, and a call at concurrency 100 costs no more than a sequential one
+    (``python -m benchmarks --group executors``). Choosing the least busy of
+    25 shards is a ``min`` over 25 integers.
     """
 
-    SHARD_SIZE: ClassVar[int] = 16
+    SHARD_SIZE: ClassVar[int] = 4
 
     def __init__(self, shards: list[httpx.AsyncBaseTransport]) -> None:
         if not shards:
