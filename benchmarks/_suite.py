@@ -42,6 +42,7 @@ GROUPS: dict[str, str] = {
     "queue": "benchmarks.bench_queue",
     "peer": "benchmarks._peer_langgraph",
     "postgres": "benchmarks.bench_postgres",
+    "api": "benchmarks.bench_api",
 }
 """Group name to module, in the order the suite runs them."""
 

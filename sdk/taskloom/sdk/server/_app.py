@@ -122,6 +122,7 @@ class TaskloomApi:
             self._hub = EventHub(
                 self.engine.bus,
                 self.control.runstore,
+                self._sse,
                 poll_interval_s=self.settings.poll_interval_s,
             )
         return self._hub
@@ -320,7 +321,7 @@ class TaskloomApi:
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
 
-    async def _stream(self, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    async def _stream(self, run_id: str, after: int) -> AsyncIterator[bytes]:
         store = self.control.runstore
         async with self.hub.listen(run_id) as listener:
             # the record first: if it says the run ended, its outcome event was stored
@@ -336,24 +337,25 @@ class TaskloomApi:
             if record.status in FINISHED_STATUSES:
                 return
             listener.follow(after)
-            async for seen, event in listener.items():
+            async for seen, event, encoded in listener.items():
                 if seen is None:
-                    yield self._sse(None, event)
+                    yield encoded
                     continue
                 if seen <= after:
                     continue  # already sent from the history
-                yield self._sse(seen, event)
+                yield encoded
                 after = seen
                 if isinstance(event, OUTCOMES):
                     return
 
-    def _sse(self, number: int | None, event: Event) -> ServerSentEvent:
+    def _sse(self, number: int | None, event: Event) -> bytes:
+        """One event as the bytes of a Server-Sent Event (its number as id, if stored)."""
         data = self.mask(serde.converter.unstructure(event, Event))
         return ServerSentEvent(
             data=_dumps(data).decode("utf-8"),
             event=_EVENT_TAG.get(type(event), "event"),
             id=None if number is None else str(number),
-        )
+        ).encode()
 
     async def cancel_task(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]

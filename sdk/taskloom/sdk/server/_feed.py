@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from taskloom.contracts import ChunkStreamed, Event, TaskloomError
 from taskloom.sdk._engine.bus import EventBus, Subscription
@@ -35,8 +35,12 @@ logger = logging.getLogger("taskloom.server")
 READ_PAGE = 500
 """Stored events read per storage call, for history and for live reads."""
 
-Item = tuple[int | None, Event]
-"""A numbered stored event, or ``(None, chunk)`` for a live-only chunk."""
+Item = tuple[int | None, Event, bytes]
+"""A numbered stored event, or ``(None, chunk, ...)`` for a live-only chunk, with its
+Server-Sent Event bytes (encoded once per event, however many clients get it)."""
+
+Encoder = Callable[[int | None, Event], bytes]
+"""Turns an event (and its number, None for a chunk) into the bytes of one SSE message."""
 
 
 class Listener:
@@ -114,9 +118,10 @@ class RunFeed:
                     page = await self.hub.runstore.events(
                         self.run_id, after=self.last, limit=READ_PAGE
                     )
+                    encode = self.hub.encode
                     for number, event in page:
                         self.last = number
-                        self.push((number, event))
+                        self.push((number, event, encode(number, event)))
                     if len(page) < READ_PAGE:
                         break
                 failures = 0
@@ -143,12 +148,14 @@ class EventHub:
         self,
         bus: EventBus,
         runstore: RunStore,
+        encode: Encoder,
         *,
         poll_interval_s: float = 0.5,
         queue_size: int = 10_000,
     ) -> None:
         self.bus = bus
         self.runstore = runstore
+        self.encode = encode
         self.poll_interval_s = poll_interval_s
         self.queue_size = queue_size
         self._feeds: dict[str, RunFeed] = {}
@@ -174,7 +181,7 @@ class EventHub:
         if feed is None:
             return
         if type(event) is ChunkStreamed:
-            feed.push((None, event))
+            feed.push((None, event, self.encode(None, event)))
         else:
             feed.wake()
 
