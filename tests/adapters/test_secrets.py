@@ -595,13 +595,21 @@ async def test_default_store_falls_back_when_keyring_hangs(
 async def test_default_store_fails_closed_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: KeyringBackend
 ) -> None:
-    """No real keyring and no passphrase: SecretStoreUnavailable in one line saying how to
-    configure a store, with no chained traceback, and no plaintext file written."""
+    """No real keyring and no passphrase: the environment still counts, and a secret it does
+    not hold (or a write) is SecretStoreUnavailable in one line saying how to configure a
+    store, with no chained traceback, and no plaintext file written."""
     monkeypatch.setattr(keyring.core, "_keyring_backend", backend)
     monkeypatch.delenv("TASKLOOM_SECRETS_PASSPHRASE", raising=False)
     path = tmp_path / "s.bin"
+    store = await open_default_secret_store(
+        path=path, environ={"TASKLOOM_SECRETS_PASSPHRASE": "", "TASKLOOM_SECRET_FROM_ENV": "v"}
+    )
+    assert (await store.get("from_env")).reveal() == "v"
+    with pytest.raises(SecretStoreUnavailable):
+        await store.set("api_token", "value")
     with pytest.raises(SecretStoreUnavailable) as info:
-        await open_default_secret_store(path=path, environ={"TASKLOOM_SECRETS_PASSPHRASE": ""})
+        await store.get("api_token")
+    await store.aclose()
     message = str(info.value)
     assert "\n" not in message
     assert "set TASKLOOM_SECRETS_PASSPHRASE" in message

@@ -120,3 +120,68 @@ def test_durability_reads_the_same_in_the_cli_and_the_engine(tmp_path: Path) -> 
         load_config(str(bad))
     with pytest.raises(UsageError, match="durability"):
         Engine.from_config(bad)
+
+
+async def test_from_config_takes_the_readmes_default_secrets_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kind = "default"`, as the README writes it, works in Engine.from_config (it raised),
+    and reads a TASKLOOM_SECRET_* variable with no keyring or passphrase."""
+    monkeypatch.delenv("TASKLOOM_SECRETS_PASSPHRASE", raising=False)
+    monkeypatch.setenv("TASKLOOM_SECRET_OPENAI_API_KEY", "sk-from-env")
+    config = write(tmp_path, '[secrets]\nkind = "default"\npath = "secrets.bin"\n')
+    async with Engine.from_config(config) as engine:
+        assert engine.secrets is not None
+        assert (await engine.secrets.get("openai_api_key")).reveal() == "sk-from-env"
+
+
+async def test_from_config_without_a_secrets_table_gets_the_default_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without [secrets] the engine still has the default store (it had none at all)."""
+    monkeypatch.delenv("TASKLOOM_SECRETS_PASSPHRASE", raising=False)
+    monkeypatch.setenv("TASKLOOM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TASKLOOM_SECRET_API_TOKEN", "t-123")
+    config = write(tmp_path, '[executors.local]\ntype = "scripted"\n')
+    async with Engine.from_config(config) as engine:
+        assert engine.secrets is not None
+        assert (await engine.secrets.get("api_token")).reveal() == "t-123"
+        assert type(engine.storage).__name__ == "MemoryStorage"  # the engine's own default
+
+
+async def test_env_variables_count_without_keyring_or_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default chain reads TASKLOOM_SECRET_* with no keyring and no passphrase; a secret
+    no variable holds fails closed with a hint naming every fix."""
+    from taskloom.adapters.secrets import _default as default_chain
+    from taskloom.adapters.secrets import open_default_secret_store
+
+    async def no_keyring(*_args: object, **_kwargs: object) -> None:
+        raise SecretStoreUnavailable("no keyring backend")
+
+    monkeypatch.setattr(default_chain.KeyringSecretStore, "open", no_keyring)
+    environ = {"TASKLOOM_SECRET_OPENAI_API_KEY": "sk-env"}
+    store = await open_default_secret_store(path=tmp_path / "s.bin", environ=environ)
+    try:
+        assert (await store.get("openai_api_key")).reveal() == "sk-env"
+        with pytest.raises(SecretStoreUnavailable) as missing:
+            await store.get("other_key")
+        hint = str(missing.value)
+        assert "TASKLOOM_SECRET_OTHER_KEY" in hint
+        assert "TASKLOOM_SECRETS_PASSPHRASE" in hint and "keyring" in hint
+        assert "\n" not in hint
+        with pytest.raises(SecretStoreUnavailable, match="TASKLOOM_SECRETS_PASSPHRASE"):
+            await store.set("other_key", "value")
+    finally:
+        await store.aclose()
+
+
+def test_one_parser_reads_the_file_for_both(tmp_path: Path) -> None:
+    """A mistake the CLI refuses, Engine.from_config refuses with the same message."""
+    bad = write(tmp_path, CONFIG.replace("lease_ttl_s = 10", "lease_ttl_s = 10\nturbo = 1"))
+    with pytest.raises(UsageError) as by_cli:
+        load_config(str(bad))
+    with pytest.raises(UsageError) as by_engine:
+        Engine.from_config(bad)
+    assert str(by_cli.value) == str(by_engine.value)

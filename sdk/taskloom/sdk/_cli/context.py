@@ -132,21 +132,9 @@ class CliContext:
 
     async def secrets(self) -> SecretStore:
         if self._secrets is None:
-            from taskloom.adapters.secrets import (
-                EncryptedFileSecretStore,
-                EnvSecretStore,
-                open_default_secret_store,
-            )
+            from taskloom.sdk._config.secrets import open_secret_store
 
-            kind = self.config.secrets_kind
-            if kind == "env":
-                self._secrets = EnvSecretStore()
-            else:
-                self.config.secrets_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                if kind == "file":
-                    self._secrets = EncryptedFileSecretStore.from_env(self.config.secrets_path)
-                else:
-                    self._secrets = await open_default_secret_store(path=self.config.secrets_path)
+            self._secrets = await open_secret_store(self.config)
         return self._secrets
 
     def trust(self) -> Any:
@@ -179,6 +167,11 @@ async def open_storage(config: CliConfig, secrets: SecretStore | None = None) ->
         )
         await storage.__aenter__()
         return storage  # type: ignore[no-any-return]
+    if config.storage_kind == "none":
+        raise UsageError(
+            f"{config.source}: storage kind 'none' keeps no state, so the CLI cannot use it "
+            "(it is for Engine.from_config); choose sqlite, filesystem, memory or postgres"
+        )
     if config.storage_kind == "memory":
         from taskloom.adapters.memory import MemoryStorage
 

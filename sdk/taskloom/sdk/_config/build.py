@@ -1,4 +1,8 @@
-"""``Engine.from_config("taskloom.toml")``: an engine described by a small TOML file.
+"""``Engine.from_config("taskloom.toml")``: an engine from the CLI's own file.
+
+The file is read by the one parser the CLI uses (``taskloom.sdk._config.toml``:
+every section, key and kind checked, a mistake is a one-line ``UsageError`` that
+names the file), so it means the same to both:
 
 ```toml
 [engine]
@@ -7,36 +11,37 @@ lease_ttl_s = 30
 durability = "async"        # or "sync": each step waits until its checkpoint is durable
 
 [storage]
-kind = "sqlite"             # "memory" (default), "sqlite", "filesystem", "postgres" or "none"
-path = "runs.db"            # relative paths are relative to this file
-# kind = "postgres" takes no path: dsn = { secret = "pg_dsn" } or TASKLOOM_POSTGRES_DSN
-# any other key is passed to the adapter's constructor (synchronous = "FULL", fsync = false)
+kind = "sqlite"             # "sqlite" (its default path: the user's data directory, as
+path = "runs.db"            # the CLI), "filesystem", "memory", "postgres" or "none";
+                            # relative paths are relative to this file
 
 [secrets]
-kind = "env"                # optional: read secrets from TASKLOOM_SECRET_<NAME>
+kind = "default"            # environment, then keyring, then the file (also without
+path = "secrets.bin"        # this table); or "env", "file"
 
 [executors.local]
 type = "scripted"           # resolved as documented in taskloom.sdk._registry
 default_model = "echo"      # engine-side settings: default_model, concurrency,
 concurrency = 4             #   requests_per_minute, tokens_per_minute
-# every other key goes to the type's from_config(settings, secrets)
 ```
 
-Storage adapters are imported lazily by kind, so a config that uses SQLite
-never imports the file store and vice versa. The file is read with the
-standard library's ``tomllib``; a file that is not valid TOML, an unknown
-section or an unknown kind is a ``UsageError`` that names the file.
+Two engine defaults differ from the CLI's, where the file is silent: without a
+``[storage]`` table the engine keeps its runs in memory (as ``Engine()`` does),
+and without ``max_concurrency`` it sets no global limit. ``[plugins]``, ``[keys]``
+and ``[server]`` belong to the CLI and ``taskloom serve``. Storage adapters are
+imported lazily by kind.
 """
 
 from __future__ import annotations
 
 import importlib
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from taskloom.contracts import TaskloomError, UsageError
 from taskloom.sdk._config.postgres import make_postgres_storage
+from taskloom.sdk._config.secrets import ConfiguredSecrets
+from taskloom.sdk._config.toml import CliConfig, read_config
 from taskloom.sdk._registry import ExecutorRegistry
 
 STORAGE_KINDS: dict[str, tuple[str, str] | None] = {
@@ -46,28 +51,6 @@ STORAGE_KINDS: dict[str, tuple[str, str] | None] = {
     "postgres": ("taskloom.adapters.postgres", "PostgresStorage"),
     "none": None,
 }
-_SECTIONS = ("engine", "storage", "secrets", "executors", "plugins", "keys", "server")
-"""``plugins`` and ``keys`` belong to the CLI (``taskloom.sdk._config.toml``) and
-``server`` to ``taskloom.sdk.server``; an engine built from the same file ignores them."""
-_ENGINE_KEYS = ("max_concurrency", "lease_ttl_s", "durability")
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """Parse ``path`` as TOML and check its sections."""
-    file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read config {file}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config {file} is not valid TOML: {exc}") from exc
-    unknown = sorted(set(data) - set(_SECTIONS))
-    if unknown:
-        raise UsageError(
-            f"config {file}: unknown section(s) {', '.join(unknown)}; "
-            f"known sections: {', '.join(_SECTIONS)}"
-        )
-    return data
 
 
 def make_storage(table: dict[str, Any], base: Path, secrets: Any = None) -> Any:
@@ -101,80 +84,23 @@ def make_storage(table: dict[str, Any], base: Path, secrets: Any = None) -> Any:
         raise UsageError(f"storage {kind!r}: invalid option(s): {exc}") from exc
 
 
-def make_secrets(table: dict[str, Any], base: Path | None = None) -> Any:
-    """The secret store a ``[secrets]`` table describes.
-
-    ``kind = "env"``: ``TASKLOOM_SECRET_<NAME>`` variables. ``kind = "file"`` (or a
-    ``path`` with no kind, as the CLI writes it): the encrypted file at ``path``, its
-    passphrase from ``TASKLOOM_SECRETS_PASSPHRASE``, opened when first asked.
-    """
-    kind = table.get("kind", "file" if "path" in table else None)
-    if kind == "env":
-        from taskloom.adapters.secrets import EnvSecretStore
-
-        return EnvSecretStore()
-    if kind in ("file", "default") and "path" in table:
-        location = Path(str(table["path"])).expanduser()
-        if base is not None and not location.is_absolute():
-            location = base / location
-        return _LazyFileSecrets(location)
-    raise UsageError(
-        f'unknown secrets kind {kind!r}: use kind = "env", or path = "..." for the encrypted '
-        "file, or pass secrets= to Engine.from_config"
-    )
-
-
-class _LazyFileSecrets:
-    """The encrypted secret file, opened on first use: an engine whose pipelines need
-    no secret must start without the passphrase."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._store: Any = None
-
-    def _opened(self) -> Any:
-        if self._store is None:
-            from taskloom.adapters.secrets import EncryptedFileSecretStore
-
-            self._store = EncryptedFileSecretStore.from_env(self._path)
-        return self._store
-
-    async def get(self, name: str, /) -> Any:
-        return await self._opened().get(name)
-
-    async def set(self, name: str, value: Any, /) -> None:
-        await self._opened().set(name, value)
-
-    async def delete(self, name: str, /) -> bool:
-        return bool(await self._opened().delete(name))
-
-    async def names(self) -> list[str]:
-        return list(await self._opened().names())
-
-    async def aclose(self) -> None:
-        if self._store is not None:
-            await self._store.aclose()
-
-
 def engine_from_config(engine_cls: Any, path: str | Path, **overrides: Any) -> Any:
     """Build ``engine_cls`` from the config at ``path``; keyword overrides win."""
     file = Path(path)
-    data = read_config(file)
-    engine_table = dict(data.get("engine", {}))
-    unknown = sorted(set(engine_table) - set(_ENGINE_KEYS))
-    if unknown:
-        raise UsageError(f"config {file}: unknown [engine] key(s) {', '.join(unknown)}")
-    kwargs: dict[str, Any] = dict(engine_table)
+    if not file.is_file():
+        raise UsageError(f"cannot read config {file}: no such file")
+    config = read_config(file)
+    kwargs: dict[str, Any] = {"lease_ttl_s": config.lease_ttl_s, "durability": config.durability}
+    if "engine.max_concurrency" in config.given:
+        kwargs["max_concurrency"] = config.max_concurrency
     owned: list[Any] = []
-    if "secrets" not in overrides and "secrets" in data:
-        kwargs["secrets"] = make_secrets(dict(data["secrets"]), file.parent)
+    if "secrets" not in overrides:
+        kwargs["secrets"] = ConfiguredSecrets(config)
         owned.append(kwargs["secrets"])
     secrets = overrides.get("secrets", kwargs.get("secrets"))
     if "registry" not in overrides:
         registry = ExecutorRegistry()
-        for executor_id, table in dict(data.get("executors", {})).items():
-            if not isinstance(table, dict):
-                raise UsageError(f"config {file}: [executors.{executor_id}] must be a table")
+        for executor_id, table in config.executors.items():
             try:
                 registry.register_config(executor_id, table, secrets=secrets)
             except TaskloomError as exc:
@@ -182,10 +108,21 @@ def engine_from_config(engine_cls: Any, path: str | Path, **overrides: Any) -> A
         kwargs["registry"] = registry
     storage_given = "storage" in overrides
     if not storage_given:
-        kwargs["storage"] = make_storage(dict(data.get("storage", {})), file.parent, secrets)
+        kwargs["storage"] = _storage_of(config, secrets)
     kwargs.update(overrides)
     engine = engine_cls(**kwargs)
     if not storage_given and kwargs["storage"] is not None:
         engine._owns_storage = True
-    engine.owned_resources.extend(r for r in owned if hasattr(r, "aclose"))
+    engine.owned_resources.extend(owned)
     return engine
+
+
+def _storage_of(config: CliConfig, secrets: Any) -> Any:
+    """The adapter the parsed ``[storage]`` names (memory when the file has no table)."""
+    if not any(name.startswith("storage.") for name in config.given):
+        return make_storage({"kind": "memory"}, config.base_dir)
+    table: dict[str, Any] = {"kind": config.storage_kind, **config.storage_options}
+    if config.storage_kind in ("sqlite", "filesystem"):
+        config.storage_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        table["path"] = str(config.storage_path)
+    return make_storage(table, config.base_dir, secrets)

@@ -1,4 +1,9 @@
-"""Where the CLI's configuration comes from, and what it defaults to.
+"""``taskloom.toml``: the one parser the CLI and ``Engine.from_config`` both read it with.
+
+``read_config(path)`` parses and checks a file (every section, key and kind; a
+mistake is a one-line ``UsageError`` naming the file); ``load_config`` finds the
+file the CLI uses first. ``Engine.from_config`` builds from the same
+``CliConfig`` (see ``taskloom.sdk._config.build``), so a file means the same to both.
 
 Lookup order: ``--config PATH``; ``taskloom.toml`` in the working directory;
 ``taskloom.toml`` in the user's config directory (platformdirs); built-in
@@ -12,7 +17,8 @@ and for keeping several setups apart).
 Configuration reference (every key optional)::
 
     [storage]
-    kind = "sqlite"            # "sqlite", "filesystem", "memory" or "postgres"
+    kind = "sqlite"            # "sqlite", "filesystem", "memory", "postgres" or "none"
+                               # ("none": no state; Engine.from_config only)
                                # (postgres: dsn = { secret = "pg_dsn" } or TASKLOOM_POSTGRES_DSN)
     path = "runs.db"           # relative paths are relative to the config file
     synchronous = "NORMAL"     # sqlite: "FULL" to fsync every commit; also busy_timeout_s
@@ -83,6 +89,9 @@ class CliConfig:
     """The resolved configuration: every path absolute, every default filled in."""
 
     source: Path | None
+    given: frozenset[str] = attrs.field(factory=frozenset)
+    """The ``section.key`` names the file set (``Engine.from_config`` keeps the engine's
+    own defaults for the others: memory storage, no global concurrency limit)."""
     storage_kind: str
     storage_path: Path
     storage_options: dict[str, Any]
@@ -161,6 +170,7 @@ _STORAGE_OPTIONS = {
     "filesystem": {"fsync", "lock_timeout"},
     "memory": set(),
     "postgres": set(POSTGRES_OPTIONS),
+    "none": set(),
 }
 SECRETS_KINDS = ("default", "env", "file")
 
@@ -180,7 +190,8 @@ def _secrets_kind(table: dict[str, Any], source: Path | None) -> str:
     kind = table.get("kind", "default")
     if kind not in SECRETS_KINDS:
         raise UsageError(
-            f"{source}: [secrets] kind must be one of {', '.join(SECRETS_KINDS)}, got {kind!r}"
+            f"{source}: unknown secrets kind {kind!r} in [secrets]: use one of "
+            f'{", ".join(SECRETS_KINDS)} ("default": environment, then keyring, then the file)'
         )
     return str(kind)
 
@@ -200,6 +211,9 @@ def _table(data: dict[str, Any], key: str, source: Path | None) -> dict[str, Any
     return value
 
 
+STORAGE_KINDS = ("sqlite", "filesystem", "memory", "postgres", "none")
+
+
 _SECRET_SETTING = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|password|passwd)$")
 
 
@@ -212,14 +226,21 @@ def _masked(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(explicit: str | None = None) -> CliConfig:
-    """Read and resolve the configuration; a bad file is a one-line UsageError."""
-    source = find_config(explicit)
+    """Find the CLI's configuration (see the module) and read it; defaults without one."""
+    return read_config(find_config(explicit))
+
+
+def read_config(source: Path | None) -> CliConfig:
+    """Read and resolve ``source`` (None: the built-in defaults); a bad file is a one-line
+    UsageError naming it."""
     data: dict[str, Any] = {}
     if source is not None:
         try:
             data = tomllib.loads(source.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read config {source}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"cannot read config {source}: not valid TOML: {exc}") from exc
         unknown = sorted(set(data) - _KNOWN)
         if unknown:
             raise UsageError(f"{source}: unknown section(s) {unknown}; known: {sorted(_KNOWN)}")
@@ -236,11 +257,12 @@ def load_config(explicit: str | None = None) -> CliConfig:
 
     storage = _table(data, "storage", source)
     kind = storage.get("kind", "sqlite")
-    if kind not in ("sqlite", "filesystem", "memory", "postgres"):
+    if kind not in STORAGE_KINDS:
         raise UsageError(
-            f"{source}: storage kind {kind!r} is not one of 'sqlite', 'filesystem', 'memory', "
-            "'postgres'"
+            f"{source}: unknown storage kind {kind!r}; known kinds: {', '.join(STORAGE_KINDS)}"
         )
+    if kind in ("none", "memory") and "path" in storage:
+        raise UsageError(f"{source}: storage kind {kind!r} takes no path")
     if kind == "postgres" and "path" in storage:
         raise UsageError(
             f"{source}: storage kind 'postgres' takes no path: give dsn = {{ secret = "
@@ -272,8 +294,8 @@ def load_config(explicit: str | None = None) -> CliConfig:
     for executor_id, settings in executors.items():
         if not isinstance(settings, dict) or "type" not in settings:
             raise UsageError(
-                f"{source}: [executors.{executor_id}] must be a table with a 'type' "
-                "(scripted, openai or anthropic)"
+                f"{source}: [executors.{executor_id}] needs a 'type' (scripted, openai or "
+                "anthropic) and must be a table"
             )
     plugins = _table(data, "plugins", source)
     dirs = plugins.get("dirs", [])
@@ -282,8 +304,15 @@ def load_config(explicit: str | None = None) -> CliConfig:
     dev_mode = plugins.get("dev_mode", False)
     if not isinstance(dev_mode, bool):
         raise UsageError(f"{source}: plugins.dev_mode must be true or false")
+    given = frozenset(
+        f"{section}.{key}"
+        for section, table in data.items()
+        if isinstance(table, dict)
+        for key in table
+    )
     return CliConfig(
         source=source,
+        given=given,
         storage_kind=kind,
         storage_path=path_of(storage.get("path"), default_store),
         storage_options=_storage_options(kind, storage, source),

@@ -666,11 +666,11 @@ def create_app(
     if isinstance(source, Engine):
         engine, owns = source, False
     elif isinstance(source, str | Path):
-        from taskloom.sdk._config.build import read_config
+        from taskloom.sdk._config.toml import read_config
 
         path = Path(source)
         if settings is None:
-            table = read_config(path).get("server", {})
+            table = read_config(path).server
             settings = ServerSettings.from_table(table, base=path.parent, source=path)
         engine, owns = Engine.from_config(path), True
     else:
