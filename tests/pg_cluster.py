@@ -58,8 +58,14 @@ def _as_owner(argv: list[str]) -> list[str]:
     return ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(argv)]
 
 
-def start(directory: Path) -> str:
-    """Create and start a cluster under ``directory``; return its DSN."""
+def start(
+    directory: Path, *, listen: tuple[str, ...] = ("127.0.0.1",), allow: tuple[str, ...] = ()
+) -> str:
+    """Create and start a cluster under ``directory``; return its DSN (on ``listen[0]``).
+
+    ``listen``: the addresses the server listens on (127.0.0.1 only by default);
+    ``allow``: further client networks (CIDR) allowed to log in with the password.
+    """
     initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
         raise RuntimeError("initdb/pg_ctl not found: install PostgreSQL's server package")
@@ -91,8 +97,12 @@ def start(directory: Path) -> str:
         check=True,
         capture_output=True,
     )
+    if allow:
+        with open(data / "pg_hba.conf", "a", encoding="utf-8") as hba:
+            for network in allow:
+                hba.write(f"host all all {network} scram-sha-256\n")
     options = (
-        f"-p {port} -c listen_addresses=127.0.0.1 -k {directory} "
+        f"-p {port} -c listen_addresses={','.join(listen)} -k {directory} "
         "-c max_connections=200 -c fsync=on -c synchronous_commit=on"
     )
     subprocess.run(
@@ -102,7 +112,7 @@ def start(directory: Path) -> str:
         check=True,
         capture_output=True,
     )
-    return f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"
+    return f"postgresql://postgres:{PASSWORD}@{listen[0]}:{port}/postgres"
 
 
 def stop(directory: Path) -> None:
