@@ -71,6 +71,8 @@ async def test_stale_checkpoint_is_refused_with_lease_lost(taken_over: TakenOver
     with pytest.raises(LeaseLost):
         await stale.record_step(_step("r1", "a"))
     assert await storage.get(NS_STEPS, "r1/a/-") is None
+    await stale.aclose()
+    await worker.aclose()
     await fresh.record_step(_step("r1", "b"))  # the new holder writes as usual
     assert await storage.get(NS_STEPS, "r1/b/-") is not None
     with pytest.raises(LeaseLost):  # and every later write of the stale holder fails at once
@@ -177,3 +179,24 @@ async def test_engine_that_lost_its_lease_starts_no_call_and_writes_nothing() ->
     record = await other.load_run(handle.run_id)
     assert record.status == "running"  # no outcome of the stale engine landed
     assert not [e for e in await other.events(handle.run_id) if isinstance(e[1], StepSucceeded)]
+
+
+async def test_recovery_claim_fences_out_the_former_holder_at_once() -> None:
+    """The claim of a run whose lease expired moves the fence in the same commit: the
+    former holder's next write fails even before the new holder starts the run."""
+    from taskloom.sdk._queue.claim import claim_expired
+
+    storage = MemoryStorage()
+    clock = Clock()
+    stale = RunStore(storage, clock=clock)
+    await stale.acquire_lease("r1", "stale", ttl_s=10)
+    await stale.create_run(_record("r1"))
+    clock.now += 11
+    worker = RunStore(storage, clock=clock)
+    claim = await claim_expired(worker, "worker", ["default"], ttl_s=10)
+    assert claim is not None and claim.run_id == "r1"
+    with pytest.raises(LeaseLost):
+        await stale.record_step(_step("r1", "a"))
+    assert await storage.get(NS_STEPS, "r1/a/-") is None
+    await stale.aclose()
+    await worker.aclose()

@@ -278,10 +278,26 @@ async def _take_expired(
     if queue not in queues:
         return None
     taken = LeaseRecord(run_id=run_id, holder=holder, acquired_at=now, expires_at=now + ttl_s)
+    fence = Fence(run_id=run_id, holder=holder, acquired_at=now)
     try:
-        await storage.put(NS_LEASES, run_id, encode(taken), if_version=stored.version)
+        # the lease and the fence in one commit: from here on, nothing the former holder
+        # still has in flight can land
+        result = await storage.commit(
+            [
+                Put(
+                    namespace=NS_LEASES,
+                    key=run_id,
+                    value=encode(taken),
+                    if_version=stored.version,
+                ),
+                Put(namespace=NS_FENCES, key=run_id, value=encode(fence)),
+            ]
+        )
     except ConflictError:
         return None  # renewed by its holder, or another worker was faster
+    fenced = next((r for r in result.records if r.namespace == NS_FENCES), None)
+    if fenced is not None:
+        store.adopt_lease(run_id, holder, ttl_s=ttl_s, fence=fenced.version, expires_at=now + ttl_s)
     slot = None
     if ticket is not None and ticket.slot is not None:
         slot = slot_key(queue, ticket.slot)
