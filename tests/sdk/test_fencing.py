@@ -71,8 +71,6 @@ async def test_stale_checkpoint_is_refused_with_lease_lost(taken_over: TakenOver
     with pytest.raises(LeaseLost):
         await stale.record_step(_step("r1", "a"))
     assert await storage.get(NS_STEPS, "r1/a/-") is None
-    await stale.aclose()
-    await worker.aclose()
     await fresh.record_step(_step("r1", "b"))  # the new holder writes as usual
     assert await storage.get(NS_STEPS, "r1/b/-") is not None
     with pytest.raises(LeaseLost):  # and every later write of the stale holder fails at once
