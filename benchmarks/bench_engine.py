@@ -94,7 +94,11 @@ def _request(text: str) -> CompletionRequest:
 
 @contextlib.asynccontextmanager
 async def _engine(
-    executor: ScriptedExecutor, storage: str, folder: Path, durability: str = "async"
+    executor: ScriptedExecutor,
+    storage: str,
+    folder: Path,
+    durability: str = "async",
+    telemetry: Any = False,
 ) -> AsyncIterator[Engine]:
     registry = ExecutorRegistry()
     registry.register("scripted", executor)
@@ -103,7 +107,7 @@ async def _engine(
         from taskloom.adapters.sqlite import SQLiteStorage
 
         store = SQLiteStorage(folder / f"bench-{time.perf_counter_ns()}.db")
-    engine = Engine(registry=registry, storage=store, durability=durability)
+    engine = Engine(registry=registry, storage=store, durability=durability, telemetry=telemetry)
     await engine.open()
     if storage == "sqlite":
         await engine.storage.scan("runs", limit=1)  # type: ignore[union-attr]  # open the file
@@ -155,6 +159,62 @@ async def engine_chain(steps: int, storage: str, folder: Path, durability: str =
     async with _engine(executor, storage, folder, durability) as engine:
         engine.validate(pipeline)  # outside the clock, as a graph is compiled before a run
         return await _timed(lambda: engine.run(pipeline))
+
+
+def _in_memory_telemetry() -> Any:
+    """A Telemetry whose spans go to the SDK's in-memory exporter (kept small)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from taskloom.sdk._telemetry.tracing import Telemetry
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return Telemetry(tracer_provider=provider, meter_provider=meters)
+
+
+async def engine_chain_traced(steps: int, telemetry: bool) -> float:
+    executor = ScriptedExecutor()
+    pipeline = chain(steps)
+    traced = _in_memory_telemetry() if telemetry else False
+    async with _engine(executor, "memory", Path("."), telemetry=traced) as engine:
+        engine.validate(pipeline)
+        return await _timed(lambda: engine.run(pipeline))
+
+
+async def bench_telemetry(quick: bool) -> Row:
+    """Engine overhead per step with telemetry on (in-memory exporter) against off."""
+    steps = 300 if quick else 1000
+    repeats = 3 if quick else 7
+    raw_executor = ScriptedExecutor()
+    on: list[float] = []
+    off: list[float] = []
+    raw: list[float] = []
+    for _ in range(repeats):  # interleaved, so a busy moment hits all three alike
+        off.append(await engine_chain_traced(steps, False))
+        on.append(await engine_chain_traced(steps, True))
+        raw.append(await raw_chain(raw_executor, steps))
+    on_s, spread = median_spread(on)
+    off_s, _ = median_spread(off)
+    raw_s, _ = median_spread(raw)
+    on_us = (on_s - raw_s) / steps * 1e6
+    off_us = (off_s - raw_s) / steps * 1e6
+    ratio = on_us / off_us if off_us > 0 else float("inf")
+    return _row(
+        "chain, MemoryStorage, telemetry on (in-memory exporter): overhead per step",
+        on_us,
+        "us/step above raw",
+        off_us,
+        "us/step above raw, telemetry off",
+        ratio=ratio,
+        spread=spread,
+        target="<= 1.3x telemetry off",
+        holds=ratio <= 1.3,
+    )
 
 
 async def engine_map(
@@ -391,6 +451,14 @@ async def bench_scaling(quick: bool, folder: Path) -> list[Row]:
     return rows
 
 
+def _otel_available() -> bool:
+    try:
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _sqlite_available() -> bool:
     try:
         import taskloom.adapters.sqlite  # noqa: F401
@@ -408,6 +476,8 @@ async def _all(quick: bool) -> list[Row]:
         rows.append(await bench_chain(quick, folder, "memory", 25))
         rows.append(await bench_runstore_share(quick, rows[-1]))
         rows.append(await bench_chain(quick, folder, "memory", None, durability="sync"))
+        if _otel_available():
+            rows.append(await bench_telemetry(quick))
         rows += await bench_map(quick, folder, 1000, 1000, 1.15, "memory")
         rows += await bench_map(quick, folder, 10_000, 500, 1.2, "memory")
         rows.append(await bench_memory(folder))

@@ -84,7 +84,7 @@ SDK_ROOMS = {
     "_pipeline": set(),
     "_runs": {"_pipeline"},
     "_registry": set(),
-    "_config": {"_registry"},
+    "_config": {"_registry", "_telemetry"},
     "_plugins": set(),
     "_queue": {"_pipeline", "_runs"},
     "_telemetry": set(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from taskloom.adapters.memory import MemoryStorage
-from taskloom.contracts import InvalidRequest, StepFailed
+from taskloom.contracts import InvalidRequest, StepFailed, UsageError
+from taskloom.sdk import Engine
+from taskloom.sdk._config.toml import load_config
 from taskloom.sdk._telemetry.tracing import Telemetry
 from taskloom.security import Redactor
 
@@ -249,3 +252,50 @@ def test_telemetry_without_the_extra_says_how_to_get_it() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("UsageError")
     assert "pip install 'taskloom[otel]'" in done.stdout
+
+
+def _config(tmp_path: Path, telemetry: str) -> Path:
+    path = tmp_path / "taskloom.toml"
+    path.write_text(
+        '[storage]\nkind = "memory"\n\n[executors.default]\ntype = "scripted"\n\n' + telemetry,
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_from_config_reads_the_telemetry_table(tmp_path: Path) -> None:
+    """``[telemetry] enabled = true`` gives Engine.from_config a Telemetry; absent or
+    false gives none; capture_content is carried over."""
+    on = Engine.from_config(
+        _config(tmp_path, "[telemetry]\nenabled = true\ncapture_content = true\n")
+    )
+    assert on.telemetry is not None and on.telemetry.capture_content is True
+    off = Engine.from_config(_config(tmp_path, ""))
+    assert off.telemetry is None
+    assert Engine.from_config(_config(tmp_path, "[telemetry]\nenabled = false\n")).telemetry is None
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[telemetry]\nenabled = 1\n", "telemetry.enabled must be true or false"),
+        ("[telemetry]\nexporter = 'otlp'\n", "unknown key(s) exporter in [telemetry]"),
+    ],
+)
+def test_bad_telemetry_tables_are_usage_errors(tmp_path: Path, table: str, message: str) -> None:
+    """A wrong [telemetry] table is a UsageError naming the key, in from_config and the
+    CLI's reader alike."""
+    path = _config(tmp_path, table)
+    with pytest.raises(UsageError) as caught:
+        Engine.from_config(path)
+    assert message in str(caught.value)
+    with pytest.raises(UsageError) as caught_cli:
+        load_config(str(path))
+    assert message in str(caught_cli.value)
+
+
+def test_the_cli_config_carries_the_telemetry_table(tmp_path: Path) -> None:
+    """The CLI's configuration shows the telemetry settings (``config show``)."""
+    config = load_config(str(_config(tmp_path, "[telemetry]\nenabled = true\n")))
+    assert config.telemetry == {"enabled": True, "capture_content": False}
+    assert config.as_dict()["telemetry"] == {"enabled": True, "capture_content": False}

@@ -29,6 +29,7 @@ from taskloom.contracts import (
 from taskloom.sdk._cli.context import CliContext
 from taskloom.sdk._cli.history import _audit, _runstore
 from taskloom.sdk._cli.progress import Progress
+from taskloom.sdk._config.build import make_telemetry
 
 
 class LazySecrets:
@@ -155,6 +156,7 @@ async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
             lease_ttl_s=ctx.config.lease_ttl_s,
             durability=ctx.config.durability,
             redactor=ctx.out.redactor,  # secrets read by executors or plugins never get stored
+            telemetry=make_telemetry(ctx.config.telemetry),
         )
     except BaseException:
         await host.aclose()  # the shell goes on: plugins must not stay loaded

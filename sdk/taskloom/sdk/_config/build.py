@@ -84,6 +84,16 @@ def make_storage(table: dict[str, Any], base: Path, secrets: Any = None) -> Any:
         raise UsageError(f"storage {kind!r}: invalid option(s): {exc}") from exc
 
 
+def make_telemetry(settings: dict[str, bool]) -> Any:
+    """What ``Engine(telemetry=...)`` gets for a checked ``[telemetry]`` table: False when
+    disabled (opentelemetry is then never imported), else a ``Telemetry``."""
+    if not settings.get("enabled"):
+        return False
+    from taskloom.sdk._telemetry.tracing import Telemetry
+
+    return Telemetry(capture_content=settings.get("capture_content", False))
+
+
 def engine_from_config(engine_cls: Any, path: str | Path, **overrides: Any) -> Any:
     """Build ``engine_cls`` from the config at ``path``; keyword overrides win."""
     file = Path(path)
@@ -109,6 +119,8 @@ def engine_from_config(engine_cls: Any, path: str | Path, **overrides: Any) -> A
     storage_given = "storage" in overrides
     if not storage_given:
         kwargs["storage"] = _storage_of(config, secrets)
+    if "telemetry" not in overrides:
+        kwargs["telemetry"] = make_telemetry(config.telemetry)
     kwargs.update(overrides)
     engine = engine_cls(**kwargs)
     if not storage_given and kwargs["storage"] is not None:

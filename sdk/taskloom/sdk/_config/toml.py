@@ -109,6 +109,9 @@ class CliConfig:
     history_path: Path
     server: dict[str, Any] = attrs.field(factory=dict)
     """The ``[server]`` table as written (``taskloom serve`` checks and resolves it)."""
+    telemetry: dict[str, bool] = attrs.field(factory=dict)
+    """``[telemetry]``: ``enabled`` (spans and metrics through the application's global
+    OpenTelemetry providers; needs the ``otel`` extra) and ``capture_content``."""
     base_dir: Path = attrs.field(factory=Path.cwd)
     """Where relative paths of the file are resolved from (its directory)."""
 
@@ -131,6 +134,7 @@ class CliConfig:
             "secrets": {"kind": self.secrets_kind, "path": str(self.secrets_path)},
             "keys": {"dir": str(self.keys_dir)},
             "server": dict(self.server),
+            "telemetry": dict(self.telemetry),
         }
 
 
@@ -161,6 +165,7 @@ _KNOWN_KEYS: dict[str, frozenset[str] | None] = {
     "secrets": frozenset({"kind", "path"}),
     "keys": frozenset({"dir"}),
     "server": None,  # checked by taskloom.sdk.server's settings when a server starts
+    "telemetry": frozenset({"enabled", "capture_content"}),
 }
 _KNOWN = set(_KNOWN_KEYS)
 
@@ -329,5 +334,18 @@ def read_config(source: Path | None) -> CliConfig:
         data_dir=data_dir,
         history_path=data_dir / "shell-history",
         server=dict(_table(data, "server", source)),
+        telemetry=_telemetry(_table(data, "telemetry", source), source),
         base_dir=base,
     )
+
+
+def _telemetry(table: dict[str, Any], source: object) -> dict[str, bool]:
+    """The ``[telemetry]`` table checked: both keys booleans, false by default."""
+    settings = {
+        "enabled": table.get("enabled", False),
+        "capture_content": table.get("capture_content", False),
+    }
+    for key, value in settings.items():
+        if not isinstance(value, bool):
+            raise UsageError(f"{source}: telemetry.{key} must be true or false, not {value!r}")
+    return settings
