@@ -30,6 +30,7 @@ from taskloom.contracts import (
     StoragePermissionDenied,
     StorageReadOnly,
     StorageUnavailable,
+    StreamDropping,
     TaskloomError,
     UsageError,
 )
@@ -437,3 +438,54 @@ async def test_one_statement_batches_skip_begin_and_commit(storage: PostgresStor
     await asyncio.gather(storage.put("ns", "same", b"1"), storage.put("ns", "same", b"2"))
     assert fast == [1, 20]
     assert (await storage.get("ns", "same")).version == 2  # type: ignore[union-attr]
+
+
+async def test_drop_stream_removes_it_and_restarts_numbering(storage: PostgresStorage) -> None:
+    """SD1, SD2: a dropped stream reads empty, appends start at 1; others are untouched."""
+    await storage.append("a", b"1")
+    await storage.append("a", b"2")
+    await storage.append("b", b"x")
+    await storage.put("ns", "k", b"v")
+    assert await storage.drop_stream("a") is True
+    assert await storage.read("a") == []
+    assert (await storage.append("a", b"again")).seq == 1
+    assert [e.payload for e in await storage.read("b")] == [b"x"]
+    assert await storage.get("ns", "k") is not None
+    assert await storage.drop_stream("never") is False
+    assert isinstance(storage, StreamDropping)
+
+
+async def test_purge_and_prune_delete_what_they_should(storage: PostgresStorage) -> None:
+    """purge_expired removes expired records only; prune keeps the newest and the young."""
+    await storage.put("ns", "short", b"", ttl=0.05)
+    await storage.put("ns", "long", b"", ttl=3600)
+    await asyncio.sleep(0.1)
+    assert await storage.purge_expired() == 1
+    assert [r.key for r in await storage.scan("ns")] == ["long"]
+    for i in range(5):
+        await storage.put("old", f"k{i}", b"")
+    assert await storage.prune("old", keep_last=2) == 3
+    assert len(await storage.scan("old")) == 2
+    assert await storage.prune("old", older_than=3600) == 0
+    with pytest.raises(UsageError):
+        await storage.prune("old")
+
+
+async def test_an_unexpected_writer_error_fails_its_batch_only(storage: PostgresStorage) -> None:
+    """A bug inside a batch fails that batch's writes; the writer keeps serving the next."""
+    writer = storage._writer
+    assert writer is not None
+    original = writer._attempt
+    calls = 0
+
+    async def broken_once(batch: list[Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return await original(batch)
+
+    writer._attempt = broken_once  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="bug"):
+        await storage.put("ns", "k", b"v")
+    assert (await storage.put("ns", "k", b"v")).version == 1

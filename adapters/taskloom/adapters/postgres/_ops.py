@@ -36,6 +36,7 @@ __all__ = [
     "commit_job",
     "delete_job",
     "delete_versions_job",
+    "drop_stream_job",
     "purge_job",
     "put_job",
     "upsert_job",
@@ -243,6 +244,18 @@ async def commit_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> Com
     for namespace, key in reserved:
         await cur.execute(sql.unreserve, (namespace, key))
     return CommitResult(records=tuple(records), entries=tuple(entries), deleted=tuple(deleted))
+
+
+async def drop_stream_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> bool:
+    """Remove a whole stream: args (stream,); True if it had entries.
+
+    The head row goes first: that waits for appends in flight and makes later ones
+    start again at 1; the entries are deleted by a second statement, whose snapshot
+    sees every append committed before the head was taken.
+    """
+    await cur.execute(sql.drop_head, args)
+    await cur.execute(sql.drop_entries, args)
+    return cur.rowcount > 0
 
 
 async def purge_job(cur: Cursor, sql: Statements, args: tuple[Any, ...]) -> int:

@@ -130,6 +130,8 @@ _SCAN_META_HEAD = (
     "SELECT key, version, updated_at FROM {s}.records "
     f"WHERE namespace = %s AND key >= %s AND key > %s AND {_LIVE}"
 )
+_DROP_HEAD = "DELETE FROM {s}.stream_heads WHERE stream = %s RETURNING last_seq"
+_DROP_ENTRIES = "DELETE FROM {s}.streams WHERE stream = %s"
 _CLAIM_NEXT = (
     "SELECT key, value, version, updated_at, expires_at FROM {s}.records "
     f"WHERE namespace = %s AND key >= %s AND key > %s AND {_LIVE}"
@@ -170,6 +172,8 @@ class Statements:
     unreserve: str
     claim_next: str
     claim_next_bounded: str
+    drop_head: str
+    drop_entries: str
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -198,6 +202,8 @@ class Statements:
             unreserve=_UNRESERVE.format(s=s),
             claim_next=_CLAIM_NEXT.format(s=s) + _CLAIM_TAIL,
             claim_next_bounded=_CLAIM_NEXT.format(s=s) + " AND key < %s" + _CLAIM_TAIL,
+            drop_head=_DROP_HEAD.format(s=s),
+            drop_entries=_DROP_ENTRIES.format(s=s),
         )
 
 

@@ -31,6 +31,7 @@ from taskloom.adapters.postgres._ops import (
     commit_job,
     delete_job,
     delete_versions_job,
+    drop_stream_job,
     purge_job,
     put_job,
     upsert_job,
@@ -568,6 +569,13 @@ class PostgresStorage:
             commit_job, (checked, float(self._clock())), savepoint=True
         )
         return result
+
+    async def drop_stream(self, stream: str) -> bool:
+        """Remove every entry of ``stream``; its next append is 1 again (``StreamDropping``)."""
+        _check_key(stream, "stream")
+        writer = await self._writer_for_call()
+        dropped: bool = await writer.submit(drop_stream_job, (stream,))
+        return dropped
 
     # --- the queue's capabilities ----------------------------------------------------
 

@@ -31,6 +31,7 @@ others. What PostgreSQL itself refuses is handled by the transaction as a whole:
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import Any
 
@@ -55,6 +56,7 @@ from taskloom.adapters.postgres._schema import Statements
 from taskloom.contracts import (
     Put,
     StorageCorrupted,
+    StorageError,
     StorageUnavailable,
     TaskloomError,
     UsageError,
@@ -64,6 +66,8 @@ __all__ = ["MAX_BATCH", "Writer", "check_pool", "rollback"]
 
 Job = tuple[JobFn, tuple[Any, ...], "asyncio.Future[Any]", bool]
 """(function, arguments, future of its outcome, whether it needs a savepoint)."""
+
+_LOG = logging.getLogger("taskloom.adapters.postgres")
 
 MAX_BATCH = 1000
 """Most jobs in one transaction; more wait for the next one."""
@@ -146,7 +150,8 @@ class Writer:
             raise UsageError("PostgresStorage is closed; open a new one to use it")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, args, future, savepoint))
-        if self._task is None:
+        if self._task is None or self._task.done():
+            # (done: it died of an unexpected error, which its callers got; start afresh)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"taskloom-postgres-writer:{self._dsn.describe()}"
             )
@@ -170,16 +175,22 @@ class Writer:
                 del self._pending[:MAX_BATCH]
                 try:
                     outcomes = await self._commit(batch)
-                except BaseException as exc:
-                    # Cancelled (the loop is going away) or a bug: no caller waits forever.
+                except Exception as exc:
+                    # A bug, not the database: this batch fails with it, the writer goes on.
+                    _LOG.exception("the PostgreSQL writer failed on a batch")
                     error = (
                         exc
                         if isinstance(exc, TaskloomError)
-                        else StorageUnavailable(
-                            f"the PostgreSQL writer stopped ({type(exc).__name__})"
+                        else StorageError(
+                            f"the PostgreSQL writer failed unexpectedly ({type(exc).__name__}: "
+                            f"{self._dsn.scrub(str(exc))}); this is a bug: please report it"
                         )
                     )
-                    _deliver([(job[2], False, error) for job in batch + self._pending])
+                    outcomes = [(job[2], False, error) for job in batch]
+                except BaseException:
+                    # Cancelled (the loop is going away): no caller waits forever.
+                    gone = StorageUnavailable("the PostgreSQL writer was stopped with its loop")
+                    _deliver([(job[2], False, gone) for job in batch + self._pending])
                     self._pending.clear()
                     raise
                 _deliver(outcomes)
