@@ -375,3 +375,19 @@ async def test_a_queued_run_resumed_by_hand_is_not_run_again(engine: Engine) -> 
     assert worker.stats.succeeded == 0 and worker.stats.failed == 0
     assert (await engine.queues())[0].depth == 0
     assert await engine.runstore.lease(run_id) is None
+
+
+async def test_worker_survives_a_damaged_lease_record(engine: Engine) -> None:
+    """A lease record that does not decode is reported and backed off from; the worker
+    keeps running and still runs queued work once it is gone."""
+    await engine.storage.put("leases", "junk", b"not json")
+    async with Worker(engine, poll_s=0.02, recover_every_s=0.01) as worker:
+        for _ in range(300):
+            if worker.stats.storage_errors:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.stats.storage_errors >= 1
+        assert "junk" in (worker.stats.last_error or "")
+        await engine.storage.delete("leases", "junk")
+        run_id = await engine.submit(_pipe(), {"x": "1"})
+        await _wait_status(engine, [run_id], "succeeded")

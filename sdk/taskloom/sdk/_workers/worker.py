@@ -194,6 +194,10 @@ class Worker:
                 except (StorageError, OSError) as exc:
                     await self._storage_failed(exc)
                     continue
+                except TaskloomError as exc:  # a damaged record, say: report it, never die
+                    logger.error("worker %s: claiming failed: %s", self.engine.holder, exc)
+                    await self._storage_failed(exc)
+                    continue
                 if self._failures:
                     logger.warning("storage is back; claiming again")
                     self._failures = 0
