@@ -34,6 +34,7 @@ from taskloom.contracts import (
     StorageAdapter,
     StorageCorrupted,
     StorageError,
+    StorageFull,
     StorageUnavailable,
     TaskloomError,
     UsageError,
@@ -527,7 +528,7 @@ def test_mapping_covers_every_sqlite3_exception_class() -> None:
     [
         (sqlite3.SQLITE_BUSY, StorageUnavailable),
         (sqlite3.SQLITE_LOCKED, StorageUnavailable),
-        (sqlite3.SQLITE_FULL, StorageUnavailable),
+        (sqlite3.SQLITE_FULL, StorageFull),
         (sqlite3.SQLITE_IOERR, StorageUnavailable),
         (sqlite3.SQLITE_READONLY, StorageUnavailable),
         (sqlite3.SQLITE_CANTOPEN, StorageUnavailable),

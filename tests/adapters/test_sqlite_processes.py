@@ -156,7 +156,7 @@ async def test_full_disk_is_unavailable_and_keeps_data(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     acked, full = _check_fill(result.stdout)
     assert acked > 0
-    assert full.startswith("FULL StorageUnavailable"), full
+    assert full.startswith("FULL StorageFull"), full
     async with SQLiteStorage(db) as storage:
         for i in range(acked):
             assert (await storage.get("fill", f"k{i}")) is not None
@@ -188,7 +188,7 @@ def test_full_tmpfs_is_unavailable_and_keeps_data(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     acked, full = _check_fill(result.stdout)
     assert acked > 0
-    assert full.startswith("FULL StorageUnavailable"), full
+    assert full.startswith("FULL StorageFull"), full
 
 
 async def test_read_only_location_is_unavailable_and_keeps_data(tmp_path: Path) -> None:

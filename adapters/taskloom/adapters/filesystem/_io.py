@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from taskloom.contracts import StorageUnavailable
+from taskloom.contracts import StorageFull, StorageUnavailable
 
 _T = TypeVar("_T")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -48,9 +48,8 @@ def unavailable(root: Path, exc: OSError) -> StorageUnavailable:
     """
     hint = _HINTS.get(exc.errno or 0, "check the storage directory and retry")
     where = exc.filename if exc.filename is not None else root
-    error = StorageUnavailable(
-        f"file storage at {root} cannot be used: {exc.strerror or exc} ({where}); {hint}"
-    )
+    kind = StorageFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageUnavailable
+    error = kind(f"file storage at {root} cannot be used: {exc.strerror or exc} ({where}); {hint}")
     error.__cause__ = exc
     return error
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from taskloom.contracts import (
     StorageCorrupted,
     StorageError,
+    StorageFull,
     StorageUnavailable,
     TaskloomError,
     UsageError,
@@ -81,7 +82,7 @@ def translate(exc: BaseException, path: str, *, busy_timeout_s: float = 0.0) -> 
             path=path,
         )
     if code == sqlite3.SQLITE_FULL:
-        return StorageUnavailable(
+        return StorageFull(
             f"the disk holding {path} is full ({detail}); free space and retry: "
             "data written before is intact"
         )

@@ -19,9 +19,11 @@ from typing import Any
 from taskloom.contracts import (
     RunCancelled,
     RunHeld,
+    RunNotFound,
     Secret,
     SecretStore,
     StepFailed,
+    StorageError,
     TaskloomError,
     UsageError,
     serde,
@@ -253,6 +255,7 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
     pipeline = _with_executor(_read_pipeline(args.pipeline), args.executor)
     inputs = parse_inputs(args.input, pipeline)
     engine, host = await build_engine(ctx)
+    code: int | None = None
     try:
         handle = engine.start(pipeline, inputs)
         audited = _audit(ctx, "run.start", handle.run_id, pipeline=str(pipeline.get("name", "")))
@@ -261,10 +264,10 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
             return await _lost(ctx, handle.run_id)
 
         title = str(pipeline.get("name", args.pipeline))
-        return await _to_the_end(ctx, handle, title, held, first=audited)
+        code = await _to_the_end(ctx, handle, title, held, first=audited)
+        return code
     finally:
-        await engine.aclose()
-        await host.aclose()
+        await _close(engine, host, said=code)
 
 
 async def _to_the_end(
@@ -298,15 +301,73 @@ async def _to_the_end(
     except (StepFailed, RunCancelled) as exc:
         await _audit(ctx, "run.finish", handle.run_id, status=_failed_status(exc))
         return _print_failure(ctx, handle.run_id, exc)
-    except Exception:
+    except Exception as exc:
         # (the audit write failed, say): stop the run and take its outcome, so that no
         # "Task exception was never retrieved" follows the one-line error
         handle.cancel()
         with contextlib.suppress(Exception):
             await handle.result()
+        if isinstance(exc, StorageError) and await _stored(ctx, handle.run_id):
+            return _print_storage_failure(ctx, handle.run_id, exc)
         raise
+    code = _print_result(ctx, result)  # before the audit entry: a full disk may refuse it
     await _audit(ctx, "run.finish", result.run_id, status=result.status)
-    return _print_result(ctx, result)
+    return code
+
+
+async def _close(engine: Any, host: Any, *, said: int | None) -> None:
+    """Close the engine and plugins after a run command.
+
+    A storage error while closing (queued writes that a full disk refuses) is
+    raised only after a success; after a failure the command has already said
+    what went wrong with the store, and a second error line would bury the
+    resume hint.
+    """
+    try:
+        await engine.aclose()
+    except StorageError:
+        if said == 0:
+            raise
+    finally:
+        await host.aclose()
+
+
+async def _stored(ctx: CliContext, run_id: str) -> bool:
+    """Whether the run's record may have reached storage: False only when it surely did not.
+
+    A full disk usually still lets us read; a file store with a commit to finish
+    does not, and then the run is named anyway (resuming an unknown id only says so).
+    """
+    try:
+        store = await _runstore(ctx)
+    except Exception:
+        return True
+    try:
+        await store.load_run(run_id)
+    except RunNotFound:
+        return False
+    except Exception:
+        return True
+    finally:
+        with contextlib.suppress(Exception):
+            await store.aclose()
+    return True
+
+
+def _print_storage_failure(ctx: CliContext, run_id: str, exc: StorageError) -> int:
+    """The store failed under a run (a full disk, say): one line naming the run to resume."""
+    message = ctx.out.redact((str(exc).strip() or type(exc).__name__).splitlines()[0])
+    line = f"run {run_id} stopped: {message}; then: taskloom resume {run_id}"
+    ctx.out.data(
+        {
+            "run_id": run_id,
+            "status": "interrupted",
+            "output": None,
+            "error": {"type": type(exc).__name__, "message": line},
+        },
+        lambda: ctx.out.note(f"taskloom: error: {line}"),
+    )
+    return 1
 
 
 async def _was_cancelled(ctx: CliContext, run_id: str) -> bool:
@@ -331,6 +392,7 @@ async def _lost(ctx: CliContext, run_id: str) -> int:
 async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
     pipeline = _read_pipeline(args.pipeline) if args.pipeline else None
     engine, host = await build_engine(ctx)
+    code: int | None = None
     try:
         handle = engine.start_resume(args.run_id, pipeline)
         audited = _audit(ctx, "run.resume", args.run_id)
@@ -340,10 +402,10 @@ async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
                 raise exc
             return await _lost(ctx, args.run_id)
 
-        return await _to_the_end(ctx, handle, f"resume {args.run_id[:12]}", held, first=audited)
+        code = await _to_the_end(ctx, handle, f"resume {args.run_id[:12]}", held, first=audited)
+        return code
     finally:
-        await engine.aclose()
-        await host.aclose()
+        await _close(engine, host, said=code)
 
 
 async def validate(args: argparse.Namespace, ctx: CliContext) -> int:
