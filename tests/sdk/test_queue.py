@@ -270,6 +270,7 @@ async def test_cancelled_queued_run_is_not_run(engine: Engine) -> None:
     assert (await engine.runstore.load_run(run_id)).status == "cancelled"
     assert worker.stats.succeeded == 0
     assert await engine.runstore.lease(run_id) is None
+    assert not engine.runstore._held and not engine.runstore._adopted
 
 
 class FlakyStorage:

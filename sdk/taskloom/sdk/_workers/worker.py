@@ -333,6 +333,7 @@ class Worker:
             self.stats.failed += 1
             logger.exception("run %s stopped with an unexpected error", claim.run_id)
         finally:
+            store.end_run(claim.run_id)  # nothing of the run stays in this process
             if release:
                 with contextlib.suppress(TaskloomError):
                     await release_slot(store, claim)
