@@ -167,6 +167,13 @@ async def test_invalid_submission_is_422_with_every_problem_and_its_path(
     )
     assert response.status_code == 422
     assert {p["path"] for p in response.json()["problems"]} == {"inputs.who", "inputs.whom"}
+    response = await s.client.post(
+        "/api/tasks",
+        json={"pipeline": hello_pipeline(), "priority": 10**7, "inputs": None},
+        headers=s.auth("submit"),
+    )
+    assert response.status_code == 422
+    assert {p["path"] for p in response.json()["problems"]} == {"$.priority", "inputs"}
     for raw in (b"[]", b'"text"', b"3", b"null"):
         response = await s.client.post(
             "/api/tasks",
@@ -454,3 +461,44 @@ def test_every_reference_in_the_openapi_document_resolves() -> None:
         assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas, ref
     for schema in schemas.values():
         jsonschema.Draft202012Validator.check_schema(schema)
+
+
+async def test_create_app_from_a_config_file(tmp_path: Path) -> None:
+    """create_app("taskloom.toml") builds the engine and reads [server]: a pipeline of its
+    directories is submittable by name; a [server] key it does not know is a UsageError."""
+    from server_support import serving, tokens_for
+
+    from taskloom.contracts import UsageError
+    from taskloom.sdk import Worker
+    from taskloom.sdk.server import create_app
+
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "greet.json").write_text(json.dumps(hello_pipeline(name="greet")))
+    config = tmp_path / "taskloom.toml"
+    config.write_text(
+        '[storage]\nkind = "memory"\n\n[executors.scripted]\ntype = "scripted"\n\n'
+        '[server]\npipelines = ["flows"]\nmax_body_bytes = 4096\n'
+    )
+    app = create_app(config)
+    api = app.state.taskloom
+    assert api.settings.max_body_bytes == 4096
+    async with serving(app) as base:
+        tokens = await tokens_for(api.tokens)
+        async with (
+            Worker(api.engine, poll_s=0.05, grace_s=0),
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+        ):
+            headers = {"authorization": f"Bearer {tokens['submit']}"}
+            response = await client.post(
+                "/api/tasks", json={"pipeline": "greet", "inputs": {"who": "Cy"}}, headers=headers
+            )
+            assert response.status_code == 202, response.text
+
+            async def done() -> bool:
+                detail = await client.get(response.json()["url"], headers=headers)
+                return bool(detail.json()["status"] == "succeeded")
+
+            await wait_until(done)
+    config.write_text('[server]\npipeline = ["flows"]\n')
+    with pytest.raises(UsageError, match="unknown key"):
+        create_app(config)

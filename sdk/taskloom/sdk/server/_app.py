@@ -59,6 +59,8 @@ UI_DIR = Path(__file__).parent / "_ui"
 OUTCOMES = (RunSucceeded, RunFailed, RunCancelledEvent)
 _EVENT_TAG = {cls: tag for tag, cls in EVENT_TYPES.items()}
 MAX_IDEMPOTENCY_KEY = 200
+MAX_PRIORITY = 1_000_000
+"""The queue's priority range (``Engine.submit``): checked here so a bad one is a 422."""
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 _UI_HEADERS = {
@@ -496,12 +498,12 @@ def _shape_problems(body: Any) -> list[Problem]:
     if not isinstance(queue, str) or not queue:
         problems.append(Problem(path="$.queue", message="queue must be a non-empty string"))
     priority = body.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31:
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
         problems.append(
             Problem(
                 path="$.priority",
                 message="priority must be an integer",
-                hint="between -2**31 and 2**31",
+                hint=f"from {-MAX_PRIORITY} to {MAX_PRIORITY}; higher runs first",
             )
         )
     return problems

@@ -24,8 +24,10 @@ class SubmitRequest:
 
     pipeline: str | dict[str, Any]
     inputs: dict[str, Any] = attrs.field(factory=dict)
-    queue: str = "default"
-    priority: int = 0
+    queue: str = attrs.field(default="default", metadata={"schema": {"minLength": 1}})
+    priority: int = attrs.field(
+        default=0, metadata={"schema": {"minimum": -1_000_000, "maximum": 1_000_000}}
+    )
 
 
 @attrs.frozen(kw_only=True)

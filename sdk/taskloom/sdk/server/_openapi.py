@@ -251,7 +251,7 @@ def class_schema(cls: type[Any], found: dict[str, type[Any]]) -> dict[str, Any]:
     for field in attrs.fields(cls):
         if field.name == "format":
             continue
-        prop = _type_schema(hints[field.name], found)
+        prop = {**_type_schema(hints[field.name], found), **field.metadata.get("schema", {})}
         if field.default is attrs.NOTHING:
             required.append(field.name)
         elif not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
