@@ -16,6 +16,14 @@ no server is available and returns no rows.
   ``executemany`` of the same upserts in one transaction. Target: >= 0.5x.
 - ``scan 1,000``       one scan returning 1,000 records; baseline: the same SELECT.
 - ``transactions per put``  of the concurrent writers: group commit at work.
+- ``durable chain``    a chain of steps through the engine on PostgresStorage, per
+  step, with ``durability="async"`` and ``"sync"`` (each step waits for its
+  checkpoint); baselines: the same chain on SQLiteStorage in this run, and DBOS
+  Transact's durable step (``@DBOS.step`` in a ``@DBOS.workflow``) on the same server
+  when ``dbos`` is installed (the ``bench`` extra; peer rows).
+- ``workers``          runs of two 50 ms steps submitted to the queue and taken by 1, 2
+  and 4 workers (engines on one PostgreSQL, 4 runs at once each), the time until all
+  succeeded beside the ideal (total latency / runs in parallel); ratio = time / ideal.
 
 Values and baselines are taken in turns (see ``bench_storage._paired``); ``ratio``
 is the median of the per-turn ratios.
@@ -28,6 +36,7 @@ import contextlib
 import importlib.util
 import os
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +44,7 @@ from typing import Any
 import psycopg
 
 from benchmarks import _timing
-from benchmarks._timing import make_row
+from benchmarks._timing import make_row, median_spread
 from benchmarks.bench_storage import VALUE, WRITERS, _paired, _row
 from taskloom.adapters.postgres import PostgresStorage
 from taskloom.contracts import Put
@@ -233,13 +242,176 @@ async def _bench(quick: bool, dsn: str) -> list[dict[str, Any]]:
     ]
 
 
+async def _chain_rows(quick: bool, dsn: str) -> list[dict[str, Any]]:
+    """taskloom's durable chain per step on PostgreSQL beside SQLite (and DBOS, if there)."""
+    from benchmarks.bench_durable import _chain, _run_engine
+    from taskloom.adapters.sqlite import SQLiteStorage
+
+    steps = 200 if quick else 1000
+    repeats = 3 if quick else 5
+    chain = _chain(steps)
+    samples: dict[str, list[float]] = {"pg": [], "pg_sync": [], "sqlite": []}
+    with tempfile.TemporaryDirectory(prefix="taskloom-bench-pg-chain-") as directory:
+        for rep in range(repeats + 1):  # the first round warms up
+            async with PostgresStorage(dsn, schema=f"{SCHEMA}_chain", purge_interval_s=None) as pg:
+                pg_t = await _run_engine(pg, chain, {}, 0.0)
+                sync_t = await _run_engine(pg, chain, {}, 0.0, durability="sync")
+            async with SQLiteStorage(os.path.join(directory, f"c{rep}.db")) as lite:
+                lite_t = await _run_engine(lite, chain, {}, 0.0)
+            if rep:
+                samples["pg"].append(pg_t / steps * 1e6)
+                samples["pg_sync"].append(sync_t / steps * 1e6)
+                samples["sqlite"].append(lite_t / steps * 1e6)
+    pg_us, pg_spread = median_spread(samples["pg"])
+    sync_us, sync_spread = median_spread(samples["pg_sync"])
+    lite_us, _ = median_spread(samples["sqlite"])
+    rows = [
+        make_row(
+            "postgres",
+            f"postgres durable chain {steps} steps",
+            pg_us,
+            "us/step",
+            lite_us,
+            "us/step taskloom on SQLite",
+            spread=pg_spread,
+            digits=1,
+            ratio_digits=2,
+        ),
+        make_row(
+            "postgres",
+            f'postgres durable chain {steps} steps, durability="sync"',
+            sync_us,
+            "us/step",
+            lite_us,
+            "us/step taskloom on SQLite (async)",
+            spread=sync_spread,
+            digits=1,
+            ratio_digits=2,
+        ),
+    ]
+    dbos_us = await _dbos_step_us(dsn, steps, repeats)
+    if dbos_us is None:
+        print(
+            "bench_postgres: dbos is not installed; no DBOS peer rows (pip install taskloom[bench])"
+        )
+        return rows
+    for name, value in (("", pg_us), (', durability="sync"', sync_us)):
+        rows.append(
+            make_row(
+                "peer",
+                f"postgres durable chain {steps} steps{name} vs DBOS",
+                value,
+                "us/step",
+                dbos_us,
+                "us/step DBOS Transact step, same server",
+                digits=1,
+                ratio_digits=2,
+            )
+        )
+    return rows
+
+
+async def _dbos_step_us(dsn: str, steps: int, repeats: int) -> float | None:
+    """DBOS Transact's durable step on the same server, per step (median), or None."""
+    try:
+        from dbos import DBOS
+    except ImportError:
+        return None
+    DBOS(
+        config={
+            "name": "taskloom-bench",
+            "system_database_url": dsn,
+            "dbos_system_schema": "taskloom_bench_dbos",
+            "log_level": "WARNING",
+            "console_log_level": "WARNING",
+        }
+    )
+
+    @DBOS.step()
+    async def step(i: int) -> str:
+        return "ok"
+
+    @DBOS.workflow()
+    async def chain(n: int) -> int:
+        for i in range(n):
+            await step(i)
+        return n
+
+    DBOS.launch()
+    try:
+        samples = []
+        for rep in range(repeats + 1):
+            start = time.perf_counter()
+            await chain(steps)
+            if rep:
+                samples.append((time.perf_counter() - start) / steps * 1e6)
+    finally:
+        DBOS.destroy()
+    value, _ = median_spread(samples)
+    return value
+
+
+async def _worker_rows(quick: bool, dsn: str) -> list[dict[str, Any]]:
+    """Latency-bound runs through the queue with 1, 2 and 4 workers, beside the ideal."""
+    from benchmarks.bench_durable import _chain, _Executor
+    from taskloom.sdk import Engine, ExecutorRegistry, Worker
+
+    runs = 48 if quick else 192
+    per_worker, latency, steps = 4, 0.05, 2
+    rows = []
+    for count in (1, 2, 4):
+        schema = f"{SCHEMA}_w{count}"
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # type: ignore[arg-type]
+        engines = []
+        for n in range(count):
+            registry = ExecutorRegistry()
+            registry.register("bench", _Executor(latency))
+            engines.append(
+                Engine(
+                    storage=PostgresStorage(dsn, schema=schema, purge_interval_s=None),
+                    registry=registry,
+                    holder=f"bench-{count}-{n}",
+                )
+            )
+        async with contextlib.AsyncExitStack() as stack:
+            for engine in engines:
+                await stack.enter_async_context(engine)
+            for _ in range(runs):
+                await engines[0].submit(_chain(steps), {})
+            workers = [Worker(e, concurrency=per_worker, poll_s=0.05) for e in engines]
+            start = time.perf_counter()
+            for worker in workers:
+                await stack.enter_async_context(worker)
+            while sum(w.stats.succeeded for w in workers) < runs:
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - start
+        ideal = runs * steps * latency / (count * per_worker)
+        rows.append(
+            make_row(
+                "postgres",
+                f"postgres {count} worker(s), {runs} runs of {steps} x 50 ms",
+                elapsed,
+                "s",
+                ideal,
+                "s ideal",
+                digits=3,
+                ratio_digits=2,
+            )
+        )
+    return rows
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Measure every figure against a real server; no rows when none can be had."""
     with server() as dsn:
         if dsn is None:
             print("bench_postgres: no PostgreSQL server (set TASKLOOM_TEST_POSTGRES_DSN)")
             return []
-        return asyncio.run(_bench(quick, dsn))
+        rows = asyncio.run(_bench(quick, dsn))
+        rows += asyncio.run(_chain_rows(quick, dsn))
+        rows += asyncio.run(_worker_rows(quick, dsn))
+        return rows
 
 
 def main(argv: list[str] | None = None) -> int:
