@@ -385,7 +385,7 @@ async def test_cancelled_call_releases_its_connection(katan: dict[str, KatanServ
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert pool.busy == (0, 0)
+            assert set(pool.busy) == {0}
             shards: Any = pool._shards
             assert all(len(shard._pool.connections) == 0 for shard in shards)
 

@@ -431,3 +431,38 @@ def test_stream_events_helper_is_used() -> None:
     """The Anthropic stream fixture still carries a content_block_start (guards the test above)."""
     assert b"content_block_start" in ANTHROPIC_STREAM
     assert ant_event("ping").startswith("event: ping")
+
+
+def _formatted(exc: BaseException) -> str:
+    return "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
+
+
+async def test_status_and_reply_errors_hold_no_key_even_with_locals() -> None:
+    """A 401 echoing the key, a non-JSON reply quoting it and a stream error event naming it
+    leave the key nowhere in a traceback printed with every frame's locals."""
+    for handler, stream in _leaky_servers():
+        async with openai(handler) as ex:
+            with pytest.raises(Exception) as caught:
+                if stream:
+                    await collect(ex)
+                else:
+                    await ex.complete(REQUEST)
+        assert KEY not in _formatted(caught.value), handler
+
+
+def _leaky_servers() -> list[Any]:
+    """Handlers quoting the key (built here: a test's own locals would show it)."""
+    echoed = json.dumps({"error": {"message": f"bad key {KEY}", "type": "auth"}}).encode()
+    return [
+        (lambda r: httpx.Response(401, content=echoed), False),
+        (lambda r: httpx.Response(200, content=f"<html>{KEY}".encode()), False),
+        (
+            streaming(
+                sse(
+                    oai_chunk({"content": "x"}),
+                    "data: " + json.dumps({"error": {"message": KEY, "type": "server"}}) + "\n\n",
+                )
+            ),
+            True,
+        ),
+    ]

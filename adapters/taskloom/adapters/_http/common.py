@@ -66,6 +66,7 @@ from taskloom.contracts import (
     CompletionChunk,
     CompletionRequest,
     CompletionResult,
+    ExecutorError,
     InvalidRequest,
     MalformedResponse,
     Refused,
@@ -304,18 +305,22 @@ class HTTPExecutor(abc.ABC):
         )
         response = await client.send(http_request, stream=True)
         if response.status_code // 100 != 2:
-            try:
-                error_body = await self._read_capped(response, for_error=True)
-            finally:
-                await response.aclose()
-            raise error_from_status(
-                response.status_code,
-                error_body,
-                response.headers,
-                provider=self.provider,
-                redactor=self._redactor,
-            )
+            raise await self._status_error(response)
         return response
+
+    async def _status_error(self, response: httpx.Response) -> ExecutorError:
+        """The typed error of a non-2xx reply (the body it quotes stays in this frame)."""
+        try:
+            error_body = await self._read_capped(response, for_error=True)
+        finally:
+            await response.aclose()
+        return error_from_status(
+            response.status_code,
+            error_body,
+            response.headers,
+            provider=self.provider,
+            redactor=self._redactor,
+        )
 
     async def _read_capped(self, response: httpx.Response, *, for_error: bool = False) -> bytes:
         """The body, refusing to read more than ``max_response_bytes``."""
@@ -350,15 +355,8 @@ class HTTPExecutor(abc.ABC):
         self._check_open()
         start = time.monotonic()
         limit = Deadline(asyncio.get_running_loop().time() + self._total_timeout_s)
-        with self._translate(), limit:
-            response = await self._send(request, stream=False)
-            try:
-                body = await self._read_capped(response)
-            finally:
-                await response.aclose()
-        parsed = self._parse(decode_json(body, f"the {self.provider} reply"))
-        if parsed.refusal is not None:
-            raise self._refused(parsed.refusal)
+        with self._translate():
+            parsed = await self._fetch(request, limit)
         latency = time.monotonic() - start
         _logger.debug("%s completion in %.3f s", self.provider, latency)
         return CompletionResult(
@@ -368,6 +366,23 @@ class HTTPExecutor(abc.ABC):
             model=parsed.model,
             latency_s=latency,
         )
+
+    async def _fetch(self, request: CompletionRequest, limit: Deadline) -> Parsed:
+        """Send, read and parse one reply (its own frame: a failure leaves it, and the
+        body it held, behind; see ``HTTPXBoundary``)."""
+        with limit:
+            response = await self._send(request, stream=False)
+            try:
+                body = await self._read_capped(response)
+            finally:
+                await response.aclose()
+        return self._parsed(body)
+
+    def _parsed(self, body: bytes) -> Parsed:
+        parsed = self._parse(decode_json(body, f"the {self.provider} reply"))
+        if parsed.refusal is not None:
+            raise self._refused(parsed.refusal)
+        return parsed
 
     def stream(self, request: CompletionRequest, /) -> AsyncGenerator[CompletionChunk, None]:
         """Stream a completion by server-sent events.
@@ -393,10 +408,7 @@ class HTTPExecutor(abc.ABC):
                 if content_type.startswith("application/json"):
                     # some servers answer a streamed request with one JSON reply
                     with Deadline(deadline):
-                        body = await self._read_capped(response)
-                    parsed = self._parse(decode_json(body, f"the {self.provider} reply"))
-                    if parsed.refusal is not None:
-                        raise self._refused(parsed.refusal)
+                        parsed = self._parsed(await self._read_capped(response))
                     if parsed.text:
                         yield CompletionChunk(delta=parsed.text, index=index)
                         index += 1

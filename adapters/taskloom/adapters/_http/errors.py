@@ -360,6 +360,13 @@ class HTTPXBoundary:
             ) from exc
         if isinstance(exc, _HTTPX_BASES):
             _raise_translated(exc, provider=self._provider, redactor=self._redactor)
+        if isinstance(exc, ExecutorError):
+            # A typed error built below (a refused status, a bad reply) leaves without the
+            # frames it was raised in: their locals hold the error body or the event that
+            # may quote the key. Its causes (a JSON decode error holding the body) lose
+            # their frames and have their texts masked, as httpx's do.
+            _scrub_chain(exc, self._redactor)
+            raise exc
 
 
 def translate_httpx(*, provider: str, redactor: Redactor, timeout_s: float) -> HTTPXBoundary:

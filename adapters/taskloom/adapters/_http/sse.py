@@ -26,7 +26,9 @@ class ServerSentEvent:
         self.data = data
 
     def __repr__(self) -> str:
-        return f"ServerSentEvent(event={self.event!r}, data={self.data!r})"
+        # the data is not shown: a traceback with locals must not print what a server
+        # sent (it may quote a key); its size says enough to debug with
+        return f"ServerSentEvent(event={self.event!r}, data=<{len(self.data)} characters>)"
 
 
 class SSEDecoder:
