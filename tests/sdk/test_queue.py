@@ -392,3 +392,36 @@ async def test_worker_survives_a_damaged_lease_record(engine: Engine) -> None:
         await engine.storage.delete("leases", "junk")
         run_id = await engine.submit(_pipe(), {"x": "1"})
         await _wait_status(engine, [run_id], "succeeded")
+
+
+async def test_shutdown_during_a_claim_still_gives_that_run_back(engine: Engine) -> None:
+    """A run claimed while shutdown begins is in hand too: it is given back, not left
+    running (to be cancelled by the engine's close)."""
+    import taskloom.sdk._workers.worker as worker_module
+
+    pipe = _pipe()
+    pipe["steps"][0]["executor"] = "slowfake"
+    engine.registry.register("slowfake", FakeExecutor(delay=5.0))
+    run_id = await engine.submit(pipe, {"x": "1"})
+    claiming = asyncio.Event()
+    proceed = asyncio.Event()
+    real = worker_module.claim_queued
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        claiming.set()
+        await proceed.wait()
+        return await real(*args, **kwargs)
+
+    worker_module.claim_queued = slow_claim  # type: ignore[assignment]
+    try:
+        worker = Worker(engine, recover=False)
+        await worker.__aenter__()
+        await claiming.wait()
+        stopping = asyncio.ensure_future(worker.shutdown(grace_s=0))
+        await asyncio.sleep(0.01)
+        proceed.set()
+        await stopping
+    finally:
+        worker_module.claim_queued = real  # type: ignore[assignment]
+    assert worker.stats.claimed == 1 and worker.stats.requeued == 1
+    assert (await engine.runstore.load_run(run_id)).status == "queued"

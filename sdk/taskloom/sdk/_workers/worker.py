@@ -153,6 +153,15 @@ class Worker:
         worker's), then put the others back on their queues and stop them."""
         self.stop()
         grace = self.grace_s if grace_s is None else grace_s
+        if self._loop_task is not None:
+            # the loop ends after the claim it may be making: that run is in hand too
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.exception("worker %s: its claim loop failed", self.engine.holder)
+            self._loop_task = None
         tasks = [task for task, _claim in self._running.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
@@ -160,10 +169,6 @@ class Worker:
             if task.done():
                 continue
             await self._give_back(run_id, task, claim)
-        if self._loop_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
 
     async def _give_back(self, run_id: str, task: asyncio.Task[None], claim: Claim) -> None:
         store = self._store()
