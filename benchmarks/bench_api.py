@@ -19,6 +19,9 @@ them and writes ``benchmarks/results/bench_api.json``):
   during either, so both measure submitting.
 - ``sse fan-out 100``: 100 clients follow one run's event stream; the median delay from
   an event's time to its arrival at each client, beside the same with 1 client.
+- ``chain with 1,000 idle streams``: a chain's duration (the server's own record) while
+  1,000 event streams sit on 1,000 queued runs nobody executes, beside the same chain
+  with those streams closed (target <= 1.1x).
 """
 
 from __future__ import annotations
@@ -153,6 +156,15 @@ class _Raw:
         return self._reader, self._writer
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        try:
+            return await self._request(method, path, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # the server closed an idle keep-alive connection: reconnect once
+            self.close()
+            self._reader = self._writer = None
+            return await self._request(method, path, body)
+
+    async def _request(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
         reader, writer = await self._connect()
         data = b"" if body is None else json.dumps(body).encode()
         writer.write(
@@ -335,6 +347,61 @@ async def _fan_out(base: str, token: str, clients: int, steps: int) -> list[floa
     return delays
 
 
+async def _chain_duration(client: _Raw, steps: int) -> float:
+    """Submit a chain of ``steps`` and return its duration as the server recorded it."""
+    status, body = await client.request("POST", "/api/tasks", {"pipeline": _pipeline(steps)})
+    if status != 202:
+        raise RuntimeError(f"submission answered {status}: {body[:300]!r}")
+    url = json.loads(body)["url"]
+    while True:
+        status, body = await client.request("GET", url)
+        detail = json.loads(body)
+        if detail["status"] in ("succeeded", "failed", "cancelled"):
+            return float(detail["duration_s"])
+        await asyncio.sleep(0.02)
+
+
+async def _idle_streams(
+    base: str, token: str, idle: int, steps: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Chain durations with ``idle`` open streams on queued runs, then with none."""
+    client = _Raw(base, token)
+    submitters = [_Raw(base, token) for _ in range(CONCURRENCY)]
+    streams: list[asyncio.StreamWriter] = []
+    try:
+
+        async def submit_idle(raw: _Raw, share: int) -> list[str]:
+            found = []
+            for _ in range(share):
+                status, body = await raw.request(
+                    "POST", "/api/tasks", {"pipeline": _pipeline(), "queue": "idle"}
+                )
+                if status != 202:
+                    raise RuntimeError(f"submission answered {status}: {body[:300]!r}")
+                found.append(json.loads(body)["events_url"])
+            return found
+
+        shares = await asyncio.gather(
+            *[submit_idle(raw, idle // CONCURRENCY) for raw in submitters]
+        )
+        await _chain_duration(client, steps)  # warm-up
+        quiet = [await _chain_duration(client, steps) for _ in range(repeats)]
+        for url in [u for share in shares for u in share]:
+            reader, writer = await asyncio.open_connection(*client._address)
+            writer.write(f"GET {url} HTTP/1.1\r\nHost: bench\r\n".encode() + client._auth + b"\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            streams.append(writer)
+        await asyncio.sleep(1.0)  # let every feed settle into its idle polling
+        busy = [await _chain_duration(client, steps) for _ in range(repeats)]
+        return busy, quiet
+    finally:
+        for writer in streams:
+            writer.close()
+        client.close()
+        for raw in submitters:
+            raw.close()
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -421,6 +488,27 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 _pct(one, 0.99) * 1000,
                 "ms with 1 client",
                 spread=None,
+            )
+        )
+        idle_dir = directory / "idle"
+        idle_dir.mkdir()
+        config = _config(idle_dir, latency_s=0.0)
+        _cli(config, "queue", "--define", "idle")
+        with _server(config, workers=1) as (base, token):
+            busy, quiet = asyncio.run(_idle_streams(base, token, 1000, 400, 3 if quick else 7))
+        busy_ms, busy_spread = median_spread([d * 1000 for d in busy])
+        quiet_ms, _ = median_spread([d * 1000 for d in quiet])
+        rows.append(
+            make_row(
+                GROUP,
+                "chain of 400 with 1,000 idle streams",
+                busy_ms,
+                "ms",
+                quiet_ms,
+                "ms with none",
+                target="<= 1.1x",
+                holds=busy_ms <= 1.1 * quiet_ms,
+                spread=busy_spread,
             )
         )
     return rows

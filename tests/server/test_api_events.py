@@ -215,3 +215,33 @@ async def test_a_bad_last_event_id_is_400(value: str) -> None:
         )
         assert response.status_code == 400
         assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_quiet_run_is_polled_less_and_less_often() -> None:
+    """A stream on a run nobody executes (queued, no worker) backs its store reads off:
+    over 40 poll intervals it reads far fewer than 40 times."""
+    settings = ServerSettings(poll_interval_s=0.02)
+    async with served_app(settings=settings, workers=0) as s:
+        run = await s.submit()
+        store = s.engine.runstore
+        assert store is not None
+        calls = 0
+        original = store.events
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await original(*args, **kwargs)
+
+        store.events = counted  # type: ignore[method-assign]
+        try:
+            async with s.client.stream(
+                "GET", f"/api/tasks/{run['run_id']}/events", headers=s.auth("read")
+            ) as response:
+                assert response.status_code == 200
+                await wait_until(lambda: s.api.hub.feed_count == 1)
+                calls = 0
+                await asyncio.sleep(40 * 0.02)
+        finally:
+            del store.events
+        assert 0 < calls <= 16

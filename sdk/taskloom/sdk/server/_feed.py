@@ -8,7 +8,7 @@ registers *before* reading its history and drops what the feed hands it twice.
 
 A feed reads storage when the event bus says its run emitted something (runs this
 process executes) and otherwise every ``poll_interval_s`` (runs other processes
-execute). Streamed token chunks are never stored: they go from the bus to the
+execute), backing off to ``IDLE_POLL_FACTOR`` intervals while its run stays quiet. Streamed token chunks are never stored: they go from the bus to the
 clients of that run as they come, without a number.
 
 The hub holds one bus subscription while any run is watched, and routes each event
@@ -34,6 +34,9 @@ logger = logging.getLogger("taskloom.server")
 
 READ_PAGE = 500
 """Stored events read per storage call, for history and for live reads."""
+
+IDLE_POLL_FACTOR = 4
+"""A quiet run's feed polls at most this many poll intervals apart."""
 
 Item = tuple[int | None, Event, bytes]
 """A numbered stored event, or ``(None, chunk, ...)`` for a live-only chunk, with its
@@ -108,11 +111,15 @@ class RunFeed:
 
     async def _run(self) -> None:
         failures = 0
+        wait = self.hub.poll_interval_s
         while True:
+            woken = False
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.hub.poll_interval_s * (1 + failures)):
+                async with asyncio.timeout(wait * (1 + failures)):
                     await self._wake.wait()
+                    woken = True
             self._wake.clear()
+            found = 0
             try:
                 while True:
                     page = await self.hub.runstore.events(
@@ -122,6 +129,7 @@ class RunFeed:
                     for number, event in page:
                         self.last = number
                         self.push((number, event, encode(number, event)))
+                    found += len(page)
                     if len(page) < READ_PAGE:
                         break
                 failures = 0
@@ -133,6 +141,13 @@ class RunFeed:
                     failures,
                     exc_info=True,
                 )
+            # A run that stays quiet is looked at less and less often (up to
+            # IDLE_POLL_FACTOR times the interval): a thousand idle streams must not
+            # keep the store busy. Anything new, or the bus, brings it back at once.
+            if found or woken:
+                wait = self.hub.poll_interval_s
+            else:
+                wait = min(wait * 2, self.hub.poll_interval_s * IDLE_POLL_FACTOR)
 
     def stop(self) -> None:
         """Cancel the reading task (synchronous: it runs in a client's cancelled scope)."""
