@@ -8,8 +8,9 @@ registers *before* reading its history and drops what the feed hands it twice.
 
 A feed reads storage when the event bus says its run emitted something (runs this
 process executes) and otherwise every ``poll_interval_s`` (runs other processes
-execute), backing off to ``IDLE_POLL_FACTOR`` intervals while its run stays quiet. Streamed token chunks are never stored: they go from the bus to the
-clients of that run as they come, without a number.
+execute), backing off to ``IDLE_POLL_FACTOR`` intervals while its run stays quiet.
+Streamed token chunks are never stored: they go from the bus to the clients of that
+run as they come, without a number.
 
 The hub holds one bus subscription while any run is watched, and routes each event
 by run id (a dict lookup), so a thousand idle streams add one subscriber, not a
