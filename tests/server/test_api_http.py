@@ -502,3 +502,16 @@ async def test_create_app_from_a_config_file(tmp_path: Path) -> None:
     config.write_text('[server]\npipeline = ["flows"]\n')
     with pytest.raises(UsageError, match="unknown key"):
         create_app(config)
+
+
+async def test_a_queued_run_is_not_resumed_beside_its_queue() -> None:
+    """Resuming a run still waiting in the queue is a 409 (a worker will run it; resuming
+    it here too would race that worker); cancelling it works and records it cancelled."""
+    async with served_app(workers=0) as s:
+        run = await s.submit()
+        detail = await s.client.get(run["url"], headers=s.auth("read"))
+        assert detail.json()["status"] == "queued"
+        response = await s.client.post(f"{run['url']}/resume", headers=s.auth("submit"))
+        assert response.status_code == 409 and "queued" in response.json()["detail"]
+        response = await s.client.post(f"{run['url']}/cancel", headers=s.auth("submit"))
+        assert response.status_code == 202 and response.json()["status"] == "cancelled"

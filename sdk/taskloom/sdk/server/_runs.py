@@ -158,6 +158,11 @@ class RunControl:
             raise RunHeld(f"run {run_id} is running in this server; wait for it or cancel it")
         if record.status == "succeeded":
             raise _Finished(f"run {run_id} already succeeded; nothing to resume")
+        if record.status == "queued":
+            raise _Finished(
+                f"run {run_id} is queued: a worker will run it (start one with "
+                "`taskloom worker` or `taskloom serve --workers N`); nothing to resume"
+            )
         lease = await store.lease(run_id)
         if (
             lease is not None
