@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -496,3 +497,124 @@ def test_a_failing_audit_write_leaves_no_unretrieved_task_exception(
     assert done.code == 1
     assert "audit log's disk is gone" in done.error_line()
     assert "never retrieved" not in caplog.text + done.err
+
+
+def _runs(cli: Any) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = cli("runs", "--json").document()
+    return listed
+
+
+MARKUP = "[echo] said [bold]hi[/bold] :smile: [/oops]"
+
+
+def test_model_output_is_data_never_markup(cli: Any) -> None:
+    """A reply holding rich markup prints as written in run, show, events and runs: '[echo]'
+    stays, '[/oops]' cannot crash the command, ':smile:' stays text."""
+    Path("taskloom.toml").write_text(f"[executors.s]\ntype = 'scripted'\nreplies = ['{MARKUP}']\n")
+    Path("p.json").write_text(
+        json.dumps(
+            {
+                "taskloom": "pipeline/v1",
+                "name": "[red]p[/red]",
+                "steps": [{"id": "a", "prompt": "x"}],
+            }
+        )
+    )
+    ran = cli("run", "p.json", "-e", "s")
+    assert ran.code == 0, ran.err
+    assert MARKUP in ran.out
+    run_id = _runs(cli)[0]["run_id"]
+    for args in (("show", run_id), ("events", run_id), ("runs",)):
+        done = cli(*args)
+        assert done.code == 0, done.err
+        assert "MarkupError" not in done.err and "internal error" not in done.err
+    shown = cli("show", run_id).out
+    assert "[echo]" in shown and "[/oops]" in shown and ":smile:" in shown
+    assert "[red]p[/red]" in cli("runs").out
+
+
+def test_tables_piped_to_a_file_are_not_wrapped(cli: Any) -> None:
+    """Not a terminal (COLUMNS=80 set): each run is one table row on one line."""
+    run_id = cli("run", "hello.json", "--json").document()["run_id"]
+    lines = [line for line in cli("runs").out.splitlines() if run_id in line]
+    assert len(lines) == 1
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", lines[0]) and "succeeded" in lines[0]
+
+
+def test_run_ids_may_be_given_as_a_unique_prefix(cli: Any) -> None:
+    """show, events, cancel and resume take a unique prefix of 6+ characters; a shorter one
+    is refused with a hint (exit 2)."""
+    run_id = cli("run", "hello.json", "--json").document()["run_id"]
+    assert cli("show", run_id[:6], "--json").document()["run"]["run_id"] == run_id
+    assert cli("events", run_id[:8], "--json").code == 0
+    assert cli("resume", run_id[:7], "--json").document()["run_id"] == run_id
+    assert cli("cancel", run_id[:6], "--json").code == 1  # already succeeded
+    short = cli("show", run_id[:5])
+    assert short.code == 2 and "6+" in short.error_line()
+
+
+def test_show_of_a_failed_run_lists_its_steps(cli: Any) -> None:
+    """The step that failed the run is listed (status failed, its error), not an empty table."""
+    done = cli("run", "map.json", "-i", "documents=[1, 2]", "--json")
+    assert done.code == 1
+    shown = cli("show", done.document()["run_id"], "--json").document()
+    failed = [step for step in shown["steps"] if step["status"] == "failed"]
+    assert failed and failed[0]["error"]
+    human = cli("show", done.document()["run_id"]).out
+    assert "failed" in human.split("steps", 1)[1]
+
+
+def test_follow_on_a_crashed_run_says_it_is_not_running(cli: Any) -> None:
+    """`events --follow` on a run whose process died (record 'running', lease expired) ends
+    with exit 1, saying it is not running and how to resume it, instead of waiting forever."""
+    import asyncio
+    import time
+
+    from taskloom.adapters.sqlite import SQLiteStorage
+    from taskloom.sdk._runs.records import RunRecord
+    from taskloom.sdk._runs.store import RunStore
+
+    cli("runs")  # creates the default store
+
+    async def crashed() -> None:
+        storage = await SQLiteStorage.open(Path(os.environ["TASKLOOM_HOME"]) / "data/taskloom.db")
+        async with RunStore(storage) as store:
+            now = time.time()
+            await store.create_run(
+                RunRecord(
+                    run_id="deadbeef0001",
+                    pipeline_name="p",
+                    pipeline_digest="d" * 64,
+                    pipeline={},
+                    inputs={},
+                    status="running",
+                    created_at=now,
+                    started_at=now,
+                )
+            )
+            await store.acquire_lease("deadbeef0001", "killed-process", ttl_s=0.01)
+        await storage.aclose()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(crashed())
+    done = cli("events", "deadbeef0001", "--follow")
+    assert done.code == 1
+    assert "not running" in done.err and "taskloom resume deadbeef0001" in done.err
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "[executors.s]\ntype = 'scripted'\nfail_first = 5\n",
+        "[executors.s]\ntype = 'openai'\nbase_url = 'http://127.0.0.1:9/v1'\n"
+        "api_key = 'sk-literal-123'\nmodel = 'm'\n",
+    ],
+    ids=["unknown-option", "literal-api-key"],
+)
+def test_a_config_mistake_exits_2_before_any_run_is_stored(cli: Any, table: str) -> None:
+    """An executor config the adapter refuses is a usage error (exit 2) and stores no run."""
+    Path("taskloom.toml").write_text(table)
+    done = cli("run", "hello.json", "-e", "s")
+    assert done.code == 2, done.err
+    assert "sk-literal-123" not in done.err + done.out
+    assert _runs(cli) == []

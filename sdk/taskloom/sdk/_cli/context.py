@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from taskloom.contracts import Secret, SecretStore, StorageAdapter, UsageError
 from taskloom.sdk._config.toml import CliConfig
@@ -36,10 +37,29 @@ def clean(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+_UNWRAPPED = 1_000_000
+"""The width of a console that is not a terminal: a table piped to a file keeps each
+row on one line instead of folding it at rich's fallback of 80 columns."""
+
+
 class _CleanConsole(Console):
-    """A rich Console whose ``print`` cleans every string it is given (see ``clean``)."""
+    """A rich Console for text that is data: never markup or emoji codes (a model's
+    ``[echo]`` prints as written, ``[/oops]`` cannot crash a command), every string
+    cleaned (see ``clean``), and no wrapping at 80 columns when it is not a terminal."""
+
+    def __init__(self, *, file: TextIO) -> None:
+        terminal = file.isatty() if hasattr(file, "isatty") else False
+        super().__init__(
+            file=file,
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+            emoji=False,
+            width=None if terminal else _UNWRAPPED,
+        )
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("markup", False)
         super().print(*(clean(o) if isinstance(o, str) else o for o in objects), **kwargs)
 
 
@@ -61,8 +81,8 @@ class Output:
     ) -> None:
         self.json_mode = json_mode
         self.stream = stream or sys.stdout
-        self.console = _CleanConsole(file=self.stream, highlight=False, soft_wrap=True)
-        self.err = _CleanConsole(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.console = _CleanConsole(file=self.stream)
+        self.err = _CleanConsole(file=sys.stderr)
         self.documents = 0
         self._redactor = redactor
 
@@ -99,12 +119,12 @@ class Output:
             self.console.print_json(_json_text(value))
 
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
-        table = Table(title=clean(title), title_justify="left")
+        table = Table(title=Text(clean(title)), title_justify="left")
         for index, column in enumerate(columns):
             # the first column is an id people copy: never fold it
-            table.add_column(column, overflow="fold", no_wrap=index == 0)
-        for row in rows:
-            table.add_row(*["" if cell is None else clean(str(cell)) for cell in row])
+            table.add_column(Text(column), overflow="fold", no_wrap=index == 0)
+        for row in rows:  # cells are data: Text, never parsed as markup
+            table.add_row(*[Text("" if cell is None else clean(str(cell))) for cell in row])
         self.console.print(table)
 
     def note(self, text: str) -> None:

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from taskloom.contracts import (
+    LLMStep,
+    MapStep,
+    ParallelStep,
+    Pipeline,
     RunCancelled,
     RunHeld,
     RunNotFound,
@@ -251,12 +255,43 @@ def _print_result(ctx: CliContext, result: Any) -> int:
     return 0 if result.status == "succeeded" else 1
 
 
+def _executors_used(pipeline: Pipeline, default: str | None) -> set[str]:
+    """The executor ids the steps of ``pipeline`` call (a step naming none uses the default)."""
+    fallback = pipeline.defaults.executor or default
+    used: set[str] = set()
+
+    def visit(step: object) -> None:
+        if isinstance(step, LLMStep):
+            executor = step.executor or fallback
+            if executor is not None:
+                used.add(executor)
+        elif isinstance(step, ParallelStep):
+            for child in step.parallel:
+                visit(child)
+        elif isinstance(step, MapStep):
+            visit(step.step)
+
+    for step in pipeline.steps:
+        visit(step)
+    return used
+
+
+async def _build_executors(engine: Any, pipeline: Pipeline) -> None:
+    """Build every executor the pipeline calls before a run is stored: a config mistake (an
+    unknown option, a literal api_key) is a usage error (exit 2), not a failed run."""
+    registry = engine.registry
+    for executor_id in sorted(_executors_used(pipeline, registry.default_id)):
+        if executor_id in registry:
+            await registry.get(executor_id)
+
+
 async def run(args: argparse.Namespace, ctx: CliContext) -> int:
     pipeline = _with_executor(_read_pipeline(args.pipeline), args.executor)
     inputs = parse_inputs(args.input, pipeline)
     engine, host = await build_engine(ctx)
     code: int | None = None
     try:
+        await _build_executors(engine, engine.validate(pipeline, inputs))
         handle = engine.start(pipeline, inputs)
         audited = _audit(ctx, "run.start", handle.run_id, pipeline=str(pipeline.get("name", "")))
 
@@ -391,6 +426,11 @@ async def _lost(ctx: CliContext, run_id: str) -> int:
 
 async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
     pipeline = _read_pipeline(args.pipeline) if args.pipeline else None
+    store = await _runstore(ctx)
+    try:
+        args.run_id = await store.resolve_run_id(args.run_id)  # a unique prefix will do
+    finally:
+        await store.aclose()
     engine, host = await build_engine(ctx)
     code: int | None = None
     try:

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from taskloom.contracts import Event, serde
+from taskloom.contracts import Event, StepFailedEvent, StepStarted, StepSucceeded, serde
 from taskloom.sdk._cli.context import CliContext
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -87,12 +87,56 @@ async def runs(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+def _steps_from_events(
+    events: list[tuple[int, Event]], checkpointed: set[tuple[str, int | None]]
+) -> list[dict[str, Any]]:
+    """Rows for the steps the history shows but no checkpoint holds: a failed step (the one
+    that failed the run) and steps started but never finished (cancelled, crashed)."""
+    started: dict[tuple[str, int | None], float] = {}
+    rows: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for _seq, event in events:
+        if isinstance(event, StepStarted):
+            key = (event.step_id, event.item)
+            started.setdefault(key, event.at)
+            if key not in checkpointed and key not in rows:
+                rows[key] = _event_row(key, "unfinished", event.attempt, 0.0, None)
+        elif isinstance(event, StepSucceeded):
+            rows.pop((event.step_id, event.item), None)
+        elif isinstance(event, StepFailedEvent):
+            key = (event.step_id, event.item)
+            if key in checkpointed:
+                continue
+            took = event.at - started.get(key, event.at)
+            error = f"{event.error.type}: {event.error.message}"
+            rows[key] = _event_row(key, "failed", event.attempt, took, error)
+    return list(rows.values())
+
+
+def _event_row(
+    key: tuple[str, int | None], status: str, attempts: int, took: float, error: str | None
+) -> dict[str, Any]:
+    step_id, item = key
+    return {
+        "step": step_id if item is None else f"{step_id}[{item}]",
+        "status": status,
+        "attempts": attempts,
+        "duration_s": round(took, 4),
+        "tokens": 0,
+        "cached": False,
+        "finish_reason": None,
+        "truncated": False,
+        "output": None,
+        "error": error,
+    }
+
+
 async def show(args: argparse.Namespace, ctx: CliContext) -> int:
     store = await _runstore(ctx)
     try:
-        record = await store.load_run(args.run_id)
-        steps = await store.finished_steps(args.run_id)
-        events = await store.events(args.run_id)
+        run_id = await store.resolve_run_id(args.run_id)
+        record = await store.load_run(run_id)
+        steps = await store.finished_steps(run_id)
+        events = await store.events(run_id)
     finally:
         await store.aclose()
     step_rows = [
@@ -106,9 +150,11 @@ async def show(args: argparse.Namespace, ctx: CliContext) -> int:
             "finish_reason": s.finish_reason,
             "truncated": s.truncated,
             "output": s.output,
+            "error": f"{s.error.type}: {s.error.message}" if s.error is not None else None,
         }
         for (step_id, item), s in sorted(steps.items(), key=lambda kv: kv[1].finished_at)
     ]
+    step_rows.extend(_steps_from_events(events, set(steps)))
     # Masked with the secret values this process read (the shell keeps them between
     # commands): what the engine stored is masked already, this covers older records.
     data: dict[str, Any] = ctx.out.redact_data(
@@ -135,7 +181,7 @@ async def show(args: argparse.Namespace, ctx: CliContext) -> int:
             ctx.out.console.print(f"  error: {error['type']}: {error['message']}", markup=False)
         ctx.out.table(
             "steps",
-            ["step", "status", "attempts", "seconds", "tokens", "finish", "output"],
+            ["step", "status", "attempts", "seconds", "tokens", "finish", "output or error"],
             [
                 [
                     r["step"],
@@ -146,7 +192,7 @@ async def show(args: argparse.Namespace, ctx: CliContext) -> int:
                     r["duration_s"],
                     r["tokens"],
                     r["finish_reason"] or "-",
-                    _short(r["output"]),
+                    _short(r["error"] if r["error"] is not None else r["output"]),
                 ]
                 for r in data["steps"]
             ],
@@ -176,11 +222,11 @@ def _event_line(seq: int, event: Event) -> str:
 async def events(args: argparse.Namespace, ctx: CliContext) -> int:
     store = await _runstore(ctx)
     try:
-        await store.load_run(args.run_id)
+        run_id = await store.resolve_run_id(args.run_id)
         after = 0
         collected: list[dict[str, Any]] = []  # --json without --follow: one array
         while True:
-            batch = await store.events(args.run_id, after=after)
+            batch = await store.events(run_id, after=after)
             for seq, event in batch:
                 after = seq
                 if ctx.out.json_mode:
@@ -195,13 +241,37 @@ async def events(args: argparse.Namespace, ctx: CliContext) -> int:
                 if ctx.out.json_mode:
                     ctx.out.data(collected)
                 break
-            record = await store.load_run(args.run_id)
+            record = await store.load_run(run_id)
             if record.status in TERMINAL and not batch:
                 break
+            if not batch and await _stopped(store, record):
+                return _not_running(ctx, run_id, record.status)
             await asyncio.sleep(args.interval)
     finally:
         await store.aclose()
     return 0
+
+
+async def _stopped(store: Any, record: Any) -> bool:
+    """Whether a run that is not finished has nobody advancing it (its process crashed or
+    was killed: no live lease)."""
+    if record.status != "running":
+        return False
+    lease = await store.lease(record.run_id)
+    return lease is None or lease.expires_at <= store.clock()
+
+
+def _not_running(ctx: CliContext, run_id: str, status: str) -> int:
+    """``events --follow`` on a run nobody advances: say so and how to go on (exit 1)."""
+    message = (
+        f"run {run_id} is not running: it is recorded '{status}' but no process holds it "
+        f"(it crashed or was killed); continue it with `taskloom resume {run_id}`"
+    )
+    if ctx.out.json_mode:
+        ctx.out.data({"run_id": run_id, "status": status, "running": False, "note": message})
+    else:
+        ctx.out.note(message)
+    return 1
 
 
 async def cancel(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -210,7 +280,7 @@ async def cancel(args: argparse.Namespace, ctx: CliContext) -> int:
 
     store = await _runstore(ctx)
     try:
-        outcome = await cancel_run(store, args.run_id)
+        outcome = await cancel_run(store, await store.resolve_run_id(args.run_id))
     finally:
         await store.aclose()
     record = outcome.record

@@ -94,6 +94,9 @@ SCAN_PAGE = 1000
 
 _LEASE_RACE_RETRIES = 8
 
+MIN_PREFIX = 6
+"""The fewest characters of a run id that ``resolve_run_id`` takes as a prefix."""
+
 LEASE_MARGIN_S = 1.0
 """Before an executor call, a lease that expires within this (or a tenth of its TTL,
 if less) is renewed first: past its expiry another process may have the run."""
@@ -261,6 +264,30 @@ class RunStore:
                 "(it may have been deleted by retention)"
             )
         return decode(stored.value, RunRecord, where=f"{NS_RUNS}/{run_id}")
+
+    async def resolve_run_id(self, text: str) -> str:
+        """The id of the run ``text`` names: its whole id, or a unique prefix of at least
+        ``MIN_PREFIX`` characters. ``RunNotFound`` if none matches, ``UsageError`` (listing
+        some) if several do."""
+        self._check_open()
+        check_name(text, what="run id")
+        if await self._storage.get(NS_RUNS, text) is not None:
+            return text
+        if len(text) >= MIN_PREFIX:
+            matches = await self._storage.scan(NS_RUNS, prefix=text, limit=6)
+            if len(matches) == 1:
+                return matches[0].key
+            if matches:
+                shown = ", ".join(m.key for m in matches[:5])
+                raise UsageError(
+                    f"run id prefix {text!r} matches several runs ({shown}"
+                    f"{', ...' if len(matches) > 5 else ''}); give more characters"
+                )
+        hint = "" if len(text) >= MIN_PREFIX else f" (a prefix needs {MIN_PREFIX}+ characters)"
+        raise RunNotFound(
+            f"no run {text!r} in this store{hint}; list runs with `taskloom runs` "
+            "(it may have been deleted by retention)"
+        )
 
     async def update_run(self, record: RunRecord) -> None:
         """Write the run's new status, timings, output or usage; durable on return.
