@@ -67,21 +67,19 @@ def _config(directory: Path, *, latency_s: float) -> Path:
 
 
 def _cli(config: Path, *args: str) -> str:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from taskloom.sdk._cli.main import main; raise SystemExit(main())",
-            "--config",
-            str(config),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env={**os.environ, "TASKLOOM_HOME": str(config.parent / "home")},
-    )
+    """Run `taskloom --config CONFIG ARGS`; its stdout (RuntimeError with stderr if it fails)."""
+    command = [
+        sys.executable,
+        "-c",
+        "from taskloom.sdk._cli.main import main; raise SystemExit(main())",
+        "--config",
+        str(config),
+        *args,
+    ]
+    env = {**os.environ, "TASKLOOM_HOME": str(config.parent / "home")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"taskloom {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
 
 

@@ -7,10 +7,10 @@ Starlette or FastAPI application); ``taskloom serve`` runs it under uvicorn. Nee
 Inside: ``_app`` (routes, handlers, the viewer page), ``_openapi`` (the endpoint table
 and the OpenAPI document, both from ``_models``), ``_auth`` and ``_tokens`` (bearer
 tokens with scopes, stored hashed), ``_feed`` (live events for Server-Sent Events),
-``_runs`` (what the API does to runs), ``_pipelines`` (pipelines by name),
-``_problems`` (RFC 9457 errors), ``_settings``; ``_ui/`` holds the viewer's static
-files. May import ``_engine``, ``_runs``, ``_pipeline``, ``_config`` and ``_registry``;
-only ``_cli`` imports this package.
+``_runs`` (what the API does to runs), ``_requests`` (bodies, parameters, cursors),
+``_pipelines`` (pipelines by name), ``_problems`` (RFC 9457 errors), ``_settings``;
+``_ui/`` holds the viewer's static files. May import ``_engine``, ``_runs``,
+``_pipeline``, ``_config`` and ``_registry``; only ``_cli`` imports this package.
 """
 
 from __future__ import annotations

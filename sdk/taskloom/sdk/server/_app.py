@@ -9,13 +9,9 @@ releases it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +30,6 @@ from taskloom.contracts import (
     EVENT_TYPES,
     Event,
     PipelineInvalid,
-    Problem,
     RunCancelledEvent,
     RunFailed,
     RunSucceeded,
@@ -51,6 +46,15 @@ from taskloom.sdk.server._feed import READ_PAGE, EventHub
 from taskloom.sdk.server._openapi import OPERATIONS, Operation, openapi_document
 from taskloom.sdk.server._pipelines import PipelineCatalog
 from taskloom.sdk.server._problems import PROBLEM_JSON, ApiError, from_taskloom, problem
+from taskloom.sdk.server._requests import (
+    decode_cursor,
+    encode_cursor,
+    event_after,
+    int_param,
+    read_json,
+    shape_problems,
+    time_param,
+)
 from taskloom.sdk.server._runs import RunControl
 from taskloom.sdk.server._settings import ServerSettings
 from taskloom.sdk.server._tokens import TokenStore
@@ -59,8 +63,6 @@ UI_DIR = Path(__file__).parent / "_ui"
 OUTCOMES = (RunSucceeded, RunFailed, RunCancelledEvent)
 _EVENT_TAG = {cls: tag for tag, cls in EVENT_TYPES.items()}
 MAX_IDEMPOTENCY_KEY = 200
-MAX_PRIORITY = 1_000_000
-"""The queue's priority range (``Engine.submit``): checked here so a bad one is a 422."""
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 _UI_HEADERS = {
@@ -200,7 +202,7 @@ class TaskloomApi:
                 "UsageError",
                 f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters",
             )
-        submit = self._submission(await self._read_json(request))
+        submit = self._submission(await read_json(request, self.settings.max_body_bytes))
         pipeline = (
             self.catalog.load(submit.pipeline)
             if isinstance(submit.pipeline, str)
@@ -230,13 +232,13 @@ class TaskloomApi:
         status = query.get("status")
         if status is not None and status not in RUN_STATUSES:
             raise UsageError(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
-        limit = _int_param(query.get("limit"), "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-        since = _time_param(query.get("since"), "since")
-        until = _time_param(query.get("until"), "until")
+        limit = int_param(query.get("limit"), "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        since = time_param(query.get("since"), "since")
+        until = time_param(query.get("until"), "until")
         after_key: str | None = None
         cursor = query.get("cursor")
         if cursor is not None:
-            after_key, cursor_time = _decode_cursor(cursor)
+            after_key, cursor_time = decode_cursor(cursor)
             until = cursor_time if until is None else min(until, cursor_time)
         store = self.control.runstore
         extra = 8
@@ -259,7 +261,7 @@ class TaskloomApi:
             extra *= 4
         more = len(page) > limit
         page = page[:limit]
-        next_cursor = _encode_cursor(page[-1]) if more and page else None
+        next_cursor = encode_cursor(page[-1]) if more and page else None
         return self.json(
             m.TaskList(tasks=[_summary(request, r) for r in page], next_cursor=next_cursor)
         )
@@ -316,7 +318,7 @@ class TaskloomApi:
     async def task_events(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await self.control.runstore.load_run(run_id)  # 404 before the stream starts
-        after = _after(request)
+        after = event_after(request)
         return EventSourceResponse(
             self._stream(run_id, after),
             ping=self.settings.sse_ping_s,
@@ -387,7 +389,7 @@ class TaskloomApi:
         """The submission in ``body``; PipelineInvalid listing every problem at once:
         the body's shape, and the pipeline's and inputs' own problems as
         ``taskloom validate`` reports them."""
-        problems = _shape_problems(body)
+        problems = shape_problems(body)
         if not problems:
             return m.SubmitRequest(**body)
         if isinstance(body, dict):
@@ -399,45 +401,6 @@ class TaskloomApi:
             except PipelineInvalid as exc:
                 problems.extend(p for p in exc.problems if p not in problems)
         raise PipelineInvalid(problems)
-
-    async def _read_json(self, request: Request) -> Any:
-        media = request.headers.get("content-type", "application/json").split(";")[0]
-        media = media.strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            raise ApiError(415, "UsageError", f"send the body as application/json, not {media!r}")
-        cap = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise ApiError(400, "UsageError", "Content-Length is not a number")
-            if int(declared) > cap:
-                raise _too_large(int(declared), cap)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise _too_large(size, cap)
-            chunks.append(chunk)
-        try:
-            return json.loads(b"".join(chunks), parse_constant=_no_constant)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise ApiError(
-                400, "DecodeError", f"the request body is not valid JSON: {exc}"
-            ) from None
-
-
-def _too_large(size: int, cap: int) -> ApiError:
-    return ApiError(
-        413,
-        "ValueTooLarge",
-        f"the request body is {size} bytes or more; the limit is {cap} bytes "
-        "([server] max_body_bytes)",
-    )
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _dumps(data: Any) -> bytes:
@@ -452,61 +415,6 @@ def _walk(data: Any, redact: Callable[[str], str]) -> Any:
     if isinstance(data, list):
         return [_walk(v, redact) for v in data]
     return data
-
-
-def _shape_problems(body: Any) -> list[Problem]:
-    """What is wrong with the shape of a submission body (not with its pipeline)."""
-    if not isinstance(body, dict):
-        return [
-            Problem(
-                path="$",
-                message="the body must be a JSON object",
-                hint='{"pipeline": NAME_OR_OBJECT, "inputs": {...}}',
-            )
-        ]
-    problems: list[Problem] = []
-    known = {"pipeline", "inputs", "queue", "priority"}
-    for name in sorted(set(body) - known):
-        problems.append(
-            Problem(
-                path=f"$.{name}",
-                message=f"unknown field {name!r}",
-                hint=f"known fields: {', '.join(sorted(known))}",
-            )
-        )
-    if "pipeline" not in body:
-        problems.append(
-            Problem(
-                path="$.pipeline",
-                message="missing field 'pipeline'",
-                hint="a pipeline name or a pipeline/v1 object",
-            )
-        )
-    elif not isinstance(body["pipeline"], str | dict):
-        problems.append(
-            Problem(
-                path="$.pipeline",
-                message="pipeline must be a name or a JSON object",
-                hint="a pipeline name or a pipeline/v1 object",
-            )
-        )
-    if not isinstance(body.get("inputs", {}), dict):
-        problems.append(
-            Problem(path="inputs", message="inputs must be a JSON object", hint='{"name": value}')
-        )
-    queue = body.get("queue", "default")
-    if not isinstance(queue, str) or not queue:
-        problems.append(Problem(path="$.queue", message="queue must be a non-empty string"))
-    priority = body.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
-        problems.append(
-            Problem(
-                path="$.priority",
-                message="priority must be an integer",
-                hint=f"from {-MAX_PRIORITY} to {MAX_PRIORITY}; higher runs first",
-            )
-        )
-    return problems
 
 
 def _task_url(request: Request, run_id: str) -> str:
@@ -533,77 +441,6 @@ def _summary(request: Request, record: RunRecord) -> m.TaskSummary:
         error=record.error,
         url=_task_url(request, record.run_id),
     )
-
-
-def _int_param(text: str | None, name: str, default: int, low: int, high: int) -> int:
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"{name} must be a whole number, got {text!r}") from None
-    if not low <= value <= high:
-        raise UsageError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _time_param(text: str | None, name: str) -> float | None:
-    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise)."""
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            when = datetime.fromisoformat(text)
-        except ValueError:
-            raise UsageError(
-                f"{name} must be epoch seconds or an ISO 8601 time, got {text!r}"
-            ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        value = when.timestamp()
-    if not math.isfinite(value) or not 0 <= value < 10**11:
-        raise UsageError(f"{name} must be a time between 1970 and 5000, got {text!r}")
-    return value
-
-
-def _encode_cursor(record: RunRecord) -> str:
-    raw = json.dumps({"k": index_key(record.run_id, record.created_at), "t": record.created_at})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, float]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-        key, when = data["k"], data["t"]
-        if not isinstance(key, str) or isinstance(when, bool) or not isinstance(when, int | float):
-            raise ValueError
-        if not math.isfinite(when):
-            raise ValueError
-        return key, float(when)
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
-        raise UsageError(
-            "cursor is not one this API returned: pass next_cursor from the previous page"
-        ) from None
-
-
-def _after(request: Request) -> int:
-    """Where the event stream resumes: ``Last-Event-ID`` (or ``?after=``), else 0."""
-    text = request.headers.get("last-event-id")
-    name = "Last-Event-ID"
-    if text is None or not text.strip():
-        text, name = request.query_params.get("after"), "after"
-    if text is None or not text.strip():
-        return 0
-    text = text.strip()
-    if not text.isdigit() or len(text) > 18:
-        raise UsageError(f"{name} must be an event number (a whole number >= 0), got {text!r}")
-    return int(text)
-
-
-# --- the app ---------------------------------------------------------------------------
 
 
 def _guarded(api: TaskloomApi, op: Operation, handler: Handler) -> Handler:
