@@ -8,6 +8,7 @@ reported twice) but their insides are not checked again.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ from taskloom.sdk._pipeline.replyschema import schema_problems
 from taskloom.sdk._pipeline.template import Ref, TemplateSyntaxError, parse, refs
 
 _RESERVED_LOCALS = frozenset({"inputs", "steps", "index"})
+_STEPS = (LLMStep, PluginStep, ParallelStep, MapStep)
+"""Structured steps; anything else in a step list is raw data that failed to structure."""
 _NONE: frozenset[str] = frozenset()
 
 
@@ -144,8 +147,8 @@ class _Checker:
     # --- steps ---------------------------------------------------------------
 
     def step(self, step: Any, path: str, *, visible: _Visible, inner: bool) -> None:
-        if isinstance(step, Mapping):
-            return
+        if not isinstance(step, _STEPS):
+            return  # a raw value whose structuring failed: already reported
         if inner and step.needs is not None:
             self.add(
                 f"{path}.needs",
@@ -289,7 +292,7 @@ def check_semantics(
     needs: list[tuple[str, ...] | None] = []
     top_set = set(top_ids)
     for index, step in enumerate(steps):
-        named = step.needs if not isinstance(step, Mapping) else None
+        named = step.needs if isinstance(step, _STEPS) else None
         for pos, name in enumerate(named or ()):
             if name not in top_set:
                 hint = _suggest(name, top_ids)
@@ -332,6 +335,58 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+MAX_INPUT_DEPTH = 256
+"""Deepest nesting of lists and objects an input value may have."""
+_MAX_INT = 10**4300
+"""Python's JSON cannot write an integer of more than 4,300 digits."""
+
+
+def json_value_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored and sent as JSON, or None if it can.
+
+    Checked without recursion (a value may be nested thousands of levels deep):
+    NaN and infinities, integers of more than 4,300 digits, lone surrogates in
+    strings or keys, keys that are not text, non-JSON types, nesting deeper than
+    ``MAX_INPUT_DEPTH``.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_INPUT_DEPTH:
+            return f"it nests more than {MAX_INPUT_DEPTH} levels deep"
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if not -_MAX_INT < item < _MAX_INT:
+                return "it holds an integer of more than 4,300 digits"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"it holds {item!r}, which JSON cannot represent"
+        elif isinstance(item, str):
+            if not _valid_text(item):
+                return "it holds text that is not valid Unicode (a lone surrogate)"
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"it holds an object key that is not text ({key!r})"
+                if not _valid_text(key):
+                    return "it holds an object key that is not valid Unicode (a lone surrogate)"
+                stack.append((child, depth + 1))
+        else:
+            return f"it holds a {type(item).__name__}, which is not JSON"
+    return None
+
+
+def _valid_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def resolve_inputs(
     declared: Mapping[str, InputSpec], given: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[Problem]]:
@@ -349,6 +404,9 @@ def resolve_inputs(
             value = given[name]
             expected = _JSON_TYPES[spec.type]
             bad_bool = isinstance(value, bool) and spec.type != "boolean"
+            unfit = (
+                None if bad_bool or not isinstance(value, expected) else (json_value_problem(value))
+            )
             if bad_bool or not isinstance(value, expected):
                 problems.append(
                     Problem(
@@ -356,6 +414,14 @@ def resolve_inputs(
                         message=f"input {name!r} must be of type {spec.type}, "
                         f"got {type(value).__name__}",
                         hint=spec.description or f"pass a JSON {spec.type}",
+                    )
+                )
+            elif unfit is not None:
+                problems.append(
+                    Problem(
+                        path=f"inputs.{name}",
+                        message=f"input {name!r} is not valid JSON: {unfit}",
+                        hint="pass plain JSON: finite numbers, valid Unicode text",
                     )
                 )
             values[name] = list(value) if isinstance(value, tuple) else value

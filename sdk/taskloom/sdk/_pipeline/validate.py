@@ -213,39 +213,48 @@ def _structure_pipeline(data: Any) -> tuple[Pipeline | None, list[Problem], list
 
 
 def _read_source(source: str | Path | Mapping[str, Any] | Pipeline) -> Any:
-    """A Pipeline as is; a path or JSON text parsed; a mapping as is."""
+    """A Pipeline as is; a path or JSON text parsed; a mapping as is.
+
+    Anything else (a list, a number, None: what ``json.loads`` of a pipeline file
+    may give) is returned as is, for the structural pass to refuse with a path.
+    """
     if isinstance(source, Pipeline | Mapping):
         return source
-    if isinstance(source, str) and source.lstrip().startswith("{"):
+    if not isinstance(source, str | Path):
+        return source
+    if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
         return _parse_json(source, "the pipeline text")
-    path = Path(source)
     try:
+        path = Path(source)
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, or not UTF-8
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise PipelineInvalid(
-            [
-                Problem(
-                    path="$", message=f"cannot read {path}: {exc.strerror}", hint="check the path"
-                )
-            ]
-        ) from exc
+            [Problem(path="$", message=f"cannot read {source}: {reason}", hint="check the path")]
+        ) from None
     return _parse_json(text, str(path))
 
 
+def _invalid_json(where: str, reason: str) -> PipelineInvalid:
+    return PipelineInvalid(
+        [Problem(path="$", message=f"{where} is not valid JSON: {reason}", hint="fix the JSON")]
+    )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _parse_json(text: str, where: str) -> Any:
+    """Parse strict JSON: NaN and Infinity, too deep nesting and too long integers are refused."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        raise PipelineInvalid(
-            [
-                Problem(
-                    path="$",
-                    message=f"{where} is not valid JSON: {exc.msg} (line {exc.lineno}, "
-                    f"column {exc.colno})",
-                    hint="fix the JSON syntax",
-                )
-            ]
-        ) from None
+        raise _invalid_json(where, f"{exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise _invalid_json(where, "it is nested too deeply") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer of more than 4,300 digits
+        raise _invalid_json(where, str(exc).split(";")[0]) from None
 
 
 def load_pipeline(source: str | Path | Mapping[str, Any] | Pipeline) -> Pipeline:
