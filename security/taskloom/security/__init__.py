@@ -40,6 +40,7 @@ from taskloom.security._envelope import (
     sign_envelope,
 )
 from taskloom.security._errors import (
+    CapabilitiesNotApproved,
     FileDigestMismatch,
     FileSetMismatch,
     InputTooLarge,
@@ -54,8 +55,10 @@ from taskloom.security._errors import (
     ManifestNotYetValid,
     NameMismatch,
     RollbackDetected,
+    RollbackMarksUnavailable,
     SignatureInvalid,
     ThresholdNotMet,
+    TrustStoreRolledBack,
     UnsafeFile,
     VersionReused,
     WeakKey,
@@ -78,6 +81,7 @@ from taskloom.security._manifest import (
     parse_manifest,
     sign_manifest,
 )
+from taskloom.security._marks import RollbackMarks
 from taskloom.security._redact import Redactor
 from taskloom.security._strictjson import loads_strict
 from taskloom.security._trust import (
@@ -105,6 +109,7 @@ __all__ = [
     "AuditEntry",
     "AuditLog",
     "AuditReport",
+    "CapabilitiesNotApproved",
     "Envelope",
     "FileDigestMismatch",
     "FileSetMismatch",
@@ -124,12 +129,15 @@ __all__ = [
     "Redactor",
     "RollbackDetected",
     "RollbackGuard",
+    "RollbackMarks",
+    "RollbackMarksUnavailable",
     "RollbackState",
     "Signature",
     "SignatureInvalid",
     "SignedHead",
     "ThresholdNotMet",
     "TrustStore",
+    "TrustStoreRolledBack",
     "TrustedKey",
     "UnsafeFile",
     "VerifiedManifest",

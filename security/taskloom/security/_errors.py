@@ -21,7 +21,10 @@ message says what to do next.
     ├── ManifestNotYetValid             the manifest was issued in the future
     ├── NameMismatch                    the manifest is for another plugin
     ├── RollbackDetected                an older version than one already seen
+    │   └── TrustStoreRolledBack        an older trust store than the one already trusted
     ├── VersionReused                   a version already seen, with different content
+    ├── RollbackMarksUnavailable        the rollback marks file is missing or damaged
+    ├── CapabilitiesNotApproved         an update asks for capabilities nobody approved
     ├── FileSetMismatch                 files missing from, or not listed in, the manifest
     ├── UnsafeFile                      a symlink, special file, escaping or case-colliding path
     └── FileDigestMismatch              a file's length or SHA-256 differs from the manifest
@@ -103,6 +106,18 @@ class NameMismatch(SecurityError):
 
 class RollbackDetected(SecurityError):
     """The manifest's version is lower than one already accepted for this plugin."""
+
+
+class TrustStoreRolledBack(RollbackDetected):
+    """The trust store's version is lower than one already trusted (an older copy)."""
+
+
+class RollbackMarksUnavailable(SecurityError):
+    """The rollback marks kept beside the trust store are missing or damaged: fail closed."""
+
+
+class CapabilitiesNotApproved(SecurityError):
+    """A plugin update asks for capabilities its accepted version did not have."""
 
 
 class VersionReused(SecurityError):

@@ -29,6 +29,7 @@ import attrs
 import rfc8785
 
 from taskloom.contracts import (
+    Capabilities,
     ConflictError,
     DecodeError,
     StorageAdapter,
@@ -43,13 +44,12 @@ from taskloom.security._errors import (
     MalformedEnvelope,
     MalformedInput,
     MalformedTrustStore,
-    RollbackDetected,
     SignatureInvalid,
-    VersionReused,
     WeakKey,
     WrongPayloadType,
 )
 from taskloom.security._keys import PrivateKey, PublicKey, _write_atomic
+from taskloom.security._marks import Mark, judge, new_capabilities, next_mark
 from taskloom.security._strictjson import loads_strict
 
 TRUST_STORE_FORMAT = "taskloom.trust-store/v1"
@@ -121,12 +121,18 @@ class _TrustFile:
     keys: list[_KeyRecord]
     revoked: list[str]
     thresholds: list[_PatternThreshold] = attrs.Factory(list)
+    version: int = 0
 
 
 class TrustStore:
     """Which keys the application trusts, for which plugins, and how many must sign."""
 
-    def __init__(self, *, threshold: int = 1) -> None:
+    def __init__(self, *, threshold: int = 1, version: int = 0) -> None:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise UsageError("a trust store version is an integer >= 0")
+        self.version = version
+        """Grows by one with every ``save``; a copy older than one already trusted is
+        refused (``RollbackMarks.check_trust_version``)."""
         self._keys: dict[str, TrustedKey] = {}
         self._revoked: set[str] = set()
         self._thresholds: dict[str, int] = {}
@@ -212,6 +218,7 @@ class TrustStore:
             rfc8785.dumps(
                 {
                     "format": TRUST_STORE_FORMAT,
+                    "version": self.version,
                     "threshold": self.threshold,
                     "thresholds": [
                         {"pattern": p, "threshold": n} for p, n in sorted(self._thresholds.items())
@@ -231,7 +238,11 @@ class TrustStore:
         )
 
     def save(self, path: str | os.PathLike[str], *, sign_with: PrivateKey | None = None) -> None:
-        """Write the store atomically; signed by ``sign_with`` (a root key) if given."""
+        """Write the store atomically as the next version; signed by ``sign_with`` (a
+        root key) if given. Each save is newer than the copy it came from."""
+        if sign_with is not None:
+            check_public_key(sign_with.public_key)
+        self.version += 1
         payload = self.to_bytes()
         data = (
             payload
@@ -300,7 +311,7 @@ class TrustStore:
                 f"{source} has format {parsed.format!r}; this taskloom reads {TRUST_STORE_FORMAT!r}"
             )
         try:
-            store = cls(threshold=parsed.threshold)
+            store = cls(threshold=parsed.threshold, version=parsed.version)
             for item in parsed.thresholds:
                 store.set_threshold(item.threshold, pattern=item.pattern)
             for kid in parsed.revoked:
@@ -331,14 +342,23 @@ class RollbackState:
     version: int | None
     sha256: str | None
     record_version: int
+    mark: Mark | None = None
 
 
 class RollbackGuard:
     """The highest version accepted of each plugin and the digest of that version's payload.
 
-    ``check`` refuses a lower version (``RollbackDetected``) and the same
-    version with another payload (``VersionReused``); ``record`` stores a new
-    high-water mark with a version check, so two processes never lower it.
+    ``check`` refuses a lower version (``RollbackDetected``), the same version with
+    another payload (``VersionReused``) and an update asking for capabilities not
+    granted or approved (``CapabilitiesNotApproved``), unless every key that signed
+    the accepted version was revoked since (the floor resets: see
+    ``taskloom.security._marks``); ``record`` stores a new high-water mark with a
+    version check, so two processes never lower it.
+
+    The marks live in the ``StorageAdapter`` given, so they go when it goes (a
+    deleted database, ``storage.kind = "memory"``). ``RollbackMarks`` keeps them
+    beside the trust store instead and fails closed when they are missing; the CLI
+    uses that.
     """
 
     def __init__(self, storage: StorageAdapter, *, namespace: str = ROLLBACK_NAMESPACE) -> None:
@@ -357,41 +377,34 @@ class RollbackGuard:
         if record is None:
             return RollbackState(version=None, sha256=None, record_version=0)
         try:
-            raw = loads_strict(record.value, max_bytes=4096, what="rollback record")
-            version, digest = raw["version"], raw["sha256"]
-            if type(version) is not int or type(digest) is not str or len(raw) != 2:
-                raise MalformedInput("a rollback record is {version: int, sha256: text}")
-        except (MalformedInput, KeyError, TypeError) as exc:
+            raw = loads_strict(record.value, max_bytes=1 << 20, what="rollback record")
+            mark = Mark.from_data(raw, "a rollback record")
+        except (MalformedInput, ValueError) as exc:
             raise StorageCorrupted(
                 f"rollback record of plugin {plugin_name!r} is damaged: {exc}; "
                 "restore the store from a backup"
             ) from exc
-        return RollbackState(version=version, sha256=digest, record_version=record.version)
+        return RollbackState(
+            version=mark.version, sha256=mark.sha256, record_version=record.version, mark=mark
+        )
 
-    @staticmethod
-    def _judge(plugin_name: str, state: RollbackState, version: int, digest: str) -> None:
-        if state.version is None:
-            return
-        if version < state.version:
-            raise RollbackDetected(
-                f"plugin {plugin_name!r} version {version} is older than version "
-                f"{state.version} already accepted: someone may be replaying an old, vulnerable "
-                "release; install the current release"
-            )
-        if version == state.version and digest != state.sha256:
-            raise VersionReused(
-                f"plugin {plugin_name!r} version {version} differs from the version {version} "
-                "accepted before: a publisher must never reuse a version number; ask them to "
-                "publish a new version"
-            )
+    async def mark(self, plugin_name: str) -> Mark | None:
+        """Everything recorded for ``plugin_name`` (None: nothing accepted yet)."""
+        return (await self._load(plugin_name)).mark
 
-    async def check(self, plugin_name: str, version: int, digest: str) -> RollbackState:
-        """Refuse ``version`` if it would roll ``plugin_name`` back or reuse a version.
-
-        Returns the state it judged, which ``record`` can take to skip a re-read.
-        """
+    async def check(
+        self,
+        plugin_name: str,
+        version: int,
+        digest: str,
+        *,
+        revoked: frozenset[str] = frozenset(),
+        capabilities: Capabilities | None = None,
+    ) -> RollbackState:
+        """Refuse ``version`` if it would roll ``plugin_name`` back, reuse a version or add
+        capabilities nobody approved. Returns the state it judged, for ``record``."""
         state = await self._load(plugin_name)
-        self._judge(plugin_name, state, version, digest)
+        judge(plugin_name, state.mark, version, digest, revoked=revoked, capabilities=capabilities)
         return state
 
     async def record(
@@ -400,21 +413,40 @@ class RollbackGuard:
         version: int,
         digest: str,
         *,
-        observed: RollbackState | None = None,
+        observed: object = None,
+        signers: frozenset[str] | tuple[str, ...] = (),
+        revoked: frozenset[str] = frozenset(),
+        capabilities: Capabilities | None = None,
     ) -> None:
-        """Remember ``version`` (with ``digest``) as accepted, under a version check.
+        """Remember ``version`` (with ``digest``, its signers and capabilities) as accepted,
+        under a version check.
 
         ``observed`` is what ``check`` returned; if the storage changed since, the
         version check fails and the record is read and judged again.
         """
-        state = observed
+        state = observed if isinstance(observed, RollbackState) else None
         for _ in range(16):
             if state is None:
                 state = await self._load(plugin_name)
-            self._judge(plugin_name, state, version, digest)
-            if state.version == version:
+            judge(
+                plugin_name,
+                state.mark,
+                version,
+                digest,
+                revoked=revoked,
+                capabilities=capabilities,
+            )
+            new = next_mark(
+                state.mark,
+                version,
+                digest,
+                signers=signers,
+                capabilities=capabilities,
+                revoked=revoked,
+            )
+            if new == state.mark:
                 return
-            value = bytes(rfc8785.dumps({"version": version, "sha256": digest}))
+            value = bytes(rfc8785.dumps(new.to_data()))
             try:
                 await self._storage.put(
                     self._namespace, plugin_name, value, if_version=state.record_version
@@ -426,6 +458,40 @@ class RollbackGuard:
         raise ConflictError(
             f"could not record plugin {plugin_name!r} version {version}: the rollback record "
             "kept changing; try again",
+            namespace=self._namespace,
+            key=plugin_name,
+        )
+
+    async def approve(self, plugin_name: str, capabilities: Capabilities) -> dict[str, list[str]]:
+        """Allow later versions of ``plugin_name`` to ask for ``capabilities`` (see
+        ``RollbackMarks.approve``); returns what was newly approved."""
+        for _ in range(16):
+            state = await self._load(plugin_name)
+            if state.mark is None:
+                raise UsageError(
+                    f"plugin {plugin_name!r} was never loaded here: nothing to approve"
+                )
+            added = new_capabilities(state.mark, capabilities)
+            if not added:
+                return {}
+            approved = {k: set(v) for k, v in state.mark.approved.items()}
+            for field, values in added.items():
+                approved.setdefault(field, set()).update(values)
+            mark = attrs.evolve(
+                state.mark, approved={k: tuple(sorted(v)) for k, v in approved.items()}
+            )
+            try:
+                await self._storage.put(
+                    self._namespace,
+                    plugin_name,
+                    bytes(rfc8785.dumps(mark.to_data())),
+                    if_version=state.record_version,
+                )
+            except ConflictError:
+                continue
+            return added
+        raise ConflictError(
+            f"could not approve capabilities of plugin {plugin_name!r}: try again",
             namespace=self._namespace,
             key=plugin_name,
         )

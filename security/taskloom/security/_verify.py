@@ -51,6 +51,7 @@ from taskloom.security._errors import (
 )
 from taskloom.security._files import PluginTree
 from taskloom.security._manifest import MANIFEST_PAYLOAD_TYPE, parse_manifest
+from taskloom.security._marks import RollbackMarks
 from taskloom.security._trust import RollbackGuard, TrustStore, payload_digest
 
 MAX_ENVELOPE_BYTES = 1 << 20
@@ -252,7 +253,7 @@ async def verify_plugin(
     envelope_bytes: bytes,
     trust: TrustStore,
     *,
-    rollback: RollbackGuard,
+    rollback: RollbackGuard | RollbackMarks,
     now: float | None = None,
     expected_name: str | None = None,
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
@@ -285,7 +286,14 @@ async def verify_plugin(
     manifest = checked.manifest
     if check_manifest is not None:
         check_manifest(manifest)
-    observed = await rollback.check(manifest.name, manifest.version, checked.payload_sha256)
+    revoked = trust.revoked
+    observed = await rollback.check(
+        manifest.name,
+        manifest.version,
+        checked.payload_sha256,
+        revoked=revoked,
+        capabilities=manifest.capabilities,
+    )
     files = read_verified_files(
         plugin_dir,
         manifest,
@@ -293,7 +301,13 @@ async def verify_plugin(
         ignore_bytecode_caches=ignore_bytecode_caches,
     )
     await rollback.record(
-        manifest.name, manifest.version, checked.payload_sha256, observed=observed
+        manifest.name,
+        manifest.version,
+        checked.payload_sha256,
+        observed=observed,
+        signers=checked.signers,
+        revoked=revoked,
+        capabilities=manifest.capabilities,
     )
     return VerifiedPlugin(
         manifest=manifest,

@@ -157,13 +157,35 @@ class CliContext:
             self._secrets = await open_secret_store(self.config)
         return self._secrets
 
-    def trust(self) -> Any:
-        """The trust store (an empty one if the file does not exist yet)."""
+    def root_key(self) -> Any:
+        """The public key that must have signed the trust store (``[plugins] root_key``)."""
+        if self.config.trust_root_key is None:
+            return None
+        from taskloom.security import check_public_key, load_public_key
+
+        key = load_public_key(self.config.trust_root_key)
+        check_public_key(key)
+        return key
+
+    def trust(self, *, check_marks: bool = True) -> Any:
+        """The trust store (an empty one if the file does not exist yet), its signature
+        checked when a root key is configured and its version checked against the
+        rollback marks beside it (an older copy is refused)."""
         from taskloom.security import TrustStore
 
-        if self.config.trust_path.is_file():
-            return TrustStore.load(self.config.trust_path)
-        return TrustStore()
+        path = self.config.trust_path
+        if not path.is_file():
+            return TrustStore()
+        store = TrustStore.load(path, root_key=self.root_key())
+        if check_marks:
+            self.marks().check_trust_version(store.version, source=f"trust store {path}")
+        return store
+
+    def marks(self) -> Any:
+        """The rollback marks kept beside the trust store (``taskloom.security.RollbackMarks``)."""
+        from taskloom.security import RollbackMarks
+
+        return RollbackMarks(RollbackMarks.beside(self.config.trust_path))
 
     async def aclose(self) -> None:
         if self._secrets is not None:

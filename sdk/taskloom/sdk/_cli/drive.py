@@ -130,7 +130,6 @@ async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
     from taskloom.sdk._engine.engine import Engine
     from taskloom.sdk._plugins.host import PluginHost, discover
     from taskloom.sdk._registry import ExecutorRegistry
-    from taskloom.security import RollbackGuard
 
     storage = await ctx.storage()
     secrets: SecretStore = LazySecrets(ctx)
@@ -143,7 +142,7 @@ async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
         storage=storage,
         executors=registry,
         trust=ctx.trust(),
-        rollback=RollbackGuard(storage),
+        rollback=ctx.marks(),  # beside the trust store: a new database does not reset them
         secrets=secrets,
         dev_mode=ctx.config.dev_mode,
     )

@@ -210,14 +210,13 @@ async def sign(args: argparse.Namespace, ctx: CliContext) -> int:
 
 async def _host(ctx: CliContext, *, dev_mode: bool | None = None) -> PluginHost:
     from taskloom.sdk._registry import ExecutorRegistry
-    from taskloom.security import RollbackGuard
 
     storage = await ctx.storage()
     return PluginHost(
         storage=storage,
         executors=ExecutorRegistry(),
         trust=ctx.trust(),
-        rollback=RollbackGuard(storage),
+        rollback=ctx.marks(),
         secrets=None,
         dev_mode=ctx.config.dev_mode if dev_mode is None else dev_mode,
     )
@@ -249,81 +248,6 @@ async def verify(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
-# --- trust -------------------------------------------------------------------
-
-
-def _save_trust(ctx: CliContext, trust: Any) -> None:
-    ctx.config.trust_path.parent.mkdir(parents=True, exist_ok=True)
-    trust.save(ctx.config.trust_path)
-
-
-async def trust_add(args: argparse.Namespace, ctx: CliContext) -> int:
-    from taskloom.security import load_public_key
-
-    path = Path(args.public_key)
-    if not path.is_file():
-        path = _key_paths(ctx, args.public_key)[1]
-    if not path.is_file():
-        raise UsageError(
-            f"no public key {args.public_key!r} (neither a file nor {path}): give the "
-            "publisher's .pub file, or a key name from 'taskloom keys list'"
-        )
-    key = load_public_key(path)
-    trust = ctx.trust()
-    trust.add_key(key, plugins=args.plugins, label=args.label or path.stem)
-    _save_trust(ctx, trust)
-    await audit(ctx, "trust.add", key.key_id, plugins=list(args.plugins))
-    ctx.out.data(
-        {"key_id": key.key_id, "plugins": args.plugins, "trust": str(ctx.config.trust_path)},
-        lambda: ctx.out.console.print(
-            f"trusted {key.key_id} for {', '.join(args.plugins)} in {ctx.config.trust_path}",
-            markup=False,
-        ),
-    )
-    return 0
-
-
-async def trust_remove(args: argparse.Namespace, ctx: CliContext) -> int:
-    trust = ctx.trust()
-    matches = [k for k in trust.keys if k.startswith(args.key_id)]
-    if len(matches) != 1:
-        raise UsageError(
-            f"{'no' if not matches else 'more than one'} trusted key matches {args.key_id!r}; "
-            "'taskloom trust list' shows the ids"
-        )
-    if args.revoke:
-        trust.revoke(matches[0])
-    else:
-        trust.remove_key(matches[0])
-    _save_trust(ctx, trust)
-    await audit(ctx, "trust.revoke" if args.revoke else "trust.remove", matches[0])
-    ctx.out.data(
-        {"key_id": matches[0], "revoked": bool(args.revoke)},
-        lambda: ctx.out.console.print(
-            f"{'revoked' if args.revoke else 'removed'} {matches[0]}", markup=False
-        ),
-    )
-    return 0
-
-
-async def trust_list(args: argparse.Namespace, ctx: CliContext) -> int:
-    trust = ctx.trust()
-    rows = [
-        {"key_id": kid, "label": tk.label, "plugins": list(tk.plugins)}
-        for kid, tk in sorted(trust.keys.items())
-    ]
-    data = {"keys": rows, "revoked": sorted(trust.revoked), "path": str(ctx.config.trust_path)}
-    ctx.out.data(
-        data,
-        lambda: ctx.out.table(
-            f"trusted keys ({ctx.config.trust_path})",
-            ["key id", "label", "may sign"],
-            [[r["key_id"], r["label"], ", ".join(r["plugins"])] for r in rows],
-        ),
-    )
-    return 0
-
-
 # --- plugins -----------------------------------------------------------------
 
 
@@ -343,6 +267,7 @@ async def plugins_list(args: argparse.Namespace, ctx: CliContext) -> int:
             "steps": list(r.steps),
             "executors": list(r.executors),
             "error": r.error,
+            "error_type": r.error_type,
             "source": r.source,
         }
         for r in reports
@@ -420,19 +345,9 @@ def register(
     cmd = add("verify", "verify a signed plugin directory against the trust store", verify)
     cmd.add_argument("plugin_dir")
 
-    trust = group("trust", "manage the trust store of plugin publisher keys")
-    cmd = add_to(trust, "add", "trust a publisher's public key for some plugin names", trust_add)
-    cmd.add_argument("public_key", help="public key file, or a key name in the key directory")
-    cmd.add_argument(
-        "--plugins", nargs="+", required=True, help="plugin names or patterns (fnmatch)"
-    )
-    cmd.add_argument("--label", help="a label for the key")
-    cmd = add_to(
-        trust, "remove", "stop trusting a key (--revoke: never trust it again)", trust_remove
-    )
-    cmd.add_argument("key_id", help="key id or a unique prefix of it")
-    cmd.add_argument("--revoke", action="store_true")
-    add_to(trust, "list", "list trusted keys and revoked ids", trust_list)
+    from taskloom.sdk._cli import trust as _cli_trust
+
+    _cli_trust.register(group, add_to)
 
     plugins = group("plugins", "discover and check plugins")
     add_to(plugins, "list", "load the configured plugins and show what each provides", plugins_list)

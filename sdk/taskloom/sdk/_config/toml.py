@@ -37,6 +37,7 @@ Configuration reference (every key optional)::
     [plugins]
     dirs = ["plugins"]         # each child with a taskloom-plugin.json is a plugin
     trust = "trust.json"       # the trust store (``taskloom trust add`` writes it)
+    root_key = "root.pub"      # optional: the trust store must be signed by this key
     dev_mode = false           # load unsigned plugins, with a warning each time
 
     [secrets]
@@ -107,6 +108,8 @@ class CliConfig:
     keys_dir: Path
     data_dir: Path
     history_path: Path
+    trust_root_key: Path | None = None
+    """``[plugins] root_key``: the public key that must have signed the trust store."""
     server: dict[str, Any] = attrs.field(factory=dict)
     """The ``[server]`` table as written (``taskloom serve`` checks and resolves it)."""
     telemetry: dict[str, bool] = attrs.field(factory=dict)
@@ -129,6 +132,7 @@ class CliConfig:
             "plugins": {
                 "dirs": [str(p) for p in self.plugin_dirs],
                 "trust": str(self.trust_path),
+                "root_key": str(self.trust_root_key) if self.trust_root_key else None,
                 "dev_mode": self.dev_mode,
             },
             "secrets": {"kind": self.secrets_kind, "path": str(self.secrets_path)},
@@ -161,7 +165,7 @@ _KNOWN_KEYS: dict[str, frozenset[str] | None] = {
     ),
     "engine": frozenset({"max_concurrency", "lease_ttl_s", "durability"}),
     "executors": None,  # one table per executor id; its settings belong to the adapter
-    "plugins": frozenset({"dirs", "trust", "dev_mode"}),
+    "plugins": frozenset({"dirs", "trust", "root_key", "dev_mode"}),
     "secrets": frozenset({"kind", "path"}),
     "keys": frozenset({"dir"}),
     "server": None,  # checked by taskloom.sdk.server's settings when a server starts
@@ -328,6 +332,7 @@ def read_config(source: Path | None) -> CliConfig:
         executors={str(k): dict(v) for k, v in executors.items()},
         plugin_dirs=tuple(path_of(d, base) for d in dirs),
         trust_path=path_of(plugins.get("trust"), config_dir / "trust.json"),
+        trust_root_key=path_of(plugins["root_key"], base) if "root_key" in plugins else None,
         dev_mode=dev_mode,
         secrets_path=path_of(_table(data, "secrets", source).get("path"), data_dir / "secrets.bin"),
         keys_dir=path_of(_table(data, "keys", source).get("dir"), data_dir / "keys"),
