@@ -39,6 +39,10 @@ def _assert_caught(outcomes: Mapping[str, BaseException | None], code: str, what
     assert naming, f"{what} was caught only by {sorted(failed)}, none of which names {code.upper()}"
     examples = [name for name in naming if not name.endswith("_against_model")]
     assert examples, f"only the state machine caught {what}; no {code} example test did"
+    for name, exc in failed.items():
+        text = str(exc)
+        assert "violated in" in text.splitlines()[0], f"{name} failed without a headline: {text!r}"
+        assert "the last calls to the adapter" in text, f"{name} names no operation: {text!r}"
     for name in naming:
         text = str(failed[name])
         assert text.startswith(code.upper()) or f" {code.upper()}" in text.splitlines()[0], (
@@ -123,6 +127,7 @@ def test_a_failure_shows_the_values_compared(tmp_path: Path) -> None:
     first = text.splitlines()[0]
     assert first.startswith("ST6 (") and "test_st6_start_after_and_limit" in first, first
     assert "['e', 'd', 'c']" in text and "['c', 'd', 'e']" in text, text
+    assert "scan('ns', start_after='b')" in text, text
 
 
 def test_the_harness_passes_working_adapters(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 
@@ -44,6 +44,7 @@ from taskloom.contracts import (
     UsageError,
 )
 from taskloom.contracts.testing._naming import current_test, naming_invariant
+from taskloom.contracts.testing._recording import Recording, Trail
 
 __all__ = ["ExecutorConformance"]
 
@@ -155,14 +156,16 @@ class ExecutorConformance:
     def _run(
         self, body: Body, opener: Callable[[], AbstractAsyncContextManager[LLMExecutor]]
     ) -> None:
+        trail = Trail()
+
         async def main() -> None:
             async with opener() as executor:
-                await body(executor)
+                await body(cast(LLMExecutor, Recording(executor, trail)))
 
         async def bounded() -> None:
             await asyncio.wait_for(main(), self.timeout_s)
 
-        with naming_invariant(LLMExecutor, current_test()):
+        with naming_invariant(LLMExecutor, current_test(), trail):
             asyncio.run(bounded())
 
     def _check_failure(self, failure: str) -> None:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from taskloom.contracts.testing._recording import Trail
+
 _CODE = re.compile(r"[a-z]{2}\d+")
 _STATEMENT = re.compile(r"^\s*([A-Z]{2}\d+)\s+(.*?)(?=^\s*[A-Z]{2}\d+\s|\Z)", re.M | re.S)
 
@@ -58,20 +60,28 @@ def headline(protocol: type, test_name: str) -> str:
 
 
 @contextmanager
-def naming_invariant(protocol: type, test_name: str) -> Iterator[None]:
-    """Re-raise an assertion or ``pytest.fail`` inside with the invariant in front; an
-    unexpected exception from the adapter becomes such an assertion too (chained)."""
+def naming_invariant(protocol: type, test_name: str, trail: Trail | None = None) -> Iterator[None]:
+    """Re-raise an assertion or ``pytest.fail`` inside with the invariant in front and the
+    last calls on the adapter (``trail``) after; an unexpected exception from the adapter
+    becomes such an assertion too (chained)."""
+    head = headline(protocol, test_name)
     try:
         yield
     except AssertionError as exc:
-        if str(exc).startswith(headline(protocol, test_name)):
+        if str(exc).startswith(head):
             raise
-        raise AssertionError(f"{headline(protocol, test_name)}:\n{exc}") from exc
+        raise AssertionError(f"{head}:\n{exc}{trail.text() if trail else ''}") from exc
     except pytest.fail.Exception as exc:
-        if str(exc).startswith(headline(protocol, test_name)):
+        if str(exc).startswith(head):
             raise
-        pytest.fail(f"{headline(protocol, test_name)}:\n{exc.msg}", pytrace=True)
+        pytest.fail(f"{head}:\n{exc.msg}{trail.text() if trail else ''}", pytrace=True)
+    except TimeoutError as exc:
+        raise AssertionError(
+            f"{head}:\nthe test did not finish in time: a call to the adapter never returned"
+            f"{trail.text() if trail else ''}"
+        ) from exc
     except Exception as exc:
         raise AssertionError(
-            f"{headline(protocol, test_name)}:\nthe adapter raised {type(exc).__name__}: {exc}"
+            f"{head}:\nthe adapter raised {type(exc).__name__}: {exc}"
+            f"{trail.text() if trail else ''}"
         ) from exc

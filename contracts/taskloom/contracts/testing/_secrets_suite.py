@@ -25,7 +25,7 @@ import pickle
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -45,6 +45,7 @@ from taskloom.contracts import (
     serde,
 )
 from taskloom.contracts.testing._naming import current_test, naming_invariant
+from taskloom.contracts.testing._recording import Recording, Trail
 from taskloom.contracts.testing._secrets_machine import _SecretMachine
 
 __all__ = ["SecretStoreConformance"]
@@ -111,11 +112,14 @@ class SecretStoreConformance:
     # helpers -------------------------------------------------------------------------
 
     def _run(self, tmp_path: Path, body: Body, initial: Mapping[str, str] | None = None) -> None:
+        trail = Trail()
+
         async def main() -> None:
             async with self.open_store(tmp_path / "secrets", initial) as store:
-                await asyncio.wait_for(body(store), self.timeout_s)
+                recorded = cast(SecretStore, Recording(store, trail, {"set": (1,)}))
+                await asyncio.wait_for(body(recorded), self.timeout_s)
 
-        with naming_invariant(SecretStore, current_test()):
+        with naming_invariant(SecretStore, current_test(), trail):
             asyncio.run(main())
 
     def _need_writable(self) -> None:
@@ -349,29 +353,29 @@ class SecretStoreConformance:
                 self.texts.append(f"{record.getMessage()} {record.args!r} {record.__dict__!r}")
 
         async def body(store: SecretStore) -> None:
-            await store.get("api_key")
-            await store.names()
-            if self.writable:
-                await store.set("other", SENTINEL)
-                await store.set("again", Secret(SENTINEL))
-                await store.get("other")
-                await store.delete("other")
-            for name in ("missing", "bad name"):
-                with contextlib.suppress(SecretError):
-                    await store.get(name)
+            collect = Collect()
+            root = logging.getLogger()
+            level = root.level
+            root.addHandler(collect)
+            root.setLevel(logging.DEBUG)
+            try:
+                await store.get("api_key")
+                await store.names()
+                if self.writable:
+                    await store.set("other", SENTINEL)
+                    await store.set("again", Secret(SENTINEL))
+                    await store.get("other")
+                    await store.delete("other")
+                for name in ("missing", "bad name"):
+                    with contextlib.suppress(SecretError):
+                        await store.get(name)
+            finally:
+                root.removeHandler(collect)
+                root.setLevel(level)
+            for text in collect.texts:
+                assert SENTINEL not in text, f"a secret value was logged: {text[:300]!r}"
 
-        collect = Collect()
-        root = logging.getLogger()
-        level = root.level
-        root.addHandler(collect)
-        root.setLevel(logging.DEBUG)
-        try:
-            self._run(tmp_path, body, {"api_key": SENTINEL})
-        finally:
-            root.removeHandler(collect)
-            root.setLevel(level)
-        for text in collect.texts:
-            assert SENTINEL not in text, f"SS6: a secret value was logged: {text[:300]!r}"
+        self._run(tmp_path, body, {"api_key": SENTINEL})
 
     # SS7 -----------------------------------------------------------------------------
 
@@ -381,19 +385,23 @@ class SecretStoreConformance:
             pytest.skip("the store declares durable = False")
         self._need_writable()
 
+        trail = Trail()
+
         async def main() -> None:
-            async with self.open_store(tmp_path / "secrets") as store:
+            async with self.open_store(tmp_path / "secrets") as opened:
+                store = cast(SecretStore, Recording(opened, trail, {"set": (1,)}))
                 await store.set("kept", "value-1")
                 await store.set("replaced", "old")
                 await store.set("replaced", "new")
                 await store.set("gone", "x")
                 await store.delete("gone")
-            async with self.open_store(tmp_path / "secrets") as store:
+            async with self.open_store(tmp_path / "secrets") as opened:
+                store = cast(SecretStore, Recording(opened, trail, {"set": (1,)}))
                 assert await store.names() == ["kept", "replaced"]
                 assert (await store.get("kept")).reveal() == "value-1"
                 assert (await store.get("replaced")).reveal() == "new"
 
-        with naming_invariant(SecretStore, current_test()):
+        with naming_invariant(SecretStore, current_test(), trail):
             asyncio.run(main())
 
     # SS8 -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar, TypeVar, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -23,6 +23,7 @@ from taskloom.contracts import (
     StorageAdapter,
 )
 from taskloom.contracts.testing._naming import current_test, naming_invariant
+from taskloom.contracts.testing._recording import Recording, Trail
 
 Body = Callable[[StorageAdapter], Awaitable[None]]
 T = TypeVar("T")
@@ -83,6 +84,11 @@ ORDERED_KEYS: tuple[str, ...] = (
 """Keys in code point order; UTF-16 order would put the last two before ``\\ue000``."""
 
 
+def _recorded(storage: StorageAdapter, trail: Trail) -> StorageAdapter:
+    """``storage``, with every call written to ``trail`` for failure messages."""
+    return cast(StorageAdapter, Recording(storage, trail))
+
+
 class StorageSuiteBase:
     """The attributes, hook and helpers of ``StorageConformance`` (see its docstring)."""
 
@@ -134,11 +140,13 @@ class StorageSuiteBase:
     def _run_at(self, location: Path, body: Body) -> None:
         """Open the adapter at ``location`` and run ``body``."""
 
+        trail = Trail()
+
         async def main() -> None:
             async with self.open_storage(location) as storage:
-                await self.bounded(body(storage), "the test")
+                await self.bounded(body(_recorded(storage, trail)), "the test")
 
-        with naming_invariant(StorageAdapter, current_test()):
+        with naming_invariant(StorageAdapter, current_test(), trail):
             asyncio.run(main())
 
     def _run_twice(self, tmp_path: Path, first: Body, second: Body) -> None:
@@ -146,11 +154,13 @@ class StorageSuiteBase:
         if not self.durable:
             pytest.skip("the adapter declares durable = False")
 
+        trail = Trail()
+
         async def main() -> None:
             async with self.open_storage(tmp_path / "store") as storage:
-                await self.bounded(first(storage), "the writes before reopening")
+                await self.bounded(first(_recorded(storage, trail)), "the writes before reopening")
             async with self.open_storage(tmp_path / "store") as storage:
-                await self.bounded(second(storage), "the reads after reopening")
+                await self.bounded(second(_recorded(storage, trail)), "the reads after reopening")
 
-        with naming_invariant(StorageAdapter, current_test()):
+        with naming_invariant(StorageAdapter, current_test(), trail):
             asyncio.run(main())

@@ -131,6 +131,18 @@ _TOUCHES = st.lists(
 )
 """How a batch touches one key, in order (``_StorageMachine._one_key_batch``)."""
 
+_OPENINGS = st.sampled_from(
+    [
+        ["put", "delete", "put"],
+        ["delete", "put", "check"],
+        ["put", "check", "delete"],
+        ["put", "put_if", "check"],
+        ["put", "delete_if", "check", "put_if"],
+    ]
+)
+"""How the first batch of every example begins: two writes of one key at least, one of
+them a delete in four cases of five."""
+
 
 class _StorageMachine(RuleBasedStateMachine):
     """Drives one adapter and a ``StorageModel`` with the same operations."""
@@ -166,12 +178,12 @@ class _StorageMachine(RuleBasedStateMachine):
         assert self.storage is not None
         return self.storage
 
-    @initialize(namespace=tst.namespaces(), key=tst.keys(), touches=_TOUCHES)
-    def start(self, namespace: str, key: str, touches: list[str]) -> None:
+    @initialize(namespace=tst.namespaces(), key=tst.keys(), opening=_OPENINGS, touches=_TOUCHES)
+    def start(self, namespace: str, key: str, opening: list[str], touches: list[str]) -> None:
         """Open the adapter; every example begins with a batch touching one key repeatedly
         (put then delete, delete then put, a check after a put), so that none misses one."""
         self.open()
-        self._commit(self._one_key_batch(namespace, key, ["put", *touches]))
+        self._commit(self._one_key_batch(namespace, key, [*opening, *touches]))
 
     def teardown(self) -> None:
         try:
