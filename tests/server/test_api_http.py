@@ -515,3 +515,19 @@ async def test_a_queued_run_is_not_resumed_beside_its_queue() -> None:
         assert response.status_code == 409 and "queued" in response.json()["detail"]
         response = await s.client.post(f"{run['url']}/cancel", headers=s.auth("submit"))
         assert response.status_code == 202 and response.json()["status"] == "cancelled"
+
+
+async def test_a_text_only_redactor_masks_nested_values_too() -> None:
+    """An engine redactor with only ``redact(text)`` still masks a secret nested deep in
+    a run's inputs and output in what the API returns."""
+    secret = "tok-9f8e7d6c5b4a"
+
+    class TextRedactor:
+        def redact(self, text: str) -> str:
+            return text.replace(secret, "***")
+
+    async with served_app(make_engine(redactor=TextRedactor())) as s:
+        run = await s.submit(inputs={"who": f"x {secret} y"})
+        detail = await s.finished(run["run_id"])
+        assert secret not in json.dumps(detail)
+        assert "***" in detail["inputs"]["who"]

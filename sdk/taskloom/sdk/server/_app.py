@@ -98,7 +98,6 @@ class TaskloomApi:
         self.owns_engine = owns_engine
         self.settings = settings
         self._tokens = tokens
-        self._tokens_given = tokens is not None
         self.control = RunControl(engine, cancel_wait_s=settings.cancel_wait_s)
         self.catalog = PipelineCatalog(settings.pipeline_dirs)
         self._hub: EventHub | None = None
@@ -145,14 +144,13 @@ class TaskloomApi:
     # --- helpers -----------------------------------------------------------------
 
     def mask(self, data: Any) -> Any:
-        """``data`` with every secret value the engine knows masked."""
+        """``data`` with every secret value the engine knows masked (its redactor's and
+        those it resolved itself), in every string however deep."""
+        masked = self.engine.mask(data)
         redactor = self.engine.redactor
-        if redactor is None:
-            return data
-        redact_data = getattr(redactor, "redact_data", None)
-        if callable(redact_data):
-            return redact_data(data)
-        return _walk(data, self.engine.redact)
+        if redactor is not None and not callable(getattr(redactor, "redact_data", None)):
+            masked = _walk(masked, self.engine.redact)  # a text-only redactor
+        return masked
 
     def json(self, model: object, status: int = 200, **headers: str) -> Response:
         body = self.mask(serde.converter.unstructure(model))
