@@ -20,8 +20,10 @@ from taskloom.adapters.postgres import SCHEMA_VERSION, PostgresStorage
 from taskloom.adapters.postgres._dsn import Dsn
 from taskloom.adapters.postgres._errors import translate
 from taskloom.contracts import (
+    Append,
     Check,
     ConflictError,
+    Delete,
     Put,
     Secret,
     StorageCorrupted,
@@ -489,3 +491,48 @@ async def test_an_unexpected_writer_error_fails_its_batch_only(storage: Postgres
     with pytest.raises(StorageError, match="bug"):
         await storage.put("ns", "k", b"v")
     assert (await storage.put("ns", "k", b"v")).version == 1
+
+
+async def test_batches_of_commits_go_in_one_pipeline(storage: PostgresStorage) -> None:
+    """Commits with checks, appends and conditional puts of one batch are sent as one
+    pipeline; a failed check inside it falls back to member-by-member outcomes."""
+    writer = storage._writer
+    assert writer is not None
+    original = writer._attempt_pipelined
+    sent: list[int] = []
+
+    async def spy(batch: list[Any], plans: list[Any]) -> Any:
+        sent.append(len(batch))
+        return await original(batch, plans)
+
+    writer._attempt_pipelined = spy  # type: ignore[method-assign]
+    fence = await storage.put("fences", "run", b"1")
+    results = await asyncio.gather(
+        *(
+            storage.commit(
+                [
+                    Check(namespace="fences", key="run", version=fence.version),
+                    Put(namespace="steps", key=f"s{i}", value=b"x", if_version=0),
+                    Append(stream="events", payload=str(i).encode()),
+                ]
+            )
+            for i in range(10)
+        )
+    )
+    assert sent == [10]
+    assert sorted(r.entries[0].seq for r in results) == list(range(1, 11))
+    assert all(r.records[0].version == 1 for r in results)
+    assert [e.payload for e in await storage.read("events")] == [str(i).encode() for i in range(10)]
+    mixed = await asyncio.gather(
+        storage.commit(
+            [Check(namespace="fences", key="run", version=9), Append(stream="x", payload=b"")]
+        ),
+        storage.commit([Put(namespace="steps", key="s0", value=b"y", if_version=1)]),
+        storage.commit([Delete(namespace="steps", key="s1", if_version=1)]),
+        return_exceptions=True,
+    )
+    assert sent == [10, 3]
+    assert isinstance(mixed[0], ConflictError)
+    assert not isinstance(mixed[1], BaseException) and mixed[1].records[0].version == 2
+    assert not isinstance(mixed[2], BaseException) and mixed[2].deleted == (True,)
+    assert await storage.read("x") == []

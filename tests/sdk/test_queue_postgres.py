@@ -4,7 +4,9 @@ whose engine did not submit (another host) is woken by NOTIFY, not by its poll."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from engine_support import FakeExecutor
@@ -22,10 +24,17 @@ def _pipe() -> dict[str, Any]:
     }
 
 
-def _engine(dsn: str, schema: str) -> Engine:
+@contextlib.asynccontextmanager
+async def _engine(dsn: str, schema: str) -> AsyncIterator[Engine]:
+    """An engine on its own PostgresStorage (one "host"), both closed at the end."""
     registry = ExecutorRegistry()
     registry.register("fake", FakeExecutor())
-    return Engine(storage=PostgresStorage(dsn, schema=schema, max_size=4), registry=registry)
+    storage = PostgresStorage(dsn, schema=schema, max_size=4)
+    try:
+        async with Engine(storage=storage, registry=registry) as engine:
+            yield engine
+    finally:
+        await storage.aclose()
 
 
 async def _wait_status(engine: Engine, run_ids: list[str], status: str) -> list[str]:

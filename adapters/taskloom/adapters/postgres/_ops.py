@@ -32,11 +32,13 @@ from taskloom.contracts import (
 __all__ = [
     "Cursor",
     "JobFn",
+    "Plan",
     "append_job",
     "commit_job",
     "delete_job",
     "delete_versions_job",
     "drop_stream_job",
+    "plan",
     "purge_job",
     "put_job",
     "upsert_job",
@@ -272,3 +274,148 @@ async def delete_versions_job(cur: Cursor, sql: Statements, args: tuple[Any, ...
         sql.delete_versions, ([k for k, _ in pairs], [v for _, v in pairs], namespace)
     )
     return max(cur.rowcount, 0)
+
+
+# --- pipelined forms ---------------------------------------------------------------------
+#
+# A batch whose every member has a plan is sent in one pipeline (BEGIN, every statement,
+# COMMIT: one round trip) and its results read afterwards. A failed version check raises
+# TL409 in the server, which aborts the whole batch; the writer then runs it again the
+# serial way, where each member's conflict is its own.
+
+Statement = tuple[str, tuple[Any, ...]]
+Finish = Callable[[list[Cursor]], Awaitable[Any]]
+Plan = tuple[list[Statement], Finish]
+
+
+async def _version_of(cur: Cursor) -> int:
+    row = await cur.fetchone()
+    assert row is not None  # a pipelined write returns its row or raised TL409
+    return int(row[0])
+
+
+def _put_plan(
+    sql: Statements,
+    namespace: str,
+    key: str,
+    value: bytes,
+    if_version: int | None,
+    now: float,
+    expires_at: float | None,
+) -> tuple[Statement, Callable[[Cursor], Awaitable[Record]]]:
+    if if_version is None:
+        statement: Statement = (sql.upsert, (namespace, key, value, now, expires_at))
+    elif if_version == 0:
+        statement = (sql.p_insert_if_missing, (namespace, key, value, now, expires_at))
+    else:
+        statement = (
+            sql.p_update_if_version,
+            (value, now, expires_at, namespace, key, if_version, now),
+        )
+
+    async def finish(cur: Cursor) -> Record:
+        return Record(
+            namespace=namespace,
+            key=key,
+            value=value,
+            version=await _version_of(cur),
+            updated_at=now,
+            expires_at=expires_at,
+        )
+
+    return statement, finish
+
+
+def _check_absent(sql: Statements, namespace: str, key: str, now: float) -> list[Statement]:
+    """Reserve the key (see ``_check``), then check in a later statement that it is missing."""
+    return [(sql.reserve, (namespace, key)), (sql.p_check_absent, (namespace, key, now))]
+
+
+def _plan_commit(sql: Statements, ops: tuple[Op, ...], now: float) -> Plan:
+    statements: list[Statement] = []
+    readers: list[tuple[str, Callable[[Cursor], Awaitable[Any]] | None]] = []
+    reserved: list[tuple[str, str]] = []
+    for op in ops:
+        if isinstance(op, Put):
+            expires_at = None if op.ttl is None else now + op.ttl
+            statement, read_record = _put_plan(
+                sql, op.namespace, op.key, op.value, op.if_version, now, expires_at
+            )
+            statements.append(statement)
+            readers.append(("record", read_record))
+        elif isinstance(op, Delete):
+            if op.if_version:
+                statements.append(
+                    (sql.p_delete_if_version, (op.namespace, op.key, op.if_version, now))
+                )
+                readers.append(("deleted_checked", None))
+                continue
+            if op.if_version == 0:
+                statements += _check_absent(sql, op.namespace, op.key, now)
+                readers += [("check", None), ("check", None)]
+            statements.append((sql.delete, (op.namespace, op.key)))
+            readers.append(("deleted", None))
+        elif isinstance(op, Append):
+            statements.append((sql.append, (op.stream, op.payload, now)))
+            readers.append((op.stream, None))
+        elif isinstance(op, Check):
+            if op.version == 0:
+                statements += _check_absent(sql, op.namespace, op.key, now)
+                readers.append(("check", None))
+                reserved.append((op.namespace, op.key))
+            else:
+                statements.append((sql.p_check, (op.namespace, op.key, op.version, now)))
+            readers.append(("check", None))
+    for namespace, key in reserved:
+        statements.append((sql.unreserve, (namespace, key)))
+        readers.append(("check", None))
+
+    async def finish_commit(cursors: list[Cursor]) -> CommitResult:
+        records: list[Record] = []
+        entries: list[StreamEntry] = []
+        deleted: list[bool] = []
+        for (kind, reader), cur in zip(readers, cursors, strict=True):
+            if reader is not None:
+                records.append(await reader(cur))
+            elif kind == "deleted_checked":
+                deleted.append(True)
+            elif kind == "deleted":
+                row = await cur.fetchone()
+                deleted.append(row is not None and (row[0] is None or row[0] > now))
+            elif kind != "check":
+                entries.append(
+                    StreamEntry(
+                        stream=kind, seq=await _version_of(cur), payload=b"", appended_at=now
+                    )
+                )
+        if entries:  # the payloads, in the order of the appends
+            payloads = iter(op.payload for op in ops if isinstance(op, Append))
+            entries = [
+                StreamEntry(stream=e.stream, seq=e.seq, payload=next(payloads), appended_at=now)
+                for e in entries
+            ]
+        return CommitResult(records=tuple(records), entries=tuple(entries), deleted=tuple(deleted))
+
+    return statements, finish_commit
+
+
+def plan(fn: JobFn, sql: Statements, args: tuple[Any, ...]) -> Plan | None:
+    """The pipelined form of a job, or None when it has none (it then runs serially)."""
+    if fn is upsert_job or fn is put_job:
+        statement, finish_one = _put_plan(sql, *args)
+
+        async def finish_put(cursors: list[Cursor]) -> Record:
+            return await finish_one(cursors[0])
+
+        return [statement], finish_put
+    if fn is append_job:
+        stream, payload, now = args
+
+        async def finish_append(cursors: list[Cursor]) -> StreamEntry:
+            seq = await _version_of(cursors[0])
+            return StreamEntry(stream=stream, seq=seq, payload=payload, appended_at=now)
+
+        return [(sql.append, (stream, payload, now))], finish_append
+    if fn is commit_job:
+        return _plan_commit(sql, args[0], args[1])
+    return None

@@ -58,6 +58,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (stream, seq)
         )""",
     ),
+    # 2: a failed version check inside a pipelined batch aborts it server-side (TL409).
+    (
+        """CREATE FUNCTION {s}.taskloom_conflict() RETURNS bigint LANGUAGE plpgsql VOLATILE
+        AS $$ BEGIN RAISE EXCEPTION 'taskloom: a version check failed'
+        USING ERRCODE = 'TL409'; END $$""",
+    ),
 )
 """Forward migrations: entry ``i`` brings a store from schema ``i`` to ``i + 1``."""
 
@@ -132,6 +138,21 @@ _SCAN_META_HEAD = (
 )
 _DROP_HEAD = "DELETE FROM {s}.stream_heads WHERE stream = %s RETURNING last_seq"
 _DROP_ENTRIES = "DELETE FROM {s}.streams WHERE stream = %s"
+# The pipelined forms: one statement each, whose failed check raises TL409 in the server.
+_FAIL = "{s}.taskloom_conflict()"
+_P_CHECK = (
+    f"SELECT CASE WHEN count(*) = 1 THEN 1 ELSE {_FAIL} END FROM (SELECT 1 FROM {{s}}.records "
+    f"WHERE namespace = %s AND key = %s AND version = %s AND {_LIVE} FOR SHARE) AS t"
+)
+# After the key was reserved (a statement of its own, which waits for a concurrent
+# writer of the key): a new statement, so a new snapshot that sees what that writer
+# committed. One statement for both would judge by the snapshot taken before the wait.
+_P_CHECK_ABSENT = (
+    "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM (SELECT version, expires_at "
+    "FROM {s}.records WHERE namespace = %s AND key = %s FOR SHARE) AS x WHERE x.version > 0 "
+    f"AND (x.expires_at IS NULL OR x.expires_at > %s)) THEN 1 ELSE {_FAIL} END"
+)
+_P_WRAP = f"SELECT CASE WHEN count(*) = 1 THEN max(version) ELSE {_FAIL} END FROM u"
 _CLAIM_NEXT = (
     "SELECT key, value, version, updated_at, expires_at FROM {s}.records "
     f"WHERE namespace = %s AND key >= %s AND key > %s AND {_LIVE}"
@@ -174,6 +195,11 @@ class Statements:
     claim_next_bounded: str
     drop_head: str
     drop_entries: str
+    p_check: str
+    p_check_absent: str
+    p_insert_if_missing: str
+    p_update_if_version: str
+    p_delete_if_version: str
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -204,6 +230,11 @@ class Statements:
             claim_next_bounded=_CLAIM_NEXT.format(s=s) + " AND key < %s" + _CLAIM_TAIL,
             drop_head=_DROP_HEAD.format(s=s),
             drop_entries=_DROP_ENTRIES.format(s=s),
+            p_check=_P_CHECK.format(s=s),
+            p_check_absent=_P_CHECK_ABSENT.format(s=s),
+            p_insert_if_missing=f"WITH u AS ({_INSERT_IF_MISSING}) {_P_WRAP}".format(s=s),
+            p_update_if_version=f"WITH u AS ({_UPDATE_IF_VERSION}) {_P_WRAP}".format(s=s),
+            p_delete_if_version=f"WITH u AS ({_DELETE_IF_VERSION}) {_P_WRAP}".format(s=s),
         )
 
 

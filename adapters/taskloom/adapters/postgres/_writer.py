@@ -43,10 +43,12 @@ from taskloom.adapters.postgres._errors import is_lost_connection, is_retryable,
 from taskloom.adapters.postgres._listen import NOTIFY
 from taskloom.adapters.postgres._ops import (
     JobFn,
+    Plan,
     append_job,
     commit_job,
     delete_job,
     delete_versions_job,
+    plan,
     purge_job,
     put_job,
     upsert_job,
@@ -82,6 +84,14 @@ SINGLE_STATEMENT_JOBS = frozenset(
 
 _CLOSED_FIRST = frozenset({"57P01", "57P02", "57P03"})
 """The server closed the connection before reading what was sent (shutdown, terminated)."""
+
+
+CONFLICT_STATE = "TL409"
+"""The SQLSTATE ``taskloom_conflict()`` raises (see ``_schema``)."""
+
+
+class _CheckFailed(Exception):
+    """A version check failed inside a pipelined batch: it was rolled back as a whole."""
 
 
 class _CommitUnknown(Exception):
@@ -297,6 +307,56 @@ class Writer:
     async def _attempt(self, batch: list[Job]) -> list[_Outcome]:
         if self._one_statement(batch):
             return await self._attempt_one_statement(batch)
+        plans = [plan(fn, self._sql, args) for fn, args, _, _ in batch]
+        if all(p is not None for p in plans):
+            try:
+                return await self._attempt_pipelined(batch, [p for p in plans if p is not None])
+            except _CheckFailed:
+                pass  # some member's check failed: sort it out member by member below
+        return await self._attempt_serial(batch)
+
+    async def _attempt_pipelined(self, batch: list[Job], plans: list[Plan]) -> list[_Outcome]:
+        """Send BEGIN, every statement of every member and COMMIT at once, then read.
+
+        One round trip for the whole batch. A failed version check raises TL409 in the
+        server, which aborts it all (``_CheckFailed``: the caller runs the batch
+        serially). A connection lost once this was sent leaves the outcome unknown.
+        """
+        async with self._pool.connection(timeout=self._pool_timeout_s) as conn:
+            cursors: list[list[psycopg.AsyncCursor[Any]]] = []
+            try:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED", prepare=False)
+                    for statements, _ in plans:
+                        mine = []
+                        for query, params in statements:
+                            cur: psycopg.AsyncCursor[Any] = conn.cursor()
+                            # prepare=False: a statement psycopg prepares inside a pipeline
+                            # that then aborts is never created in the server, and psycopg
+                            # would go on using its name ("prepared statement does not exist")
+                            await cur.execute(query, params, prepare=False)
+                            mine.append(cur)
+                        cursors.append(mine)
+                    wake = self._announced(batch)
+                    if wake:
+                        await conn.execute(NOTIFY, (self._notify[0], wake), prepare=False)
+                    await conn.execute("COMMIT", prepare=False)
+            except psycopg.Error as exc:
+                state = str(getattr(exc, "sqlstate", "") or "")
+                if state == CONFLICT_STATE:
+                    await rollback(conn)
+                    raise _CheckFailed() from exc
+                if (conn.broken or is_lost_connection(exc)) and state not in _CLOSED_FIRST:
+                    raise _CommitUnknown() from exc
+                await rollback(conn)
+                raise
+            self.transactions += 1
+            outcomes: list[_Outcome] = []
+            for job, (_, finish), mine in zip(batch, plans, cursors, strict=True):
+                outcomes.append((job[2], True, await finish(mine)))
+            return outcomes
+
+    async def _attempt_serial(self, batch: list[Job]) -> list[_Outcome]:
         sql = self._sql
         alone = len(batch) == 1
         async with self._pool.connection(timeout=self._pool_timeout_s) as conn:
