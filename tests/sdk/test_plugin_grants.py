@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_plugin_host import STEP_PLUGIN, _host, _plugin_modules, make_plugin
@@ -176,3 +177,82 @@ async def test_dev_mode_refuses_a_rolled_back_plugin(
         (report,) = await again.load(discover([tmp_path / "v1"], entry_points=False))
     assert not report.loaded and report.error_type == "RollbackDetected"
     await again.aclose()
+
+
+def _reply(request: Any) -> Any:
+    import httpx
+
+    seen.append(str(request.url))
+    return httpx.Response(
+        200,
+        json={
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hi"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+        },
+    )
+
+
+seen: list[str] = []
+
+
+class _Wrapper:
+    """A registered executor that hides the one it forwards to (no base_url to inspect)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def complete(self, request: Any) -> Any:
+        return await self.inner.complete(request)
+
+    def stream(self, request: Any) -> Any:
+        return self.inner.stream(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("trick", ["repointed", "wrapper", "port", "scheme"])
+async def test_every_request_is_checked_at_the_transport(trick: str) -> None:
+    """A re-pointed URL, a wrapper or another port/scheme never reaches the network."""
+    import httpx
+
+    from taskloom.adapters.openai import OpenAIExecutor
+    from taskloom.contracts import CompletionRequest, Message
+
+    seen.clear()
+    transport = httpx.MockTransport(_reply)
+    context, _ = _context(Capabilities(executors=("remote",), network_hosts=("api.example.com",)))
+    good = OpenAIExecutor(base_url="https://api.example.com/v1", model="m", transport=transport)
+    target = {
+        "repointed": "https://evil.example.net/v1",
+        "wrapper": "https://evil.example.net/v1",
+        "port": "https://api.example.com:8443/v1",
+        "scheme": "http://api.example.com/v1",
+    }[trick]
+    bad = OpenAIExecutor(base_url=target, model="m", transport=transport)
+    if trick == "wrapper":
+        context.register_executor("remote", _Wrapper(bad))  # type: ignore[arg-type]
+    else:
+        context.register_executor("remote", good)
+        good._url = bad._url  # re-pointed after the registration check
+    executor = context.executors["remote"]
+    request = CompletionRequest(messages=(Message(role="user", content="x"),))
+    with pytest.raises(CapabilityDenied, match="network host"):
+        await executor.complete(request)
+    with pytest.raises(CapabilityDenied):
+        async for _ in executor.stream(request):
+            pass
+    assert seen == []
+    ok = OpenAIExecutor(base_url="https://api.example.com/v1", model="m", transport=transport)
+    allowed, _ = _context(Capabilities(executors=("remote",), network_hosts=("api.example.com",)))
+    allowed.register_executor("remote", ok)
+    assert (await allowed.executors["remote"].complete(request)).text == "hi"
+    assert seen == ["https://api.example.com/v1/chat/completions"]
+    for created in (good, bad, ok):
+        await created.aclose()

@@ -107,6 +107,7 @@ from taskloom.contracts._pipeline import (
 )
 from taskloom.contracts._plugin import (
     MANIFEST_FORMAT,
+    NETWORK_GUARD,
     Capabilities,
     FileEntry,
     JSONValue,
@@ -114,6 +115,7 @@ from taskloom.contracts._plugin import (
     PluginContext,
     PluginManifest,
     StepFunction,
+    check_network,
 )
 from taskloom.contracts._secrets import (
     MASK,
@@ -154,6 +156,7 @@ __all__ = [
     "MASK",
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
+    "NETWORK_GUARD",
     "PIPELINE_FORMAT",
     "Append",
     "AuthenticationFailed",
@@ -263,6 +266,7 @@ __all__ = [
     "check_if_version",
     "check_limit",
     "check_name",
+    "check_network",
     "check_read",
     "check_scan",
     "check_secret_name",

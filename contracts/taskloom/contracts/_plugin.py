@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -35,6 +36,20 @@ def _str_tuple(value: object) -> object:
 
 
 _str_items = _v.deep_iterable(_v.instance_of(str), _v.instance_of(tuple))
+
+NETWORK_GUARD: ContextVar[Callable[[str], None] | None] = ContextVar(
+    "taskloom_network_guard", default=None
+)
+"""Set by the plugin host while a plugin's executor runs: the check of its network grant."""
+
+
+def check_network(url: str) -> None:
+    """Call before every HTTP request an executor sends (taskloom's own do, at their
+    transport): while a plugin's executor is running, a URL outside the plugin's
+    declared ``network_hosts`` (scheme, host and port) raises ``CapabilityDenied``."""
+    guard = NETWORK_GUARD.get()
+    if guard is not None:
+        guard(url)
 
 
 @attrs.frozen(kw_only=True)

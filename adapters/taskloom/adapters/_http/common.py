@@ -56,6 +56,7 @@ from taskloom.adapters._http.sse import ServerSentEvent, SSEDecoder, iter_sse
 from taskloom.adapters._http.transport import (
     ACCEPT_ENCODING,
     MAX_RESPONSE_BYTES,
+    CheckedTransport,
     Deadline,
     ShardedTransport,
     iter_decoded,
@@ -240,7 +241,9 @@ class HTTPExecutor(abc.ABC):
                     connect=self._connect_timeout_s,
                     pool=self._total_timeout_s,
                 ),
-                transport=self._transport or pooled_transport(self._max_connections),
+                transport=CheckedTransport(
+                    self._transport or pooled_transport(self._max_connections)
+                ),
                 follow_redirects=False,
                 trust_env=self._transport is None,
             )

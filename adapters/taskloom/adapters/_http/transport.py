@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from taskloom.contracts import MalformedResponse, UsageError
+from taskloom.contracts import MalformedResponse, UsageError, check_network
 
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 """Largest reply body (and largest single SSE line or event) an executor reads."""
@@ -141,6 +141,22 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for shard in self._shards:
             await shard.aclose()
+
+
+class CheckedTransport(httpx.AsyncBaseTransport):
+    """Checks every request's URL with ``taskloom.contracts.check_network`` before it is
+    sent: a plugin's executor reaches only the hosts its manifest declared, whatever
+    its base URL says by then (a re-pointed URL, a wrapper around the executor)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        check_network(str(request.url))
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def pooled_transport(max_connections: int) -> httpx.AsyncBaseTransport:

@@ -15,15 +15,16 @@ walks the garbage collector still finds them: that is the honest limit above.)
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from taskloom.contracts import (
-    Append as AppendOp,
-)
-from taskloom.contracts import (
+    NETWORK_GUARD,
     Capabilities,
     CapabilityDenied,
     CommitResult,
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResult,
     LLMExecutor,
     Op,
     PluginError,
@@ -34,6 +35,9 @@ from taskloom.contracts import (
     StepFunction,
     StorageAdapter,
     StreamEntry,
+)
+from taskloom.contracts import (
+    Append as AppendOp,
 )
 from taskloom.contracts import (
     Check as CheckOp,
@@ -215,6 +219,49 @@ class ScopedStorage(_Sealed):
         """The host owns the real storage; a plugin closing its view changes nothing."""
 
 
+class GuardedExecutor:
+    """A plugin's executor as the engine sees it: while it runs, every HTTP request
+    taskloom's transports send is checked against the plugin's network grant
+    (``taskloom.contracts.check_network``), not only the URL it had when registered."""
+
+    __slots__ = ("_check", "_inner")
+
+    def __init__(self, inner: LLMExecutor, check: Callable[[str], None]) -> None:
+        self._inner = inner
+        self._check = check
+
+    def __repr__(self) -> str:
+        return f"GuardedExecutor({self._inner!r})"
+
+    async def complete(self, request: CompletionRequest) -> CompletionResult:
+        token = NETWORK_GUARD.set(self._check)
+        try:
+            return await self._inner.complete(request)
+        finally:
+            NETWORK_GUARD.reset(token)
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+        # the guard is set around each step only, so it never leaks into the consumer
+        chunks = self._inner.stream(request).__aiter__()
+        try:
+            while True:
+                token = NETWORK_GUARD.set(self._check)
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    NETWORK_GUARD.reset(token)
+                yield chunk
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class _Grants:
     """What one plugin's context stands for, kept out of the plugin's reach."""
 
@@ -357,7 +404,7 @@ class HostedPluginContext(_Sealed):
         target = getattr(executor, "base_url", None) or getattr(executor, "_base_url", None)
         if isinstance(target, str) and target:
             self.check_url(target)
-        _GRANTS[self].executors[executor_id] = executor
+        _GRANTS[self].executors[executor_id] = GuardedExecutor(executor, self.check_url)
 
     def register_step(self, step_id: str, function: StepFunction, /) -> None:
         self._check_registering("step", step_id)
