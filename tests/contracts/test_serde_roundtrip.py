@@ -93,6 +93,8 @@ CASES: dict[str, tuple[Any, Any]] = {
     "ParallelStep": (ParallelStep, tst.parallel_steps()),
     "Step": (Step, tst.steps()),
     "Pipeline": (Pipeline, tst.pipelines()),
+    "Budget": (contracts.Budget, tst.budgets()),
+    "StorageFinding": (contracts.StorageFinding, tst.storage_findings()),
 }
 for _event_type in (
     RunStarted,

@@ -17,6 +17,7 @@ from taskloom.contracts._claims import (
 )
 from taskloom.contracts._errors import (
     AuthenticationFailed,
+    BudgetExceeded,
     CapabilityDenied,
     ConflictError,
     DecodeError,
@@ -95,6 +96,7 @@ from taskloom.contracts._llm import (
 )
 from taskloom.contracts._pipeline import (
     PIPELINE_FORMAT,
+    Budget,
     InputSpec,
     LLMStep,
     MapStep,
@@ -160,6 +162,8 @@ __all__ = [
     "PIPELINE_FORMAT",
     "Append",
     "AuthenticationFailed",
+    "Budget",
+    "BudgetExceeded",
     "CacheHit",
     "Capabilities",
     "CapabilityDenied",

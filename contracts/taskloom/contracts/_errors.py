@@ -46,7 +46,8 @@ what to do; context lives in keyword-only attributes.
     │   ├── RunNotFound
     │   ├── RunHeld                 another process holds the run's lease
     │   │   └── LeaseLost           this process lost the lease of a run it was running
-    │   └── PipelineChanged         resume with a pipeline that differs from the run's
+    │   ├── PipelineChanged         resume with a pipeline that differs from the run's
+    │   └── BudgetExceeded          a call would have started beyond the run's budget
     ├── QueueError
     │   ├── UnknownQueue            a submission or worker named a queue nobody defined
     │   └── SubmissionConflict      an idempotency key or run id is taken by another run
@@ -354,6 +355,25 @@ class LeaseLost(RunHeld):
 
 class PipelineChanged(PipelineError):
     """The pipeline differs from the one the run began with; resume is refused."""
+
+
+class BudgetExceeded(PipelineError):
+    """A call would have started beyond the run's budget; it was not started."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        spent_tokens: int,
+        spent_calls: int,
+        max_tokens: int | None,
+        max_calls: int | None,
+    ) -> None:
+        super().__init__(message)
+        self.spent_tokens = spent_tokens
+        self.spent_calls = spent_calls
+        self.max_tokens = max_tokens
+        self.max_calls = max_calls
 
 
 # --- the run queue -------------------------------------------------------------

@@ -97,6 +97,24 @@ class RetryPolicy:
 
 
 @attrs.frozen(kw_only=True)
+class Budget:
+    """What one run may spend, counted over every attempt and every resumed process.
+
+    A call that would start once ``max_calls`` calls have started, or once the tokens
+    spent reached ``max_tokens``, is not started: the run fails with
+    ``BudgetExceeded`` naming what was spent. Calls already in flight may finish past
+    ``max_tokens`` (a call's tokens are known only when it ends).
+    """
+
+    max_tokens: int | None = attrs.field(
+        default=None, validator=_v.optional([_v.instance_of(int), _v.ge(1)])
+    )
+    max_calls: int | None = attrs.field(
+        default=None, validator=_v.optional([_v.instance_of(int), _v.ge(1)])
+    )
+
+
+@attrs.frozen(kw_only=True)
 class StepDefaults:
     """Settings every step inherits unless it sets its own."""
 
@@ -222,3 +240,4 @@ class Pipeline:
     )
     steps: tuple[Step, ...] = attrs.field(converter=_tuple, validator=_v.instance_of(tuple))
     output: Any = None
+    budget: Budget | None = attrs.field(default=None, validator=_v.optional(_v.instance_of(Budget)))

@@ -23,6 +23,7 @@ from taskloom.contracts._llm import Message, ResponseFormat
 from taskloom.contracts._pipeline import (
     PIPELINE_FORMAT,
     STEP_ID,
+    Budget,
     InputSpec,
     LLMStep,
     MapStep,
@@ -40,6 +41,7 @@ _CLASSES: tuple[type[Any], ...] = (
     Pipeline,
     InputSpec,
     StepDefaults,
+    Budget,
     RetryPolicy,
     LLMStep,
     PluginStep,

@@ -25,6 +25,7 @@ from taskloom.contracts import (
     EVENT_TYPES,
     FINISH_REASONS,
     Append,
+    Budget,
     CacheHit,
     Capabilities,
     Check,
@@ -61,6 +62,7 @@ from taskloom.contracts import (
     StepSkipped,
     StepStarted,
     StepSucceeded,
+    StorageFinding,
     StreamEntry,
     Usage,
 )
@@ -644,6 +646,24 @@ def steps() -> Any:
     return result
 
 
+def budgets() -> Any:
+    """``Budget`` instances (either limit may be absent)."""
+    limit = st.none() | st.integers(1, 10**6)
+    result: Any = st.builds(Budget, max_tokens=limit, max_calls=limit)
+    return result
+
+
+def storage_findings() -> Any:
+    """``StorageFinding`` instances, as a store's self-check reports them."""
+    result: Any = st.builds(
+        StorageFinding,
+        where=st.text(max_size=20),
+        problem=st.text(max_size=40),
+        repaired=st.booleans(),
+    )
+    return result
+
+
 def pipelines() -> Any:
     """``Pipeline`` instances (well-typed; not necessarily valid to run)."""
     result: Any = st.builds(
@@ -654,5 +674,6 @@ def pipelines() -> Any:
         defaults=step_defaults(),
         steps=st.lists(steps(), min_size=1, max_size=3).map(tuple),
         output=json_values(4),
+        budget=st.none() | budgets(),
     )
     return result

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskloom.contracts import (
+    Budget,
+    BudgetExceeded,
     CacheHit,
     ChunkStreamed,
     CompletionChunk,
@@ -107,8 +109,38 @@ class LeafRunner:
         self._tokens: dict[str | None, list[int]] = {}
         self.steps_done = 0
         self.failed_step: str | None = None
+        # the pipeline's budget, and the LLM calls started so far (checkpointed ones of
+        # earlier processes included): a call that would pass it is never started
+        self.budget: Budget | None = None
+        self.calls_started = 0
         # durability="async": checkpoints queued and not yet durable (see _engine_window)
         self.window = CheckpointWindow() if services.durability == "async" else None
+
+    def _spend_call(self, budget: Budget, step_id: str) -> None:
+        """Count one LLM call about to start, or raise ``BudgetExceeded`` instead."""
+        tokens = sum(s[0] + s[1] for s in self._tokens.values())
+        over = (budget.max_calls is not None and self.calls_started >= budget.max_calls) or (
+            budget.max_tokens is not None and tokens >= budget.max_tokens
+        )
+        if over:
+            limits = ", ".join(
+                f"{name} {value}"
+                for name, value in (
+                    ("max_calls", budget.max_calls),
+                    ("max_tokens", budget.max_tokens),
+                )
+                if value is not None
+            )
+            raise BudgetExceeded(
+                f"step {step_id!r} was not started: the run's budget ({limits}) is spent "
+                f"({self.calls_started} call(s), {tokens} token(s) so far); raise the "
+                "pipeline's budget and resume the run to go on",
+                spent_tokens=tokens,
+                spent_calls=self.calls_started,
+                max_tokens=budget.max_tokens,
+                max_calls=budget.max_calls,
+            )
+        self.calls_started += 1
 
     def _account(self, usage: Usage, executor_id: str | None) -> None:
         sums = self._tokens.get(executor_id)
@@ -330,6 +362,8 @@ class LeafRunner:
                             )
                         )
                         return
+            if self.budget is not None:
+                self._spend_call(self.budget, step_id)
             executor = svc.registry.peek(executor_id) or await svc.registry.get(executor_id)
             if svc.telemetry is not None:
                 executor = svc.telemetry.traced(executor, executor_id)

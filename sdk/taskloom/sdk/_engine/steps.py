@@ -93,8 +93,11 @@ class RunExecution(LeafRunner):
         self.scope = Scope(inputs, self.outputs)
         self._remaining: dict[str, int] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self.budget = plan.pipeline.budget
         for record in self.finished.values():
             self._account(record.usage, record.executor)
+            if record.executor is not None and not record.cached:
+                self.calls_started += record.attempts
 
     # --- scheduling ----------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from taskloom.contracts import (
+    Budget,
     DecodeError,
     InputSpec,
     LLMStep,
@@ -166,6 +167,12 @@ def _structure_pipeline(data: Any) -> tuple[Pipeline | None, list[Problem], list
         if isinstance(raw_defaults, Mapping):
             raw_defaults = passes.unknown(raw_defaults, StepDefaults, "$.defaults")
         defaults = _structure(raw_defaults, StepDefaults, "$.defaults", problems) or defaults
+    budget: Budget | None = None
+    if clean.get("budget") is not None:
+        raw_budget = clean["budget"]
+        if isinstance(raw_budget, Mapping):
+            raw_budget = passes.unknown(raw_budget, Budget, "$.budget")
+        budget = _structure(raw_budget, Budget, "$.budget", problems)
     inputs: dict[str, InputSpec] = {}
     raw_inputs = clean.get("inputs", {})
     if not isinstance(raw_inputs, Mapping):
@@ -208,6 +215,7 @@ def _structure_pipeline(data: Any) -> tuple[Pipeline | None, list[Problem], list
         defaults=defaults,
         steps=tuple(steps),
         output=clean.get("output"),
+        budget=budget,
     )
     return pipeline, [], steps
 
