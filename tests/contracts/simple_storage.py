@@ -306,3 +306,21 @@ def open_buffered_until_close(location: Path) -> AbstractAsyncContextManager[Any
 def open_flushes_every_few_writes(location: Path) -> AbstractAsyncContextManager[Any]:
     """The factory a killed child process uses for ``FlushesEveryFewWrites``."""
     return FlushesEveryFewWrites(location)
+
+
+class ChattyJsonFileStorage(JsonFileStorage):
+    """A working store that prints to stdout without ending its lines (a stray debug print)."""
+
+    def save(self) -> None:
+        print("saved", end="", flush=True)
+        super().save()
+
+
+def open_chatty(location: Path) -> AbstractAsyncContextManager[Any]:
+    """The factory a killed child process uses for ``ChattyJsonFileStorage``."""
+    return ChattyJsonFileStorage(location)
+
+
+def open_failing(location: Path) -> AbstractAsyncContextManager[Any]:
+    """A factory that cannot open anything, as a misconfigured child would."""
+    raise RuntimeError(f"cannot open {location}: no database configured")

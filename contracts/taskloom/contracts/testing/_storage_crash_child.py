@@ -153,7 +153,8 @@ def resolve(factory: dict[str, Any]) -> Opener:
 
 
 def _emit(ack: dict[str, Any]) -> None:
-    sys.stdout.write(ACK + json.dumps(ack) + "\n")
+    # A newline first: the adapter may have printed a line it did not end.
+    sys.stdout.write("\n" + ACK + json.dumps(ack) + "\n")
     sys.stdout.flush()
 
 
