@@ -107,3 +107,12 @@ async def test_file_store_tail_cache_notices_a_drop_by_another_process(tmp_path:
         await other.append("s", b"y" * 15)
         assert (await first.append("s", b"dd")).seq == 3
         assert [e.seq for e in await first.read("s")] == [1, 2, 3]
+
+
+async def test_stream_names_lists_streams_with_entries(opener: Opener) -> None:
+    """stream_names lists every stream that has entries, sorted; a dropped one is gone."""
+    async with opener() as storage:
+        for name in ("run:b:events", "run:a:events", "é/long" * 60):
+            await storage.append(name, b"x")
+        await storage.drop_stream("run:b:events")
+        assert await storage.stream_names() == sorted(["run:a:events", "é/long" * 60])  # type: ignore[attr-defined]

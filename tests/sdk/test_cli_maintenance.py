@@ -232,3 +232,30 @@ def test_doctor_removes_an_empty_sqlite_file_only_with_repair(cli: Any) -> None:
     assert repaired.code == 0 and repaired.document()["findings"][0]["repaired"] is True
     assert not cli.store.exists()
     _run_hello(cli)
+
+
+def test_doctor_finds_the_events_of_a_run_that_is_gone(cli: Any) -> None:
+    """A run whose record vanished but whose events stayed is named; delete removes them."""
+    import asyncio
+
+    from taskloom.adapters.filesystem import FileStorage
+    from taskloom.adapters.sqlite import SQLiteStorage
+
+    run_id = _run_hello(cli)
+
+    async def remove_record() -> None:
+        opened = SQLiteStorage(cli.store) if cli.kind == "sqlite" else FileStorage(cli.store)
+        async with opened as storage:
+            await storage.delete("runs", run_id)
+            for entry in await storage.scan("runs_by_time"):
+                await storage.delete("runs_by_time", entry.key)
+            for step in await storage.scan("steps", prefix=f"{run_id}/"):
+                await storage.delete("steps", step.key)
+
+    asyncio.run(remove_record())
+    done = cli("doctor", "--repair", "--json")
+    assert done.code == 1
+    left = [f for f in done.document()["findings"] if not f["repaired"]]
+    assert [f["where"] for f in left] == [f"stream run:{run_id}:events"], done.out
+    assert cli("delete", run_id).code == 0
+    assert cli("doctor", "--json").document()["findings"] == []

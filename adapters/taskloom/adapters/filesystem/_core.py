@@ -190,6 +190,22 @@ class Store:
             self.disk.flush()
         return found
 
+    def stream_names(self) -> list[str]:
+        """The names of every stream with segments (hold ``reading()``)."""
+        base = self.root / STREAMS
+        names: list[str] = []
+        for directory in self._stream_dirs():
+            parts = directory.relative_to(base).parts
+            try:
+                names.append(_fs_names.decode(parts, _fs_names.STREAM))
+            except ValueError:
+                raise StorageCorrupted(
+                    f"{directory} was not written by taskloom (its name is no encoded stream "
+                    "name): move it out of the storage root",
+                    path=str(directory),
+                ) from None
+        return sorted(names)
+
     def _stream_dirs(self) -> list[Path]:
         """Every directory under ``streams/`` that holds files (a stream's segments)."""
         out: list[Path] = []

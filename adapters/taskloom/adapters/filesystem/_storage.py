@@ -382,6 +382,12 @@ class FileStorage:
         store = self._store
         return await self._run(self._writer, lambda: store.verify(repair=bool(repair)))
 
+    async def stream_names(self) -> list[str]:
+        """The names of every stream that has entries, sorted (for ``taskloom doctor``)."""
+        self._check_usable()
+        store = self._store
+        return await self._read(store.stream_names)
+
     async def drop_stream(self, stream: str) -> bool:
         """Remove ``stream``'s entries and files; the next append is 1 (``StreamDropping``).
 

@@ -266,6 +266,11 @@ class MemoryStorage:
         chosen = entries[after:]
         return chosen if count is None else chosen[:count]
 
+    async def stream_names(self) -> list[str]:
+        """The names of every stream that has entries, sorted (for ``taskloom doctor``)."""
+        self._check_open()
+        return sorted(name for name, entries in self._data.streams.items() if entries)
+
     async def drop_stream(self, stream: str) -> bool:
         """Remove every entry of ``stream``; its next append is 1 again (``StreamDropping``)."""
         self._check_open()

@@ -493,6 +493,11 @@ class SQLiteStorage:
         ]
         return findings
 
+    async def stream_names(self) -> list[str]:
+        """The names of every stream that has entries, sorted (for ``taskloom doctor``)."""
+        rows = await self._fetch("SELECT DISTINCT stream FROM streams ORDER BY stream", ())
+        return [str(row[0]) for row in rows]
+
     async def drop_stream(self, stream: str) -> bool:
         """Remove every entry of ``stream``; its next append is 1 again (``StreamDropping``).
 

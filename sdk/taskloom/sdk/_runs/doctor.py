@@ -10,12 +10,15 @@ run store keeps across namespaces, through the ``StorageAdapter`` protocol only:
   (repaired: the deletion the user asked for is finished);
 - cache entries of a run that no longer exists (repaired: a cache loses nothing);
 - leases and fences of runs that no longer exist (repaired once the lease expired);
-- checkpoints of a run that no longer exists (reported: ``taskloom delete RUN``).
+- checkpoints of a run that no longer exists (reported: ``taskloom delete RUN``);
+- the event stream of a run that no longer exists, on an adapter that can list its
+  streams (reported: ``taskloom events`` still shows it, ``taskloom delete RUN`` removes it).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 from taskloom.contracts import (
     DecodeError,
@@ -45,6 +48,13 @@ from taskloom.sdk._runs.records import (
 __all__ = ["check_runs"]
 
 _PAGE = 1000
+
+
+@runtime_checkable
+class ListsStreams(Protocol):
+    """An adapter that can name its streams (memory, SQLite and file stores can)."""
+
+    async def stream_names(self) -> list[str]: ...
 
 
 async def _all(storage: StorageAdapter, namespace: str) -> AsyncIterator[Record]:
@@ -154,4 +164,16 @@ async def check_runs(
             f"{NS_STEPS}/{run_id}/",
             f"{count} checkpoint(s) of a run that is gone: `taskloom delete {run_id}` removes them",
         )
+    if isinstance(storage, ListsStreams):
+        for stream in await storage.stream_names():
+            prefix, _, rest = stream.partition(":")
+            run_id, _, suffix = rest.rpartition(":")
+            if prefix != "run" or suffix != "events" or not run_id or run_id in runs:
+                continue
+            if await storage.get(NS_TOMBSTONES, run_id) is not None:
+                continue  # a deleted run whose stream this store keeps, hidden by its tombstone
+            add(
+                f"stream {stream}",
+                f"the events of a run that is gone: `taskloom delete {run_id}` removes them",
+            )
     return found
