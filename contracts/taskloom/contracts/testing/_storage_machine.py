@@ -208,7 +208,7 @@ class _StorageMachine(RuleBasedStateMachine):
         want = _model_outcome(
             lambda: self.model.put(namespace, key, value, if_version=if_version, ttl=ttl, now=now)
         )
-        what = f"put({namespace!r}, {key!r}, if_version={if_version}, ttl={ttl})"
+        what = f"ST1-ST3: put({namespace!r}, {key!r}, if_version={if_version}, ttl={ttl})"
         if not _agree_on_failure(got, want, what):
             _same_write(got, want, what)
             self.model.adopt_record(got)
@@ -225,7 +225,7 @@ class _StorageMachine(RuleBasedStateMachine):
         want = _model_outcome(
             lambda: self.model.delete(namespace, key, if_version=if_version, now=time.time())
         )
-        what = f"delete({namespace!r}, {key!r}, if_version={if_version})"
+        what = f"ST3-ST4: delete({namespace!r}, {key!r}, if_version={if_version})"
         if not _agree_on_failure(got, want, what):
             assert got is want, f"{what} returned {got!r}, the model says {want!r}"
 
@@ -233,7 +233,7 @@ class _StorageMachine(RuleBasedStateMachine):
     def get(self, namespace: str, key: str) -> None:
         got = self.run(self.s.get(namespace, key))
         want = self.model.get(namespace, key, now=time.time())
-        assert got == want, f"get({namespace!r}, {key!r}) returned {got!r}, expected {want!r}"
+        assert got == want, f"ST1: get({namespace!r}, {key!r}) returned {got!r}, expected {want!r}"
 
     @rule(
         namespace=tst.namespaces(),
@@ -247,7 +247,7 @@ class _StorageMachine(RuleBasedStateMachine):
             namespace, prefix=prefix, start_after=start_after, limit=limit, now=time.time()
         )
         assert got == want, (
-            f"scan({namespace!r}, prefix={prefix!r}, start_after={start_after!r}, "
+            f"ST6: scan({namespace!r}, prefix={prefix!r}, start_after={start_after!r}, "
             f"limit={limit}) returned keys {[r.key for r in got]}, "
             f"expected {[r.key for r in want]}"
         )
@@ -256,7 +256,7 @@ class _StorageMachine(RuleBasedStateMachine):
     def append(self, stream: str, payload: bytes) -> None:
         got = self.run(self.s.append(stream, payload))
         want = self.model.append(stream, payload, now=time.time())
-        _same_entry(got, want, f"append({stream!r})")
+        _same_entry(got, want, f"ST8: append({stream!r})")
         self.model.adopt_entry(got)
 
     @rule(
@@ -268,7 +268,7 @@ class _StorageMachine(RuleBasedStateMachine):
         got = self.run(self.s.read(stream, after=after, limit=limit))
         want = self.model.read(stream, after=after, limit=limit)
         assert got == want, (
-            f"read({stream!r}, after={after}, limit={limit}) returned "
+            f"ST8: read({stream!r}, after={after}, limit={limit}) returned "
             f"{[e.seq for e in got]}, expected {[e.seq for e in want]}"
         )
 
@@ -308,7 +308,7 @@ class _StorageMachine(RuleBasedStateMachine):
         now = got.records[0].updated_at if isinstance(got, CommitResult) and got.records else 0.0
         now = now or time.time()
         want = _model_outcome(lambda: self.model.commit(ops, now=now))
-        what = f"commit({ops!r})"
+        what = f"ST9: commit({ops!r})"
         if _agree_on_failure(got, want, what):
             return
         assert isinstance(got, CommitResult), f"{what} returned {got!r}, not a CommitResult"
@@ -336,7 +336,7 @@ class _StorageMachine(RuleBasedStateMachine):
         batch.insert(min(position, len(batch)), Put(namespace="ns", key=bad, value=b"x"))
         got = self.run(_outcome(self.s.commit(batch)))
         assert isinstance(got, _Raised) and isinstance(got.exc, InvalidKey), (
-            f"commit with the key {bad!r} must raise InvalidKey, got {got!r}"
+            f"ST10: commit with the key {bad!r} must raise InvalidKey, got {got!r}"
         )
 
     @precondition(lambda self: self.suite.durable)
@@ -362,9 +362,13 @@ class _StorageMachine(RuleBasedStateMachine):
         now = time.time()
         for namespace, got in zip(tst.NAMESPACES, scans, strict=True):
             want = self.model.scan(namespace, now=now)
-            assert got == want, f"namespace {namespace!r} holds {got!r}; the model holds {want!r}"
+            assert got == want, (
+                f"after the last step, namespace {namespace!r} holds {got!r}; "
+                f"the model holds {want!r}"
+            )
         for stream, got_entries in zip(tst.STREAMS, reads, strict=True):
             want_entries = self.model.read(stream)
             assert got_entries == want_entries, (
-                f"stream {stream!r} holds {got_entries!r}; the model holds {want_entries!r}"
+                f"after the last step, stream {stream!r} holds {got_entries!r}; the model holds "
+                f"{want_entries!r}"
             )
