@@ -125,6 +125,7 @@ from taskloom.contracts._secrets import (
     SecretRef,
     SecretStore,
     check_secret_name,
+    mask_url,
 )
 from taskloom.contracts._storage import (
     MAX_KEY_BYTES,
@@ -277,4 +278,5 @@ __all__ = [
     "check_ttl",
     "check_value",
     "claim_by_cas",
+    "mask_url",
 ]

@@ -24,6 +24,22 @@ def check_secret_name(name: object) -> str:
     return name
 
 
+_CREDENTIAL_PARAM = re.compile(
+    r"(?i)([?&;](?:[a-z0-9_\-]*(?:key|token|secret|password|passwd|sig|signature|auth)"
+    r"[a-z0-9_\-]*)=)[^&;#]*"
+)
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)[^/?#@]*@")
+
+
+def mask_url(url: str) -> str:
+    """``url`` for display: user and password (``https://user:key@host``) and the values of
+    query parameters named like credentials (``?api_key=...``) replaced by ``MASK``."""
+    if not isinstance(url, str):
+        return url
+    masked = _USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", url)
+    return _CREDENTIAL_PARAM.sub(lambda m: f"{m.group(1)}{MASK}", masked)
+
+
 class Secret:
     """A secret value. ``repr``, ``str``, f-strings, logging, pickling and the
     converter all show ``MASK``; only ``reveal()`` gives the text."""

@@ -73,6 +73,7 @@ from taskloom.contracts import (
     Refused,
     Secret,
     UsageError,
+    mask_url,
 )
 
 __all__ = [
@@ -189,7 +190,9 @@ class HTTPExecutor(abc.ABC):
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self._base_url!r}, model={self._model!r})"
+        # a key in the URL's userinfo or query never reaches a log line or error text
+        shown = mask_url(self._base_url)
+        return f"{type(self).__name__}(base_url={shown!r}, model={self._model!r})"
 
     # -- hooks -----------------------------------------------------------------------
 

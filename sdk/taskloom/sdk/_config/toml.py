@@ -66,7 +66,7 @@ from typing import Any
 import attrs
 import platformdirs
 
-from taskloom.contracts import MASK, UsageError
+from taskloom.contracts import MASK, UsageError, mask_url
 from taskloom.sdk._config.postgres import POSTGRES_OPTIONS
 
 CONFIG_NAME = "taskloom.toml"
@@ -226,12 +226,37 @@ STORAGE_KINDS = ("sqlite", "filesystem", "memory", "postgres", "none")
 _SECRET_SETTING = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|password|passwd)$")
 
 
-def _masked(settings: dict[str, Any]) -> dict[str, Any]:
-    """Executor settings for display: a literal credential never reaches the screen."""
-    return {
-        name: MASK if isinstance(value, str) and _SECRET_SETTING.search(name.lower()) else value
-        for name, value in settings.items()
+_PLAIN_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "content-type",
+        "user-agent",
+        "anthropic-version",
+        "anthropic-beta",
+        "openai-beta",
     }
+)
+"""Header names whose values are shown by ``config show``; every other value is masked
+(a custom header is where a gateway's key goes)."""
+
+
+def _masked(settings: dict[str, Any]) -> dict[str, Any]:
+    """Executor settings for display: a literal credential never reaches the screen, nor
+    one in the base URL's userinfo or query, nor one in a custom header."""
+    shown: dict[str, Any] = {}
+    for name, value in settings.items():
+        if isinstance(value, str) and _SECRET_SETTING.search(name.lower()):
+            shown[name] = MASK
+        elif isinstance(value, str) and name.lower().endswith("url"):
+            shown[name] = mask_url(value)
+        elif name.lower() == "headers" and isinstance(value, dict):
+            shown[name] = {
+                k: v if str(k).lower() in _PLAIN_HEADERS else MASK for k, v in value.items()
+            }
+        else:
+            shown[name] = value
+    return shown
 
 
 def load_config(explicit: str | None = None) -> CliConfig:
