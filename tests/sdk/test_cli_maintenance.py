@@ -259,3 +259,37 @@ def test_doctor_finds_the_events_of_a_run_that_is_gone(cli: Any) -> None:
     assert [f["where"] for f in left] == [f"stream run:{run_id}:events"], done.out
     assert cli("delete", run_id).code == 0
     assert cli("doctor", "--json").document()["findings"] == []
+
+
+def test_events_of_a_damaged_segment_fail_naming_the_file(cli: Any) -> None:
+    """File store: a flipped bit mid-stream makes events exit 1 naming the segment, and a
+    later write destroys nothing of what follows the damage."""
+    if cli.kind != "filesystem":
+        pytest.skip("stream segments are the file store's")
+    run_id = _run_hello(cli)
+    from taskloom.adapters.filesystem import _core as _fs_core
+
+    store = _fs_core.Store(
+        cli.store, clock=lambda: 0.0, fsync=False, segment_bytes=1 << 20, lock_timeout=1.0
+    )
+    (segment,) = store.stream_dir(f"run:{run_id}:events").glob("*.seg")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    segment.write_bytes(bytes(data))
+    done = cli("events", run_id)
+    assert done.code == 1
+    assert str(segment) in done.err and "Traceback" not in done.err
+    cli("run", "hello.json")  # another run writes to the store meanwhile
+    assert segment.read_bytes() == bytes(data)
+
+
+def test_store_files_the_cli_creates_are_private(cli: Any) -> None:
+    """After a run, every file of the store is 0600 and every directory 0700."""
+    import stat
+
+    _run_hello(cli)
+    paths = [cli.store, *cli.store.rglob("*")] if cli.store.is_dir() else [cli.store]
+    paths += [p for p in cli.store.parent.glob(f"{cli.store.name}-*")]
+    for path in paths:
+        want = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == want, path

@@ -85,7 +85,7 @@ async def keys_generate(args: argparse.Namespace, ctx: CliContext) -> int:
         raise UsageError(f"{private_path} exists; choose another name or pass --force")
     secret = passphrase(KEY_PASSPHRASE_ENV, "new key passphrase: ", confirm=True)
     key = generate_key()
-    private_path.parent.mkdir(parents=True, exist_ok=True)
+    private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     save_private_key(key, private_path, secret, overwrite=args.force)
     save_public_key(key.public_key, public_path, overwrite=args.force)
     await audit(ctx, "keys.generate", key.key_id, name=args.name)

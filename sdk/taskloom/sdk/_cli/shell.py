@@ -155,7 +155,7 @@ async def shell(args: argparse.Namespace, ctx: CliContext) -> int:
 
     parser: Parser = build_parser()
     completer = ShellCompleter(parser, ctx)
-    ctx.config.history_path.parent.mkdir(parents=True, exist_ok=True)
+    ctx.config.history_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     session: PromptSession[str] = PromptSession(
         history=FileHistory(str(ctx.config.history_path)),
         completer=completer,
