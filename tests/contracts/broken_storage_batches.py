@@ -192,6 +192,36 @@ class AppliedBeforeFailedCheck(WrappedStorage):
         return await self.inner.commit(ops)
 
 
+class AppliesTheBatchLater(WrappedStorage):
+    """ST9 (ownership): ``commit`` keeps the caller's list and applies it on the next call."""
+
+    def __init__(self, inner: MemoryStorage) -> None:
+        super().__init__(inner)
+        self.pending: list[Sequence[Op]] = []
+
+    async def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for ops in pending:
+            await self.inner.commit(ops)
+
+    async def get(self, namespace: str, key: str) -> Record | None:
+        await self._flush()
+        return await self.inner.get(namespace, key)
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        await self._flush()
+        result = await self.inner.reopen().commit(list(ops))  # a dry run for the result
+        self.pending.append(ops)
+        return result
+
+
+class CommitNeedsAList(WrappedStorage):
+    """ST9 (arguments): ``commit`` concatenates ``ops + [...]``, so a tuple raises TypeError."""
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        return await self.inner.commit(ops + [])  # type: ignore[operator]  # noqa: RUF005
+
+
 BROKEN_BATCHES: dict[str, tuple[type[WrappedStorage], str]] = {
     "deletes applied last": (DeletesAppliedLast, "st9"),
     "checks see the state before the batch": (ChecksBeforeTheBatch, "st9"),
@@ -204,6 +234,8 @@ BROKEN_BATCHES: dict[str, tuple[type[WrappedStorage], str]] = {
     "name length in characters": (NameLengthInCharacters, "st10"),
     "invalid Check names skipped": (CheckNamesNotValidated, "st10"),
     "second aclose raises": (SecondAcloseRaises, "st12"),
+    "batch applied on the next call": (AppliesTheBatchLater, "st9"),
+    "commit needs a list": (CommitNeedsAList, "st9"),
     "commit works after close": (CommitWorksAfterClose, "st12"),
 }
 """Each broken storage adapter here and the invariant whose tests must catch it."""

@@ -297,6 +297,31 @@ class StreamAndCommitTests(StorageSuiteBase):
 
         self._run(tmp_path, body)
 
+    def test_st9_the_batch_is_read_before_commit_returns(self, tmp_path: Path) -> None:
+        """Any sequence of ops is accepted (a tuple too), and changing the caller's list
+        after ``commit`` returned changes nothing: the adapter keeps no reference to it."""
+
+        async def body(s: StorageAdapter) -> None:
+            result = await s.commit(
+                (Put(namespace="ns", key="t", value=b"tuple"), Append(stream="s", payload=b"t"))
+            )
+            assert [r.key for r in result.records] == ["t"], (
+                f"commit of a tuple wrote {result.records!r}; expected the record 't'"
+            )
+            ops: list[Op] = [Put(namespace="ns", key="k", value=b"original")]
+            written = (await s.commit(ops)).records[0]
+            ops[0] = Put(namespace="ns", key="k", value=b"changed afterwards")
+            ops.append(Delete(namespace="ns", key="t"))
+            got = await s.get("ns", "k")
+            assert got == written, (
+                f"after the caller changed its list of ops, get('ns', 'k') is {got!r}; "
+                f"commit had returned {written!r}"
+            )
+            kept = await s.get("ns", "t")
+            assert kept is not None, "a Delete appended to the list after commit was applied"
+
+        self._run(tmp_path, body)
+
     def test_st9_an_empty_commit_does_nothing(self, tmp_path: Path) -> None:
         """``commit([])`` returns an empty result."""
 
