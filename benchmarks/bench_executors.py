@@ -342,6 +342,14 @@ async def _fan_out(url: str, calls: int, concurrency: int, repeats: int) -> list
             "s ideal",
             spread=None,
         ),
+        _row(
+            f"{title}: raw httpx CPU per call",
+            raw_wave.cpu_per_call_us,
+            "us/call",
+            cpu_fan,
+            "us/call taskloom",
+            spread=None,
+        ),
     ]
     print(
         f"  (fan-out: raw httpx {raw_wave.wall:.3f} s wall, "
@@ -359,6 +367,16 @@ async def _fan_out(url: str, calls: int, concurrency: int, repeats: int) -> list
                 "s wall",
                 ideal,
                 "s ideal",
+                spread=None,
+            )
+        )
+        rows.append(
+            _row(
+                f"{title}: openai SDK CPU per call",
+                sdk_wave.cpu_per_call_us,
+                "us/call",
+                cpu_fan,
+                "us/call taskloom",
                 spread=None,
             )
         )
