@@ -101,18 +101,29 @@ def start(
         with open(data / "pg_hba.conf", "a", encoding="utf-8") as hba:
             for network in allow:
                 hba.write(f"host all all {network} scram-sha-256\n")
-    options = (
-        f"-p {port} -c listen_addresses={','.join(listen)} -k {directory} "
-        "-c max_connections=200 -c fsync=on -c synchronous_commit=on"
-    )
+    # In the cluster's own configuration, so that ``restart`` brings back the same server.
+    with open(data / "postgresql.conf", "a", encoding="utf-8") as conf:
+        conf.write(
+            f"port = {port}\nlisten_addresses = '{','.join(listen)}'\n"
+            f"unix_socket_directories = '{directory}'\nmax_connections = 200\n"
+            "fsync = on\nsynchronous_commit = on\n"
+        )
+    restart(directory)
+    return f"postgresql://postgres:{PASSWORD}@{listen[0]}:{port}/postgres"
+
+
+def restart(directory: Path) -> None:
+    """Start the cluster under ``directory`` (again, after ``stop``: same port and data)."""
+    pg_ctl = find_bin("pg_ctl")
+    if pg_ctl is None:
+        raise RuntimeError("pg_ctl not found: install PostgreSQL's server package")
     subprocess.run(
         _as_owner(
-            [pg_ctl, "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start"]
+            [pg_ctl, "-D", str(directory / "data"), "-l", str(directory / "log"), "-w", "start"]
         ),
         check=True,
         capture_output=True,
     )
-    return f"postgresql://postgres:{PASSWORD}@{listen[0]}:{port}/postgres"
 
 
 def stop(directory: Path) -> None:

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import pg_cluster
 import psycopg
 import psycopg.errors
 import pytest
@@ -536,3 +540,47 @@ async def test_batches_of_commits_go_in_one_pipeline(storage: PostgresStorage) -
     assert not isinstance(mixed[1], BaseException) and mixed[1].records[0].version == 2
     assert not isinstance(mixed[2], BaseException) and mixed[2].deleted == (True,)
     assert await storage.read("x") == []
+
+
+async def test_large_values_are_split_across_transactions(storage: PostgresStorage) -> None:
+    """Concurrent writes of 3 MiB values are not all put into one transaction (about 16 MiB
+    each at most), and every one is stored."""
+    value = b"v" * (3 * 1024 * 1024)
+    before = storage.write_transactions
+    records = await asyncio.gather(*(storage.put("big", f"k{i}", value) for i in range(12)))
+    assert all(r.version == 1 for r in records)
+    assert storage.write_transactions - before >= 3
+    for i in range(12):
+        stored = await storage.get("big", f"k{i}")
+        assert stored is not None and stored.value == value
+
+
+async def test_a_stopped_server_is_unavailable_then_back() -> None:
+    """A server that stops: StorageUnavailable saying to retry (no password); once it is
+    back the same adapter works again, with what was written before."""
+    if not pg_cluster.available():
+        pytest.skip("PostgreSQL's server binaries are not installed")
+    directory = Path(tempfile.mkdtemp(prefix="taskloom-pg-stop-"))  # the postgres user reaches it
+    dsn = pg_cluster.start(directory)
+    try:
+        async with PostgresStorage(
+            dsn, schema="tl_stop", pool_timeout_s=2, connect_timeout_s=2, max_size=2
+        ) as storage:
+            await storage.put("ns", "k", b"v")
+            pg_cluster.stop(directory)
+            for call in (lambda: storage.put("ns", "k", b"w"), lambda: storage.get("ns", "k")):
+                with pytest.raises(StorageUnavailable, match="retry") as caught:
+                    await call()
+                assert pg_cluster.PASSWORD not in chain_text(caught.value)
+            pg_cluster.restart(directory)
+            for _ in range(50):
+                try:
+                    record = await storage.get("ns", "k")
+                    break
+                except StorageUnavailable:
+                    await asyncio.sleep(0.2)
+            assert record is not None and record.value == b"v"
+            assert (await storage.put("ns", "k", b"w")).version == 2
+    finally:
+        pg_cluster.stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -56,6 +56,7 @@ from taskloom.adapters.postgres._ops import (
 )
 from taskloom.adapters.postgres._schema import Statements
 from taskloom.contracts import (
+    Append,
     Put,
     StorageCorrupted,
     StorageError,
@@ -73,6 +74,29 @@ _LOG = logging.getLogger("taskloom.adapters.postgres")
 
 MAX_BATCH = 1000
 """Most jobs in one transaction; more wait for the next one."""
+
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+"""About the most data one transaction carries: a thousand 4 MiB values are not one batch."""
+
+
+def _job_bytes(job: Job) -> int:
+    """The bytes of data a job writes (values and payloads)."""
+    fn, args = job[0], job[1]
+    if fn is upsert_job or fn is put_job:
+        return len(args[2])
+    if fn is append_job:
+        return len(args[1])
+    if fn is commit_job:
+        return sum(
+            len(op.value)
+            if isinstance(op, Put)
+            else len(op.payload)
+            if isinstance(op, Append)
+            else 0
+            for op in args[0]
+        )
+    return 0
+
 
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
@@ -181,8 +205,7 @@ class Writer:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
+                batch = self._take_batch()
                 try:
                     outcomes = await self._commit(batch)
                 except Exception as exc:
@@ -206,6 +229,21 @@ class Writer:
                 _deliver(outcomes)
             if self._stopping:
                 return
+
+    def _take_batch(self) -> list[Job]:
+        """The next batch: the oldest queued jobs, up to MAX_BATCH of them and about
+        MAX_BATCH_BYTES of data (always at least one job)."""
+        pending = self._pending
+        size = 0
+        count = 0
+        while count < len(pending) and count < MAX_BATCH:
+            size += _job_bytes(pending[count])
+            if count and size > MAX_BATCH_BYTES:
+                break
+            count += 1
+        batch = pending[:count]
+        del pending[:count]
+        return batch
 
     async def _commit(self, batch: list[Job]) -> list[_Outcome]:
         """Run ``batch`` in one transaction, retrying what PostgreSQL asks to retry."""
