@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from taskloom.adapters.memory import MemorySecretStore
 from taskloom.contracts import (
@@ -291,6 +291,51 @@ class ReadOnlyThatDeletes(WrappedSecrets):
         raise ReadOnlySecretStore("this store is read-only")
 
 
+class DeletesComeBack(WrappedSecrets):
+    """SS7: deletes live only in memory; reopening the location brings deleted names back."""
+
+    deleted: ClassVar[dict[int, dict[str, Secret]]] = {}
+
+    def __init__(self, inner: MemorySecretStore) -> None:
+        super().__init__(inner)
+        vault = inner._vault
+        vault.values.update(self.deleted.get(id(vault), {}))
+
+    async def delete(self, name: str, /) -> bool:
+        try:
+            value = await self.inner.get(name)
+        except SecretNotFound:
+            value = None
+        existed = await self.inner.delete(name)
+        if value is not None:
+            self.deleted.setdefault(id(self.inner._vault), {})[name] = value
+        return existed
+
+
+class LastSetLostOnClose(WrappedSecrets):
+    """SS7: ``aclose`` rolls back the last ``set`` (a transaction left uncommitted)."""
+
+    last: tuple[str, Secret | None] | None = None
+
+    async def set(self, name: str, value: str | Secret, /) -> None:
+        try:
+            before: Secret | None = await self.inner.get(name)
+        except SecretNotFound:
+            before = None
+        await self.inner.set(name, value)
+        self.last = (name, before)
+
+    async def aclose(self) -> None:
+        if self.last is not None:
+            name, before = self.last
+            self.last = None
+            if before is None:
+                await self.inner.delete(name)
+            else:
+                await self.inner.set(name, before)
+        await self.inner.aclose()
+
+
 READ_ONLY = (ReadOnlyThatWrites, ReadOnlyThatDeletes)
 """The broken stores that declare ``writable = False``."""
 
@@ -306,6 +351,8 @@ BROKEN_SECRETS_MORE: dict[str, tuple[type[WrappedSecrets], str]] = {
     "longest name refused": (LongestNameRefused, "ss5"),
     "values logged": (LogsValues, "ss6"),
     "repr shows values": (ReprShowsValues, "ss6"),
+    "deletes come back after reopening": (DeletesComeBack, "ss7"),
+    "last set lost on close": (LastSetLostOnClose, "ss7"),
     "names() after close": (NamesWorkAfterClose, "ss8"),
     "second aclose raises": (SecondAcloseRaisesSecrets, "ss8"),
     "read-only store deletes": (ReadOnlyThatDeletes, "ss9"),

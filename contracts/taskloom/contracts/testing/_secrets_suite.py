@@ -404,6 +404,35 @@ class SecretStoreConformance:
         with naming_invariant(SecretStore, current_test(), trail):
             asyncio.run(main())
 
+    def test_ss7_the_last_change_before_closing_survives(self, tmp_path: Path) -> None:
+        """A ``set`` or ``delete`` made just before closing is not lost in a buffer."""
+        if not self.durable:
+            pytest.skip("the store declares durable = False")
+        self._need_writable()
+        trail = Trail()
+
+        async def main() -> None:
+            for last in ("set", "delete"):
+                location = tmp_path / f"secrets-{last}"
+                async with self.open_store(location) as opened:
+                    store = cast(SecretStore, Recording(opened, trail, {"set": (1,)}))
+                    await store.set("first", "1")
+                    await store.set("last", "2")
+                    if last == "delete":
+                        await store.delete("first")
+                async with self.open_store(location) as opened:
+                    store = cast(SecretStore, Recording(opened, trail, {"set": (1,)}))
+                    want = ["last"] if last == "delete" else ["first", "last"]
+                    got = await store.names()
+                    assert got == want, (
+                        f"after a {last} just before closing and reopening, names() is {got}; "
+                        f"expected {want}"
+                    )
+                    assert (await store.get("last")).reveal() == "2", "the last set was lost"
+
+        with naming_invariant(SecretStore, current_test(), trail):
+            asyncio.run(main())
+
     # SS8 -----------------------------------------------------------------------------
 
     def test_ss8_every_method_raises_after_aclose(self, tmp_path: Path) -> None:
