@@ -59,8 +59,9 @@ class Tail:
     path: Path
     end: int
     last_seq: int
-    last_start: int
-    """Offset of the last entry in the segment (-1: none), to recognise it again."""
+    stamp: tuple[int, int]
+    """(inode, mtime in ns) of the segment as last seen: a stream dropped and written
+    again by another process has new files, so its tail is looked up afresh."""
 
 
 @attrs.frozen(kw_only=True)
@@ -69,7 +70,6 @@ class _Parsed:
     valid_end: int
     next_seq: int
     torn: bool
-    last_start: int = -1
     damaged: bool = False
     """An invalid entry is followed by a valid later one: damage, not a torn tail."""
 
@@ -105,14 +105,11 @@ def _parse(
     seq = first_seq
     view = memoryview(data)
     size = len(data)
-    last = -1
     while offset < size:
         if limit is not None and len(entries) >= limit:
             return _Parsed(entries=entries, valid_end=offset, next_seq=seq, torn=False)
         if offset + ENTRY.size > size:
-            return _Parsed(
-                entries=entries, valid_end=offset, next_seq=seq, torn=True, last_start=last
-            )
+            return _Parsed(entries=entries, valid_end=offset, next_seq=seq, torn=True)
         crc, length, entry_seq, appended_at = ENTRY.unpack_from(data, offset)
         end = offset + ENTRY.size + length
         if (
@@ -127,15 +124,13 @@ def _parse(
                 valid_end=offset,
                 next_seq=seq,
                 torn=True,
-                last_start=last,
                 damaged=damaged,
             )
         if keep and seq > after:
             entries.append((seq, appended_at, data[offset + ENTRY.size : end]))
-        last = offset
         offset = end
         seq += 1
-    return _Parsed(entries=entries, valid_end=offset, next_seq=seq, torn=False, last_start=last)
+    return _Parsed(entries=entries, valid_end=offset, next_seq=seq, torn=False)
 
 
 _LOOKAHEAD = 256
@@ -278,30 +273,22 @@ def find_tail(directory: Path, disk: Disk) -> Tail | None:
         path=path,
         end=parsed.valid_end,
         last_seq=parsed.next_seq - 1,
-        last_start=parsed.last_start,
+        stamp=_stamp(os.stat(path)),
     )
 
 
+def _stamp(info: os.stat_result) -> tuple[int, int]:
+    return info.st_ino, info.st_mtime_ns
+
+
 def tail_still_valid(tail: Tail) -> bool:
-    """True if nobody (another process) appended or rolled since ``tail`` was found."""
+    """True if nobody (another process) appended, rolled or dropped since ``tail`` was found."""
     try:
-        with open(tail.path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size != tail.end:
-                return False
-            if tail.last_start >= 0:
-                # The stream may have been dropped and refilled to the same size by
-                # another process: the last entry must still be where it was, numbered so.
-                handle.seek(tail.last_start)
-                head = handle.read(ENTRY.size)
-                if len(head) < ENTRY.size or ENTRY.unpack(head)[2] != tail.last_seq:
-                    return False
-                if tail.last_start + ENTRY.size + ENTRY.unpack(head)[1] != tail.end:
-                    return False
+        info = os.stat(tail.path)
     except FileNotFoundError:
         return False
     nxt = tail.path.with_name(segment_name(tail.last_seq + 1))
-    return not os.path.exists(nxt)
+    return info.st_size == tail.end and _stamp(info) == tail.stamp and not os.path.exists(nxt)
 
 
 def append_entries(
@@ -325,21 +312,20 @@ def append_entries(
             raise _damaged(tail.path, f"the next entry would be {seq}, not {tail.last_seq + 1}")
         chunk = bytearray()
         count = 0
-        last_start = tail.last_start
         for entry_seq, at, payload in pending:
             if chunk and tail.end + len(chunk) >= segment_bytes:
                 break
-            last_start = tail.end + len(chunk)
             chunk += pack_entry(entry_seq, at, payload)
             count += 1
         fd = os.open(tail.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             _pwrite_all(fd, bytes(chunk), tail.end)
             disk.sync_file(fd)
+            stamp = _stamp(os.fstat(fd))
         finally:
             os.close(fd)
         tail = attrs.evolve(
-            tail, end=tail.end + len(chunk), last_seq=pending[count - 1][0], last_start=last_start
+            tail, end=tail.end + len(chunk), last_seq=pending[count - 1][0], stamp=stamp
         )
         pending = pending[count:]
     if tail is None:
@@ -361,5 +347,5 @@ def _new_segment(directory: Path, first_seq: int, disk: Disk) -> Tail:
         path=path,
         end=len(SEGMENT_MAGIC),
         last_seq=first_seq - 1,
-        last_start=-1,
+        stamp=_stamp(os.stat(path)),
     )
