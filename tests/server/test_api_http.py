@@ -531,3 +531,16 @@ async def test_a_text_only_redactor_masks_nested_values_too() -> None:
         detail = await s.finished(run["run_id"])
         assert secret not in json.dumps(detail)
         assert "***" in detail["inputs"]["who"]
+
+
+async def test_a_wrong_method_is_a_405_problem_listing_the_allowed_ones(served: Served) -> None:
+    """PUT on /api/tasks is a 405 problem whose Allow header names both GET and POST."""
+    s = served
+    response = await s.client.put("/api/tasks", headers=s.auth("admin"))
+    assert response.status_code == 405
+    assert response.headers["content-type"] == PROBLEM
+    allowed = {m.strip() for m in response.headers["allow"].split(",")}
+    assert {"GET", "POST"} <= allowed
+    assert response.json()["error"] == "MethodNotAllowed"
+    response = await s.client.patch("/api/tasks/x", headers=s.auth("admin"))
+    assert {"GET", "DELETE"} <= {m.strip() for m in response.headers["allow"].split(",")}

@@ -463,6 +463,16 @@ def _guarded(api: TaskloomApi, op: Operation, handler: Handler) -> Handler:
     return endpoint
 
 
+def _by_method(handlers: Mapping[str, Handler]) -> Handler:
+    """One endpoint for a path that dispatches on the method (HEAD is served as GET)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
+
+
 def _problem_response(
     status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> Response:
@@ -519,9 +529,16 @@ def create_app(
         engine, owns_engine=owns, settings=settings or ServerSettings(), tokens=tokens
     )
     routes: list[BaseRoute] = []
+    by_path: dict[str, dict[str, Handler]] = {}
+    names: dict[str, str] = {}
     for op in OPERATIONS:
         handler: Handler = getattr(api, "openapi_json" if op.id == "openapi" else op.id)
-        routes.append(Route(op.path, _guarded(api, op, handler), methods=[op.method], name=op.id))
+        by_path.setdefault(op.path, {})[op.method] = _guarded(api, op, handler)
+        names.setdefault(op.path, op.id)  # the route is named after its first operation
+    for route_path, methods in by_path.items():
+        # one route per path, so a 405 lists every method the path has
+        endpoint = _by_method(methods)
+        routes.append(Route(route_path, endpoint, methods=list(methods), name=names[route_path]))
     routes.append(Mount("/ui", app=_UiFiles(), name="ui"))
     middleware: list[Middleware] = []
     if api.settings.cors_origins:
@@ -549,6 +566,9 @@ def create_app(
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404:
             detail = f"no such endpoint: {request.method} {request.url.path} (see /openapi.json)"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
         return _problem_response(
             exc.status_code, problem(exc.status_code, error, detail), exc.headers
         )
