@@ -16,7 +16,12 @@ What it finds, for a value ``v`` (UTF-8 for the byte encodings):
   The one character at each edge that mixes with a neighbouring byte stays visible; it
   carries at most 6 bits of ``v``;
 * URL encoding (``quote`` with and without ``/`` kept, ``quote_plus``, and each with
-  lower-case ``%xx`` escapes);
+  lower-case ``%xx`` escapes); and beyond those spellings, any run of URL-encoded text
+  (``%xx`` escapes in either case, every byte escaped, encoded twice) whose decoded
+  form holds a value: such a run is masked whole;
+* base64 wrapped into lines (MIME, PEM: a value's encoding may straddle a line
+  break): a block of base64 lines whose joined text holds an encoded value is masked
+  whole;
 * hex, lower and upper case;
 * JSON string escaping (ASCII-only and not) and Python ``repr`` escaping.
 
@@ -39,7 +44,7 @@ import re
 import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import attrs
 
@@ -52,6 +57,18 @@ MIN_EMBEDDED_BASE64 = 8
 """Shortest alignment-independent base64 run searched for inside longer encodings."""
 
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
+_PERCENT_RUN = re.compile(
+    r"(?<![A-Za-z0-9._~+/%\-])[A-Za-z0-9._~+/\-]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9._~+/\-]*)+"
+)
+"""A run of URL-encoded text: unreserved characters, ``+``, ``/`` and ``%xx`` escapes.
+It starts only where such a run starts (the lookbehind), so a long run without a
+``%`` costs one attempt, not one per character (that would be quadratic)."""
+_BASE64_LINES = re.compile(
+    r"(?<![A-Za-z0-9+/=])(?:[A-Za-z0-9+/]{8,}={0,2}[ \t]*\r?\n[ \t]*)+[A-Za-z0-9+/]+={0,2}"
+)
+"""Base64 wrapped into lines (MIME's 76 characters, PEM's 64); starts only where a
+run of base64 characters starts, for the same reason."""
+_MAX_DECODES = 3
 
 
 def _lower_percent(text: str) -> str:
@@ -193,13 +210,36 @@ class Redactor:
         if compiled is None or not text:
             return text
         pattern, needs_second_pass = compiled
+        if "\n" in text:  # first: masking inside a block would break it into pieces
+            text = _BASE64_LINES.sub(lambda m: self._wrapped_base64(m.group(0), pattern), text)
         out = pattern.sub(MASK, text)
         if needs_second_pass:
             # A value holding '*' may appear again where MASK meets the text around it;
             # each pass removes at least one non-'*' character, so this ends.
             while pattern.search(out):
                 out = pattern.sub(MASK, out)
+        if "%" in out:
+            out = _PERCENT_RUN.sub(lambda m: self._decoded_run(m.group(0), pattern), out)
         return out
+
+    @staticmethod
+    def _decoded_run(run: str, pattern: re.Pattern[str]) -> str:
+        """``run`` masked whole when decoding it (up to three times) shows a value."""
+        current = run
+        for _ in range(_MAX_DECODES):
+            plain = unquote(current)
+            if pattern.search(plain) or ("+" in current and pattern.search(unquote_plus(current))):
+                return MASK
+            if plain == current:
+                break
+            current = plain
+        return run
+
+    @staticmethod
+    def _wrapped_base64(block: str, pattern: re.Pattern[str]) -> str:
+        """A block of base64 lines masked whole when its joined text holds an encoded value."""
+        joined = "".join(block.split())
+        return MASK if pattern.search(joined) else block
 
     def redact_data(self, obj: Any) -> Any:
         """A copy of ``obj`` with every string redacted, dict keys included.
