@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -492,6 +493,36 @@ class SQLiteStorage:
             for message in left
         ]
         return findings
+
+    @staticmethod
+    async def verify_file(path: str | os.PathLike[str]) -> list[StorageFinding]:
+        """``PRAGMA integrity_check`` on a database that cannot be opened as a store.
+
+        Read only (``mode=ro``): for ``taskloom doctor`` when opening refused the file,
+        so that the report says what is damaged. Nothing is repaired.
+        """
+        where = os.fspath(path)
+
+        def check() -> list[str]:
+            try:
+                conn = sqlite3.connect(f"file:{where}?mode=ro", uri=True)
+            except sqlite3.Error as exc:
+                return [str(exc)]
+            try:
+                rows = conn.execute("PRAGMA integrity_check").fetchall()
+            except sqlite3.Error as exc:
+                return [str(exc)]
+            finally:
+                conn.close()
+            return [str(row[0]) for row in rows if str(row[0]) != "ok"]
+
+        messages = await asyncio.to_thread(check)
+        return [
+            StorageFinding(
+                where=where, problem=f"integrity_check: {message}: restore it from a backup"
+            )
+            for message in messages
+        ]
 
     async def stream_names(self) -> list[str]:
         """The names of every stream that has entries, sorted (for ``taskloom doctor``)."""

@@ -157,6 +157,7 @@ async def doctor(args: argparse.Namespace, ctx: CliContext) -> int:
         storage = await ctx.storage()
     except StorageCorrupted as exc:
         findings.append(_unopenable(kind, config.storage_path, exc, repair=args.repair))
+        findings += await _file_check(kind, config.storage_path, findings[-1])
     else:
         try:
             if isinstance(storage, SelfChecking):
@@ -170,6 +171,7 @@ async def doctor(args: argparse.Namespace, ctx: CliContext) -> int:
                 await store.aclose()
         except StorageCorrupted as exc:  # too damaged to walk further: say where it stopped
             findings.append(StorageFinding(where=exc.path or location, problem=str(exc)))
+            findings += await _file_check(kind, config.storage_path, findings[-1])
     left = sum(1 for f in findings if not f.repaired)
     rows = [{"where": f.where, "problem": f.problem, "repaired": f.repaired} for f in findings]
 
@@ -187,6 +189,15 @@ async def doctor(args: argparse.Namespace, ctx: CliContext) -> int:
 
     ctx.out.data({"location": location, "kind": kind, "findings": rows, "ok": left == 0}, human)
     return 0 if left == 0 else 1
+
+
+async def _file_check(kind: str, path: Path, first: StorageFinding) -> list[StorageFinding]:
+    """SQLite's own account of a database too damaged to use (read only)."""
+    if kind != "sqlite" or first.repaired or not path.is_file() or path.stat().st_size == 0:
+        return []
+    from taskloom.adapters.sqlite import SQLiteStorage
+
+    return await SQLiteStorage.verify_file(path)
 
 
 def _unopenable(kind: str, path: Path, exc: StorageCorrupted, *, repair: bool) -> StorageFinding:
