@@ -238,3 +238,15 @@ def test_no_executor_registered_is_a_problem() -> None:
     """An LLM step with no executor anywhere (and none registered) is reported."""
     found = problems(pipeline({"id": "a", "prompt": "x"}), registry=ExecutorRegistry())
     assert has(found, "$.steps[0].executor", "no executor")
+
+
+def test_extract_json_and_on_truncated_are_checked_against_the_step_kind() -> None:
+    """extract_json on a text step and on_truncated on a JSON step are reported with hints."""
+    found = problems(
+        pipeline(
+            {"id": "a", "prompt": "p", "extract_json": True},
+            {"id": "b", "prompt": "p", "response_format": {"type": "json"}, "on_truncated": "fail"},
+        )
+    )
+    assert has(found, "$.steps[0].extract_json", "JSON steps only")
+    assert has(found, "$.steps[1].on_truncated", "text steps")

@@ -223,6 +223,20 @@ class _Checker:
                 visible=visible,
                 local_names=local_names,
             )
+        wants_json = step.response_format is not None and step.response_format.type == "json"
+        if step.extract_json and not wants_json:
+            self.add(
+                f"{path}.extract_json",
+                "extract_json applies to JSON steps only: a text step's output is its reply",
+                'set response_format: {"type": "json"} or drop extract_json',
+            )
+        if step.on_truncated == "fail" and wants_json:
+            self.add(
+                f"{path}.on_truncated",
+                "a JSON step always fails when its reply is cut off: on_truncated is for "
+                "text steps",
+                "drop on_truncated",
+            )
         schema = step.response_format.json_schema if step.response_format else None
         if schema is not None:
             for where, reason in schema_problems(schema):
