@@ -245,3 +245,37 @@ async def test_a_quiet_run_is_polled_less_and_less_often() -> None:
         finally:
             del store.events
         assert 0 < calls <= 16
+
+
+async def test_a_client_that_falls_too_far_behind_is_dropped() -> None:
+    """A listener whose queue is full is ended at once, without the events still queued
+    (sending those after a dropped one would hide a gap; the client resumes with
+    Last-Event-ID instead), rather than holding events without bound; others go on."""
+    from taskloom.contracts import RunStarted
+    from taskloom.sdk import EventBus
+    from taskloom.sdk._runs.store import RunStore
+    from taskloom.sdk.server._feed import EventHub
+
+    store = RunStore(MemoryStorage())
+    hub = EventHub(EventBus(), store, lambda n, e: b"x", queue_size=3)
+    event = RunStarted(run_id="r", at=1.0)
+    async with hub.listen("r") as slow, hub.listen("r") as fast:
+        for number in range(1, 6):
+            slow.feed.push((number, event, b"x"))
+            if number <= 3:
+                got = [item async for item in _take(fast, 1)]
+                assert got[0][0] == number
+        received = [item[0] async for item in slow.items()]
+        assert slow.overflowed and received == []  # nothing after a gap: it resumes instead
+        assert not fast.overflowed
+    assert hub.listener_count == 0 and not hub.subscribed
+    await store.aclose()
+
+
+async def _take(listener: Any, count: int) -> Any:
+    taken = 0
+    async for item in listener.items():
+        yield item
+        taken += 1
+        if taken >= count:
+            return

@@ -65,12 +65,11 @@ class Listener:
             self._end()
 
     def _end(self) -> None:
-        while True:
-            try:
-                self._queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                self._queue.get_nowait()
+        """End the client's stream now: drop what is queued (a gap must never be sent:
+        the client resumes from the last event it really got) and mark the end."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
 
     def follow(self, after: int) -> None:
         """The client has sent everything stored up to ``after``: start the feed there."""
