@@ -584,3 +584,16 @@ async def test_a_stopped_server_is_unavailable_then_back() -> None:
     finally:
         pg_cluster.stop(directory)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_psycopg_log_records_are_scrubbed_while_open(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A psycopg or pool log line that quotes the password shows *** while a store is open."""
+    password = str(conninfo_to_dict(postgres_dsn)["password"])
+    caplog.set_level(logging.DEBUG)
+    async with PostgresStorage(postgres_dsn, schema=fresh_schema()):
+        logging.getLogger("psycopg.pool").warning("error connecting: %s", f"pw={password}")
+        logging.getLogger("psycopg").warning(f"conninfo {postgres_dsn}")
+    assert password not in caplog.text
+    assert "pw=***" in caplog.text

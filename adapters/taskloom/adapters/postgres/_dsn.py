@@ -9,6 +9,7 @@ every spelling the DSN could have put it (plain, percent-encoded).
 
 from __future__ import annotations
 
+import logging
 import os
 from urllib.parse import quote, quote_plus
 
@@ -17,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from taskloom.contracts import Secret, UsageError
 
-__all__ = ["ENV_VAR", "MASKED", "Dsn"]
+__all__ = ["ENV_VAR", "MASKED", "Dsn", "LogScrubber"]
 
 ENV_VAR = "TASKLOOM_POSTGRES_DSN"
 """The environment variable read when no DSN is given."""
@@ -86,3 +87,18 @@ class Dsn:
 
     def __repr__(self) -> str:
         return f"Dsn({self.describe()!r})"
+
+
+class LogScrubber(logging.Filter):
+    """Removes the DSN's password from psycopg's log records while the store is open."""
+
+    def __init__(self, dsn: Dsn) -> None:
+        super().__init__()
+        self._dsn = dsn
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = self._dsn.scrub(text)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True

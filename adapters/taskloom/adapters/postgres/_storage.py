@@ -22,8 +22,9 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
+from taskloom.adapters.postgres._args import check_key, check_ops, positive, prefix_end
 from taskloom.adapters.postgres._claim import claim_one
-from taskloom.adapters.postgres._dsn import Dsn
+from taskloom.adapters.postgres._dsn import Dsn, LogScrubber
 from taskloom.adapters.postgres._errors import is_lost_connection, map_pg_errors, translate
 from taskloom.adapters.postgres._listen import Listener, channel_for
 from taskloom.adapters.postgres._ops import (
@@ -39,15 +40,10 @@ from taskloom.adapters.postgres._ops import (
 from taskloom.adapters.postgres._schema import SCHEMA_VERSION, Statements, prepare
 from taskloom.adapters.postgres._writer import Writer, check_pool
 from taskloom.contracts import (
-    MAX_KEY_BYTES,
-    Append,
-    Check,
     ClaimedRecord,
     ClaimOps,
     CommitResult,
-    Delete,
     Op,
-    Put,
     Record,
     Secret,
     StorageError,
@@ -71,79 +67,6 @@ store opens (a secret store lookup), or None for ``TASKLOOM_POSTGRES_DSN``."""
 
 _PURGE_CHUNK = 1000
 _PRUNE_PAGE = 1000
-
-
-def _check_key(name: object, what: str = "key") -> None:
-    """``check_name`` with a shortcut for short ASCII names (every write's hot path)."""
-    if (
-        type(name) is str
-        and name.isascii()
-        and 0 < len(name) <= MAX_KEY_BYTES
-        and "\x00" not in name
-    ):
-        return
-    check_name(name, what=what)
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The smallest text greater than every text starting with ``prefix`` (None: none)."""
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            nxt = last + 1
-            if 0xD800 <= nxt <= 0xDFFF:
-                nxt = 0xE000
-            return "".join(chars) + chr(nxt)
-    return None
-
-
-def _positive(name: str, value: object, *, upper: float = 1e6) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < upper:
-        raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _check_ops(ops: Sequence[Op]) -> tuple[Op, ...]:
-    """Validate every operation of a ``commit`` before any of it is queued (ST10)."""
-    if isinstance(ops, str | bytes) or not isinstance(ops, Sequence):
-        raise UsageError(f"commit takes a sequence of operations, got {type(ops).__name__}")
-    checked = tuple(ops)
-    for op in checked:
-        if isinstance(op, Put):
-            check_name(op.namespace, what="namespace")
-            check_name(op.key)
-            check_value(op.value)
-            check_ttl(op.ttl)
-            check_if_version(op.if_version)
-        elif isinstance(op, Delete):
-            check_name(op.namespace, what="namespace")
-            check_name(op.key)
-            check_if_version(op.if_version)
-        elif isinstance(op, Append):
-            check_name(op.stream, what="stream")
-            check_value(op.payload, what="payload")
-        elif isinstance(op, Check):
-            check_name(op.namespace, what="namespace")
-            check_name(op.key)
-        else:
-            raise UsageError(f"commit takes Put, Delete, Append and Check operations, got {op!r}")
-    return checked
-
-
-class _Scrubber(logging.Filter):
-    """Removes the DSN's password from psycopg's log records while the store is open."""
-
-    def __init__(self, dsn: Dsn) -> None:
-        super().__init__()
-        self._dsn = dsn
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        clean = self._dsn.scrub(text)
-        if clean != text:
-            record.msg, record.args = clean, ()
-        return True
 
 
 _PSYCOPG_LOGGERS = ("psycopg", "psycopg.pool")
@@ -205,8 +128,8 @@ class PostgresStorage:
                 f"need 1 <= max_size and min_size <= max_size, got {min_size} and {max_size}"
             )
         self._min_size, self._max_size = min_size, max_size
-        self._connect_timeout_s = _positive("connect_timeout_s", connect_timeout_s)
-        self._pool_timeout_s = _positive("pool_timeout_s", pool_timeout_s)
+        self._connect_timeout_s = positive("connect_timeout_s", connect_timeout_s)
+        self._pool_timeout_s = positive("pool_timeout_s", pool_timeout_s)
         if not isinstance(pgbouncer, bool):
             raise UsageError(f"pgbouncer must be True or False, got {pgbouncer!r}")
         self._pgbouncer = pgbouncer
@@ -214,7 +137,7 @@ class PostgresStorage:
             raise UsageError(f"retries must be an int from 0 to 100, got {retries!r}")
         self._retries = retries
         if purge_interval_s is not None:
-            _positive("purge_interval_s", purge_interval_s, upper=1e9)
+            positive("purge_interval_s", purge_interval_s, upper=1e9)
         self._purge_interval_s = purge_interval_s
         if not isinstance(application_name, str) or len(application_name) > 63:
             raise UsageError("application_name must be text of at most 63 characters")
@@ -235,7 +158,7 @@ class PostgresStorage:
             self._dsn = Dsn(dsn)
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._writer: Writer | None = None
-        self._scrubber: _Scrubber | None = None
+        self._scrubber: LogScrubber | None = None
         self._purger: asyncio.Task[None] | None = None
         self._opening: asyncio.Lock | None = None
         self._closed = False
@@ -320,7 +243,7 @@ class PostgresStorage:
             fetched = await self._dsn_fetch()
             self._dsn = Dsn(fetched)
         dsn = self._dsn
-        scrubber = _Scrubber(dsn)
+        scrubber = LogScrubber(dsn)
         for name in _PSYCOPG_LOGGERS:
             logging.getLogger(name).addFilter(scrubber)
         self._scrubber = scrubber
@@ -438,8 +361,8 @@ class PostgresStorage:
 
     async def get(self, namespace: str, key: str) -> Record | None:
         """The live record at ``namespace``/``key``, or None (ST1, ST5)."""
-        _check_key(namespace, "namespace")
-        _check_key(key)
+        check_key(namespace, "namespace")
+        check_key(key)
         rows = await self._fetch(self._sql.get, (namespace, key, float(self._clock())))
         if not rows:
             return None
@@ -456,7 +379,7 @@ class PostgresStorage:
     def _scan_query(
         self, namespace: str, prefix: str, start_after: str | None, limit: int | None, *, meta: bool
     ) -> tuple[str, tuple[Any, ...]]:
-        _check_key(namespace, "namespace")
+        check_key(namespace, "namespace")
         count = check_scan(prefix, start_after, limit)
         # PostgreSQL text cannot hold NUL, and no key contains one: a prefix with NUL
         # matches nothing, and the keys after "a\x00b" are exactly those after "a".
@@ -465,7 +388,7 @@ class PostgresStorage:
             prefix = prefix.partition("\x00")[0]
         if start_after is not None:
             start_after = start_after.partition("\x00")[0]
-        end = _prefix_end(prefix)
+        end = prefix_end(prefix)
         head = (namespace, prefix, start_after or "", float(self._clock()))
         sql = self._sql
         if end is None:
@@ -524,8 +447,8 @@ class PostgresStorage:
         ttl: float | None = None,
     ) -> Record:
         """Write ``value``; the version grows by one (ST2), checked by ``if_version`` (ST3)."""
-        _check_key(namespace, "namespace")
-        _check_key(key)
+        check_key(namespace, "namespace")
+        check_key(key)
         check_value(value)
         seconds = check_ttl(ttl)
         check_if_version(if_version)
@@ -540,8 +463,8 @@ class PostgresStorage:
 
     async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
         """Remove the key; True if it existed (ST4), checked by ``if_version`` (ST3)."""
-        _check_key(namespace, "namespace")
-        _check_key(key)
+        check_key(namespace, "namespace")
+        check_key(key)
         check_if_version(if_version)
         writer = await self._writer_for_call()
         result: bool = await writer.submit(
@@ -551,7 +474,7 @@ class PostgresStorage:
 
     async def append(self, stream: str, payload: bytes) -> StreamEntry:
         """Add an entry at the stream's next sequence number (ST8)."""
-        _check_key(stream, "stream")
+        check_key(stream, "stream")
         check_value(payload, what="payload")
         writer = await self._writer_for_call()
         result: StreamEntry = await writer.submit(
@@ -561,7 +484,7 @@ class PostgresStorage:
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
         """Apply every operation in order in one transaction, or none of them (ST9)."""
-        checked = _check_ops(ops)
+        checked = check_ops(ops)
         writer = await self._writer_for_call()
         if not checked:
             return CommitResult()
@@ -572,7 +495,7 @@ class PostgresStorage:
 
     async def drop_stream(self, stream: str) -> bool:
         """Remove every entry of ``stream``; its next append is 1 again (``StreamDropping``)."""
-        _check_key(stream, "stream")
+        check_key(stream, "stream")
         writer = await self._writer_for_call()
         dropped: bool = await writer.submit(drop_stream_job, (stream,))
         return dropped
@@ -588,7 +511,7 @@ class PostgresStorage:
         is locked (``FOR UPDATE SKIP LOCKED``), deleted at its version, and
         ``ops_for(record)``'s operations applied with it, all or nothing.
         """
-        _check_key(namespace, "namespace")
+        check_key(namespace, "namespace")
         if not isinstance(prefix, str):
             raise UsageError(f"prefix must be text, got {type(prefix).__name__}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -601,7 +524,7 @@ class PostgresStorage:
         claimed: list[ClaimedRecord] = []
         if "\x00" in prefix:
             return claimed  # no key holds NUL
-        high = _prefix_end(prefix)
+        high = prefix_end(prefix)
         after = ""
         while len(claimed) < limit:
             if self._closed:
@@ -615,7 +538,7 @@ class PostgresStorage:
                 after=after,
                 high=high,
                 ops_for=ops_for,
-                check_ops=_check_ops,
+                check_ops=check_ops,
                 notify=self._notify,
                 now=float(self._clock()),
                 pool_timeout_s=self._pool_timeout_s,
@@ -635,8 +558,8 @@ class PostgresStorage:
         Only a hint: keep polling as well. With ``pgbouncer=True``, or while the
         listening connection is down, it waits the timeout out and returns False.
         """
-        _check_key(namespace, "namespace")
-        seconds = _positive("timeout", timeout, upper=1e9)
+        check_key(namespace, "namespace")
+        seconds = positive("timeout", timeout, upper=1e9)
         await self._writer_for_call()
         listener = self._listener
         if listener is None or namespace not in self._notify[1]:
