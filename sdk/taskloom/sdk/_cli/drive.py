@@ -34,7 +34,7 @@ from taskloom.contracts import (
 )
 from taskloom.sdk._cli.context import CliContext
 from taskloom.sdk._cli.history import _audit, _runstore
-from taskloom.sdk._cli.progress import Progress
+from taskloom.sdk._cli.progress import Progress, map_totals
 from taskloom.sdk._config.build import make_telemetry
 
 
@@ -175,14 +175,16 @@ async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
     return engine, host
 
 
-async def _drive(ctx: CliContext, handle: Any, *, title: str) -> Any:
+async def _drive(
+    ctx: CliContext, handle: Any, *, title: str, totals: dict[str, int] | None = None
+) -> Any:
     """Show live progress from the handle's events (not in --json mode); return the result.
 
     The result is awaited, not the event stream's end: a run that fails before it
     starts (an unknown run id to resume) may never close its stream.
     """
     show = not ctx.out.json_mode and sys.stderr.isatty()
-    progress = Progress(ctx.out.err, title=title, live=show)
+    progress = Progress(ctx.out.err, title=title, live=show, map_totals=totals)
 
     async def follow() -> None:
         async for event in handle.events():
@@ -298,7 +300,8 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
             return await _lost(ctx, handle.run_id)
 
         title = str(pipeline.get("name", args.pipeline))
-        code = await _to_the_end(ctx, handle, title, held, first=audited)
+        totals = map_totals(pipeline, inputs)
+        code = await _to_the_end(ctx, handle, title, held, first=audited, totals=totals)
         return code
     finally:
         await _close(engine, host, said=code)
@@ -311,6 +314,7 @@ async def _to_the_end(
     held: Callable[[RunHeld], Awaitable[int]],
     *,
     first: Awaitable[None],
+    totals: dict[str, int] | None = None,
 ) -> int:
     """Await ``first`` (the audit entry), then drive a started or resumed run to its end
     and report it (exit code 0 or 1).
@@ -321,7 +325,7 @@ async def _to_the_end(
     """
     try:
         await first
-        result = await _drive(ctx, handle, title=title)
+        result = await _drive(ctx, handle, title=title, totals=totals)
     except (KeyboardInterrupt, asyncio.CancelledError):
         handle.cancel()
         _print_failure(

@@ -1,9 +1,15 @@
-"""Live progress of a run on the terminal: steps done, in flight, retries, tokens."""
+"""Live progress of a run on the terminal: steps done, in flight, retries, tokens, the
+elapsed time (redrawn as it ticks, not only when an event comes) and each map's items
+done out of its total when the total is known before the run (a map over an input)."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections import Counter
+from collections.abc import Mapping
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -25,8 +31,17 @@ from taskloom.contracts import (
 class Progress:
     """Counts a run's events and redraws one status line (when ``live``)."""
 
-    def __init__(self, console: Console, *, title: str, live: bool) -> None:
+    def __init__(
+        self,
+        console: Console,
+        *,
+        title: str,
+        live: bool,
+        map_totals: Mapping[str, int] | None = None,
+    ) -> None:
         self.title = title
+        self.map_totals = dict(map_totals or {})
+        self.items_done: Counter[str] = Counter()
         self.done = 0
         self.failed = 0
         self.retries = 0
@@ -35,7 +50,12 @@ class Progress:
         self.in_flight: set[tuple[str, int | None]] = set()
         self.started = time.monotonic()
         self._live = (
-            Live(self.render(), console=console, refresh_per_second=8, transient=True)
+            Live(
+                console=console,
+                refresh_per_second=8,
+                transient=True,
+                get_renderable=self.render,  # called at each refresh: the clock ticks
+            )
             if live
             else None
         )
@@ -48,6 +68,10 @@ class Progress:
         )
         if self.cached:
             line += f", {self.cached} cached"
+        for step_id in dict.fromkeys([*self.map_totals, *self.items_done]):
+            total = self.map_totals.get(step_id)
+            done = self.items_done[step_id]
+            line += f", {step_id} {done}/{total}" if total is not None else f", {step_id} {done}"
         return Text(line)
 
     def update(self, event: Event) -> None:
@@ -58,6 +82,8 @@ class Progress:
             self.in_flight.discard(key)
             self.done += 1
             self.tokens += event.usage.total_tokens
+            if event.item is not None:
+                self.items_done[event.step_id] += 1
         elif isinstance(event, StepFailedEvent):
             self.in_flight.discard(key)
             self.failed += 1
@@ -68,7 +94,7 @@ class Progress:
         elif isinstance(event, RunSucceeded | RunFailed | RunCancelledEvent):
             self.in_flight.clear()
         if self._live is not None:
-            self._live.update(self.render())
+            self._live.refresh()
 
     def __enter__(self) -> Progress:
         if self._live is not None:
@@ -83,3 +109,27 @@ class Progress:
     ) -> None:
         if self._live is not None:
             self._live.__exit__(exc_type, exc, tb)
+
+
+_INPUT_REF = re.compile(r"^\{\{\s*inputs\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
+
+
+def map_totals(pipeline: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, int]:
+    """The item count of each map over an input list (``"map": "{{inputs.docs}}"``), known
+    before the run starts; maps over a step's output are counted as they go."""
+    totals: dict[str, int] = {}
+
+    def visit(steps: object) -> None:
+        if not isinstance(steps, list):
+            return
+        for step in steps:
+            if not isinstance(step, dict):
+                continue
+            ref = _INPUT_REF.match(step["map"]) if isinstance(step.get("map"), str) else None
+            value = inputs.get(ref.group(1)) if ref else None
+            if isinstance(value, list) and isinstance(step.get("id"), str):
+                totals[step["id"]] = len(value)
+            visit(step.get("parallel"))
+
+    visit(pipeline.get("steps"))
+    return totals
