@@ -288,3 +288,34 @@ async def test_resume_reruns_work_whose_needs_lost_their_checkpoint() -> None:
     assert result.output["b"] == "new|b new|a t"
     assert result.output["m"] == [f"new|sum d{i} after new|a t" for i in range(6)]
     await storage.aclose()
+
+
+async def test_usage_after_a_resume_counts_every_attempt_of_every_process() -> None:
+    """A run fails after two paid attempts of a step (malformed replies) and is resumed: its
+    usage counts those attempts too, not only the checkpoints and the resuming process."""
+    from taskloom.contracts import CompletionRequest, StepFailed
+
+    broken = {"on": True}
+
+    def reply(request: CompletionRequest) -> str:
+        prompt = request.messages[-1].content
+        if prompt == "p2":
+            return "not json" if broken["on"] else '{"ok": 1}'
+        return "fine"
+
+    fake = FakeExecutor(reply=reply)  # each call: 1 prompt token + 1 completion token
+    engine, _ = make_engine(fake, storage=MemoryStorage())
+    steps: list[dict[str, Any]] = [
+        {"id": f"s{i}", "prompt": f"p{i}", "executor": "fake"} for i in range(4)
+    ]
+    steps[2].update(response_format={"type": "json"}, retry={"max_attempts": 2})
+    async with engine:
+        with pytest.raises(StepFailed):
+            await engine.run(pipeline(*steps))
+        (failed,) = await engine.runstore.list_runs()
+        broken["on"] = False
+        result = await engine.resume(failed.run_id)
+        stored = await engine.runstore.load_run(failed.run_id)
+    assert fake.total_calls == 6  # s0, s1, two bad s2 attempts; then s2 and s3
+    assert result.usage.total_tokens == stored.usage.total_tokens == 2 * fake.total_calls
+    assert stored.usage_by_executor["fake"].total_tokens == 2 * fake.total_calls

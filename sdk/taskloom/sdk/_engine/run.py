@@ -38,6 +38,7 @@ from taskloom.sdk._engine.steps import RunExecution
 from taskloom.sdk._pipeline.plan import Plan
 from taskloom.sdk._pipeline.template import TemplateRenderError
 from taskloom.sdk._runs.records import RunRecord
+from taskloom.sdk._runs.spend import spent_before
 
 _log = logging.getLogger("taskloom.engine")
 
@@ -119,10 +120,13 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
     try:
         async with held if held is not None else contextlib.nullcontext():
             try:
+                spent = None
                 if store is not None:
-                    await _begin(engine, spec, started)
                     if spec.resumed:
+                        # what earlier processes spent, read before this one adds events
                         spec.finished = await store.finished_steps(spec.run_id)
+                        spent = await spent_before(store, spec.record, spec.finished)
+                    await _begin(engine, spec, started)
                 execution = RunExecution(
                     run_id=spec.run_id,
                     plan=spec.plan,
@@ -131,6 +135,7 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
                     finished=spec.finished,
                     emit=emit,
                     item_starts_seen=item_starts_seen,
+                    spent=spent,
                 )
                 emit(
                     RunStarted(

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskloom.contracts import Event, StepFailed, StepSkipped
+from taskloom.contracts import Event, StepFailed, StepSkipped, Usage
 from taskloom.sdk._engine.calls import first_error
 from taskloom.sdk._engine.leaf import _ZERO, LeafRunner
 from taskloom.sdk._engine.services import RunServices
@@ -83,7 +83,10 @@ class RunExecution(LeafRunner):
         finished: Mapping[tuple[str, int | None], Any],
         emit: Callable[[Event], None],
         item_starts_seen: Callable[[], bool] | None = None,
+        spent: tuple[Usage, Mapping[str, Usage]] | None = None,
     ) -> None:
+        """``spent``: what earlier processes spent on the run (``_runs.spend``), total and by
+        executor; without it the usage starts from the checkpoints' usage."""
         super().__init__(
             run_id=run_id, services=services, emit=emit, item_starts_seen=item_starts_seen
         )
@@ -95,9 +98,24 @@ class RunExecution(LeafRunner):
         self._tg: asyncio.TaskGroup | None = None
         self.budget = plan.pipeline.budget
         for record in self.finished.values():
-            self._account(record.usage, record.executor)
+            if spent is None:
+                self._account(record.usage, record.executor)
             if record.executor is not None and not record.cached:
                 self.calls_started += record.attempts
+        if spent is not None:
+            self._account_spent(*spent)
+
+    def _account_spent(self, total: Usage, by_executor: Mapping[str, Usage]) -> None:
+        """Start from what earlier processes spent (total and by executor id)."""
+        rest = [total.prompt_tokens, total.completion_tokens]
+        for executor_id, usage in by_executor.items():
+            self._account(usage, executor_id)
+            rest[0] -= usage.prompt_tokens
+            rest[1] -= usage.completion_tokens
+        if rest[0] > 0 or rest[1] > 0:  # spent by steps of no known executor (plugins)
+            self._account(
+                Usage(prompt_tokens=max(rest[0], 0), completion_tokens=max(rest[1], 0)), None
+            )
 
     # --- scheduling ----------------------------------------------------------
 

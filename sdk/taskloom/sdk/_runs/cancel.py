@@ -30,6 +30,7 @@ import attrs
 
 from taskloom.contracts import RunCancelledEvent, RunHeld
 from taskloom.sdk._runs.records import FINISHED_STATUSES, LeaseRecord, RunRecord
+from taskloom.sdk._runs.spend import spent_before
 from taskloom.sdk._runs.store import RunStore
 
 __all__ = ["CancelOutcome", "cancel_run"]
@@ -128,9 +129,12 @@ async def _record_cancelled(store: RunStore, run_id: str) -> CancelOutcome:
         return CancelOutcome(record=record, cancelled=False)
     now = store.clock()
     started = record.started_at if record.started_at is not None else now
-    done = attrs.evolve(record, status="cancelled", finished_at=now)
+    usage, by_executor = await spent_before(store, record)  # a crashed holder's steps count
+    done = attrs.evolve(
+        record, status="cancelled", finished_at=now, usage=usage, usage_by_executor=by_executor
+    )
     outcome = RunCancelledEvent(
-        run_id=run_id, at=now, duration_s=max(now - started, 0.0), usage=record.usage
+        run_id=run_id, at=now, duration_s=max(now - started, 0.0), usage=usage
     )
     await (await store.queue_finish(done, outcome))
     return CancelOutcome(record=done, cancelled=True)
