@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from _sec_support import DictStorage, keys
@@ -134,5 +135,38 @@ def test_a_weak_audit_key_is_refused() -> None:
         weak = PublicKey(sorted(SMALL_ORDER_YS)[0].to_bytes(32, "little"))
         with pytest.raises(WeakKey):
             await log.verify(public_key=weak)
+
+    asyncio.run(go())
+
+
+def test_a_file_store_that_drops_a_torn_last_entry_reports_torn_and_repairs(
+    tmp_path: Path,
+) -> None:
+    """The file store hides a cut-short last entry; verify names it torn, repair fixes it."""
+    from taskloom.adapters.filesystem import FileStorage
+
+    async def go() -> None:
+        storage = await FileStorage.open(tmp_path / "store")
+        log = AuditLog(storage)
+        for i in range(3):
+            await log.append(actor="ops", action="x", subject=str(i))
+        await storage.aclose()
+        (segment,) = [p for p in (tmp_path / "store").rglob("*.seg")]
+        segment.write_bytes(segment.read_bytes()[:-5])  # a crash mid-write of entry 3
+        storage = await FileStorage.open(tmp_path / "store")
+        try:
+            log = AuditLog(storage)
+            report = await log.verify()
+            assert (report.ok, report.kind, report.first_bad, report.entries) == (
+                False,
+                "torn",
+                3,
+                2,
+            )
+            entry = await log.repair(actor="admin")
+            assert entry is not None and entry.details["kept"] == 2
+            assert (await log.verify()).ok
+        finally:
+            await storage.aclose()
 
     asyncio.run(go())
