@@ -22,14 +22,13 @@ import psycopg_pool
 from taskloom.adapters.postgres._dsn import Dsn
 from taskloom.adapters.postgres._errors import is_lost_connection, is_retryable, translate
 from taskloom.adapters.postgres._listen import NOTIFY
-from taskloom.adapters.postgres._ops import commit_job
+from taskloom.adapters.postgres._ops import plan_commit
 from taskloom.adapters.postgres._schema import Statements
-from taskloom.adapters.postgres._writer import rollback
+from taskloom.adapters.postgres._writer import CONFLICT_STATE, rollback
 from taskloom.contracts import (
     ClaimedRecord,
     ClaimOps,
     CommitResult,
-    ConflictError,
     Op,
     Put,
     Record,
@@ -116,15 +115,21 @@ async def _attempt(
 ) -> tuple[str | None, ClaimedRecord | None]:
     async with pool.connection(timeout=pool_timeout_s) as conn:
         cur: psycopg.AsyncCursor[Any] = conn.cursor()
-        await cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        key_seen = ""
+        committing = False
         try:
-            if high is None:
-                await cur.execute(sql.claim_next, (namespace, low, after, now))
-            else:
-                await cur.execute(sql.claim_next_bounded, (namespace, low, after, now, high))
+            # Round trip 1: BEGIN and the locking SELECT together.
+            async with conn.pipeline():
+                await cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED", prepare=False)
+                if high is None:
+                    await cur.execute(sql.claim_next, (namespace, low, after, now), prepare=False)
+                else:
+                    await cur.execute(
+                        sql.claim_next_bounded, (namespace, low, after, now, high), prepare=False
+                    )
             row = await cur.fetchone()
             if row is None:
-                await cur.execute("ROLLBACK")
+                await rollback(conn)
                 return None, None
             key, value, version, updated_at, expires_at = row
             record = Record(
@@ -135,28 +140,42 @@ async def _attempt(
                 updated_at=float(updated_at),
                 expires_at=None if expires_at is None else float(expires_at),
             )
+            key_seen = record.key
             ops = ops_for(record)
             if ops is None:
-                await cur.execute("ROLLBACK")
+                await rollback(conn)
                 return record.key, None
             checked = check_ops(ops)
-            await cur.execute(sql.delete_if_version, (namespace, record.key, record.version, now))
-            try:
-                result: CommitResult = await commit_job(cur, sql, (checked, now))
-            except ConflictError:
-                await cur.execute("ROLLBACK")
-                return record.key, None
+            statements, finish = plan_commit(sql, checked, now)
             channel, watched = notify
             wake = sorted({op.namespace for op in checked if isinstance(op, Put)} & watched)
-            if wake:
-                await cur.execute(NOTIFY, (channel, wake))
+            cursors: list[psycopg.AsyncCursor[Any]] = []
+            # Round trip 2: the deletion, ops_for's operations and COMMIT; a failed check
+            # raises TL409 in the server and aborts it all (CL3: the record is skipped).
+            committing = True
+            async with conn.pipeline():
+                await cur.execute(
+                    sql.p_delete_if_version,
+                    (namespace, record.key, record.version, now),
+                    prepare=False,
+                )
+                for query, params in statements:
+                    op_cur: psycopg.AsyncCursor[Any] = conn.cursor()
+                    await op_cur.execute(query, params, prepare=False)
+                    cursors.append(op_cur)
+                if wake:
+                    await cur.execute(NOTIFY, (channel, wake), prepare=False)
+                await conn.execute("COMMIT", prepare=False)
+        except psycopg.Error as exc:
+            if str(getattr(exc, "sqlstate", "") or "") == CONFLICT_STATE:
+                await rollback(conn)
+                return key_seen, None
+            if committing and (conn.broken or is_lost_connection(exc)):
+                raise _CommitLost(str(exc)) from exc
+            await rollback(conn)
+            raise
         except BaseException:
             await rollback(conn)
             raise
-        try:
-            await cur.execute("COMMIT")
-        except psycopg.Error as exc:
-            if conn.broken or is_lost_connection(exc):
-                raise _CommitLost(str(exc)) from exc
-            raise
+        result: CommitResult = await finish(cursors)
         return record.key, ClaimedRecord(record=record, result=result)

@@ -39,6 +39,7 @@ __all__ = [
     "delete_versions_job",
     "drop_stream_job",
     "plan",
+    "plan_commit",
     "purge_job",
     "put_job",
     "upsert_job",
@@ -331,7 +332,7 @@ def _check_absent(sql: Statements, namespace: str, key: str, now: float) -> list
     return [(sql.reserve, (namespace, key)), (sql.p_check_absent, (namespace, key, now))]
 
 
-def _plan_commit(sql: Statements, ops: tuple[Op, ...], now: float) -> Plan:
+def plan_commit(sql: Statements, ops: tuple[Op, ...], now: float) -> Plan:
     statements: list[Statement] = []
     readers: list[tuple[str, Callable[[Cursor], Awaitable[Any]] | None]] = []
     reserved: list[tuple[str, str]] = []
@@ -417,5 +418,5 @@ def plan(fn: JobFn, sql: Statements, args: tuple[Any, ...]) -> Plan | None:
 
         return [(sql.append, (stream, payload, now))], finish_append
     if fn is commit_job:
-        return _plan_commit(sql, args[0], args[1])
+        return plan_commit(sql, args[0], args[1])
     return None
