@@ -118,3 +118,17 @@ def test_an_update_adding_a_secret_loads_only_after_trust_approve(cli: Cli) -> N
     approved = cli.json("trust", "approve", "textkit")
     assert approved["approved"] == {"secrets": ["openai_api_key"]}
     assert _loaded(cli)["loaded"] is True
+
+
+def test_the_shipped_example_runs_with_its_marks_unchanged(tmp_path: Path) -> None:
+    """examples/ ships its rollback marks: the README's example command runs as is."""
+    examples = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, examples)
+    before = (examples / "trust.marks.json").read_bytes()
+    cli = Cli(tmp_path / "home", tmp_path)
+    done = cli(
+        "--config", "examples/taskloom.toml", "run", "examples/plugin_pipeline.json", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    assert (examples / "trust.marks.json").read_bytes() == before
