@@ -31,15 +31,37 @@ def find_bin(name: str) -> str | None:
 
 
 def available() -> bool:
-    """Whether initdb and pg_ctl exist here (and, as root, the postgres user)."""
+    """Whether initdb and pg_ctl exist here (and, as root, the postgres user or useradd)."""
     if find_bin("initdb") is None or find_bin("pg_ctl") is None:
         return False
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            return False
+            return shutil.which("useradd") is not None
     return True
+
+
+def ensure_user() -> None:
+    """As root, make sure the ``postgres`` system user exists: the server refuses root."""
+    if os.geteuid() != 0:
+        return
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--home-dir",
+                "/var/lib/postgresql",
+                "--shell",
+                "/bin/sh",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
 
 def free_port() -> int:
@@ -69,6 +91,7 @@ def start(
     initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
         raise RuntimeError("initdb/pg_ctl not found: install PostgreSQL's server package")
+    ensure_user()
     directory.mkdir(parents=True, exist_ok=True)
     data = directory / "data"
     pwfile = directory / "pw"
