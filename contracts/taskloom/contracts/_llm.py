@@ -144,7 +144,9 @@ class LLMExecutor(Protocol):
         or >= 0), a timeout ``ExecutorTimeout``, an outage ``ProviderUnavailable``
         (all ``retryable``); a refused request ``InvalidRequest`` and refused
         credentials ``AuthenticationFailed`` (neither retryable). No other
-        exception type escapes.
+        exception type escapes. (HTTP executors also raise the permanent
+        ``Refused`` for a model's refusal, ``QuotaExceeded`` for an empty account
+        and ``RetryForbidden`` when the provider says not to retry.)
     EX4 Concurrent calls on one executor all succeed and do not mix replies.
     EX5 Closing a stream early (``aclose`` on its iterator) releases it and the
         executor keeps working.
