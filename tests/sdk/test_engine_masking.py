@@ -60,3 +60,11 @@ async def test_without_known_secrets_outputs_are_kept_as_they_are() -> None:
     async with engine:
         result = await engine.run(pipeline({"id": "a", "executor": "fake", "prompt": KEY}))
     assert result.output.endswith(KEY)
+
+
+def test_an_empty_redactor_still_masks_secret_objects_in_data() -> None:
+    """redact_data turns a Secret into MASK even before any value is known."""
+    from taskloom.contracts import Secret
+
+    assert Redactor().redact_data({"k": Secret("v" * 8), "n": 1}) == {"k": MASK, "n": 1}
+    assert Redactor().redact_data("plain") == "plain"

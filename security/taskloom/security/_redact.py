@@ -248,8 +248,8 @@ class Redactor:
         infos: rebuilt with ``attrs.evolve``, so validators run again); a ``Secret``
         becomes ``MASK``; any other value is returned as it is.
         """
-        if self._compiled is None:
-            return obj  # nothing known yet: nothing to mask, and no copy to make
+        if self._compiled is None and isinstance(obj, str | int | float | bool | None):
+            return obj  # nothing known yet and no Secret inside: nothing to mask
         return self._walk(obj)
 
     def _walk(self, obj: Any) -> Any:
