@@ -233,3 +233,49 @@ def test_cancel_stops_a_run_in_another_process_and_resume_finishes_it(cli: Cli) 
     resumed = cli.json("resume", run_id)
     assert resumed["status"] == "succeeded"
     assert len(cli.json("show", run_id)["steps"]) == 40
+
+
+def test_cancel_of_a_killed_run_then_resume_works_at_once(cli: Cli) -> None:
+    """A `taskloom run` killed with SIGKILL leaves a live lease; `taskloom cancel` takes the
+    run over once a renewal is missed, records it cancelled with one outcome event, and
+    `taskloom resume` then finishes it without waiting for any lease."""
+    import signal
+    import time as _time
+
+    (cli.workdir / "taskloom.toml").write_text(
+        '[engine]\nlease_ttl_s = 3\n\n[executors.slow]\ntype = "scripted"\nlatency_s = 0.2\n'
+    )
+    steps = [{"id": f"s{i}", "prompt": f"step {i}"} for i in range(30)]
+    (cli.workdir / "long.json").write_text(
+        json.dumps({"taskloom": "pipeline/v1", "name": "long", "steps": steps})
+    )
+    running = subprocess.Popen(
+        [sys.executable, "-m", "taskloom.sdk._cli.main", "run", "long.json", "--json"],
+        cwd=cli.workdir,
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        run_id = None
+        deadline = _time.monotonic() + 60
+        while run_id is None and _time.monotonic() < deadline:
+            listed = cli.json("runs")
+            if listed and listed[0]["status"] == "running":
+                run_id = listed[0]["run_id"]
+            else:
+                _time.sleep(0.2)
+        assert run_id is not None, "the run never showed up as running"
+        running.send_signal(signal.SIGKILL)
+        running.wait(timeout=30)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    cancelled = cli.json("cancel", run_id[:8])
+    assert cancelled["status"] == "cancelled" and cancelled["was_running_in"] is None
+    kinds = [e["type"] for e in cli.json("events", run_id)]
+    assert [k for k in kinds if k in ("run.succeeded", "run.failed", "run.cancelled")] == [
+        "run.cancelled"
+    ]
+    resumed = cli.json("resume", run_id)
+    assert resumed["status"] == "succeeded"
