@@ -279,3 +279,19 @@ async def _take(listener: Any, count: int) -> Any:
         taken += 1
         if taken >= count:
             return
+
+
+async def test_the_stream_of_a_deleted_run_ends() -> None:
+    """A stream on a queued run that an admin deletes ends instead of idling forever."""
+    settings = ServerSettings(poll_interval_s=0.05)
+    async with served_app(settings=settings, workers=0) as s:
+        run = await s.submit()
+        async with s.client.stream(
+            "GET", f"/api/tasks/{run['run_id']}/events", headers=s.auth("read")
+        ) as response:
+            await wait_until(lambda: s.api.hub.feed_count == 1)
+            deleted = await s.client.delete(run["url"], headers=s.auth("admin"))
+            assert deleted.status_code == 204
+            events = await asyncio.wait_for(read_events(response), 10)
+        assert events == []
+        await wait_until(lambda: s.api.hub.listener_count == 0)

@@ -27,7 +27,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from taskloom.contracts import ChunkStreamed, Event, TaskloomError
+from taskloom.contracts import ChunkStreamed, Event, RunNotFound, TaskloomError
 from taskloom.sdk._engine.bus import EventBus, Subscription
 from taskloom.sdk._runs.store import RunStore
 
@@ -146,8 +146,22 @@ class RunFeed:
             # keep the store busy. Anything new, or the bus, brings it back at once.
             if found or woken:
                 wait = self.hub.poll_interval_s
-            else:
-                wait = min(wait * 2, self.hub.poll_interval_s * IDLE_POLL_FACTOR)
+                continue
+            wait = min(wait * 2, self.hub.poll_interval_s * IDLE_POLL_FACTOR)
+            if await self._deleted():
+                for listener in list(self.listeners):
+                    listener._end()  # its stream ends; the run has no more events to give
+                return
+
+    async def _deleted(self) -> bool:
+        """Whether the run is gone (deleted while watched): its streams must end."""
+        try:
+            await self.hub.runstore.load_run(self.run_id)
+        except RunNotFound:
+            return True
+        except TaskloomError:
+            return False  # a store that fails now is retried at the next poll
+        return False
 
     def stop(self) -> None:
         """Cancel the reading task (synchronous: it runs in a client's cancelled scope)."""
