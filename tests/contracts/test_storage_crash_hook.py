@@ -74,3 +74,16 @@ def test_st11_a_child_that_cannot_open_shows_its_error(
     suite = file_storage_suite(JsonFileStorage, factory)
     text = _failure(suite, KILL_TESTS[0], tmp_path)
     assert "ST11" in text and shown in text and "exited with code" in text, text
+
+
+def test_st11_a_line_cut_short_by_the_kill_is_not_an_acknowledgement() -> None:
+    """Only whole acknowledgement lines count: the kill may cut the last one short."""
+    from taskloom.contracts.testing._storage_crash_child import ACK
+    from taskloom.contracts.testing._storage_crash_suite import _ack_of
+
+    whole = ACK + '{"gone": ["ns", "k"]}\n'
+    assert _ack_of(whole) == {"gone": ["ns", "k"]}
+    assert _ack_of(whole[:-1]) is None
+    assert _ack_of(ACK + '{"gone": ["ns", "k"\n') is None
+    assert _ack_of("saved\n") is None
+    assert _ack_of(ACK + "[1, 2]\n") is None

@@ -40,6 +40,11 @@ _CHILD = (
 )
 
 
+_DRAIN_TIMEOUT_S = 5.0
+"""How long to read what a killed child had printed (its pipe ends at once unless a process
+the adapter started still holds it)."""
+
+
 class _Acknowledged:
     """What the killed process reported written, folded into the state it must leave."""
 
@@ -58,6 +63,17 @@ class _Acknowledged:
         elif "entry" in ack:
             entry = entry_of(ack["entry"])
             self.entries.setdefault(entry.stream, []).append(entry)
+
+
+def _ack_of(line: str) -> dict[str, Any] | None:
+    """The acknowledgement a whole line of the child's output carries, if any."""
+    if not (line.startswith(ACK) and line.endswith("\n")):
+        return None
+    try:
+        ack = json.loads(line[len(ACK) :])
+    except ValueError:
+        return None
+    return ack if isinstance(ack, dict) else None
 
 
 def _reader(stream: IO[str], lines: queue.Queue[str | None]) -> None:
@@ -131,10 +147,18 @@ class CrashTests(StorageSuiteBase):
             finally:
                 child.kill()  # SIGKILL on POSIX: no aclose, no atexit, no flush
                 child.wait()
-            # Everything the child printed before it died was acknowledged, so it counts too.
-            while (line := lines.get(timeout=self.crash_timeout_s)) is not None:
-                if line.startswith(ACK):
-                    acknowledged.add(json.loads(line[len(ACK) :]))
+            # Everything the child printed before it died was acknowledged, so it counts too
+            # (a line cut short by the kill is not: its write may not have returned).
+            while True:
+                try:
+                    line = lines.get(timeout=_DRAIN_TIMEOUT_S)
+                except queue.Empty:  # a process the adapter started keeps the pipe open
+                    break
+                if line is None:
+                    break
+                ack = _ack_of(line)
+                if ack is not None:
+                    acknowledged.add(ack)
         return acknowledged
 
     def _wait_until_ready(
@@ -162,9 +186,9 @@ class CrashTests(StorageSuiteBase):
                     f"{child.returncode} before it was killed; its stderr ends with:\n"
                     f"{errors.read()[-3000:]}"
                 )
-            if not line.startswith(ACK):
+            ack = _ack_of(line)
+            if ack is None:
                 continue
-            ack = json.loads(line[len(ACK) :])
             if "ready" in ack:
                 ready_at = acknowledged.count
             else:
