@@ -146,3 +146,17 @@ def test_an_older_trust_store_copy_is_refused(tmp_path: Path) -> None:
     assert old.version == 1
     with pytest.raises(TrustStoreRolledBack):
         marks.check_trust_version(old.version)
+
+
+def test_verify_plugin_refuses_an_older_trust_store_through_the_marks(tmp_path: Path) -> None:
+    """With file marks, verify_plugin itself refuses a trust store older than one seen."""
+    key = keys(1)[0]
+    marks = RollbackMarks(tmp_path / "trust.marks.json")
+    marks.create()
+    newer = _trust(key)
+    newer.version = 5
+    assert _verify(_signed(tmp_path / "v1", key, 1), newer, marks) == 1
+    older = _trust(key)
+    older.version = 4
+    with pytest.raises(TrustStoreRolledBack):
+        _verify(_signed(tmp_path / "v2", key, 2), older, marks)

@@ -287,6 +287,8 @@ async def verify_plugin(
     if check_manifest is not None:
         check_manifest(manifest)
     revoked = trust.revoked
+    if isinstance(rollback, RollbackMarks):  # marks beside the trust store know its version
+        rollback.check_trust_version(trust.version)
     observed = await rollback.check(
         manifest.name,
         manifest.version,
