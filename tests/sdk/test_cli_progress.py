@@ -51,3 +51,11 @@ def test_a_map_over_an_input_shows_done_out_of_total() -> None:
     )
     line = str(progress.render())
     assert "m 2/5" in line and "n 1" in line
+
+
+def test_a_resumed_map_counts_the_items_finished_before() -> None:
+    """On a resume the map's done count starts from its checkpointed items."""
+    progress = Progress(
+        _console(), title="resume", live=False, map_totals={"m": 5}, map_done={"m": 3}
+    )
+    assert "m 3/5" in str(progress.render())

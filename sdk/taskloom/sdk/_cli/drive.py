@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,12 @@ async def build_engine(ctx: CliContext) -> tuple[Any, Any]:
 
 
 async def _drive(
-    ctx: CliContext, handle: Any, *, title: str, totals: dict[str, int] | None = None
+    ctx: CliContext,
+    handle: Any,
+    *,
+    title: str,
+    totals: dict[str, int] | None = None,
+    done_before: Mapping[str, int] | None = None,
 ) -> Any:
     """Show live progress from the handle's events (not in --json mode); return the result.
 
@@ -184,7 +190,9 @@ async def _drive(
     starts (an unknown run id to resume) may never close its stream.
     """
     show = not ctx.out.json_mode and sys.stderr.isatty()
-    progress = Progress(ctx.out.err, title=title, live=show, map_totals=totals)
+    progress = Progress(
+        ctx.out.err, title=title, live=show, map_totals=totals, map_done=done_before
+    )
 
     async def follow() -> None:
         async for event in handle.events():
@@ -315,6 +323,7 @@ async def _to_the_end(
     *,
     first: Awaitable[None],
     totals: dict[str, int] | None = None,
+    done_before: Mapping[str, int] | None = None,
 ) -> int:
     """Await ``first`` (the audit entry), then drive a started or resumed run to its end
     and report it (exit code 0 or 1).
@@ -325,7 +334,7 @@ async def _to_the_end(
     """
     try:
         await first
-        result = await _drive(ctx, handle, title=title, totals=totals)
+        result = await _drive(ctx, handle, title=title, totals=totals, done_before=done_before)
     except (KeyboardInterrupt, asyncio.CancelledError):
         handle.cancel()
         _print_failure(
@@ -432,8 +441,13 @@ async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
     store = await _runstore(ctx)
     try:
         args.run_id = await store.resolve_run_id(args.run_id)  # a unique prefix will do
+        record = await store.load_run(args.run_id)
+        finished = await store.finished_steps(args.run_id)
     finally:
         await store.aclose()
+    # the progress line counts each map's items from those finished before the resume
+    totals = map_totals(pipeline or record.pipeline, record.inputs)
+    done_before = Counter(step_id for (step_id, item) in finished if item is not None)
     engine, host = await build_engine(ctx)
     code: int | None = None
     try:
@@ -445,7 +459,15 @@ async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
                 raise exc
             return await _lost(ctx, args.run_id)
 
-        code = await _to_the_end(ctx, handle, f"resume {args.run_id[:12]}", held, first=audited)
+        code = await _to_the_end(
+            ctx,
+            handle,
+            f"resume {args.run_id[:12]}",
+            held,
+            first=audited,
+            totals=totals,
+            done_before=done_before,
+        )
         return code
     finally:
         await _close(engine, host, said=code)

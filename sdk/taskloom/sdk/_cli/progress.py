@@ -38,10 +38,13 @@ class Progress:
         title: str,
         live: bool,
         map_totals: Mapping[str, int] | None = None,
+        map_done: Mapping[str, int] | None = None,
     ) -> None:
+        """``map_totals``: items of each map known up front; ``map_done``: items of each
+        map finished before (a resume)."""
         self.title = title
         self.map_totals = dict(map_totals or {})
-        self.items_done: Counter[str] = Counter()
+        self.items_done: Counter[str] = Counter(map_done or {})
         self.done = 0
         self.failed = 0
         self.retries = 0
