@@ -106,6 +106,7 @@ def kill(proc: subprocess.Popen[bytes], calls: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEADLINE_S + 300)
 def test_kill_loop_every_run_succeeds_once(tmp_path: Path) -> None:
     """Random SIGKILLs of 3 workers: all runs succeed with right outputs, no item runs in two
     live workers at once, every history is gapless."""
