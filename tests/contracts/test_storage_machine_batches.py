@@ -39,6 +39,7 @@ def test_every_example_commits_a_batch_touching_one_key_twice(tmp_path: Path) ->
     """Each example of the machine commits at least one such batch; most put and delete."""
     CountingStorage.commits.clear()
     suite = storage_suite(CountingStorage)
+    suite.max_examples = 15  # type: ignore[misc]
     locations: Counter[str] = Counter()
     original = suite.open_storage
 

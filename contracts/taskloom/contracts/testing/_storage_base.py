@@ -104,7 +104,9 @@ class StorageSuiteBase:
 
         ``location`` does not exist yet; its parent directory does. The adapter may
         create a file or a directory there. Calling this again with the same
-        location must reopen the same data (when ``durable``).
+        location must reopen the same data (when ``durable``). The SIGKILL tests
+        (ST11) also call it in a child process, on an instance of this class made
+        without arguments; set ``crash_factory`` when that cannot work.
         """
         raise NotImplementedError(
             f"{type(self).__name__} must implement open_storage(location) to run the "
