@@ -59,3 +59,14 @@ async def test_sync_engine_refuses_a_running_loop() -> None:
     with pytest.raises(UsageError, match="running event loop"):
         engine.run(pipeline({"id": "a", "prompt": "x"}))
     engine._runner.close()
+
+
+def test_sync_engine_submits_idempotently() -> None:
+    """submit() queues a run and returns its id; the same key returns the same id."""
+    registry = ExecutorRegistry()
+    registry.register("fake", FakeExecutor())
+    with SyncEngine(registry=registry) as engine:
+        first = engine.submit(pipeline({"id": "a", "prompt": "x"}), idempotency_key="k")
+        again = engine.submit(pipeline({"id": "a", "prompt": "x"}), idempotency_key="k")
+        assert first == again
+        assert engine.resume(first).status == "succeeded"

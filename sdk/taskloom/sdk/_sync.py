@@ -67,6 +67,29 @@ class SyncEngine:
         engine = self.engine
         return self._call(engine.resume(run_id, pipeline))  # type: ignore[no-any-return]
 
+    def submit(
+        self,
+        pipeline: PipelineSource,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+    ) -> str:
+        """Queue a run for a worker and return its id (see Engine.submit)."""
+        engine = self.engine
+        return self._call(  # type: ignore[no-any-return]
+            engine.submit(
+                pipeline,
+                inputs,
+                run_id=run_id,
+                idempotency_key=idempotency_key,
+                queue=queue,
+                priority=priority,
+            )
+        )
+
     def close(self) -> None:
         """Close the engine and the private loop (idempotent)."""
         if self._closed:
