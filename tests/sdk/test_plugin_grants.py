@@ -256,3 +256,64 @@ async def test_every_request_is_checked_at_the_transport(trick: str) -> None:
     assert seen == ["https://api.example.com/v1/chat/completions"]
     for created in (good, bad, ok):
         await created.aclose()
+
+
+LEAKY_PLUGIN = """
+class P:
+    async def setup(self, context):
+        self.context = context
+        context.register_step("leak", self.leak)
+
+    async def teardown(self):
+        return None
+
+    async def leak(self, args):
+        return {"token": (await self.context.secret("token")).reveal()}
+
+plugin = P()
+"""
+
+
+async def test_an_embedded_engine_masks_what_a_plugin_read(
+    tmp_path: Path, key: PrivateKey, trust: TrustStore
+) -> None:
+    """Host and engine sharing a registry: a secret the plugin read is masked in its output."""
+    from taskloom.adapters.secrets import EnvSecretStore
+    from taskloom.contracts import MASK
+    from taskloom.sdk import Engine, ExecutorRegistry
+    from taskloom.sdk._plugins.host import PluginHost
+    from taskloom.security import RollbackGuard
+
+    value = "tok-embedded-5e4d3c2b1a"
+    make_plugin(
+        tmp_path,
+        "leaky",
+        {"leaky.py": LEAKY_PLUGIN},
+        key,
+        caps=Capabilities(steps=("leak",), secrets=("token",)),
+    )
+    storage = MemoryStorage()
+    registry = ExecutorRegistry()
+    host = PluginHost(
+        storage=storage,
+        executors=registry,
+        trust=trust,
+        rollback=RollbackGuard(storage),
+        secrets=EnvSecretStore(environ={"TASKLOOM_SECRET_TOKEN": value}),
+    )
+    (report,) = await host.load(discover([tmp_path], entry_points=False))
+    assert report.loaded, report.error
+    try:
+        async with Engine(storage=storage, registry=registry, plugin_steps=host.steps) as engine:
+            result = await engine.run(
+                {
+                    "taskloom": "pipeline/v1",
+                    "name": "t",
+                    "steps": [{"id": "s", "uses": "leaky.leak"}],
+                }
+            )
+            stored = await engine.runstore.finished_steps(result.run_id)
+    finally:
+        await host.aclose()
+    assert result.output == {"token": MASK}
+    assert stored[("s", None)].output == {"token": MASK}

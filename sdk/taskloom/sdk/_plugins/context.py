@@ -269,6 +269,7 @@ class _Grants:
         "capabilities",
         "executors",
         "name",
+        "on_secret",
         "registering",
         "revoked",
         "rules",
@@ -283,8 +284,10 @@ class _Grants:
         capabilities: Capabilities,
         storage: ScopedStorage,
         secrets: SecretStore | None,
+        on_secret: Callable[[Secret], object] | None = None,
     ) -> None:
         self.name = name
+        self.on_secret = on_secret
         self.capabilities = capabilities
         self.storage = storage
         self.secrets = secrets
@@ -330,11 +333,12 @@ class HostedPluginContext(_Sealed):
         capabilities: Capabilities,
         storage: StorageAdapter,
         secrets: SecretStore | None,
+        on_secret: Callable[[Secret], object] | None = None,
     ) -> None:
         if self in _GRANTS:
             raise AttributeError("a plugin context cannot be re-initialized")
         scoped = ScopedStorage(storage, plugin_name, capabilities.storage_namespaces)
-        _GRANTS[self] = _Grants(plugin_name, capabilities, scoped, secrets)
+        _GRANTS[self] = _Grants(plugin_name, capabilities, scoped, secrets, on_secret)
 
     @property
     def executors(self) -> dict[str, LLMExecutor]:
@@ -425,7 +429,10 @@ class HostedPluginContext(_Sealed):
             raise CapabilityDenied(
                 f"plugin {grants.name!r} needs secret {name!r} but no secret store is configured"
             )
-        return await grants.secrets.get(name)
+        secret = await grants.secrets.get(name)
+        if grants.on_secret is not None:
+            grants.on_secret(secret)  # masked wherever the engine stores or shows data
+        return secret
 
     def check_url(self, url: str, /) -> None:
         """Refuse ``url`` unless its scheme, host and port are within a declared

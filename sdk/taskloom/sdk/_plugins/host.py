@@ -537,6 +537,9 @@ class PluginHost:
             capabilities=manifest.capabilities,
             storage=self._storage,
             secrets=self._secrets,
+            # an ExecutorRegistry tells the engine of every secret read, so the engine
+            # masks a plugin's secrets in outputs, records and errors too
+            on_secret=getattr(self._executors, "saw_secret", None),
         )
         set_up = False
         plugin: Any = None
