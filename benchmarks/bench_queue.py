@@ -13,7 +13,10 @@ a worker's own memory is what is measured.
   until its ``RunStarted`` event; beside ``engine.start`` -> ``RunStarted``.
 - ``throughput, W workers``: 2,000 queued 1-step runs whose call takes 50 ms,
   workers (each its own engine and SQLite connection, concurrency 16) drain the
-  queue; beside the ideal 2,000 x 50 ms / (16 W) (``--quick``: 400 runs).
+  queue; beside the ideal 2,000 x 50 ms / (16 W) (``--quick``: 400 runs). Each worker
+  has its own SQLite connection, as separate processes would: their commits contend
+  for the file's one write lock (SQLite's busy handler sleeps), so more workers on one
+  SQLite file are not faster here; workers sharing one adapter, or PostgreSQL, are.
 - ``queued run fixed cost``: submit + claim + run of a 1-step zero-latency run,
   per run, beside a direct ``engine.run`` of the same pipeline on the same store,
   in alternating batches; the ratio is the median of the paired batches' ratios
