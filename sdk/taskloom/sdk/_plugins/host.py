@@ -35,7 +35,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -48,7 +48,6 @@ from taskloom.contracts import (
     PluginError,
     PluginIncompatible,
     PluginManifest,
-    Secret,
     SecretStore,
     SecurityError,
     StepFunction,
@@ -64,24 +63,6 @@ log = logging.getLogger("taskloom.plugins")
 ENVELOPE_NAME = "taskloom-plugin.json"
 CODE_DIR = "src"
 ENTRY_POINT_GROUP = "taskloom.plugins"
-
-
-class _Reporting:
-    """A SecretStore view whose reads are reported (to the engine's registry)."""
-
-    __slots__ = ("_report", "_store")
-
-    def __init__(self, store: SecretStore, report: Callable[[Secret], object]) -> None:
-        self._store = store
-        self._report = report
-
-    async def get(self, name: str, /) -> Secret:
-        secret = await self._store.get(name)
-        self._report(secret)
-        return secret
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
 
 class ExecutorSink(Protocol):
@@ -380,12 +361,7 @@ class PluginHost:
         self._executors = executors
         self._trust = trust
         self._rollback = rollback
-        # Secrets a plugin reads are reported to the engine's registry when that is where
-        # its executors go, so the engine masks them in errors and events as its own.
-        report = getattr(executors, "saw_secret", None)
-        self._secrets = (
-            _Reporting(secrets, report) if secrets is not None and callable(report) else secrets
-        )
+        self._secrets = secrets
         self._dev_mode = dev_mode
         self._clock = clock
         self._sdk_version = sdk_version
