@@ -466,3 +466,15 @@ def _leaky_servers() -> list[Any]:
             True,
         ),
     ]
+
+
+async def test_x_should_retry_true_makes_a_refused_request_retryable() -> None:
+    """x-should-retry: true on a 400 is retryable; on a 401 the credentials stay refused."""
+    async with openai(reply(400, {}, headers={"x-should-retry": "true"})) as ex:
+        with pytest.raises(ProviderUnavailable) as caught:
+            await ex.complete(REQUEST)
+    assert caught.value.retryable and caught.value.status == 400
+    async with openai(reply(401, {}, headers={"x-should-retry": "true"})) as ex:
+        with pytest.raises(Exception) as refused:
+            await ex.complete(REQUEST)
+    assert type(refused.value).__name__ == "AuthenticationFailed"

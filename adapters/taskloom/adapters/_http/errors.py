@@ -160,14 +160,22 @@ def error_from_status(
     """The typed error for a reply with a non-2xx ``status``.
 
     ``x-should-retry: false`` (OpenAI's and Anthropic's servers send it) turns what
-    would be retryable into ``RetryForbidden``; 429 ``insufficient_quota`` is
-    ``QuotaExceeded`` (no wait refills an empty account); the wait the provider
-    asked for (``Retry-After`` and the reset headers) rides on every retryable
-    error, a 503's and a 529's included.
+    would be retryable into ``RetryForbidden``, and ``true`` a refused request
+    (``InvalidRequest``, never refused credentials) into a retryable one; 429
+    ``insufficient_quota`` is ``QuotaExceeded`` (no wait refills an empty
+    account); the wait the provider asked for (``Retry-After`` and the reset
+    headers) rides on every retryable error, a 503's and a 529's included.
     """
     error = _error_for_status(status, body, headers, provider=provider, redactor=redactor)
+    should_retry = headers.get("x-should-retry", "").strip().lower()
+    if should_retry == "true" and type(error) is InvalidRequest:
+        # the provider says this one is transient (as the official SDKs obey it)
+        error = ProviderUnavailable(
+            f"{error} (the provider marked it worth retrying: x-should-retry: true)",
+            status=status,
+        )
     if isinstance(error, RetryableError):
-        if headers.get("x-should-retry", "").strip().lower() == "false":
+        if should_retry == "false":
             return RetryForbidden(
                 f"{error} (the provider said not to retry this request: x-should-retry: false)",
                 status=status,
