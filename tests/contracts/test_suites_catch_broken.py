@@ -130,6 +130,25 @@ def test_a_failure_shows_the_values_compared(tmp_path: Path) -> None:
     assert "scan('ns', start_after='b')" in text, text
 
 
+def test_every_invariant_has_broken_adapters() -> None:
+    """Each invariant of the three protocols is broken by at least one kept adapter."""
+    from taskloom.contracts import LLMExecutor, SecretStore, StorageAdapter
+    from taskloom.contracts.testing._naming import statements
+
+    wanted = {
+        code.lower()
+        for protocol in (StorageAdapter, SecretStore, LLMExecutor)
+        for code in statements(protocol)
+    }
+    broken = [code for _, code in BROKEN_STORAGE.values()]
+    broken += [code for _, code in BROKEN_SECRETS.values()]
+    broken += [code for _, code in BROKEN_EXECUTORS.values()]
+    broken += [code for _, _, code in BROKEN_DURABLE_STORAGE.values()]
+    assert len(wanted) == 27, sorted(wanted)
+    assert not wanted - set(broken), f"no broken adapter for {sorted(wanted - set(broken))}"
+    assert len(broken) >= 98, len(broken)
+
+
 def test_the_harness_passes_working_adapters(tmp_path: Path) -> None:
     """The same harness, wrappers and factories with no bug pass every suite test."""
     outcomes = {
