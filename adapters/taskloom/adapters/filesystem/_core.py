@@ -58,6 +58,8 @@ STREAMS = "streams"
 TMP = "tmp"
 
 PATH_MAX = 4096
+_EMPTY_DIR_BYTES = 4096
+"""The size a new directory has on common file systems (one block)."""
 MAX_RELATIVE_PATH = len(RECORDS) + 2 * _fs_names.MAX_NAME_PATH + 2
 """Longest path below the root that a valid namespace and key can produce."""
 
@@ -501,6 +503,33 @@ class Store:
             self.disk.flush()
             shutil.rmtree(doomed)
         return had_entries
+
+    def vacuum(self) -> int:
+        """Give back the blocks of ``records/`` and ``streams/`` once they are empty.
+
+        A directory does not shrink when its entries go (ext4 keeps its blocks), so
+        ``streams/`` of a store that held thousands of runs stays large after every
+        run is deleted. An empty one is replaced by a fresh directory with one
+        atomic rename over it, so a crash leaves the old or the new, never neither.
+        Returns how many directories were replaced.
+        """
+        if self._lock is None:
+            raise UsageError("file storage is closed")
+        replaced = 0
+        with self._lock.held(exclusive=True):
+            self.recover()
+            for sub in (RECORDS, STREAMS):
+                path = self.root / sub
+                if os.listdir(path) or os.stat(path).st_size <= _EMPTY_DIR_BYTES:
+                    continue
+                fresh = self.disk.tmp_path()
+                os.mkdir(fresh, 0o700)
+                os.rename(fresh, path)  # replaces the empty directory atomically
+                self.disk.mark_dirty(self.root)
+                self.disk.mark_dirty(fresh.parent)
+                replaced += 1
+            self.disk.flush()
+        return replaced
 
     def _remove_empty_parents(self, path: Path, *, stop: Path) -> None:
         """Remove the now empty directories above ``path`` up to (not including) ``stop``.

@@ -382,6 +382,18 @@ class FileStorage:
         store = self._store
         return await self._run(self._writer, lambda: store.verify(repair=bool(repair)))
 
+    async def vacuum(self) -> int:
+        """Give back the space of emptied layout directories (see ``Store.vacuum``).
+
+        ``taskloom prune`` and ``delete`` call it, as they call SQLite's ``vacuum``.
+        Returns how many directories were replaced by fresh ones.
+        """
+        self._check_usable()
+        await self._ensure_open()
+        await self._write(_nothing)
+        store = self._store
+        return await self._run(self._writer, store.vacuum)
+
     async def stream_names(self) -> list[str]:
         """The names of every stream that has entries, sorted (for ``taskloom doctor``)."""
         self._check_usable()

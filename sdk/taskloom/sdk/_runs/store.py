@@ -992,32 +992,37 @@ class RunStore:
 
         ``delete_run`` calls it after removing the record; ``prune`` and ``taskloom
         doctor --repair`` call it for a deletion a crash interrupted. True if any existed.
+        Checkpoints and cache entries go in as few commits as pages of them are read.
         """
-        existed = False
-        while True:
-            page = await self._storage.scan(NS_STEPS, prefix=f"{run_id}/", limit=SCAN_PAGE)
-            if not page:
-                break
-            existed = True
-            await self._storage.commit(
-                [Delete(namespace=NS_STEPS, key=stored_step.key) for stored_step in page]
-            )
         prefix = f"{run_id}/"
-        while True:
-            owned = await self._storage.scan(NS_CACHE_OWNERS, prefix=prefix, limit=SCAN_PAGE)
-            if not owned:
-                break
-            ops: list[Put | Delete] = []
-            for owner in owned:
-                ops.append(Delete(namespace=NS_CACHE, key=owner.key[len(prefix) :]))
-                ops.append(Delete(namespace=NS_CACHE_OWNERS, key=owner.key))
-            await self._storage.commit(ops)
+        ops: list[Put | Delete] = []
+        async for stored_step in self._keys_under(NS_STEPS, prefix):
+            ops.append(Delete(namespace=NS_STEPS, key=stored_step))
+        existed = bool(ops)
+        async for owner in self._keys_under(NS_CACHE_OWNERS, prefix):
+            ops.append(Delete(namespace=NS_CACHE, key=owner[len(prefix) :]))
+            ops.append(Delete(namespace=NS_CACHE_OWNERS, key=owner))
+        for start in range(0, len(ops), SCAN_PAGE):
+            await self._storage.commit(ops[start : start + SCAN_PAGE])
         if isinstance(self._storage, StreamDropping):
             self._events.forget(run_id)
             if await self._storage.drop_stream(events_stream(run_id)):
                 existed = True
             await self._storage.delete(NS_TOMBSTONES, run_id)
         return existed
+
+    async def _keys_under(self, namespace: str, prefix: str) -> AsyncIterator[str]:
+        """Every key of ``namespace`` starting with ``prefix``, page by page."""
+        after: str | None = None
+        while True:
+            page = await self._storage.scan(
+                namespace, prefix=prefix, start_after=after, limit=SCAN_PAGE
+            )
+            for stored in page:
+                yield stored.key
+            if len(page) < SCAN_PAGE:
+                return
+            after = page[-1].key
 
     async def _finish_interrupted_deletes(self) -> None:
         """Finish every deletion a crash interrupted (only stores that drop streams keep none)."""
