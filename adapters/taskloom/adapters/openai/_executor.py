@@ -35,7 +35,6 @@ from taskloom.adapters._http.common import (
 )
 from taskloom.contracts import (
     CompletionRequest,
-    InvalidRequest,
     MalformedResponse,
     Message,
     Secret,
@@ -82,12 +81,9 @@ def _message(message: Message) -> dict[str, str]:
     body = {"role": message.role, "content": message.content}
     if message.name is not None:
         body["name"] = message.name
-    if message.role == "tool":
-        if message.tool_call_id is None:
-            raise InvalidRequest(
-                "openai: a 'tool' message needs tool_call_id, the id of the tool call it "
-                "answers (the API refuses it without one)"
-            )
+    if message.tool_call_id is not None:
+        # OpenAI refuses a 'tool' message without it; some compatible servers do not
+        # need it, so a message without one is sent as it is and the server decides
         body["tool_call_id"] = message.tool_call_id
     return body
 
