@@ -96,7 +96,7 @@ def storage_suite(wrapper: Callable[[MemoryStorage], StorageAdapter]) -> Storage
     class Suite(StorageConformance):
         durable = True
         survives_kill = False  # a MemoryStorage cannot outlive a killed process
-        timeout_s = 5.0  # a broken adapter that hangs fails within seconds
+        timeout_s = 10.0  # a broken adapter that hangs fails within seconds, even under load
 
         def __init__(self) -> None:
             self.stores: dict[Path, MemoryStorage] = {}
