@@ -314,3 +314,19 @@ def test_validate_reports_every_problem_of_a_file() -> None:
     }
     missing = {e for e in expected if not any(p.startswith(e) for p in paths)}
     assert not missing, (missing, paths)
+
+
+def test_a_broken_pipeline_still_reports_the_problems_of_its_inputs() -> None:
+    """A structural mistake does not hide the given inputs' problems (or the reverse)."""
+    doc = {
+        "taskloom": "pipeline/v1",
+        "name": "p",
+        "inputs": {"n": {"type": "integer"}, "s": {"type": "strin"}},
+        "steps": [{"id": "a", "prompt": "{{inputs.n}}", "temprature": 0}],
+    }
+    with pytest.raises(PipelineInvalid) as caught:
+        make_engine(FakeExecutor())[0].validate(doc, {"n": "five", "extra": 1, "s": 3})
+    paths = {p.path for p in caught.value.problems}
+    assert {"$.steps[0].temprature", "inputs.n", "inputs.extra"} <= paths, paths
+    assert any(p.startswith("$.inputs") for p in paths), paths
+    assert "inputs.s" not in paths  # its spec is broken: that is the problem reported

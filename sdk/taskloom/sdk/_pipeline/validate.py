@@ -265,6 +265,21 @@ def _parse_json(text: str, where: str) -> Any:
         raise _invalid_json(where, str(exc).split(";")[0]) from None
 
 
+def _usable_specs(raw_inputs: Any) -> dict[str, InputSpec]:
+    """The input specs of a broken pipeline that structure on their own."""
+    usable: dict[str, InputSpec] = {}
+    if not isinstance(raw_inputs, Mapping):
+        return usable
+    for name, spec in raw_inputs.items():
+        if not isinstance(name, str) or not isinstance(spec, Mapping):
+            continue
+        try:
+            usable[name] = serde.structure(dict(spec), InputSpec)
+        except DecodeError:
+            continue
+    return usable
+
+
 def load_pipeline(source: str | Path | Mapping[str, Any] | Pipeline) -> Pipeline:
     """Read a pipeline from a file path, JSON text, a dict or a Pipeline; check its structure.
 
@@ -300,6 +315,7 @@ def validate_pipeline(
         pipeline, problems, steps = data, [], list(data.steps)
     else:
         pipeline, problems, steps = _structure_pipeline(data)
+    given: Mapping[str, Any] | None = inputs
     if pipeline is not None:
         declared: Mapping[str, InputSpec] = pipeline.inputs
         defaults, output = pipeline.defaults, pipeline.output
@@ -308,6 +324,17 @@ def validate_pipeline(
         declared = {k: InputSpec() for k in raw_inputs} if isinstance(raw_inputs, Mapping) else {}
         defaults = StepDefaults()
         output = data.get("output") if isinstance(data, Mapping) else None
+        if given is not None:
+            # Check the inputs against the specs that did structure, so that their
+            # problems are reported beside the pipeline's (an input whose spec is
+            # broken is not checked: that problem is reported already).
+            usable = _usable_specs(raw_inputs)
+            declared_names = set(declared)
+            problems += resolve_inputs(
+                usable,
+                {k: v for k, v in given.items() if k in usable or k not in declared_names},
+            )[1]
+            given = None
     problems += check_semantics(
         steps,
         declared_inputs=declared,
@@ -317,8 +344,8 @@ def validate_pipeline(
         default_executor=registry.default_id,
         plugin_steps=plugin_steps,
     )
-    if inputs is not None and pipeline is not None:
-        problems += resolve_inputs(pipeline.inputs, inputs)[1]
+    if given is not None and pipeline is not None:
+        problems += resolve_inputs(pipeline.inputs, given)[1]
     if problems or pipeline is None:
         raise PipelineInvalid(problems)
     return pipeline
