@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 from taskloom.sdk._cli.context import Output, clean
 
@@ -28,3 +29,21 @@ def test_notes_tables_and_json_are_cleaned() -> None:
     for text in (buffer.getvalue(), machine.getvalue()):
         assert "\x1b" not in text and "\u202e" not in text and "\x9b" not in text
     assert json.loads(machine.getvalue())["name"] == EVIL  # the data itself is intact
+
+
+def test_a_plugin_directory_named_with_escapes_prints_inert(tmp_path: Path) -> None:
+    """A refused plugin whose directory name holds terminal escapes: none reach the output."""
+    from test_cli_story import Cli
+
+    work = tmp_path / "project"
+    evil = work / "plugins" / "kit\x1b]0;owned\x07\x1b[2J\u202e"
+    (evil / "src").mkdir(parents=True)
+    (evil / "taskloom-plugin.json").write_text("{}")
+    (work / "taskloom.toml").write_text('[plugins]\ndirs = ["plugins"]\n')
+    cli = Cli(tmp_path / "home", work)
+    for args in (("plugins", "list"), ("plugins", "list", "--debug"), ("plugins", "verify")):
+        done = cli(*args)
+        assert done.returncode == 1, done.stderr
+        for text in (done.stdout, done.stderr):
+            assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text, text
+        assert "kit\\x1b" in done.stdout + done.stderr

@@ -34,7 +34,7 @@ from taskloom.contracts import (
     UsageError,
 )
 from taskloom.sdk import __version__
-from taskloom.sdk._cli.context import CliContext, Output
+from taskloom.sdk._cli.context import CliContext, Output, clean
 from taskloom.sdk._config.toml import load_config
 
 Handler = Callable[[argparse.Namespace, CliContext], Awaitable[int]]
@@ -284,7 +284,11 @@ def report_error(exc: BaseException, *, debug: bool, out: Output | None = None) 
     usage = isinstance(exc, (*USAGE_ERRORS, FileNotFoundError))
     internal = not isinstance(exc, TaskloomError | OSError)
     code = EXIT_USAGE if usage else EXIT_FAILED
-    redact = out.redact if out is not None else str
+    masked = out.redact if out is not None else str
+
+    def redact(text: str) -> str:  # masked, and inert on a terminal (a path with escapes)
+        return clean(masked(text))
+
     if debug:
         sys.stderr.write(redact("".join(traceback.format_exception(exc))))
     message = redact(one_line(exc))
@@ -299,6 +303,14 @@ def report_error(exc: BaseException, *, debug: bool, out: Output | None = None) 
     return code
 
 
+class _CleanFormatter(logging.Formatter):
+    """Log lines shown with --debug: terminal escapes in them (a plugin directory's name)
+    are printed as escapes, never acted on."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return clean(super().format(record))
+
+
 @contextlib.contextmanager
 def _library_logs(debug: bool) -> Iterator[None]:
     """The CLI reports what went wrong itself; library log lines would say it twice.
@@ -309,7 +321,7 @@ def _library_logs(debug: bool) -> Iterator[None]:
     logger = logging.getLogger("taskloom")
     if debug:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        handler.setFormatter(_CleanFormatter("%(name)s: %(levelname)s: %(message)s"))
         level = logging.INFO
     else:
         handler, level = logging.NullHandler(), logging.CRITICAL
