@@ -135,6 +135,9 @@ def test_a_weak_audit_key_is_refused() -> None:
         weak = PublicKey(sorted(SMALL_ORDER_YS)[0].to_bytes(32, "little"))
         with pytest.raises(WeakKey):
             await log.verify(public_key=weak)
+        head = await log.sign_head(keys(1)[0])
+        with pytest.raises(WeakKey):
+            head.verify(weak)
 
     asyncio.run(go())
 

@@ -118,7 +118,11 @@ class SignedHead:
         return pae(HEAD_PAYLOAD_TYPE, bytes(rfc8785.dumps(body)))
 
     def verify(self, public_key: PublicKey) -> bool:
-        """True if ``public_key`` made this signature."""
+        """True if ``public_key`` made this signature (``WeakKey`` for a key that would
+        accept forged signatures)."""
+        from taskloom.security._trust import check_public_key
+
+        check_public_key(public_key)
         return public_key.key_id == self.key_id and public_key.verify(
             self.signature, self.signed_bytes()
         )
