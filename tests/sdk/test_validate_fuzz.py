@@ -125,6 +125,8 @@ inputs_strategy = st.one_of(
     st.none(),
     st.just({"x": ["a", "b"]}),
     st.dictionaries(st.sampled_from(["x", "y", "\ud800"]), anything, max_size=2),
+    st.dictionaries(st.integers(0, 3), anything, max_size=2),
+    anything,
 )
 
 
@@ -330,3 +332,13 @@ def test_a_broken_pipeline_still_reports_the_problems_of_its_inputs() -> None:
     assert {"$.steps[0].temprature", "inputs.n", "inputs.extra"} <= paths, paths
     assert any(p.startswith("$.inputs") for p in paths), paths
     assert "inputs.s" not in paths  # its spec is broken: that is the problem reported
+
+
+@pytest.mark.parametrize("inputs", [[1], ["ab"], 5, "x=1", {1: "a"}])
+def test_inputs_that_are_no_json_object_are_invalid(inputs: Any) -> None:
+    """Inputs given as a list, a number, text or with non-text names: PipelineInvalid at inputs."""
+    doc = {"taskloom": "pipeline/v1", "name": "p", "steps": [{"id": "a", "prompt": "p"}]}
+    assert _agree(doc, inputs) == "invalid"
+    with pytest.raises(PipelineInvalid) as caught:
+        make_engine(FakeExecutor())[0].validate(doc, inputs)
+    assert [p.path for p in caught.value.problems] == ["inputs"]

@@ -44,7 +44,7 @@ from taskloom.sdk._engine.bus import EventBus
 from taskloom.sdk._engine.handle import History, RunHandle, RunResult
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
 from taskloom.sdk._engine.run import RunSpec, drive
-from taskloom.sdk._pipeline.checks import resolve_inputs
+from taskloom.sdk._pipeline.checks import inputs_object, resolve_inputs
 from taskloom.sdk._pipeline.compact import pipeline_forms
 from taskloom.sdk._pipeline.plan import Compiler, Plan
 from taskloom.sdk._pipeline.validate import validate_pipeline
@@ -343,7 +343,7 @@ class Engine:
             cached = self._plans.get(id(pipeline))
             if cached is not None and cached[0] is pipeline:
                 if inputs is not None:
-                    problems = resolve_inputs(pipeline.inputs, inputs)[1]
+                    problems = resolve_inputs(pipeline.inputs, inputs_object(inputs))[1]
                     if problems:
                         raise PipelineInvalid(problems)
                 return cached[1]
@@ -368,7 +368,7 @@ class Engine:
     ) -> RunSpec:
         if self._closed:
             raise UsageError("this engine is closed; create a new one")
-        given = dict(inputs or {})
+        given = inputs_object(inputs)
         plan = self._prepare(pipeline, given)
         values, problems = resolve_inputs(plan.pipeline.inputs, given)
         if problems:
@@ -530,7 +530,7 @@ class Engine:
         """
         if self._closed:
             raise UsageError("this engine is closed; create a new one")
-        given = dict(inputs or {})
+        given = inputs_object(inputs)
         plan = self._prepare(pipeline, given)
         values, problems = resolve_inputs(plan.pipeline.inputs, given)
         if problems:

@@ -17,6 +17,7 @@ from taskloom.contracts import (
     LLMStep,
     MapStep,
     ParallelStep,
+    PipelineInvalid,
     PluginStep,
     Problem,
     StepDefaults,
@@ -399,6 +400,37 @@ def _valid_text(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def inputs_object(inputs: object) -> dict[str, Any]:
+    """The inputs given to a run as a dict; PipelineInvalid if they are not a JSON object.
+
+    ``None`` is no inputs. Keys must be text (input names).
+    """
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        raise PipelineInvalid(
+            [
+                Problem(
+                    path="inputs",
+                    message=f"inputs must be a JSON object, got {type(inputs).__name__}",
+                    hint='pass names and values, e.g. {"doc": "text"}',
+                )
+            ]
+        )
+    bad = [key for key in inputs if not isinstance(key, str)]
+    if bad:
+        raise PipelineInvalid(
+            [
+                Problem(
+                    path="inputs",
+                    message=f"input names must be text, got {bad[0]!r}",
+                    hint="name each input as the pipeline declares it",
+                )
+            ]
+        )
+    return dict(inputs)
 
 
 def resolve_inputs(

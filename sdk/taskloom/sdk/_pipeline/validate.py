@@ -36,7 +36,7 @@ from taskloom.contracts import (
     serde,
 )
 from taskloom.contracts._pipeline import PIPELINE_FORMAT
-from taskloom.sdk._pipeline.checks import check_semantics, resolve_inputs
+from taskloom.sdk._pipeline.checks import check_semantics, inputs_object, resolve_inputs
 
 _RENAMES = {"with_": "with", "as_": "as"}
 _STEP_KINDS: tuple[tuple[str, type[Any]], ...] = (
@@ -315,7 +315,7 @@ def validate_pipeline(
         pipeline, problems, steps = data, [], list(data.steps)
     else:
         pipeline, problems, steps = _structure_pipeline(data)
-    given: Mapping[str, Any] | None = inputs
+    given: Mapping[str, Any] | None = None if inputs is None else inputs_object(inputs)
     if pipeline is not None:
         declared: Mapping[str, InputSpec] = pipeline.inputs
         defaults, output = pipeline.defaults, pipeline.output
