@@ -171,12 +171,12 @@ class LeafRunner:
         """Run one leaf (see ``_run_leaf``), inside its span when telemetry is on."""
         telemetry = self.svc.telemetry
         if telemetry is None:
-            return await self._windowed_leaf(node, scope, step_id=step_id, item=item)
+            return await self._run_leaf(node, scope, step_id=step_id, item=item)
         return await telemetry.trace_step(
-            step_id, item, self._windowed_leaf(node, scope, step_id=step_id, item=item)
+            step_id, item, self._run_leaf(node, scope, step_id=step_id, item=item)
         )
 
-    async def _windowed_leaf(
+    async def _run_leaf(
         self, node: NodePlan, scope: Scope, *, step_id: str, item: int | None
     ) -> Any:
         """Run an LLM call or plugin step with retries, checkpoint it, return its output.
@@ -186,118 +186,124 @@ class LeafRunner:
         finished ones not yet durable together: what a crash can make run again.
         """
         window = self.window
-        if window is None or self.svc.runstore is None:
-            return await self._run_leaf(node, scope, step_id=step_id, item=item, slot=None)
-        if not window.try_reserve():
-            await window.reserve()
-        slot = _Slot()
+        slot: _Slot | None = None
+        if window is not None and self.svc.runstore is not None:
+            if not window.try_reserve():
+                await window.reserve()
+            slot = _Slot()
         try:
-            return await self._run_leaf(node, scope, step_id=step_id, item=item, slot=slot)
-        finally:
-            if slot.held:  # the leaf ended without a checkpoint (it failed, or was cancelled)
-                window.release()
+            svc = self.svc
+            started = svc.clock()
+            state = _Attempt()
+            if node.kind == "llm":
+                try:
+                    request = self._request(node, scope)
+                except TemplateRenderError as exc:
+                    failure = StepFailed(
+                        str(exc), step_id=step_id, cause_type="TemplateRenderError"
+                    )
+                    return await self._leaf_failed(
+                        node, step_id, item, failure, 1, started, slot=slot
+                    )
+                executor_id = node.executor_id
+                attempt_fn = self._llm_attempts(node, request, state, step_id, item)
+            else:
+                try:
+                    args = node.with_render(scope) if node.with_render is not None else {}
+                except TemplateRenderError as exc:
+                    failure = StepFailed(
+                        str(exc), step_id=step_id, cause_type="TemplateRenderError"
+                    )
+                    return await self._leaf_failed(
+                        node, step_id, item, failure, 1, started, slot=slot
+                    )
+                executor_id = None
+                attempt_fn = self._plugin_attempts(node, args, state, step_id, item)
 
-    async def _run_leaf(
-        self, node: NodePlan, scope: Scope, *, step_id: str, item: int | None, slot: _Slot | None
-    ) -> Any:
-        svc = self.svc
-        started = svc.clock()
-        state = _Attempt()
-        if node.kind == "llm":
-            try:
-                request = self._request(node, scope)
-            except TemplateRenderError as exc:
-                failure = StepFailed(str(exc), step_id=step_id, cause_type="TemplateRenderError")
-                return await self._leaf_failed(node, step_id, item, failure, 1, started, slot=slot)
-            executor_id = node.executor_id
-            attempt_fn = self._llm_attempts(node, request, state, step_id, item)
-        else:
-            try:
-                args = node.with_render(scope) if node.with_render is not None else {}
-            except TemplateRenderError as exc:
-                failure = StepFailed(str(exc), step_id=step_id, cause_type="TemplateRenderError")
-                return await self._leaf_failed(node, step_id, item, failure, 1, started, slot=slot)
-            executor_id = None
-            attempt_fn = self._plugin_attempts(node, args, state, step_id, item)
+            def on_retry(attempt: int, delay: float, exc: RetryableError) -> None:
+                self.emit(
+                    StepRetrying(
+                        run_id=self.run_id,
+                        at=svc.clock(),
+                        step_id=step_id,
+                        attempt=attempt,
+                        delay_s=delay,
+                        error=error_info(exc, svc.redact),
+                        item=item,
+                    )
+                )
 
-        def on_retry(attempt: int, delay: float, exc: RetryableError) -> None:
+            deadline_at = started + node.deadline_s if node.deadline_s is not None else None
+            retries = call_with_retries(
+                attempt_fn,
+                policy=node.retry,
+                sleep=svc.sleep,
+                random=svc.random,
+                clock=svc.clock,
+                deadline_at=deadline_at,
+                on_retry=on_retry,
+            )
+            try:
+                if (
+                    deadline_at is None
+                ):  # asyncio.timeout(None) still costs: skip it on the hot path
+                    await retries
+                else:
+                    async with asyncio.timeout(node.deadline_s):
+                        await retries
+            except TimeoutError:
+                late = ExecutorTimeout(
+                    f"step {step_id!r} passed its deadline of {node.deadline_s} s; raise "
+                    "deadline_s or make the step faster"
+                )
+                return await self._leaf_failed(
+                    node, step_id, item, late, state.attempts, started, state.usage, slot=slot
+                )
+            except (StorageError, SecretError, SecurityError, RunHeld):
+                raise  # the store, the credentials or the lease failed, not the step: never hide it
+            except Exception as exc:
+                if not is_step_failure(exc):  # the engine broke, not the step: fail the run
+                    broken = internal_error(exc, run_id=self.run_id, step_id=step_id)
+                    if broken is exc:
+                        raise
+                    raise broken from exc
+                return await self._leaf_failed(
+                    node, step_id, item, exc, state.attempts, started, state.usage, slot=slot
+                )
+            self._account(state.usage, executor_id)
+            state.output = svc.mask(state.output)  # before it is checkpointed, used or shown
+            now = svc.clock()
             self.emit(
-                StepRetrying(
+                StepSucceeded(
                     run_id=self.run_id,
-                    at=svc.clock(),
+                    at=now,
                     step_id=step_id,
-                    attempt=attempt,
-                    delay_s=delay,
-                    error=error_info(exc, svc.redact),
+                    attempt=state.attempts,
+                    duration_s=now - started,
+                    usage=state.usage,
                     item=item,
+                    cached=state.cached,
+                    finish_reason=state.finish_reason,
                 )
             )
-
-        deadline_at = started + node.deadline_s if node.deadline_s is not None else None
-        retries = call_with_retries(
-            attempt_fn,
-            policy=node.retry,
-            sleep=svc.sleep,
-            random=svc.random,
-            clock=svc.clock,
-            deadline_at=deadline_at,
-            on_retry=on_retry,
-        )
-        try:
-            if deadline_at is None:  # asyncio.timeout(None) still costs: skip it on the hot path
-                await retries
-            else:
-                async with asyncio.timeout(node.deadline_s):
-                    await retries
-        except TimeoutError:
-            late = ExecutorTimeout(
-                f"step {step_id!r} passed its deadline of {node.deadline_s} s; raise deadline_s "
-                "or make the step faster"
-            )
-            return await self._leaf_failed(
-                node, step_id, item, late, state.attempts, started, state.usage, slot=slot
-            )
-        except (StorageError, SecretError, SecurityError, RunHeld):
-            raise  # the store, the credentials or the lease failed, not the step: never hide it
-        except Exception as exc:
-            if not is_step_failure(exc):  # the engine broke, not the step: fail the run
-                broken = internal_error(exc, run_id=self.run_id, step_id=step_id)
-                if broken is exc:
-                    raise
-                raise broken from exc
-            return await self._leaf_failed(
-                node, step_id, item, exc, state.attempts, started, state.usage, slot=slot
-            )
-        self._account(state.usage, executor_id)
-        state.output = svc.mask(state.output)  # before it is checkpointed, used or shown
-        now = svc.clock()
-        self.emit(
-            StepSucceeded(
-                run_id=self.run_id,
-                at=now,
-                step_id=step_id,
-                attempt=state.attempts,
-                duration_s=now - started,
+            await self._checkpoint(
+                step_id,
+                item,
+                state.output,
+                attempts=state.attempts,
                 usage=state.usage,
-                item=item,
+                started=started,
+                executor_id=executor_id,
                 cached=state.cached,
+                finished=now,
+                slot=slot,
                 finish_reason=state.finish_reason,
             )
-        )
-        await self._checkpoint(
-            step_id,
-            item,
-            state.output,
-            attempts=state.attempts,
-            usage=state.usage,
-            started=started,
-            executor_id=executor_id,
-            cached=state.cached,
-            finished=now,
-            slot=slot,
-            finish_reason=state.finish_reason,
-        )
-        return state.output
+            return state.output
+        finally:
+            # a leaf that ended without a checkpoint (it failed, or was cancelled)
+            if slot is not None and slot.held and window is not None:
+                window.release()
 
     def _started(self, step_id: str, attempt: int, item: int | None) -> None:
         """Emit an attempt's StepStarted (a map item's only if anyone can see it)."""
