@@ -160,3 +160,14 @@ def test_verify_plugin_refuses_an_older_trust_store_through_the_marks(tmp_path: 
     older.version = 4
     with pytest.raises(TrustStoreRolledBack):
         _verify(_signed(tmp_path / "v2", key, 2), older, marks)
+
+
+def test_marks_in_an_unwritable_place_fail_with_a_taskloom_error(tmp_path: Path) -> None:
+    """A marks path whose directory is a file: RollbackMarksUnavailable, not an OSError."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    marks = RollbackMarks(blocker / "trust.marks.json")
+    with pytest.raises(RollbackMarksUnavailable):
+        marks.create()
+    with pytest.raises(RollbackMarksUnavailable):
+        marks.check_trust_version(1)

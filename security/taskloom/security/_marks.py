@@ -225,7 +225,11 @@ class RollbackMarks:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         lock = self._path.with_name(self._path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._unavailable(f"cannot be locked ({exc.strerror or exc})") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -278,8 +282,10 @@ class RollbackMarks:
             "body": body,
             "sha256": hashlib.sha256(rfc8785.dumps(body)).hexdigest(),
         }
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self._path, bytes(rfc8785.dumps(document)), mode=0o600, overwrite=True)
+        try:
+            _write_atomic(self._path, bytes(rfc8785.dumps(document)), mode=0o600, overwrite=True)
+        except OSError as exc:
+            raise self._unavailable(f"cannot be written ({exc.strerror or exc})") from exc
 
     def exists(self) -> bool:
         return self._path.is_file()
