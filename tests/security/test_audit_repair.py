@@ -173,3 +173,19 @@ def test_a_file_store_that_drops_a_torn_last_entry_reports_torn_and_repairs(
             await storage.aclose()
 
     asyncio.run(go())
+
+
+def test_a_damaged_chain_head_is_reported_and_repaired() -> None:
+    """A chain head record that is not JSON: verify reports it; repair rebuilds it."""
+
+    async def go() -> None:
+        storage, _, _ = await _log(3)
+        await storage.put("audit.chain", "audit", b"garbage")
+        fresh = AuditLog(storage)
+        report = await fresh.verify()
+        assert (report.ok, report.kind) == (False, "head") and "audit repair" in report.message
+        entry = await fresh.repair(actor="admin")
+        assert entry is not None and entry.details["kept"] == 3
+        assert (await AuditLog(storage).verify()).ok
+
+    asyncio.run(go())

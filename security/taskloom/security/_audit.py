@@ -401,8 +401,9 @@ class AuditLog:
                 raise MalformedInput("wrong field types")
         except (MalformedInput, KeyError, TypeError) as exc:
             raise StorageCorrupted(
-                f"the chain head of audit stream {self._stream!r} is damaged: run "
-                "`taskloom audit verify` and restore the store from a backup"
+                f"the chain head of audit stream {self._stream!r} is damaged: restore the "
+                "store from a backup, or run `taskloom audit repair` to rebuild it from the "
+                "intact entries (the repair is recorded in the log)"
             ) from exc
         return seq, digest, record.version
 
@@ -581,7 +582,10 @@ class AuditLog:
         tip_seq: int | None = None
         tip_hash = GENESIS
         if entries is None:  # the stream itself: its chain head record must agree
-            tip_seq, tip_hash, _ = await self._tip()
+            try:
+                tip_seq, tip_hash, _ = await self._tip()
+            except StorageCorrupted as exc:
+                return AuditReport(ok=False, entries=n, kind="head", message=str(exc))
         if public_key is not None:
             if not isinstance(public_key, PublicKey):
                 raise UsageError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
