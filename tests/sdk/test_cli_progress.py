@@ -59,3 +59,10 @@ def test_a_resumed_map_counts_the_items_finished_before() -> None:
         _console(), title="resume", live=False, map_totals={"m": 5}, map_done={"m": 3}
     )
     assert "m 3/5" in str(progress.render())
+
+
+def test_the_progress_line_prints_names_as_data() -> None:
+    """A pipeline name with a terminal escape is shown escaped, never acted on."""
+    progress = Progress(_console(), title="evil\x1b]0;pwned\x07", live=False)
+    line = str(progress.render())
+    assert "\x1b" not in line and "\\x1b" in line

@@ -26,6 +26,7 @@ from taskloom.contracts import (
     StepStarted,
     StepSucceeded,
 )
+from taskloom.sdk._cli.context import clean
 
 
 class Progress:
@@ -75,7 +76,7 @@ class Progress:
             total = self.map_totals.get(step_id)
             done = self.items_done[step_id]
             line += f", {step_id} {done}/{total}" if total is not None else f", {step_id} {done}"
-        return Text(line)
+        return Text(clean(line))  # a pipeline's name or step ids are data: inert
 
     def update(self, event: Event) -> None:
         key = (getattr(event, "step_id", ""), getattr(event, "item", None))
