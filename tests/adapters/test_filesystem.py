@@ -714,3 +714,24 @@ async def test_verify_repairs_only_what_loses_nothing(tmp_path: Path) -> None:
         assert bad.read_bytes() == bytes(data)
         assert [f.where for f in await storage.verify()] == [str(bad)]
         assert [e.payload for e in await storage.read("torn")] == [b"t0", b"t1", b"t2"]
+
+
+async def test_vacuum_gives_back_the_blocks_of_an_emptied_streams_directory(
+    tmp_path: Path,
+) -> None:
+    """streams/ that held many streams keeps its blocks; verify names it, vacuum shrinks it."""
+    root = tmp_path / "store"
+    async with FileStorage(root, fsync=False) as storage:
+        names = [f"run:{n:040d}:events" for n in range(300)]
+        for name in names:
+            await storage.append(name, b"x")
+        for name in names:
+            await storage.drop_stream(name)
+        streams = root / _fs_core.STREAMS
+        if os.stat(streams).st_size <= 4096:
+            pytest.skip("this file system shrinks directories (or sizes them otherwise)")
+        assert [f.repaired for f in await storage.verify()] == [False]
+        assert await storage.vacuum() == 1
+        assert os.stat(streams).st_size <= 4096
+        assert await storage.verify() == []
+        assert (await storage.append("after", b"y")).seq == 1

@@ -189,6 +189,14 @@ class Store:
                             os.rmdir(directory)
                             self.disk.mark_dirty(directory.parent)
                 add(self.root, f"{len(empty)} empty director(y/ies) left behind", repair)
+            bloated = self._replace_bloated(repair=repair)
+            if bloated:
+                add(
+                    self.root,
+                    f"{bloated} empty director(y/ies) still holding the blocks of deleted "
+                    "entries (replaced by fresh ones)",
+                    repair,
+                )
             self.disk.flush()
         return found
 
@@ -515,21 +523,27 @@ class Store:
         """
         if self._lock is None:
             raise UsageError("file storage is closed")
-        replaced = 0
         with self._lock.held(exclusive=True):
             self.recover()
-            for sub in (RECORDS, STREAMS):
-                path = self.root / sub
-                if os.listdir(path) or os.stat(path).st_size <= _EMPTY_DIR_BYTES:
-                    continue
+            replaced = self._replace_bloated(repair=True)
+            self.disk.flush()
+        return replaced
+
+    def _replace_bloated(self, *, repair: bool) -> int:
+        """Count (and with ``repair`` replace) empty layout directories grown past a block."""
+        found = 0
+        for sub in (RECORDS, STREAMS):
+            path = self.root / sub
+            if os.listdir(path) or os.stat(path).st_size <= _EMPTY_DIR_BYTES:
+                continue
+            found += 1
+            if repair:
                 fresh = self.disk.tmp_path()
                 os.mkdir(fresh, 0o700)
                 os.rename(fresh, path)  # replaces the empty directory atomically
                 self.disk.mark_dirty(self.root)
                 self.disk.mark_dirty(fresh.parent)
-                replaced += 1
-            self.disk.flush()
-        return replaced
+        return found
 
     def _remove_empty_parents(self, path: Path, *, stop: Path) -> None:
         """Remove the now empty directories above ``path`` up to (not including) ``stop``.
