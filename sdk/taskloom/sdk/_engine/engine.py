@@ -86,6 +86,7 @@ class Engine:
             "runstore",
             "global_limit",
             "owned_resources",
+            "recovered",
             "telemetry",
             "submitted",
             "recover",
@@ -193,7 +194,7 @@ class Engine:
         self.submitted: Final = asyncio.Event()
         """Set when this engine stores a queued run (wakes an in-process worker at once)."""
         self.recover: Final = recover
-        self.recovered: list[RunHandle] = []
+        self.recovered: Final[list[RunHandle]] = []
         """With ``recover=True``: the runs ``open`` found crashed under this engine's holder
         name and resumed, one handle each."""
 
