@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from test_cli_story import EXAMPLES, Cli
 
+from taskloom.contracts import MASK
+
 API_KEY = "sk-canary-3f9a1c77e2b54d0f"
 PLUGIN_TOKEN = "tok-canary-8b1e6d20c4f3"
 CANARIES = (API_KEY, PLUGIN_TOKEN)
@@ -27,8 +29,16 @@ class _EchoHandler(BaseHTTPRequestHandler):
     """An OpenAI-compatible server whose every reply repeats the bearer token it got."""
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
+        request = self.rfile.read(int(self.headers.get("content-length", "0")))
         token = self.headers.get("authorization", "").removeprefix("Bearer ")
+        if b"fail please" in request:  # an error body quoting the key, as some gateways do
+            error = json.dumps({"error": {"message": f"key {token} is not allowed here"}})
+            self.send_response(400)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error.encode())
+            return
         body = json.dumps(
             {
                 "id": "chatcmpl-canary",
@@ -119,6 +129,14 @@ PIPELINE = {
             "prompt": "repeat: {{steps.echo.output}} {{steps.leak.output.note}}",
             "needs": ["echo", "leak"],
         },
+        {
+            "id": "refused",
+            "executor": "echo",
+            "model": "echo",
+            "prompt": "fail please",
+            "on_error": "continue",
+            "retry": {"max_attempts": 1},
+        },
     ],
     "output": {
         "leak": "{{steps.leak.output}}",
@@ -184,7 +202,9 @@ def test_no_secret_value_reaches_anything_taskloom_writes_or_prints(
         printed.extend((done.stdout, done.stderr))
     # the second run took the echo step from the cache: the cached reply is masked too
     shown = cli.json("show", run_id)
-    assert {s["step"] for s in shown["steps"]} == {"leak", "echo", "again"}
+    assert {s["step"] for s in shown["steps"]} == {"leak", "echo", "again", "refused"}
+    failed = [e for e in cli.json("events", run_id) if e["type"] == "step.failed"]
+    assert failed and MASK in json.dumps(failed)  # the error body quoted the key: masked
 
     leaks = {value for text in printed for value in _leaks(text.encode())}
     written = {
