@@ -193,7 +193,7 @@ async def test_records_requests_and_concurrency() -> None:
         results = await asyncio.gather(*(executor.complete(r) for r in requests))
         assert [r.text for r in results] == ["m0", "m1", "m2", "m3"]
         assert executor.calls == 4
-        assert list(executor.requests) == requests
+        assert executor.requests == requests
         assert executor.max_in_flight == 4
         assert executor.in_flight == 0
         assert all(r.latency_s > 0 for r in results)
@@ -266,9 +266,13 @@ async def test_keeps_only_the_latest_requests() -> None:
         assert executor.calls == 250
         assert len(executor.requests) == 100
         assert executor.requests[-1] == _request("m249")
+        assert executor.requests[0] == _request("m150")
     async with ScriptedExecutor(keep_requests=None) as everything:
         for n in range(150):
             await everything.complete(_request(f"m{n}"))
         assert len(everything.requests) == 150
+    async with ScriptedExecutor(keep_requests=0) as none_kept:
+        await none_kept.complete(_request("x"))
+        assert none_kept.requests == [] and none_kept.calls == 1
     with pytest.raises(UsageError):
         ScriptedExecutor(keep_requests=-1)

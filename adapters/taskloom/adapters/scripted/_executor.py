@@ -11,7 +11,6 @@ assert on it.
 from __future__ import annotations
 
 import asyncio
-import collections
 import inspect
 import itertools
 import json
@@ -146,9 +145,8 @@ class ScriptedExecutor:
         self._closed = False
         self.calls = 0
         """How many calls were made (a stream counts once its iteration starts)."""
-        self.requests: collections.deque[CompletionRequest] = collections.deque(
-            maxlen=keep_requests
-        )
+        self._keep_requests = keep_requests
+        self.requests: list[CompletionRequest] = []
         """The latest ``keep_requests`` requests, in the order the calls were made."""
         self.in_flight = 0
         """Calls running now."""
@@ -183,7 +181,11 @@ class ScriptedExecutor:
         if not isinstance(request, CompletionRequest):
             raise UsageError(f"expected a CompletionRequest, got {type(request).__name__}")
         self.calls += 1
-        self.requests.append(request)
+        requests = self.requests
+        requests.append(request)
+        keep = self._keep_requests
+        if keep is not None and len(requests) > keep:
+            del requests[: len(requests) - keep]
         if self.calls <= self._fail_first:
             return self._error
         return next(self._failures, None)
