@@ -50,7 +50,10 @@ def test_schema_mirrors_the_attrs_types() -> None:
     assert defs["MapStep"]["properties"]["as"]["default"] == "item"
     assert defs["ParallelStep"]["required"] == ["id", "parallel"]
     assert {"required": ["prompt"]} in defs["LLMStep"]["anyOf"]
-    assert len(defs["Step"]["oneOf"]) == 4
+    assert len(defs["Step"]["oneOf"]) == 6
+    assert defs["InputStep"]["required"] == ["id", "input"]
+    assert defs["ApprovalStep"]["required"] == ["id", "approval"]
+    assert defs["InputStep"]["properties"]["on_timeout"]["enum"] == ["fail", "default"]
     assert "taskloom" in defs["Pipeline"]["required"]
 
 

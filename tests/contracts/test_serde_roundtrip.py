@@ -94,6 +94,10 @@ CASES: dict[str, tuple[Any, Any]] = {
     "Step": (Step, tst.steps()),
     "Pipeline": (Pipeline, tst.pipelines()),
     "Budget": (contracts.Budget, tst.budgets()),
+    "InputRequest": (contracts.InputRequest, tst.input_requests()),
+    "ApprovalRequest": (contracts.ApprovalRequest, tst.approval_requests()),
+    "InputStep": (contracts.InputStep, tst.input_steps()),
+    "ApprovalStep": (contracts.ApprovalStep, tst.approval_steps()),
     "StorageFinding": (contracts.StorageFinding, tst.storage_findings()),
 }
 for _event_type in (
@@ -108,6 +112,8 @@ for _event_type in (
     StepSkipped,
     ChunkStreamed,
     CacheHit,
+    contracts.StepWaiting,
+    contracts.InputProvided,
 ):
     CASES[_event_type.__name__] = (_event_type, tst.events(_event_type))
 

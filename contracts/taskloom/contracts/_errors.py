@@ -47,7 +47,13 @@ what to do; context lives in keyword-only attributes.
     │   ├── RunHeld                 another process holds the run's lease
     │   │   └── LeaseLost           this process lost the lease of a run it was running
     │   ├── PipelineChanged         resume with a pipeline that differs from the run's
-    │   └── BudgetExceeded          a call would have started beyond the run's budget
+    │   ├── BudgetExceeded          a call would have started beyond the run's budget
+    │   ├── InputRejected           a provided value does not match the input step's schema
+    │   ├── NotWaiting              the step is not waiting for a value (not now, or never)
+    │   │   ├── NotAnInputStep      the step is not an input or approval step
+    │   │   └── AlreadyProvided     the step already has its value
+    │   ├── InputTimedOut           an input step waited past its timeout_s
+    │   └── ApprovalRejected        an approval step was rejected
     ├── QueueError
     │   ├── UnknownQueue            a submission or worker named a queue nobody defined
     │   └── SubmissionConflict      an idempotency key or run id is taken by another run
@@ -374,6 +380,61 @@ class BudgetExceeded(PipelineError):
         self.spent_calls = spent_calls
         self.max_tokens = max_tokens
         self.max_calls = max_calls
+
+
+class InputRejected(PipelineError):
+    """A value provided to an input step does not match its schema; nothing was recorded.
+
+    ``path`` is the JSON path of the first violation (``$`` is the value itself,
+    ``$.items[2]`` inside it); ``problems`` lists every violation as ``path: message``.
+    """
+
+    def __init__(
+        self, message: str, *, run_id: str, step_id: str, path: str, problems: Sequence[str]
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.step_id = step_id
+        self.path = path
+        self.problems = tuple(problems)
+
+
+class NotWaiting(PipelineError):
+    """The step is not waiting for a value: the run is not waiting there (now)."""
+
+    def __init__(self, message: str, *, run_id: str, step_id: str, status: str = "") -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.step_id = step_id
+        self.status = status
+
+
+class NotAnInputStep(NotWaiting):
+    """The step is not an ``input`` or ``approval`` step (or the pipeline has no such step)."""
+
+
+class AlreadyProvided(NotWaiting):
+    """The step already has its value (provided before, or its timeout's default)."""
+
+
+class InputTimedOut(PipelineError):
+    """An input step waited past its ``timeout_s``; with ``on_timeout: fail`` the run
+    fails with it, and a value provided after the timeout is refused with it."""
+
+    def __init__(self, message: str, *, run_id: str, step_id: str, timeout_s: float) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.step_id = step_id
+        self.timeout_s = timeout_s
+
+
+class ApprovalRejected(PipelineError):
+    """An approval step's decision was ``reject``: the run fails with its comment."""
+
+    def __init__(self, message: str, *, step_id: str, comment: str) -> None:
+        super().__init__(message)
+        self.step_id = step_id
+        self.comment = comment
 
 
 # --- the run queue -------------------------------------------------------------

@@ -12,7 +12,7 @@ the event takes the suffix ``Event`` (``StepFailedEvent``, ``RunCancelledEvent``
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -230,6 +230,38 @@ class CacheHit:
     item: int | None = attrs.field(default=None, validator=_opt_int)
 
 
+@attrs.frozen(kw_only=True)
+class StepWaiting:
+    """An input step waits for a value: the run pauses (status ``waiting``, lease released).
+
+    ``prompt`` is what the step asks; ``schema`` the JSON Schema the value must match;
+    ``timeout_at`` (epoch seconds) when its ``timeout_s`` runs out, if it has one.
+    Provide the value with ``engine.provide`` or ``taskloom input RUN STEP --value JSON``.
+    """
+
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    step_id: str = attrs.field(validator=_v.instance_of(str))
+    prompt: str = attrs.field(default="", validator=_v.instance_of(str))
+    schema: dict[str, Any] | None = attrs.field(
+        default=None, validator=_v.optional(_v.instance_of(dict))
+    )
+    timeout_at: float | None = attrs.field(
+        default=None, converter=_float, validator=_v.optional(_v.instance_of(float))
+    )
+
+
+@attrs.frozen(kw_only=True)
+class InputProvided:
+    """A value was provided to a waiting input step by ``by`` (an API token's name or an
+    OS user); the value itself is the step's output (its checkpoint)."""
+
+    run_id: str = attrs.field(validator=_v.instance_of(str))
+    at: float = attrs.field(converter=_float, validator=_v.instance_of(float))
+    step_id: str = attrs.field(validator=_v.instance_of(str))
+    by: str = attrs.field(validator=_v.instance_of(str))
+
+
 Event = (
     RunStarted
     | RunSucceeded
@@ -242,6 +274,8 @@ Event = (
     | StepSkipped
     | ChunkStreamed
     | CacheHit
+    | StepWaiting
+    | InputProvided
 )
 """Any event of a run."""
 
@@ -257,6 +291,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "step.skipped": StepSkipped,
     "step.chunk": ChunkStreamed,
     "step.cache_hit": CacheHit,
+    "step.waiting": StepWaiting,
+    "step.input_provided": InputProvided,
 }
 """The stable tag of each event type, as stored and as shown by ``--json``."""
 

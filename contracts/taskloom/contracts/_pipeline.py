@@ -7,7 +7,10 @@ strings (``{{inputs.doc}}``, ``{{steps.summary.output}}``, ``{{item}}``) only
 substitute references: nothing in a pipeline can run code.
 
 A step's kind is told by its fields: ``prompt``/``messages`` make an LLM call,
-``uses`` a plugin step, ``parallel`` a group, ``map`` a fan-out over a list.
+``uses`` a plugin step, ``parallel`` a group, ``map`` a fan-out over a list,
+``input`` a value a person (or a program) provides while the run waits, and
+``approval`` an approve/reject decision with a comment (an ``input`` of a fixed
+shape; a rejection fails the run with its comment).
 
 Order: a step without ``needs`` depends on the step before it in the list (steps
 run in order by default); a step with ``needs`` depends on exactly those steps
@@ -32,6 +35,7 @@ InputType = Literal["string", "number", "integer", "boolean", "object", "array"]
 INPUT_TYPES: tuple[str, ...] = ("string", "number", "integer", "boolean", "object", "array")
 OnError = Literal["fail", "continue"]
 OnTruncated = Literal["fail", "continue"]
+OnTimeout = Literal["fail", "default"]
 
 
 def _float(value: object) -> object:
@@ -221,7 +225,77 @@ class MapStep:
     on_error: OnError | None = attrs.field(default=None, validator=_opt_on_error)
 
 
-Step = LLMStep | PluginStep | ParallelStep | MapStep
+@attrs.frozen(kw_only=True)
+class InputRequest:
+    """What an ``input`` step asks for: a prompt shown to whoever provides the value, and
+    the JSON Schema (Draft 2020-12) the value must match (any JSON value when absent)."""
+
+    prompt: str = attrs.field(validator=_v.instance_of(str))
+    schema: dict[str, Any] | None = attrs.field(
+        default=None, validator=_v.optional(_v.instance_of(dict))
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalRequest:
+    """What an ``approval`` step asks: its value is ``{"decision": "approve"|"reject",
+    "comment": "..."}``."""
+
+    prompt: str = attrs.field(validator=_v.instance_of(str))
+
+
+_on_timeout = _v.in_(("fail", "default"))
+
+
+@attrs.frozen(kw_only=True)
+class InputStep:
+    """Wait for a value provided from outside (``engine.provide``, ``taskloom input``).
+
+    The run pauses durably (status ``waiting``, no process or lease held) until a value
+    matching ``input.schema`` is provided; the value is the step's output. Past
+    ``timeout_s`` (counted from when the step began to wait), the next touch of the run
+    fails it (``on_timeout: fail``) or goes on with ``default`` (``on_timeout: default``).
+    """
+
+    id: str = attrs.field(validator=_step_id)
+    input: InputRequest = attrs.field(validator=_v.instance_of(InputRequest))
+    needs: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple, validator=_needs)
+    timeout_s: float | None = attrs.field(default=None, converter=_float, validator=_opt_pos_float)
+    on_timeout: OnTimeout = attrs.field(default="fail", validator=_on_timeout)
+    default: Any = None
+    on_error: OnError | None = attrs.field(default=None, validator=_opt_on_error)
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalStep:
+    """Wait for an approve/reject decision; a rejection fails the run with its comment.
+
+    Shorthand for an ``input`` step whose value is ``{"decision": "approve"|"reject",
+    "comment": "..."}``; ``timeout_s``, ``on_timeout`` and ``default`` as there.
+    """
+
+    id: str = attrs.field(validator=_step_id)
+    approval: ApprovalRequest = attrs.field(validator=_v.instance_of(ApprovalRequest))
+    needs: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple, validator=_needs)
+    timeout_s: float | None = attrs.field(default=None, converter=_float, validator=_opt_pos_float)
+    on_timeout: OnTimeout = attrs.field(default="fail", validator=_on_timeout)
+    default: Any = None
+    on_error: OnError | None = attrs.field(default=None, validator=_opt_on_error)
+
+
+APPROVAL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "decision": {"enum": ["approve", "reject"]},
+        "comment": {"type": "string"},
+    },
+    "required": ["decision"],
+    "additionalProperties": False,
+}
+"""The JSON Schema of an ``approval`` step's value."""
+
+
+Step = LLMStep | PluginStep | ParallelStep | MapStep | InputStep | ApprovalStep
 """Any step of a pipeline."""
 
 

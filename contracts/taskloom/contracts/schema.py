@@ -6,9 +6,9 @@ fields with their JSON types and defaults, the fields without a default as
 ``required``, ``additionalProperties: false`` (as the converter refuses unknown
 fields), and the JSON names of renamed fields (``with``, ``as``). The step kinds
 are a ``oneOf`` told apart by their required keys (``prompt``/``messages``,
-``uses``, ``parallel``, ``map``). Generating it keeps the published schema from
-drifting from the types; ``examples/pipeline.schema.json`` is a checked-in copy
-that a test compares with this function's output.
+``uses``, ``parallel``, ``map``, ``input``, ``approval``). Generating it keeps
+the published schema from drifting from the types; ``examples/pipeline.schema.json``
+is a checked-in copy that a test compares with this function's output.
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ from taskloom.contracts._llm import Message, ResponseFormat
 from taskloom.contracts._pipeline import (
     PIPELINE_FORMAT,
     STEP_ID,
+    ApprovalRequest,
+    ApprovalStep,
     Budget,
+    InputRequest,
     InputSpec,
+    InputStep,
     LLMStep,
     MapStep,
     ParallelStep,
@@ -47,10 +51,21 @@ _CLASSES: tuple[type[Any], ...] = (
     PluginStep,
     ParallelStep,
     MapStep,
+    InputStep,
+    InputRequest,
+    ApprovalStep,
+    ApprovalRequest,
     Message,
     ResponseFormat,
 )
-_STEP_CLASSES: tuple[type[Any], ...] = (LLMStep, PluginStep, ParallelStep, MapStep)
+_STEP_CLASSES: tuple[type[Any], ...] = (
+    LLMStep,
+    PluginStep,
+    ParallelStep,
+    MapStep,
+    InputStep,
+    ApprovalStep,
+)
 # Fields that have a default in the types but that a pipeline file must state.
 _REQUIRED_EXTRA: dict[type[Any], tuple[str, ...]] = {Pipeline: ("taskloom",)}
 # How each step kind is told apart from the others beyond its own required fields.

@@ -25,6 +25,8 @@ from cattrs.v import format_exception
 from taskloom.contracts._errors import DecodeError
 from taskloom.contracts._events import EVENT_TYPES, Event
 from taskloom.contracts._pipeline import (
+    ApprovalStep,
+    InputStep,
     LLMStep,
     MapStep,
     ParallelStep,
@@ -55,6 +57,8 @@ _STEP_KINDS: tuple[tuple[str, type[Any]], ...] = (
     ("uses", PluginStep),
     ("prompt", LLMStep),
     ("messages", LLMStep),
+    ("input", InputStep),
+    ("approval", ApprovalStep),
 )
 
 
@@ -63,7 +67,8 @@ def _step_class(data: Mapping[str, Any]) -> type[Any]:
         if key in data:
             return cls
     raise DecodeError(
-        "a step needs one of 'prompt', 'messages', 'uses', 'parallel' or 'map' "
+        "a step needs one of 'prompt', 'messages', 'uses', 'parallel', 'map', 'input' or "
+        "'approval' "
         f"to say what kind it is; got fields {sorted(data)}"
     )
 

@@ -25,6 +25,8 @@ from taskloom.contracts import (
     EVENT_TYPES,
     FINISH_REASONS,
     Append,
+    ApprovalRequest,
+    ApprovalStep,
     Budget,
     CacheHit,
     Capabilities,
@@ -38,7 +40,10 @@ from taskloom.contracts import (
     ErrorInfo,
     Event,
     FileEntry,
+    InputProvided,
+    InputRequest,
     InputSpec,
+    InputStep,
     LLMStep,
     MapStep,
     Message,
@@ -62,6 +67,7 @@ from taskloom.contracts import (
     StepSkipped,
     StepStarted,
     StepSucceeded,
+    StepWaiting,
     StorageFinding,
     StreamEntry,
     Usage,
@@ -74,6 +80,8 @@ __all__ = [
     "NAMESPACES",
     "STREAMS",
     "appends",
+    "approval_requests",
+    "approval_steps",
     "capabilities",
     "checks",
     "commit_results",
@@ -86,7 +94,9 @@ __all__ = [
     "file_entries",
     "finite_floats",
     "if_versions",
+    "input_requests",
     "input_specs",
+    "input_steps",
     "json_values",
     "keys",
     "llm_steps",
@@ -449,6 +459,22 @@ _EVENT_STRATEGIES: dict[type[Any], Any] = {
         cache_key=st.text("0123456789abcdef", min_size=1, max_size=16),
         item=_items,
     ),
+    StepWaiting: st.builds(
+        StepWaiting,
+        run_id=_run_ids,
+        at=timestamps(),
+        step_id=_step_ids,
+        prompt=st.text(max_size=10),
+        schema=_opt(_json_objects()),
+        timeout_at=_opt(timestamps()),
+    ),
+    InputProvided: st.builds(
+        InputProvided,
+        run_id=_run_ids,
+        at=timestamps(),
+        step_id=_step_ids,
+        by=st.text(max_size=10),
+    ),
 }
 if set(_EVENT_STRATEGIES) != set(EVENT_TYPES.values()):  # pragma: no cover - a contract grew
     raise ImportError("taskloom.contracts.testing.strategies lacks a strategy for an event type")
@@ -639,9 +665,50 @@ def parallel_steps(children: Any = None) -> Any:
     )
 
 
+def input_requests() -> Any:
+    """``InputRequest`` instances (a prompt, maybe a schema)."""
+    return st.builds(InputRequest, prompt=st.text(max_size=12), schema=_opt(_json_objects()))
+
+
+def approval_requests() -> Any:
+    """``ApprovalRequest`` instances."""
+    return st.builds(ApprovalRequest, prompt=st.text(max_size=12))
+
+
+_on_timeout = st.sampled_from(["fail", "default"])
+
+
+def input_steps() -> Any:
+    """``InputStep`` instances."""
+    return st.builds(
+        InputStep,
+        id=_step_ids,
+        input=input_requests(),
+        needs=_needs(),
+        timeout_s=_opt(_positive),
+        on_timeout=_on_timeout,
+        default=json_values(3),
+        on_error=_on_error,
+    )
+
+
+def approval_steps() -> Any:
+    """``ApprovalStep`` instances."""
+    return st.builds(
+        ApprovalStep,
+        id=_step_ids,
+        approval=approval_requests(),
+        needs=_needs(),
+        timeout_s=_opt(_positive),
+        on_timeout=_on_timeout,
+        default=json_values(3),
+        on_error=_on_error,
+    )
+
+
 def steps() -> Any:
     """Any ``Step``, groups nested a little."""
-    leaves: Any = llm_steps() | plugin_steps() | map_steps()
+    leaves: Any = llm_steps() | plugin_steps() | map_steps() | input_steps() | approval_steps()
     result: Any = st.recursive(leaves, lambda inner: parallel_steps(inner), max_leaves=4)
     return result
 

@@ -13,7 +13,10 @@ from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from taskloom.contracts import (
+    APPROVAL_SCHEMA,
+    ApprovalStep,
     InputSpec,
+    InputStep,
     LLMStep,
     MapStep,
     ParallelStep,
@@ -23,11 +26,11 @@ from taskloom.contracts import (
     StepDefaults,
 )
 from taskloom.sdk._pipeline import graph as _graph
-from taskloom.sdk._pipeline.replyschema import schema_problems
+from taskloom.sdk._pipeline.replyschema import check, schema_problems
 from taskloom.sdk._pipeline.template import Ref, TemplateSyntaxError, parse, refs
 
 _RESERVED_LOCALS = frozenset({"inputs", "steps", "index"})
-_STEPS = (LLMStep, PluginStep, ParallelStep, MapStep)
+_STEPS = (LLMStep, PluginStep, ParallelStep, MapStep, InputStep, ApprovalStep)
 """Structured steps; anything else in a step list is raw data that failed to structure."""
 _NONE: frozenset[str] = frozenset()
 
@@ -55,7 +58,7 @@ class _Visible:
 
 
 def _step_id(step: Any) -> str | None:
-    if isinstance(step, LLMStep | PluginStep | ParallelStep | MapStep):
+    if isinstance(step, _STEPS):
         return step.id
     found = step.get("id") if isinstance(step, Mapping) else None
     return found if isinstance(found, str) else None
@@ -160,6 +163,8 @@ class _Checker:
             self.llm(step, path, visible=visible, local_names=_NONE)
         elif isinstance(step, PluginStep):
             self.plugin(step, path, visible=visible, local_names=_NONE)
+        elif isinstance(step, InputStep | ApprovalStep):
+            self.waiting(step, path, visible=visible, inner=inner)
         elif isinstance(step, ParallelStep):
             if not step.parallel:
                 self.add(f"{path}.parallel", "a parallel group needs at least one step")
@@ -167,6 +172,48 @@ class _Checker:
                 self.step(child, f"{path}.parallel[{index}]", visible=visible, inner=True)
         else:
             self.map(step, path, visible=visible)
+
+    def waiting(
+        self, step: InputStep | ApprovalStep, path: str, *, visible: _Visible, inner: bool
+    ) -> None:
+        """An input or approval step: a top-level step, a valid schema, a default that fits."""
+        kind = "input" if isinstance(step, InputStep) else "approval"
+        if inner:
+            self.add(
+                path,
+                f"an {kind} step cannot be inside a parallel group (the run waits at it)",
+                "make it a top-level step; 'needs' lets other steps go on while it waits",
+            )
+        if isinstance(step, InputStep):
+            request_prompt, schema = step.input.prompt, step.input.schema
+        else:
+            request_prompt, schema = step.approval.prompt, APPROVAL_SCHEMA
+        self.templates(
+            request_prompt, f"{path}.{kind}.prompt", visible=visible, local_names=_NONE
+        )
+        schema_ok = True
+        if isinstance(step, InputStep) and schema is not None:
+            for where, reason in schema_problems(schema):
+                schema_ok = False
+                self.add(
+                    f"{path}.input.schema{where}",
+                    f"not a valid JSON Schema (2020-12): {reason}",
+                    "fix the schema; Pydantic's model_json_schema() output is valid",
+                )
+        if step.on_timeout == "default":
+            if step.timeout_s is None:
+                self.add(
+                    f"{path}.on_timeout",
+                    "on_timeout: default applies only with a timeout_s",
+                    "set timeout_s, or drop on_timeout",
+                )
+            if schema is not None and schema_ok:
+                for problem in check(step.default, schema):
+                    self.add(
+                        f"{path}.default",
+                        f"the default does not match the {kind} schema: {problem}",
+                        "give a default the schema accepts",
+                    )
 
     def map(self, step: MapStep, path: str, *, visible: _Visible) -> None:
         try:

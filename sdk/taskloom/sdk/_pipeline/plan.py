@@ -11,6 +11,9 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from taskloom.contracts import (
+    APPROVAL_SCHEMA,
+    ApprovalStep,
+    InputStep,
     LLMStep,
     MapStep,
     Message,
@@ -25,7 +28,7 @@ from taskloom.sdk._pipeline import graph as _graph
 from taskloom.sdk._pipeline.replyschema import ReplySchema
 from taskloom.sdk._pipeline.template import Renderer, Scope, compile_json, compile_text, to_text
 
-NodeKind = Literal["llm", "plugin", "parallel", "map"]
+NodeKind = Literal["llm", "plugin", "parallel", "map", "input"]
 _NO_RETRY_SET = RetryPolicy()
 
 
@@ -33,6 +36,7 @@ class NodePlan:
     """One step, compiled. Leaves (llm, plugin) call something; groups and maps hold leaves."""
 
     __slots__ = (
+        "approval",
         "as_name",
         "cache",
         "cache_nondeterministic",
@@ -45,10 +49,14 @@ class NodePlan:
         "executor_id",
         "extract_json",
         "id",
+        "input_default",
+        "input_prompt",
+        "input_schema",
         "kind",
         "map_render",
         "messages",
         "on_error",
+        "on_timeout",
         "on_truncated",
         "reply_schema",
         "request_fields",
@@ -90,6 +98,12 @@ class NodePlan:
         self.map_render: Renderer | None = None
         self.as_name = "item"
         self.concurrency = 1
+        # input and approval steps (kind "input"); timeout_s is how long it may wait
+        self.approval = False
+        self.input_prompt: Renderer | None = None
+        self.input_schema: dict[str, Any] | None = None
+        self.on_timeout = "fail"
+        self.input_default: Any = None
 
 
 class Plan:
@@ -162,6 +176,18 @@ class Compiler:
             node.as_name = step.as_
             node.concurrency = step.concurrency
             node.children = [self.node(step.step, parent_on_error=on_error)]
+        elif isinstance(step, InputStep | ApprovalStep):
+            node = NodePlan(step, "input")
+            if isinstance(step, InputStep):
+                node.input_prompt = compile_text(step.input.prompt)
+                node.input_schema = step.input.schema
+            else:
+                node.approval = True
+                node.input_prompt = compile_text(step.approval.prompt)
+                node.input_schema = APPROVAL_SCHEMA
+            node.timeout_s = step.timeout_s
+            node.on_timeout = step.on_timeout
+            node.input_default = step.default
         elif isinstance(step, PluginStep):
             node = NodePlan(step, "plugin")
             node.uses = step.uses

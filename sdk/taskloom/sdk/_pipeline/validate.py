@@ -21,9 +21,13 @@ from typing import Any
 import attrs
 
 from taskloom.contracts import (
+    ApprovalRequest,
+    ApprovalStep,
     Budget,
     DecodeError,
+    InputRequest,
     InputSpec,
+    InputStep,
     LLMStep,
     MapStep,
     ParallelStep,
@@ -45,6 +49,8 @@ _STEP_KINDS: tuple[tuple[str, type[Any]], ...] = (
     ("uses", PluginStep),
     ("prompt", LLMStep),
     ("messages", LLMStep),
+    ("input", InputStep),
+    ("approval", ApprovalStep),
 )
 
 
@@ -102,6 +108,10 @@ class _Structural:
             clean["step"] = self.step(clean["step"], f"{path}.step")
         if cls is LLMStep:
             self._llm_parts(clean, path)
+        if cls is InputStep and isinstance(clean.get("input"), Mapping):
+            clean["input"] = self.unknown(clean["input"], InputRequest, f"{path}.input")
+        if cls is ApprovalStep and isinstance(clean.get("approval"), Mapping):
+            clean["approval"] = self.unknown(clean["approval"], ApprovalRequest, f"{path}.approval")
         return clean
 
     def _llm_parts(self, clean: dict[str, Any], path: str) -> None:
@@ -198,7 +208,8 @@ def _structure_pipeline(data: Any) -> tuple[Pipeline | None, list[Problem], list
                     path=spath,
                     message="cannot tell what kind of step this is",
                     hint="give it 'prompt' or 'messages' (LLM call), 'uses' (plugin step), "
-                    "'parallel' (group) or 'map' (fan-out)",
+                    "'parallel' (group), 'map' (fan-out), 'input' (a value provided while "
+                    "the run waits) or 'approval' (approve or reject)",
                 )
             )
             steps.append(raw)
