@@ -27,12 +27,15 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from taskloom.contracts import (
+    InputTimedOut,
+    NotAnInputStep,
     Pipeline,
     PipelineChanged,
     PipelineInvalid,
     RetryPolicy,
     Secret,
     SecretStore,
+    StepFailed,
     StepFunction,
     StorageAdapter,
     UsageError,
@@ -40,6 +43,7 @@ from taskloom.contracts import (
     serde,
 )
 from taskloom.sdk._config.toml import DURABILITY_MODES
+from taskloom.sdk._engine import waiting as _waiting
 from taskloom.sdk._engine.bus import EventBus
 from taskloom.sdk._engine.handle import History, RunHandle, RunResult
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
@@ -423,6 +427,73 @@ class Engine:
         spec = await self._resume_spec(run_id, pipeline, None)
         if isinstance(spec, RunResult):
             return spec
+        return await drive(self, spec)
+
+    async def provide(
+        self, run_id: str, step_id: str, value: Any, *, by: str | None = None
+    ) -> RunResult:
+        """Give input step ``step_id`` of waiting run ``run_id`` its value, then continue
+        the run here and return its result (``waiting`` again if it reaches another input
+        step). ``by`` names who provided it in the run's history (default: the OS user).
+
+        The value is checked against the step's JSON Schema first: nothing is recorded
+        for a value that does not match (``InputRejected``, with the JSON path of the
+        violation). Raises ``RunNotFound``; ``NotAnInputStep``; ``AlreadyProvided``;
+        ``NotWaiting`` (the run does not wait at that step now); ``InputTimedOut`` (the
+        step waited past its ``timeout_s``: the run was resolved by its ``on_timeout``
+        instead and the value was not used); ``RunHeld`` (another process provides or
+        runs it right now); or what the run itself raises (``StepFailed``).
+        """
+        await self.open()
+        if self.runstore is None:
+            raise UsageError("this engine keeps no state (storage=None): no run can wait")
+        if not isinstance(step_id, str) or not step_id:
+            raise UsageError(f"step_id must be a step's id (text), got {step_id!r}")
+        if by is not None and (not isinstance(by, str) or not by):
+            raise UsageError(f"by must name who provides the value (text), got {by!r}")
+        record = await self.runstore.load_run(run_id)
+        plan = self._stored_plan(record)
+        node = plan.by_id.get(step_id)
+        if node is None or node.kind != "input":
+            inputs = [n.id for n in plan.nodes if n.kind == "input"]
+            what = "has no step" if node is None else f"has a {node.kind} step"
+            raise NotAnInputStep(
+                f"run {run_id}'s pipeline {what} {step_id!r} that waits for a value; its "
+                f"input steps: {', '.join(inputs) or 'none'}",
+                run_id=run_id,
+                step_id=step_id,
+                status=record.status,
+            )
+        finished = await self.runstore.finished_steps(run_id)
+        _waiting.check_waiting(record, node, finished)
+        if _waiting.timed_out(node, record.waiting[step_id], self.clock()):
+            outcome = "failed"
+            try:
+                result = await self.resume(run_id)  # resolves the timeout (and goes on)
+                outcome = result.status
+            except StepFailed:
+                pass
+            raise InputTimedOut(
+                f"input step {step_id!r} of run {run_id} waited past its timeout_s of "
+                f"{node.timeout_s} s: the value was not used; on_timeout: {node.on_timeout} "
+                f"resolved the step and the run is {outcome} now",
+                run_id=run_id,
+                step_id=step_id,
+                timeout_s=node.timeout_s or 0.0,
+            )
+        problems = _waiting.value_problems(node, value)
+        if problems:
+            raise _waiting.refuse_value(run_id, node, problems)
+        spec = RunSpec(
+            run_id=run_id,
+            plan=plan,
+            inputs=dict(record.inputs),
+            record=record,
+            finished={},
+            resumed=True,
+            history=None,
+            provided=_waiting.Provided(step_id, value, by or _waiting.default_provider()),
+        )
         return await drive(self, spec)
 
     def start_resume(self, run_id: str, pipeline: PipelineSource | None = None) -> RunHandle:

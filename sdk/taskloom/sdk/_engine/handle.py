@@ -18,7 +18,11 @@ from taskloom.contracts import ErrorInfo, Event, RunCancelled, Usage
 
 @attrs.frozen(kw_only=True)
 class RunResult:
-    """The outcome of a run: its output, what it cost, and every step's output."""
+    """The outcome of a run: its output, what it cost, and every step's output.
+
+    ``status`` is ``succeeded``, or ``waiting`` when the run paused at input steps
+    (not an error: ``waiting`` names them, the output is None until it finishes).
+    """
 
     run_id: str
     status: str
@@ -27,6 +31,9 @@ class RunResult:
     usage_by_executor: dict[str, Usage] = attrs.field(factory=dict)
     steps: dict[str, Any] = attrs.field(factory=dict)
     error: ErrorInfo | None = None
+    waiting: tuple[str, ...] = ()
+    """Status ``waiting``: the input steps the run waits at (provide each a value with
+    ``engine.provide(run_id, step_id, value)``)."""
 
 
 class History:

@@ -35,6 +35,7 @@ from taskloom.sdk._engine.calls import error_info, first_error
 from taskloom.sdk._engine.handle import History, RunResult
 from taskloom.sdk._engine.lease import HeldLease
 from taskloom.sdk._engine.steps import RunExecution
+from taskloom.sdk._engine.waiting import Provided, take_provided
 from taskloom.sdk._pipeline.plan import Plan
 from taskloom.sdk._pipeline.template import TemplateRenderError
 from taskloom.sdk._runs.records import RunRecord
@@ -59,6 +60,8 @@ class RunSpec:
     history: History | None
     outcome_recorded: bool = False
     """Set once the run record says how the run ended: nothing may change that after."""
+    provided: Provided | None = None
+    """A value for the input step the run waits at, checkpointed under the lease first."""
 
 
 def _stored(event: Event) -> bool:
@@ -126,6 +129,8 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
                         # what earlier processes spent, read before this one adds events
                         spec.finished = await store.finished_steps(spec.run_id)
                         spent = await spent_before(store, spec.record, spec.finished)
+                    if spec.provided is not None:
+                        await _take_provided(engine, spec, emit)
                     await _begin(engine, spec, started)
                 execution = RunExecution(
                     run_id=spec.run_id,
@@ -136,6 +141,7 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
                     emit=emit,
                     item_starts_seen=item_starts_seen,
                     spent=spent,
+                    waiting_since=spec.record.waiting if spec.record is not None else None,
                 )
                 emit(
                     RunStarted(
@@ -152,6 +158,8 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
                     raise first_error(group) from None
                 if execution.window is not None:
                     await execution.window.settle()  # never "succeeded" before all are durable
+                if execution.waiting:
+                    return await _pause(engine, spec, execution)
                 output = engine.mask(_output(spec.plan, execution))
                 if held is not None and await held.cancel_requested_now():
                     # cancelled from another process after its last renewal: never succeeded
@@ -178,6 +186,44 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
         if history is not None:
             history.close()
     return result
+
+
+async def _take_provided(engine: Engine, spec: RunSpec, emit: Callable[[Event], None]) -> None:
+    """Under the lease: re-read the run, check the step still waits, checkpoint the value."""
+    store = engine.runstore
+    provided = spec.provided
+    assert store is not None and provided is not None
+    spec.record = await store.load_run(spec.run_id)
+    node = spec.plan.by_id[provided.step_id]
+    step, event = await take_provided(
+        store, spec.record, node, provided, spec.finished, engine.clock()
+    )
+    spec.finished = {**spec.finished, (step.step_id, None): step}
+    emit(event)
+
+
+async def _pause(engine: Engine, spec: RunSpec, execution: RunExecution) -> RunResult:
+    """Record the run ``waiting`` at its input steps (the lease goes when the drive ends)."""
+    store = engine.runstore
+    if store is not None and spec.record is not None:
+        spec.record = attrs.evolve(
+            spec.record,
+            status="waiting",
+            waiting=dict(execution.waiting),
+            usage=execution.usage,
+            usage_by_executor=dict(execution.usage_by_executor),
+            steps_done=len(spec.finished) + execution.steps_done,
+        )
+        await store.update_run(spec.record)
+    return RunResult(
+        run_id=spec.run_id,
+        status="waiting",
+        output=None,
+        usage=execution.usage,
+        usage_by_executor=dict(execution.usage_by_executor),
+        steps=dict(execution.outputs),
+        waiting=tuple(execution.waiting),
+    )
 
 
 def _cancelled(run_id: str) -> RunCancelled:
@@ -308,6 +354,7 @@ async def _finish(
             usage=execution.usage,
             usage_by_executor=dict(execution.usage_by_executor),
             steps_done=len(spec.finished) + execution.steps_done,
+            waiting={},
         )
         # The outcome event is written in the same commit as the record that says it
         # (a crash never leaves a finished run without it, and if the commit fails

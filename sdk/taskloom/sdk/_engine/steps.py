@@ -23,6 +23,7 @@ from taskloom.contracts import Event, StepFailed, StepSkipped, Usage
 from taskloom.sdk._engine.calls import first_error
 from taskloom.sdk._engine.leaf import _ZERO, LeafRunner
 from taskloom.sdk._engine.services import RunServices
+from taskloom.sdk._engine.waiting import WAITING, rejected, rejection, wait_or_resolve
 from taskloom.sdk._pipeline.plan import NodePlan, Plan
 from taskloom.sdk._pipeline.template import Scope, TemplateRenderError
 
@@ -84,9 +85,11 @@ class RunExecution(LeafRunner):
         emit: Callable[[Event], None],
         item_starts_seen: Callable[[], bool] | None = None,
         spent: tuple[Usage, Mapping[str, Usage]] | None = None,
+        waiting_since: Mapping[str, float] | None = None,
     ) -> None:
         """``spent``: what earlier processes spent on the run (``_runs.spend``), total and by
-        executor; without it the usage starts from the checkpoints' usage."""
+        executor; without it the usage starts from the checkpoints' usage.
+        ``waiting_since``: the input steps an earlier drive waited at, and since when."""
         super().__init__(
             run_id=run_id, services=services, emit=emit, item_starts_seen=item_starts_seen
         )
@@ -97,6 +100,9 @@ class RunExecution(LeafRunner):
         self._remaining: dict[str, int] = {}
         self._tg: asyncio.TaskGroup | None = None
         self.budget = plan.pipeline.budget
+        self.waiting_since = waiting_since or {}
+        self.waiting: dict[str, float] = {}
+        """The input steps this drive stopped at (the run is then recorded ``waiting``)."""
         for record in self.finished.values():
             if spent is None:
                 self._account(record.usage, record.executor)
@@ -135,6 +141,11 @@ class RunExecution(LeafRunner):
                         reason="finished before the resume",
                     )
                 )
+        for node in self.plan.nodes:
+            if node.kind == "input" and node.id in done:
+                comment = rejected(node, self.outputs.get(node.id))
+                if comment is not None:  # a rejected approval fails the run
+                    raise rejection(self, node, comment)
         ready: list[NodePlan] = []
         for node in self.plan.nodes:
             if node.id in done:
@@ -161,6 +172,8 @@ class RunExecution(LeafRunner):
     async def _chain(self, node: NodePlan | None) -> None:
         while node is not None:
             await self.run_node(node, self.scope)
+            if node.id in self.waiting:
+                return  # what needs it waits for its value (a later drive runs it)
             following: NodePlan | None = None
             for dependent in node.dependents:
                 left = self._remaining[dependent.id] - 1
@@ -190,6 +203,14 @@ class RunExecution(LeafRunner):
             )
             return record.output
         output: Any
+        if node.kind == "input":
+            output = await wait_or_resolve(
+                self, node, scope, self.waiting, self.waiting_since.get(node.id)
+            )
+            if output is WAITING:
+                return None
+            self.outputs[node.id] = output
+            return output
         if node.kind == "parallel":
             output = await self._run_parallel(node, scope)
         elif node.kind == "map":

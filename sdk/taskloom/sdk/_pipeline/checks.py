@@ -188,9 +188,7 @@ class _Checker:
             request_prompt, schema = step.input.prompt, step.input.schema
         else:
             request_prompt, schema = step.approval.prompt, APPROVAL_SCHEMA
-        self.templates(
-            request_prompt, f"{path}.{kind}.prompt", visible=visible, local_names=_NONE
-        )
+        self.templates(request_prompt, f"{path}.{kind}.prompt", visible=visible, local_names=_NONE)
         schema_ok = True
         if isinstance(step, InputStep) and schema is not None:
             for where, reason in schema_problems(schema):

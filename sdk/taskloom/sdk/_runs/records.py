@@ -47,11 +47,12 @@ _v = attrs.validators
 RECORD_FORMAT = 1
 """The format every record below is written with; reading another one is refused."""
 
-RunStatus = Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"]
+RunStatus = Literal["pending", "queued", "running", "waiting", "succeeded", "failed", "cancelled"]
 RUN_STATUSES: tuple[str, ...] = (
     "pending",
     "queued",
     "running",
+    "waiting",
     "succeeded",
     "failed",
     "cancelled",
@@ -92,6 +93,13 @@ def _nonempty_str(_inst: object, attribute: attrs.Attribute[Any], value: object)
         raise TypeError(f"{attribute.name} must be non-empty text, got {value!r}")
 
 
+def _waiting_map(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(t, float) for k, t in value.items()
+    ):
+        raise TypeError(f"{attribute.name} must be a dict of step id -> epoch seconds")
+
+
 def _usage_map(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(u, Usage) for k, u in value.items()
@@ -127,6 +135,9 @@ class RunRecord:
     usage: Usage = attrs.field(factory=Usage, validator=_v.instance_of(Usage))
     usage_by_executor: dict[str, Usage] = attrs.field(factory=dict, validator=_usage_map)
     steps_done: int = attrs.field(default=0, validator=[_v.instance_of(int), _v.ge(0)])
+    waiting: dict[str, float] = attrs.field(factory=dict, validator=_waiting_map)
+    """Status ``waiting``: the input steps the run waits at, each with the time it began
+    to wait (its ``timeout_s`` counts from there, across resumes)."""
     format: int = attrs.field(default=RECORD_FORMAT, validator=_format)
 
 
