@@ -294,3 +294,25 @@ def test_list_runs_matches_a_model(
         assert [r.run_id for r in got] == [run_id for _, run_id in model]
 
     asyncio.run(scenario())
+
+
+async def test_prune_of_many_runs_in_one_pass_skips_held_ones(storage: StorageAdapter) -> None:
+    """Pruning more runs than are deleted one by one: every checkpoint, event and tombstone
+    of the pruned runs goes, and a run with a live lease stays whole."""
+    clock = FakeClock(T0 + 100 * DAY)
+    async with RunStore(storage, clock=clock) as store:
+        ids = [f"r{n:02d}" for n in range(30)]
+        for n, run_id in enumerate(ids):
+            await store.create_run(make_run(run_id, status="succeeded", created_at=T0 + n))
+            await store.record_step(make_step("a", run_id=run_id))
+            store.record_event(StepStarted(run_id=run_id, at=1.0, step_id="a"))
+        await store.flush()
+        await store.acquire_lease("r03", "worker", ttl_s=60)
+        assert await store.prune(keep_last=0) == 29
+        assert [r.run_id for r in await store.list_runs()] == ["r03"]
+        assert set(await store.finished_steps("r03")) == {("a", None)}
+        assert len(await store.events("r03")) == 1
+        steps = await storage.scan("steps")
+        assert [s.key.partition("/")[0] for s in steps] == ["r03"]
+        assert await storage.read(events_stream("r07")) == []
+        assert await storage.scan(NS_TOMBSTONES) == []

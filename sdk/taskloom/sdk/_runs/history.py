@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 
-from taskloom.contracts import DecodeError, Record, RunHeld, StorageAdapter, UsageError
+from taskloom.contracts import DecodeError, Record, StorageAdapter, UsageError
 from taskloom.sdk._runs.codec import decode
 from taskloom.sdk._runs.records import (
     FINISHED_STATUSES,
@@ -51,11 +51,11 @@ class RunHistory:
         storage: StorageAdapter,
         *,
         clock: Callable[[], float],
-        delete_run: Callable[[str], Awaitable[bool]],
+        delete_runs: Callable[[list[str]], Awaitable[int]],
     ) -> None:
         self._storage = storage
         self._clock = clock
-        self._delete_run = delete_run
+        self._delete_runs = delete_runs
 
     async def _index(self, start_after: str | None = None) -> AsyncIterator[Record]:
         while True:
@@ -184,11 +184,5 @@ class RunHistory:
                     victims.append(entry.run_id)
             elif too_old:
                 victims.append(entry.run_id)
-        deleted = 0
-        for run_id in victims:
-            try:
-                if await self._delete_run(run_id):
-                    deleted += 1
-            except RunHeld:
-                continue  # a live holder is working on it: never pull a run from under it
-        return deleted
+        # A run whose lease is live is skipped: never pull a run from under its holder.
+        return await self._delete_runs(victims)

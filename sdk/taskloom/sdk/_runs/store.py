@@ -92,6 +92,9 @@ __all__ = ["LeaseKeeper", "RunStore", "cache_key", "is_cacheable", "pipeline_dig
 SCAN_PAGE = 1000
 """Records read per ``scan`` call when walking a run's steps."""
 
+_ONE_SCAN_PER_RUN = 16
+"""Up to this many runs, prune deletes each alone; beyond, in one pass per namespace."""
+
 _LEASE_RACE_RETRIES = 8
 
 MIN_PREFIX = 6
@@ -178,7 +181,7 @@ class RunStore:
             fenced=self._fenced,
             unfenced=self._unfenced,
         )
-        self._history = RunHistory(storage, clock=clock, delete_run=self.delete_run)
+        self._history = RunHistory(storage, clock=clock, delete_runs=self._delete_runs)
         self._closed = False
 
     @property
@@ -959,13 +962,19 @@ class RunStore:
         """
         self._check_open()
         check_name(run_id, what="run id")
+        await self._writer.flush()
+        existed = await self._remove_record(run_id)
+        return await self.finish_delete(run_id) or existed
+
+    async def _remove_record(self, run_id: str) -> bool:
+        """Delete the run's record, index entry, lease and fence and write its tombstone,
+        in one commit; ``RunHeld`` if its lease is live. True if the run existed."""
         lease_stored = await self._storage.get(NS_LEASES, run_id)
         if lease_stored is not None:
             lease = decode(lease_stored.value, LeaseRecord, where=f"{NS_LEASES}/{run_id}")
             now = self._clock()
             if lease.expires_at > now:
                 raise held_error(run_id, lease, now=now)
-        await self._writer.flush()
         stored = await self._storage.get(NS_RUNS, run_id)
         existed = stored is not None
         ops: list[Put | Delete] = []
@@ -985,7 +994,49 @@ class RunStore:
         # The record goes first and atomically with the tombstone: if the process dies
         # while the rest is being deleted, delete_run or prune finishes the job.
         await self._storage.commit(ops)
-        return await self.finish_delete(run_id) or existed
+        return existed
+
+    async def _delete_runs(self, run_ids: list[str]) -> int:
+        """Delete many runs (``prune``); one whose lease is live is skipped. How many existed.
+
+        Beyond a few runs, their checkpoints and cache entries are found in one pass
+        over each namespace rather than one scan per run: on the file store a scan
+        lists the whole namespace, so per-run scans made pruning quadratic.
+        """
+        if len(run_ids) <= _ONE_SCAN_PER_RUN:
+            deleted = 0
+            for run_id in run_ids:
+                try:
+                    deleted += bool(await self.delete_run(run_id))
+                except RunHeld:
+                    continue  # a live holder is working on it: never pull a run from under it
+            return deleted
+        await self._writer.flush()
+        tombstoned: set[str] = set()
+        deleted = 0
+        for run_id in run_ids:
+            try:
+                deleted += bool(await self._remove_record(run_id))
+            except RunHeld:
+                continue
+            tombstoned.add(run_id)
+        ops: list[Put | Delete] = []
+        async for key in self._keys_under(NS_STEPS, ""):
+            if key.partition("/")[0] in tombstoned:
+                ops.append(Delete(namespace=NS_STEPS, key=key))
+        async for owner in self._keys_under(NS_CACHE_OWNERS, ""):
+            run_id, _, cache = owner.partition("/")
+            if run_id in tombstoned:
+                ops.append(Delete(namespace=NS_CACHE, key=cache))
+                ops.append(Delete(namespace=NS_CACHE_OWNERS, key=owner))
+        for start in range(0, len(ops), SCAN_PAGE):
+            await self._storage.commit(ops[start : start + SCAN_PAGE])
+        if isinstance(self._storage, StreamDropping):
+            for run_id in sorted(tombstoned):
+                self._events.forget(run_id)
+                await self._storage.drop_stream(events_stream(run_id))
+                await self._storage.delete(NS_TOMBSTONES, run_id)
+        return deleted
 
     async def finish_delete(self, run_id: str) -> bool:
         """Delete what a run left besides its record (checkpoints, cache entries, events).
