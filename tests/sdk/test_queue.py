@@ -425,3 +425,34 @@ async def test_shutdown_during_a_claim_still_gives_that_run_back(engine: Engine)
         worker_module.claim_queued = real  # type: ignore[assignment]
     assert worker.stats.claimed == 1 and worker.stats.requeued == 1
     assert (await engine.runstore.load_run(run_id)).status == "queued"
+
+
+async def test_a_run_stopped_by_a_storage_error_keeps_its_slot() -> None:
+    """A claimed run that stops on a storage error is unfinished: its concurrency slot is
+    kept for whoever recovers it, so the queue's limit still holds."""
+    storage = MemoryStorage()
+    real_commit = storage.commit
+
+    async def commit(ops: Any) -> Any:
+        if any(getattr(op, "namespace", None) == NS_RUNS for op in ops) and broken:
+            raise StorageUnavailable("run records cannot be written (test)")
+        return await real_commit(ops)
+
+    broken = False
+    storage.commit = commit  # type: ignore[method-assign]
+    async with _engine(storage) as engine:
+        await engine.define_queue("one", concurrency=1)
+        run_id = await engine.submit(_pipe(), {"x": "1"}, queue="one")
+        broken = True  # the run cannot record that it starts, nor that it failed
+        worker = Worker(engine, queues=["one"], recover=False, poll_s=0.01)
+        await worker.__aenter__()
+        for _ in range(300):
+            if worker.stats.failed:
+                break
+            await asyncio.sleep(0.01)
+        await worker.shutdown(grace_s=0)
+        broken = False
+        assert worker.stats.failed == 1
+        stats = {s.name: s for s in await engine.queues()}
+        assert stats["one"].running == 1  # the slot stays with the unfinished run
+        assert (await engine.runstore.load_run(run_id)).status == "queued"

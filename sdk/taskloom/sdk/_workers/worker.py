@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import attrs
 
 from taskloom.contracts import (
+    RunCancelled,
     RunHeld,
     RunNotFound,
     StepFailed,
@@ -31,6 +32,7 @@ from taskloom.sdk._queue.claim import (
 )
 from taskloom.sdk._queue.records import DEFAULT_QUEUE, NS_QUEUE, QueueDefinition
 from taskloom.sdk._queue.submit import check_queue_name, queue_definition
+from taskloom.sdk._runs.records import FINISHED_STATUSES
 from taskloom.sdk._runs.store import RunStore
 
 logger = logging.getLogger("taskloom.worker")
@@ -293,6 +295,18 @@ class Worker:
         self._running.pop(run_id, None)
         self._wake.set()
 
+    async def _ended(self, run_id: str) -> bool:
+        """Whether the run's record says it ended (or it is gone): only then may its
+        concurrency slot be given back. A run that stopped on a storage error is
+        unfinished: its lease expires and whoever recovers it keeps its slot."""
+        try:
+            record = await self._store().load_run(run_id)
+        except RunNotFound:
+            return True
+        except TaskloomError:
+            return False
+        return record.status in FINISHED_STATUSES
+
     async def _drive(self, claim: Claim) -> None:
         store = self._store()
         holder = self.engine.holder
@@ -331,12 +345,16 @@ class Worker:
             self.stats.cancelled += 1
             release = False  # given back by shutdown (requeue released the slot)
             raise
+        except RunCancelled:
+            self.stats.cancelled += 1  # cancelled from another process: recorded so
         except TaskloomError as exc:
             self.stats.failed += 1
             logger.warning("run %s stopped with %s: %s", claim.run_id, type(exc).__name__, exc)
+            release = await self._ended(claim.run_id)
         except Exception:
             self.stats.failed += 1
             logger.exception("run %s stopped with an unexpected error", claim.run_id)
+            release = await self._ended(claim.run_id)
         finally:
             store.end_run(claim.run_id)  # nothing of the run stays in this process
             if release:
