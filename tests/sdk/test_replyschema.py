@@ -100,6 +100,9 @@ async def test_a_reply_violating_a_referenced_model_fails_the_step() -> None:
         ({"$ref": "#/$defs/Missing"}, "$.steps[0].response_format.json_schema.$ref"),
         ({"$ref": "https://example.com/remote.json"}, ".json_schema.$ref"),
         ({"required": "name"}, ".json_schema.required"),
+        ({"type": "string", "pattern": "("}, ".json_schema.pattern"),
+        ({"patternProperties": {"[": {}}}, ".json_schema.patternProperties"),
+        ({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}, ".json_schema"),
     ],
 )
 async def test_an_invalid_schema_is_refused_at_validation(schema: Any, where: str) -> None:
@@ -118,7 +121,9 @@ def test_a_schema_nested_too_deeply_is_a_problem_not_a_crash() -> None:
     schema: dict[str, Any] = {}
     for _ in range(5000):
         schema = {"items": schema}
-    assert schema_problems(schema) == [("", "the schema is nested too deeply")]
+    assert schema_problems(schema) == [
+        ("", "the schema is nested too deeply or its $refs loop without end")
+    ]
 
 
 def test_refs_inside_enum_data_are_not_references() -> None:
@@ -135,3 +140,20 @@ def test_replies_too_deep_or_too_long_to_parse_are_value_errors(text: str) -> No
     """A pathological reply is a ValueError (retryable MalformedResponse), never a crash."""
     with pytest.raises(ValueError, match="reply"):
         extract_json(text)
+
+
+def test_a_recursive_schema_that_terminates_is_accepted() -> None:
+    """A tree schema that refers to itself through properties is valid and checks replies."""
+    tree = {
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+                "required": ["kids"],
+            }
+        },
+        "$ref": "#/$defs/node",
+    }
+    assert schema_problems(tree) == []
+    assert ReplySchema(tree).problems({"kids": [{"kids": []}]}) == []
+    assert [p.split(":")[0] for p in ReplySchema(tree).problems({"kids": [{}]})] == ["$.kids[0]"]

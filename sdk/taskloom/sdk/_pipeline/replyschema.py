@@ -5,7 +5,8 @@ a reply that parses and satisfies the schema, or the attempt is retried. The
 schema is full JSON Schema 2020-12 as Pydantic's ``model_json_schema()`` and
 OpenAI's structured outputs write it: every keyword, ``$ref`` into ``$defs``,
 and ``format`` as an assertion for the formats ``jsonschema`` checks without
-extra packages (email, ipv4, ipv6, date, time, uuid, regex, ...). A schema is
+extra packages (email, ipv4, ipv6, date, uuid, regex; more where their optional
+packages are installed). A schema is
 itself checked against the 2020-12 metaschema, and each of its references
 resolved, when the pipeline is validated (``schema_problems``), so a broken
 schema is a ``PipelineInvalid`` before anything runs, never a crash mid-run.
@@ -28,6 +29,8 @@ from referencing.jsonschema import DRAFT202012
 _FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.S)
 _VALIDATOR = jsonschema.Draft202012Validator
 _FORMATS = _VALIDATOR.FORMAT_CHECKER
+_SCHEMA_FORMATS = jsonschema.FormatChecker(formats=["regex"])
+"""Checking a schema asserts only that its patterns are regexes, whatever is installed."""
 _SHOWN = 160
 """Longest rendering of a value inside a problem message (a reply can be huge)."""
 
@@ -98,12 +101,22 @@ class ReplySchema:
     def __init__(self, schema: Mapping[str, Any]) -> None:
         self._validator = _VALIDATOR(schema, format_checker=_FORMATS)
 
-    def problems(self, value: Any) -> list[str]:
-        """Every way ``value`` fails the schema, each as ``"<JSON path>: <reason>"``."""
+    def problems(self, value: Any, *, strict: bool = False) -> list[str]:
+        """Every way ``value`` fails the schema, each as ``"<JSON path>: <reason>"``.
+
+        A value too deep to check is one problem; ``strict`` raises instead (the
+        probe that ``schema_problems`` runs on a schema).
+        """
         try:
             errors = sorted(self._validator.iter_errors(value), key=_error_order)
         except RecursionError:
+            if strict:
+                raise
             return ["$: the reply is nested too deeply to check against the schema"]
+        except Exception as exc:  # a schema pipeline validation would have refused
+            if strict:
+                raise
+            return [f"$: the schema cannot be applied ({type(exc).__name__})"]
         return [f"{error.json_path}: {_short(error.message)}" for error in errors]
 
 
@@ -118,14 +131,22 @@ def schema_problems(schema: Any) -> list[tuple[str, str]]:
     Paths are relative to the schema (``""`` is the schema itself, ``".properties.a"``
     one of its parts), so a caller can append them to where the schema sits.
     """
-    meta = _VALIDATOR(_VALIDATOR.META_SCHEMA)
+    # With the format checker, "pattern" and "patternProperties" must be valid regexes.
+    meta = _VALIDATOR(_VALIDATOR.META_SCHEMA, format_checker=_SCHEMA_FORMATS)
     try:
         errors = sorted(meta.iter_errors(schema), key=_error_order)
         if errors:
             return [(_relative(error.json_path), _short(error.message)) for error in errors]
-        return list(_unresolvable(schema))
+        dangling = list(_unresolvable(schema))
+        if dangling:
+            return dangling
+        # A probe: a schema whose $refs loop without end recurses on any value.
+        ReplySchema(schema).problems(None, strict=True)
     except RecursionError:
-        return [("", "the schema is nested too deeply")]
+        return [("", "the schema is nested too deeply or its $refs loop without end")]
+    except Exception as exc:  # anything else jsonschema cannot compile or apply
+        return [("", f"the schema cannot be applied ({type(exc).__name__}: {_short(str(exc))})")]
+    return []
 
 
 def _unresolvable(schema: Any) -> Iterator[tuple[str, str]]:
