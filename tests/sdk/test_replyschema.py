@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 from engine_support import FakeExecutor, make_engine, pipeline
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from taskloom.contracts import PipelineInvalid, StepFailed
 from taskloom.sdk._pipeline.replyschema import ReplySchema, extract_json, schema_problems
@@ -157,3 +159,91 @@ def test_a_recursive_schema_that_terminates_is_accepted() -> None:
     assert schema_problems(tree) == []
     assert ReplySchema(tree).problems({"kids": [{"kids": []}]}) == []
     assert [p.split(":")[0] for p in ReplySchema(tree).problems({"kids": [{}]})] == ["$.kids[0]"]
+
+
+_keywords = st.sampled_from(
+    [
+        "type",
+        "properties",
+        "items",
+        "required",
+        "enum",
+        "const",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "multipleOf",
+        "minLength",
+        "anyOf",
+        "allOf",
+        "oneOf",
+        "not",
+        "$ref",
+        "$defs",
+        "additionalProperties",
+        "patternProperties",
+        "prefixItems",
+        "if",
+        "then",
+        "else",
+        "dependentSchemas",
+        "contains",
+        "uniqueItems",
+        "$id",
+        "$anchor",
+    ]
+)
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.sampled_from(
+        [
+            "string",
+            "object",
+            "array",
+            "integer",
+            "(",
+            "[a-z]+",
+            "email",
+            "#",
+            "#/$defs/a",
+            "#/$defs/b",
+            "a",
+            "uuid",
+            "date",
+        ]
+    ),
+)
+_schemas = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(_keywords, st.sampled_from(["a", "b", "("])), inner, max_size=4),
+    ),
+    max_leaves=15,
+)
+_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(schema=_schemas, value=_values)
+@settings(max_examples=400, deadline=None)
+def test_a_schema_validation_accepts_never_crashes_on_any_reply(schema: Any, value: Any) -> None:
+    """If schema_problems accepts a schema, checking any reply against it returns a list."""
+    if schema_problems(schema):
+        event("schema refused")
+        return
+    event("schema accepted")
+    problems = ReplySchema(schema).problems(value)
+    assert isinstance(problems, list)
+    assert all(p.startswith("$") for p in problems)
