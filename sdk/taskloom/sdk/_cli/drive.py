@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -243,12 +244,42 @@ def _print_failure(ctx: CliContext, run_id: str, exc: TaskloomError) -> int:
     return 1
 
 
-def _print_result(ctx: CliContext, result: Any) -> int:
+def provide_command(
+    run_id: str, step_id: str, pipeline: Mapping[str, Any], config: str | None = None
+) -> str:
+    """The command that provides the value of waiting step ``step_id`` (shell-quoted)."""
+    approval = any(
+        isinstance(step, Mapping) and step.get("id") == step_id and "approval" in step
+        for step in pipeline.get("steps", ()) or ()
+    )
+    value = '{"decision": "approve", "comment": ""}' if approval else "JSON"
+    where = f" --config {shlex.quote(config)}" if config else ""
+    return f"taskloom{where} input {run_id} {step_id} --value {shlex.quote(value)}"
+
+
+def _print_result(
+    ctx: CliContext,
+    result: Any,
+    pipeline: Mapping[str, Any] | None = None,
+    config: str | None = None,
+) -> int:
     data = _result_data(ctx, result)
+    if result.status == "waiting":
+        data["waiting"] = [
+            {
+                "step_id": step,
+                "command": provide_command(result.run_id, step, pipeline or {}, config),
+            }
+            for step in result.waiting
+        ]
 
     def human() -> None:
         ctx.out.note(f"run {result.run_id}: {result.status} ({result.usage.total_tokens} tokens)")
-        if result.status == "succeeded":
+        if result.status == "waiting":
+            for entry in data["waiting"]:
+                ctx.out.note(f"  step {entry['step_id']!r} waits for a value; provide it with:")
+                ctx.out.console.print(f"  {entry['command']}", markup=False)
+        elif result.status == "succeeded":
             output = data["output"]  # masked, like the --json document
             ctx.out.console.print(
                 output
@@ -261,7 +292,7 @@ def _print_result(ctx: CliContext, result: Any) -> int:
             ctx.out.note(f"taskloom: error: {error['type']}: {error['message']}")
 
     ctx.out.data(data, human)
-    return 0 if result.status == "succeeded" else 1
+    return 0 if result.status in ("succeeded", "waiting") else 1
 
 
 def _executors_used(pipeline: Pipeline, default: str | None) -> set[str]:
@@ -309,7 +340,16 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
 
         title = str(pipeline.get("name", args.pipeline))
         totals = map_totals(pipeline, inputs)
-        code = await _to_the_end(ctx, handle, title, held, first=audited, totals=totals)
+        code = await _to_the_end(
+            ctx,
+            handle,
+            title,
+            held,
+            first=audited,
+            totals=totals,
+            pipeline=pipeline,
+            config=getattr(args, "config", None),
+        )
         return code
     finally:
         await _close(engine, host, said=code)
@@ -324,6 +364,8 @@ async def _to_the_end(
     first: Awaitable[None],
     totals: dict[str, int] | None = None,
     done_before: Mapping[str, int] | None = None,
+    pipeline: Mapping[str, Any] | None = None,
+    config: str | None = None,
 ) -> int:
     """Await ``first`` (the audit entry), then drive a started or resumed run to its end
     and report it (exit code 0 or 1).
@@ -357,8 +399,8 @@ async def _to_the_end(
         if isinstance(exc, StorageError) and await _stored(ctx, handle.run_id):
             return _print_storage_failure(ctx, handle.run_id, exc)
         raise
-    code = _print_result(ctx, result)  # before the audit entry: a full disk may refuse it
-    await _audit(ctx, "run.finish", result.run_id, status=result.status)
+    code = _print_result(ctx, result, pipeline, config)  # before the audit: a full disk may
+    await _audit(ctx, "run.finish", result.run_id, status=result.status)  # refuse it
     return code
 
 
@@ -467,7 +509,58 @@ async def resume(args: argparse.Namespace, ctx: CliContext) -> int:
             first=audited,
             totals=totals,
             done_before=done_before,
+            pipeline=pipeline or record.pipeline,
+            config=getattr(args, "config", None),
         )
+        return code
+    finally:
+        await _close(engine, host, said=code)
+
+
+def parse_value(text: str) -> Any:
+    """``--value JSON`` (or ``@FILE`` holding JSON) as a value."""
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--value: cannot read {source}: {exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise UsageError(f"--value: {source} is not UTF-8 text") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise UsageError(
+            f"--value must be JSON (a string is quoted: --value '\"text\"'), got "
+            f"{text[:60]!r}: {exc}"
+        ) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def provide(args: argparse.Namespace, ctx: CliContext) -> int:
+    """``taskloom input RUN STEP --value JSON``: give a waiting step its value, go on."""
+    value = parse_value(args.value)
+    store = await _runstore(ctx)
+    try:
+        args.run_id = await store.resolve_run_id(args.run_id)  # a unique prefix will do
+        record = await store.load_run(args.run_id)
+    finally:
+        await store.aclose()
+    engine, host = await build_engine(ctx)
+    code: int | None = None
+    try:
+        await _audit(ctx, "run.input", args.run_id, step=args.step_id)
+        try:
+            result = await engine.provide(args.run_id, args.step_id, value, by=args.by)
+        except (StepFailed, RunCancelled) as exc:
+            await _audit(ctx, "run.finish", args.run_id, status=_failed_status(exc))
+            code = _print_failure(ctx, args.run_id, exc)
+            return code
+        code = _print_result(ctx, result, record.pipeline, getattr(args, "config", None))
+        await _audit(ctx, "run.finish", result.run_id, status=result.status)
         return code
     finally:
         await _close(engine, host, said=code)

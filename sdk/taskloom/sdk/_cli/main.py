@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from taskloom.contracts import (
+    InputRejected,
     InvalidSecretName,
+    NotWaiting,
     PipelineChanged,
     PipelineInvalid,
     RunNotFound,
@@ -75,6 +77,8 @@ USAGE_ERRORS = (
     InvalidSecretName,
     UnknownQueue,
     SubmissionConflict,
+    InputRejected,
+    NotWaiting,
 )
 """Errors that mean the command line named something wrong: exit code 2."""
 

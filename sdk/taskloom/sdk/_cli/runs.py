@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskloom.sdk._cli.context import positive_int
-from taskloom.sdk._cli.drive import resume, run, validate
+from taskloom.sdk._cli.drive import provide, resume, run, validate
 from taskloom.sdk._cli.history import TERMINAL, cancel, events, runs, show
 
 __all__ = ["register"]
@@ -31,8 +31,23 @@ def register(add: Callable[..., Any]) -> None:
     cmd = add("resume", "continue a run that crashed or was cancelled", resume)
     cmd.add_argument("run_id")
     cmd.add_argument("--pipeline", help="the pipeline file (default: the one stored with the run)")
+    cmd = add(
+        "input",
+        "give a waiting input or approval step its value and continue the run",
+        provide,
+    )
+    cmd.add_argument("run_id", help="the run (a unique prefix of its id will do)")
+    cmd.add_argument("step_id", help="the input or approval step that waits")
+    cmd.add_argument(
+        "--value",
+        required=True,
+        metavar="JSON",
+        help='the value as JSON (@FILE reads it from a file); approval: \'{"decision": '
+        '"approve"|"reject", "comment": "..."}\'',
+    )
+    cmd.add_argument("--by", help="who provides it, for the run's history (default: OS user)")
     cmd = add("runs", "list runs, newest first", runs)
-    cmd.add_argument("--status", choices=["pending", "queued", "running", *TERMINAL])
+    cmd.add_argument("--status", choices=["pending", "queued", "running", "waiting", *TERMINAL])
     cmd.add_argument("--pipeline", help="only runs of this pipeline name")
     cmd.add_argument("--limit", type=positive_int, default=20, help="at most this many runs")
     cmd = add("show", "show one run: steps, outputs, usage, timings", show)

@@ -166,21 +166,20 @@ def value_problems(node: NodePlan, value: Any) -> list[str]:
 
 def refuse_value(run_id: str, node: NodePlan, problems: list[str]) -> InputRejected:
     """The error for a value of the wrong shape (``problems`` is not empty)."""
-    first = problems[0]
-    path = first.split(":", 1)[0] if ":" in first else "$"
-    listed = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+    path, _sep, reason = problems[0].partition(": ")
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     kind = "approval" if node.approval else "input"
     expect = (
-        ' give {"decision": "approve"} or {"decision": "reject", "comment": "why"}'
+        'give {"decision": "approve"} or {"decision": "reject", "comment": "why"}'
         if node.approval
-        else " give a value that matches the step's schema (`taskloom events` shows it)"
+        else "give a value that matches the step's schema (`taskloom events RUN` shows it)"
     )
     return InputRejected(
-        f"the value for {kind} step {node.id!r} of run {run_id} does not match its schema "
-        f"({listed}); nothing was recorded:{expect}",
+        f"value refused at {path}: {reason}{more}; nothing was recorded for {kind} step "
+        f"{node.id!r} of run {run_id}: {expect}",
         run_id=run_id,
         step_id=node.id,
-        path=path,
+        path=path or "$",
         problems=problems,
     )
 
