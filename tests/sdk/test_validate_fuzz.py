@@ -342,3 +342,28 @@ def test_inputs_that_are_no_json_object_are_invalid(inputs: Any) -> None:
     with pytest.raises(PipelineInvalid) as caught:
         make_engine(FakeExecutor())[0].validate(doc, inputs)
     assert [p.path for p in caught.value.problems] == ["inputs"]
+
+
+_BASE = {"taskloom": "pipeline/v1", "name": "p", "steps": [{"id": "a", "prompt": "p"}]}
+
+
+@pytest.mark.parametrize(
+    ("doc", "path"),
+    [
+        ({**_BASE, "output": deep(3000)}, "$.output"),
+        ({**_BASE, "inputs": {"x": {"type": "array", "default": deep(3000)}}}, "$.inputs.x"),
+        ({**_BASE, "output": {"n": 10**4400}}, "$.output.n"),
+        ({**_BASE, "output": [1, float("nan")]}, "$.output[1]"),
+        ({**_BASE, "output": {"k\ud800": 1}}, "$.output"),
+    ],
+    ids=["deep-output", "deep-default", "huge-int", "nan", "surrogate-key"],
+)
+def test_a_pipeline_document_json_cannot_hold_is_invalid_with_its_path(
+    doc: dict[str, Any], path: str
+) -> None:
+    """Deep nesting, huge integers, NaN or lone surrogates anywhere in a pipeline given as a
+    dict: PipelineInvalid naming where, from validate and run alike (not a RecursionError)."""
+    assert _agree(doc, None) == "invalid"
+    with pytest.raises(PipelineInvalid) as caught:
+        make_engine(FakeExecutor())[0].validate(doc)
+    assert any(p.path.startswith(path) for p in caught.value.problems), caught.value.problems

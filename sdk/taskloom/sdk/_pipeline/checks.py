@@ -401,42 +401,62 @@ _MAX_INT = 10**4300
 """Python's JSON cannot write an integer of more than 4,300 digits."""
 
 
-def json_value_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be stored and sent as JSON, or None if it can.
+_PLAIN = "use text, numbers, true/false, null, lists and objects"
+
+
+def unfit_json(value: Any, path: str = "$", *, most: int = 20) -> list[tuple[str, str, str]]:
+    """Where and why ``value`` cannot be stored and sent as JSON: (path, reason, hint).
 
     Checked without recursion (a value may be nested thousands of levels deep):
     NaN and infinities, integers of more than 4,300 digits, lone surrogates in
     strings or keys, keys that are not text, non-JSON types, nesting deeper than
-    ``MAX_INPUT_DEPTH``.
+    ``MAX_INPUT_DEPTH``. At most ``most`` are returned.
     """
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
+    found: list[tuple[str, str, str]] = []
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack and len(found) < most:
+        item, where, depth = stack.pop()
         if depth > MAX_INPUT_DEPTH:
-            return f"it nests more than {MAX_INPUT_DEPTH} levels deep"
+            found.append((where, f"it nests more than {MAX_INPUT_DEPTH} levels deep", "flatten it"))
+            continue
         if item is None or isinstance(item, bool):
             continue
         if isinstance(item, int):
             if not -_MAX_INT < item < _MAX_INT:
-                return "it holds an integer of more than 4,300 digits"
+                reason = "an integer of more than 4,300 digits"
+                found.append((where, reason, "write it as a string"))
         elif isinstance(item, float):
             if not math.isfinite(item):
-                return f"it holds {item!r}, which JSON cannot represent"
+                found.append((where, f"{item!r} is not a JSON number", "use a number"))
         elif isinstance(item, str):
             if not _valid_text(item):
-                return "it holds text that is not valid Unicode (a lone surrogate)"
+                reason = "text that is not valid Unicode (a lone surrogate)"
+                found.append((where, reason, "use valid Unicode text"))
         elif isinstance(item, list | tuple):
-            stack.extend((child, depth + 1) for child in item)
+            for index in range(len(item) - 1, -1, -1):
+                stack.append((item[index], f"{where}[{index}]", depth + 1))
         elif isinstance(item, Mapping):
-            for key, child in item.items():
+            for key, child in reversed(list(item.items())):
                 if not isinstance(key, str):
-                    return f"it holds an object key that is not text ({key!r})"
-                if not _valid_text(key):
-                    return "it holds an object key that is not valid Unicode (a lone surrogate)"
-                stack.append((child, depth + 1))
+                    found.append((where, f"an object key that is not text ({key!r})", _PLAIN))
+                elif not _valid_text(key):
+                    reason = "an object key that is not valid Unicode (a lone surrogate)"
+                    found.append((where, reason, "use valid Unicode text"))
+                else:
+                    name = f"{where}.{key}" if key.isidentifier() else f"{where}[{key!r}]"
+                    stack.append((child, name, depth + 1))
         else:
-            return f"it holds a {type(item).__name__}, which is not JSON"
-    return None
+            found.append((where, f"a {type(item).__name__} is not JSON data", _PLAIN))
+    return found
+
+
+def json_value_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored and sent as JSON (the first reason), or None."""
+    found = unfit_json(value, most=1)
+    if not found:
+        return None
+    where, reason, _hint = found[0]
+    return reason if where == "$" else f"{reason} (at {where})"
 
 
 def _valid_text(text: str) -> bool:

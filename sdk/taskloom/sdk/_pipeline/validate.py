@@ -40,7 +40,12 @@ from taskloom.contracts import (
     serde,
 )
 from taskloom.contracts._pipeline import PIPELINE_FORMAT
-from taskloom.sdk._pipeline.checks import check_semantics, inputs_object, resolve_inputs
+from taskloom.sdk._pipeline.checks import (
+    check_semantics,
+    inputs_object,
+    resolve_inputs,
+    unfit_json,
+)
 
 _RENAMES = {"with_": "with", "as_": "as"}
 _STEP_KINDS: tuple[tuple[str, type[Any]], ...] = (
@@ -276,6 +281,19 @@ def _parse_json(text: str, where: str) -> Any:
         raise _invalid_json(where, str(exc).split(";")[0]) from None
 
 
+def _refuse_unfit(data: Any) -> None:
+    """Refuse a pipeline document JSON cannot hold, before any pass walks it.
+
+    Too deep nesting would exhaust the stack of the passes that follow; NaN,
+    huge integers and lone surrogates would fail later, when the run stores it.
+    """
+    found = unfit_json(data)
+    if found:
+        raise PipelineInvalid(
+            [Problem(path=where, message=reason, hint=hint) for where, reason, hint in found]
+        )
+
+
 def _usable_specs(raw_inputs: Any) -> dict[str, InputSpec]:
     """The input specs of a broken pipeline that structure on their own."""
     usable: dict[str, InputSpec] = {}
@@ -300,6 +318,7 @@ def load_pipeline(source: str | Path | Mapping[str, Any] | Pipeline) -> Pipeline
     data = _read_source(source)
     if isinstance(data, Pipeline):
         return data
+    _refuse_unfit(data)
     pipeline, problems, _steps = _structure_pipeline(data)
     if pipeline is None:
         raise PipelineInvalid(problems)
@@ -325,6 +344,7 @@ def validate_pipeline(
     if isinstance(data, Pipeline):
         pipeline, problems, steps = data, [], list(data.steps)
     else:
+        _refuse_unfit(data)
         pipeline, problems, steps = _structure_pipeline(data)
     given: Mapping[str, Any] | None = None if inputs is None else inputs_object(inputs)
     if pipeline is not None:
