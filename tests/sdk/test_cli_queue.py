@@ -106,6 +106,14 @@ def test_submit_to_unknown_queue_is_a_usage_error(cli: Cli) -> None:
     assert cli.json("queue")["queues"][0]["depth"] == 0
 
 
+def test_submit_prints_the_run_id_alone_on_stdout(cli: Cli) -> None:
+    """Without --json, stdout holds just the run id (for RUN=$(taskloom submit ...))."""
+    done = cli("submit", "hello.json", "-i", "name=Ada", "--run-id", "r-cli-1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "r-cli-1"
+    assert "taskloom worker" in done.stderr
+
+
 def test_queue_define_sets_limits(cli: Cli) -> None:
     """queue --define stores a queue with its concurrency; submit then accepts it."""
     shown = cli.json("queue", "--define", "batch", "--concurrency", "2")["queues"]

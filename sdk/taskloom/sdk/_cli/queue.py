@@ -84,13 +84,15 @@ async def submit(args: argparse.Namespace, ctx: CliContext) -> int:
     finally:
         await engine.aclose()
         await host.aclose()
-    ctx.out.data(
-        {"run_id": run_id, "queue": args.queue, "status": "queued"},
-        lambda: ctx.out.note(
-            f"run {run_id} queued on {args.queue!r}; a `taskloom worker` runs it "
+
+    def human() -> None:
+        ctx.out.console.print(run_id)  # alone on stdout: RUN=$(taskloom submit ...) works
+        ctx.out.note(
+            f"queued on {args.queue!r}; a `taskloom worker` runs it "
             f"(follow it with `taskloom events {run_id} --follow`)"
-        ),
-    )
+        )
+
+    ctx.out.data({"run_id": run_id, "queue": args.queue, "status": "queued"}, human)
     return 0
 
 
