@@ -340,3 +340,16 @@ async def test_without_storage_provide_is_a_usage_error() -> None:
     async with engine:
         with pytest.raises(UsageError):
             await engine.provide("r", "s", 1)
+
+
+def test_sync_engine_provides_too() -> None:
+    """SyncEngine.provide blocks and returns the continued run's result."""
+    from taskloom.sdk import ExecutorRegistry, SyncEngine
+
+    registry = ExecutorRegistry()
+    registry.register("fake", FakeExecutor())
+    with SyncEngine(registry=registry) as engine:
+        waiting = engine.run(_waiting_pipeline())
+        assert waiting.status == "waiting"
+        result = engine.provide(waiting.run_id, "ask", {"topic": "sync"}, by="me")
+    assert result.status == "succeeded" and result.output.endswith("about sync")

@@ -67,6 +67,11 @@ class SyncEngine:
         engine = self.engine
         return self._call(engine.resume(run_id, pipeline))  # type: ignore[no-any-return]
 
+    def provide(self, run_id: str, step_id: str, value: Any, *, by: str | None = None) -> RunResult:
+        """Give a waiting input step its value and continue the run (see Engine.provide)."""
+        engine = self.engine
+        return self._call(engine.provide(run_id, step_id, value, by=by))  # type: ignore[no-any-return]
+
     def submit(
         self,
         pipeline: PipelineSource,

@@ -444,6 +444,23 @@ class Engine:
         instead and the value was not used); ``RunHeld`` (another process provides or
         runs it right now); or what the run itself raises (``StepFailed``).
         """
+        spec = await self._provide_spec(run_id, step_id, value, by, None)
+        return await drive(self, spec)
+
+    async def start_provide(
+        self, run_id: str, step_id: str, value: Any, *, by: str | None = None
+    ) -> RunHandle:
+        """Like :meth:`provide`, continuing the run in a task: the value is checked (and
+        every error of ``provide`` raised) before this returns the run's handle."""
+        history = History()
+        spec = await self._provide_spec(run_id, step_id, value, by, history)
+        return self._launch(spec, drive(self, spec))
+
+    async def _provide_spec(
+        self, run_id: str, step_id: str, value: Any, by: str | None, history: History | None
+    ) -> RunSpec:
+        """Check ``value`` for waiting step ``step_id`` of run ``run_id`` (see ``provide``)
+        and return the spec of the drive that records it and goes on."""
         await self.open()
         if self.runstore is None:
             raise UsageError("this engine keeps no state (storage=None): no run can wait")
@@ -491,10 +508,10 @@ class Engine:
             record=record,
             finished={},
             resumed=True,
-            history=None,
+            history=history,
             provided=_waiting.Provided(step_id, value, by or _waiting.default_provider()),
         )
-        return await drive(self, spec)
+        return spec
 
     def start_resume(self, run_id: str, pipeline: PipelineSource | None = None) -> RunHandle:
         """Like :meth:`resume`, in a task; return a handle (the run id is known at once)."""

@@ -30,6 +30,7 @@ from taskloom.contracts import (
     EVENT_TYPES,
     Event,
     PipelineInvalid,
+    Problem,
     RunCancelledEvent,
     RunFailed,
     RunSucceeded,
@@ -377,6 +378,29 @@ class TaskloomApi:
             202,
         )
 
+    async def provide_input(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        step_id = request.path_params["step_id"]
+        body = await read_json(request, self.settings.max_body_bytes)
+        if not isinstance(body, dict) or set(body) != {"value"}:
+            raise PipelineInvalid(
+                [
+                    Problem(
+                        path="$",
+                        message='the body must be {"value": <the JSON value>}',
+                        hint='an approval takes {"value": {"decision": "approve"}}',
+                    )
+                ]
+            )
+        by = getattr(request.state, "token_name", None)
+        record = await self.control.provide(run_id, step_id, body["value"], by=by)
+        detail = (
+            f"run {run_id} waits at {', '.join(sorted(record.waiting))}"
+            if record.status == "waiting"
+            else f"the value of step {step_id!r} is recorded; run {run_id} is {record.status}"
+        )
+        return self.json(m.TaskAction(run_id=run_id, status=record.status, detail=detail), 202)
+
     async def delete_task(self, request: Request) -> Response:
         await self.control.delete(request.path_params["run_id"])
         return Response(status_code=204)
@@ -451,7 +475,8 @@ def _guarded(api: TaskloomApi, op: Operation, handler: Handler) -> Handler:
         try:
             await api.ready()
             if op.scope is not None:
-                await authorize(request, api.tokens, op.scope)
+                token = await authorize(request, api.tokens, op.scope)
+                request.state.token_name = token.name  # who provides an input's value
             return await handler(request)
         except ApiError as exc:
             body = problem(exc.status, exc.error, api.engine.redact(exc.detail), **exc.extra)

@@ -31,6 +31,14 @@ class SubmitRequest:
 
 
 @attrs.frozen(kw_only=True)
+class ProvideRequest:
+    """The value for a waiting input or approval step (any JSON matching its schema;
+    an approval takes {"decision": "approve"|"reject", "comment": "..."})."""
+
+    value: Any
+
+
+@attrs.frozen(kw_only=True)
 class TaskSubmitted:
     """A submitted run: its id, its status now, and where to watch it."""
 
@@ -109,7 +117,7 @@ class TaskDetail:
 
 @attrs.frozen(kw_only=True)
 class TaskAction:
-    """The outcome of a cancel or resume request."""
+    """The outcome of a cancel, resume or input request."""
 
     run_id: str
     status: RunStatusName

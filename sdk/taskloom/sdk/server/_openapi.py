@@ -198,6 +198,26 @@ OPERATIONS: tuple[Operation, ...] = (
         parameters=(_RUN_ID,),
     ),
     Operation(
+        id="provide_input",
+        method="POST",
+        path="/api/tasks/{run_id}/input/{step_id}",
+        scope="submit",
+        summary="Give a waiting input or approval step its value; the run continues here",
+        request=m.ProvideRequest,
+        responses=((202, m.TaskAction),),
+        example={"value": {"decision": "approve", "comment": "looks right"}},
+        errors=(400, 404, 409, 413, 415, 422),
+        parameters=(
+            _RUN_ID,
+            {
+                "name": "step_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+            },
+        ),
+    ),
+    Operation(
         id="delete_task",
         method="DELETE",
         path="/api/tasks/{run_id}",

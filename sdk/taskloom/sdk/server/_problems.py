@@ -19,7 +19,11 @@ from typing import Any
 from taskloom.contracts import (
     ConflictError,
     DecodeError,
+    InputRejected,
+    InputTimedOut,
     InvalidKey,
+    NotAnInputStep,
+    NotWaiting,
     PipelineChanged,
     PipelineInvalid,
     RunHeld,
@@ -37,6 +41,10 @@ PROBLEM_JSON = "application/problem+json"
 
 _STATUS: tuple[tuple[type[TaskloomError], int], ...] = (
     (PipelineInvalid, 422),
+    (InputRejected, 422),
+    (NotAnInputStep, 404),
+    (NotWaiting, 409),
+    (InputTimedOut, 409),
     (UnknownExecutor, 422),
     (UnknownQueue, 422),
     (SubmissionConflict, 409),
@@ -107,6 +115,12 @@ def from_taskloom(exc: TaskloomError, redact: Callable[[str], str]) -> tuple[int
         detail = f"pipeline is invalid ({len(problems)} problem(s))"
         if len(problems) == 1:
             detail = f"pipeline is invalid: {problems[0]}"
+    elif isinstance(exc, InputRejected):
+        extra["problems"] = [
+            {"path": path, "message": redact(message), "hint": ""}
+            for path, _sep, message in (p.partition(": ") for p in exc.problems)
+        ]
+        detail = one_line(exc)
     else:
         detail = one_line(exc)
     if status == 500:

@@ -20,9 +20,11 @@ import attrs
 
 from taskloom.contracts import (
     DecodeError,
+    NotWaiting,
     PipelineChanged,
     RunHeld,
     RunNotFound,
+    RunStarted,
     UsageError,
 )
 from taskloom.sdk._engine.engine import Engine
@@ -185,6 +187,30 @@ class RunControl:
                 raise  # the resume itself was refused; a run that failed was resumed
             except BaseException:
                 pass
+        return await store.load_run(run_id)
+
+    async def provide(self, run_id: str, step_id: str, value: Any, *, by: str | None) -> RunRecord:
+        """Give waiting step ``step_id`` its value and continue the run in this process;
+        return the run's record once the run has started again (or ended).
+
+        Every refusal of ``Engine.provide`` (a value of the wrong shape, a step that
+        does not wait, a run held elsewhere) is raised here, before anything is recorded.
+        """
+        store = self.runstore
+        if self.local(run_id) is not None:
+            raise RunHeld(f"run {run_id} is running in this server; wait for it or cancel it")
+        handle = await self.engine.start_provide(run_id, step_id, value, by=by)
+        async for event in handle.events():
+            if isinstance(event, RunStarted):
+                break  # the value is checkpointed and the record says running
+        self._track(handle)
+        if handle.done():
+            try:
+                await handle.result()
+            except (RunHeld, NotWaiting, RunNotFound, DecodeError):
+                raise  # refused under the lease (another provider was first)
+            except BaseException:
+                pass  # the run went on and failed: its record says so
         return await store.load_run(run_id)
 
     async def delete(self, run_id: str) -> None:
