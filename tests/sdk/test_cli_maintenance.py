@@ -293,3 +293,27 @@ def test_store_files_the_cli_creates_are_private(cli: Any) -> None:
     for path in paths:
         want = 0o700 if path.is_dir() else 0o600
         assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+def test_the_shell_offers_the_store_commands_and_run_ids_for_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dev shell completes delete, prune and doctor, and run ids after delete."""
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    from taskloom.sdk._cli.context import CliContext, Output
+    from taskloom.sdk._cli.main import build_parser
+    from taskloom.sdk._cli.shell import ShellCompleter
+    from taskloom.sdk._config.toml import load_config
+
+    monkeypatch.setenv("TASKLOOM_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    completer = ShellCompleter(build_parser(), CliContext(load_config(), Output(json_mode=False)))
+    completer.run_ids = ["0123abcd", "4567ef01"]
+
+    def complete(text: str) -> list[str]:
+        return [c.text for c in completer.get_completions(Document(text), CompleteEvent())]
+
+    assert {"delete", "prune", "doctor"} <= set(complete(""))
+    assert complete("delete 45") == ["4567ef01"]

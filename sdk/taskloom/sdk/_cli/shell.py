@@ -27,7 +27,7 @@ from taskloom.sdk._cli.context import CliContext, Output
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 # options after which the next word is a run id, an executor id or a file
-RUN_ID_COMMANDS = {"resume", "show", "events", "cancel"}
+RUN_ID_COMMANDS = {"resume", "show", "events", "cancel", "delete"}
 FILE_COMMANDS = {"run", "validate", "sign", "verify"}
 
 
