@@ -39,7 +39,7 @@ ClaimOps = Callable[[Record], Sequence[Op] | None]
 """Given a candidate queue record: the operations that claim it, or None to skip it."""
 
 CLAIM_SCAN_PAGE = 64
-"""Candidates read per ``scan`` by ``claim_by_cas``."""
+"""Most candidates read per ``scan`` by ``claim_by_cas`` (it reads 2 x limit, at least 8)."""
 
 
 class ClaimedRecord(NamedTuple):
@@ -101,10 +101,11 @@ async def claim_by_cas(
     check_claim_limit(limit)
     claimed: list[ClaimedRecord] = []
     start_after: str | None = None
+    # a few candidates more than asked for (others may take some first), not a whole page
+    # of a deep queue per claim
+    size = min(CLAIM_SCAN_PAGE, max(8, 2 * limit))
     while len(claimed) < limit:
-        page = await storage.scan(
-            namespace, prefix=prefix, start_after=start_after, limit=CLAIM_SCAN_PAGE
-        )
+        page = await storage.scan(namespace, prefix=prefix, start_after=start_after, limit=size)
         for record in page:
             ops = ops_for(record)
             if ops is None:
@@ -117,7 +118,7 @@ async def claim_by_cas(
             claimed.append(ClaimedRecord(record=record, result=result))
             if len(claimed) >= limit:
                 break
-        if len(page) < CLAIM_SCAN_PAGE:
+        if len(page) < size:
             break
         start_after = page[-1].key
     return claimed
