@@ -353,3 +353,65 @@ def test_sync_engine_provides_too() -> None:
         assert waiting.status == "waiting"
         result = engine.provide(waiting.run_id, "ask", {"topic": "sync"}, by="me")
     assert result.status == "succeeded" and result.output.endswith("about sync")
+
+
+async def test_a_worker_sweep_resolves_a_timed_out_step() -> None:
+    """A worker continues a waiting run whose input step is past timeout_s: with
+    on_timeout default the run goes on with the default and succeeds."""
+    import asyncio
+
+    from taskloom.sdk import Worker
+
+    time = FakeTime()
+    engine, fake = make_engine(storage=MemoryStorage(), clock=time.clock)
+    async with engine:
+        waiting = await engine.run(
+            _waiting_pipeline(timeout_s=60, on_timeout="default", default={"topic": "dflt"})
+        )
+        time.now += 61
+        async with Worker(engine, poll_s=0.01, recover_every_s=0.01, timeout_sweep_s=0.01):
+            async with asyncio.timeout(10):
+                while (await engine.runstore.load_run(waiting.run_id)).status != "succeeded":
+                    await asyncio.sleep(0.01)
+    assert fake.calls["about dflt"] == 1
+
+
+async def test_resolve_timeouts_fails_a_run_past_its_timeout_and_leaves_others() -> None:
+    """resolve_timeouts continues only the runs past their timeout: on_timeout fail
+    records the run failed (InputTimedOut); a run still in time keeps waiting."""
+    time = FakeTime()
+    engine, _ = make_engine(storage=MemoryStorage(), clock=time.clock)
+    async with engine:
+        late = await engine.run(_waiting_pipeline(timeout_s=60))
+        time.now += 30
+        fresh = await engine.run(_waiting_pipeline(timeout_s=60))
+        time.now += 31
+        handles = await engine.resolve_timeouts()
+        assert [h.run_id for h in handles] == [late.run_id]
+        with pytest.raises(StepFailed, match="timeout_s"):
+            await handles[0].result()
+        assert (await engine.runstore.load_run(late.run_id)).status == "failed"
+        assert (await engine.runstore.load_run(fresh.run_id)).status == "waiting"
+
+
+async def test_two_values_at_once_record_one() -> None:
+    """Two provides racing for one step: exactly one is recorded, the other is refused
+    with a typed error (AlreadyProvided, or RunHeld while the first holds the run)."""
+    import asyncio
+
+    from taskloom.contracts import RunHeld
+
+    engine, _ = make_engine(FakeExecutor(delay=0.01), storage=MemoryStorage())
+    async with engine:
+        waiting = await engine.run(_waiting_pipeline())
+        outcomes = await asyncio.gather(
+            engine.provide(waiting.run_id, "ask", {"topic": "one"}),
+            engine.provide(waiting.run_id, "ask", {"topic": "two"}),
+            return_exceptions=True,
+        )
+        done = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(done) == 1 and len(refused) == 1
+        assert isinstance(refused[0], AlreadyProvided | RunHeld), refused
+        events = await _events(engine, waiting.run_id)
+    assert len([e for e in events if isinstance(e, InputProvided)]) == 1

@@ -63,6 +63,14 @@ if TYPE_CHECKING:
     from taskloom.security import Redactor
 
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
+
+
+def _consume(task: asyncio.Task[RunResult]) -> None:
+    """Retrieve a background run's outcome (its record says it; nobody awaits the task)."""
+    if not task.cancelled():
+        task.exception()
+
+
 _PLAN_CACHE_SIZE = 64
 
 
@@ -191,6 +199,9 @@ class Engine:
         """Plans of stored pipelines by digest: a worker resuming thousands of runs of one
         pipeline checks and compiles it once, not once per run."""
         self._handles: set[RunHandle] = set()
+        self._driving: set[str] = set()
+        """Runs this engine drives now: a second drive of one (a resume or a provide while
+        it runs) is ``RunHeld``, never a second holder under the same name."""
         self._opened = False
         self._closed = False
         self.owned_resources: Final[list[Any]] = []
@@ -512,6 +523,31 @@ class Engine:
             provided=_waiting.Provided(step_id, value, by or _waiting.default_provider()),
         )
         return spec
+
+    async def resolve_timeouts(self) -> list[RunHandle]:
+        """Continue, each in a task, every waiting run of this store that waits at an input
+        step past its ``timeout_s``: its ``on_timeout`` applies (the run fails with
+        ``InputTimedOut``, or goes on with the step's default). Returns their handles.
+
+        Workers call this periodically; an application without workers can call it from
+        its own scheduler (a timed-out step is also resolved by ``resume`` or ``provide``).
+        """
+        await self.open()
+        if self.runstore is None:
+            return []
+        now = self.clock()
+        handles: list[RunHandle] = []
+        for record in await self.runstore.list_runs(status="waiting"):
+            plan = self._stored_plan(record)
+            late = any(
+                node is not None and node.kind == "input" and _waiting.timed_out(node, since, now)
+                for node, since in ((plan.by_id.get(s), t) for s, t in record.waiting.items())
+            )
+            if late:
+                handle = self.start_resume(record.run_id)
+                handle._task.add_done_callback(_consume)  # its outcome is in its record
+                handles.append(handle)
+        return handles
 
     def start_resume(self, run_id: str, pipeline: PipelineSource | None = None) -> RunHandle:
         """Like :meth:`resume`, in a task; return a handle (the run id is known at once)."""

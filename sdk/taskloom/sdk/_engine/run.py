@@ -119,6 +119,15 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
     execution: RunExecution | None = None
     held: HeldLease | None = None
     if store is not None:
+        if spec.run_id in engine._driving:
+            # the same holder would take the lease again and fence out the drive in hand
+            if history is not None:
+                history.close()
+            raise RunHeld(
+                f"run {spec.run_id} is already running in this engine: wait for it (its "
+                "handle's result) before resuming it or providing a value again"
+            )
+        engine._driving.add(spec.run_id)
         held = HeldLease(store, spec.run_id, engine.holder, ttl_s=engine.lease_ttl_s)
     try:
         async with held if held is not None else contextlib.nullcontext():
@@ -183,6 +192,7 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
             execution.window.abandon()  # still queued, committed before the outcome
         if store is not None:
             store.end_run(spec.run_id)
+            engine._driving.discard(spec.run_id)
         if history is not None:
             history.close()
     return result

@@ -79,7 +79,9 @@ class Worker:
     until ``stop()``. At most ``concurrency`` runs go at once in this worker; each
     queue's own limits hold across all workers. ``poll_s`` is how often the store is
     asked for new runs when nothing woke the worker (a submission through the same
-    engine wakes it at once); ``recover``: also claim runs whose lease expired.
+    engine wakes it at once); ``recover``: also claim runs whose lease expired, and every
+    ``timeout_sweep_s`` continue the waiting runs whose input step is past its
+    ``timeout_s`` (``Engine.resolve_timeouts``: its ``on_timeout`` applies).
 
     ``stop()`` (SIGTERM in ``taskloom worker``) stops claiming; ``shutdown()`` then
     waits up to ``grace_s`` for the runs in hand to finish and puts the rest back
@@ -96,6 +98,7 @@ class Worker:
         recover: bool = True,
         recover_every_s: float = 1.0,
         grace_s: float = 30.0,
+        timeout_sweep_s: float = 30.0,
     ) -> None:
         if isinstance(queues, str):
             raise UsageError("queues must be a list of queue names, not one string")
@@ -104,7 +107,11 @@ class Worker:
             raise UsageError("a worker needs at least one queue")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise UsageError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        for what, value in (("poll_s", poll_s), ("recover_every_s", recover_every_s)):
+        for what, value in (
+            ("poll_s", poll_s),
+            ("recover_every_s", recover_every_s),
+            ("timeout_sweep_s", timeout_sweep_s),
+        ):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise UsageError(f"{what} must be a positive number of seconds, got {value!r}")
         if isinstance(grace_s, bool) or not isinstance(grace_s, int | float) or grace_s < 0:
@@ -116,6 +123,8 @@ class Worker:
         self.recover = recover
         self.recover_every_s = float(recover_every_s)
         self.grace_s = float(grace_s)
+        self.timeout_sweep_s = float(timeout_sweep_s)
+        self._next_sweep = 0.0
         self.stats = WorkerStats()
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
         self._stopping = asyncio.Event()
@@ -262,6 +271,9 @@ class Worker:
         ttl = self.engine.lease_ttl_s
         if self.recover and time.monotonic() >= self._next_recovery:
             self._next_recovery = time.monotonic() + self.recover_every_s
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + self.timeout_sweep_s
+                await self.engine.resolve_timeouts()  # waiting runs past an input's timeout_s
             claim = await claim_expired(store, holder, self.queues, ttl_s=ttl)
             if claim is not None:
                 return claim
