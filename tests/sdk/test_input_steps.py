@@ -306,6 +306,10 @@ async def test_a_waiting_run_can_be_cancelled_and_listed_by_status() -> None:
         ({"id": "x", "input": {"prompt": "p"}, "on_timeout": "default"}, "on_timeout"),
         ({"id": "x", "approval": {"prompt": "{{steps.nope.output}}"}}, "approval.prompt"),
         ({"id": "g", "parallel": [{"id": "x", "input": {"prompt": "p"}}]}, "parallel[0]"),
+        (
+            {"id": "m", "map": "{{inputs.xs}}", "step": {"id": "x", "approval": {"prompt": "p"}}},
+            "$.steps[0].step",
+        ),
     ],
 )
 async def test_bad_input_steps_are_refused_before_running(step: dict[str, Any], path: str) -> None:
@@ -415,3 +419,18 @@ async def test_two_values_at_once_record_one() -> None:
         assert isinstance(refused[0], AlreadyProvided | RunHeld), refused
         events = await _events(engine, waiting.run_id)
     assert len([e for e in events if isinstance(e, InputProvided)]) == 1
+
+
+async def test_a_map_over_an_input_step_is_refused_with_a_clear_problem() -> None:
+    """A map whose step is an input or approval step is PipelineInvalid saying why."""
+    engine, _ = make_engine(storage=MemoryStorage())
+    body = {"id": "x", "input": {"prompt": "p"}}
+    async with engine:
+        with pytest.raises(PipelineInvalid) as info:
+            engine.validate(
+                pipeline(
+                    {"id": "m", "map": "{{inputs.xs}}", "step": body},
+                    inputs={"xs": {"type": "array"}},
+                )
+            )
+    assert any("map's step cannot be an input" in p.message for p in info.value.problems)

@@ -110,7 +110,17 @@ class _Structural:
                 for i, inner in enumerate(clean["parallel"])
             ]
         if cls is MapStep and "step" in clean:
-            clean["step"] = self.step(clean["step"], f"{path}.step")
+            body = clean["step"]
+            if isinstance(body, Mapping) and step_kind(body) in (InputStep, ApprovalStep):
+                self.problems.append(
+                    Problem(
+                        path=f"{path}.step",
+                        message="a map's step cannot be an input or approval step (the run "
+                        "waits at one step, not at one per item)",
+                        hint="ask once before the map, or give the map a list as input",
+                    )
+                )
+            clean["step"] = self.step(body, f"{path}.step")
         if cls is LLMStep:
             self._llm_parts(clean, path)
         if cls is InputStep and isinstance(clean.get("input"), Mapping):
