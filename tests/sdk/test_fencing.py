@@ -198,3 +198,64 @@ async def test_recovery_claim_fences_out_the_former_holder_at_once() -> None:
     assert await storage.get(NS_STEPS, "r1/a/-") is None
     await stale.aclose()
     await worker.aclose()
+
+
+class PerPromptGates:
+    """Each prompt's call waits for its own gate; records calls that were cancelled."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def complete(self, request: CompletionRequest, /) -> CompletionResult:
+        prompt = request.messages[-1].content
+        self.started.append(prompt)
+        gate = self.gates.setdefault(prompt, asyncio.Event())
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(prompt)
+            raise
+        return CompletionResult(text=f"re:{prompt}")
+
+    async def stream(self, request: CompletionRequest, /) -> Any:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_write_that_fails_its_fence_stops_the_calls_in_flight() -> None:
+    """When a finished item's checkpoint fails its fence check, the run stops at once: the
+    other item's call in flight is cancelled, not left running until the next renewal."""
+    storage = MemoryStorage()
+    clock = Clock()
+    executor = PerPromptGates()
+    registry = ExecutorRegistry()
+    registry.register("gated", executor)
+    pipe = {
+        "taskloom": "pipeline/v1",
+        "name": "pair",
+        "inputs": {"items": {"type": "array"}},
+        "steps": [
+            {
+                "id": "m",
+                "map": "{{inputs.items}}",
+                "concurrency": 2,
+                "step": {"id": "b", "prompt": "{{item}}", "executor": "gated", "model": "m"},
+            }
+        ],
+    }
+    async with Engine(storage=storage, registry=registry, clock=clock, lease_ttl_s=600) as engine:
+        handle = engine.start(pipe, {"items": ["fast", "slow"]})
+        while len(executor.started) < 2:
+            await asyncio.sleep(0)
+        clock.now += 601
+        other = RunStore(storage, clock=clock)
+        await other.acquire_lease(handle.run_id, "other", ttl_s=600)
+        executor.gates.setdefault("fast", asyncio.Event()).set()
+        with pytest.raises(LeaseLost):
+            await asyncio.wait_for(handle.result(), 30)  # a bound, not a speed: renewal is 200 s
+        assert executor.cancelled == ["slow"]
+        await other.aclose()

@@ -45,6 +45,8 @@ class HeldLease:
     async def __aenter__(self) -> HeldLease:
         await self._store.acquire_lease(self._run_id, self._holder, ttl_s=self._ttl)
         self._owner = asyncio.current_task()
+        # a write that fails its fence check stops the run at once, calls in flight too
+        self._store.watch_lost(self._run_id, self._lost_now)
         self._task = asyncio.get_running_loop().create_task(
             self._renew(), name=f"taskloom-lease-{self._run_id}"
         )
@@ -56,6 +58,7 @@ class HeldLease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._store.unwatch_lost(self._run_id)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -78,11 +81,12 @@ class HeldLease:
             try:
                 lease = await self._store.renew_lease(self._run_id, self._holder, ttl_s=self._ttl)
             except RunHeld as exc:
-                self.lost = exc
-                # another process runs it now: this one's pending checkpoints must not land
-                self._store.stop_checkpoints(self._run_id, exc)
-                if self._owner is not None:
-                    self._owner.cancel()
+                if self.lost is None:  # (else the store told us already, and we cancelled)
+                    self.lost = exc
+                    # another process runs it now: this one's pending checkpoints must not land
+                    self._store.stop_checkpoints(self._run_id, exc)
+                    if self._owner is not None:
+                        self._owner.cancel()
                 return
             except StorageError:
                 logger.warning("renewing the lease of run %s failed; retrying", self._run_id)
@@ -97,6 +101,13 @@ class HeldLease:
             if lease is not None and lease.holder == self._holder:
                 self.cancel_requested = lease.cancel_requested_at is not None
         return self.cancel_requested
+
+    def _lost_now(self, exc: RunHeld) -> None:
+        """The store found the lease lost (a write failed its fence check): stop the run."""
+        if self.lost is None:
+            self.lost = exc
+            if self._owner is not None:
+                self._owner.cancel()
 
     def _cancel(self) -> None:
         if not self.cancel_requested:

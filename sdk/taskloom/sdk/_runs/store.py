@@ -172,6 +172,7 @@ class RunStore:
         """Runs whose lease was lost while held here: their writes are refused."""
         self._renewing: dict[str, asyncio.Future[LeaseRecord]] = {}
         self._adopted: set[str] = set()
+        self._lost_watchers: dict[str, Callable[[LeaseLost], None]] = {}
         """Runs whose lease and fence a claim just wrote (``adopt_lease``)."""
         self._events = EventLog(storage, fence=self._fence_check)
         self._writer = GroupCommitWriter(
@@ -653,11 +654,24 @@ class RunStore:
         self._lose(run_id, error)
         return error
 
-    def _lose(self, run_id: str, error: LeaseLost) -> None:
+    def _lose(self, run_id: str, error: LeaseLost, *, notify: bool = True) -> None:
         self._held.pop(run_id, None)
         self._lost[run_id] = error
         self._events.drop(run_id)
         self._writer.break_chain(run_id, error)
+        watcher = self._lost_watchers.pop(run_id, None)
+        if watcher is not None and notify:
+            watcher(error)
+
+    def watch_lost(self, run_id: str, callback: Callable[[LeaseLost], None]) -> None:
+        """Call ``callback`` once if the run's lease is found lost here -- by a renewal or
+        by a write that failed its fence check -- so the run stops at once, calls in
+        flight included, not at its next renewal."""
+        self._lost_watchers[run_id] = callback
+
+    def unwatch_lost(self, run_id: str) -> None:
+        """Stop watching the run (its drive ended)."""
+        self._lost_watchers.pop(run_id, None)
 
     def check_lease(self, run_id: str) -> bool:
         """Whether a write or call for the run may go ahead without asking storage first.
@@ -696,6 +710,7 @@ class RunStore:
                     f"run {run_id!r} was given back to its queue by this process; another "
                     "worker resumes it"
                 ),
+                notify=False,  # the giver stops the drive itself, which releases the lease
             )
 
     def lost_lease(self, run_id: str) -> LeaseLost | None:
@@ -763,6 +778,7 @@ class RunStore:
         self._held.pop(run_id, None)
         self._lost.pop(run_id, None)
         self._adopted.discard(run_id)
+        self._lost_watchers.pop(run_id, None)
         self._writer.mend(run_id)
         self._events.release(run_id)
 
