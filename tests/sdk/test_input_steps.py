@@ -434,3 +434,42 @@ async def test_a_map_over_an_input_step_is_refused_with_a_clear_problem() -> Non
                 )
             )
     assert any("map's step cannot be an input" in p.message for p in info.value.problems)
+
+
+async def test_a_late_value_is_refused_and_the_default_used() -> None:
+    """Past timeout_s with on_timeout default, provide refuses the late value with
+    InputTimedOut, and the run has gone on with the default instead."""
+    time = FakeTime()
+    engine, _ = make_engine(storage=MemoryStorage(), clock=time.clock)
+    async with engine:
+        waiting = await engine.run(
+            _waiting_pipeline(timeout_s=10, on_timeout="default", default={"topic": "dflt"})
+        )
+        time.now += 11
+        with pytest.raises(InputTimedOut, match="succeeded"):
+            await engine.provide(waiting.run_id, "ask", {"topic": "late"})
+        steps = await engine.runstore.finished_steps(waiting.run_id)
+        record = await engine.runstore.load_run(waiting.run_id)
+    assert steps[("ask", None)].output == {"topic": "dflt"}
+    assert record.status == "succeeded"
+
+
+async def test_an_approval_timing_out_to_reject_fails_the_run() -> None:
+    """An approval whose default on timeout is a rejection fails the run when resolved."""
+    time = FakeTime()
+    engine, _ = make_engine(storage=MemoryStorage(), clock=time.clock)
+    p = pipeline(
+        {
+            "id": "ok",
+            "approval": {"prompt": "ship?"},
+            "timeout_s": 5,
+            "on_timeout": "default",
+            "default": {"decision": "reject", "comment": "nobody answered"},
+        },
+        {"id": "ship", "prompt": "s"},
+    )
+    async with engine:
+        waiting = await engine.run(p)
+        time.now += 6
+        with pytest.raises(StepFailed, match="nobody answered"):
+            await engine.resume(waiting.run_id)

@@ -46,6 +46,8 @@ async def test_provide_over_http_records_the_token_name_and_finishes() -> None:
     give its values, the token's name is recorded as ``by``, and the run succeeds."""
     async with served_app() as s:
         run_id = await _waiting(s)
+        shown = await s.client.get(f"/api/tasks/{run_id}", headers=s.auth("read"))
+        assert shown.json()["waiting"] == ["topic"]
         listed = await s.client.get("/api/tasks?status=waiting", headers=s.auth("read"))
         assert [t["run_id"] for t in listed.json()["tasks"]] == [run_id]
         url = f"/api/tasks/{run_id}/input"

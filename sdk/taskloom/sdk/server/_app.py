@@ -311,6 +311,7 @@ class TaskloomApi:
                 duration_s=_duration(record),
                 url=url,
                 events_url=f"{url}/events",
+                waiting=sorted(record.waiting) if record.status == "waiting" else [],
             )
         )
 

@@ -113,6 +113,8 @@ class TaskDetail:
     duration_s: float | None
     url: str
     events_url: str
+    waiting: list[str] = attrs.field(factory=list)
+    """Status ``waiting``: the input steps waiting for a value (POST .../input/{step})."""
 
 
 @attrs.frozen(kw_only=True)
