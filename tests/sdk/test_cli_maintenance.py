@@ -100,9 +100,11 @@ def test_one_damaged_run_record_does_not_break_runs(cli: Any) -> None:
 
 
 def test_delete_removes_a_run_and_refuses_an_unknown_one(cli: Any) -> None:
-    """delete removes the run (show then fails); deleting an unknown id exits 2 in one line."""
+    """delete removes the run named by a unique prefix (show then fails); deleting an
+    unknown id exits 2 in one line."""
     run_id = _run_hello(cli)
-    assert cli("delete", run_id).code == 0
+    deleted = cli("delete", run_id[:8], "--json")
+    assert deleted.code == 0 and deleted.document()["run_id"] == run_id
     assert cli("show", run_id).code != 0
     again = cli("delete", run_id)
     assert again.code == 2

@@ -108,7 +108,11 @@ async def delete(args: argparse.Namespace, ctx: CliContext) -> int:
 
     store = await _open_runstore(ctx)
     try:
-        existed = await store.delete_run(args.run_id)
+        try:
+            run_id: str = await store.resolve_run_id(args.run_id)  # a unique prefix will do
+        except RunNotFound:
+            run_id = args.run_id  # what a run whose record is gone left behind goes too
+        existed = await store.delete_run(run_id)
     finally:
         await store.aclose()
     if not existed:
@@ -117,10 +121,10 @@ async def delete(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     await _reclaim(await ctx.storage())
     ctx.out.data(
-        {"run_id": args.run_id, "deleted": True},
-        lambda: ctx.out.note(f"run {args.run_id} deleted"),
+        {"run_id": run_id, "deleted": True},
+        lambda: ctx.out.note(f"run {run_id} deleted"),
     )
-    await audit(ctx, "run.delete", args.run_id)
+    await audit(ctx, "run.delete", run_id)
     return 0
 
 
