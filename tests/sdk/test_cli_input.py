@@ -80,6 +80,9 @@ def test_run_waits_and_prints_the_command(cli: Any) -> None:
     assert data["waiting"] == [
         {"step_id": "topic", "command": f"taskloom input {run_id} topic --value JSON"}
     ]
+    shown = cli("show", run_id[:10])
+    assert shown.code == 0 and "status: waiting" in shown.out
+    assert f"taskloom input {run_id} topic --value JSON" in shown.out
     human = cli("runs", "--status", "waiting")
     assert human.code == 0 and run_id[:8] in human.out
     listed = cli("runs", "--status", "waiting", "--json").document()

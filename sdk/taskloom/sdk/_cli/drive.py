@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shlex
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,7 +34,7 @@ from taskloom.contracts import (
     serde,
 )
 from taskloom.sdk._cli.context import CliContext
-from taskloom.sdk._cli.history import _audit, _runstore
+from taskloom.sdk._cli.history import _audit, _runstore, provide_command
 from taskloom.sdk._cli.progress import Progress, map_totals
 from taskloom.sdk._config.build import make_telemetry
 
@@ -242,19 +241,6 @@ def _print_failure(ctx: CliContext, run_id: str, exc: TaskloomError) -> int:
         ),
     )
     return 1
-
-
-def provide_command(
-    run_id: str, step_id: str, pipeline: Mapping[str, Any], config: str | None = None
-) -> str:
-    """The command that provides the value of waiting step ``step_id`` (shell-quoted)."""
-    approval = any(
-        isinstance(step, Mapping) and step.get("id") == step_id and "approval" in step
-        for step in pipeline.get("steps", ()) or ()
-    )
-    value = '{"decision": "approve", "comment": ""}' if approval else "JSON"
-    where = f" --config {shlex.quote(config)}" if config else ""
-    return f"taskloom{where} input {run_id} {step_id} --value {shlex.quote(value)}"
 
 
 def _print_result(

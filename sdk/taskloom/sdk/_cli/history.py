@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from taskloom.contracts import Event, StepFailedEvent, StepStarted, StepSucceeded, serde
@@ -28,6 +30,19 @@ async def _runstore(ctx: CliContext) -> Any:
     from taskloom.sdk._runs.store import RunStore
 
     return RunStore(await ctx.storage())
+
+
+def provide_command(
+    run_id: str, step_id: str, pipeline: Mapping[str, Any], config: str | None = None
+) -> str:
+    """The command that provides the value of waiting step ``step_id`` (shell-quoted)."""
+    approval = any(
+        isinstance(step, Mapping) and step.get("id") == step_id and "approval" in step
+        for step in pipeline.get("steps", ()) or ()
+    )
+    value = '{"decision": "approve", "comment": ""}' if approval else "JSON"
+    where = f" --config {shlex.quote(config)}" if config else ""
+    return f"taskloom{where} input {run_id} {step_id} --value {shlex.quote(value)}"
 
 
 def _when(ts: float | None) -> str:
@@ -199,6 +214,14 @@ async def show(args: argparse.Namespace, ctx: CliContext) -> int:
         )
         if record.status == "succeeded":
             ctx.out.console.print("output: " + _short(run_data["output"], 400), markup=False)
+        if record.status == "waiting":
+            config = getattr(args, "config", None)
+            for step_id, since in sorted(record.waiting.items()):
+                ctx.out.console.print(
+                    f"waiting since {_when(since)} at step {step_id!r}; provide its value:\n"
+                    f"  {provide_command(record.run_id, step_id, record.pipeline, config)}",
+                    markup=False,
+                )
 
     ctx.out.data(data, human)
     return 0
