@@ -473,3 +473,15 @@ async def test_an_approval_timing_out_to_reject_fails_the_run() -> None:
         time.now += 6
         with pytest.raises(StepFailed, match="nobody answered"):
             await engine.resume(waiting.run_id)
+
+
+async def test_a_known_secret_in_a_provided_value_is_masked() -> None:
+    """A secret value the engine knows is masked in the provided value's checkpoint."""
+    engine, _ = make_engine(storage=MemoryStorage())
+    async with engine:
+        engine.remember_secret("sk-live-123456789")
+        waiting = await engine.run(_waiting_pipeline())
+        result = await engine.provide(waiting.run_id, "ask", {"topic": "key sk-live-123456789"})
+        steps = await engine.runstore.finished_steps(waiting.run_id)
+    assert "sk-live-123456789" not in json.dumps(steps[("ask", None)].output)
+    assert "sk-live-123456789" not in json.dumps(result.steps["ask"])

@@ -205,8 +205,10 @@ async def _take_provided(engine: Engine, spec: RunSpec, emit: Callable[[Event], 
     assert store is not None and provided is not None
     spec.record = await store.load_run(spec.run_id)
     node = spec.plan.by_id[provided.step_id]
+    # a secret value the engine knows never reaches the checkpoint (as for any output)
+    masked = Provided(provided.step_id, engine.mask(provided.value), provided.by)
     step, event = await take_provided(
-        store, spec.record, node, provided, spec.finished, engine.clock()
+        store, spec.record, node, masked, spec.finished, engine.clock()
     )
     spec.finished = {**spec.finished, (step.step_id, None): step}
     emit(event)
