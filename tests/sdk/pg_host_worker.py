@@ -1,12 +1,14 @@
-"""One "host" of the several-hosts test: a queue worker on PostgreSQL that logs its calls.
+"""The executor of the several-hosts test: it logs the start and end of every call.
 
-    python pg_host_worker.py --dsn DSN --schema S --holder NAME --log FILE [--lease-ttl 2]
+Each host runs the real ``taskloom worker`` command; a ``sitecustomize`` the test
+puts on the workers' path calls ``register_from_env()``, which makes ``type =
+"hostlog"`` in their taskloom.toml build a ``LoggingExecutor`` appending
+``start``/``end`` lines (wall clock, host, prompt) to ``$TL_HOSTS_LOG``, so the test
+can check that no item ran on two live hosts at once.
 
-It runs what ``taskloom worker`` runs (an Engine with a stable holder name and a
-Worker over the default queue) with one executor, ``echo``, that appends
-``start``/``end`` lines (monotonic-free wall clock, holder, prompt) to ``--log``
-around each call, so the test can check that no item ran on two live hosts at once.
-SIGTERM stops it; its stats are printed as one JSON line at the end.
+``python pg_host_worker.py --dsn DSN --schema S --holder NAME --log FILE`` also runs
+such a worker directly (an Engine and a Worker, as ``taskloom worker`` does), for
+debugging one host by hand.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 
 from taskloom.adapters.postgres import PostgresStorage
 from taskloom.contracts import CompletionChunk, CompletionRequest, CompletionResult, Usage
-from taskloom.sdk import Engine, ExecutorRegistry, Worker
+from taskloom.sdk import Engine, ExecutorRegistry, Worker, register_executor_type
 
 EXECUTOR_ID = "echo"
 
@@ -55,6 +58,18 @@ class LoggingExecutor:
 
     async def aclose(self) -> None:
         os.close(self._fd)
+
+
+def register_from_env() -> None:
+    """Register ``type = "hostlog"`` when ``$TL_HOSTS_LOG`` and ``$TL_HOST`` are set."""
+    path, host = os.environ.get("TL_HOSTS_LOG"), os.environ.get("TL_HOST")
+    if not path or not host:
+        return
+
+    def factory(settings: Any, secrets: Any) -> LoggingExecutor:
+        return LoggingExecutor(path, host, float(settings.get("latency", 0.05)))
+
+    register_executor_type("hostlog", factory)
 
 
 async def main(args: argparse.Namespace) -> None:

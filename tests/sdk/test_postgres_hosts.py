@@ -1,7 +1,7 @@
-"""Several hosts, one PostgreSQL: three worker processes, each in its own network namespace
-(``ip netns`` + a veth pair; the server listens on the host side's addresses), run 300
-submitted map runs while one host's worker is SIGKILLed and another host's link is cut
-(``ip link set ... down``) for longer than the lease.
+"""Several hosts, one PostgreSQL: three ``taskloom worker`` processes, each in its own network
+namespace (``ip netns`` + a veth pair; the server listens on the host side's addresses),
+run 300 submitted map runs while one host's worker is SIGKILLed and another host's link
+is cut (``ip link set ... down``) for longer than the lease.
 
 Every run must end succeeded with the right output; the cut-off host, once back, must find
 its writes refused (its runs were taken over: fencing); no item may run on two live hosts
@@ -69,6 +69,8 @@ class Network:
         self.isolated = isolated
         self.tag = uuid.uuid4().hex[:5]
         self.made: list[str] = []
+        self.frozen = (0.0, 0.0)
+        """Loopback variant: when the "cut" host was stopped and continued."""
 
     def server_addresses(self) -> tuple[str, ...]:
         if not self.isolated:
@@ -123,20 +125,34 @@ def _pipeline() -> dict[str, Any]:
     }
 
 
-def _intervals(log: Path, ends: dict[str, float]) -> dict[str, list[tuple[float, float, str]]]:
+def _intervals(
+    log: Path, ends: dict[str, float], frozen: tuple[str, float, float] | None
+) -> dict[str, list[tuple[float, float, str]]]:
     """Per prompt: (start, end, holder) of every call; a call cut short by a kill ends at
-    the kill (``ends``: holder -> when its process died)."""
-    opened: dict[tuple[str, str], float] = {}
+    the kill (``ends``: holder -> when its process died). ``frozen`` (loopback variant:
+    host, SIGSTOP, SIGCONT): a call that host had in flight when it was stopped did its
+    work before the stop; it merely returns after SIGCONT (a paused process is the case
+    leases cannot stop: what the fence stops is its next write and its next call)."""
+    # One host may run a call of an item twice (its own expired lease recovered while the
+    # first attempt still ran): pair each end with that host's earliest open start.
+    opened: dict[tuple[str, str], list[float]] = defaultdict(list)
     spans: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for line in log.read_text().splitlines():
         entry = json.loads(line)
         key = (entry["holder"], entry["p"])
         if entry["what"] == "start":
-            opened[key] = entry["at"]
+            opened[key].append(entry["at"])
         else:
-            spans[entry["p"]].append((opened.pop(key), entry["at"], entry["holder"]))
-    for (holder, prompt), start in opened.items():
-        spans[prompt].append((start, ends.get(holder, float("inf")), holder))
+            spans[entry["p"]].append((opened[key].pop(0), entry["at"], entry["holder"]))
+    for (holder, prompt), starts in opened.items():
+        for start in starts:
+            spans[prompt].append((start, ends.get(holder, float("inf")), holder))
+    if frozen is not None:
+        host, stop, resume = frozen
+        for calls in spans.values():
+            calls[:] = [
+                (s, stop if h == host and s < stop and e > resume else e, h) for s, e, h in calls
+            ]
     return spans
 
 
@@ -159,40 +175,64 @@ def test_three_hosts_share_one_postgres_through_a_kill_and_a_cut_link(tmp_path: 
         schema = "hosts_" + network.tag
         log = tmp_path / "calls.log"
         expected = asyncio.run(_submit(dsn, schema))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(
+            "from pg_host_worker import register_from_env\n\nregister_from_env()\n"
+        )
         for i in range(1, HOSTS + 1):
+            home = tmp_path / f"host{i}"
+            home.mkdir()
+            (home / "taskloom.toml").write_text(
+                f'[storage]\nkind = "postgres"\nschema = "{schema}"\nconnect_timeout_s = 10\n'
+                f"pool_timeout_s = 10\n[engine]\nlease_ttl_s = {LEASE_S}\n"
+                '[executors.echo]\ntype = "hostlog"\nlatency = 0.2\n'
+            )
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLOOM_")}
+            env.update(
+                PYTHONPATH=os.pathsep.join([str(site), str(WORKER.parent), *sys.path]),
+                HOME=str(home),
+                TASKLOOM_HOME=str(home / ".taskloom"),
+                TASKLOOM_POSTGRES_DSN=network.dsn_for(dsn, i),
+                TL_HOSTS_LOG=str(log),
+                TL_HOST=f"host{i}",
+            )
             command = [
                 *network.prefix(i),
                 sys.executable,
-                str(WORKER),
-                "--dsn",
-                network.dsn_for(dsn, i),
-                "--schema",
-                schema,
-                "--holder",
-                f"host{i}",
-                "--log",
-                str(log),
-                "--lease-ttl",
-                str(LEASE_S),
+                "-m",
+                "taskloom.sdk._cli.main",
+                "worker",
+                "--concurrency",
+                "6",
+                "--grace",
+                "2",
+                "--json",
             ]
-            workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
+            workers.append(
+                subprocess.Popen(command, cwd=home, env=env, stdout=subprocess.PIPE, text=True)
+            )
         ends = asyncio.run(_progress(dsn, schema, expected, workers, network))
         assert ends, "the SIGKILL happened"
         for i in (2, 3):  # every host still alive stops cleanly
             workers[i - 1].send_signal(signal.SIGTERM)
-        outputs = {}
+        stats = {}
         for i in (2, 3):
             out, _ = workers[i - 1].communicate(timeout=60)
-            outputs[i] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        stats = {i: next(o["stats"] for o in outputs[i] if "stats" in o) for i in (2, 3)}
-        assert stats[2]["lost"] >= 1, f"the cut host kept runs it had lost: {stats[2]}"
+            assert workers[i - 1].returncode == 0, out
+            stats[i] = json.loads(out)
+        assert all(s["claimed"] >= 1 for s in stats.values()), stats
+        assert '"holder": "host1"' in log.read_text(), "host 1 ran calls before it was killed"
+        assert stats[2]["lost"] >= 1, f"the cut host kept runs it had lost: {stats}"
         assert stats[3]["recovered"] + stats[2]["recovered"] >= 1
-        spans = _intervals(log, ends)
+        frozen = None if network.isolated else ("host2", *network.frozen)
+        spans = _intervals(log, ends, frozen)
         for prompt, calls in spans.items():
             calls.sort()
             for (_s1, e1, h1), (s2, _e2, h2) in itertools.pairwise(calls):
-                assert h1 == h2 or s2 >= e1, f"{prompt} ran on {h1} and {h2} at once"
+                assert h1 == h2 or s2 >= e1, (
+                    f"{prompt} ran on {h1} and {h2} at once: {calls} {frozen}"
+                )
     finally:
         for proc in workers:
             if proc.poll() is None:
@@ -245,7 +285,16 @@ async def _progress(
                     assert records[run_id].output == outputs, (run_id, records[run_id].output)
                 return ends
             await asyncio.sleep(0.25)
-    raise AssertionError(f"only {finished} of {RUNS} runs succeeded in time")
+        stuck = [k for k, r in records.items() if r.status != "succeeded"]
+        details = []
+        for run_id in stuck[:5]:
+            lease = await storage.get("leases", run_id)
+            queued = [r.key for r in await storage.scan("queue") if run_id in r.key]
+            details.append(
+                f"{run_id}: {records[run_id].status}, lease "
+                f"{lease.value.decode() if lease else None}, queued {queued}, now {time.time()}"
+            )
+    raise AssertionError(f"only {finished} of {RUNS} runs succeeded in time: {details}")
 
 
 async def _cut(network: Network, worker: subprocess.Popen[str]) -> None:
@@ -255,6 +304,8 @@ async def _cut(network: Network, worker: subprocess.Popen[str]) -> None:
         await asyncio.sleep(CUT_S)
         _ip("link", "set", network.host_link(2), "up")
     else:
+        stop = time.time()
         worker.send_signal(signal.SIGSTOP)
         await asyncio.sleep(CUT_S)
+        network.frozen = (stop, time.time())  # before SIGCONT: it may log at once
         worker.send_signal(signal.SIGCONT)
