@@ -376,6 +376,7 @@ async def test_cancelled_call_releases_its_connection(katan: dict[str, KatanServ
     """Cancelling a call in flight closes its response and its connection; none stays busy."""
     async with make("openai", katan["slow"], max_connections=17) as ex:
         pool = ex._get_client()._transport
+        pool = getattr(pool, "_inner", pool)  # under the network-grant check
         assert isinstance(pool, ShardedTransport)
         for call in (ex.complete(ask("hi")), collect(ex.stream(ask("hi")))):
             task = asyncio.create_task(call)
