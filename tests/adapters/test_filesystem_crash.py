@@ -14,12 +14,11 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from crash_zygote import Zygote
 
 from taskloom.adapters.filesystem import FileStorage
 
@@ -28,37 +27,6 @@ TASKS_PER_WRITER = 4
 TASKS = 2 * TASKS_PER_WRITER
 TOKEN = re.compile(r"\d{4}-\d{8}")
 COMMIT_PAYLOAD = re.compile(r"\d:\d{4}-\d{8}")
-
-
-class _Zygote:
-    """The worker process that forks writers on command."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        assert self._line() == "ready"
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, "the crash worker zygote died; see its stderr"
-        return line.strip()
-
-    def command(self, text: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        return self._line()
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=30)
 
 
 class _Expected:
@@ -139,7 +107,7 @@ def _crash_many(tmp_path: Path, rounds: int, *, fsync: bool, seed: int) -> _Expe
     rng = random.Random(seed)
     root = tmp_path / "store"
     expected = _Expected()
-    zygote = _Zygote()
+    zygote = Zygote(WORKER)
     try:
         for round_ in range(1, rounds + 1):
             pids: list[tuple[int, Path]] = []

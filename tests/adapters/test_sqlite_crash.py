@@ -13,45 +13,15 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from crash_zygote import Zygote
 
 from taskloom.adapters.sqlite import SQLiteStorage
 
 WORKER = Path(__file__).with_name("sqlite_crash_worker.py")
-
-
-class _Zygote:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        assert self._line() == "ready"
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, "the crash worker died; see its stderr"
-        return line.strip()
-
-    def command(self, text: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        return self._line()
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
 
 
 class _Expected:
@@ -119,7 +89,7 @@ async def _crash_cycles(tmp_path: Path, kills: int, seed: int) -> _Expected:
     rng = random.Random(seed)
     db = str(tmp_path / "crash.db")
     expected = _Expected()
-    zygote = _Zygote()
+    zygote = Zygote(WORKER)
     try:
         for cycle in range(kills):
             ackfile = tmp_path / f"acks-{cycle}.txt"
