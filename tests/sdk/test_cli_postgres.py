@@ -4,14 +4,11 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from test_cli_queue import Cli
+from cli_support import Cli, run_one_queued_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,34 +37,10 @@ def test_run_and_worker_on_postgres(pg_cli: Cli, postgres_dsn: str) -> None:
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["status"] == "succeeded"
     submitted = pg_cli.json("submit", "hello.json", "-i", "name=Bo")
-    worker = subprocess.Popen(
-        pg_cli.argv("worker", "--json"),
-        cwd=pg_cli.workdir,
-        env=pg_cli.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        status = ""
-        while time.monotonic() < deadline:
-            runs = pg_cli.json("runs")
-            status = next(r["status"] for r in runs if r["run_id"] == submitted["run_id"])
-            if status == "succeeded":
-                break
-            time.sleep(0.3)
-        assert status == "succeeded"
-        worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    assert worker.returncode == 0, err
-    assert json.loads(out)["succeeded"] == 1
+    out, printed = run_one_queued_run(pg_cli, submitted["run_id"])
+    assert out["succeeded"] == 1
     assert len(pg_cli.json("runs")) == 2
-    assert password not in ran.stdout + ran.stderr + out + err
+    assert password not in ran.stdout + ran.stderr + printed
 
 
 def test_a_plain_text_password_in_the_config_is_refused(pg_cli: Cli) -> None:

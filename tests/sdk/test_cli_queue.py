@@ -2,54 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cli_support import Cli, run_one_queued_run
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Cli:
-    """Runs ``taskloom`` in its own home and working directory."""
-
-    def __init__(self, home: Path, workdir: Path) -> None:
-        self.workdir = workdir
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("TASKLOOM_", "HYPOTHESIS"))
-        }
-        self.env.update(
-            HOME=str(home),
-            TASKLOOM_HOME=str(home / ".taskloom"),
-            XDG_CONFIG_HOME=str(home / ".config"),
-            XDG_DATA_HOME=str(home / ".local/share"),
-            COLUMNS="200",
-        )
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "taskloom.sdk._cli.main", *args]
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.argv(*args),
-            cwd=self.workdir,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    def json(self, *args: str) -> Any:
-        done = self(*args, "--json")
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
 
 
 @pytest.fixture
@@ -68,32 +27,7 @@ def test_submit_then_queue_shows_it_and_a_worker_runs_it(cli: Cli) -> None:
     assert submitted["run_id"] == again["run_id"]
     shown = cli.json("queue")["queues"]
     assert shown[0]["queue"] == "default" and shown[0]["depth"] == 1
-    worker = subprocess.Popen(
-        cli.argv("worker", "--json"),
-        cwd=cli.workdir,
-        env=cli.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        status = ""
-        while time.monotonic() < deadline:
-            runs = cli.json("runs")
-            status = next(r["status"] for r in runs if r["run_id"] == submitted["run_id"])
-            if status == "succeeded":
-                break
-            time.sleep(0.3)
-        assert status == "succeeded"
-        worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    assert worker.returncode == 0, err
-    summary = json.loads(out)
+    summary, _printed = run_one_queued_run(cli, submitted["run_id"])
     assert summary["claimed"] == 1 and summary["succeeded"] == 1
     assert cli.json("queue")["queues"][0]["depth"] == 0
 

@@ -3,52 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cli_support import Cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-
-
-class Cli:
-    """Runs ``taskloom`` in its own home, config and working directory."""
-
-    def __init__(self, home: Path, workdir: Path) -> None:
-        self.workdir = workdir
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("TASKLOOM_", "HYPOTHESIS"))
-        }
-        self.env.update(
-            HOME=str(home),
-            TASKLOOM_HOME=str(home / ".taskloom"),
-            TASKLOOM_KEY_PASSPHRASE="correct horse battery staple",
-            XDG_CONFIG_HOME=str(home / ".config"),
-            XDG_DATA_HOME=str(home / ".local/share"),
-            COLUMNS="200",
-        )
-
-    def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "taskloom.sdk._cli.main", *args],
-            cwd=self.workdir,
-            env=self.env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    def json(self, *args: str) -> Any:
-        """The command's result: stdout must hold exactly one JSON document."""
-        done = self(*args, "--json")
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
 
 
 @pytest.fixture
