@@ -135,8 +135,9 @@ async def test_sync_durability_waits_for_each_checkpoint_before_the_next_step() 
 
 
 async def test_unsettled_checkpoints_are_bounded() -> None:
-    """A chain whose commits are stuck stops with DEFAULT_LIMIT unsettled checkpoints, and the
-    next step waits for room before its call: a crash then re-runs at most DEFAULT_LIMIT."""
+    """A chain whose commits are stuck stops with DEFAULT_LIMIT unsettled checkpoints plus
+    its one call in flight, and the next step waits for room before its call: a crash then
+    re-runs at most DEFAULT_LIMIT + 1 (a chain's widest concurrency is 1)."""
     storage = _RecordingStorage()
     storage.gate = asyncio.Event()
     engine, fake = make_engine(storage=storage)
@@ -146,23 +147,24 @@ async def test_unsettled_checkpoints_are_bounded() -> None:
         calls_while_gated = fake.total_calls
         storage.gate.set()
         result = await handle.result()
-    assert calls_while_gated == DEFAULT_LIMIT
+    assert calls_while_gated == DEFAULT_LIMIT + 1
     assert result.status == "succeeded"
     assert fake.total_calls == DEFAULT_LIMIT * 3
 
 
 async def test_map_workers_share_the_bound_of_unsettled_checkpoints() -> None:
     """Many map workers share the window: calls in flight plus finished items not yet durable
-    never exceed its bound (a worker takes its slot before its call, not after), so a crash
-    re-runs at most DEFAULT_LIMIT items, not DEFAULT_LIMIT plus the map's concurrency."""
+    never exceed its bound, DEFAULT_LIMIT plus the map's concurrency (a worker takes its
+    slot before its call), so a crash re-runs at most that many items."""
     storage = _RecordingStorage()
     storage.gate = asyncio.Event()
     engine, fake = make_engine(storage=storage)
     items = DEFAULT_LIMIT * 3
+    concurrency = 100
     body = {
         "id": "m",
         "map": "{{inputs.items}}",
-        "concurrency": items,
+        "concurrency": concurrency,
         "step": {"id": "b", "prompt": "x"},
     }
     async with engine:
@@ -175,8 +177,9 @@ async def test_map_workers_share_the_bound_of_unsettled_checkpoints() -> None:
         storage.gate.set()
         result = await handle.result()
         finished = await engine.runstore.finished_steps(result.run_id)
-    assert calls_while_gated == DEFAULT_LIMIT  # the other workers wait for room first
-    assert 0 < queued_while_gated <= DEFAULT_LIMIT  # but only a window's worth was queued
+    bound = DEFAULT_LIMIT + concurrency
+    assert calls_while_gated == bound  # the other workers wait for room first
+    assert 0 < queued_while_gated <= bound  # but only a window's worth was queued
     assert result.status == "succeeded"
     assert len([key for key in finished if key[1] is not None]) == items
     assert await leftover_tasks() == []

@@ -24,6 +24,7 @@ from taskloom.sdk._engine.calls import first_error
 from taskloom.sdk._engine.leaf import _ZERO, LeafRunner
 from taskloom.sdk._engine.services import RunServices
 from taskloom.sdk._engine.waiting import WAITING, rejected, rejection, wait_or_resolve
+from taskloom.sdk._engine.window import DEFAULT_LIMIT, CheckpointWindow
 from taskloom.sdk._pipeline.plan import NodePlan, Plan
 from taskloom.sdk._pipeline.template import Scope, TemplateRenderError
 
@@ -71,6 +72,20 @@ def trusted_checkpoints(
     return {key: record for key, record in finished.items() if key[0] not in stale}
 
 
+def widest(nodes: list[NodePlan] | tuple[NodePlan, ...]) -> int:
+    """The most leaves one of ``nodes`` can have in flight at once (a map's concurrency
+    times its body's width, a parallel group's members together, a leaf one)."""
+
+    def width(node: NodePlan) -> int:
+        if node.kind == "map":
+            return max(1, node.concurrency) * max((width(c) for c in node.children), default=1)
+        if node.kind == "parallel":
+            return sum(width(c) for c in node.children) or 1
+        return 1
+
+    return max((width(n) for n in nodes), default=1)
+
+
 class RunExecution(LeafRunner):
     """The mutable state of one run while it runs; the engine builds and drives it."""
 
@@ -100,6 +115,11 @@ class RunExecution(LeafRunner):
         self._remaining: dict[str, int] = {}
         self._tg: asyncio.TaskGroup | None = None
         self.budget = plan.pipeline.budget
+        if self.window is not None:
+            # 256 finished-but-not-durable checkpoints plus every call the pipeline can
+            # have in flight at once: a wide map keeps its concurrency (a window of 256
+            # alone capped a 500-wide map at 256 calls in flight)
+            self.window = CheckpointWindow(DEFAULT_LIMIT + widest(plan.nodes))
         self.waiting_since = waiting_since or {}
         self.waiting: dict[str, float] = {}
         """The input steps this drive stopped at (the run is then recorded ``waiting``)."""
