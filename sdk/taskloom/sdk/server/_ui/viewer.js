@@ -11,6 +11,7 @@
   let openRun = null;
   let stream = null;
   let detailTimer = null;
+  let detailSeq = 0;
 
   function say(text, isError) {
     const line = $("#status-line");
@@ -120,8 +121,11 @@
   }
 
   async function loadDetail(runId) {
+    // Loads may overlap (an event's refresh while the previous one is still in flight):
+    // only the latest one may draw, or an older answer would overwrite a newer one.
+    const seq = ++detailSeq;
     const task = await get("/api/tasks/" + encodeURIComponent(runId));
-    if (runId !== openRun) return;
+    if (runId !== openRun || seq !== detailSeq) return;
     $("#run-id").textContent = task.run_id;
     const status = $("#run-status");
     status.className = "badge s-" + task.status;
