@@ -180,13 +180,8 @@ class RunControl:
         handle = self.engine.start_resume(run_id)
         stored = self._track(handle)
         await asyncio.shield(stored)
-        if handle.done():
-            try:
-                await handle.result()
-            except (RunHeld, PipelineChanged, RunNotFound, DecodeError):
-                raise  # the resume itself was refused; a run that failed was resumed
-            except BaseException:
-                pass
+        # the resume itself was refused; a run that failed was resumed
+        await _raise_refusal(handle, (RunHeld, PipelineChanged, RunNotFound, DecodeError))
         return await store.load_run(run_id)
 
     async def provide(self, run_id: str, step_id: str, value: Any, *, by: str | None) -> RunRecord:
@@ -204,13 +199,8 @@ class RunControl:
             if isinstance(event, RunStarted):
                 break  # the value is checkpointed and the record says running
         self._track(handle)
-        if handle.done():
-            try:
-                await handle.result()
-            except (RunHeld, NotWaiting, RunNotFound, DecodeError):
-                raise  # refused under the lease (another provider was first)
-            except BaseException:
-                pass  # the run went on and failed: its record says so
+        # refused under the lease (another provider was first)
+        await _raise_refusal(handle, (RunHeld, NotWaiting, RunNotFound, DecodeError))
         return await store.load_run(run_id)
 
     async def delete(self, run_id: str) -> None:
@@ -236,3 +226,17 @@ class _Finished(UsageError):
     """A cancel or resume of a run whose outcome rules it out (HTTP 409)."""
 
     http_status = 409
+
+
+async def _raise_refusal(handle: RunHandle, refusals: tuple[type[Exception], ...]) -> None:
+    """If ``handle`` already ended, raise its error when it is one of ``refusals`` (the
+    request itself was refused). Any other ending -- a run that went on and failed or
+    was cancelled -- is the run's outcome, which its record says; it is not raised."""
+    if not handle.done():
+        return
+    try:
+        await handle.result()
+    except refusals:
+        raise
+    except (Exception, asyncio.CancelledError):
+        return
