@@ -398,6 +398,26 @@ async def test_resolve_timeouts_fails_a_run_past_its_timeout_and_leaves_others()
         assert (await engine.runstore.load_run(fresh.run_id)).status == "waiting"
 
 
+async def test_resolve_timeouts_goes_on_past_a_damaged_waiting_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A waiting run whose stored record is damaged is logged and skipped: the sweep (a
+    worker calls it before claiming) still times out the other runs instead of raising."""
+    time = FakeTime()
+    storage = MemoryStorage()
+    engine, _ = make_engine(storage=storage, clock=time.clock)
+    async with engine:
+        damaged = await engine.run(_waiting_pipeline(timeout_s=60))
+        late = await engine.run(_waiting_pipeline(timeout_s=60))
+        await storage.put("runs", damaged.run_id, b"{not json")
+        time.now += 61
+        handles = await engine.resolve_timeouts()
+        assert [h.run_id for h in handles] == [late.run_id]
+        with pytest.raises(StepFailed, match="timeout_s"):
+            await handles[0].result()
+    assert any(damaged.run_id in r.getMessage() for r in caplog.records)
+
+
 async def test_two_values_at_once_record_one() -> None:
     """Two provides racing for one step: exactly one is recorded, the other is refused
     with a typed error (AlreadyProvided, or RunHeld while the first holds the run)."""

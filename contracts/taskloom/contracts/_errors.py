@@ -9,6 +9,7 @@ what to do; context lives in keyword-only attributes.
     ├── UsageError                  the API was misused (use after close, bad argument)
     ├── InternalError               taskloom itself failed (a bug); the run stays resumable
     ├── DecodeError                 data did not match a type (names the field path)
+    │   └── RecordDamaged           a stored run record does not decode (a damaged store)
     ├── StorageError
     │   ├── ConflictError           a version check failed; nothing changed
     │   ├── InvalidKey              a key, namespace or stream name is not allowed
@@ -88,6 +89,12 @@ class DecodeError(TaskloomError):
     def __init__(self, message: str, *, path: str = "$") -> None:
         super().__init__(message)
         self.path = path
+
+
+class RecordDamaged(DecodeError):
+    """A record read back from the store does not decode: the store was damaged, or the
+    record was written by a newer taskloom. Not the caller's input: an HTTP API answers
+    it with 500. The message names the record and what to do (delete it, restore it)."""
 
 
 # --- storage ---------------------------------------------------------------

@@ -18,6 +18,7 @@ deterministic in tests; nothing else in the engine reads the time or sleeps.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random as _random
 import time
 import uuid
@@ -38,6 +39,7 @@ from taskloom.contracts import (
     StepFailed,
     StepFunction,
     StorageAdapter,
+    TaskloomError,
     UsageError,
     check_name,
     serde,
@@ -55,6 +57,7 @@ from taskloom.sdk._pipeline.validate import validate_pipeline
 from taskloom.sdk._queue.records import DEFAULT_QUEUE, QueueDefinition
 from taskloom.sdk._queue.submit import QueueStats, define_queue, queue_stats, submit_run
 from taskloom.sdk._registry import ExecutorRegistry, ExecutorSettings
+from taskloom.sdk._runs.history import DamagedRun
 from taskloom.sdk._runs.records import RunRecord
 from taskloom.sdk._runs.store import RunStore
 
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
     from taskloom.sdk._telemetry.tracing import Telemetry
     from taskloom.security import Redactor
 
+logger = logging.getLogger(__name__)
 PipelineSource = Pipeline | Mapping[str, Any] | str | Path
 
 
@@ -537,8 +541,26 @@ class Engine:
             return []
         now = self.clock()
         handles: list[RunHandle] = []
-        for record in await self.runstore.list_runs(status="waiting"):
-            plan = self._stored_plan(record)
+        for record in await self.runstore.list_entries(status="waiting"):
+            if isinstance(record, DamagedRun):
+                logger.warning(
+                    "run %s waits but its stored record is damaged (%s); its input timeout is "
+                    "not checked: `taskloom delete %s` removes it",
+                    record.run_id,
+                    record.error,
+                    record.run_id,
+                )
+                continue
+            try:
+                plan = self._stored_plan(record)
+            except TaskloomError as exc:  # one run's stored pipeline must not stop the sweep
+                logger.warning(
+                    "run %s waits but its stored pipeline cannot be read (%s); "
+                    "its input timeout is not checked",
+                    record.run_id,
+                    exc,
+                )
+                continue
             late = any(
                 node is not None and node.kind == "input" and _waiting.timed_out(node, since, now)
                 for node, since in ((plan.by_id.get(s), t) for s, t in record.waiting.items())

@@ -4,7 +4,7 @@
 ``taskloom.sdk._runs.text``); ``encode_event`` one event as text, and
 ``encode_event_batch`` a stream entry of encoded events; ``decode`` reads a
 record back, refusing another format or content that does not match its type
-with a ``DecodeError`` naming the record.
+with a ``RecordDamaged`` (a ``DecodeError``) naming the record.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from taskloom.contracts import (
     EVENT_TYPES,
     DecodeError,
     Event,
+    RecordDamaged,
     StepStarted,
     StepSucceeded,
     Usage,
@@ -203,7 +204,7 @@ def encode_event_batch(first: int, events: list[str]) -> bytes:
 
 
 def decode(data: bytes, cls: type[R], *, where: str) -> R:
-    """Build a ``cls`` from stored bytes; any mismatch is a DecodeError naming ``where``.
+    """Build a ``cls`` from stored bytes; any mismatch is ``RecordDamaged`` naming ``where``.
 
     The format is checked before the content so that a record written by a newer
     taskloom says "upgrade" rather than listing every field it does not know.
@@ -211,12 +212,12 @@ def decode(data: bytes, cls: type[R], *, where: str) -> R:
     try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(
+        raise RecordDamaged(
             f"stored record {where} is not valid JSON ({exc}); the store is damaged: "
             f"delete the record or restore it from a backup"
         ) from None
     if not isinstance(raw, dict):
-        raise DecodeError(
+        raise RecordDamaged(
             f"stored record {where} is a JSON {type(raw).__name__}, not an object; "
             "it was not written by taskloom's run store"
         )
@@ -227,7 +228,7 @@ def decode(data: bytes, cls: type[R], *, where: str) -> R:
             if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > RECORD_FORMAT
             else "it was not written by this taskloom: delete it or restore a backup"
         )
-        raise DecodeError(
+        raise RecordDamaged(
             f"stored record {where} has format {fmt!r}; this taskloom reads format "
             f"{RECORD_FORMAT}: {hint}",
             path="$.format",
@@ -235,7 +236,7 @@ def decode(data: bytes, cls: type[R], *, where: str) -> R:
     try:
         return structure(raw, cls)
     except DecodeError as exc:
-        raise DecodeError(
+        raise RecordDamaged(
             f"stored record {where} does not match {cls.__name__}: {exc}", path=exc.path
         ) from None
 

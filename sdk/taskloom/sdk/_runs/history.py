@@ -41,6 +41,8 @@ class DamagedRun:
 
     run_id: str
     error: DecodeError
+    index_key: str | None = None
+    """Its key in the run index (where a listing of it stands), when it was listed."""
 
 
 class RunHistory:
@@ -123,7 +125,7 @@ class RunHistory:
                 entry = decode(stored.value, RunIndexEntry, where=f"{NS_RUNS_BY_TIME}/{stored.key}")
             except DecodeError as exc:
                 if status is None and pipeline is None:
-                    found.append(DamagedRun(run_id=run_id, error=exc))
+                    found.append(DamagedRun(run_id=run_id, error=exc, index_key=stored.key))
             else:
                 if status is not None and entry.status != status:
                     continue
@@ -135,7 +137,7 @@ class RunHistory:
                 try:
                     found.append(decode(record.value, RunRecord, where=f"{NS_RUNS}/{run_id}"))
                 except DecodeError as exc:
-                    found.append(DamagedRun(run_id=run_id, error=exc))
+                    found.append(DamagedRun(run_id=run_id, error=exc, index_key=stored.key))
             if limit is not None and len(found) >= limit:
                 break
         return found

@@ -326,6 +326,15 @@ def index_key(run_id: str, created_at: float) -> str:
     return f"{inverted_time(created_at):017d}/{run_id}"
 
 
+def index_time(key: str) -> float:
+    """The creation time an index key stands for (to the microsecond); ValueError if
+    ``key`` is not one."""
+    inverted, slash, _ = key.partition("/")
+    if not slash or len(inverted) != 17 or not inverted.isdigit():
+        raise ValueError(f"not a run index key: {key!r}")
+    return (_TIME_SPAN_US - int(inverted)) / 1_000_000
+
+
 def index_entry(record: RunRecord) -> RunIndexEntry:
     """The index entry that mirrors ``record`` (written in the same commit)."""
     return RunIndexEntry(

@@ -40,7 +40,14 @@ from taskloom.contracts import (
 )
 from taskloom.sdk._engine.engine import Engine
 from taskloom.sdk._pipeline.compact import pipeline_digest
-from taskloom.sdk._runs.records import FINISHED_STATUSES, RUN_STATUSES, RunRecord, index_key
+from taskloom.sdk._runs.history import DamagedRun
+from taskloom.sdk._runs.records import (
+    FINISHED_STATUSES,
+    RUN_STATUSES,
+    RunRecord,
+    index_key,
+    index_time,
+)
 from taskloom.sdk.server import _models as m
 from taskloom.sdk.server._auth import authorize
 from taskloom.sdk.server._feed import READ_PAGE, EventHub
@@ -243,26 +250,35 @@ class TaskloomApi:
         extra = 8
         while True:
             asked = limit + 1 + (extra if after_key is not None else 0)
-            records = await store.list_runs(
+            entries = await store.list_entries(
                 status=status,  # type: ignore[arg-type]
                 pipeline=query.get("pipeline"),
                 since=since,
                 until=until,
                 limit=asked,
             )
-            page = [
-                r
-                for r in records
-                if after_key is None or index_key(r.run_id, r.created_at) > after_key
-            ]
-            if len(page) > limit or len(records) < asked:
+            page = [e for e in entries if after_key is None or _key_of(e) > after_key]
+            if len(page) > limit or len(entries) < asked:
                 break
             extra *= 4
         more = len(page) > limit
         page = page[:limit]
-        next_cursor = encode_cursor(page[-1]) if more and page else None
+        next_cursor = None
+        if more and page:
+            last = _key_of(page[-1])
+            next_cursor = encode_cursor(last, index_time(last))
         return self.json(
-            m.TaskList(tasks=[_summary(request, r) for r in page], next_cursor=next_cursor)
+            m.TaskList(
+                tasks=[_summary(request, e) for e in page if isinstance(e, RunRecord)],
+                damaged=[
+                    m.DamagedTask(
+                        run_id=e.run_id, error=str(e.error), url=_task_url(request, e.run_id)
+                    )
+                    for e in page
+                    if isinstance(e, DamagedRun)
+                ],
+                next_cursor=next_cursor,
+            )
         )
 
     async def get_task(self, request: Request) -> Response:
@@ -448,6 +464,14 @@ def _duration(record: RunRecord) -> float | None:
     if record.started_at is None or record.finished_at is None:
         return None
     return max(0.0, record.finished_at - record.started_at)
+
+
+def _key_of(entry: RunRecord | DamagedRun) -> str:
+    """Where ``entry`` stands in the run index (newest first)."""
+    if isinstance(entry, DamagedRun):
+        assert entry.index_key is not None  # listings always set it
+        return entry.index_key
+    return index_key(entry.run_id, entry.created_at)
 
 
 def _summary(request: Request, record: RunRecord) -> m.TaskSummary:

@@ -66,10 +66,26 @@ class TaskSummary:
 
 
 @attrs.frozen(kw_only=True)
+class DamagedTask:
+    """A run in a listing whose stored record does not decode: its id and why. The
+    listing goes on around it; ``DELETE`` on its ``url`` removes it."""
+
+    run_id: str
+    error: str
+    url: str
+
+
+@attrs.frozen(kw_only=True)
 class TaskList:
-    """A page of runs, newest first; ``next_cursor`` fetches the next page."""
+    """A page of runs, newest first; ``next_cursor`` fetches the next page.
+
+    ``damaged`` names the runs of this page whose stored record does not decode
+    (listed only when no status or pipeline filter is given, as their status and
+    pipeline cannot be read).
+    """
 
     tasks: list[TaskSummary]
+    damaged: list[DamagedTask]
     next_cursor: str | None
 
 

@@ -26,6 +26,7 @@ from taskloom.contracts import (
     NotWaiting,
     PipelineChanged,
     PipelineInvalid,
+    RecordDamaged,
     RunHeld,
     RunNotFound,
     StorageUnavailable,
@@ -54,6 +55,7 @@ _STATUS: tuple[tuple[type[TaskloomError], int], ...] = (
     (ConflictError, 409),
     (ValueTooLarge, 413),
     (InvalidKey, 400),
+    (RecordDamaged, 500),  # the store's data, not the request: before DecodeError
     (DecodeError, 400),
     (UsageError, 400),
     (StorageUnavailable, 503),

@@ -16,7 +16,6 @@ from typing import Any
 from starlette.requests import Request
 
 from taskloom.contracts import Problem, UsageError
-from taskloom.sdk._runs.records import RunRecord, index_key
 from taskloom.sdk.server._problems import ApiError
 
 MAX_PRIORITY = 1_000_000
@@ -150,8 +149,9 @@ def time_param(text: str | None, name: str) -> float | None:
     return value
 
 
-def encode_cursor(record: RunRecord) -> str:
-    raw = json.dumps({"k": index_key(record.run_id, record.created_at), "t": record.created_at})
+def encode_cursor(key: str, created_at: float) -> str:
+    """The cursor of a page that ends at the run with index ``key``, created at ``created_at``."""
+    raw = json.dumps({"k": key, "t": created_at})
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 

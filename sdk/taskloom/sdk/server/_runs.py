@@ -22,6 +22,7 @@ from taskloom.contracts import (
     DecodeError,
     NotWaiting,
     PipelineChanged,
+    RecordDamaged,
     RunHeld,
     RunNotFound,
     RunStarted,
@@ -206,7 +207,9 @@ class RunControl:
     async def delete(self, run_id: str) -> None:
         """Delete the run; RunNotFound if there is none, RunHeld if it is running."""
         store = self.runstore
-        await store.load_run(run_id)
+        # deleting a damaged run is how it is repaired (as ``taskloom delete``)
+        with contextlib.suppress(RecordDamaged):
+            await store.load_run(run_id)
         if self.local(run_id) is not None:
             raise RunHeld(f"run {run_id} is running in this server; cancel it first")
         await store.delete_run(run_id)
