@@ -26,6 +26,9 @@ from taskloom.contracts import (
     ConflictError,
     Put,
     StorageCorrupted,
+    StorageFull,
+    StoragePermissionDenied,
+    StorageReadOnly,
     StorageUnavailable,
     UsageError,
 )
@@ -549,8 +552,31 @@ async def test_an_unwritable_location_is_unavailable(
 ) -> None:
     """A location that cannot be created raises StorageUnavailable, not OSError."""
     failing("mkdir", errno.EROFS, tmp_path)
-    with pytest.raises(StorageUnavailable, match="read-only"):
+    with pytest.raises(StorageReadOnly, match="read-only"):
         await FileStorage.open(tmp_path / "new")
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (errno.EROFS, StorageReadOnly),
+        (errno.EACCES, StoragePermissionDenied),
+        (errno.EPERM, StoragePermissionDenied),
+        (errno.ENOSPC, StorageFull),
+        (errno.EIO, StorageUnavailable),
+    ],
+)
+async def test_a_failing_write_is_its_specific_kind(
+    tmp_path: Path, failing: Callable[[str, int, Path], None], code: int, kind: type[Exception]
+) -> None:
+    """A read-only mount, a refused permission and a full disk are each their own kind of
+    StorageUnavailable (as PostgreSQL's are), so a caller can tell them apart."""
+    async with FileStorage(tmp_path, fsync=True) as storage:
+        await storage.put("ns", "k", b"old")
+        failing("replace", code, tmp_path)
+        with pytest.raises(StorageUnavailable) as caught:
+            await storage.put("ns", "k", b"new")
+        assert type(caught.value) is kind
 
 
 @pytest.mark.parametrize(

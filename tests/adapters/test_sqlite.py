@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import sqlite3
@@ -35,6 +36,8 @@ from taskloom.contracts import (
     StorageCorrupted,
     StorageError,
     StorageFull,
+    StoragePermissionDenied,
+    StorageReadOnly,
     StorageUnavailable,
     TaskloomError,
     UsageError,
@@ -530,7 +533,9 @@ def test_mapping_covers_every_sqlite3_exception_class() -> None:
         (sqlite3.SQLITE_LOCKED, StorageUnavailable),
         (sqlite3.SQLITE_FULL, StorageFull),
         (sqlite3.SQLITE_IOERR, StorageUnavailable),
-        (sqlite3.SQLITE_READONLY, StorageUnavailable),
+        (sqlite3.SQLITE_READONLY, StorageReadOnly),
+        (sqlite3.SQLITE_PERM, StoragePermissionDenied),
+        (sqlite3.SQLITE_AUTH, StoragePermissionDenied),
         (sqlite3.SQLITE_CANTOPEN, StorageUnavailable),
         (sqlite3.SQLITE_CORRUPT, StorageCorrupted),
         (sqlite3.SQLITE_NOTADB, StorageCorrupted),
@@ -544,6 +549,38 @@ def test_result_codes_map_to_typed_errors(code: int, expected: type[TaskloomErro
     error = translate(exc, "/db", busy_timeout_s=1)
     assert type(error) is expected
     assert "/db" in str(error)
+
+
+def test_a_real_read_only_database_is_storage_read_only(tmp_path: Path) -> None:
+    """A write refused by SQLite itself (a database opened read-only) is StorageReadOnly,
+    a StorageUnavailable, naming the file."""
+    path = tmp_path / "ro.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.commit()
+    readonly = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            readonly.execute("INSERT INTO t VALUES (1)")
+    finally:
+        readonly.close()
+    error = translate(caught.value, str(path))
+    assert type(error) is StorageReadOnly and isinstance(error, StorageUnavailable)
+    assert str(path) in str(error) and "read-only" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("number", "expected"),
+    [
+        (errno.EROFS, StorageReadOnly),
+        (errno.EACCES, StoragePermissionDenied),
+        (errno.EPERM, StoragePermissionDenied),
+        (errno.ENOENT, StorageUnavailable),
+    ],
+)
+def test_os_errors_map_to_their_kind(number: int, expected: type[TaskloomError]) -> None:
+    """An OSError around the database (a read-only mount, a file of another user) is
+    the specific StorageUnavailable kind, naming the path."""
+    error = translate(OSError(number, os.strerror(number), "/db"), "/db")
+    assert type(error) is expected and "/db" in str(error)
 
 
 def test_boundary_chains_the_cause() -> None:

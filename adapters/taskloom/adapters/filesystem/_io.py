@@ -17,7 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from taskloom.contracts import StorageFull, StorageUnavailable
+from taskloom.contracts import (
+    StorageFull,
+    StoragePermissionDenied,
+    StorageReadOnly,
+    StorageUnavailable,
+)
 
 _T = TypeVar("_T")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -40,6 +45,16 @@ _HINTS: dict[int, str] = {
 }
 
 
+_KINDS: dict[int, type[StorageUnavailable]] = {
+    errno.ENOSPC: StorageFull,
+    errno.EDQUOT: StorageFull,
+    errno.EROFS: StorageReadOnly,
+    errno.EACCES: StoragePermissionDenied,
+    errno.EPERM: StoragePermissionDenied,
+}
+"""The specific kinds of ``StorageUnavailable``; any other errno is the general one."""
+
+
 def unavailable(root: Path, exc: OSError) -> StorageUnavailable:
     """Build the ``StorageUnavailable`` for ``exc`` (which happened under ``root``).
 
@@ -48,7 +63,7 @@ def unavailable(root: Path, exc: OSError) -> StorageUnavailable:
     """
     hint = _HINTS.get(exc.errno or 0, "check the storage directory and retry")
     where = exc.filename if exc.filename is not None else root
-    kind = StorageFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageUnavailable
+    kind = _KINDS.get(exc.errno or 0, StorageUnavailable)
     error = kind(f"file storage at {root} cannot be used: {exc.strerror or exc} ({where}); {hint}")
     error.__cause__ = exc
     return error

@@ -11,6 +11,7 @@ file; the class decides only when the code says nothing more specific.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from taskloom.contracts import (
     StorageCorrupted,
     StorageError,
     StorageFull,
+    StoragePermissionDenied,
+    StorageReadOnly,
     StorageUnavailable,
     TaskloomError,
     UsageError,
@@ -86,10 +89,15 @@ def translate(exc: BaseException, path: str, *, busy_timeout_s: float = 0.0) -> 
             f"the disk holding {path} is full ({detail}); free space and retry: "
             "data written before is intact"
         )
-    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
-        return StorageUnavailable(
-            f"database at {path} cannot be written ({detail}); check that the file and "
-            "its directory are writable by this process"
+    if code == sqlite3.SQLITE_READONLY:
+        return StorageReadOnly(
+            f"database at {path} is read-only ({detail}); check that the file, its "
+            "directory and the filesystem are writable by this process (reads still work)"
+        )
+    if code in (sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+        return StoragePermissionDenied(
+            f"database at {path} refused this process ({detail}); check the owner and "
+            "mode of the file and its directory"
         )
     if code == sqlite3.SQLITE_CANTOPEN:
         return StorageUnavailable(
@@ -112,6 +120,16 @@ def translate(exc: BaseException, path: str, *, busy_timeout_s: float = 0.0) -> 
             f"database at {path} does not have the tables taskloom created ({detail}); "
             "it was changed by something else: restore it or use another path",
             path=path,
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return StorageReadOnly(
+            f"database at {path} is on a read-only filesystem ({detail}); remount it "
+            "read-write or choose another path"
+        )
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return StoragePermissionDenied(
+            f"cannot use the database at {path} ({detail}); check the owner and mode of "
+            "the file and its directory"
         )
     if isinstance(exc, OSError):
         return StorageUnavailable(
