@@ -405,14 +405,14 @@ async def test_shutdown_during_a_claim_still_gives_that_run_back(engine: Engine)
     run_id = await engine.submit(pipe, {"x": "1"})
     claiming = asyncio.Event()
     proceed = asyncio.Event()
-    real = worker_module.claim_queued
+    real = worker_module.claim_queued_many
 
     async def slow_claim(*args: Any, **kwargs: Any) -> Any:
         claiming.set()
         await proceed.wait()
         return await real(*args, **kwargs)
 
-    worker_module.claim_queued = slow_claim  # type: ignore[assignment]
+    worker_module.claim_queued_many = slow_claim  # type: ignore[assignment]
     try:
         worker = Worker(engine, recover=False)
         await worker.__aenter__()
@@ -422,7 +422,7 @@ async def test_shutdown_during_a_claim_still_gives_that_run_back(engine: Engine)
         proceed.set()
         await stopping
     finally:
-        worker_module.claim_queued = real  # type: ignore[assignment]
+        worker_module.claim_queued_many = real  # type: ignore[assignment]
     assert worker.stats.claimed == 1 and worker.stats.requeued == 1
     assert (await engine.runstore.load_run(run_id)).status == "queued"
 
@@ -456,3 +456,85 @@ async def test_a_run_stopped_by_a_storage_error_keeps_its_slot() -> None:
         stats = {s.name: s for s in await engine.queues()}
         assert stats["one"].running == 1  # the slot stays with the unfinished run
         assert (await engine.runstore.load_run(run_id)).status == "queued"
+
+
+async def test_a_worker_claims_as_many_runs_as_it_has_room_for_at_once(tmp_path: Any) -> None:
+    """With room for 5 runs and 5 queued, a worker on SQLite claims them in one native
+    claim (one transaction), not one claim per run."""
+    from taskloom.adapters.sqlite import SQLiteStorage
+
+    async with SQLiteStorage(tmp_path / "q.db", purge_interval_s=None) as storage:
+        claims: list[int] = []
+        real = storage.claim
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            got = await real(*args, **kwargs)
+            if got:
+                claims.append(len(got))
+            return got
+
+        storage.claim = counting  # type: ignore[method-assign]
+        async with _engine(storage) as engine:
+            ids = [await engine.submit(_pipe(), {"x": str(i)}) for i in range(5)]
+            async with Worker(engine, concurrency=5, recover=False) as worker:
+                await _wait_status(engine, ids, "succeeded")
+            assert worker.stats.succeeded == 5
+    assert claims == [5]
+
+
+async def test_a_limited_queue_is_claimed_one_run_per_claim(engine: Engine) -> None:
+    """A batch claim on a queue with a concurrency limit takes one run: its slots decide."""
+    from taskloom.sdk._queue.claim import claim_queued_many
+
+    definition = await engine.define_queue("two", concurrency=2)
+    for i in range(4):
+        await engine.submit(_pipe(), {"x": str(i)}, queue="two")
+    got = await claim_queued_many(engine.runstore, "w", definition, ttl_s=30, limit=4)
+    assert len(got) == 1
+    got += await claim_queued_many(engine.runstore, "w", definition, ttl_s=30, limit=4)
+    got += await claim_queued_many(engine.runstore, "w", definition, ttl_s=30, limit=4)
+    assert len(got) == 2
+    assert {s.name: s for s in await engine.queues()}["two"].running == 2
+
+
+async def test_a_finished_run_gives_its_slot_back_in_its_outcome_commit() -> None:
+    """The slot a claim of an unlimited queue took is deleted in the same commit as the
+    run's outcome: no delete of its own afterwards, and no slot is left behind."""
+    from taskloom.contracts import Delete, Put
+    from taskloom.sdk._queue.records import NS_SLOTS
+
+    storage = MemoryStorage()
+    deletes: list[str] = []
+    with_record: set[str] = set()  # slots deleted in a commit that also wrote their run
+    real_delete, real_commit = storage.delete, storage.commit
+
+    async def delete(namespace: str, key: str, **kwargs: Any) -> bool:
+        deletes.append(namespace)
+        return await real_delete(namespace, key, **kwargs)
+
+    async def commit(ops: Any) -> Any:
+        runs = {op.key for op in ops if isinstance(op, Put) and op.namespace == NS_RUNS}
+        for op in ops:
+            owner = op.key.rsplit("~", 1)[-1] if isinstance(op, Delete) else None
+            if isinstance(op, Delete) and op.namespace == NS_SLOTS and owner in runs:
+                with_record.add(op.key.rsplit("~", 1)[-1])
+        return await real_commit(ops)
+
+    storage.delete = delete  # type: ignore[method-assign]
+    storage.commit = commit  # type: ignore[method-assign]
+    async with _engine(storage) as engine:
+        ids = [await engine.submit(_pipe(), {"x": str(i)}) for i in range(3)]
+        async with Worker(engine, concurrency=3, recover=False) as worker:
+            await _wait_status(engine, ids, "succeeded")
+        assert worker.stats.succeeded == 3
+        assert await storage.scan(NS_SLOTS) == []
+    assert NS_SLOTS not in deletes
+    assert with_record == set(ids)
+
+
+async def test_operations_with_an_outcome_must_not_be_checked(engine: Engine) -> None:
+    """with_outcome refuses a version-checked operation: it could fail the outcome."""
+    from taskloom.contracts import Delete
+
+    with pytest.raises(UsageError, match="if_version"):
+        engine.runstore.with_outcome("r", [Delete(namespace="n", key="k", if_version=1)])

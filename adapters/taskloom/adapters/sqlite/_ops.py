@@ -14,12 +14,15 @@ from typing import Any
 
 import attrs
 
+from taskloom.adapters.sqlite._args import check_ops
 from taskloom.adapters.sqlite._schema import (
     APPEND,
     DELETE,
     DELETE_IF_VERSION,
     DROP_STREAM,
     PURGE_EXPIRED,
+    SCAN,
+    SCAN_BOUNDED,
     SELECT_VERSION,
     UPSERT,
     upsert_rows,
@@ -27,6 +30,8 @@ from taskloom.adapters.sqlite._schema import (
 from taskloom.contracts import (
     Append,
     Check,
+    ClaimedRecord,
+    ClaimOps,
     CommitResult,
     ConflictError,
     Delete,
@@ -34,11 +39,14 @@ from taskloom.contracts import (
     Put,
     Record,
     StreamEntry,
+    TaskloomError,
 )
 
 __all__ = [
     "UPSERT_CHUNKS",
+    "OpsForFailed",
     "append_job",
+    "claim_job",
     "commit_job",
     "delete_job",
     "delete_versions_job",
@@ -280,6 +288,68 @@ def commit_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> CommitResult:
         elif isinstance(op, Check):
             _check(cursor, op.namespace, op.key, op.version, now)
     return CommitResult(records=tuple(records), entries=tuple(entries), deleted=tuple(deleted))
+
+
+class OpsForFailed(TaskloomError):
+    """A claim's ``ops_for`` raised: the claim is undone, and ``claim`` raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"ops_for raised {type(error).__name__}: {error}")
+        self.error = error
+
+
+def claim_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> list[ClaimedRecord]:
+    """``claim``: args (namespace, prefix, end, limit, ops_for, now); CL1-CL5 in one
+    transaction.
+
+    The transaction holds the database's write lock from its first statement, so the
+    candidates read here cannot be taken by any other connection or process before
+    this transaction ends: no claimer ever loses a race (CL2), and no record is
+    skipped as locked. Each candidate is claimed under a savepoint of its own: one
+    whose operations fail a version check is rolled back alone and skipped (CL3).
+    """
+    namespace: str = args[0]
+    prefix: str = args[1]
+    end: str | None = args[2]
+    limit: int = args[3]
+    ops_for: ClaimOps = args[4]
+    now: float = args[5]
+    page = max(8, 2 * limit)
+    claimed: list[ClaimedRecord] = []
+    after = ""
+    while len(claimed) < limit:
+        if end is None:
+            rows = cursor.execute(SCAN, (namespace, prefix, after, now, page)).fetchall()
+        else:
+            rows = cursor.execute(
+                SCAN_BOUNDED, (namespace, prefix, after, now, end, page)
+            ).fetchall()
+        for key, value, version, updated_at, expires_at in rows:
+            candidate = record(namespace, key, value, version, updated_at, expires_at)
+            try:
+                ops = ops_for(candidate)
+                if ops is None:
+                    continue
+                checked = check_ops(
+                    [Delete(namespace=namespace, key=key, if_version=version), *ops]
+                )
+            except Exception as exc:  # the caller's function: undo the claim, raise it there
+                raise OpsForFailed(exc) from exc
+            cursor.execute("SAVEPOINT claim")
+            try:
+                result = commit_job(cursor, (checked, now))
+            except ConflictError:
+                cursor.execute("ROLLBACK TO claim")
+                cursor.execute("RELEASE claim")
+                continue
+            cursor.execute("RELEASE claim")
+            claimed.append(ClaimedRecord(record=candidate, result=result))
+            if len(claimed) >= limit:
+                break
+        if len(rows) < page:
+            break
+        after = rows[-1][0]
+    return claimed
 
 
 def purge_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> int:

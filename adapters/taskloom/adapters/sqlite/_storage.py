@@ -2,8 +2,11 @@
 
 Writes go through a single writer that commits every write queued at the moment
 it runs in one transaction (group commit, see ``taskloom.adapters.sqlite._writer``): small batches
-on the event loop itself, without a thread hop, larger ones on its own thread;
-reads go in parallel on aiosqlite connections, one round trip each. The database
+on the event loop itself, without a thread hop, larger ones on its own thread.
+Small reads (a ``get``, a page of up to ``INLINE_READ_ROWS``) run on the event loop
+too, on the write connection while it is free; the others, and any read while the
+writer thread holds that connection, go in parallel to aiosqlite connections, one
+round trip each. The database
 runs in WAL mode so that readers never wait for the writer, and write
 transactions begin IMMEDIATE under a busy timeout, so another process sharing
 the file is waited for, never reported as ``database is locked``.
@@ -31,7 +34,9 @@ from taskloom.adapters.sqlite._args import (
     sql_limit,
 )
 from taskloom.adapters.sqlite._ops import (
+    OpsForFailed,
     append_job,
+    claim_job,
     commit_job,
     delete_job,
     delete_versions_job,
@@ -55,10 +60,12 @@ from taskloom.adapters.sqlite._schema import (
     SCHEMA_VERSION,
     open_writer_connection,
 )
-from taskloom.adapters.sqlite._writer import Writer
+from taskloom.adapters.sqlite._writer import THREAD_ONLY, Writer
 from taskloom.contracts import (
     MAX_VALUE_BYTES,
     Append,
+    ClaimedRecord,
+    ClaimOps,
     CommitResult,
     Op,
     Put,
@@ -100,6 +107,14 @@ def _weight(ops: Sequence[Op]) -> int:
 
 _PRUNE_PAGE = 1000
 
+_CLAIM_WEIGHT = 8
+"""A claim's weight for the writer, per record asked for: its scan and operations."""
+
+INLINE_READ_ROWS = 64
+"""Largest page a ``scan`` or ``read`` asks for that is read on the event loop (a point
+read always is, when the write connection is free): small reads cost a few
+microseconds there, a thread round trip about a hundred."""
+
 
 class SQLiteStorage:
     """A StorageAdapter on one SQLite file: durable, shared safely by several processes.
@@ -118,8 +133,9 @@ class SQLiteStorage:
     small batches on the event loop, large ones on the writer's thread): a write
     returns once the transaction holding it is committed, so a
     returned write survives a killed process. A write whose caller is cancelled
-    while it waits may still be committed, as with any database. Reads run on
-    ``readers`` aiosqlite connections (one round trip each) and never wait for
+    while it waits may still be committed, as with any database. Small reads run on
+    the event loop on the write connection when it is free; the rest on
+    ``readers`` aiosqlite connections (one round trip each). No read waits for
     the writer. The adapter belongs to the event loop that opened it.
     """
 
@@ -286,7 +302,15 @@ class SQLiteStorage:
 
     # --- reads ---------------------------------------------------------------
 
-    async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    async def _fetch(self, sql: str, params: tuple[Any, ...], *, small: bool = False) -> list[Any]:
+        """Rows of one SELECT. ``small`` (a point read, or a page of at most
+        ``INLINE_READ_ROWS``) is read on the event loop on the write connection when it
+        is free, with no thread round trip; anything else, or a busy connection, goes
+        to a reader."""
+        if small and self._writer is not None:
+            rows = self._writer.read_inline(sql, params)
+            if rows is not None:
+                return rows
         readers = self._readers
         if readers is None:
             if self._closed:
@@ -300,7 +324,7 @@ class SQLiteStorage:
         """The live record at ``namespace``/``key``, or None (ST1, ST5)."""
         check_key(namespace, "namespace")
         check_key(key)
-        rows = await self._fetch(GET, (namespace, key, float(self._clock())))
+        rows = await self._fetch(GET, (namespace, key, float(self._clock())), small=True)
         if not rows:
             return None
         value, version, updated_at, expires_at = rows[0]
@@ -327,7 +351,8 @@ class SQLiteStorage:
     ) -> list[Record]:
         """Live records of ``namespace`` in key order, paged by ``start_after`` (ST6)."""
         sql, params = self._scan_query(namespace, prefix, start_after, limit, meta=False)
-        rows = await self._fetch(sql, params)
+        small = limit is not None and limit <= INLINE_READ_ROWS
+        rows = await self._fetch(sql, params, small=small)
         return [
             record(namespace, key, value, version, updated_at, expires_at)
             for key, value, version, updated_at, expires_at in rows
@@ -339,7 +364,8 @@ class SQLiteStorage:
         """Entries of ``stream`` after ``after``, in order (ST8)."""
         check_name(stream, what="stream")
         count = sql_limit(check_read(after, limit))
-        rows = await self._fetch(READ, (stream, after, count))
+        small = limit is not None and limit <= INLINE_READ_ROWS
+        rows = await self._fetch(READ, (stream, after, count), small=small)
         return [entry(stream, seq, payload, appended_at) for seq, payload, appended_at in rows]
 
     # --- writes --------------------------------------------------------------
@@ -419,6 +445,41 @@ class SQLiteStorage:
             commit_job, (checked, float(self._clock())), savepoint=True, weight=_weight(checked)
         )
         return result
+
+    # --- the queue's capability --------------------------------------------------
+
+    async def claim(
+        self, namespace: str, *, prefix: str = "", limit: int = 1, ops_for: ClaimOps
+    ) -> list[ClaimedRecord]:
+        """Claim up to ``limit`` records of ``namespace`` under ``prefix`` (CL1-CL5).
+
+        One write transaction reads the candidates in key order and claims them, each
+        under a savepoint: deleted at its version together with ``ops_for(record)``'s
+        operations. The transaction holds the file's write lock throughout, so claimers
+        in other connections and processes never pick the same record and never
+        conflict; like every small write it runs on the event loop when it can, so
+        ``ops_for`` runs there or on the writer thread: it must only compute the
+        operations. An exception it raises undoes the whole call and is raised here.
+        """
+        check_key(namespace, "namespace")
+        check_scan(prefix, None, None)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise UsageError(f"limit must be an int >= 1, got {limit!r}")
+        if not callable(ops_for):
+            raise UsageError("ops_for must be a function of a Record returning operations")
+        writer = self._writer or await self._writer_for_call()
+        if "\x00" in prefix:
+            return []  # no key holds NUL
+        try:
+            claimed: list[ClaimedRecord] = await writer.submit(
+                claim_job,
+                (namespace, prefix, prefix_end(prefix), limit, ops_for, float(self._clock())),
+                savepoint=True,
+                weight=min(THREAD_ONLY, _CLAIM_WEIGHT * limit),
+            )
+        except OpsForFailed as failed:
+            raise failed.error from None
+        return claimed
 
     # --- retention -------------------------------------------------------------
 

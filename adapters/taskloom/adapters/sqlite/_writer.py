@@ -148,6 +148,30 @@ class Writer:
 
     # --- on the event loop ---------------------------------------------------
 
+    def read_inline(self, sql: str, params: tuple[Any, ...]) -> list[Any] | None:
+        """All rows of one small SELECT on the write connection, right here on the event
+        loop; None when that cannot be done at once (the thread holds the connection,
+        it is closed, or SQLite answered busy): then the caller reads on a reader.
+
+        Outside a transaction a SELECT reads the latest commit (WAL: without waiting
+        for anyone), exactly as a reader connection would, for about a tenth of the
+        reader's thread round trip.
+        """
+        if self._stopped or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._stopped:
+                return None
+            if self._timeout_now != 0:
+                self._conn.execute("PRAGMA busy_timeout = 0")
+                self._timeout_now = 0
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error:
+                return None  # the reader reads it again and reports what is wrong
+        finally:
+            self._lock.release()
+
     def _commit_inline(self) -> None:
         """Commit what is queued right here if it is small; otherwise leave it to the thread.
 

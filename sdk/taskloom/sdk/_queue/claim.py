@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Sequence
 
 import attrs
@@ -87,8 +88,21 @@ class Claim:
     """Whether it was claimed because an earlier holder's lease expired."""
 
 
+_NATIVE: weakref.WeakKeyDictionary[StorageAdapter, bool] = weakref.WeakKeyDictionary()
+"""Whether an adapter claims natively, per adapter: a check against a runtime protocol
+costs tens of microseconds, and a worker asks once per claim."""
+
+
 def _claimer(storage: StorageAdapter) -> ClaimingStorage | None:
-    return storage if isinstance(storage, ClaimingStorage) else None
+    try:
+        native = _NATIVE.get(storage)
+    except TypeError:  # not weakly referenceable (or not hashable): ask every time
+        native = None
+    if native is None:
+        native = isinstance(storage, ClaimingStorage)
+        with contextlib.suppress(TypeError):
+            _NATIVE[storage] = native
+    return storage if native else None  # type: ignore[return-value]
 
 
 async def claim_queued(
@@ -96,6 +110,21 @@ async def claim_queued(
 ) -> Claim | None:
     """Claim the next run of ``queue`` for ``holder``, within its limits; None if there
     is none to claim now (empty, every slot taken, or the rate limit says wait)."""
+    got = await claim_queued_many(store, holder, queue, ttl_s=ttl_s, limit=1)
+    return got[0] if got else None
+
+
+async def claim_queued_many(
+    store: RunStore, holder: str, queue: QueueDefinition, *, ttl_s: float, limit: int
+) -> list[Claim]:
+    """Claim up to ``limit`` runs of ``queue`` for ``holder`` in one call, oldest of the
+    highest priority first; fewer (or none) when fewer can be claimed now.
+
+    A queue without limits claims them together (one transaction on an adapter that
+    claims natively); a queue with a concurrency or rate limit claims one run per call,
+    each checked against its limits."""
+    if queue.concurrency is not None or queue.starts_per_minute is not None:
+        limit = 1
     storage = store.storage
     name = queue.name
     now = store.clock()
@@ -104,7 +133,7 @@ async def claim_queued(
         pace = await storage.get(NS_PACE, name)
         next_at = decode(pace.value, QueuePace, where=f"{NS_PACE}/{name}").next_at if pace else 0.0
         if next_at > now:
-            return None
+            return []
         upcoming = QueuePace(next_at=max(now, next_at) + 60.0 / queue.starts_per_minute)
         extra.append(
             Put(
@@ -118,7 +147,7 @@ async def claim_queued(
     if queue.concurrency is not None:
         slot = await _free_slot(store, queue)
         if slot is None:
-            return None
+            return []
 
     def ops_for(record: Record) -> Sequence[Op] | None:
         try:
@@ -154,25 +183,35 @@ async def claim_queued(
     native = _claimer(storage)
     got: list[ClaimedRecord]
     if native is not None:
-        got = await native.claim(NS_QUEUE, prefix=f"{name}/", limit=1, ops_for=ops_for)
+        got = await native.claim(NS_QUEUE, prefix=f"{name}/", limit=limit, ops_for=ops_for)
     else:
-        got = await claim_by_cas(storage, NS_QUEUE, prefix=f"{name}/", limit=1, ops_for=ops_for)
-    if not got:
-        return None
-    claimed = got[0]
-    entry = decode(claimed.record.value, QueueEntry, where=f"{NS_QUEUE}/{claimed.record.key}")
-    key = slot[0] if slot is not None else f"{name}/~{entry.run_id}"
-    fence_record = next(
-        (r for r in claimed.result.records if r.namespace == NS_FENCES and r.key == entry.run_id),
-        None,
-    )
-    if fence_record is not None:
-        store.adopt_lease(
-            entry.run_id, holder, ttl_s=ttl_s, fence=fence_record.version, expires_at=now + ttl_s
+        got = await claim_by_cas(storage, NS_QUEUE, prefix=f"{name}/", limit=limit, ops_for=ops_for)
+    claims: list[Claim] = []
+    for claimed in got:
+        entry = decode(claimed.record.value, QueueEntry, where=f"{NS_QUEUE}/{claimed.record.key}")
+        key = slot[0] if slot is not None else f"{name}/~{entry.run_id}"
+        fence_record = next(
+            (
+                r
+                for r in claimed.result.records
+                if r.namespace == NS_FENCES and r.key == entry.run_id
+            ),
+            None,
         )
-    return Claim(
-        run_id=entry.run_id, queue=name, slot=key, claims=entry.claims + 1, recovered=False
-    )
+        if fence_record is not None:
+            store.adopt_lease(
+                entry.run_id,
+                holder,
+                ttl_s=ttl_s,
+                fence=fence_record.version,
+                expires_at=now + ttl_s,
+            )
+        claims.append(
+            Claim(
+                run_id=entry.run_id, queue=name, slot=key, claims=entry.claims + 1, recovered=False
+            )
+        )
+    return claims
 
 
 async def _free_slot(store: RunStore, queue: QueueDefinition) -> tuple[str, int] | None:

@@ -174,6 +174,10 @@ class RunStore:
         self._adopted: set[str] = set()
         self._lost_watchers: dict[str, Callable[[LeaseLost], None]] = {}
         """Runs whose lease and fence a claim just wrote (``adopt_lease``)."""
+        self._with_outcome: dict[str, tuple[Op, ...]] = {}
+        """Operations to commit with a run's outcome (``with_outcome``)."""
+        self._outcome_landed: set[str] = set()
+        """Runs whose outcome committed with their ``with_outcome`` operations."""
         self._events = EventLog(storage, fence=self._fence_check)
         self._writer = GroupCommitWriter(
             storage,
@@ -349,6 +353,8 @@ class RunStore:
             ),
             append,
         ]
+        extra = self._with_outcome.pop(run_id, ())
+        ops += extra
         check = self._fence_check(run_id)
         if check is not None:
             ops.append(check)
@@ -361,9 +367,30 @@ class RunStore:
         def settled(future: asyncio.Future[None]) -> None:
             landed = not future.cancelled() and future.exception() is None
             self._events.settle_last(run_id, first, texts, written=landed)
+            if landed and extra:
+                self._outcome_landed.add(run_id)
 
         write.add_done_callback(settled)
         return write
+
+    def with_outcome(self, run_id: str, ops: Sequence[Put | Delete]) -> None:
+        """Commit ``ops`` together with the run's outcome, if this process records one
+        (``queue_finish``), instead of in a transaction of their own afterwards: a run
+        queue gives back what a claim took this way. Only operations that cannot fail a
+        check belong here (no ``if_version``): the outcome must never fail for them.
+        ``outcome_landed`` then says whether they were committed."""
+        for op in ops:
+            if op.if_version is not None:
+                raise UsageError("operations committed with a run's outcome take no if_version")
+        self._with_outcome[run_id] = tuple(ops)
+
+    def outcome_landed(self, run_id: str) -> bool:
+        """Whether the run's outcome committed with its ``with_outcome`` operations (asked
+        once: the answer is forgotten)."""
+        if run_id in self._outcome_landed:
+            self._outcome_landed.discard(run_id)
+            return True
+        return False
 
     # --- checkpoints ----------------------------------------------------------------
 
@@ -779,6 +806,7 @@ class RunStore:
         self._lost.pop(run_id, None)
         self._adopted.discard(run_id)
         self._lost_watchers.pop(run_id, None)
+        self._with_outcome.pop(run_id, None)
         self._writer.mend(run_id)
         self._events.release(run_id)
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import attrs
 
 from taskloom.contracts import (
+    Delete,
     RunCancelled,
     RunHeld,
     RunNotFound,
@@ -24,13 +25,13 @@ from taskloom.sdk._engine.engine import Engine
 from taskloom.sdk._queue.claim import (
     Claim,
     claim_expired,
-    claim_queued,
+    claim_queued_many,
     drop_claim,
     fail_poison,
     release_slot,
     requeue,
 )
-from taskloom.sdk._queue.records import DEFAULT_QUEUE, NS_QUEUE, QueueDefinition
+from taskloom.sdk._queue.records import DEFAULT_QUEUE, NS_QUEUE, NS_SLOTS, QueueDefinition
 from taskloom.sdk._queue.submit import check_queue_name, queue_definition
 from taskloom.sdk._runs.records import FINISHED_STATUSES
 from taskloom.sdk._runs.store import RunStore
@@ -134,6 +135,7 @@ class Worker:
         self._failures = 0
         self._checked = False
         self._definitions: dict[str, tuple[float, QueueDefinition]] = {}
+        self._wakeable_storage: tuple[object, WakeableStorage | None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -204,9 +206,10 @@ class Worker:
             await self._check_queues()
         submitted = self.engine.submitted
         while not self._stopping.is_set():
-            if len(self._running) < self.concurrency:
+            room = self.concurrency - len(self._running)
+            if room > 0:
                 try:
-                    claim = await self._claim()
+                    claims = await self._claim(room)
                 except (StorageError, OSError) as exc:
                     await self._storage_failed(exc)
                     continue
@@ -217,17 +220,18 @@ class Worker:
                 if self._failures:
                     logger.warning("storage is back; claiming again")
                     self._failures = 0
-                if claim is not None:
-                    self._start(claim)
+                if claims:
+                    for claim in claims:
+                        self._start(claim)
                     continue
             submitted.clear()
             self._wake.clear()
-            waits = [
+            waits: list[asyncio.Future[bool]] = [
                 asyncio.ensure_future(self._wake.wait()),
                 asyncio.ensure_future(submitted.wait()),
             ]
-            storage = self.engine.storage
-            if isinstance(storage, WakeableStorage):
+            storage = self._wakeable()
+            if storage is not None:
                 # Submissions by other processes and hosts (PostgreSQL: LISTEN/NOTIFY).
                 waits.append(asyncio.ensure_future(_announced(storage, self.poll_s)))
             try:
@@ -265,7 +269,18 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
-    async def _claim(self) -> Claim | None:
+    def _wakeable(self) -> WakeableStorage | None:
+        """The engine's storage if it announces submissions (looked up once: a check
+        against a runtime protocol costs tens of microseconds)."""
+        storage = self.engine.storage
+        if self._wakeable_storage is None or self._wakeable_storage[0] is not storage:
+            found = storage if isinstance(storage, WakeableStorage) else None
+            self._wakeable_storage = (storage, found)
+        return self._wakeable_storage[1]
+
+    async def _claim(self, room: int) -> list[Claim]:
+        """Up to ``room`` runs to start: a crashed run (at most one per round), else
+        queued runs of the first of this worker's queues that has any."""
         store = self._store()
         holder = self.engine.holder
         ttl = self.engine.lease_ttl_s
@@ -276,13 +291,13 @@ class Worker:
                 await self.engine.resolve_timeouts()  # waiting runs past an input's timeout_s
             claim = await claim_expired(store, holder, self.queues, ttl_s=ttl)
             if claim is not None:
-                return claim
+                return [claim]
         for name in self.queues:
             definition = await self._definition(name)
-            claim = await claim_queued(store, holder, definition, ttl_s=ttl)
-            if claim is not None:
-                return claim
-        return None
+            claims = await claim_queued_many(store, holder, definition, ttl_s=ttl, limit=room)
+            if claims:
+                return claims
+        return []
 
     async def _definition(self, name: str) -> QueueDefinition:
         """Queue ``name``'s definition, read again at most once a second (a redefinition
@@ -328,6 +343,9 @@ class Worker:
         except TaskloomError:
             max_claims = QueueDefinition(name=DEFAULT_QUEUE).max_claims
         release = True
+        if claim.slot is not None and claim.slot.endswith(f"/~{claim.run_id}"):
+            # a slot named after the run is the run's alone: it goes with the outcome
+            store.with_outcome(claim.run_id, [Delete(namespace=NS_SLOTS, key=claim.slot)])
         try:
             if claim.claims > max_claims:
                 await fail_poison(
@@ -368,6 +386,8 @@ class Worker:
             logger.exception("run %s stopped with an unexpected error", claim.run_id)
             release = await self._ended(claim.run_id)
         finally:
+            if store.outcome_landed(claim.run_id):
+                release = False  # the slot went in the outcome's commit
             store.end_run(claim.run_id)  # nothing of the run stays in this process
             if release:
                 with contextlib.suppress(TaskloomError):
