@@ -30,7 +30,7 @@ from katan_server import (
     stop_servers,
 )
 
-from taskloom.adapters._http.common import ShardedTransport
+from taskloom.adapters._http.common import PooledTransport
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.openai import OpenAIExecutor
 from taskloom.contracts import (
@@ -375,9 +375,9 @@ class TestAnthropicConformanceAgainstKatan(_KatanConformance):
 async def test_cancelled_call_releases_its_connection(katan: dict[str, KatanServer]) -> None:
     """Cancelling a call in flight closes its response and its connection; none stays busy."""
     async with make("openai", katan["slow"], max_connections=17) as ex:
-        pool = ex._get_client()._transport
+        pool = ex._get_pool()
         pool = getattr(pool, "_inner", pool)  # under the network-grant check
-        assert isinstance(pool, ShardedTransport)
+        assert isinstance(pool, PooledTransport)
         for call in (ex.complete(ask("hi")), collect(ex.stream(ask("hi")))):
             task = asyncio.create_task(call)
             while sum(pool.busy) == 0:
@@ -388,7 +388,7 @@ async def test_cancelled_call_releases_its_connection(katan: dict[str, KatanServ
                 await task
             assert set(pool.busy) == {0}
             shards: Any = pool._shards
-            assert all(len(shard._pool.connections) == 0 for shard in shards)
+            assert all(len(shard.connections) == 0 for shard in shards)
 
 
 def test_one_executor_across_event_loops(katan: dict[str, KatanServer]) -> None:

@@ -21,12 +21,14 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from taskloom.adapters._http import common
+from taskloom.adapters._http.network import AsyncioBackend
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.anthropic import from_config as anthropic_from_config
 from taskloom.adapters.memory import MemorySecretStore
@@ -1084,10 +1086,10 @@ async def test_closing_the_stream_iterator_closes_the_response() -> None:
         assert first.delta == "a" and not bodies[0].closed
         await stream.aclose()
         assert bodies[0].closed
-        assert ex._client is not None
-        await ex._client.aclose()
+        assert ex._pool is not None
+        await ex._pool.aclose()
         ex._transport = httpx.MockTransport(streaming(OPENAI_STREAM_KATAN))
-        ex._client = None
+        ex._pool = None
         assert check_ex2(await collect(ex)) == "hello"
 
 
@@ -1168,16 +1170,16 @@ async def test_an_unclosed_executor_warns() -> None:
 
     ex = openai(reply(200, OPENAI_OK))
     await ex.complete(REQUEST)
-    client = ex._client
+    pool = ex._pool
     with pytest.warns(ResourceWarning, match="never closed"):
         del ex
         gc.collect()
-    assert client is not None
-    await client.aclose()
+    assert pool is not None
+    await pool.aclose()
 
 
 async def test_one_pool_for_all_calls() -> None:
-    """All calls of one executor share one AsyncClient; concurrent calls keep their own replies."""
+    """All calls of one executor share one pool; concurrent calls keep their own replies."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         text = json.loads(request.content)["messages"][-1]["content"]
@@ -1187,59 +1189,77 @@ async def test_one_pool_for_all_calls() -> None:
 
     async with openai(handler) as ex:
         first = await ex.complete(REQUEST)
-        client = ex._client
+        pool = ex._pool
         requests = [
             CompletionRequest(messages=[Message(role="user", content=f"q{i}")], model="m")
             for i in range(50)
         ]
         results = await asyncio.gather(*(ex.complete(r) for r in requests))
-        assert ex._client is client and first.text == "hi"
+        assert ex._pool is pool and first.text == "hi"
     assert [r.text for r in results] == [f"q{i}" for i in range(50)]
+
+
+class FakePool:
+    """An httpcore pool stand-in: records which shard got each request, answers ``{}``."""
+
+    def __init__(self, number: int, hits: list[int]) -> None:
+        self.number = number
+        self.hits = hits
+        self.closed = False
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        self.hits.append(self.number)
+        return httpcore.Response(200, content=Body([b"{}"]))
+
+    async def aclose(self) -> None:
+        self.closed = True
 
 
 async def test_sharded_pool_sends_each_request_to_the_least_busy_shard() -> None:
     """Open responses count against their shard until closed; new requests go to the idlest."""
     hits: list[int] = []
+    shards = [FakePool(number, hits) for number in range(3)]
+    pool = common.PooledTransport(shards)
 
-    def shard(number: int) -> httpx.MockTransport:
-        def handler(request: httpx.Request) -> httpx.Response:
-            hits.append(number)
-            return httpx.Response(200, stream=Body([b"{}"]))
+    async def send() -> httpx.Response:
+        request = httpx.Request("GET", "http://x/")
+        return await pool.handle_async_request(request)
 
-        return httpx.MockTransport(handler)
-
-    pool = common.ShardedTransport([shard(0), shard(1), shard(2)])
-    async with httpx.AsyncClient(transport=pool) as client:
-        first = await client.send(client.build_request("GET", "http://x/"), stream=True)
-        second = await client.send(client.build_request("GET", "http://x/"), stream=True)
-        assert pool.busy == (1, 1, 0)
-        await first.aclose()
-        await first.aclose()
-        assert pool.busy == (0, 1, 0)
-        await client.get("http://x/")
-        await client.get("http://x/")
-        await second.aclose()
-        assert pool.busy == (0, 0, 0)
+    first = await send()
+    second = await send()
+    assert pool.busy == (1, 1, 0)
+    await first.aclose()
+    await first.aclose()
+    assert pool.busy == (0, 1, 0)
+    for _ in range(2):
+        response = await send()
+        assert await response.aread() == b"{}"
+        await response.aclose()
+    await second.aclose()
+    assert pool.busy == (0, 0, 0)
     assert hits == [0, 1, 0, 0]
+    await pool.aclose()
+    assert all(shard.closed for shard in shards)
 
 
 def test_pool_shapes() -> None:
-    """Up to 4 connections is one httpcore pool; 100 are 25 shards of 4 holding 100 in all.
+    """100 connections are 25 httpcore pools of 4 on the asyncio backend, 100 in all.
 
-    Shards of 4 keep httpcore's per-event scan of idle connections (each asking
-    anyio for its socket's attributes) from doubling a call's CPU at concurrency 100.
+    Shards of 4 keep httpcore's per-event scan of a pool's connections from
+    doubling a call's CPU at concurrency 100.
     """
-    small = common.pooled_transport(4)
-    assert isinstance(small, httpx.AsyncHTTPTransport)
-    big = common.pooled_transport(100)
-    assert isinstance(big, common.ShardedTransport) and len(big.busy) == 25
-    shards: Any = big._shards
-    assert sum(s._pool._max_connections for s in shards) == 100
-    assert max(s._pool._max_connections for s in shards) <= 4
-    odd: Any = common.pooled_transport(17)
-    assert sorted(s._pool._max_connections for s in odd._shards) == [3, 3, 3, 4, 4]
+    url = httpx.URL("http://x/")
+    small: Any = common.pooled_transport(4, url)
+    assert isinstance(small, common.PooledTransport) and len(small.busy) == 1
+    big: Any = common.pooled_transport(100, url)
+    assert isinstance(big, common.PooledTransport) and len(big.busy) == 25
+    assert sum(s._max_connections for s in big._shards) == 100
+    assert max(s._max_connections for s in big._shards) <= 4
+    assert all(isinstance(s._network_backend, AsyncioBackend) for s in big._shards)
+    odd: Any = common.pooled_transport(17, url)
+    assert sorted(s._max_connections for s in odd._shards) == [3, 3, 3, 4, 4]
     with pytest.raises(UsageError):
-        common.ShardedTransport([])
+        common.PooledTransport([])
 
 
 @pytest.mark.parametrize(

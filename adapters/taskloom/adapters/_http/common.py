@@ -3,13 +3,14 @@
 The OpenAI-compatible and the Anthropic executors differ only in how a request
 is written and how a reply is read. Everything else is written once:
 
-* ``HTTPExecutor`` (here) holds one ``httpx.AsyncClient`` per executor, the
-  timeouts, the size cap and the lifecycle; the protocol modules subclass it
-  and supply four hooks.
+* ``HTTPExecutor`` (here) holds one connection pool per executor (an httpx
+  transport, called directly: see ``_send``), the timeouts, the size cap and
+  the lifecycle; the protocol modules subclass it and supply four hooks.
 * ``errors`` maps statuses and httpx exceptions to typed errors;
   ``retry_after`` reads how long the provider asked us to wait;
   ``sse`` decodes server-sent events; ``transport`` holds the
-  sharded pool, ``Deadline`` and the size cap; ``jsonbody`` gives typed
+  sharded pool, ``Deadline`` and the size cap, on the asyncio sockets of
+  ``network``; ``jsonbody`` gives typed
   access to replies; ``settings`` reads a config table.
 
 This module re-exports their names, so ``common``
@@ -58,10 +59,11 @@ from taskloom.adapters._http.transport import (
     MAX_RESPONSE_BYTES,
     CheckedTransport,
     Deadline,
-    ShardedTransport,
+    PooledTransport,
     iter_decoded,
     plain_length,
     pooled_transport,
+    read_plain,
 )
 from taskloom.contracts import (
     CompletionChunk,
@@ -84,10 +86,10 @@ __all__ = [
     "HTTPExecutor",
     "HTTPXBoundary",
     "Parsed",
+    "PooledTransport",
     "Redactor",
     "SSEDecoder",
     "ServerSentEvent",
-    "ShardedTransport",
     "StreamState",
     "check_secret",
     "decode_json",
@@ -108,6 +110,12 @@ __all__ = [
 ]
 
 _logger = logging.getLogger("taskloom.adapters.http")
+_httpx_logger = logging.getLogger("httpx")
+
+
+def _sets_cookie(headers: httpx.Headers) -> bool:
+    """Whether a reply sets a cookie (one pass over its raw headers)."""
+    return any(name.lower() == b"set-cookie" for name, _ in headers.raw)
 
 
 def _positive(value: object, name: str, owner: str) -> float:
@@ -117,7 +125,7 @@ def _positive(value: object, name: str, owner: str) -> float:
 
 
 class HTTPExecutor(abc.ABC):
-    """An LLM executor speaking JSON over HTTP with one pooled ``httpx.AsyncClient``.
+    """An LLM executor speaking JSON over HTTP through one pool of keep-alive connections.
 
     Subclasses set ``provider`` and ``path`` and implement ``_headers``,
     ``_payload``, ``_parse`` and ``_on_event``. Calls never retry on their own:
@@ -185,7 +193,15 @@ class HTTPExecutor(abc.ABC):
         self._max_connections = max_connections
         self._max_bytes = int(_positive(max_response_bytes, "max_response_bytes", owner))
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._timeouts = {
+            "connect": self._connect_timeout_s,
+            "read": self._read_timeout_s,
+            "write": self._read_timeout_s,
+            "pool": self._total_timeout_s,
+        }
+        self._pool: httpx.AsyncBaseTransport | None = None
+        self._request_headers: list[tuple[bytes, bytes]] = []
+        self._cookies = httpx.Cookies()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -218,46 +234,54 @@ class HTTPExecutor(abc.ABC):
         if self._closed:
             raise UsageError(f"{type(self).__name__} is closed: create a new executor")
 
-    def _get_client(self) -> httpx.AsyncClient:
+    def _get_pool(self) -> httpx.AsyncBaseTransport:
+        """The pool of this loop's connections, opened on first use."""
         self._check_open()
         loop = asyncio.get_running_loop()
-        if self._client is not None and self._loop is not loop:
+        if self._pool is not None and self._loop is not loop:
             if self._loop is not None and not self._loop.is_closed():
                 raise UsageError(
                     f"{type(self).__name__} is in use on another event loop; "
                     "create one executor per event loop"
                 )
             # the loop its connections belonged to is gone (asyncio.run called again)
-            self._client = None
-        if self._client is None:
+            self._pool = None
+        if self._pool is None:
             self._loop = loop
-            headers = {
+            self._request_headers = self._merged_headers()
+            self._pool = CheckedTransport(
+                self._transport or pooled_transport(self._max_connections, self._url)
+            )
+        return self._pool
+
+    def _merged_headers(self) -> list[tuple[bytes, bytes]]:
+        """Every request's headers but its length, merged once as httpx would merge them.
+
+        Later sources win, names compared without case: httpx's defaults, ours,
+        the executor's ``headers``, the protocol's (the key), the content type.
+        """
+        merged = httpx.Headers({"accept": "*/*", "connection": "keep-alive"})
+        merged.update(
+            {
                 "user-agent": "taskloom/0.1",
                 "accept-encoding": ACCEPT_ENCODING,
                 **self._extra_headers,
                 **self._headers(),
+                "content-type": "application/json",
             }
-            self._client = httpx.AsyncClient(
-                headers=headers,
-                timeout=httpx.Timeout(
-                    self._read_timeout_s,
-                    connect=self._connect_timeout_s,
-                    pool=self._total_timeout_s,
-                ),
-                transport=CheckedTransport(
-                    self._transport or pooled_transport(self._max_connections)
-                ),
-                follow_redirects=False,
-                trust_env=self._transport is None,
-            )
-        return self._client
+        )
+        for name in ("content-length", "transfer-encoding"):  # each request sets its length
+            merged.pop(name, None)
+        if "host" not in merged:
+            merged["host"] = self._url.netloc.decode("ascii")
+        return merged.raw
 
     async def aclose(self) -> None:
         """Close the connection pool. Idempotent; later calls raise UsageError."""
         self._closed = True
-        client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
-            await client.aclose()
+        pool, self._pool = self._pool, None
+        if pool is not None and self._loop is asyncio.get_running_loop():
+            await pool.aclose()
 
     async def __aenter__(self) -> HTTPExecutor:
         self._check_open()
@@ -267,7 +291,7 @@ class HTTPExecutor(abc.ABC):
         await self.aclose()
 
     def __del__(self) -> None:
-        if getattr(self, "_client", None) is not None and not getattr(self, "_closed", True):
+        if getattr(self, "_pool", None) is not None and not getattr(self, "_closed", True):
             warnings.warn(
                 f"{type(self).__name__} was never closed: call aclose() or use 'async with'",
                 ResourceWarning,
@@ -299,17 +323,43 @@ class HTTPExecutor(abc.ABC):
         )
 
     async def _send(self, request: CompletionRequest, *, stream: bool) -> httpx.Response:
-        """Send the request and return the open response after checking its status."""
-        client = self._get_client()
+        """Send the request and return the open response after checking its status.
+
+        What ``httpx.AsyncClient.send`` would do, without redoing per call what
+        is the same for every call of an executor (merging headers and URLs,
+        choosing a mount, an auth flow and redirect loop that never act here):
+        the request is built from headers merged once and handed to the pool.
+        Redirects are not followed (a 3xx is an error, as before); cookies a
+        server sets are kept and sent back, as an httpx client does.
+        """
+        pool = self._get_pool()
         body = json.dumps(
             self._payload(request, self._model_for(request), stream=stream),
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode()
-        http_request = client.build_request(
-            "POST", self._url, content=body, headers={"content-type": "application/json"}
+        http_request = httpx.Request(
+            "POST",
+            self._url,
+            headers=[*self._request_headers, (b"Content-Length", b"%d" % len(body))],
+            stream=httpx.ByteStream(body),
+            extensions={"timeout": self._timeouts},
         )
-        response = await client.send(http_request, stream=True)
+        if self._cookies:
+            self._cookies.set_cookie_header(http_request)
+        response = await pool.handle_async_request(http_request)
+        response.request = http_request
+        if _sets_cookie(response.headers):
+            self._cookies.extract_cookies(response)
+        if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx's client logs
+            _httpx_logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                http_request.method,
+                http_request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
         if response.status_code // 100 != 2:
             raise await self._status_error(response)
         return response
@@ -333,7 +383,7 @@ class HTTPExecutor(abc.ABC):
         limit = min(self._max_bytes, 64 * 1024) if for_error else self._max_bytes
         length = plain_length(response.headers)
         if length is not None and length <= limit:
-            return await response.aread()
+            return await read_plain(response)
         if length is not None and not for_error:
             raise MalformedResponse(
                 f"{self.provider}: the reply is {length} bytes, over the {limit}-byte limit "
