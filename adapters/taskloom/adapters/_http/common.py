@@ -201,6 +201,7 @@ class HTTPExecutor(abc.ABC):
         }
         self._pool: httpx.AsyncBaseTransport | None = None
         self._request_headers: list[tuple[bytes, bytes]] = []
+        self._headers_url: httpx.URL | None = None  # the URL whose Host they carry
         self._cookies = httpx.Cookies()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -248,10 +249,13 @@ class HTTPExecutor(abc.ABC):
             self._pool = None
         if self._pool is None:
             self._loop = loop
-            self._request_headers = self._merged_headers()
+            self._headers_url = None  # a new pool merges the headers again, as a new client did
             self._pool = CheckedTransport(
                 self._transport or pooled_transport(self._max_connections, self._url)
             )
+        if self._headers_url is not self._url:
+            self._request_headers = self._merged_headers()
+            self._headers_url = self._url
         return self._pool
 
     def _merged_headers(self) -> list[tuple[bytes, bytes]]:

@@ -15,6 +15,7 @@ import ssl
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from typing import Any, ClassVar, Protocol
+from urllib.request import getproxies
 
 import httpcore
 import httpx
@@ -273,12 +274,15 @@ def pooled_transport(max_connections: int, url: httpx.URL) -> httpx.AsyncBaseTra
     httpx's own transport through that proxy. TLS verification trusts
     ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set, as httpx does.
     """
+    if getproxies():  # where httpx reads proxies from; empty in most environments
+        # httpx keeps its proxy rules (patterns, NO_PROXY, all://) inside the client:
+        # ask a client configured from the environment which transport it would use
+        router = httpx.AsyncClient(trust_env=True)
+        chosen = router._transport_for_url(url)
+        if chosen is not router._transport:
+            return chosen
     ssl_context = httpx.create_ssl_context(trust_env=True) if url.scheme == "https" else None
-    pooled = PooledTransport.asyncio_shards(max_connections, ssl_context=ssl_context)
-    # httpx keeps its proxy rules (patterns, NO_PROXY, all://) inside the client:
-    # ask a client built on our pool which transport it would use for this URL
-    router = httpx.AsyncClient(transport=pooled, trust_env=True)
-    return router._transport_for_url(url)
+    return PooledTransport.asyncio_shards(max_connections, ssl_context=ssl_context)
 
 
 def plain_length(headers: httpx.Headers) -> int | None:
