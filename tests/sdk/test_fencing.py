@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from attrs import evolve as attrs_evolve
 
 from taskloom.adapters.memory import MemoryStorage
 from taskloom.contracts import (
     CompletionRequest,
     CompletionResult,
     LeaseLost,
+    RunHeld,
     RunStarted,
     StepSucceeded,
 )
@@ -259,3 +261,53 @@ async def test_a_write_that_fails_its_fence_stops_the_calls_in_flight() -> None:
             await asyncio.wait_for(handle.result(), 30)  # a bound, not a speed: renewal is 200 s
         assert executor.cancelled == ["slow"]
         await other.aclose()
+
+
+async def test_a_lease_given_back_with_the_outcome_is_not_lost_and_needs_no_release() -> None:
+    """A lease deleted in the commit of the run's outcome (with_outcome): a renewal that
+    comes after stops quietly (no LeaseLost, nothing marked lost), and release_lease
+    reads nothing."""
+    from taskloom.contracts import Delete, RunSucceeded
+    from taskloom.sdk._runs.records import NS_LEASES
+
+    storage = MemoryStorage()
+    store = RunStore(storage)
+    await store.acquire_lease("r1", "me", ttl_s=10)
+    await store.create_run(_record("r1"))
+    store.with_outcome("r1", [Delete(namespace=NS_LEASES, key="r1")])
+    done = RunSucceeded(run_id="r1", at=2.0, duration_s=1.0)
+    await (await store.queue_finish(attrs_evolve(_record("r1"), status="succeeded"), done))
+    assert await storage.get(NS_LEASES, "r1") is None
+    assert store.lease_released("r1") and store.outcome_landed("r1")
+    with pytest.raises(RunHeld) as caught:
+        await store.renew_lease("r1", "me", ttl_s=10)
+    assert not isinstance(caught.value, LeaseLost)
+    assert store.lost_lease("r1") is None
+    reads: list[str] = []
+    real_get = storage.get
+
+    async def get(namespace: str, key: str) -> Any:
+        reads.append(namespace)
+        return await real_get(namespace, key)
+
+    storage.get = get  # type: ignore[method-assign]
+    await store.release_lease("r1", "me")
+    assert reads == [] and not store.lease_released("r1")
+    await store.aclose()
+
+
+async def test_operations_with_an_outcome_never_land_without_the_fence(
+    taken_over: TakenOver,
+) -> None:
+    """A holder that was taken over records no outcome, so what it meant to give back with
+    it (the new holder's lease) is not deleted."""
+    from taskloom.contracts import Delete, RunSucceeded
+    from taskloom.sdk._runs.records import NS_LEASES
+
+    storage, stale, _fresh, _clock = taken_over
+    stale.with_outcome("r1", [Delete(namespace=NS_LEASES, key="r1")])
+    done = RunSucceeded(run_id="r1", at=2.0, duration_s=1.0)
+    with pytest.raises(LeaseLost):
+        await (await stale.queue_finish(attrs_evolve(_record("r1"), status="succeeded"), done))
+    assert await storage.get(NS_LEASES, "r1") is not None
+    assert not stale.outcome_landed("r1") and not stale.lease_released("r1")

@@ -498,10 +498,11 @@ async def test_a_limited_queue_is_claimed_one_run_per_claim(engine: Engine) -> N
 
 
 async def test_a_finished_run_gives_its_slot_back_in_its_outcome_commit() -> None:
-    """The slot a claim of an unlimited queue took is deleted in the same commit as the
-    run's outcome: no delete of its own afterwards, and no slot is left behind."""
+    """The slot a claim of an unlimited queue took, and its lease, are deleted in the same
+    commit as the run's outcome: no deletes of their own afterwards, nothing left behind."""
     from taskloom.contracts import Delete, Put
     from taskloom.sdk._queue.records import NS_SLOTS
+    from taskloom.sdk._runs.records import NS_LEASES
 
     storage = MemoryStorage()
     deletes: list[str] = []
@@ -528,7 +529,8 @@ async def test_a_finished_run_gives_its_slot_back_in_its_outcome_commit() -> Non
             await _wait_status(engine, ids, "succeeded")
         assert worker.stats.succeeded == 3
         assert await storage.scan(NS_SLOTS) == []
-    assert NS_SLOTS not in deletes
+        assert await storage.scan(NS_LEASES) == []
+    assert NS_SLOTS not in deletes and NS_LEASES not in deletes
     assert with_record == set(ids)
 
 

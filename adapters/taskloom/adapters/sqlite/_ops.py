@@ -314,7 +314,9 @@ def claim_job(cursor: sqlite3.Cursor, args: tuple[Any, ...]) -> list[ClaimedReco
     limit: int = args[3]
     ops_for: ClaimOps = args[4]
     now: float = args[5]
-    page = max(8, 2 * limit)
+    # Nobody else can take a candidate while this transaction runs, so a page needs only
+    # what is asked for (and one more); declined candidates page on.
+    page = limit + 1
     claimed: list[ClaimedRecord] = []
     after = ""
     while len(claimed) < limit:

@@ -81,6 +81,8 @@ class HeldLease:
             try:
                 lease = await self._store.renew_lease(self._run_id, self._holder, ttl_s=self._ttl)
             except RunHeld as exc:
+                if self._store.lease_released(self._run_id):
+                    return  # given back in the commit of the run's outcome: nothing to renew
                 if self.lost is None:  # (else the store told us already, and we cancelled)
                     self.lost = exc
                     # another process runs it now: this one's pending checkpoints must not land

@@ -149,12 +149,15 @@ async def claim_queued_many(
         if slot is None:
             return []
 
+    entries: dict[str, QueueEntry] = {}  # decoded once, by queue key
+
     def ops_for(record: Record) -> Sequence[Op] | None:
         try:
             entry = decode(record.value, QueueEntry, where=f"{NS_QUEUE}/{record.key}")
         except TaskloomError as exc:
             logger.warning("queue entry %s is damaged and skipped: %s", record.key, exc)
             return None
+        entries[record.key] = entry
         run_id = entry.run_id
         lease = LeaseRecord(run_id=run_id, holder=holder, acquired_at=now, expires_at=now + ttl_s)
         key, version = slot if slot is not None else (f"{name}/~{run_id}", 0)
@@ -188,7 +191,9 @@ async def claim_queued_many(
         got = await claim_by_cas(storage, NS_QUEUE, prefix=f"{name}/", limit=limit, ops_for=ops_for)
     claims: list[Claim] = []
     for claimed in got:
-        entry = decode(claimed.record.value, QueueEntry, where=f"{NS_QUEUE}/{claimed.record.key}")
+        entry = entries.get(claimed.record.key) or decode(
+            claimed.record.value, QueueEntry, where=f"{NS_QUEUE}/{claimed.record.key}"
+        )
         key = slot[0] if slot is not None else f"{name}/~{entry.run_id}"
         fence_record = next(
             (

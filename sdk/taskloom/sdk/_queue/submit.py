@@ -145,7 +145,8 @@ async def submit_run(
         check_name(run_id, what="run id")
     if idempotency_key is not None:
         check_name(idempotency_key, what="idempotency key")
-    await queue_definition(store, queue)  # UnknownQueue before anything is stored
+    if queue != DEFAULT_QUEUE:  # (the default queue always exists: nothing to read)
+        await queue_definition(store, queue)  # UnknownQueue before anything is stored
     storage = store.storage
     new_id = run_id if run_id is not None else uuid.uuid4().hex
     for _ in range(_SUBMIT_RETRIES):

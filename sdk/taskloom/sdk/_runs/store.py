@@ -178,6 +178,8 @@ class RunStore:
         """Operations to commit with a run's outcome (``with_outcome``)."""
         self._outcome_landed: set[str] = set()
         """Runs whose outcome committed with their ``with_outcome`` operations."""
+        self._released: set[str] = set()
+        """Runs whose lease was deleted in their outcome's commit (``with_outcome``)."""
         self._events = EventLog(storage, fence=self._fence_check)
         self._writer = GroupCommitWriter(
             storage,
@@ -354,10 +356,12 @@ class RunStore:
             append,
         ]
         extra = self._with_outcome.pop(run_id, ())
-        ops += extra
         check = self._fence_check(run_id)
         if check is not None:
+            ops += extra  # (unfenced, they could undo what another holder did: never then)
             ops.append(check)
+        else:
+            extra = ()
         try:
             write = self._writer.submit(ops, run=run_id)
         except BaseException:
@@ -369,20 +373,32 @@ class RunStore:
             self._events.settle_last(run_id, first, texts, written=landed)
             if landed and extra:
                 self._outcome_landed.add(run_id)
+                if any(
+                    isinstance(op, Delete) and op.namespace == NS_LEASES and op.key == run_id
+                    for op in extra
+                ):
+                    self._released.add(run_id)
 
         write.add_done_callback(settled)
         return write
 
     def with_outcome(self, run_id: str, ops: Sequence[Put | Delete]) -> None:
         """Commit ``ops`` together with the run's outcome, if this process records one
-        (``queue_finish``), instead of in a transaction of their own afterwards: a run
-        queue gives back what a claim took this way. Only operations that cannot fail a
-        check belong here (no ``if_version``): the outcome must never fail for them.
-        ``outcome_landed`` then says whether they were committed."""
+        (``queue_finish``) while it holds the run's lease, instead of in transactions of
+        their own afterwards: a run queue gives back what a claim took this way (the
+        claim's slot, and the lease itself: ``Delete`` of ``leases``/run id, which the
+        outcome's fence check makes safe; ``release_lease`` then has nothing left to do
+        and renewals stop quietly). Only operations that cannot fail a check belong here
+        (no ``if_version``): the outcome must never fail for them. ``outcome_landed``
+        then says whether they were committed."""
         for op in ops:
             if op.if_version is not None:
                 raise UsageError("operations committed with a run's outcome take no if_version")
         self._with_outcome[run_id] = tuple(ops)
+
+    def lease_released(self, run_id: str) -> bool:
+        """Whether the run's lease was given back in its outcome's commit (``with_outcome``)."""
+        return run_id in self._released
 
     def outcome_landed(self, run_id: str) -> bool:
         """Whether the run's outcome committed with its ``with_outcome`` operations (asked
@@ -612,6 +628,8 @@ class RunStore:
         lost = self._lost.get(run_id)
         if lost is not None:
             raise lost
+        if run_id in self._released:
+            raise RunHeld(f"run {run_id!r} ended: its lease was given back with its outcome")
         running = self._renewing.get(run_id)
         if running is not None:
             return await asyncio.shield(running)
@@ -668,7 +686,8 @@ class RunStore:
         """The error for a lease ``holder`` no longer has; if this store held it, the run's
         writes are refused from now on and its queued events dropped."""
         held = self._held.get(run_id)
-        if held is None or held.holder != holder:
+        if held is None or held.holder != holder or run_id in self._released:
+            # (released with its outcome while this renewal was under way: not lost)
             if lease is None:
                 return RunHeld(message)
             return held_error(run_id, lease)
@@ -807,6 +826,7 @@ class RunStore:
         self._adopted.discard(run_id)
         self._lost_watchers.pop(run_id, None)
         self._with_outcome.pop(run_id, None)
+        self._released.discard(run_id)
         self._writer.mend(run_id)
         self._events.release(run_id)
 
@@ -817,6 +837,9 @@ class RunStore:
         held = self._held.get(run_id)
         if held is not None and held.holder == holder:
             del self._held[run_id]
+            if run_id in self._released:
+                self._released.discard(run_id)
+                return  # deleted in the commit of its outcome
         stored = await self._storage.get(NS_LEASES, run_id)
         if stored is None:
             return

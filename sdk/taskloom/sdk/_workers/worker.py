@@ -12,6 +12,7 @@ import attrs
 
 from taskloom.contracts import (
     Delete,
+    Put,
     RunCancelled,
     RunHeld,
     RunNotFound,
@@ -33,7 +34,7 @@ from taskloom.sdk._queue.claim import (
 )
 from taskloom.sdk._queue.records import DEFAULT_QUEUE, NS_QUEUE, NS_SLOTS, QueueDefinition
 from taskloom.sdk._queue.submit import check_queue_name, queue_definition
-from taskloom.sdk._runs.records import FINISHED_STATUSES
+from taskloom.sdk._runs.records import FINISHED_STATUSES, NS_LEASES
 from taskloom.sdk._runs.store import RunStore
 
 logger = logging.getLogger("taskloom.worker")
@@ -343,9 +344,15 @@ class Worker:
         except TaskloomError:
             max_claims = QueueDefinition(name=DEFAULT_QUEUE).max_claims
         release = True
-        if claim.slot is not None and claim.slot.endswith(f"/~{claim.run_id}"):
-            # a slot named after the run is the run's alone: it goes with the outcome
-            store.with_outcome(claim.run_id, [Delete(namespace=NS_SLOTS, key=claim.slot)])
+        # What the claim took goes back in the commit of the run's outcome, not in
+        # transactions of their own: the lease, and a slot named after the run (its
+        # alone; a numbered slot of a limited queue is given back by release_slot).
+        give_back: list[Put | Delete] = [Delete(namespace=NS_LEASES, key=claim.run_id)]
+        slot = claim.slot
+        own_slot = slot is not None and slot.endswith(f"/~{claim.run_id}")
+        if slot is not None and own_slot:
+            give_back.append(Delete(namespace=NS_SLOTS, key=slot))
+        store.with_outcome(claim.run_id, give_back)
         try:
             if claim.claims > max_claims:
                 await fail_poison(
@@ -386,7 +393,7 @@ class Worker:
             logger.exception("run %s stopped with an unexpected error", claim.run_id)
             release = await self._ended(claim.run_id)
         finally:
-            if store.outcome_landed(claim.run_id):
+            if store.outcome_landed(claim.run_id) and own_slot:
                 release = False  # the slot went in the outcome's commit
             store.end_run(claim.run_id)  # nothing of the run stays in this process
             if release:
