@@ -459,8 +459,8 @@ async def test_a_run_stopped_by_a_storage_error_keeps_its_slot() -> None:
 
 
 async def test_a_worker_claims_as_many_runs_as_it_has_room_for_at_once(tmp_path: Any) -> None:
-    """With room for 5 runs and 5 queued, a worker on SQLite claims them in one native
-    claim (one transaction), not one claim per run."""
+    """With room for 6 runs and 6 queued, a worker on SQLite claims them in two native
+    claims (one transaction each, at most CLAIM_BATCH runs), not one claim per run."""
     from taskloom.adapters.sqlite import SQLiteStorage
 
     async with SQLiteStorage(tmp_path / "q.db", purge_interval_s=None) as storage:
@@ -475,11 +475,11 @@ async def test_a_worker_claims_as_many_runs_as_it_has_room_for_at_once(tmp_path:
 
         storage.claim = counting  # type: ignore[method-assign]
         async with _engine(storage) as engine:
-            ids = [await engine.submit(_pipe(), {"x": str(i)}) for i in range(5)]
-            async with Worker(engine, concurrency=5, recover=False) as worker:
+            ids = [await engine.submit(_pipe(), {"x": str(i)}) for i in range(6)]
+            async with Worker(engine, concurrency=6, recover=False) as worker:
                 await _wait_status(engine, ids, "succeeded")
-            assert worker.stats.succeeded == 5
-    assert claims == [5]
+            assert worker.stats.succeeded == 6
+    assert claims == [4, 2]
 
 
 async def test_a_limited_queue_is_claimed_one_run_per_claim(engine: Engine) -> None:
