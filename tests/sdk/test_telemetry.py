@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import attrs
 import pytest
 from engine_support import FakeExecutor, make_engine, pipeline
 from opentelemetry import trace
@@ -16,12 +18,20 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from taskloom.adapters.memory import MemoryStorage
-from taskloom.contracts import InvalidRequest, StepFailed, UsageError
+from taskloom.contracts import (
+    CompletionRequest,
+    CompletionResult,
+    InvalidRequest,
+    StepFailed,
+    UsageError,
+)
 from taskloom.sdk import Engine
 from taskloom.sdk._config.toml import load_config
+from taskloom.sdk._engine.leaf import LeafRunner
 from taskloom.sdk._telemetry.tracing import Telemetry
 from taskloom.security import Redactor
 
@@ -207,6 +217,113 @@ async def test_streamed_calls_are_spans_too(captured: Captured) -> None:
     assert chat.attributes is not None
     assert chat.attributes["gen_ai.response.finish_reasons"] == ("stop",)
     assert chat.attributes["gen_ai.usage.output_tokens"] == 1
+
+
+class NamedModelExecutor(FakeExecutor):
+    """A FakeExecutor whose replies name the model that answered (``<request>-0613``)."""
+
+    async def complete(self, request: CompletionRequest) -> CompletionResult:
+        result = await super().complete(request)
+        return attrs.evolve(result, model=f"{request.model}-0613")
+
+
+async def test_each_call_gets_its_own_settings_and_models(captured: Captured) -> None:
+    """Calls with other settings or models get their own span attributes and metric
+    points (nothing of one call's leaks into another's), and a failed call has a
+    duration point with its error.type and no token points."""
+    fake = NamedModelExecutor()
+    fake.fail("three", InvalidRequest("no"))
+    engine, _ = make_engine(fake, telemetry=captured.telemetry)
+    steps = (
+        {"id": "a", "prompt": "one", "model": "m-1", "temperature": 0.5},
+        {"id": "b", "prompt": "two", "model": "m-2", "temperature": 0.1},
+        {"id": "c", "prompt": "one again", "model": "m-1", "temperature": 0.5},
+    )
+    async with engine:
+        await engine.run(pipeline(*steps))
+        with pytest.raises(StepFailed):
+            await engine.run(pipeline({"id": "d", "prompt": "three", "model": "m-1"}))
+    chats = [dict(s.attributes or {}) for s in captured.named("chat")]
+    assert [(c["gen_ai.request.model"], c.get("gen_ai.request.temperature")) for c in chats] == [
+        ("m-1", 0.5),
+        ("m-2", 0.1),
+        ("m-1", 0.5),
+        ("m-1", None),
+    ]
+    assert [c.get("gen_ai.response.model") for c in chats] == [
+        "m-1-0613",
+        "m-2-0613",
+        "m-1-0613",
+        None,
+    ]
+    durations = {
+        (
+            p.attributes["gen_ai.request.model"],
+            p.attributes.get("gen_ai.response.model"),
+            p.attributes.get("error.type"),
+        ): p.count
+        for p in captured.metric("gen_ai.client.operation.duration")
+    }
+    assert durations == {
+        ("m-1", "m-1-0613", None): 2,
+        ("m-2", "m-2-0613", None): 1,
+        ("m-1", None, "InvalidRequest"): 1,
+    }
+    tokens = {
+        (p.attributes["gen_ai.response.model"], p.attributes["gen_ai.token.type"]): p.sum
+        for p in captured.metric("gen_ai.client.token.usage")
+    }
+    assert tokens == {
+        ("m-1-0613", "input"): 2,
+        ("m-1-0613", "output"): 2,
+        ("m-2-0613", "input"): 1,
+        ("m-2-0613", "output"): 1,
+    }
+
+
+async def test_a_dropped_span_gets_no_reply_attributes_but_the_metrics_count() -> None:
+    """When the application's sampler drops the spans, the reply's attributes are not
+    built (its content is never serialized nor masked), and the call still counts in
+    the metrics."""
+    spans_out = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(spans_out))
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(
+        tracer_provider=provider,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        capture_content=True,
+    )
+    fake = FakeExecutor(reply=lambda r: "REPLY-CANARY")
+    engine, _ = make_engine(fake, telemetry=telemetry)
+    masked: list[str] = []
+    telemetry.bind(lambda text: masked.append(text) or text)
+    async with engine:
+        await engine.run(pipeline({"id": "a", "prompt": "x"}))
+    assert spans_out.get_finished_spans() == ()
+    assert not [text for text in masked if "REPLY-CANARY" in text]
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert names == {"gen_ai.client.token.usage", "gen_ai.client.operation.duration"}
+
+
+def _services(telemetry: Telemetry | None) -> Any:
+    return SimpleNamespace(durability="sync", telemetry=telemetry)
+
+
+def test_a_leaf_without_telemetry_is_its_own_coroutine(captured: Captured) -> None:
+    """Telemetry off, ``run_leaf`` hands back the leaf's own coroutine (no wrapper frame
+    per step); on, the step's span wraps it."""
+    off = LeafRunner(run_id="r", services=_services(None), emit=lambda event: None)
+    leaf = off.run_leaf(Any, Any, step_id="a", item=None)
+    assert isinstance(leaf, Coroutine) and leaf.cr_code is LeafRunner._run_leaf.__code__
+    leaf.close()
+    on = LeafRunner(run_id="r", services=_services(captured.telemetry), emit=lambda event: None)
+    traced = on.run_leaf(Any, Any, step_id="a", item=None)
+    assert isinstance(traced, Coroutine) and traced.cr_code is Telemetry.trace_step.__code__
+    traced.cr_frame.f_locals["body"].close()  # the leaf's coroutine, never started
+    traced.close()
 
 
 def test_global_providers_are_used_by_default() -> None:

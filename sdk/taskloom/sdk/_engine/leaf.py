@@ -165,14 +165,15 @@ class LeafRunner:
             if eid is not None
         }
 
-    async def run_leaf(
+    def run_leaf(
         self, node: NodePlan, scope: Scope, *, step_id: str, item: int | None
-    ) -> Any:
-        """Run one leaf (see ``_run_leaf``), inside its span when telemetry is on."""
+    ) -> Awaitable[Any]:
+        """Run one leaf (see ``_run_leaf``), inside its span when telemetry is on. A plain
+        function returning the awaitable: no coroutine frame of its own per step."""
         telemetry = self.svc.telemetry
         if telemetry is None:
-            return await self._run_leaf(node, scope, step_id=step_id, item=item)
-        return await telemetry.trace_step(
+            return self._run_leaf(node, scope, step_id=step_id, item=item)
+        return telemetry.trace_step(
             step_id, item, self._run_leaf(node, scope, step_id=step_id, item=item)
         )
 

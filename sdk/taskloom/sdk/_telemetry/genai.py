@@ -13,7 +13,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from taskloom.contracts import CompletionRequest, CompletionResult
+import attrs
+
+from taskloom.contracts import CompletionRequest, CompletionResult, Usage
 
 OPERATION = "gen_ai.operation.name"
 PROVIDER = "gen_ai.provider.name"
@@ -42,6 +44,17 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 """The bucket boundaries the conventions advise for ``gen_ai.client.operation.duration``."""
 
 _PROVIDERS = {"OpenAIExecutor": "openai", "AnthropicExecutor": "anthropic"}
+
+_ANY_CACHE_USAGE = (
+    (USAGE_CACHE_READ, "cache_read_tokens"),
+    (USAGE_CACHE_CREATION, "cache_creation_tokens"),
+)
+"""The cache-token counts a usage may report, by attribute and field name."""
+_CACHE_USAGE = tuple(
+    (name, field) for name, field in _ANY_CACHE_USAGE if field in attrs.fields_dict(Usage)
+)
+"""Those that ``Usage`` itself has (read from its fields: none is looked up per call
+while it has none, and a field added to it is picked up); a subclass's are looked up."""
 
 
 def provider_name(executor: object, executor_id: str) -> str:
@@ -87,18 +100,16 @@ def result_attributes(
     result: CompletionResult, *, capture_content: bool, redact: Callable[[str], str]
 ) -> dict[str, Any]:
     """The attributes a chat span ends with: response model, finish reason, usage."""
+    usage = result.usage
     attributes: dict[str, Any] = {
-        RESPONSE_FINISH_REASONS: [result.finish_reason],
-        USAGE_INPUT: result.usage.prompt_tokens,
-        USAGE_OUTPUT: result.usage.completion_tokens,
+        RESPONSE_FINISH_REASONS: (result.finish_reason,),
+        USAGE_INPUT: usage.prompt_tokens,
+        USAGE_OUTPUT: usage.completion_tokens,
     }
     if result.model is not None:
         attributes[RESPONSE_MODEL] = result.model
-    for name, field in (
-        (USAGE_CACHE_READ, "cache_read_tokens"),
-        (USAGE_CACHE_CREATION, "cache_creation_tokens"),
-    ):
-        value = getattr(result.usage, field, None)
+    for name, field in _CACHE_USAGE if type(usage) is Usage else _ANY_CACHE_USAGE:
+        value = getattr(usage, field, None)
         if isinstance(value, int) and value:
             attributes[name] = value
     if capture_content:

@@ -15,12 +15,11 @@ trace link is best effort.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
 
 from taskloom.contracts import (
     CompletionChunk,
@@ -35,7 +34,12 @@ from taskloom.sdk._telemetry import genai
 
 try:
     from opentelemetry import metrics, trace
+    from opentelemetry.context import attach as _attach
+    from opentelemetry.context import detach as _detach
     from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+    from opentelemetry.trace import set_span_in_context as _in_context
+
+    _CLIENT = SpanKind.CLIENT
 except ImportError:  # pragma: no cover - the otel extra is absent
     trace = None  # type: ignore[assignment]
 
@@ -44,6 +48,10 @@ T = TypeVar("T")
 
 LINK_NAMESPACE = "telemetry"
 """Where a traced run keeps its first span's context, so a resume can link to it."""
+STEP_ID = "taskloom.step_id"
+ITEM = "taskloom.item"
+_CACHE_LIMIT = 256
+"""Most distinct call settings (or provider and models) whose attributes are kept."""
 
 
 class Telemetry:
@@ -52,6 +60,13 @@ class Telemetry:
     ``tracer_provider`` and ``meter_provider`` default to the application's global
     ones (``opentelemetry.trace.set_tracer_provider``...). ``capture_content`` adds
     the messages of each call (masked) to its span; off by default.
+
+    A step costs what the OpenTelemetry SDK costs for its two spans and three
+    histogram records, and little more: a span starts with its attributes in one
+    dict and is made current by one ``attach`` (no context-manager layers); the
+    attributes that depend only on a call's settings, provider and models are built
+    once and reused; a span the sampler dropped gets no reply attributes (nor its
+    content serialized and masked); error text is formatted only on failure.
     """
 
     def __init__(
@@ -85,6 +100,7 @@ class Telemetry:
         self.capture_content = capture_content
         self.redact: Callable[[str], str] = _same
         self._traced: dict[int, tuple[LLMExecutor, TracedExecutor]] = {}
+        self._metric_cache: dict[tuple[str, str | None, str | None], _MetricSets] = {}
 
     def bind(self, redact: Callable[[str], str]) -> None:
         """Mask every text an exporter could see with ``redact`` (the engine's)."""
@@ -107,12 +123,16 @@ class Telemetry:
             first = await _load_link(storage, run_id)
             if first is not None:
                 links.append(Link(first, {"taskloom.link": "first_run"}))
-        attributes = {
+        attributes: dict[str, Any] = {
             "taskloom.run_id": run_id,
             "taskloom.pipeline": pipeline,
             "taskloom.resumed": resumed,
         }
-        with self._span(f"taskloom.run {pipeline}", attributes, links=links) as span:
+        span = self.tracer.start_span(
+            f"taskloom.run {pipeline}", attributes=attributes, links=links
+        )
+        token = _attach(_in_context(span))
+        try:
             if not resumed and storage is not None:
                 await _save_link(storage, run_id, span.get_span_context())
             result = await body
@@ -120,41 +140,36 @@ class Telemetry:
             if isinstance(status, str):
                 span.set_attribute("taskloom.run.status", status)
             return result
+        except BaseException as exc:
+            self._failed(span, exc)
+            raise
+        finally:
+            _detach(token)
+            span.end()
 
     async def trace_step(self, step_id: str, item: int | None, body: Awaitable[T]) -> T:
-        """Await ``body`` (one step or map item) inside its span."""
-        attributes: dict[str, Any] = {"taskloom.step_id": step_id}
-        name = f"taskloom.step {step_id}"
-        if item is not None:
-            attributes["taskloom.item"] = item
-            name = f"{name}[{item}]"
-        with self._span(name, attributes):
+        """Await ``body`` (one step or map item) inside its span, the current one meanwhile
+        (so that spans an LLM call or a plugin step makes are its children)."""
+        if item is None:
+            span = self.tracer.start_span("taskloom.step " + step_id, attributes={STEP_ID: step_id})
+        else:
+            span = self.tracer.start_span(
+                f"taskloom.step {step_id}[{item}]", attributes={STEP_ID: step_id, ITEM: item}
+            )
+        token = _attach(_in_context(span))
+        try:
             return await body
-
-    @contextlib.contextmanager
-    def _span(
-        self,
-        name: str,
-        attributes: dict[str, Any],
-        *,
-        kind: Any = None,
-        links: list[Any] | None = None,
-    ) -> Iterator[Any]:
-        with self.tracer.start_as_current_span(
-            name,
-            kind=kind if kind is not None else SpanKind.INTERNAL,
-            attributes=attributes,
-            links=links or (),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                self._failed(span, exc)
-                raise
+        except BaseException as exc:
+            self._failed(span, exc)
+            raise
+        finally:
+            _detach(token)
+            span.end()
 
     def _failed(self, span: Any, exc: BaseException) -> None:
+        """Mark ``span`` cancelled, or failed with the error's type and masked text."""
+        if not span.is_recording():
+            return
         if isinstance(exc, RunCancelled | GeneratorExit) or type(exc).__name__ == "CancelledError":
             span.set_attribute("taskloom.cancelled", True)
             return
@@ -172,31 +187,57 @@ class Telemetry:
         self._traced[id(executor)] = (executor, wrapped)
         return wrapped
 
+    def _metric_sets(
+        self, provider: str, request_model: str | None, response_model: str | None
+    ) -> _MetricSets:
+        """The attribute sets of a call's metric points (duration, input and output
+        tokens): built once per provider and models, then shared (never mutated)."""
+        key = (provider, request_model, response_model)
+        known = self._metric_cache.get(key)
+        if known is not None:
+            return known
+        common: dict[str, Any] = {genai.OPERATION: "chat", genai.PROVIDER: provider}
+        if request_model is not None:
+            common[genai.REQUEST_MODEL] = request_model
+        if response_model is not None:
+            common[genai.RESPONSE_MODEL] = response_model
+        made = _MetricSets(
+            common,
+            {**common, genai.TOKEN_TYPE: "input"},
+            {**common, genai.TOKEN_TYPE: "output"},
+        )
+        if len(self._metric_cache) >= _CACHE_LIMIT:  # models named by replies: keep it bounded
+            self._metric_cache.clear()
+        self._metric_cache[key] = made
+        return made
+
     def record_call(
         self,
-        attributes: dict[str, Any],
+        provider: str,
+        request_model: str | None,
         seconds: float,
         result: CompletionResult | None,
         error: BaseException | None,
     ) -> None:
-        """The two GenAI client metrics of one call."""
-        common = {
-            k: attributes[k]
-            for k in (genai.OPERATION, genai.PROVIDER, genai.REQUEST_MODEL)
-            if k in attributes
-        }
-        if result is not None and result.model is not None:
-            common[genai.RESPONSE_MODEL] = result.model
+        """The two GenAI client metrics of one call (a failed one: its duration only)."""
         if error is not None:
-            common[genai.ERROR_TYPE] = type(error).__name__
-        self.duration.record(seconds, common)
-        if result is not None:
-            self.token_usage.record(
-                result.usage.prompt_tokens, {**common, genai.TOKEN_TYPE: "input"}
-            )
-            self.token_usage.record(
-                result.usage.completion_tokens, {**common, genai.TOKEN_TYPE: "output"}
-            )
+            common = self._metric_sets(provider, request_model, None).duration
+            self.duration.record(seconds, {**common, genai.ERROR_TYPE: type(error).__name__})
+            return
+        assert result is not None
+        sets = self._metric_sets(provider, request_model, result.model)
+        self.duration.record(seconds, sets.duration)
+        usage = result.usage
+        self.token_usage.record(usage.prompt_tokens, sets.input_tokens)
+        self.token_usage.record(usage.completion_tokens, sets.output_tokens)
+
+
+class _MetricSets(NamedTuple):
+    """The attributes of one call's duration point and its two token points."""
+
+    duration: dict[str, Any]
+    input_tokens: dict[str, Any]
+    output_tokens: dict[str, Any]
 
 
 class TracedExecutor:
@@ -206,66 +247,106 @@ class TracedExecutor:
         self._inner = inner
         self._provider = provider
         self._tel = telemetry
+        self._starts: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def _start(self, request: CompletionRequest) -> tuple[str, dict[str, Any]]:
+        """The chat span's name and starting attributes. Without captured content they
+        depend on the request's settings only, so they are built once per settings."""
         tel = self._tel
-        attributes = genai.request_attributes(
-            request, self._provider, capture_content=tel.capture_content, redact=tel.redact
+        if tel.capture_content:
+            attributes = genai.request_attributes(
+                request, self._provider, capture_content=True, redact=tel.redact
+            )
+            return (f"chat {request.model}" if request.model else "chat"), attributes
+        key = (
+            request.model,
+            request.temperature,
+            request.top_p,
+            request.max_tokens,
+            request.seed,
+            request.stop,
         )
-        return (f"chat {request.model}" if request.model else "chat"), attributes
+        known = self._starts.get(key)
+        if known is None:
+            attributes = genai.request_attributes(
+                request, self._provider, capture_content=False, redact=tel.redact
+            )
+            known = (f"chat {request.model}" if request.model else "chat"), attributes
+            if len(self._starts) >= _CACHE_LIMIT:
+                self._starts.clear()
+            self._starts[key] = known
+        return known
 
     async def complete(self, request: CompletionRequest) -> CompletionResult:
-        """The inner executor's reply, inside a ``chat`` span."""
+        """The inner executor's reply, inside a ``chat`` span (the current one meanwhile)."""
         tel = self._tel
         name, attributes = self._start(request)
+        span = tel.tracer.start_span(name, kind=_CLIENT, attributes=attributes)
+        token = _attach(_in_context(span))
         started = time.perf_counter()
-        with tel._span(name, attributes, kind=SpanKind.CLIENT) as span:
-            try:
-                result = await self._inner.complete(request)
-            except BaseException as exc:
-                tel.record_call(attributes, time.perf_counter() - started, None, exc)
-                raise
-            span.set_attributes(
-                genai.result_attributes(
-                    result, capture_content=tel.capture_content, redact=tel.redact
-                )
+        try:
+            result = await self._inner.complete(request)
+        except BaseException as exc:
+            tel.record_call(self._provider, request.model, time.perf_counter() - started, None, exc)
+            tel._failed(span, exc)
+            raise
+        else:
+            tel.record_call(
+                self._provider, request.model, time.perf_counter() - started, result, None
             )
-            tel.record_call(attributes, time.perf_counter() - started, result, None)
+            if span.is_recording():
+                span.set_attributes(
+                    genai.result_attributes(
+                        result, capture_content=tel.capture_content, redact=tel.redact
+                    )
+                )
             return result
+        finally:
+            _detach(token)
+            span.end()
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
         """The inner executor's chunks, inside a ``chat`` span closed by the last one."""
         tel = self._tel
         name, attributes = self._start(request)
+        span = tel.tracer.start_span(name, kind=_CLIENT, attributes=attributes)
+        token = _attach(_in_context(span))
         started = time.perf_counter()
         parts: list[str] = []
         finish: Any = None
         usage: Any = None
-        with tel._span(name, attributes, kind=SpanKind.CLIENT) as span:
-            try:
-                async for chunk in self._inner.stream(request):
-                    parts.append(chunk.delta)
-                    if chunk.finish_reason is not None:
-                        finish = chunk.finish_reason
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    yield chunk
-            except BaseException as exc:
-                tel.record_call(attributes, time.perf_counter() - started, None, exc)
-                raise
+        try:
+            async for chunk in self._inner.stream(request):
+                parts.append(chunk.delta)
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                yield chunk
+        except BaseException as exc:
+            tel.record_call(self._provider, request.model, time.perf_counter() - started, None, exc)
+            tel._failed(span, exc)
+            raise
+        else:
             fields: dict[str, Any] = {"text": "".join(parts), "finish_reason": finish or "stop"}
             if usage is not None:
                 fields["usage"] = usage
             result = CompletionResult(**fields)
-            span.set_attributes(
-                genai.result_attributes(
-                    result, capture_content=tel.capture_content, redact=tel.redact
-                )
+            tel.record_call(
+                self._provider, request.model, time.perf_counter() - started, result, None
             )
-            tel.record_call(attributes, time.perf_counter() - started, result, None)
+            if span.is_recording():
+                span.set_attributes(
+                    genai.result_attributes(
+                        result, capture_content=tel.capture_content, redact=tel.redact
+                    )
+                )
+        finally:
+            _detach(token)
+            span.end()
 
     async def aclose(self) -> None:
         """Close the inner executor."""
