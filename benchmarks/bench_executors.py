@@ -22,8 +22,9 @@ prints them and writes ``benchmarks/results/bench_executors.json``):
   httpx with one pool of 100 connections and the official ``openai`` SDK
   (``AsyncOpenAI``, no retries; when installed: the ``bench`` extra) make the
   same 1,000 calls in the same run, for comparison: httpcore's pool scans all
-  its connections on every request event, which the executor avoids by
-  sharding its pool into httpcore pools of 4.
+  its connections on every request event, which the executor's own pool
+  (``taskloom.adapters._http.pool``) avoids: it hands out idle connections from
+  a stack.
 - ``SSE: one 16 MiB event refused``: CPU seconds for the stream decoder to
   refuse one event over the 16 MiB cap, fed in 4 KiB pieces (it was quadratic:
   16.8 s; target well under a second).
@@ -324,7 +325,7 @@ async def _fan_out(
             sequential_waves.append(await _wave(sequential, 200, 1))
             waves.append(await _wave(ours, calls, concurrency))
         idle_waits = [await _wave(ours, 50, 1) for _ in range(repeats)]
-        # raw httpx (one unsharded pool) and the SDK are measured once, for the record
+        # raw httpx (one httpcore pool) and the SDK are measured once, for the record
         await _wave(raw, calls, concurrency)
         raw_wave = await _wave(raw, calls, concurrency)
         sdk_wave = None

@@ -30,7 +30,7 @@ from katan_server import (
     stop_servers,
 )
 
-from taskloom.adapters._http.common import PooledTransport
+from taskloom.adapters._http.pool import ConnectionPool
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.openai import OpenAIExecutor
 from taskloom.contracts import (
@@ -377,18 +377,17 @@ async def test_cancelled_call_releases_its_connection(katan: dict[str, KatanServ
     async with make("openai", katan["slow"], max_connections=17) as ex:
         pool = ex._get_pool()
         pool = getattr(pool, "_inner", pool)  # under the network-grant check
-        assert isinstance(pool, PooledTransport)
+        assert isinstance(pool, ConnectionPool)
         for call in (ex.complete(ask("hi")), collect(ex.stream(ask("hi")))):
             task = asyncio.create_task(call)
-            while sum(pool.busy) == 0:
+            while pool.in_use == 0:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert set(pool.busy) == {0}
-            shards: Any = pool._shards
-            assert all(len(shard.connections) == 0 for shard in shards)
+            assert pool.in_use == 0
+            assert pool.connections == ()
 
 
 def test_one_executor_across_event_loops(katan: dict[str, KatanServer]) -> None:

@@ -21,9 +21,9 @@ import httpcore
 import httpx
 import pytest
 
-from taskloom.adapters._http import transport as transport_module
+from taskloom.adapters._http import pool as pool_module
 from taskloom.adapters._http.network import AsyncioBackend, AsyncioStream
-from taskloom.adapters._http.transport import PooledTransport
+from taskloom.adapters._http.pool import ConnectionPool
 from taskloom.adapters.openai import OpenAIExecutor
 from taskloom.contracts import (
     NETWORK_GUARD,
@@ -32,6 +32,7 @@ from taskloom.contracts import (
     Message,
     ProviderUnavailable,
     Secret,
+    UsageError,
 )
 
 KEY = "sk-network-test-7d1e"
@@ -162,11 +163,11 @@ def test_every_httpcore_error_becomes_the_httpx_error_of_its_name() -> None:
     ]
     assert len(classes) >= 14
     for cls in classes:
-        mapped = transport_module._as_httpx(cls("boom"))
+        mapped = pool_module.as_httpx(cls("boom"))
         assert type(mapped) is getattr(httpx, cls.__name__)
         assert str(mapped) == "boom"
     other = ValueError("x")
-    assert transport_module._as_httpx(other) is other
+    assert pool_module.as_httpx(other) is other
 
 
 # --- in-process servers ---------------------------------------------------------------------
@@ -175,9 +176,14 @@ def test_every_httpcore_error_becomes_the_httpx_error_of_its_name() -> None:
 class Server:
     """An HTTP/1.1 server answering every request with REPLY; records what it saw."""
 
-    def __init__(self, *, close_after_reply: bool = False, silent: bool = False) -> None:
+    def __init__(
+        self, *, close_after_reply: bool = False, silent: bool = False, delay_s: float = 0.0
+    ) -> None:
         self.close_after_reply = close_after_reply
         self.silent = silent
+        self.delay_s = delay_s
+        self.in_flight = 0
+        self.most_in_flight = 0
         self.heads: list[bytes] = []
         self.connections = 0
         self.url = ""
@@ -196,6 +202,10 @@ class Server:
                 await reader.readexactly(length)
                 if self.silent:
                     await asyncio.sleep(3600)
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                await asyncio.sleep(self.delay_s)
+                self.in_flight -= 1
                 cookie = f"set-cookie: {self.cookie_to_set}\r\n" if self.cookie_to_set else ""
                 writer.write(
                     f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{cookie}"
@@ -322,6 +332,107 @@ async def test_cookies_set_by_the_server_are_sent_back(serve: Start) -> None:
     assert b"\r\ncookie: gw=abc\r\n" in server.heads[1].lower()
 
 
+# --- the pool -------------------------------------------------------------------------------
+
+
+def _request(url: str, pool_timeout: float = 5.0) -> httpx.Request:
+    body = json.dumps({"model": "m", "messages": []}).encode()
+    timeouts = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": pool_timeout}
+    return httpx.Request(
+        "POST",
+        url + "/chat/completions",
+        headers={"content-type": "application/json"},
+        content=body,
+        extensions={"timeout": timeouts},
+    )
+
+
+async def test_calls_beyond_max_connections_wait_for_a_free_one(serve: Start) -> None:
+    """Twelve calls at once on a pool of 3: never more than 3 connections, all answered,
+    and every connection is back in the pool afterwards."""
+    server = await serve(delay_s=0.05)
+    async with _executor(server.url, max_connections=3) as ex:
+        results = await asyncio.gather(*(ex.complete(REQUEST) for _ in range(12)))
+        pool: Any = ex._get_pool()._inner  # type: ignore[attr-defined]
+        assert pool.in_use == 0 and len(pool.connections) == 3
+    assert [r.text for r in results] == ["hi"] * 12
+    assert server.connections == 3 and server.most_in_flight == 3
+
+
+async def test_pool_timeout_when_no_connection_comes_free(serve: Start) -> None:
+    """A request that waits longer than its pool timeout raises httpx.PoolTimeout, and a
+    later request gets the connection once it is released."""
+    server = await serve()
+    pool = ConnectionPool(1)
+    try:
+        held = await pool.handle_async_request(_request(server.url))
+        with pytest.raises(httpx.PoolTimeout, match="1 became free"):
+            await pool.handle_async_request(_request(server.url, pool_timeout=0.05))
+        await held.aread()  # read to the end, then closed: the connection is free again
+        second = await pool.handle_async_request(_request(server.url, pool_timeout=0.05))
+        assert json.loads(await second.aread())["model"] == "m"
+        await second.aclose()
+    finally:
+        await pool.aclose()
+    assert server.connections == 1
+
+
+async def test_a_connection_handed_to_a_cancelled_waiter_goes_to_the_next(serve: Start) -> None:
+    """When the waiter a released connection was handed to is cancelled before it runs,
+    the connection passes to the next waiter instead of being lost."""
+    server = await serve()
+    pool = ConnectionPool(1)
+    try:
+        held = await pool.handle_async_request(_request(server.url))
+        first = asyncio.create_task(pool.handle_async_request(_request(server.url)))
+        second = asyncio.create_task(pool.handle_async_request(_request(server.url)))
+        await asyncio.sleep(0.02)  # both wait
+        await held.aread()  # read and closed: hands the connection to the first waiter...
+        first.cancel()  # ...which is cancelled before it resumes
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        response = await asyncio.wait_for(second, 5.0)
+        await response.aread()
+        await response.aclose()
+        assert pool.in_use == 0 and len(pool.connections) == 1
+    finally:
+        await pool.aclose()
+    assert server.connections == 1
+
+
+async def test_another_origin_takes_the_slot_of_an_idle_connection(serve: Start) -> None:
+    """A full pool whose idle connection belongs to another server closes it to open one
+    to the new server, instead of waiting for nothing."""
+    one, two = await serve(), await serve()
+    pool = ConnectionPool(1)
+    try:
+        for server in (one, two, one):
+            response = await pool.handle_async_request(_request(server.url, pool_timeout=0.2))
+            await response.aread()
+            await response.aclose()
+            assert len(pool.connections) == 1
+    finally:
+        await pool.aclose()
+    assert (one.connections, two.connections) == (2, 1)
+
+
+async def test_a_closed_pool_refuses_and_fails_its_waiters(serve: Start) -> None:
+    """Closing the pool closes its connections, fails waiting requests with UsageError, and
+    refuses new ones."""
+    server = await serve()
+    pool = ConnectionPool(1)
+    held = await pool.handle_async_request(_request(server.url))
+    waiting = asyncio.create_task(pool.handle_async_request(_request(server.url)))
+    await asyncio.sleep(0.02)
+    await pool.aclose()
+    with pytest.raises(UsageError, match="closed"):
+        await waiting
+    with pytest.raises(UsageError, match="closed"):
+        await pool.handle_async_request(_request(server.url))
+    await held.aclose()
+    assert pool.connections == ()
+
+
 # --- proxies and TLS from the environment ------------------------------------------------------
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -360,7 +471,7 @@ async def test_no_proxy_goes_direct(serve: Start, no_proxies: pytest.MonkeyPatch
     no_proxies.setenv("NO_PROXY", "127.0.0.1")
     async with _executor(server.url) as ex:
         assert (await ex.complete(REQUEST)).text == "hi"
-        assert isinstance(ex._get_pool()._inner, PooledTransport)  # type: ignore[attr-defined]
+        assert isinstance(ex._get_pool()._inner, ConnectionPool)  # type: ignore[attr-defined]
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import httpcore
 import httpx
 import pytest
 from hypothesis import given
@@ -29,6 +28,7 @@ from hypothesis import strategies as st
 
 from taskloom.adapters._http import common
 from taskloom.adapters._http.network import AsyncioBackend
+from taskloom.adapters._http.pool import ConnectionPool
 from taskloom.adapters.anthropic import AnthropicExecutor
 from taskloom.adapters.anthropic import from_config as anthropic_from_config
 from taskloom.adapters.memory import MemorySecretStore
@@ -1199,67 +1199,16 @@ async def test_one_pool_for_all_calls() -> None:
     assert [r.text for r in results] == [f"q{i}" for i in range(50)]
 
 
-class FakePool:
-    """An httpcore pool stand-in: records which shard got each request, answers ``{}``."""
-
-    def __init__(self, number: int, hits: list[int]) -> None:
-        self.number = number
-        self.hits = hits
-        self.closed = False
-
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        self.hits.append(self.number)
-        return httpcore.Response(200, content=Body([b"{}"]))
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-async def test_sharded_pool_sends_each_request_to_the_least_busy_shard() -> None:
-    """Open responses count against their shard until closed; new requests go to the idlest."""
-    hits: list[int] = []
-    shards = [FakePool(number, hits) for number in range(3)]
-    pool = common.PooledTransport(shards)
-
-    async def send() -> httpx.Response:
-        request = httpx.Request("GET", "http://x/")
-        return await pool.handle_async_request(request)
-
-    first = await send()
-    second = await send()
-    assert pool.busy == (1, 1, 0)
-    await first.aclose()
-    await first.aclose()
-    assert pool.busy == (0, 1, 0)
-    for _ in range(2):
-        response = await send()
-        assert await response.aread() == b"{}"
-        await response.aclose()
-    await second.aclose()
-    assert pool.busy == (0, 0, 0)
-    assert hits == [0, 1, 0, 0]
-    await pool.aclose()
-    assert all(shard.closed for shard in shards)
-
-
-def test_pool_shapes() -> None:
-    """100 connections are 25 httpcore pools of 4 on the asyncio backend, 100 in all.
-
-    Shards of 4 keep httpcore's per-event scan of a pool's connections from
-    doubling a call's CPU at concurrency 100.
-    """
+def test_pool_shape() -> None:
+    """An executor's own pool is one ConnectionPool of max_connections on the asyncio backend."""
     url = httpx.URL("http://x/")
-    small: Any = common.pooled_transport(4, url)
-    assert isinstance(small, common.PooledTransport) and len(small.busy) == 1
-    big: Any = common.pooled_transport(100, url)
-    assert isinstance(big, common.PooledTransport) and len(big.busy) == 25
-    assert sum(s._max_connections for s in big._shards) == 100
-    assert max(s._max_connections for s in big._shards) <= 4
-    assert all(isinstance(s._network_backend, AsyncioBackend) for s in big._shards)
-    odd: Any = common.pooled_transport(17, url)
-    assert sorted(s._max_connections for s in odd._shards) == [3, 3, 3, 4, 4]
-    with pytest.raises(UsageError):
-        common.PooledTransport([])
+    pool: Any = common.pooled_transport(100, url)
+    assert isinstance(pool, ConnectionPool) and pool.max_connections == 100
+    assert isinstance(pool._backend, AsyncioBackend)
+    assert pool.connections == () and pool.in_use == 0
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(UsageError, match="max_connections"):
+            ConnectionPool(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ is written and how a reply is read. Everything else is written once:
   the lifecycle; the protocol modules subclass it and supply four hooks.
 * ``errors`` maps statuses and httpx exceptions to typed errors;
   ``retry_after`` reads how long the provider asked us to wait;
-  ``sse`` decodes server-sent events; ``transport`` holds the
-  sharded pool, ``Deadline`` and the size cap, on the asyncio sockets of
-  ``network``; ``jsonbody`` gives typed
+  ``sse`` decodes server-sent events; ``transport`` chooses the pool
+  (``pool``, on the asyncio sockets of ``network``) and holds ``Deadline``
+  and the size cap; ``jsonbody`` gives typed
   access to replies; ``settings`` reads a config table.
 
 This module re-exports their names, so ``common``
@@ -59,7 +59,6 @@ from taskloom.adapters._http.transport import (
     MAX_RESPONSE_BYTES,
     CheckedTransport,
     Deadline,
-    PooledTransport,
     iter_decoded,
     plain_length,
     pooled_transport,
@@ -86,7 +85,6 @@ __all__ = [
     "HTTPExecutor",
     "HTTPXBoundary",
     "Parsed",
-    "PooledTransport",
     "Redactor",
     "SSEDecoder",
     "ServerSentEvent",

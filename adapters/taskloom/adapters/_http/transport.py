@@ -1,26 +1,25 @@
 """The HTTP executors' connection pool, per-task deadline and reply size cap.
 
-``pooled_transport`` builds one pool of keep-alive connections, split into
-shards of httpcore pools by ``PooledTransport`` (on the asyncio sockets of
-``network.py``); ``Deadline`` bounds a call's
-wall time cheaply enough to re-enter for every streamed chunk; and
-``MAX_RESPONSE_BYTES`` with ``plain_length`` lets an executor refuse a reply
-that is too large before reading it.
+``pooled_transport`` builds the executor's pool of keep-alive connections
+(``pool.ConnectionPool``, or httpx's transport through a proxy the environment
+names) and ``CheckedTransport`` checks each request against the network
+grants; ``Deadline`` bounds a call's wall time cheaply enough to re-enter for
+every streamed chunk; ``MAX_RESPONSE_BYTES`` with ``plain_length`` lets an
+executor refuse a reply that is too large before reading it, and
+``read_plain`` / ``iter_decoded`` read a body within that cap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
-from typing import Any, ClassVar, Protocol
+from collections.abc import AsyncGenerator
+from typing import Any
 from urllib.request import getproxies
 
-import httpcore
 import httpx
 
-from taskloom.adapters._http.network import AsyncioBackend
+from taskloom.adapters._http.pool import ConnectionPool
 from taskloom.contracts import MalformedResponse, UsageError, check_network
 
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -76,179 +75,6 @@ class Deadline:
             raise TimeoutError from exc
 
 
-_HTTPCORE_TO_HTTPX: dict[type[Exception], type[httpx.HTTPError]] = {
-    # most specific first: the first class in an exception's MRO that is here wins
-    httpcore.ConnectTimeout: httpx.ConnectTimeout,
-    httpcore.ReadTimeout: httpx.ReadTimeout,
-    httpcore.WriteTimeout: httpx.WriteTimeout,
-    httpcore.PoolTimeout: httpx.PoolTimeout,
-    httpcore.TimeoutException: httpx.TimeoutException,
-    httpcore.ConnectError: httpx.ConnectError,
-    httpcore.ReadError: httpx.ReadError,
-    httpcore.WriteError: httpx.WriteError,
-    httpcore.NetworkError: httpx.NetworkError,
-    httpcore.ProxyError: httpx.ProxyError,
-    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
-    httpcore.LocalProtocolError: httpx.LocalProtocolError,
-    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
-    httpcore.ProtocolError: httpx.ProtocolError,
-}
-"""Every httpcore exception and the httpx one it becomes (as httpx's own transport maps them)."""
-
-
-def _as_httpx(exc: Exception) -> Exception:
-    """The httpx exception for an httpcore one (anything else is returned as it is)."""
-    for cls in type(exc).__mro__:
-        target = _HTTPCORE_TO_HTTPX.get(cls)
-        if target is not None:
-            return target(str(exc))
-    return exc
-
-
-class Pool(Protocol):
-    """What ``PooledTransport`` needs of one shard: an httpcore connection pool."""
-
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        """Send ``request`` on a pooled connection; the response body is still to be read."""
-
-    async def aclose(self) -> None:
-        """Close every connection of the pool."""
-
-
-class _Body(httpx.AsyncByteStream):
-    """A response body read from an httpcore pool: errors become httpx's, and closing
-    it tells its shard that the connection is free."""
-
-    __slots__ = ("_index", "_inner", "_owner")
-
-    def __init__(self, inner: AsyncIterable[bytes], owner: PooledTransport, index: int) -> None:
-        self._inner = inner
-        self._owner: PooledTransport | None = owner
-        self._index = index
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner:
-                yield chunk
-        except Exception as exc:
-            mapped = _as_httpx(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-
-    async def aclose(self) -> None:
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner._busy[self._index] -= 1
-        close = getattr(self._inner, "aclose", None)
-        if close is not None:
-            try:
-                await close()
-            except Exception as exc:
-                mapped = _as_httpx(exc)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
-
-
-class PooledTransport(httpx.AsyncBaseTransport):
-    """One pool of keep-alive connections made of several httpcore pools (shards);
-    each request goes to the least busy shard.
-
-    Why shards: httpcore 1.0's pool re-scans all its connections for every idle
-    one on each request event, which is quadratic in the pool size. With 100
-    connections that scan dominates (1,000 calls at concurrency 100 took 10 s
-    instead of 0.5 s). Shards of at most ``SHARD_SIZE`` connections keep each
-    scan small, while the executor still holds one pool of ``max_connections``
-    reused connections. Choosing the least busy of 25 shards is a ``min`` over 25
-    integers; a shard counts a request from its send until its body is closed.
-
-    Why not ``httpx.AsyncHTTPTransport`` per shard: this speaks to httpcore
-    directly (one request object and one body wrapper per call instead of two
-    of each), and ``asyncio_shards`` gives httpcore the asyncio network backend
-    of ``network.py`` instead of anyio's. At 1,000 calls 100 at a time, the
-    CPU per call fell by half (``python -m benchmarks --group executors``).
-    """
-
-    SHARD_SIZE: ClassVar[int] = 4
-
-    def __init__(self, shards: Sequence[Pool]) -> None:
-        if not shards:
-            raise UsageError("PooledTransport needs at least one shard")
-        self._shards = list(shards)
-        self._busy = [0] * len(self._shards)
-        self._url: httpx.URL | None = None
-        self._core_url: httpcore.URL | None = None
-
-    @classmethod
-    def asyncio_shards(
-        cls, max_connections: int, *, ssl_context: ssl.SSLContext | None = None
-    ) -> PooledTransport:
-        """``max_connections`` connections in shards of at most ``SHARD_SIZE``, on asyncio."""
-        count = -(-max_connections // cls.SHARD_SIZE)
-        base, extra = divmod(max_connections, count)
-        backend = AsyncioBackend()
-        return cls(
-            [
-                httpcore.AsyncConnectionPool(
-                    ssl_context=ssl_context,
-                    max_connections=base + (i < extra),
-                    max_keepalive_connections=base + (i < extra),
-                    network_backend=backend,
-                )
-                for i in range(count)
-            ]
-        )
-
-    @property
-    def busy(self) -> tuple[int, ...]:
-        """Requests open on each shard (for tests and diagnostics)."""
-        return tuple(self._busy)
-
-    def _target(self, url: httpx.URL) -> httpcore.URL:
-        if url is not self._url:  # an executor sends every request to one URL object
-            self._core_url = httpcore.URL(
-                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-            )
-            self._url = url
-        assert self._core_url is not None
-        return self._core_url
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core = httpcore.Request(
-            method=request.method,
-            url=self._target(request.url),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        busy = self._busy
-        index = busy.index(min(busy))
-        busy[index] += 1
-        try:
-            response = await self._shards[index].handle_async_request(core)
-        except BaseException as exc:
-            busy[index] -= 1
-            if isinstance(exc, Exception):
-                mapped = _as_httpx(exc)
-                if mapped is not exc:
-                    raise mapped from exc
-            raise
-        assert isinstance(response.stream, AsyncIterable)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_Body(response.stream, self, index),
-            extensions=response.extensions,
-            request=request,
-        )
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-
-
 class CheckedTransport(httpx.AsyncBaseTransport):
     """Checks every request's URL with ``taskloom.contracts.check_network`` before it is
     sent: a plugin's executor reaches only the hosts its manifest declared, whatever
@@ -282,7 +108,7 @@ def pooled_transport(max_connections: int, url: httpx.URL) -> httpx.AsyncBaseTra
         if chosen is not router._transport:
             return chosen
     ssl_context = httpx.create_ssl_context(trust_env=True) if url.scheme == "https" else None
-    return PooledTransport.asyncio_shards(max_connections, ssl_context=ssl_context)
+    return ConnectionPool(max_connections, ssl_context=ssl_context)
 
 
 def plain_length(headers: httpx.Headers) -> int | None:
