@@ -102,7 +102,7 @@ def result_attributes(
     """The attributes a chat span ends with: response model, finish reason, usage."""
     usage = result.usage
     attributes: dict[str, Any] = {
-        RESPONSE_FINISH_REASONS: (result.finish_reason,),
+        RESPONSE_FINISH_REASONS: [result.finish_reason],
         USAGE_INPUT: usage.prompt_tokens,
         USAGE_OUTPUT: usage.completion_tokens,
     }
