@@ -139,6 +139,36 @@ async def test_busy_database_never_blocks_the_loop_and_waits_on_the_thread(
         assert (await storage.put("ns", "a", b"3")).version == 3
 
 
+async def test_a_lock_held_elsewhere_is_retried_within_milliseconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread waits for another connection's lock in steps of at most 2 ms (SQLite's
+    own handler sleeps up to 100 ms between attempts), and takes it once it is free."""
+    path = tmp_path / "db.sqlite"
+    sleeps: list[float] = []
+    others: list[sqlite3.Connection] = []
+    real_sleep = writer_module.time.sleep
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 12:
+            others[0].execute("COMMIT")  # the other process is done
+        real_sleep(seconds)
+
+    monkeypatch.setattr(writer_module.time, "sleep", sleep)
+    async with SQLiteStorage(path, purge_interval_s=None, busy_timeout_s=30.0) as storage:
+        await storage.put("ns", "a", b"1")
+        others.append(sqlite3.connect(path, isolation_level=None, check_same_thread=False))
+        try:
+            others[0].execute("BEGIN IMMEDIATE")
+            record = await asyncio.wait_for(storage.put("ns", "a", b"2"), timeout=30)
+            assert record.version == 2
+        finally:
+            others[0].close()
+    assert len(sleeps) == 12
+    assert all(0 < seconds <= 0.002 for seconds in sleeps)
+
+
 async def test_busy_past_the_deadline_is_storage_unavailable(tmp_path: Path) -> None:
     """A write handed to the thread because of a lock still honours the busy deadline."""
     path = tmp_path / "db.sqlite"

@@ -28,7 +28,7 @@ from taskloom.contracts import (
     ValueTooLarge,
 )
 
-__all__ = ["CLASS_MAP", "is_environmental", "map_sqlite_errors", "translate"]
+__all__ = ["CLASS_MAP", "is_busy", "is_environmental", "map_sqlite_errors", "translate"]
 
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
@@ -52,6 +52,11 @@ CLASS_MAP: dict[type[BaseException], type[TaskloomError]] = {
 def _code(exc: BaseException) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     return code & 0xFF if isinstance(code, int) else None
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying that another connection holds the lock it needs."""
+    return _code(exc) in _BUSY_CODES
 
 
 def is_environmental(error: TaskloomError) -> bool:

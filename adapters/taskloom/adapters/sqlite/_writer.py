@@ -18,12 +18,19 @@ most ``INLINE_MAX_OPS`` (one per operation, plus one per 16 KiB of data written,
 so large values never hold up the loop). A sequential chain of checkpoints then pays one
 SQLite transaction per step (about 20 µs) instead of two thread hops (about 100
 µs each on a busy 2-core machine). The event loop never waits for a lock there:
-the inline transaction begins with a busy timeout of zero, and a busy database,
+the inline transaction begins without waiting, and a busy database,
 a large batch, a failure that needs the members re-run one by one, or a thread
 that is already working all hand the batch to the thread, which applies the
 busy deadline and everything described below. Either way one lock keeps the
 thread and the loop from using the connection at once, and jobs run in the
 order they were queued.
+
+The thread waits for a lock another process holds by itself, attempts 0.1 to 2 ms
+apart (``BUSY_SLEEPS_S``), up to the busy deadline: SQLite's own busy handler sleeps
+1, 2, 5, 10... ms between attempts, while another process's transaction holds the
+lock for about 0.1 ms, so four worker processes on one file spent most of their
+time asleep waiting for locks that were long free. The connection's own busy
+timeout is zero.
 
 Each member of a batch gets its own outcome: a version check that fails raises
 ``ConflictError`` before its member writes anything (multi-operation commits run
@@ -38,12 +45,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
 
-from taskloom.adapters.sqlite._errors import is_environmental, translate
+from taskloom.adapters.sqlite._errors import is_busy, is_environmental, translate
 from taskloom.contracts import TaskloomError, UsageError
 
 __all__ = ["Job", "Writer"]
@@ -59,6 +67,9 @@ that must never run on the event loop (purges, vacuums, bulk deletes)."""
 
 INLINE_MAX_OPS = 256
 """Heaviest batch committed on the event loop instead of the thread (weights: see submit)."""
+
+BUSY_SLEEPS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002)
+"""Waits of the writer thread between attempts at a write lock another connection holds."""
 
 THREAD_ONLY = 1 << 30
 """The weight of a job that always runs on the writer thread."""
@@ -101,8 +112,10 @@ class Writer:
         self._lock = threading.Lock()
         self._inline_scheduled = False
         self._stopped = False
-        self._timeout_ms = round(busy_timeout_s * 1000)
-        self._timeout_now = self._timeout_ms
+        # SQLite's own busy handler sleeps 1, 2, 5, 10... ms between attempts, while a
+        # transaction of another process holds the lock for ~0.1 ms: the writer waits
+        # for the lock itself, with short sleeps (see _begin), and SQLite never waits.
+        conn.execute("PRAGMA busy_timeout = 0")
         self.transactions = 0
         """Write transactions committed so far (read by benchmarks to see batching)."""
         self._thread = threading.Thread(
@@ -160,11 +173,8 @@ class Writer:
         if self._stopped or not self._lock.acquire(blocking=False):
             return None
         try:
-            if self._stopped:
+            if self._stopped or self._conn.in_transaction:
                 return None
-            if self._timeout_now != 0:
-                self._conn.execute("PRAGMA busy_timeout = 0")
-                self._timeout_now = 0
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error:
@@ -205,9 +215,6 @@ class Writer:
                     break
                 budget -= job[4]
             else:
-                if self._timeout_now != 0:
-                    self._conn.execute("PRAGMA busy_timeout = 0")
-                    self._timeout_now = 0
                 done = self._run_batch(batch, inline=True)
                 if done is not None:
                     batch = []
@@ -277,9 +284,6 @@ class Writer:
                     break
                 batch.append(job)
             if batch:
-                if self._timeout_now != self._timeout_ms:
-                    self._conn.execute(f"PRAGMA busy_timeout = {self._timeout_ms}")
-                    self._timeout_now = self._timeout_ms
                 outcomes = self._run_batch(batch)
                 assert outcomes is not None  # only inline batches are handed back
                 self._send(outcomes)
@@ -325,7 +329,10 @@ class Writer:
         conn = self._conn
         cursor = conn.cursor()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
+            if inline:
+                cursor.execute("BEGIN IMMEDIATE")
+            else:
+                self._begin(cursor)
         except BaseException as exc:
             if inline:
                 return None
@@ -386,6 +393,21 @@ class Writer:
             for job in batch:
                 outcomes.extend(self._run_batch([job]) or ())
         return outcomes
+
+    def _begin(self, cursor: sqlite3.Cursor) -> None:
+        """BEGIN IMMEDIATE on the thread, waiting up to the busy deadline for a lock that
+        another connection holds: attempts ``BUSY_SLEEPS_S`` apart (the last repeats)."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        attempt = 0
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(BUSY_SLEEPS_S[min(attempt, len(BUSY_SLEEPS_S) - 1)])
+            attempt += 1
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
