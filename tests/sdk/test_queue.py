@@ -540,3 +540,41 @@ async def test_operations_with_an_outcome_must_not_be_checked(engine: Engine) ->
 
     with pytest.raises(UsageError, match="if_version"):
         engine.runstore.with_outcome("r", [Delete(namespace="n", key="k", if_version=1)])
+
+
+async def test_a_queued_runs_start_and_its_run_started_event_share_one_commit() -> None:
+    """The record saying "running" and the RunStarted event of a claimed run are written
+    in one commit, and subscribers hear of the start only once the record says so."""
+    from taskloom.contracts import Append, Put, RunStarted
+    from taskloom.sdk._runs.codec import decode
+    from taskloom.sdk._runs.records import RunRecord
+
+    storage = MemoryStorage()
+    starts: list[bool] = []  # per commit that marks the run running: did it hold events?
+    real_commit = storage.commit
+
+    async def commit(ops: Any) -> Any:
+        for op in ops:
+            if isinstance(op, Put) and op.namespace == NS_RUNS:
+                record = decode(op.value, RunRecord, where="test")
+                if record.status == "running":
+                    starts.append(any(isinstance(o, Append) for o in ops))
+        return await real_commit(ops)
+
+    storage.commit = commit  # type: ignore[method-assign]
+    seen: list[str] = []
+    async with _engine(storage) as engine:
+
+        async def on_start(event: Any) -> None:
+            seen.append((await engine.runstore.load_run(event.run_id)).status)
+
+        engine.bus.subscribe(on_start, types=[RunStarted])
+        ids = [await engine.submit(_pipe(), {"x": str(i)}) for i in range(3)]
+        async with Worker(engine, concurrency=1, recover=False):
+            await _wait_status(engine, ids, "succeeded")
+        for _ in range(100):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.01)
+    assert starts == [True, True, True]
+    assert len(seen) == 3 and "queued" not in seen

@@ -118,6 +118,7 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
     started = engine.clock()
     execution: RunExecution | None = None
     held: HeldLease | None = None
+    begun: asyncio.Future[None] | None = None
     if store is not None:
         if spec.run_id in engine._driving:
             # the same holder would take the lease again and fence out the drive in hand
@@ -140,7 +141,20 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
                         spent = await spent_before(store, spec.record, spec.finished)
                     if spec.provided is not None:
                         await _take_provided(engine, spec, emit)
-                    await _begin(engine, spec, started)
+                    begun = await _begin(engine, spec, started)
+                start = RunStarted(
+                    run_id=spec.run_id,
+                    at=started,
+                    pipeline=spec.plan.pipeline.name,
+                    pipeline_digest=spec.plan.digest,
+                    resumed=spec.resumed,
+                )
+                if begun is not None:
+                    # The record saying "running" and the RunStarted event go in one
+                    # commit; subscribers hear of the start once it is durable, as before.
+                    if record_event is not None and _stored(start):
+                        record_event(start)
+                    await begun
                 execution = RunExecution(
                     run_id=spec.run_id,
                     plan=spec.plan,
@@ -152,15 +166,10 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
                     spent=spent,
                     waiting_since=spec.record.waiting if spec.record is not None else None,
                 )
-                emit(
-                    RunStarted(
-                        run_id=spec.run_id,
-                        at=started,
-                        pipeline=spec.plan.pipeline.name,
-                        pipeline_digest=spec.plan.digest,
-                        resumed=spec.resumed,
-                    )
-                )
+                if begun is not None:
+                    announce(start)
+                else:
+                    emit(start)
                 try:
                     await execution.run_graph()
                 except BaseExceptionGroup as group:
@@ -294,7 +303,10 @@ def _output(plan: Plan, execution: RunExecution) -> Any:
         ) from None
 
 
-async def _begin(engine: Engine, spec: RunSpec, started: float) -> None:
+async def _begin(engine: Engine, spec: RunSpec, started: float) -> asyncio.Future[None] | None:
+    """Store the run's record as running: a new run's record is created (durable on
+    return); a stored run's is queued and the future of its commit returned, for the
+    caller to send the RunStarted event along before awaiting it."""
     store = engine.runstore
     assert store is not None  # only runs of an engine with storage begin a record
     store.mend_checkpoints(spec.run_id)
@@ -310,6 +322,7 @@ async def _begin(engine: Engine, spec: RunSpec, started: float) -> None:
             started_at=started,
         )
         await store.create_run(spec.record)
+        return None
     else:
         spec.record = attrs.evolve(
             spec.record,
@@ -318,7 +331,7 @@ async def _begin(engine: Engine, spec: RunSpec, started: float) -> None:
             finished_at=None,
             error=None,
         )
-        await store.update_run(spec.record)
+        return store.queue_update_run(spec.record)
 
 
 async def _finish(

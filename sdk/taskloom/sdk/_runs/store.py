@@ -305,6 +305,12 @@ class RunStore:
         It goes through the group-commit queue behind every step and event queued
         before it, so once a run is marked finished its history is complete.
         """
+        await self.queue_update_run(record)
+
+    def queue_update_run(self, record: RunRecord) -> asyncio.Future[None]:
+        """Queue ``update_run``'s write now and return the future of its commit: events
+        the caller records before awaiting it go in the same commit (a run's start and
+        its RunStarted event). A bad record raises here, before anything is queued."""
         self._check_open()
         check_name(record.run_id, what="run id")
         value = check_value(encode(record), what=f"run record {record.run_id}")
@@ -320,7 +326,7 @@ class RunStore:
         check = self._fence_check(record.run_id)
         if check is not None:
             ops.append(check)
-        await self._writer.submit(ops, run=record.run_id)
+        return self._writer.submit(ops, run=record.run_id)
 
     async def queue_finish(self, record: RunRecord, outcome: Event) -> asyncio.Future[None]:
         """Queue a finished run's record and its outcome event as one commit; return the
