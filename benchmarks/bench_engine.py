@@ -13,7 +13,9 @@ prints a table and writes ``benchmarks/results/bench_engine.json``):
   reader) against off, interleaved in the same run, in CPU time (target <= 1.3x);
   beside it the
   OpenTelemetry SDK's own cost for the same two spans and three histogram points per
-  step with no taskloom code, and the least ratio that floor allows.
+  step with no taskloom code, and the least ratio that floor allows; and the same
+  comparison where each step is a real HTTP call (the OpenAI-compatible executor
+  against a local server answering at once), as taskloom's whole CPU per step.
 - ``RunStore alone``: the checkpoint and two stored events a chain step costs,
   through the RunStore on MemoryStorage without the engine: the share of the
   MemoryStorage chain's overhead that is storage, not scheduling.
@@ -307,6 +309,70 @@ async def bench_telemetry(quick: bool) -> list[Row]:
     ]
 
 
+async def http_chain_traced(url: str, steps: int, telemetry: bool) -> float:
+    """CPU seconds of this process for a chain of ``steps`` steps on the OpenAI-compatible
+    executor against the executors benchmark's server (a child process answering at
+    once), with telemetry on or off: taskloom's whole cost per LLM step."""
+    from taskloom.adapters.openai import OpenAIExecutor
+    from taskloom.contracts import Secret
+
+    registry = ExecutorRegistry()
+    executor = OpenAIExecutor(
+        base_url=f"{url}/v1",
+        api_key=Secret("sk-bench"),
+        max_tokens_field="max_tokens",
+        model="bench-model",
+    )
+    registry.register("scripted", executor)  # the chain's steps name no executor
+    traced, provider = _in_memory_telemetry() if telemetry else (False, None)
+    engine = Engine(registry=registry, storage="memory", telemetry=traced)
+    pipeline = chain(steps)
+    try:
+        await engine.open()
+        engine.validate(pipeline)
+        await engine.run(chain(5))  # warm: the connection is open before the clock
+
+        async def go() -> None:
+            await engine.run(pipeline)
+            if provider is not None:
+                provider.force_flush()
+
+        return await _cpu_timed(go)
+    finally:
+        await engine.aclose()
+        await executor.aclose()
+
+
+async def bench_telemetry_http(quick: bool) -> Row:
+    """Telemetry on against off where a step is a real HTTP call (local server, instant
+    replies): the same two spans and three points, beside all of taskloom's CPU per step."""
+    from benchmarks.bench_executors import Server
+
+    steps = 100 if quick else 300
+    repeats = 5 if quick else 9
+    server = Server(0.0)
+    try:
+        await http_chain_traced(server.url, steps, True)  # warm-up
+        on: list[float] = []
+        off: list[float] = []
+        for _ in range(repeats):
+            off.append(await http_chain_traced(server.url, steps, False))
+            on.append(await http_chain_traced(server.url, steps, True))
+    finally:
+        server.close()
+    on_s, spread = median_spread(on)
+    off_s, _ = median_spread(off)
+    return _row(
+        "chain on the OpenAI-compatible executor (local server, instant replies), telemetry "
+        "on (as above) against off: taskloom's whole CPU per step, engine and HTTP call",
+        on_s / steps * 1e6,
+        "us CPU/step, telemetry on",
+        off_s / steps * 1e6,
+        "us CPU/step, telemetry off",
+        spread=spread,
+    )
+
+
 async def engine_map(
     items: int, concurrency: int, latency: float, storage: str, folder: Path
 ) -> float:
@@ -568,6 +634,7 @@ async def _all(quick: bool) -> list[Row]:
         rows.append(await bench_chain(quick, folder, "memory", None, durability="sync"))
         if _otel_available():
             rows += await bench_telemetry(quick)
+            rows.append(await bench_telemetry_http(quick))
         rows += await bench_map(quick, folder, 1000, 1000, 1.15, "memory")
         rows += await bench_map(quick, folder, 10_000, 500, 1.2, "memory")
         rows.append(await bench_memory(folder))
