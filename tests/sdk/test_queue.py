@@ -578,3 +578,34 @@ async def test_a_queued_runs_start_and_its_run_started_event_share_one_commit() 
             await asyncio.sleep(0.01)
     assert starts == [True, True, True]
     assert len(seen) == 3 and "queued" not in seen
+
+
+async def test_a_full_worker_is_not_woken_by_submissions() -> None:
+    """While every one of its places is taken, a worker's loop sleeps until a run ends:
+    submissions through its engine do not wake it (nothing could be claimed)."""
+    executor = FakeExecutor()
+    executor.gate = asyncio.Event()
+    registry = ExecutorRegistry()
+    registry.register("fake", executor)
+    async with Engine(storage=MemoryStorage(), registry=registry) as engine:
+        first = await engine.submit(_pipe(), {"x": "0"})
+        worker = Worker(engine, concurrency=1, recover=False, poll_s=0.01)
+        waits = [0]
+        real = worker._wakeable
+
+        def counting() -> Any:
+            waits[0] += 1
+            return real()
+
+        worker._wakeable = counting  # type: ignore[method-assign]
+        async with worker:
+            try:
+                await _wait_status(engine, [first], "running")
+                before = waits[0]
+                ids = [await engine.submit(_pipe(), {"x": str(i)}) for i in range(1, 21)]
+                await asyncio.sleep(0.1)  # ten poll intervals
+                assert waits[0] == before
+            finally:
+                executor.gate.set()
+            await _wait_status(engine, [first, *ids], "succeeded")
+        assert worker.stats.succeeded == 21

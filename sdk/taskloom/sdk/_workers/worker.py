@@ -231,6 +231,12 @@ class Worker:
                     for claim in claims:
                         self._start(claim)
                     continue
+            else:
+                # Full: only a run ending (or stop) can change anything, and both set
+                # _wake; submissions need not wake the loop (one task, no timer, per wait).
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             submitted.clear()
             self._wake.clear()
             waits: list[asyncio.Future[bool]] = [
