@@ -535,11 +535,14 @@ async def test_a_finished_run_gives_its_slot_back_in_its_outcome_commit() -> Non
 
 
 async def test_operations_with_an_outcome_must_not_be_checked(engine: Engine) -> None:
-    """with_outcome refuses a version-checked operation: it could fail the outcome."""
-    from taskloom.contracts import Delete
+    """with_outcome refuses a version-checked operation (it could fail the outcome) and
+    anything but a Put or Delete."""
+    from taskloom.contracts import Check, Delete
 
     with pytest.raises(UsageError, match="if_version"):
         engine.runstore.with_outcome("r", [Delete(namespace="n", key="k", if_version=1)])
+    with pytest.raises(UsageError, match="Put or Delete"):
+        engine.runstore.with_outcome("r", [Check(namespace="n", key="k", version=1)])  # type: ignore[list-item]
 
 
 async def test_a_queued_runs_start_and_its_run_started_event_share_one_commit() -> None:

@@ -398,6 +398,10 @@ class RunStore:
         (no ``if_version``): the outcome must never fail for them. ``outcome_landed``
         then says whether they were committed."""
         for op in ops:
+            if not isinstance(op, Put | Delete):
+                raise UsageError(
+                    f"operations committed with a run's outcome are Put or Delete, got {op!r}"
+                )
             if op.if_version is not None:
                 raise UsageError("operations committed with a run's outcome take no if_version")
         self._with_outcome[run_id] = tuple(ops)
