@@ -43,13 +43,13 @@ BACKOFF_S: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Waits after consecutive storage failures while claiming (the last one repeats)."""
 
 DEFINITION_TTL_S = 1.0
+"""How long a worker uses a queue definition it read before reading it again."""
 
 CLAIM_BATCH = 4
 """Most runs one claim takes (fewer if the worker has less room). Claiming several in one
 transaction saves a commit per run; claiming all the room at once makes the runs start,
 wait and finish in step, so none of their CPU work overlaps another's wait: with 16 runs
 of 50 ms, 16 at once took ~10% longer than 4 at a time, one at a time ~40% more CPU."""
-"""How long a worker uses a queue definition it read before reading it again."""
 
 
 @attrs.define
