@@ -151,7 +151,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         self._slots = 0  # connections open or being opened, and slots handed to waiters
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._closed = False
-        self._url: httpx.URL | None = None
+        self._url = ""  # the URL of the last request, and its httpcore form below
         self._target: tuple[httpcore.URL, _Key] | None = None
 
     @property
@@ -170,13 +170,14 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         return self._slots - sum(len(stack) for stack in self._idle.values())
 
     def _core_target(self, url: httpx.URL) -> tuple[httpcore.URL, _Key]:
-        if url is not self._url:  # an executor sends every request to one URL object
+        text = str(url)
+        if text != self._url:  # an executor sends every request to one URL
             core = httpcore.URL(
                 scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
             )
             origin = core.origin
             self._target = (core, (origin.scheme, origin.host, origin.port))
-            self._url = url
+            self._url = text
         assert self._target is not None
         return self._target
 
