@@ -357,8 +357,10 @@ def _validate_put(
     check_name(namespace, what="namespace")
     check_name(key)
     check_value(value)
-    check_if_version(if_version)
-    check_ttl(ttl)
+    if if_version is not None:  # (both checks accept None: no call for it per write)
+        check_if_version(if_version)
+    if ttl is not None:
+        check_ttl(ttl)
 
 
 def _validate_delete(namespace: object, key: object, if_version: object) -> None:

@@ -45,7 +45,7 @@ from taskloom.contracts._llm import FinishReason
 from taskloom.sdk._engine.blame import internal_error, is_step_failure, mark_step_code
 from taskloom.sdk._engine.calls import call_executor, error_info, parse_reply
 from taskloom.sdk._engine.ratelimit import ExecutorLimits
-from taskloom.sdk._engine.retry import call_with_retries
+from taskloom.sdk._engine.retry import call_with_retries, retry_after
 from taskloom.sdk._engine.services import RunServices
 from taskloom.sdk._engine.window import CheckpointWindow
 from taskloom.sdk._pipeline.plan import NodePlan, render_messages
@@ -221,37 +221,37 @@ class LeafRunner:
                 executor_id = None
                 attempt_fn = self._plugin_attempts(node, args, state, step_id, item)
 
-            def on_retry(attempt: int, delay: float, exc: RetryableError) -> None:
-                self.emit(
-                    StepRetrying(
-                        run_id=self.run_id,
-                        at=svc.clock(),
-                        step_id=step_id,
-                        attempt=attempt,
-                        delay_s=delay,
-                        error=error_info(exc, svc.redact),
-                        item=item,
-                    )
-                )
-
-            deadline_at = started + node.deadline_s if node.deadline_s is not None else None
-            retries = call_with_retries(
-                attempt_fn,
-                policy=node.retry,
-                sleep=svc.sleep,
-                random=svc.random,
-                clock=svc.clock,
-                deadline_at=deadline_at,
-                on_retry=on_retry,
-            )
+            deadline_s = node.deadline_s
             try:
-                if (
-                    deadline_at is None
-                ):  # asyncio.timeout(None) still costs: skip it on the hot path
-                    await retries
+                if deadline_s is None:
+                    # the hot path: attempt 1 called here (no retry coroutine, no
+                    # asyncio.timeout(None), which still costs), the rest only if it failed
+                    failed: RetryableError | None = None
+                    try:
+                        await attempt_fn(1)
+                    except RetryableError as exc:
+                        failed = exc
+                    if failed is not None:
+                        await retry_after(
+                            failed,
+                            attempt_fn,
+                            policy=node.retry,
+                            sleep=svc.sleep,
+                            random=svc.random,
+                            clock=svc.clock,
+                            on_retry=self._retry_emitter(step_id, item),
+                        )
                 else:
-                    async with asyncio.timeout(node.deadline_s):
-                        await retries
+                    async with asyncio.timeout(deadline_s):
+                        await call_with_retries(
+                            attempt_fn,
+                            policy=node.retry,
+                            sleep=svc.sleep,
+                            random=svc.random,
+                            clock=svc.clock,
+                            deadline_at=started + deadline_s,
+                            on_retry=self._retry_emitter(step_id, item),
+                        )
             except TimeoutError:
                 late = ExecutorTimeout(
                     f"step {step_id!r} passed its deadline of {node.deadline_s} s; raise "
@@ -287,7 +287,7 @@ class LeafRunner:
                     finish_reason=state.finish_reason,
                 )
             )
-            await self._checkpoint(
+            waiting = self._queue_checkpoint(
                 step_id,
                 item,
                 state.output,
@@ -300,11 +300,34 @@ class LeafRunner:
                 slot=slot,
                 finish_reason=state.finish_reason,
             )
+            if waiting is not None:
+                await waiting
             return state.output
         finally:
             # a leaf that ended without a checkpoint (it failed, or was cancelled)
             if slot is not None and slot.held and window is not None:
                 window.release()
+
+    def _retry_emitter(
+        self, step_id: str, item: int | None
+    ) -> Callable[[int, float, RetryableError], None]:
+        """What ``retry_after`` calls before each retry: emit the step's StepRetrying."""
+        svc = self.svc
+
+        def on_retry(attempt: int, delay: float, exc: RetryableError) -> None:
+            self.emit(
+                StepRetrying(
+                    run_id=self.run_id,
+                    at=svc.clock(),
+                    step_id=step_id,
+                    attempt=attempt,
+                    delay_s=delay,
+                    error=error_info(exc, svc.redact),
+                    item=item,
+                )
+            )
+
+        return on_retry
 
     def _started(self, step_id: str, attempt: int, item: int | None) -> None:
         """Emit an attempt's StepStarted (a map item's only if anyone can see it)."""
@@ -532,10 +555,48 @@ class LeafRunner:
         slot: _Slot | None = None,
         finish_reason: FinishReason | None = None,
     ) -> None:
+        """Checkpoint a finished step or map item (see ``_queue_checkpoint``)."""
+        waiting = self._queue_checkpoint(
+            step_id,
+            item,
+            output,
+            attempts=attempts,
+            usage=usage,
+            started=started,
+            executor_id=executor_id,
+            cached=cached,
+            error=error,
+            finished=finished,
+            slot=slot,
+            finish_reason=finish_reason,
+        )
+        if waiting is not None:
+            await waiting
+
+    def _queue_checkpoint(
+        self,
+        step_id: str,
+        item: int | None,
+        output: Any,
+        *,
+        attempts: int,
+        usage: Usage,
+        started: float | None,
+        executor_id: str | None = None,
+        cached: bool = False,
+        error: ErrorInfo | None = None,
+        finished: float | None = None,
+        slot: _Slot | None = None,
+        finish_reason: FinishReason | None = None,
+    ) -> Awaitable[None] | None:
+        """Queue the checkpoint; return what to await before going on (room in the
+        window, or with ``durability="sync"`` the commit), or None when there is nothing
+        to wait for -- the case of every step that took a window slot, so a leaf's
+        checkpoint costs no coroutine of its own."""
         self.steps_done += 1
         store = self.svc.runstore
         if store is None:
-            return
+            return None
         now = finished if finished is not None else self.svc.clock()
         record = StepRecord(
             run_id=self.run_id,
@@ -552,11 +613,13 @@ class LeafRunner:
             cached=cached,
             finish_reason=finish_reason,
         )
-        if slot is not None and self.window is not None:
+        window = self.window
+        if slot is not None and window is not None:
             slot.held = False
-            self.window.add_reserved(store.queue_step, record)
-        elif self.window is not None:
-            if not self.window.try_add(store.queue_step, record):
-                await self.window.add(store.queue_step, record)
-        else:
-            await store.record_step(record)
+            window.add_reserved(store.queue_step, record)
+            return None
+        if window is not None:
+            if window.try_add(store.queue_step, record):
+                return None
+            return window.add(store.queue_step, record)
+        return store.record_step(record)

@@ -69,20 +69,52 @@ async def call_with_retries(
     Raises the last error when attempts run out, when it is not retryable, or
     when waiting would pass ``deadline_at`` (by ``clock``).
     """
+    failed: RetryableError | None = None
+    try:
+        return await attempt_fn(1)
+    except RetryableError as exc:
+        failed = exc
+    return await retry_after(
+        failed,
+        attempt_fn,
+        policy=policy,
+        sleep=sleep,
+        random=random,
+        clock=clock,
+        deadline_at=deadline_at,
+        on_retry=on_retry,
+    )
+
+
+async def retry_after(
+    failed: RetryableError,
+    attempt_fn: Callable[[int], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    sleep: Sleep,
+    random: Random,
+    clock: Clock,
+    deadline_at: float | None = None,
+    on_retry: OnRetry | None = None,
+) -> T:
+    """``call_with_retries`` once attempt 1 failed with ``failed``: wait, call attempt 2,
+    and so on. A caller on a hot path makes attempt 1 itself (no coroutine of this
+    module in between when it succeeds) and hands its error here."""
     attempt = 1
     while True:
+        if attempt >= policy.max_attempts:
+            raise failed
+        too_long = too_long_a_wait(policy, failed)
+        if too_long is not None:
+            raise too_long from failed
+        delay = backoff_delay(policy, attempt, failed, random())
+        if deadline_at is not None and clock() + delay >= deadline_at:
+            raise failed
+        if on_retry is not None:
+            on_retry(attempt, delay, failed)
+        await sleep(delay)
+        attempt += 1
         try:
             return await attempt_fn(attempt)
         except RetryableError as exc:
-            if attempt >= policy.max_attempts:
-                raise
-            too_long = too_long_a_wait(policy, exc)
-            if too_long is not None:
-                raise too_long from exc
-            delay = backoff_delay(policy, attempt, exc, random())
-            if deadline_at is not None and clock() + delay >= deadline_at:
-                raise
-            if on_retry is not None:
-                on_retry(attempt, delay, exc)
-            await sleep(delay)
-            attempt += 1
+            failed = exc

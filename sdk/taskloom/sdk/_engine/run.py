@@ -106,7 +106,9 @@ async def _drive(engine: Engine, spec: RunSpec) -> RunResult:
         bus_emit(event)
 
     def emit(event: Event) -> None:
-        announce(event)
+        if history is not None:  # announce(event), written out: every step emits twice
+            history.push(event)
+        bus_emit(event)
         if record_event is not None and _stored(event):
             record_event(event)
 

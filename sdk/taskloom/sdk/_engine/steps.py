@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_args
 
 from taskloom.contracts import Event, StepFailed, StepSkipped, Usage
 from taskloom.sdk._engine.calls import first_error
@@ -25,7 +25,7 @@ from taskloom.sdk._engine.leaf import _ZERO, LeafRunner
 from taskloom.sdk._engine.services import RunServices
 from taskloom.sdk._engine.waiting import WAITING, rejected, rejection, wait_or_resolve
 from taskloom.sdk._engine.window import DEFAULT_LIMIT, CheckpointWindow
-from taskloom.sdk._pipeline.plan import NodePlan, Plan
+from taskloom.sdk._pipeline.plan import NodeKind, NodePlan, Plan
 from taskloom.sdk._pipeline.template import Scope, TemplateRenderError
 
 _CONTINUED: Any = object()
@@ -84,6 +84,10 @@ def widest(nodes: list[NodePlan] | tuple[NodePlan, ...]) -> int:
         return 1
 
     return max((width(n) for n in nodes), default=1)
+
+
+_LEAVES: frozenset[NodeKind] = frozenset(get_args(NodeKind)) - {"input", "parallel", "map"}
+"""The kinds ``run_node`` runs as a leaf (an LLM call or a plugin step)."""
 
 
 class RunExecution(LeafRunner):
@@ -148,7 +152,7 @@ class RunExecution(LeafRunner):
     async def run_graph(self) -> None:
         """Run every unfinished top-level step, each as soon as its dependencies finished."""
         done: set[str] = set()
-        for node in self.plan.nodes:
+        for node in self.plan.nodes if self.finished else ():  # (a fresh run: none done)
             record = self.finished.get((node.id, None))
             if record is not None:
                 self._restore(node, record)
@@ -161,7 +165,7 @@ class RunExecution(LeafRunner):
                         reason="finished before the resume",
                     )
                 )
-        for node in self.plan.nodes:
+        for node in self.plan.nodes if done else ():
             if node.kind == "input" and node.id in done:
                 comment = rejected(node, self.outputs.get(node.id))
                 if comment is not None:  # a rejected approval fails the run
@@ -170,7 +174,7 @@ class RunExecution(LeafRunner):
         for node in self.plan.nodes:
             if node.id in done:
                 continue
-            count = sum(1 for dep in node.deps if dep not in done)
+            count = sum(1 for dep in node.deps if dep not in done) if done else len(node.deps)
             self._remaining[node.id] = count
             if count == 0:
                 ready.append(node)
@@ -190,8 +194,13 @@ class RunExecution(LeafRunner):
                     self.outputs[child.id] = record.output[child.id]
 
     async def _chain(self, node: NodePlan | None) -> None:
+        finished, outputs = self.finished, self.outputs
         while node is not None:
-            await self.run_node(node, self.scope)
+            if node.kind in _LEAVES and (node.id, None) not in finished:
+                # run_node's leaf case, without a coroutine of its own per step
+                outputs[node.id] = await self.run_leaf(node, self.scope, step_id=node.id, item=None)
+            else:
+                await self.run_node(node, self.scope)
             if node.id in self.waiting:
                 return  # what needs it waits for its value (a later drive runs it)
             following: NodePlan | None = None

@@ -163,7 +163,8 @@ class CheckpointWindow:
         except BaseException:
             self._wake()  # the slot was not used: the next in line may have it
             raise
-        self._arm()
+        if self._waiters and not self._armed:  # (a chain's steps never wait: no call)
+            self._arm()
 
     def release(self) -> None:
         """Give back a slot taken with ``reserve`` that no checkpoint will fill."""

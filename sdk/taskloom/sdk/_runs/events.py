@@ -67,7 +67,9 @@ class EventLog:
         True when the writer must be told: the run had nothing queued (so nobody
         asked for a batch of it yet), or its events are held back by an error.
         """
-        encoded = self.encode(event)
+        encoded = encode_event(event)
+        if len(encoded) > MAX_EVENT_BYTES:
+            self.encode(event)  # raises ValueTooLarge (one call less per event otherwise)
         queued = self._pending.get(event.run_id)
         if queued is None:
             # the stream name is checked once per run and batch, not once per event
@@ -170,6 +172,10 @@ class EventLog:
             if pending is None:
                 continue  # taken while the count was read (by a run's final write)
             self._errors.pop(run_id, None)
+            if sum(map(len, pending)) + len(pending) < ENTRY_BYTES:  # the usual case
+                ops.append(Append(stream=stream, payload=encode_event_batch(first, pending)))
+                first += len(pending)
+                pending = []  # (what the loop below would have made one entry of)
             start = 0
             while start < len(pending):
                 size, end = 0, start

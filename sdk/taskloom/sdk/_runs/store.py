@@ -36,6 +36,7 @@ import attrs
 import rfc8785
 
 from taskloom.contracts import (
+    MAX_VALUE_BYTES,
     Append,
     Check,
     CompletionRequest,
@@ -439,11 +440,12 @@ class RunStore:
         commit reaches the caller: the future then holds the storage error. After a
         checkpoint of this run failed, this one fails too (see ``mend_checkpoints``).
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         key = check_name(step_key(record.run_id, record.step_id, record.item), what="step key")
-        value = check_value(
-            encode(record), what=f"checkpoint of step {record.step_id!r} item {record.item}"
-        )
+        value = encode(record)
+        if type(value) is not bytes or len(value) > MAX_VALUE_BYTES:  # (its message costs)
+            check_value(value, what=f"checkpoint of step {record.step_id!r} item {record.item}")
         held = self._held.get(record.run_id)
         put = Put(namespace=NS_STEPS, key=key, value=value)
         return self._writer.submit(
@@ -506,7 +508,8 @@ class RunStore:
         batch. If the commit fails they are retried, and the failure is raised by
         ``flush`` (and ``aclose``), never dropped silently.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         if self._lost and event.run_id in self._lost:
             return  # the run is another process's now: nothing of this one's may land
         if self._events.add(event) or not self._writer.flushing_here():

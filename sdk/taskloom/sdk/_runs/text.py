@@ -73,15 +73,35 @@ def _opt_int(value: Any) -> str | None:
     return _int(value) if type(value) is int else None
 
 
+_last_usage: tuple[Any, str] = (None, "")
+"""The last ``Usage`` written and its text: a step's StepSucceeded and its checkpoint
+hold the same object (it is frozen, and its fields are checked when first written)."""
+
+
 def _usage(usage: Any) -> str | None:
+    global _last_usage
+    last, text = _last_usage
+    if usage is last:
+        return text
     prompt, completion = usage.prompt_tokens, usage.completion_tokens
     if type(prompt) is not int or type(completion) is not int:
         return None
-    return f'{{"prompt_tokens":{_int(prompt)},"completion_tokens":{_int(completion)}}}'
+    text = f'{{"prompt_tokens":{_int(prompt)},"completion_tokens":{_int(completion)}}}'
+    _last_usage = (usage, text)
+    return text
+
+
+_last_at: tuple[float | None, str] = (None, "")
+"""The last step event's ``at`` and its text. A step's StepSucceeded ``at`` is the very
+float its checkpoint has as ``finished_at``, and the repr of a timestamp is dear (its
+shortest round-trip digits take arbitrary-precision arithmetic): the checkpoint's text
+reuses it when it is the same object (an identity test: equal floats may differ in
+text, as 0.0 and -0.0 do, and the held reference keeps the object alive)."""
 
 
 def _step_event_head(tag: str, event: Any) -> str | None:
     """The fields every step event starts with, up to ``attempt`` (no closing brace)."""
+    global _last_at
     run_id, at, step_id, attempt = event.run_id, event.at, event.step_id, event.attempt
     if (
         type(run_id) is not str
@@ -91,8 +111,10 @@ def _step_event_head(tag: str, event: Any) -> str | None:
         or type(attempt) is not int
     ):
         return None
+    at_text = _float(at)
+    _last_at = (at, at_text)
     return (
-        f'{{"type":"{tag}","run_id":{_escape(run_id)},"at":{_float(at)},'
+        f'{{"type":"{tag}","run_id":{_escape(run_id)},"at":{at_text},'
         f'"step_id":{_escape(step_id)},"attempt":{_int(attempt)}'
     )
 
@@ -183,12 +205,14 @@ def step_record_text(record: Any) -> str | None:
         return None
     output = record.output
     output_text = _escape(output) if type(output) is str else dumps(output)
+    last_at, last_text = _last_at
+    finished_text = last_text if finished is last_at else _float(finished)
     return (
         f'{{"run_id":{_escape(run_id)},"step_id":{_escape(step_id)},"item":{item},'
         f'"status":{_escape(status)},"output":{output_text},"error":{error_text},'
         f'"usage":{usage},"executor":{"null" if executor is None else _escape(executor)},'
         f'"attempts":{_int(attempts)},"started_at":{_float(started)},'
-        f'"finished_at":{_float(finished)},"cached":{"true" if cached else "false"},'
+        f'"finished_at":{finished_text},"cached":{"true" if cached else "false"},'
         f'"finish_reason":{"null" if finish is None else _escape(finish)},'
         f'"format":{_int(record.format)}}}'
     )
