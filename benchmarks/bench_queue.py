@@ -14,13 +14,14 @@ a worker's own memory is what is measured.
 - ``throughput, W workers``: 2,000 queued 1-step runs whose call takes 50 ms,
   workers (each its own engine and SQLite connection, concurrency 16) drain the
   queue; beside the ideal 2,000 x 50 ms / (16 W) (``--quick``: 400 runs). Each worker
-  has its own SQLite connection, as separate processes would: their commits contend
-  for the file's one write lock (SQLite's busy handler sleeps), so more workers on one
-  SQLite file are not faster here; workers sharing one adapter, or PostgreSQL, are.
+  has its own SQLite connection, as separate processes would, and their commits take
+  turns at the file's one write lock; a claim is one write transaction (SQLite claims
+  natively), so workers never race for a run. All workers share this process's one
+  event loop, so beyond 2 workers the CPU per run, not the waits, bounds the rate.
 - ``queued run fixed cost``: submit + claim + run of a 1-step zero-latency run,
   per run, beside a direct ``engine.run`` of the same pipeline on the same store,
   in alternating batches; the ratio is the median of the paired batches' ratios
-  (target <= 1.5x).
+  (target <= 1.5x). A queued batch ends with its last ``RunSucceeded`` on the bus.
 """
 
 from __future__ import annotations
