@@ -21,7 +21,7 @@ from taskloom.contracts import (
 from taskloom.contracts.serde import converter
 from taskloom.contracts.testing.strategies import events as events_of_every_type
 from taskloom.contracts.testing.strategies import json_values
-from taskloom.sdk._runs.codec import _EVENT_FAST, encode, encode_event
+from taskloom.sdk._runs.codec import _EVENT_FAST, encode, encode_event, encode_step
 from taskloom.sdk._runs.records import StepRecord
 
 _json: st.SearchStrategy[Any] = json_values()
@@ -200,3 +200,41 @@ def test_a_text_output_is_escaped_as_json_escapes_it(text: str) -> None:
     for output in (text, '"quoted" \\ \n \u2028 \x00 é', ""):
         record = StepRecord(run_id="r", step_id="s", output=output, started_at=1.0, finished_at=2.0)
         assert encode(record) == _generic(record)
+
+
+def _fields(record: StepRecord) -> tuple[Any, ...]:
+    return (
+        record.run_id,
+        record.step_id,
+        record.item,
+        record.status,
+        record.output,
+        record.error,
+        record.usage,
+        record.executor,
+        record.attempts,
+        record.started_at,
+        record.finished_at,
+        record.cached,
+        record.finish_reason,
+    )
+
+
+@given(steps)
+def test_encode_step_of_fields_equals_encode_of_their_record(record: StepRecord) -> None:
+    """encode_step(fields) is byte for byte encode(StepRecord(fields)), or None."""
+    value = encode_step(*_fields(record))
+    assert value is None or value == encode(record)
+    if record.run_id and record.step_id and record.started_at == record.started_at:
+        assert value == encode(record)  # every valid record with finite times is written
+
+
+def test_encode_step_leaves_what_the_record_converts_or_refuses_to_the_record() -> None:
+    """Fields the record would convert (an int time) or refuse (an empty step id, a
+    negative item, a value that is not JSON) give None: the record is built instead."""
+    good = StepRecord(run_id="r", step_id="s", output="x", started_at=1.0, finished_at=2.0)
+    assert encode_step(*_fields(good)) == encode(good)
+    for index, bad in ((9, 1), (1, ""), (2, -1), (4, {1, 2}), (3, "done"), (12, "maybe")):
+        fields = list(_fields(good))
+        fields[index] = bad
+        assert encode_step(*fields) is None

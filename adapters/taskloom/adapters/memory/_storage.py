@@ -311,7 +311,12 @@ class MemoryStorage:
 
         for op in batch:
             if isinstance(op, Put):
-                old = require(op.namespace, op.key, op.if_version)
+                where = (op.namespace, op.key)  # require(), written out: one per checkpoint
+                old = overlay[where] if where in overlay else self._live(op.namespace, op.key, now)
+                if op.if_version is not None:
+                    actual = 0 if old is None else old.version
+                    if op.if_version != actual:
+                        raise _conflict(op.namespace, op.key, op.if_version, actual)
                 record = Record(
                     namespace=op.namespace,
                     key=op.key,
@@ -320,7 +325,7 @@ class MemoryStorage:
                     updated_at=now,
                     expires_at=None if op.ttl is None else now + op.ttl,
                 )
-                overlay[(op.namespace, op.key)] = record
+                overlay[where] = record
                 records.append(record)
             elif isinstance(op, Delete):
                 old = require(op.namespace, op.key, op.if_version)

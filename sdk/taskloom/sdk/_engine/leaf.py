@@ -50,7 +50,9 @@ from taskloom.sdk._engine.services import RunServices
 from taskloom.sdk._engine.window import CheckpointWindow
 from taskloom.sdk._pipeline.plan import NodePlan, render_messages
 from taskloom.sdk._pipeline.template import Scope, TemplateRenderError
-from taskloom.sdk._runs.records import StepRecord
+from taskloom.sdk._runs.codec import encode, encode_step
+from taskloom.sdk._runs.records import StepRecord, StepStatus
+from taskloom.sdk._runs.store import EncodedStep
 from taskloom.sdk._runs.store import cache_key as make_key
 
 _ZERO = Usage()
@@ -598,28 +600,52 @@ class LeafRunner:
         if store is None:
             return None
         now = finished if finished is not None else self.svc.clock()
-        record = StepRecord(
-            run_id=self.run_id,
-            step_id=step_id,
-            item=item,
-            status="failed" if error is not None else "succeeded",
-            output=output,
-            error=error,
-            usage=usage,
-            executor=executor_id,
-            attempts=attempts,
-            started_at=started if started is not None else now,
-            finished_at=now,
-            cached=cached,
-            finish_reason=finish_reason,
+        status: StepStatus = "failed" if error is not None else "succeeded"
+        began = started if started is not None else now
+        # the record's bytes, written without building the StepRecord when its fields
+        # pass the record's own test (as a step's always do); else the record itself,
+        # which converts the values or refuses them as it always did
+        value = encode_step(
+            self.run_id,
+            step_id,
+            item,
+            status,
+            output,
+            error,
+            usage,
+            executor_id,
+            attempts,
+            began,
+            now,
+            cached,
+            finish_reason,
         )
+        if value is None:
+            value = encode(
+                StepRecord(
+                    run_id=self.run_id,
+                    step_id=step_id,
+                    item=item,
+                    status=status,
+                    output=output,
+                    error=error,
+                    usage=usage,
+                    executor=executor_id,
+                    attempts=attempts,
+                    started_at=began,
+                    finished_at=now,
+                    cached=cached,
+                    finish_reason=finish_reason,
+                )
+            )
+        step: EncodedStep = (self.run_id, step_id, item, value)
         window = self.window
         if slot is not None and window is not None:
             slot.held = False
-            window.add_reserved(store.queue_step, record)
+            window.add_reserved(store.queue_encoded_step, step)
             return None
         if window is not None:
-            if window.try_add(store.queue_step, record):
+            if window.try_add(store.queue_encoded_step, step):
                 return None
-            return window.add(store.queue_step, record)
-        return store.record_step(record)
+            return window.add(store.queue_encoded_step, step)
+        return store.queue_encoded_step(step)

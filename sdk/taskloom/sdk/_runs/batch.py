@@ -179,7 +179,7 @@ class GroupCommitWriter:
                 future.set_exception(broken)
                 return future
         self._queue.append(_Pending(ops, future, chain, run))
-        self._kick()
+        self._wakeup.set()  # type: ignore[union-attr]  # (_kick: _ensure_flusher made it)
         return future
 
     def mend(self, chain: str) -> None:

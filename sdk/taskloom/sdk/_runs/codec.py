@@ -17,6 +17,7 @@ import attrs
 from taskloom.contracts import (
     EVENT_TYPES,
     DecodeError,
+    ErrorInfo,
     Event,
     RecordDamaged,
     StepStarted,
@@ -25,12 +26,19 @@ from taskloom.contracts import (
     UsageError,
 )
 from taskloom.contracts.serde import converter, structure
-from taskloom.sdk._runs.records import RECORD_FORMAT, EventBatch, RunRecord, StepRecord
+from taskloom.sdk._runs.records import (
+    RECORD_FORMAT,
+    EventBatch,
+    RunRecord,
+    StepRecord,
+    step_fields_ok,
+)
 from taskloom.sdk._runs.text import (
     dumps,
     step_record_text,
     step_started_text,
     step_succeeded_text,
+    typed_checkpoint_text,
 )
 
 R = TypeVar("R")
@@ -53,6 +61,63 @@ def encode(record: object) -> bytes:
             f"{type(record).__name__} holds something that is not JSON data ({exc}): "
             "step outputs and inputs must be JSON (str, numbers, bools, None, lists, dicts)"
         ) from exc
+
+
+def encode_step(
+    run_id: str,
+    step_id: str,
+    item: int | None,
+    status: str,
+    output: Any,
+    error: ErrorInfo | None,
+    usage: Usage,
+    executor: str | None,
+    attempts: int,
+    started_at: float,
+    finished_at: float,
+    cached: bool,
+    finish_reason: str | None,
+) -> bytes | None:
+    """``encode(StepRecord(...))`` of these fields without building the record, for the
+    checkpoint every step writes; None when a field fails the record's quick test
+    (``step_fields_ok``), is not written by hand or is not JSON: then build the record,
+    which converts or refuses the values as it always did."""
+    if not _STEP_FAST or not step_fields_ok(
+        run_id,
+        step_id,
+        item,
+        status,
+        error,
+        usage,
+        executor,
+        attempts,
+        started_at,
+        finished_at,
+        cached,
+        finish_reason,
+        RECORD_FORMAT,
+    ):
+        return None
+    try:
+        text = typed_checkpoint_text(
+            run_id,
+            step_id,
+            item,
+            status,
+            output,
+            error,
+            usage,
+            executor,
+            attempts,
+            started_at,
+            finished_at,
+            cached,
+            finish_reason,
+            RECORD_FORMAT,
+        )
+    except (TypeError, ValueError):
+        return None  # not JSON: the record's encode raises what it always did
+    return None if text is None else text.encode("utf-8")
 
 
 _JSON_FIELDS: dict[type[Any], dict[str, Any]] = {

@@ -194,30 +194,62 @@ class StepRecord:
         return self.finish_reason == "length"
 
     def __attrs_post_init__(self) -> None:
-        item, executor, error, attempts = self.item, self.executor, self.error, self.attempts
-        finish = self.finish_reason
-        if (
-            type(self.run_id) is str
-            and self.run_id
-            and type(self.step_id) is str
-            and self.step_id
-            and (item is None or (type(item) is int and item >= 0))
-            and type(self.status) is str
-            and (self.status == "succeeded" or self.status == "failed")
-            and (error is None or type(error) is ErrorInfo)
-            and type(self.usage) is Usage
-            and (executor is None or type(executor) is str)
-            and type(attempts) is int
-            and attempts >= 0
-            and type(self.started_at) is float
-            and type(self.finished_at) is float
-            and type(self.cached) is bool
-            and (finish is None or finish in FINISH_REASONS)
-            and type(self.format) is int
-            and self.format >= 1
+        if step_fields_ok(
+            self.run_id,
+            self.step_id,
+            self.item,
+            self.status,
+            self.error,
+            self.usage,
+            self.executor,
+            self.attempts,
+            self.started_at,
+            self.finished_at,
+            self.cached,
+            self.finish_reason,
+            self.format,
         ):
             return
         explain(self, _STEP_CHECKS)  # raise what the failing field's validator says
+
+
+def step_fields_ok(
+    run_id: object,
+    step_id: object,
+    item: object,
+    status: object,
+    error: object,
+    usage: object,
+    executor: object,
+    attempts: object,
+    started_at: object,
+    finished_at: object,
+    cached: object,
+    finish: object,
+    format: object,
+) -> bool:
+    """StepRecord's one test of its fields (each exactly of its type, in range): when it
+    passes, a record of them needs no validator and no converter changes them."""
+    return bool(
+        type(run_id) is str
+        and run_id
+        and type(step_id) is str
+        and step_id
+        and (item is None or (type(item) is int and item >= 0))
+        and type(status) is str
+        and (status == "succeeded" or status == "failed")
+        and (error is None or type(error) is ErrorInfo)
+        and type(usage) is Usage
+        and (executor is None or type(executor) is str)
+        and type(attempts) is int
+        and attempts >= 0
+        and type(started_at) is float
+        and type(finished_at) is float
+        and type(cached) is bool
+        and (finish is None or finish in FINISH_REASONS)
+        and type(format) is int
+        and format >= 1
+    )
 
 
 covers(StepRecord, _STEP_CHECKS)

@@ -88,7 +88,17 @@ from taskloom.sdk._runs.records import (
     step_key,
 )
 
-__all__ = ["LeaseKeeper", "RunStore", "cache_key", "is_cacheable", "pipeline_digest"]
+__all__ = [
+    "EncodedStep",
+    "LeaseKeeper",
+    "RunStore",
+    "cache_key",
+    "is_cacheable",
+    "pipeline_digest",
+]
+
+EncodedStep = tuple[str, str, int | None, bytes]
+"""A checkpoint ready to queue: run id, step id, map item (or None), its encoded record."""
 
 SCAN_PAGE = 1000
 """Records read per ``scan`` call when walking a run's steps."""
@@ -442,15 +452,21 @@ class RunStore:
         """
         if self._closed:
             self._check_open()
-        key = check_name(step_key(record.run_id, record.step_id, record.item), what="step key")
-        value = encode(record)
+        check_name(step_key(record.run_id, record.step_id, record.item), what="step key")
+        return self.queue_encoded_step((record.run_id, record.step_id, record.item, encode(record)))
+
+    def queue_encoded_step(self, step: EncodedStep) -> asyncio.Future[None]:
+        """``queue_step`` of a checkpoint already encoded (``codec.encode_step``, or
+        ``encode`` of its record): the run id, step id, map item and the bytes."""
+        if self._closed:
+            self._check_open()
+        run_id, step_id, item, value = step
+        key = check_name(step_key(run_id, step_id, item), what="step key")
         if type(value) is not bytes or len(value) > MAX_VALUE_BYTES:  # (its message costs)
-            check_value(value, what=f"checkpoint of step {record.step_id!r} item {record.item}")
-        held = self._held.get(record.run_id)
+            check_value(value, what=f"checkpoint of step {step_id!r} item {item}")
+        held = self._held.get(run_id)
         put = Put(namespace=NS_STEPS, key=key, value=value)
-        return self._writer.submit(
-            [put] if held is None else [put, held.check], chain=record.run_id
-        )
+        return self._writer.submit([put] if held is None else [put, held.check], chain=run_id)
 
     def mend_checkpoints(self, run_id: str) -> None:
         """Let the run's checkpoints through again after an earlier failure.

@@ -67,12 +67,6 @@ dumps = _json_dumps()
 """Compact strict JSON text of plain data, as ``_JSON.encode`` gives it (a test checks)."""
 
 
-def _opt_int(value: Any) -> str | None:
-    if value is None:
-        return "null"
-    return _int(value) if type(value) is int else None
-
-
 _last_usage: tuple[Any, str] = (None, "")
 """The last ``Usage`` written and its text: a step's StepSucceeded and its checkpoint
 hold the same object (it is frozen, and its fields are checked when first written)."""
@@ -122,7 +116,8 @@ def _step_event_head(tag: str, event: Any) -> str | None:
 def step_started_text(event: Any) -> str | None:
     """A ``StepStarted`` as the converter writes it, tagged ``step.started``; or None."""
     head = _step_event_head("step.started", event)
-    item = _opt_int(event.item)
+    item = event.item  # null, an exact int's repr, or None (not written here)
+    item = "null" if item is None else (_int(item) if type(item) is int else None)
     if head is None or item is None:
         return None
     return f'{head},"item":{item}}}'
@@ -132,7 +127,8 @@ def step_succeeded_text(event: Any) -> str | None:
     """A ``StepSucceeded`` as the converter writes it, tagged ``step.succeeded``; or None."""
     head = _step_event_head("step.succeeded", event)
     duration, cached = event.duration_s, event.cached
-    item = _opt_int(event.item)
+    item = event.item  # null, an exact int's repr, or None (not written here)
+    item = "null" if item is None else (_int(item) if type(item) is int else None)
     usage = _usage(event.usage)
     if (
         head is None
@@ -154,41 +150,97 @@ def step_succeeded_text(event: Any) -> str | None:
 
 
 def step_record_text(record: Any) -> str | None:
-    """A ``StepRecord`` as the converter writes it; or None.
+    """A ``StepRecord`` as the converter writes it; or None (see ``checkpoint_text``)."""
+    return checkpoint_text(
+        record.run_id,
+        record.step_id,
+        record.item,
+        record.status,
+        record.output,
+        record.error,
+        record.usage,
+        record.executor,
+        record.attempts,
+        record.started_at,
+        record.finished_at,
+        record.cached,
+        record.finish_reason,
+        record.format,
+    )
+
+
+def checkpoint_text(
+    run_id: Any,
+    step_id: Any,
+    item: Any,
+    status: Any,
+    output: Any,
+    error: Any,
+    usage: Any,
+    executor: Any,
+    attempts: Any,
+    started: Any,
+    finished: Any,
+    cached: Any,
+    finish: Any,
+    format: Any,
+) -> str | None:
+    """The text of a ``StepRecord`` with these fields, as the converter writes it; or None.
 
     The output goes through the encoder (a plain string is escaped directly), so
     anything in it that is not JSON raises ``TypeError``/``ValueError`` as before.
     """
-    run_id, step_id, status, executor = (
-        record.run_id,
-        record.step_id,
-        record.status,
-        record.executor,
-    )
-    started, finished, attempts, cached = (
-        record.started_at,
-        record.finished_at,
-        record.attempts,
-        record.cached,
-    )
-    item = _opt_int(record.item)
-    usage = _usage(record.usage)
-    error = record.error
     if (
         type(run_id) is not str
         or type(step_id) is not str
+        or not (item is None or type(item) is int)
         or type(status) is not str
         or not (executor is None or type(executor) is str)
         or type(started) is not float
-        or not _isfinite(started)
         or type(finished) is not float
-        or not _isfinite(finished)
         or type(attempts) is not int
         or type(cached) is not bool
-        or type(record.format) is not int
-        or item is None
-        or usage is None
+        or type(format) is not int
     ):
+        return None
+    return typed_checkpoint_text(
+        run_id,
+        step_id,
+        item,
+        status,
+        output,
+        error,
+        usage,
+        executor,
+        attempts,
+        started,
+        finished,
+        cached,
+        finish,
+        format,
+    )
+
+
+def typed_checkpoint_text(
+    run_id: str,
+    step_id: str,
+    item: int | None,
+    status: str,
+    output: Any,
+    error: Any,
+    usage: Any,
+    executor: str | None,
+    attempts: int,
+    started: float,
+    finished: float,
+    cached: bool,
+    finish: Any,
+    format: int,
+) -> str | None:
+    """``checkpoint_text`` of fields already known to be exactly of the types annotated
+    (a StepRecord's quick test passed on them); or None for what it does not write."""
+    usage_text = _usage(usage)
+    if usage_text is None or not _isfinite(started) or not _isfinite(finished):
         return None
     if error is None:
         error_text = "null"
@@ -200,19 +252,18 @@ def step_record_text(record: Any) -> str | None:
             f'{{"type":{_escape(kind)},"message":{_escape(message)},'
             f'"retryable":{"true" if retryable else "false"}}}'
         )
-    finish = record.finish_reason
     if not (finish is None or type(finish) is str):
         return None
-    output = record.output
     output_text = _escape(output) if type(output) is str else dumps(output)
     last_at, last_text = _last_at
     finished_text = last_text if finished is last_at else _float(finished)
     return (
-        f'{{"run_id":{_escape(run_id)},"step_id":{_escape(step_id)},"item":{item},'
+        f'{{"run_id":{_escape(run_id)},"step_id":{_escape(step_id)},'
+        f'"item":{"null" if item is None else _int(item)},'
         f'"status":{_escape(status)},"output":{output_text},"error":{error_text},'
-        f'"usage":{usage},"executor":{"null" if executor is None else _escape(executor)},'
+        f'"usage":{usage_text},"executor":{"null" if executor is None else _escape(executor)},'
         f'"attempts":{_int(attempts)},"started_at":{_float(started)},'
         f'"finished_at":{finished_text},"cached":{"true" if cached else "false"},'
         f'"finish_reason":{"null" if finish is None else _escape(finish)},'
-        f'"format":{_int(record.format)}}}'
+        f'"format":{_int(format)}}}'
     )
