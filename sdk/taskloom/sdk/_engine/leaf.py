@@ -13,6 +13,7 @@ it is queued and the run goes on, in order and within a bound (see
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,7 +53,7 @@ from taskloom.sdk._pipeline.plan import NodePlan, render_messages
 from taskloom.sdk._pipeline.template import Scope, TemplateRenderError
 from taskloom.sdk._runs.codec import encode, encode_step
 from taskloom.sdk._runs.records import StepRecord, StepStatus
-from taskloom.sdk._runs.store import EncodedStep
+from taskloom.sdk._runs.store import EncodedStep, RunStore
 from taskloom.sdk._runs.store import cache_key as make_key
 
 _ZERO = Usage()
@@ -357,86 +358,101 @@ class LeafRunner:
         step_id: str,
         item: int | None,
     ) -> Callable[[int], Awaitable[None]]:
-        svc = self.svc
-        executor_id = node.executor_id
-        assert executor_id is not None
+        """The step's ``attempt(number)``: ``_llm_attempt`` with the step's arguments
+        bound (a partial: no closure cells to build per step)."""
         cache_key: str | None = None
-        runstore = svc.runstore
         if (
             node.cache
-            and runstore is not None
+            and self.svc.runstore is not None
             # only deterministic requests (temperature 0 or a seed) unless the pipeline
             # opts in: caching a sampled reply would freeze a random choice
             and (node.cache_nondeterministic or request.deterministic)
         ):
-            cache_key = make_key(executor_id, request)
+            assert node.executor_id is not None
+            cache_key = make_key(node.executor_id, request)
+        return functools.partial(self._llm_attempt, node, request, state, step_id, item, cache_key)
 
-        async def attempt(number: int) -> None:
-            state.attempts = number
-            self._started(step_id, number, item)
-            if cache_key is not None and runstore is not None and number == 1:
-                hit = await runstore.cache_get(cache_key)
-                if hit is not None:
-                    try:
-                        state.output = parse_reply(node, hit)
-                    except (MalformedResponse, ReplyTruncated, Refused):
-                        pass  # a stale entry that no longer satisfies the step: call again
-                    else:
-                        state.cached = True
-                        state.finish_reason = hit.finish_reason
-                        self.emit(
-                            CacheHit(
-                                run_id=self.run_id,
-                                at=svc.clock(),
-                                step_id=step_id,
-                                cache_key=cache_key,
-                                item=item,
-                            )
-                        )
-                        return
-            if self.budget is not None:
-                self._spend_call(self.budget, step_id)
-            executor = svc.registry.peek(executor_id) or await svc.registry.get(executor_id)
-            if svc.telemetry is not None:
-                executor = svc.telemetry.traced(executor, executor_id)
-            limits: ExecutorLimits = svc.limits(executor_id)
-            store = svc.runstore
-            if (
-                limits.plain
-                and not node.stream
-                and node.timeout_s is None
-                and (svc.global_limit is None)
-            ):
-                # nothing to wait for or time: the call itself (one coroutine frame less)
-                if store is not None and not store.check_lease(self.run_id):
-                    await store.ensure_lease(self.run_id)  # never call for a lost run
+    async def _llm_attempt(
+        self,
+        node: NodePlan,
+        request: CompletionRequest,
+        state: _Attempt,
+        step_id: str,
+        item: int | None,
+        cache_key: str | None,
+        number: int,
+    ) -> None:
+        """One attempt of an LLM step: the cache, the budget, the lease, the call."""
+        svc = self.svc
+        executor_id = node.executor_id
+        assert executor_id is not None
+        runstore = svc.runstore
+        state.attempts = number
+        self._started(step_id, number, item)
+        if cache_key is not None and runstore is not None and number == 1:
+            hit = await runstore.cache_get(cache_key)
+            if hit is not None:
                 try:
-                    result = await executor.complete(request)
-                except Exception as exc:
-                    mark_step_code(exc)
-                    raise
-            else:
-                on_chunk = self._chunk_emitter(step_id, item) if node.stream else None
-                before = None
-                if store is not None:
-                    run_id = self.run_id
+                    state.output = parse_reply(node, hit)
+                except (MalformedResponse, ReplyTruncated, Refused):
+                    pass  # a stale entry that no longer satisfies the step: call again
+                else:
+                    state.cached = True
+                    state.finish_reason = hit.finish_reason
+                    self.emit(
+                        CacheHit(
+                            run_id=self.run_id,
+                            at=svc.clock(),
+                            step_id=step_id,
+                            cache_key=cache_key,
+                            item=item,
+                        )
+                    )
+                    return
+        if self.budget is not None:
+            self._spend_call(self.budget, step_id)
+        executor = svc.registry.peek(executor_id) or await svc.registry.get(executor_id)
+        if svc.telemetry is not None:
+            executor = svc.telemetry.traced(executor, executor_id)
+        limits: ExecutorLimits = svc.limits(executor_id)
+        store = svc.runstore
+        if (
+            limits.plain
+            and not node.stream
+            and node.timeout_s is None
+            and (svc.global_limit is None)
+        ):
+            # nothing to wait for or time: the call itself (one coroutine frame less)
+            if store is not None and not store.check_lease(self.run_id):
+                await store.ensure_lease(self.run_id)  # never call for a lost run
+            try:
+                result = await executor.complete(request)
+            except Exception as exc:
+                mark_step_code(exc)
+                raise
+        else:
+            on_chunk = self._chunk_emitter(step_id, item) if node.stream else None
+            before = self._lease_check(store) if store is not None else None
+            result = await call_executor(
+                node, executor, limits, request, svc.global_limit, on_chunk, step_id, before
+            )
+        state.usage = result.usage if state.usage is _ZERO else state.usage + result.usage
+        state.output = parse_reply(node, result)
+        state.finish_reason = result.finish_reason
+        if cache_key is not None and runstore is not None:
+            await runstore.cache_put(
+                cache_key, svc.mask(result), ttl_s=node.cache_ttl_s, run_id=self.run_id
+            )
 
-                    async def before() -> None:
-                        if not store.check_lease(run_id):
-                            await store.ensure_lease(run_id)  # never call for a lost run
+    def _lease_check(self, store: RunStore) -> Callable[[], Awaitable[None]]:
+        """What ``call_executor`` runs before the call: never call for a lost run."""
+        run_id = self.run_id
 
-                result = await call_executor(
-                    node, executor, limits, request, svc.global_limit, on_chunk, step_id, before
-                )
-            state.usage = result.usage if state.usage is _ZERO else state.usage + result.usage
-            state.output = parse_reply(node, result)
-            state.finish_reason = result.finish_reason
-            if cache_key is not None and runstore is not None:
-                await runstore.cache_put(
-                    cache_key, svc.mask(result), ttl_s=node.cache_ttl_s, run_id=self.run_id
-                )
+        async def before() -> None:
+            if not store.check_lease(run_id):
+                await store.ensure_lease(run_id)
 
-        return attempt
+        return before
 
     def _chunk_emitter(self, step_id: str, item: int | None) -> Callable[[CompletionChunk], None]:
         def on_chunk(chunk: CompletionChunk) -> None:

@@ -433,16 +433,21 @@ def unfit_json(value: Any, path: str = "$", *, most: int = 20) -> list[tuple[str
                 reason = "text that is not valid Unicode (a lone surrogate)"
                 found.append((where, reason, "use valid Unicode text"))
         elif isinstance(item, list | tuple):
+            shallow = depth < MAX_INPUT_DEPTH  # (a child deeper than that is reported)
             for index in range(len(item) - 1, -1, -1):
-                stack.append((item[index], f"{where}[{index}]", depth + 1))
+                child = item[index]
+                if shallow and _plain_scalar(child):
+                    continue  # nothing to report: no path to build (a map's 10,000 items)
+                stack.append((child, f"{where}[{index}]", depth + 1))
         elif isinstance(item, Mapping):
+            shallow = depth < MAX_INPUT_DEPTH
             for key, child in reversed(list(item.items())):
                 if not isinstance(key, str):
                     found.append((where, f"an object key that is not text ({key!r})", _PLAIN))
                 elif not _valid_text(key):
                     reason = "an object key that is not valid Unicode (a lone surrogate)"
                     found.append((where, reason, "use valid Unicode text"))
-                else:
+                elif not (shallow and _plain_scalar(child)):
                     name = f"{where}.{key}" if key.isidentifier() else f"{where}[{key!r}]"
                     stack.append((child, name, depth + 1))
         else:
@@ -457,6 +462,20 @@ def json_value_problem(value: Any) -> str | None:
         return None
     where, reason, _hint = found[0]
     return reason if where == "$" else f"{reason} (at {where})"
+
+
+def _plain_scalar(value: Any) -> bool:
+    """Whether ``unfit_json`` finds nothing to report in ``value`` (at an allowed depth):
+    None, a bool, an int within 4,300 digits, a finite float, valid text -- of exactly
+    those types (a subclass takes the full check)."""
+    kind = type(value)
+    if kind is str:
+        return value.isascii() or _valid_text(value)
+    if kind is int:
+        return bool(-_MAX_INT < value < _MAX_INT)
+    if kind is float:
+        return math.isfinite(value)
+    return value is None or kind is bool
 
 
 def _valid_text(text: str) -> bool:
