@@ -6,8 +6,10 @@ the version they read and, in the same atomic commit, write what makes the run
 theirs (its lease). ``claim_by_cas`` does that on any conformant adapter with
 ``commit`` and version checks; concurrent claimers that pick the same record lose
 with ``ConflictError`` and try the next. An adapter that can do better -- the
-PostgreSQL adapter with ``SELECT ... FOR UPDATE SKIP LOCKED`` -- implements
-``ClaimingStorage`` and the run queue uses its ``claim`` instead.
+PostgreSQL adapter with ``SELECT ... FOR UPDATE SKIP LOCKED``, the SQLite adapter in
+one write transaction that holds the file's write lock -- implements
+``ClaimingStorage`` and the run queue uses its ``claim`` instead. ``ops_for`` must only
+compute operations: an adapter may call it on a thread of its own.
 
 Invariants of ``ClaimingStorage.claim`` (``claim_by_cas`` keeps them all):
 
