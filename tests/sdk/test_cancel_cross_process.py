@@ -161,3 +161,44 @@ def test_held_message_shows_a_human_time_and_the_way_out() -> None:
     assert "epoch" not in text and "1800000030" not in text
     assert "(in 30 s)" in text
     assert "taskloom cancel r1" in text and "taskloom resume r1" in text
+
+
+async def test_a_holder_that_ends_the_run_and_its_lease_in_one_commit_is_reported() -> None:
+    """A worker gives its lease back in its outcome's commit: if that commit lands between
+    the canceller's read of the record and of the lease, the cancel still reports the
+    run stopped by its holder (not "already finished", not a takeover)."""
+    from attrs import evolve
+
+    from taskloom.contracts import Delete
+    from taskloom.sdk._runs.records import NS_LEASES
+
+    storage = MemoryStorage()
+    async with RunStore(storage) as holder, RunStore(storage) as canceller:
+        record = RunRecord(
+            run_id="r1",
+            pipeline_name="p",
+            pipeline_digest="d" * 64,
+            pipeline={},
+            inputs={},
+            status="running",
+            created_at=holder.clock(),
+            started_at=holder.clock(),
+        )
+        await holder.acquire_lease("r1", "worker", ttl_s=30)
+        await holder.create_run(record)
+        real_lease = canceller.lease
+        calls = [0]
+
+        async def lease(run_id: str) -> LeaseRecord | None:
+            calls[0] += 1
+            if calls[0] == 1:  # the holder saw the request and ends the run right now
+                holder.with_outcome("r1", [Delete(namespace=NS_LEASES, key="r1")])
+                done = evolve(record, status="cancelled", finished_at=holder.clock())
+                event = RunCancelledEvent(run_id="r1", at=holder.clock(), duration_s=0.0)
+                await (await holder.queue_finish(done, event))
+            return await real_lease(run_id)
+
+        canceller.lease = lease  # type: ignore[method-assign]
+        outcome = await cancel_run(canceller, "r1", poll_s=0.01)
+        assert outcome.cancelled and outcome.stopped_holder == "worker"
+        assert await _outcomes(canceller, "r1") == [RunCancelledEvent]

@@ -114,6 +114,11 @@ async def _wait_for_holder(
             return record
         current = await store.lease(run_id)
         if current is None or current.holder != lease.holder:
+            # The holder may have recorded its outcome since the record was read: a worker
+            # gives its lease back in the outcome's own commit.
+            record = await store.load_run(run_id)
+            if record.status in FINISHED_STATUSES:
+                return record
             return None  # released without an outcome, or taken over: look again
         renewed = renewed or current.expires_at > lease.expires_at
         now = store.clock()
