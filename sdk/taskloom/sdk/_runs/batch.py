@@ -105,19 +105,22 @@ def merged(batch: Sequence[_Pending]) -> list[Op]:
     """The keys in ``checked`` (a write of another key costs one lookup)."""
     for pending in batch:
         for op in pending.ops:
-            if type(op) is Check:
-                where = (op.namespace, op.key)
-                if checked.get(where) == op.version:
+            kind = type(op)
+            if kind is Put:  # the usual operation: a checkpoint
+                if checked and op.key in keys:  # type: ignore[union-attr]
+                    checked.pop((op.namespace, op.key), None)  # type: ignore[union-attr]
+            elif kind is Check:
+                where = (op.namespace, op.key)  # type: ignore[union-attr]
+                if checked.get(where) == op.version:  # type: ignore[union-attr]
                     continue
-                checked[where] = op.version
-                keys.add(op.key)
-            elif checked and type(op) is not Append:
-                if type(op) is Put or type(op) is Delete:
-                    if op.key in keys:
-                        checked.pop((op.namespace, op.key), None)
-                else:  # an operation of another kind: forget every check, to be sure
-                    checked.clear()
-                    keys.clear()
+                checked[where] = op.version  # type: ignore[union-attr]
+                keys.add(op.key)  # type: ignore[union-attr]
+            elif kind is Delete:
+                if checked and op.key in keys:  # type: ignore[union-attr]
+                    checked.pop((op.namespace, op.key), None)  # type: ignore[union-attr]
+            elif kind is not Append:  # an operation of another kind: forget every check
+                checked.clear()
+                keys.clear()
             keep(op)
     return ops
 
