@@ -602,6 +602,39 @@ def test_follow_on_a_crashed_run_says_it_is_not_running(cli: Any) -> None:
     assert "not running" in done.err and "taskloom resume deadbeef0001" in done.err
 
 
+async def test_follow_sees_a_run_that_ended_with_its_lease_as_ended_not_crashed() -> None:
+    """A worker gives its lease back in its outcome's commit: a run whose record was read
+    as running just before that commit is not taken for a crashed one."""
+    from attrs import evolve
+
+    from taskloom.adapters.memory import MemoryStorage
+    from taskloom.contracts import Delete, RunSucceeded
+    from taskloom.sdk._cli.history import _stopped
+    from taskloom.sdk._runs.records import NS_LEASES, RunRecord
+    from taskloom.sdk._runs.store import RunStore
+
+    storage = MemoryStorage()
+    async with RunStore(storage) as worker, RunStore(storage) as follower:
+        record = RunRecord(
+            run_id="r1",
+            pipeline_name="p",
+            pipeline_digest="d" * 64,
+            pipeline={},
+            inputs={},
+            status="running",
+            created_at=worker.clock(),
+            started_at=worker.clock(),
+        )
+        await worker.acquire_lease("r1", "worker", ttl_s=30)
+        await worker.create_run(record)
+        seen = await follower.load_run("r1")  # the follower reads "running" ...
+        worker.with_outcome("r1", [Delete(namespace=NS_LEASES, key="r1")])
+        done = evolve(record, status="succeeded", finished_at=worker.clock())
+        ended = RunSucceeded(run_id="r1", at=worker.clock(), duration_s=0.0)
+        await (await worker.queue_finish(done, ended))  # ... then the run ends, lease and all
+        assert not await _stopped(follower, seen)
+
+
 @pytest.mark.parametrize(
     "table",
     [

@@ -281,7 +281,12 @@ async def _stopped(store: Any, record: Any) -> bool:
     if record.status != "running":
         return False
     lease = await store.lease(record.run_id)
-    return lease is None or lease.expires_at <= store.clock()
+    if lease is not None and lease.expires_at > store.clock():
+        return False
+    # A worker gives its lease back in the commit of the run's outcome: the run may have
+    # ended since its record was read.
+    again = await store.load_run(record.run_id)
+    return bool(again.status == "running")
 
 
 def _not_running(ctx: CliContext, run_id: str, status: str) -> int:
