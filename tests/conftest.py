@@ -1,4 +1,5 @@
-"""Test-wide settings: hypothesis profiles, and the PostgreSQL server fixture.
+"""Test-wide settings: hypothesis profiles, the order tests are handed to xdist's
+workers in, and the PostgreSQL server fixture.
 
 ``default`` for everyday runs, ``fast`` for quick local loops
 (``HYPOTHESIS_PROFILE=fast``), ``ci`` for CI (chosen when ``CI`` is set).
@@ -38,6 +39,46 @@ settings.register_profile(
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default")
 )
+
+
+# --- the suite in several processes (pytest-xdist) ----------------------------------
+
+WORKERS = 3
+"""Worker processes for a run of the suite or of a directory (``-n auto`` in addopts).
+
+Most of the suite's wall time is spent waiting (worker subprocesses, leases running
+out, SIGKILL loops, servers starting), not computing: three processes on two cores
+keep both busy without making the waits themselves longer."""
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many processes ``-n auto`` starts: ``PYTEST_XDIST_AUTO_NUM_WORKERS`` if set;
+    none (one process, the tests' own) when every argument names a test file or a test,
+    as in a focused loop on one module; ``WORKERS`` for the suite or a directory."""
+    given = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if given:
+        return int(given)
+    named = [config.invocation_params.dir / arg.split("::")[0] for arg in config.args]
+    if named and all(path.is_file() for path in named):
+        return 0
+    return WORKERS
+
+
+# --- the order of tests across xdist's worker processes ---------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In xdist's worker processes, the slow stress tests go first.
+
+    The suite runs in several processes (``-n`` in pyproject's addopts). xdist hands the
+    tests out in collection order, round robin at first and then to whichever process is
+    free: a long test collected last starts when the others are done and the run waits
+    for it alone. Started first, the long tests run beside each other and the many short
+    ones fill the gaps. Every worker sorts the same way (xdist requires the same order in
+    all of them); a run in one process (``-n 0``) keeps the collection order.
+    """
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # --- a real PostgreSQL server for the PostgreSQL adapter's tests ----------------------

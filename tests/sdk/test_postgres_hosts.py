@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pg_cluster
+import psycopg
 import pytest
 from engine_support import FakeExecutor
 
@@ -76,6 +77,10 @@ class Network:
         if not self.isolated:
             return ("127.0.0.1",)
         return tuple(f"10.213.{i}.1" for i in range(1, HOSTS + 1))
+
+    def host_address(self, i: int) -> str:
+        """The address host ``i``'s connections come from (namespaces only)."""
+        return f"10.213.{i}.2"
 
     def host_link(self, i: int) -> str:
         return f"tl{self.tag}a{i}"
@@ -267,6 +272,7 @@ async def _progress(
     every run to succeed; return when each killed holder died."""
     ends: dict[str, float] = {}
     cut_done = False
+    back = 0.0  # when the cut host's link came back up
     async with PostgresStorage(dsn, schema=schema) as storage:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -280,9 +286,14 @@ async def _progress(
             if ends and not cut_done and finished >= RUNS // 2:
                 await _cut(network, workers[1])
                 cut_done = True
+                back = time.time()
             if finished == RUNS:
                 for run_id, outputs in expected.items():
                     assert records[run_id].output == outputs, (run_id, records[run_id].output)
+                if cut_done and network.isolated:
+                    # the others may finish every run while host 2 still waits for its
+                    # connections to time out: it must be back before it is asked to stop
+                    await _reconnected(dsn, network.host_address(2), back)
                 return ends
             await asyncio.sleep(0.25)
         stuck = [k for k, r in records.items() if r.status != "succeeded"]
@@ -295,6 +306,25 @@ async def _progress(
                 f"{lease.value.decode() if lease else None}, queued {queued}, now {time.time()}"
             )
     raise AssertionError(f"only {finished} of {RUNS} runs succeeded in time: {details}")
+
+
+async def _reconnected(dsn: str, client: str, since: float) -> None:
+    """Wait until the host at ``client`` has a connection to the server opened after
+    ``since`` (its link came back up): a host stopped while it still waits for its old
+    connections to time out cannot write what it queued, and exits 1 saying so."""
+    deadline = time.monotonic() + 60
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE client_addr = %s::inet AND backend_start > to_timestamp(%s)",
+                (client, since),
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the cut host ({client}) did not reconnect within 60 s of its link")
 
 
 async def _cut(network: Network, worker: subprocess.Popen[str]) -> None:

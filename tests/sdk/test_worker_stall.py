@@ -38,7 +38,7 @@ from taskloom.sdk._runs.store import RunStore
 
 HERE = Path(__file__).resolve().parent
 ITEMS = 40
-STOP_ATTEMPTS = 8
+STOP_ATTEMPTS = 20
 TTL_S = 1.0
 TRIALS = int(os.environ.get("TASKLOOM_STALL_TRIALS", "20"))
 
@@ -90,6 +90,47 @@ def stopped(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+def _store_files(store: Path) -> set[tuple[int, int, int]]:
+    """(major, minor, inode) of every file of the store: the SQLite database and its
+    -wal/-shm/-journal files, or every file under a file store's directory."""
+    if store.is_dir():
+        paths = [p for p in store.rglob("*") if p.is_file()]
+    else:
+        paths = [
+            store.with_name(store.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")
+        ]
+    found = set()
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        found.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
+    return found
+
+
+def holds_store_lock(pid: int, store: Path) -> bool:
+    """Whether process ``pid`` holds a lock that keeps other processes from writing the store
+    (/proc/locks): any ``flock`` on a file store's lock files (its reader/writer lock is
+    held only inside a storage call), or a POSIX write lock on a SQLite file (the writer's
+    lock; the read locks SQLite keeps open block no writer). A process frozen holding one
+    stalls every other process's writes, so no takeover can happen while it stays frozen."""
+    files = _store_files(store)
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->":  # a waiter, not a holder
+            continue
+        kind, mode, holder, where = fields[1], fields[3], fields[4], fields[5]
+        if holder != str(pid):
+            continue
+        major, minor, inode = where.split(":")
+        if (int(major, 16), int(minor, 16), int(inode)) in files and (
+            kind == "FLOCK" or mode == "WRITE"
+        ):
+            return True
+    return False
 
 
 def calling(calls: Path, pid: int) -> bool:
@@ -168,14 +209,22 @@ def one_trial(kind: str, root: Path) -> bool:
             os.kill(a.pid, signal.SIGSTOP)
             # the signal is delivered asynchronously: A may write a little more first
             assert wait_for(partial(stopped, a.pid), 10), "worker A did not stop"
+            if attempt < STOP_ATTEMPTS - 1 and holds_store_lock(a.pid, store):
+                # A was frozen inside a storage write, holding the store's write lock: no
+                # takeover can happen while it stays frozen. Let it out and freeze it again
+                # (without first waiting for a takeover that cannot come).
+                os.kill(a.pid, signal.SIGCONT)
+                time.sleep(0.05)
+                continue
             frozen = lines(calls)
             a_started = sum(1 for k, p, _t in frozen if k == "S" and p == a.pid)
             a_done_before = {t for k, p, t in frozen if k == "E" and p == a.pid}
+            started_b = b is None
             if b is None:
                 # B's own lease is long: a stall of B on the store's lock must not hand the
                 # run back to A (a legitimate re-claim, but not what this test is about)
                 b = spawn(kind, store, calls, ttl=10.0)
-            took_over = wait_for(partial(calling, calls, b.pid), 30 if attempt == 0 else 4)
+            took_over = wait_for(partial(calling, calls, b.pid), 30 if started_b else 4)
             if took_over or attempt == STOP_ATTEMPTS - 1:
                 break
             # A was frozen inside a storage write (holding the store's write lock, so B
