@@ -70,12 +70,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """In xdist's worker processes, the slow stress tests go first.
 
-    The suite runs in several processes (``-n`` in pyproject's addopts). xdist hands the
-    tests out in collection order, round robin at first and then to whichever process is
-    free: a long test collected last starts when the others are done and the run waits
-    for it alone. Started first, the long tests run beside each other and the many short
-    ones fill the gaps. Every worker sorts the same way (xdist requires the same order in
-    all of them); a run in one process (``-n 0``) keeps the collection order.
+    The suite runs in several processes (``-n auto --maxschedchunk 1`` in pyproject's
+    addopts): xdist hands the tests out in this order, one at a time, to whichever process
+    is free. A long test collected last would start when the others are done and the run
+    would wait for it alone; started first, the long tests run beside each other and the
+    many short ones fill the gaps. (With xdist's default chunks the first process got
+    every slow test: 690 s against 485 s for the other two.) Every worker sorts the same
+    way (xdist requires the same order in all of them); a run in one process keeps the
+    collection order.
     """
     if hasattr(config, "workerinput"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
