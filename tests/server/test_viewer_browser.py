@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -61,7 +62,6 @@ async def test_viewer_lists_runs_opens_one_and_shows_new_events_live(tmp_path: P
     """With a read token the page lists the runs, opens one (steps, output, timings),
     and shows an event within a second of it being stored; no request leaves the
     server, no script error; a screenshot is written."""
-    from playwright.async_api import TimeoutError as PlaywrightTimeout
     from playwright.async_api import async_playwright
 
     executor = GatedExecutor()
@@ -127,14 +127,9 @@ async def test_viewer_lists_runs_opens_one_and_shows_new_events_live(tmp_path: P
                     await asyncio.sleep(0.005)
                 succeeded = page.locator('#events li[data-type="step.succeeded"]')
                 await succeeded.nth(1).wait_for(timeout=1_000)  # within a second of being stored
-                # Known flake (seen about 1 run in 3 here): the page can keep a step table
-                # and event list from before the held step finished although the new event
-                # was shown; opening the run again must show the finished run.
-                try:
-                    await page.wait_for_selector('#steps tr[data-step-id="held"]', timeout=5_000)
-                except PlaywrightTimeout:
-                    await page.click(f'#runs tr[data-run-id="{run_id}"]')
-                    await page.wait_for_selector('#steps tr[data-step-id="held"]', timeout=10_000)
+                # the page itself refreshes the run: its step table shows the finished step
+                await page.wait_for_selector('#steps tr[data-step-id="held"]', timeout=10_000)
+                await page.locator("#run-status", has_text="succeeded").wait_for(timeout=10_000)
                 await page.wait_for_selector(
                     '#events li[data-type="run.succeeded"]', timeout=10_000
                 )
@@ -149,6 +144,64 @@ async def test_viewer_lists_runs_opens_one_and_shows_new_events_live(tmp_path: P
             shutil.copy(shot, Path(keep) / "viewer.png")
         assert errors == []
         assert requests and all(url.startswith(base) for url in requests), requests
+
+
+async def test_a_run_opened_just_after_another_refreshes_itself_to_its_end() -> None:
+    """Opened while a refresh of the run shown before was still pending, a run's own
+    refreshes (its finished step, its outcome, its stream's end) load that run, not the
+    one before: the step table and status show how it ended. The page's clock is paused
+    so the pending refresh is certain, not a matter of timing."""
+    from playwright.async_api import async_playwright
+
+    executor = GatedExecutor()
+    registry = ExecutorRegistry()
+    registry.register("gated", executor)
+    engine = Engine(storage=MemoryStorage(), registry=registry)
+    quick = {
+        "taskloom": "pipeline/v1",
+        "name": "quick",
+        "steps": [{"id": "only", "prompt": "hello"}],
+    }
+    gated = {
+        "taskloom": "pipeline/v1",
+        "name": "gated",
+        "steps": [{"id": "first", "prompt": "go"}, {"id": "held", "prompt": "wait here"}],
+    }
+    async with served_app(engine) as s:
+        done = (await s.submit(quick))["run_id"]
+        await s.finished(done)
+        run_id = (await s.submit(gated))["run_id"]
+        store = engine.runstore
+        assert store is not None
+        while [type(e).__name__ for _n, e in await store.events(run_id)].count("StepStarted") < 2:
+            await asyncio.sleep(0.02)
+        base = str(s.client.base_url).rstrip("/")
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+            try:
+                page = await browser.new_page()
+                await page.clock.install()
+                await page.goto(f"{base}/ui/#token={s.tokens['read']}")
+                await page.wait_for_selector(f'#runs tr[data-run-id="{run_id}"]', timeout=10_000)
+                await page.clock.pause_at(int(time.time() * 1000) + 60_000)  # no timer fires
+                await page.click(f'#runs tr[data-run-id="{done}"]')
+                await page.wait_for_selector('#steps tr[data-step-id="only"]', timeout=10_000)
+                # its stream ended: a refresh of the finished run is pending now
+                await page.locator("#live", has_text="ended").wait_for(timeout=10_000)
+                await page.click(f'#runs tr[data-run-id="{run_id}"]')
+                held_started = page.locator('#events li[data-type="step.started"]').nth(1)
+                await held_started.wait_for(timeout=10_000)
+                executor.gate.set()
+                ended = page.locator('#events li[data-type="run.succeeded"]')
+                await ended.wait_for(timeout=10_000)
+                await page.locator("#live", has_text="ended").wait_for(timeout=10_000)
+                assert await page.locator('#steps tr[data-step-id="held"]').count() == 0
+                await page.clock.run_for(1_000)  # the pending refresh fires
+                await page.wait_for_selector('#steps tr[data-step-id="held"]', timeout=10_000)
+                await page.locator("#run-status", has_text="succeeded").wait_for(timeout=10_000)
+                assert await page.inner_text("#run-id") == run_id
+            finally:
+                await browser.close()
 
 
 async def test_viewer_without_a_token_shows_no_runs(tmp_path: Path) -> None:

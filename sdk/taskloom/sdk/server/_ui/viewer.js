@@ -165,11 +165,16 @@
       task.output === null ? "" : JSON.stringify(task.output, null, 2);
   }
 
-  function refreshDetailSoon(runId) {
+  // Refreshes asked for within 150 ms share one load, of the run open when it fires.
+  // (Bound to the run that asked first, a refresh pending for the run shown before
+  // swallowed every refresh of the run opened next -- its finished steps, its outcome,
+  // its stream's end -- and then loaded a run no longer shown, which is not drawn.)
+  function refreshDetailSoon() {
     if (detailTimer) return;
     detailTimer = setTimeout(() => {
       detailTimer = null;
-      loadDetail(runId).catch((error) => say(String(error.message || error), true));
+      if (!openRun) return;
+      loadDetail(openRun).catch((error) => say(String(error.message || error), true));
     }, 150);
   }
 
@@ -193,7 +198,7 @@
     const list = $("#events");
     list.appendChild(item);
     list.scrollTop = list.scrollHeight;
-    if (kind !== "step.chunk") refreshDetailSoon(runId);
+    if (kind !== "step.chunk") refreshDetailSoon();
   }
 
   // Server-Sent Events over fetch (EventSource cannot send the Authorization header).
@@ -241,7 +246,7 @@
           }
         }
         live.textContent = "ended";
-        refreshDetailSoon(runId);
+        refreshDetailSoon();
         return; // the run ended: the server closed the stream
       } catch (error) {
         if (controller.signal.aborted) return;
