@@ -416,6 +416,26 @@ async def test_another_origin_takes_the_slot_of_an_idle_connection(serve: Start)
     assert (one.connections, two.connections) == (2, 1)
 
 
+async def test_connections_use_a_lock_that_does_not_yield_when_free(serve: Start) -> None:
+    """Each pooled connection's HTTP/1.1 state lock is an asyncio.Lock, not httpcore's (anyio's
+    Lock yields to the event loop on every acquire), and the attribute replaced is the one
+    this httpcore uses."""
+    from httpcore._synchronization import AsyncLock
+
+    fresh = httpcore.AsyncHTTP11Connection(
+        origin=httpcore.Origin(b"http", b"x", 80), stream=AsyncioStream(asyncio.get_running_loop())
+    )
+    assert isinstance(fresh._state_lock, AsyncLock)
+    server = await serve()
+    async with _executor(server.url) as ex:
+        await ex.complete(REQUEST)
+        await ex.complete(REQUEST)
+        pool: Any = ex._get_pool()._inner  # type: ignore[attr-defined]
+        (connection,) = pool.connections
+        assert isinstance(connection._http._state_lock, asyncio.Lock)
+        assert not connection._http._state_lock.locked()
+
+
 async def test_a_closed_pool_refuses_and_fails_its_waiters(serve: Start) -> None:
     """Closing the pool closes its connections, fails waiting requests with UsageError, and
     refuses new ones."""
