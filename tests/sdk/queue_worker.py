@@ -106,7 +106,7 @@ async def serve(args: argparse.Namespace) -> None:
         await storage.aclose()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kind", required=True)
     parser.add_argument("--store", required=True)
@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--queue", default="default")
-    asyncio.run(serve(parser.parse_args()))
+    asyncio.run(serve(parser.parse_args(argv)))
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import attrs
 import pytest
 from durable_worker import EXECUTOR_ID, CountingExecutor, build_job
+from fork_server import ForkServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_runstore_support import storage_class
@@ -37,6 +37,8 @@ from taskloom.sdk._runs.records import total_usage
 from taskloom.sdk._runs.store import RunStore
 
 WORKER = Path(__file__).resolve().parent / "durable_worker.py"
+PRELOAD = ["taskloom.sdk", "taskloom.adapters.sqlite", "taskloom.adapters.filesystem"]
+"""What the worker processes' fork server imports before it forks them."""
 KINDS = ("sqlite", "filesystem")
 Key = tuple[str, int | None]
 
@@ -134,62 +136,62 @@ def crash_and_resume(
     attempts: list[Attempt] = []
     checkpointed: set[Key] = set()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    for n in range(kills + 1):
-        before = len(_lines(calls))
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                "--kind",
-                kind,
-                "--store",
-                location,
-                "--job",
-                str(job_file),
-                "--calls",
-                str(calls),
-                "--run-id-file",
-                str(run_id_file),
-                "--result",
-                str(result_file),
-                "--holder",
-                f"worker-{n}",
-                "--lease-ttl",
-                "0.4",
-                "--seed",
-                str(rng.randrange(2**32)),
-            ],
-            env=env,
-        )
-        killed = False
-        if n < kills:
-            remaining = max(1, total - len(checkpointed))
-            # Mostly kill after a random number of this attempt's calls, spread so that the
-            # remaining kills fit in the remaining work (mid-run, often mid-checkpoint);
-            # sometimes before any call (during startup or lease takeover).
-            share = max(1, remaining // (kills - n + 1))
-            target = 0 if rng.random() < 0.1 else rng.randint(1, share)
-            deadline = time.monotonic() + 30
-            while (
-                proc.poll() is None
-                and len(_lines(calls)) < before + target
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0, 0.004))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-        returncode = proc.wait(timeout=60)
-        assert killed or returncode == 0, f"worker {n} exited with {returncode}"
-        attempt_calls = [_parse_call(line) for line in _lines(calls)[before:]]
-        attempts.append(Attempt(checkpointed, attempt_calls, killed))
-        run_id = run_id_file.read_text().strip() if run_id_file.exists() else ""
-        checkpointed = read_checkpoints(kind, location, run_id)
-        if result_file.exists():
-            break
-    else:
-        pytest.fail(f"the run did not finish after {kills} kills and a final attempt")
+    # Every attempt is a process of its own, forked from one that imported everything
+    # once: dozens of attempts per test would otherwise each start an interpreter.
+    with ForkServer(WORKER, PRELOAD, env) as server:
+        for n in range(kills + 1):
+            before = len(_lines(calls))
+            proc = server.run(
+                [
+                    "--kind",
+                    kind,
+                    "--store",
+                    location,
+                    "--job",
+                    str(job_file),
+                    "--calls",
+                    str(calls),
+                    "--run-id-file",
+                    str(run_id_file),
+                    "--result",
+                    str(result_file),
+                    "--holder",
+                    f"worker-{n}",
+                    "--lease-ttl",
+                    "0.4",
+                    "--seed",
+                    str(rng.randrange(2**32)),
+                ]
+            )
+            killed = False
+            if n < kills:
+                remaining = max(1, total - len(checkpointed))
+                # Mostly kill after a random number of this attempt's calls, spread so that the
+                # remaining kills fit in the remaining work (mid-run, often mid-checkpoint);
+                # sometimes before any call (during startup or lease takeover).
+                share = max(1, remaining // (kills - n + 1))
+                target = 0 if rng.random() < 0.1 else rng.randint(1, share)
+                deadline = time.monotonic() + 30
+                while (
+                    proc.poll() is None
+                    and len(_lines(calls)) < before + target
+                    and time.monotonic() < deadline
+                ):
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0, 0.004))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    killed = True
+            returncode = proc.wait(timeout=60)
+            assert killed or returncode == 0, f"worker {n} exited with {returncode}"
+            attempt_calls = [_parse_call(line) for line in _lines(calls)[before:]]
+            attempts.append(Attempt(checkpointed, attempt_calls, killed))
+            run_id = run_id_file.read_text().strip() if run_id_file.exists() else ""
+            checkpointed = read_checkpoints(kind, location, run_id)
+            if result_file.exists():
+                break
+        else:
+            pytest.fail(f"the run did not finish after {kills} kills and a final attempt")
     result = json.loads(result_file.read_text())
     return CrashRun(attempts=attempts, result=result, run_id=result["run_id"], location=location)
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 from durable_worker import open_storage
+from fork_server import Forked
 from queue_worker import EXECUTOR_ID, TaggedExecutor, digest, map_pipeline
-from test_worker_stall import lines, spawn
+from test_worker_stall import fork_server, lines, spawn
 
 from taskloom.sdk import Engine, ExecutorRegistry
 from taskloom.sdk._runs.records import RunRecord
@@ -98,7 +99,7 @@ def overlaps(calls: Path) -> list[str]:
     return bad
 
 
-def kill(proc: subprocess.Popen[bytes], calls: Path) -> None:
+def kill(proc: Forked, calls: Path) -> None:
     proc.kill()
     proc.wait()
     with open(calls, "a") as fh:  # the killed process's calls end here
@@ -113,7 +114,8 @@ def test_kill_loop_every_run_succeeds_once(tmp_path: Path) -> None:
     store, calls = tmp_path / "store.db", tmp_path / "calls"
     runs = asyncio.run(submit_all(store))
     rng = random.Random(19)
-    procs = [spawn("sqlite", store, calls, ttl=1.0, latency=0.05) for _ in range(WORKERS)]
+    server = fork_server()
+    procs = [spawn(server, "sqlite", store, calls, ttl=1.0, latency=0.05) for _ in range(WORKERS)]
     kills = 0
     try:
         deadline = time.monotonic() + DEADLINE_S
@@ -124,7 +126,7 @@ def test_kill_loop_every_run_succeeds_once(tmp_path: Path) -> None:
                 victim = rng.randrange(WORKERS)
                 kill(procs[victim], calls)
                 kills += 1
-                procs[victim] = spawn("sqlite", store, calls, ttl=1.0, latency=0.05)
+                procs[victim] = spawn(server, "sqlite", store, calls, ttl=1.0, latency=0.05)
                 next_kill = time.monotonic() + rng.uniform(1.5, 4.0)
             found = asyncio.run(read_all(store, list(runs)))
             if all(
@@ -141,6 +143,7 @@ def test_kill_loop_every_run_succeeds_once(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        server.close()
     found = asyncio.run(read_all(store, list(runs)))
     unfinished = [r for r, (rec, _n) in found.items() if rec.status != "succeeded"]
     assert not unfinished, f"{len(unfinished)} runs not succeeded after {kills} kills"

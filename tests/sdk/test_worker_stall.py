@@ -21,7 +21,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from functools import partial
@@ -30,6 +29,7 @@ from typing import Any
 
 import pytest
 from durable_worker import open_storage
+from fork_server import Forked, ForkServer
 from queue_worker import EXECUTOR_ID, TaggedExecutor, digest, map_pipeline
 
 from taskloom.sdk import Engine, ExecutorRegistry
@@ -43,16 +43,30 @@ TTL_S = 1.0
 TRIALS = int(os.environ.get("TASKLOOM_STALL_TRIALS", "20"))
 
 
-def spawn(
-    kind: str, store: Path, calls: Path, *, ttl: float = TTL_S, latency: float = 0.15
-) -> subprocess.Popen[bytes]:
-    """Start one worker process (``queue_worker.py``) on ``store``."""
+PRELOAD = ["taskloom.sdk", "taskloom.adapters.sqlite", "taskloom.adapters.filesystem"]
+"""What the worker processes' fork server imports before it forks them."""
+
+
+def fork_server() -> ForkServer:
+    """A fork server for ``queue_worker.py`` processes: each worker a fork of one
+    interpreter that imported everything once, not an interpreter start of its own."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    return subprocess.Popen(
+    return ForkServer(HERE / "queue_worker.py", PRELOAD, env)
+
+
+def spawn(
+    server: ForkServer,
+    kind: str,
+    store: Path,
+    calls: Path,
+    *,
+    ttl: float = TTL_S,
+    latency: float = 0.15,
+) -> Forked:
+    """Start one worker process (``queue_worker.py``) on ``store``."""
+    return server.run(
         [
-            sys.executable,
-            str(HERE / "queue_worker.py"),
             "--kind",
             kind,
             "--store",
@@ -65,10 +79,7 @@ def spawn(
             str(latency),
             "--concurrency",
             "1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        ]
     )
 
 
@@ -182,7 +193,7 @@ def wait_for(predicate: Any, timeout: float, step: float = 0.02) -> bool:
     return False
 
 
-def stop_all(*procs: subprocess.Popen[bytes]) -> None:
+def stop_all(*procs: Forked) -> None:
     for proc in procs:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
@@ -195,13 +206,13 @@ def stop_all(*procs: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def one_trial(kind: str, root: Path) -> bool:
+def one_trial(server: ForkServer, kind: str, root: Path) -> bool:
     """Run one stall trial; assert its invariants; return whether B took over."""
     root.mkdir(parents=True)
     store, calls = root / "store", root / "calls"
     run_id = asyncio.run(submit(kind, store, ITEMS))
-    a = spawn(kind, store, calls)
-    b: subprocess.Popen[bytes] | None = None
+    a = spawn(server, kind, store, calls)
+    b: Forked | None = None
     try:
         assert wait_for(lambda: starts(calls, a.pid) >= 3, 60), "worker A never started calls"
         took_over = False
@@ -223,7 +234,7 @@ def one_trial(kind: str, root: Path) -> bool:
             if b is None:
                 # B's own lease is long: a stall of B on the store's lock must not hand the
                 # run back to A (a legitimate re-claim, but not what this test is about)
-                b = spawn(kind, store, calls, ttl=10.0)
+                b = spawn(server, kind, store, calls, ttl=10.0)
             took_over = wait_for(partial(calling, calls, b.pid), 30 if started_b else 4)
             if took_over or attempt == STOP_ATTEMPTS - 1:
                 break
@@ -265,7 +276,8 @@ def one_trial(kind: str, root: Path) -> bool:
 @pytest.mark.parametrize("kind", ["sqlite", "filesystem"])
 def test_one_stall_trial(kind: str, tmp_path: Path) -> None:
     """One stall trial per storage kind (the slow test below runs many)."""
-    one_trial(kind, tmp_path / "t0")
+    with fork_server() as server:
+        one_trial(server, kind, tmp_path / "t0")
 
 
 @pytest.mark.slow
@@ -274,5 +286,6 @@ def test_one_stall_trial(kind: str, tmp_path: Path) -> None:
 def test_stall_trials(kind: str, tmp_path: Path) -> None:
     """TASKLOOM_STALL_TRIALS (default 20) stall trials per storage kind, all clean; a
     takeover happened in every one."""
-    took = [one_trial(kind, tmp_path / f"t{i}") for i in range(TRIALS)]
+    with fork_server() as server:
+        took = [one_trial(server, kind, tmp_path / f"t{i}") for i in range(TRIALS)]
     assert all(took), f"B took over in {sum(took)} of {TRIALS} trials"
