@@ -82,6 +82,53 @@ def test_a_full_disk_mid_run_names_the_run_in_one_line(
             assert f"run {run['run_id']}: succeeded" in err
 
 
+def test_a_run_that_ends_before_its_start_audit_fails_is_reported_as_ended(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The start's audit entry fails (a full disk) only after the run succeeded: the run is
+    reported as succeeded, with one error line for the audit, never "resume it"."""
+    import asyncio
+    import contextlib
+
+    import taskloom.sdk._cli.drive as drive
+    from taskloom.contracts import RunNotFound
+    from taskloom.sdk._runs.store import RunStore
+
+    for name in list(os.environ):
+        if name.startswith("TASKLOOM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TASKLOOM_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    real_audit = drive._audit
+
+    async def late_failing_audit(ctx: Any, action: str, subject: str, **details: Any) -> None:
+        if action != "run.start":
+            return await real_audit(ctx, action, subject, **details)
+        store = RunStore(await ctx.storage())
+        async with asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(RunNotFound):  # not stored yet
+                    if (await store.load_run(subject)).status == "succeeded":
+                        break
+                await asyncio.sleep(0.01)
+        raise StorageFull("the disk is full; free space and retry")
+
+    monkeypatch.setattr(drive, "_audit", late_failing_audit)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code = main(["run", str(ROOT / "examples" / "hello.json")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("taskloom: error:")]
+    assert code == 1, err
+    assert len(errors) == 1 and "full" in errors[0], err
+    assert "resume" not in err and ": succeeded" in err, err
+    monkeypatch.setattr(drive, "_audit", real_audit)
+    assert main(["runs", "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert run["status"] == "succeeded" and f"run {run['run_id']}: succeeded" in err
+
+
 def _can_mount() -> bool:
     return (
         sys.platform == "linux"

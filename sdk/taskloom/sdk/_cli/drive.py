@@ -380,8 +380,14 @@ async def _to_the_end(
         # (the audit write failed, say): stop the run and take its outcome, so that no
         # "Task exception was never retrieved" follows the one-line error
         handle.cancel()
+        ended: Any = None
         with contextlib.suppress(Exception):
-            await handle.result()
+            ended = await handle.result()
+        if ended is not None:
+            # the run reached its outcome before the cancel (a fast run, a slow audit):
+            # say the outcome its record holds, then the error, not "resume it"
+            _print_result(ctx, ended, pipeline, config)
+            raise
         if isinstance(exc, StorageError) and await _stored(ctx, handle.run_id):
             return _print_storage_failure(ctx, handle.run_id, exc)
         raise
