@@ -132,7 +132,7 @@ async def test_exactly_one_outcome_whatever_the_timing(seed: int) -> None:
     one outcome event, it is the last, and it agrees with the record and with cancel_run."""
     rng = random.Random(seed)
     storage = MemoryStorage()
-    engine, _fake = make_engine(FakeExecutor(delay=0.002), storage=storage, lease_ttl_s=0.06)
+    engine, _fake = make_engine(FakeExecutor(delay=0.002), storage=storage, lease_ttl_s=0.6)
     async with engine:
         handle = engine.start(_chain(rng.randint(1, 12)))
         other = RunStore(storage)
