@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskloom.contracts import UsageError
+from taskloom.contracts import Capabilities, StorageCorrupted, UsageError
 from taskloom.security import (
+    CapabilitiesNotApproved,
     KeyRevoked,
     MalformedTrustStore,
     PublicKey,
@@ -30,6 +31,7 @@ from taskloom.security import (
     sign_envelope,
 )
 from taskloom.security._ed25519 import SMALL_ORDER_YS, P
+from taskloom.security._trust import ROLLBACK_NAMESPACE
 
 # The eight small-order points as published (e.g. in the Ed25519 test vectors of
 # "Taming the many EdDSAs"), independent of the computed list in _ed25519.
@@ -298,5 +300,57 @@ def test_rollback_guard_keeps_the_highest_version(attempts: list[tuple[int, str]
                 with pytest.raises(expected):
                     await guard.record("p", version, digest)
             assert await guard.highest("p") == model
+
+    asyncio.run(scenario())
+
+
+def test_a_record_damaged_after_a_good_read_is_still_refused() -> None:
+    """The guard reuses a parsed record only for the same bytes: damage written later raises."""
+    storage = DictStorage()
+    guard = RollbackGuard(storage)
+
+    async def scenario() -> None:
+        await guard.record("p", 2, "a")
+        await guard.check("p", 2, "a")  # parsed once; the parse is kept for these bytes
+        storage._put(ROLLBACK_NAMESPACE, "p", b'{"version": "2", "sha256": "a"}')
+        with pytest.raises(StorageCorrupted):
+            await guard.check("p", 2, "a")
+
+    asyncio.run(scenario())
+
+
+def test_a_record_rewritten_lower_after_a_good_read_is_judged_by_its_new_bytes() -> None:
+    """A record replaced behind the guard's back is read again, not answered from the last parse."""
+    storage = DictStorage()
+    guard = RollbackGuard(storage)
+
+    async def scenario() -> None:
+        await guard.record("p", 2, "a")
+        await guard.check("p", 2, "a")
+        storage._put(ROLLBACK_NAMESPACE, "p", b'{"sha256":"b","version":5}')
+        with pytest.raises(RollbackDetected):
+            await guard.check("p", 3, "c")
+        assert await guard.highest("p") == (5, "b")
+
+    asyncio.run(scenario())
+
+
+def test_record_judges_again_when_its_arguments_differ_from_the_check() -> None:
+    """``record`` skips judging only for exactly what ``check`` accepted against that state."""
+    guard = RollbackGuard(DictStorage())
+    narrow = Capabilities(network_hosts=("a.example.com",))
+    wide = Capabilities(network_hosts=("a.example.com", "b.example.com"))
+
+    async def scenario() -> None:
+        await guard.record("p", 3, "a", signers=("k",), capabilities=narrow)
+        observed = await guard.check("p", 3, "a", capabilities=narrow)
+        with pytest.raises(RollbackDetected):
+            await guard.record("p", 2, "a", observed=observed)
+        with pytest.raises(VersionReused):
+            await guard.record("p", 3, "b", observed=observed)
+        with pytest.raises(CapabilitiesNotApproved):
+            await guard.record("p", 4, "c", observed=observed, capabilities=wide)
+        await guard.record("p", 3, "a", observed=observed, capabilities=narrow)
+        assert await guard.highest("p") == (3, "a")
 
     asyncio.run(scenario())

@@ -343,6 +343,9 @@ class RollbackState:
     sha256: str | None
     record_version: int
     mark: Mark | None = None
+    judged: tuple[object, ...] | None = attrs.field(default=None, eq=False, repr=False)
+    """What ``check`` accepted against ``mark`` (plugin, version, digest, revoked,
+    capabilities): ``record`` with the same arguments need not judge it again."""
 
 
 class RollbackGuard:
@@ -364,6 +367,9 @@ class RollbackGuard:
     def __init__(self, storage: StorageAdapter, *, namespace: str = ROLLBACK_NAMESPACE) -> None:
         self._storage = storage
         self._namespace = namespace
+        # The last record read per plugin and its parse: the same bytes parse the same,
+        # so a record that did not change since is not parsed again.
+        self._parsed: dict[str, tuple[bytes, Mark]] = {}
 
     async def highest(self, plugin_name: str) -> tuple[int, str] | None:
         """(version, payload sha256) of the highest version accepted, or None."""
@@ -372,25 +378,42 @@ class RollbackGuard:
             return None
         return state.version, state.sha256
 
-    async def _load(self, plugin_name: str) -> RollbackState:
+    async def _load(
+        self, plugin_name: str, judged: tuple[object, ...] | None = None
+    ) -> RollbackState:
         record = await self._storage.get(self._namespace, plugin_name)
         if record is None:
-            return RollbackState(version=None, sha256=None, record_version=0)
-        try:
-            raw = loads_strict(record.value, max_bytes=1 << 20, what="rollback record")
-            mark = Mark.from_data(raw, "a rollback record")
-        except (MalformedInput, ValueError) as exc:
-            raise StorageCorrupted(
-                f"rollback record of plugin {plugin_name!r} is damaged: {exc}; "
-                "restore the store from a backup"
-            ) from exc
+            return RollbackState(version=None, sha256=None, record_version=0, judged=judged)
+        value = record.value
+        parsed = self._parsed.get(plugin_name)
+        if parsed is not None and parsed[0] == value:
+            mark = parsed[1]
+        else:
+            try:
+                raw = loads_strict(value, max_bytes=1 << 20, what="rollback record")
+                mark = Mark.from_data(raw, "a rollback record")
+            except (MalformedInput, ValueError) as exc:
+                raise StorageCorrupted(
+                    f"rollback record of plugin {plugin_name!r} is damaged: {exc}; "
+                    "restore the store from a backup"
+                ) from exc
+            self._parsed[plugin_name] = (bytes(value), mark)
         return RollbackState(
-            version=mark.version, sha256=mark.sha256, record_version=record.version, mark=mark
+            version=mark.version,
+            sha256=mark.sha256,
+            record_version=record.version,
+            mark=mark,
+            judged=judged,
         )
 
     async def mark(self, plugin_name: str) -> Mark | None:
         """Everything recorded for ``plugin_name`` (None: nothing accepted yet)."""
-        return (await self._load(plugin_name)).mark
+        mark = (await self._load(plugin_name)).mark
+        if mark is None:
+            return None
+        # a copy: the guard keeps its parse for the next read, the caller may edit this one
+        capabilities = None if mark.capabilities is None else dict(mark.capabilities)
+        return attrs.evolve(mark, capabilities=capabilities, approved=dict(mark.approved))
 
     async def check(
         self,
@@ -403,7 +426,7 @@ class RollbackGuard:
     ) -> RollbackState:
         """Refuse ``version`` if it would roll ``plugin_name`` back, reuse a version or add
         capabilities nobody approved. Returns the state it judged, for ``record``."""
-        state = await self._load(plugin_name)
+        state = await self._load(plugin_name, (plugin_name, version, digest, revoked, capabilities))
         judge(plugin_name, state.mark, version, digest, revoked=revoked, capabilities=capabilities)
         return state
 
@@ -428,14 +451,15 @@ class RollbackGuard:
         for _ in range(16):
             if state is None:
                 state = await self._load(plugin_name)
-            judge(
-                plugin_name,
-                state.mark,
-                version,
-                digest,
-                revoked=revoked,
-                capabilities=capabilities,
-            )
+            if state.judged != (plugin_name, version, digest, revoked, capabilities):
+                judge(
+                    plugin_name,
+                    state.mark,
+                    version,
+                    digest,
+                    revoked=revoked,
+                    capabilities=capabilities,
+                )
             new = next_mark(
                 state.mark,
                 version,
