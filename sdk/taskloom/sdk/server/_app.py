@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -456,8 +457,34 @@ def _walk(data: Any, redact: Callable[[str], str]) -> Any:
     return data
 
 
+_URL_MARK = "0runid0"
+"""Stands for the run id in the cached task URL template (a valid, unlikely run id)."""
+_task_paths: dict[int, tuple[weakref.ref[object], dict[str, tuple[str, str]]]] = {}
+
+
 def _task_url(request: Request, run_id: str) -> str:
-    return str(request.url_for("get_task", run_id=run_id).path)
+    """The path of run ``run_id`` (``url_for("get_task")``), from a template kept per
+    router and root path: ``url_for`` resolves every route each time."""
+    router = request.scope.get("router")
+    if router is None or any(c in run_id for c in "/%?#"):
+        return str(request.url_for("get_task", run_id=run_id).path)
+    seen = _task_paths.get(id(router))
+    if seen is None or seen[0]() is not router:  # (an id is reused once its router is gone)
+        if len(_task_paths) >= 64:
+            _task_paths.clear()
+        seen = _task_paths[id(router)] = (weakref.ref(router), {})
+    templates = seen[1]
+    root = str(request.scope.get("root_path", ""))
+    template = templates.get(root)
+    if template is None:
+        path = str(request.url_for("get_task", run_id=_URL_MARK).path)
+        head, mark, tail = path.partition(_URL_MARK)
+        if not mark or _URL_MARK in tail:
+            return str(request.url_for("get_task", run_id=run_id).path)
+        if len(templates) >= 64:
+            templates.clear()
+        template = templates[root] = (head, tail)
+    return f"{template[0]}{run_id}{template[1]}"
 
 
 def _duration(record: RunRecord) -> float | None:

@@ -120,7 +120,10 @@ class RunControl:
             queue=queue,
             priority=priority,
         )
-        return Submitted(run_id, await self._status(run_id))
+        if idempotency_key is None:
+            # a new run under a fresh id, stored as queued just now: no need to read it back
+            return Submitted(run_id, "queued")
+        return Submitted(run_id, await self._status(run_id))  # maybe an earlier run's
 
     async def _status(self, run_id: str) -> RunStatus:
         return (await self.runstore.load_run(run_id)).status

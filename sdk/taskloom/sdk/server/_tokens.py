@@ -123,12 +123,20 @@ def check_scope(scope: object) -> Scope:
     raise UsageError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
 
 
+_MAX_DECODED = 1024
+"""How many decoded token records a ``TokenStore`` keeps (it starts over when full)."""
+
+
 class TokenStore:
     """Create, list, revoke and verify API tokens kept in a ``StorageAdapter``."""
 
     def __init__(self, storage: StorageAdapter, *, clock: Callable[[], float] = time.time) -> None:
         self._storage = storage
         self._clock = clock
+        # the decoded record of each token id, beside the stored bytes it came from:
+        # every check still reads the store (a revoke anywhere counts at once), and
+        # decodes only when those bytes changed
+        self._decoded: dict[str, tuple[bytes, TokenRecord]] = {}
 
     async def create(
         self, *, scope: Scope, name: str | None = None, expires_in_s: float | None = None
@@ -228,8 +236,17 @@ class TokenStore:
             return None
         stored = await self._storage.get(NS_TOKENS, token_id)
         if stored is None:
+            self._decoded.pop(token_id, None)
             return None
-        return decode(stored.value, TokenRecord, where=f"{NS_TOKENS}/{token_id}")
+        value = bytes(stored.value)
+        seen = self._decoded.get(token_id)
+        if seen is not None and seen[0] == value:
+            return seen[1]
+        record = decode(value, TokenRecord, where=f"{NS_TOKENS}/{token_id}")
+        if len(self._decoded) >= _MAX_DECODED:
+            self._decoded.clear()
+        self._decoded[token_id] = (value, record)
+        return record
 
     async def _by_name(self, name: str) -> TokenRecord | None:
         if _NAME.fullmatch(name) is None:
