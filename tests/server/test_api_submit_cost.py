@@ -107,3 +107,29 @@ async def test_task_urls_follow_the_root_path_without_a_route_lookup_each(
                     assert body["events_url"] == f"{body['url']}/events"
         assert lookups.count("get_task") == 3
         await api.aclose()
+
+
+def test_a_task_url_is_what_url_for_gives_for_any_run_id() -> None:
+    """Unusual run ids (spaces, non-ASCII, %, ?, #) get exactly url_for's path."""
+    from starlette.requests import Request
+
+    from taskloom.sdk.server._app import _task_url
+
+    app = create_app(make_engine())
+    for root in ("", "/base"):
+        scope = {
+            "type": "http",
+            "app": app,
+            "router": app.router,
+            "root_path": root,
+            "path": "/",
+            "method": "GET",
+            "scheme": "http",
+            "server": ("t", 80),
+            "headers": [],
+            "query_string": b"",
+        }
+        request = Request(scope)
+        for run_id in ("abc", "a b", "ünï", "x%2Fy", "a?b", "a#b", "0runid0x"):
+            expected = str(request.url_for("get_task", run_id=run_id).path)
+            assert _task_url(request, run_id) == expected, run_id

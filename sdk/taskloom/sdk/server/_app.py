@@ -466,7 +466,7 @@ def _task_url(request: Request, run_id: str) -> str:
     """The path of run ``run_id`` (``url_for("get_task")``), from a template kept per
     router and root path: ``url_for`` resolves every route each time."""
     router = request.scope.get("router")
-    if router is None or any(c in run_id for c in "/%?#"):
+    if router is None or not run_id or any(c in run_id for c in "/%?#"):
         return str(request.url_for("get_task", run_id=run_id).path)
     seen = _task_paths.get(id(router))
     if seen is None or seen[0]() is not router:  # (an id is reused once its router is gone)
