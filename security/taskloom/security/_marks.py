@@ -58,8 +58,12 @@ def capability_map(capabilities: Capabilities | None) -> dict[str, list[str]]:
     """Capabilities as sorted lists per field (empty fields left out)."""
     if capabilities is None:
         return {}
-    found = {f: sorted(set(getattr(capabilities, f))) for f in _CAP_FIELDS}
-    return {f: v for f, v in found.items() if v}
+    found: dict[str, list[str]] = {}
+    for field in _CAP_FIELDS:
+        values = getattr(capabilities, field)
+        if values:  # an empty field is left out without building a set and a list for it
+            found[field] = sorted(set(values))
+    return found
 
 
 @attrs.frozen(kw_only=True)
