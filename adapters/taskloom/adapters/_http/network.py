@@ -102,6 +102,17 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    async def _wait(self, waiter: asyncio.Future[None], timeout: float | None) -> None:
+        """Wait for ``waiter``; TimeoutError after ``timeout`` seconds (None: no limit)."""
+        if timeout is None:
+            await waiter
+            return
+        timer = self._loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
     # -- httpcore.AsyncNetworkStream -----------------------------------------------------
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -110,15 +121,12 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
         buffer = self._buffer
         if not buffer and not self._eof and not self._lost:
             waiter = self._reader = self._loop.create_future()
-            timer = None if timeout is None else self._loop.call_later(timeout, _expire, waiter)
             try:
-                await waiter
+                await self._wait(waiter, timeout)
             except TimeoutError:
                 raise httpcore.ReadTimeout(f"no bytes from the server in {timeout:g} s") from None
             finally:
                 self._reader = None
-                if timer is not None:
-                    timer.cancel()
         if buffer:
             if len(buffer) <= max_bytes:
                 data = bytes(buffer)
@@ -149,15 +157,12 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
         if not self._writing_paused:
             return
         waiter = self._drainer = self._loop.create_future()
-        timer = None if timeout is None else self._loop.call_later(timeout, _expire, waiter)
         try:
-            await waiter
+            await self._wait(waiter, timeout)
         except TimeoutError:
             raise httpcore.WriteTimeout(f"the server took no bytes in {timeout:g} s") from None
         finally:
             self._drainer = None
-            if timer is not None:
-                timer.cancel()
         if self._lost:
             raise httpcore.WriteError(f"the connection broke: {self._error}")
 

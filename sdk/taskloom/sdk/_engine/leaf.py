@@ -63,6 +63,13 @@ def _always() -> bool:
     return True
 
 
+async def settle(waiting: Awaitable[None] | None) -> None:
+    """Await what ``_queue_checkpoint`` returned, if anything: the checkpoint of a step
+    that is not on the hot path (a failure that goes on, a skipped or provided step)."""
+    if waiting is not None:
+        await waiting
+
+
 class _Slot:
     """A leaf's slot in the run's checkpoint window: held until its checkpoint fills it."""
 
@@ -533,16 +540,18 @@ class LeafRunner:
             )
         )
         if keep_going:
-            await self._checkpoint(
-                step_id,
-                item,
-                None,
-                attempts=attempts,
-                usage=usage,
-                started=started,
-                executor_id=executor_id,
-                error=info,
-                slot=slot,
+            await settle(
+                self._queue_checkpoint(
+                    step_id,
+                    item,
+                    None,
+                    attempts=attempts,
+                    usage=usage,
+                    started=started,
+                    executor_id=executor_id,
+                    error=info,
+                    slot=slot,
+                )
             )
             return None
         self.failed_step = step_id
@@ -556,40 +565,6 @@ class LeafRunner:
             step_id=step_id,
             cause_type=info.type,
         ) from exc
-
-    async def _checkpoint(
-        self,
-        step_id: str,
-        item: int | None,
-        output: Any,
-        *,
-        attempts: int,
-        usage: Usage,
-        started: float | None,
-        executor_id: str | None = None,
-        cached: bool = False,
-        error: ErrorInfo | None = None,
-        finished: float | None = None,
-        slot: _Slot | None = None,
-        finish_reason: FinishReason | None = None,
-    ) -> None:
-        """Checkpoint a finished step or map item (see ``_queue_checkpoint``)."""
-        waiting = self._queue_checkpoint(
-            step_id,
-            item,
-            output,
-            attempts=attempts,
-            usage=usage,
-            started=started,
-            executor_id=executor_id,
-            cached=cached,
-            error=error,
-            finished=finished,
-            slot=slot,
-            finish_reason=finish_reason,
-        )
-        if waiting is not None:
-            await waiting
 
     def _queue_checkpoint(
         self,

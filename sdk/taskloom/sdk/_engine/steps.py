@@ -21,7 +21,7 @@ from typing import Any, get_args
 
 from taskloom.contracts import Event, StepFailed, StepSkipped, Usage
 from taskloom.sdk._engine.calls import first_error
-from taskloom.sdk._engine.leaf import _ZERO, LeafRunner
+from taskloom.sdk._engine.leaf import _ZERO, LeafRunner, settle
 from taskloom.sdk._engine.services import RunServices
 from taskloom.sdk._engine.waiting import WAITING, rejected, rejection, wait_or_resolve
 from taskloom.sdk._engine.window import DEFAULT_LIMIT, CheckpointWindow
@@ -252,7 +252,9 @@ class RunExecution(LeafRunner):
             self.outputs[node.id] = output
             return output
         self.outputs[node.id] = output
-        await self._checkpoint(node.id, None, output, attempts=1, usage=_ZERO, started=None)
+        await settle(
+            self._queue_checkpoint(node.id, None, output, attempts=1, usage=_ZERO, started=None)
+        )
         return output
 
     async def _run_parallel(self, node: NodePlan, scope: Scope) -> dict[str, Any]:

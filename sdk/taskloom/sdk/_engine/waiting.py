@@ -35,7 +35,7 @@ from taskloom.contracts import (
     Usage,
 )
 from taskloom.sdk._engine.calls import error_info
-from taskloom.sdk._engine.leaf import LeafRunner
+from taskloom.sdk._engine.leaf import LeafRunner, settle
 from taskloom.sdk._pipeline.checks import json_value_problem
 from taskloom.sdk._pipeline.plan import NodePlan
 from taskloom.sdk._pipeline.replyschema import check
@@ -122,8 +122,10 @@ async def wait_or_resolve(
                     usage=Usage(),
                 )
             )
-            await run._checkpoint(
-                node.id, None, value, attempts=1, usage=Usage(), started=began, finished=now
+            await settle(
+                run._queue_checkpoint(
+                    node.id, None, value, attempts=1, usage=Usage(), started=began, finished=now
+                )
             )
             return value
         late = InputTimedOut(
